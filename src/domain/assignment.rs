@@ -1,0 +1,94 @@
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// How a job combines the desired roles with what the user holds in Genesys (SPEC §2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// final = current ∪ desired
+    #[default]
+    Merge,
+    /// final = desired ∪ protected ∪ roles the policy does not manage
+    Replace,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Merge => "merge",
+            Mode::Replace => "replace",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "merge" => Some(Mode::Merge),
+            "replace" => Some(Mode::Replace),
+            _ => None,
+        }
+    }
+}
+
+/// One submitted row, as the HR system sent it. Fields are kept verbatim (trimmed) so that
+/// the per-row result can echo them; validation against the policy happens in the pipeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// 1-based row of the submitted body (CSV: the header is line 1).
+    pub line: u64,
+    pub external_id: String,
+    pub role_template: String,
+    pub license_tier: String,
+}
+
+/// An HR identifier that is safe to look up: non-empty, at most 256 characters, no control
+/// characters. Quotes and backslashes are allowed; they are escaped when put in a SCIM filter.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ExternalId(String);
+
+impl ExternalId {
+    pub const MAX_LEN: usize = 256;
+
+    pub fn parse(s: &str) -> Result<ExternalId, &'static str> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("external_id is empty");
+        }
+        if s.chars().count() > Self::MAX_LEN {
+            return Err("external_id is longer than 256 characters");
+        }
+        if s.chars().any(char::is_control) {
+            return Err("external_id contains a control character");
+        }
+        Ok(ExternalId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for ExternalId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ExternalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_id_rejects_empty_and_control_characters() {
+        assert!(ExternalId::parse("  ").is_err());
+        assert!(ExternalId::parse("a\nb").is_err());
+        assert!(ExternalId::parse(&"x".repeat(257)).is_err());
+        assert_eq!(ExternalId::parse(" EMP-1 ").map(|e| e.0), Ok("EMP-1".to_owned()));
+        assert!(ExternalId::parse(r#"x" or userName pr ""#).is_ok());
+    }
+}
