@@ -38,6 +38,10 @@ pub struct Assignment {
     pub external_id: String,
     pub role_template: String,
     pub license_tier: String,
+    /// Set when the row could not be read whole (e.g. a CSV row with too few fields): the row
+    /// is stored as rejected with this reason, and the rest of the batch goes on.
+    #[serde(skip)]
+    pub defect: Option<String>,
 }
 
 /// An HR identifier that is safe to look up: non-empty, at most 256 characters, no control
@@ -88,7 +92,10 @@ mod tests {
         assert!(ExternalId::parse("  ").is_err());
         assert!(ExternalId::parse("a\nb").is_err());
         assert!(ExternalId::parse(&"x".repeat(257)).is_err());
-        assert_eq!(ExternalId::parse(" EMP-1 ").map(|e| e.0), Ok("EMP-1".to_owned()));
+        assert_eq!(
+            ExternalId::parse(" EMP-1 ").map(|e| e.0),
+            Ok("EMP-1".to_owned())
+        );
         assert!(ExternalId::parse(r#"x" or userName pr ""#).is_ok());
     }
 }

@@ -101,7 +101,10 @@ impl Outcome {
 
     /// Outcomes that count as success for the job's final status.
     pub fn is_success(self) -> bool {
-        matches!(self, Outcome::Applied | Outcome::Unchanged | Outcome::Planned)
+        matches!(
+            self,
+            Outcome::Applied | Outcome::Unchanged | Outcome::Planned
+        )
     }
 }
 
@@ -120,7 +123,7 @@ pub enum ReasonCode {
     AmbiguousUser,
     ScimRejected,
     RetriesExhausted,
-    MissingField,
+    MalformedRow,
     JobFailed,
     Cancelled,
 }
@@ -139,7 +142,7 @@ impl ReasonCode {
             ReasonCode::AmbiguousUser => "ambiguous_user",
             ReasonCode::ScimRejected => "scim_rejected",
             ReasonCode::RetriesExhausted => "retries_exhausted",
-            ReasonCode::MissingField => "missing_field",
+            ReasonCode::MalformedRow => "malformed_row",
             ReasonCode::JobFailed => "job_failed",
             ReasonCode::Cancelled => "cancelled",
         }

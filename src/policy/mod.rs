@@ -8,6 +8,9 @@
 //! - `Policy` is immutable once loaded and shared as `Arc<Policy>`; memoisation uses interior
 //!   mutability and is safe across threads.
 
+pub mod check;
+pub mod live;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -58,12 +61,16 @@ pub struct Policy {
 impl Policy {
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let _ = path;
-        Err(PolicyError { problems: vec!["not built yet".into()] })
+        Err(PolicyError {
+            problems: vec!["not built yet".into()],
+        })
     }
 
     pub fn from_toml_str(s: &str) -> Result<Policy, PolicyError> {
         let _ = s;
-        Err(PolicyError { problems: vec!["not built yet".into()] })
+        Err(PolicyError {
+            problems: vec!["not built yet".into()],
+        })
     }
 
     pub fn expand_inherited(&self) -> bool {
@@ -139,12 +146,42 @@ impl Policy {
     }
 }
 
+/// A role as imported from the target's catalog.
+#[derive(Debug, Clone)]
+pub struct ImportedRole {
+    pub name: String,
+    pub permissions: Vec<String>,
+}
+
+impl Policy {
+    pub fn fingerprint(&self) -> String {
+        String::new()
+    }
+
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    pub fn role_detail(&self, name: &str) -> Option<serde_json::Value> {
+        let _ = name;
+        None
+    }
+
+    pub fn merge_imported_catalog(&self, imported: &[ImportedRole]) -> (Policy, Vec<String>) {
+        let _ = imported;
+        (Policy { _private: () }, Vec::new())
+    }
+}
+
 fn unreachable_set() -> &'static RoleSet {
     static EMPTY: std::sync::OnceLock<RoleSet> = std::sync::OnceLock::new();
     EMPTY.get_or_init(RoleSet::new)
 }
 
 fn unimplemented_approval() -> &'static Approval {
-    static A: Approval = Approval { max_removal_fraction: 1.0, max_removed_users: u64::MAX };
+    static A: Approval = Approval {
+        max_removal_fraction: 1.0,
+        max_removed_users: u64::MAX,
+    };
     &A
 }

@@ -1,0 +1,10 @@
+//! Audit trail: events (SPEC §7) written to the durable outbox in the same transaction as the
+//! outcome they describe, a dispatcher that delivers them signed per Standard Webhooks, and one
+//! structured log line per role change (tracing target `audit`).
+
+pub mod dispatcher;
+pub mod events;
+pub mod signature;
+
+pub use dispatcher::{Dispatcher, Endpoint};
+pub use events::EventFactory;

@@ -1,0 +1,380 @@
+//! Settings (SPEC §4): built-in defaults → `config/default.toml` → `--config FILE` →
+//! environment `ROLESYNC__SECTION__KEY`. Secrets may be given as `*_file` paths. `Settings::load`
+//! validates everything and names the offending key.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The defaults compiled into the binary, so `rolesync serve` and `demo` run with no file at all.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub store: StoreSettings,
+    pub target: TargetSettings,
+    pub sync: SyncSettings,
+    pub policy: PolicySettings,
+    #[serde(default)]
+    pub auth: AuthSettings,
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub bind: SocketAddr,
+    /// Largest accepted request body; larger ones get 413.
+    pub max_body_bytes: u64,
+    /// Largest number of rows in one job.
+    pub max_rows_per_job: u64,
+    /// Rows waiting to be synced across all jobs above which new jobs get 503.
+    pub max_pending_rows: u64,
+    /// How long SIGTERM waits for in-flight chunks before releasing them.
+    pub shutdown_grace_secs: u64,
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub url: String,
+    pub max_connections: u32,
+    /// Finished jobs and their rows are deleted after this many days (0 keeps them forever).
+    pub retention_days: u64,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl_hours: u64,
+    /// Work leases: a chunk whose owner stopped heart-beating for this long is claimed again.
+    pub lease_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetProfile {
+    #[default]
+    Genesys,
+    Rfc7644,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSettings {
+    pub profile: TargetProfile,
+    /// e.g. `https://api.mypurecloud.com/api/v2/scim/v2`
+    pub scim_base: String,
+    /// e.g. `https://login.mypurecloud.com/oauth/token`
+    pub token_url: Option<String>,
+    /// Base of the Platform API for the role catalog; derived from `scim_base` when absent.
+    pub api_base: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretString>,
+    pub client_secret_file: Option<PathBuf>,
+    /// A static token instead of client credentials.
+    pub bearer_token: Option<SecretString>,
+    pub bearer_token_file: Option<PathBuf>,
+    pub requests_per_minute: u32,
+    pub max_concurrency: usize,
+    pub timeout_secs: u64,
+    /// Attempts per call for retryable failures (5xx, 408, timeouts); 429s do not count.
+    pub max_attempts: u32,
+    /// Upper bound of the whole retry sequence of one call.
+    pub max_retry_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSettings {
+    pub chunk_size: usize,
+    /// Re-read-and-retry rounds for a user whose ETag went stale.
+    pub max_conflict_retries: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    pub file: PathBuf,
+    #[serde(default)]
+    pub import_from_target: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    #[serde(default)]
+    pub keys: Vec<ApiKeySettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    pub name: String,
+    /// Hex SHA-256 of the key: plain keys are never stored.
+    pub key_sha256: String,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    #[serde(default)]
+    pub endpoints: Vec<WebhookEndpointSettings>,
+    /// Delay before each retry, in seconds; its length bounds the attempts.
+    #[serde(default = "default_schedule")]
+    pub retry_schedule_secs: Vec<u64>,
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            endpoints: Vec::new(),
+            retry_schedule_secs: default_schedule(),
+            timeout_secs: default_webhook_timeout(),
+        }
+    }
+}
+
+fn default_schedule() -> Vec<u64> {
+    vec![5, 30, 120, 600, 1800, 3600, 7200, 14400]
+}
+
+fn default_webhook_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpointSettings {
+    pub name: Option<String>,
+    pub url: String,
+    pub secret: Option<SecretString>,
+    pub secret_file: Option<PathBuf>,
+    /// Event types sent to this endpoint; all when empty.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+impl WebhookEndpointSettings {
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.url.clone())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `json` or `pretty`
+    #[serde(default = "default_log_format")]
+    pub format: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: default_log_format(),
+        }
+    }
+}
+
+fn default_log_format() -> String {
+    "pretty".into()
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+impl Settings {
+    /// Layers the defaults, `config/default.toml` if present in the working directory, the
+    /// given file, and `ROLESYNC__…` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+            .add_source(config::File::with_name("config/default.toml").required(false));
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        let builder = builder.add_source(
+            config::Environment::with_prefix("ROLESYNC")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        Self::from_config(builder.build()?)
+    }
+
+    /// Built-in defaults only, plus overrides given as TOML text (tests, demo).
+    pub fn from_toml_overrides(overrides: &str) -> Result<Settings, ConfigError> {
+        let c = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+            .add_source(config::File::from_str(overrides, config::FileFormat::Toml))
+            .build()?;
+        Self::from_config(c)
+    }
+
+    fn from_config(c: config::Config) -> Result<Settings, ConfigError> {
+        let mut s: Settings = c.try_deserialize()?;
+        s.resolve_secret_files()?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.target.client_secret_file {
+            self.target.client_secret = Some(read_secret("target.client_secret_file", path)?);
+        }
+        if let Some(path) = &self.target.bearer_token_file {
+            self.target.bearer_token = Some(read_secret("target.bearer_token_file", path)?);
+        }
+        for ep in &mut self.webhooks.endpoints {
+            if let Some(path) = &ep.secret_file {
+                ep.secret = Some(read_secret("webhooks.endpoints.secret_file", path)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("postgres://"))
+            && !self.store.url.starts_with("postgresql://")
+        {
+            return Err(invalid(
+                "store.url",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        if self.store.lease_secs < 5 {
+            return Err(invalid("store.lease_secs", "must be at least 5"));
+        }
+        check_url("target.scim_base", &self.target.scim_base)?;
+        if let Some(u) = &self.target.token_url {
+            check_url("target.token_url", u)?;
+        }
+        let has_static = self.target.bearer_token.is_some();
+        let has_client = self.target.client_id.is_some() && self.target.client_secret.is_some();
+        if !has_static && !has_client {
+            return Err(invalid(
+                "target.client_secret",
+                "give client_id and client_secret (or client_secret_file), or bearer_token",
+            ));
+        }
+        if has_client && !has_static && self.target.token_url.is_none() {
+            return Err(invalid(
+                "target.token_url",
+                "required with client credentials",
+            ));
+        }
+        if self.target.requests_per_minute == 0 {
+            return Err(invalid("target.requests_per_minute", "must be at least 1"));
+        }
+        if self.target.max_concurrency == 0 || self.target.max_concurrency > 256 {
+            return Err(invalid(
+                "target.max_concurrency",
+                "must be between 1 and 256",
+            ));
+        }
+        if self.target.max_attempts == 0 || self.target.max_attempts > 20 {
+            return Err(invalid("target.max_attempts", "must be between 1 and 20"));
+        }
+        if self.sync.chunk_size == 0 || self.sync.chunk_size > 10_000 {
+            return Err(invalid("sync.chunk_size", "must be between 1 and 10000"));
+        }
+        if self.sync.max_conflict_retries > 20 {
+            return Err(invalid("sync.max_conflict_retries", "must be at most 20"));
+        }
+        for key in &self.auth.keys {
+            let ok =
+                key.key_sha256.len() == 64 && key.key_sha256.chars().all(|c| c.is_ascii_hexdigit());
+            if !ok {
+                return Err(invalid(
+                    "auth.keys.key_sha256",
+                    format!("key `{}`: not a hex SHA-256", key.name),
+                ));
+            }
+            for scope in &key.scopes {
+                if crate::http::auth::Scope::parse(scope).is_none() {
+                    return Err(invalid(
+                        "auth.keys.scopes",
+                        format!(
+                            "key `{}`: unknown scope `{scope}` (jobs:write, jobs:read, admin)",
+                            key.name
+                        ),
+                    ));
+                }
+            }
+        }
+        for ep in &self.webhooks.endpoints {
+            check_url("webhooks.endpoints.url", &ep.url)?;
+            match &ep.secret {
+                Some(s) if crate::audit::signature::decode_secret(s.expose_secret()).is_some() => {}
+                _ => {
+                    return Err(invalid(
+                        "webhooks.endpoints.secret",
+                        format!("endpoint {}: a secret `whsec_<base64>` is required", ep.url),
+                    ));
+                }
+            }
+        }
+        if self.webhooks.retry_schedule_secs.len() > 50 {
+            return Err(invalid(
+                "webhooks.retry_schedule_secs",
+                "at most 50 retries",
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "json" | "pretty") {
+            return Err(invalid("log.format", "json or pretty"));
+        }
+        Ok(())
+    }
+
+    /// Base of the Platform API (`…/api/v2`), for the role catalog.
+    pub fn api_base(&self) -> String {
+        if let Some(b) = &self.target.api_base {
+            return b.trim_end_matches('/').to_owned();
+        }
+        let scim = self.target.scim_base.trim_end_matches('/');
+        match scim.find("/api/v2/scim") {
+            Some(i) => scim[..i].to_owned(),
+            None => scim.to_owned(),
+        }
+    }
+}
+
+fn check_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
+        _ => Err(invalid(key, format!("`{url}` is not an http(s) URL"))),
+    }
+}
+
+fn read_secret(key: &'static str, path: &Path) -> Result<SecretString, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(SecretString::from(s.trim().to_owned())),
+        Err(e) => Err(invalid(key, format!("cannot read {}: {e}", path.display()))),
+    }
+}

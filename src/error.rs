@@ -1,0 +1,190 @@
+//! One error type for the HTTP API, rendered as `application/problem+json` (RFC 9457):
+//! `type`, `title`, `status`, `detail`, and `errors[]` for per-field or per-line problems.
+//! Each variant documents its status code. 5xx causes are logged here, once, and never leaked.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// A per-field or per-line problem.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field (`assignments[3].external_id`, `mode`) or `line 7`.
+    pub field: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// `400 Bad Request`: the body or a parameter is malformed.
+    #[error("{detail}")]
+    BadRequest {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    /// `401 Unauthorized`: no or unknown API key.
+    #[error("a valid API key is required")]
+    Unauthorized,
+    /// `403 Forbidden`: the key lacks the scope.
+    #[error("this API key lacks the scope `{0}`")]
+    Forbidden(&'static str),
+    /// `404 Not Found`
+    #[error("{0}")]
+    NotFound(String),
+    /// `409 Conflict`: the resource is not in a state that allows this.
+    #[error("{0}")]
+    Conflict(String),
+    /// `413 Payload Too Large`
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// `415 Unsupported Media Type`
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// `422 Unprocessable Entity`: well-formed but not acceptable (e.g. Idempotency-Key reuse).
+    #[error("{detail}")]
+    Unprocessable {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    /// `503 Service Unavailable` with `Retry-After`: backpressure or shutting down.
+    #[error("{detail}")]
+    Unavailable {
+        detail: String,
+        retry_after_secs: u64,
+    },
+    /// `500 Internal Server Error`: the store failed. Logged; the client sees a generic text.
+    #[error("an internal error occurred")]
+    Store(#[from] crate::store::StoreError),
+    /// `500 Internal Server Error`
+    #[error("an internal error occurred")]
+    Internal(#[from] anyhow::Error),
+}
+
+pub type ApiResult<T, E = ApiError> = Result<T, E>;
+
+impl ApiError {
+    pub fn bad_request(detail: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        let message = message.into();
+        let field = field.into();
+        ApiError::BadRequest {
+            detail: format!("{field}: {message}"),
+            errors: vec![FieldError {
+                field,
+                message,
+                line: None,
+                column: None,
+            }],
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn type_slug(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { .. } => "bad-request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload-too-large",
+            ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
+            ApiError::Unprocessable { .. } => "unprocessable",
+            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Store(_) | ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The problem+json body.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+pub fn problem_response(
+    status: StatusCode,
+    slug: &str,
+    detail: String,
+    errors: Vec<FieldError>,
+) -> Response {
+    let body = Problem {
+        kind: format!("https://rolesync.dev/problems/{slug}"),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail,
+        errors,
+    };
+    let mut resp = (status, axum::Json(body)).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    resp
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            match &self {
+                ApiError::Store(e) => tracing::error!(error = %e, "request failed in the store"),
+                ApiError::Internal(e) => {
+                    tracing::error!(error = format!("{e:#}"), "request failed")
+                }
+                _ => {}
+            }
+        }
+        let slug = self.type_slug();
+        let detail = self.to_string();
+        let (errors, retry_after) = match self {
+            ApiError::BadRequest { errors, .. } | ApiError::Unprocessable { errors, .. } => {
+                (errors, None)
+            }
+            ApiError::Unavailable {
+                retry_after_secs, ..
+            } => (Vec::new(), Some(retry_after_secs)),
+            _ => (Vec::new(), None),
+        };
+        let mut resp = problem_response(status, slug, detail, errors);
+        if let Some(secs) = retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,50 @@
+//! Liveness, readiness and metrics: no authentication.
+
+use super::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+
+/// `GET /healthz`: the process answers.
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: the store answers, a policy is loaded, and the service is not shutting down.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let store_ok = state.store.ping().await.is_ok();
+    let shutting_down = state.shutting_down.load(Ordering::Relaxed);
+    let policy_error = state.policy.last_error();
+    let target = state.circuit.reason();
+    let ready = store_ok && !shutting_down;
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": {
+            "store": if store_ok { "ok" } else { "unreachable" },
+            "policy": match &policy_error {
+                None => json!({"status": "ok"}),
+                // The previous policy stays in force; the error shows what to fix.
+                Some(e) => json!({"status": "reload_failed", "error": e}),
+            },
+            "shutting_down": shutting_down,
+            "target": match target { None => json!("ok"), Some(r) => json!(r) },
+        }
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,177 @@
+//! The HTTP API (SPEC §3): handlers only. Each handler checks the caller's scope, calls the
+//! store or the pipeline, and maps the result; the work happens elsewhere.
+
+pub mod auth;
+mod docs;
+mod health;
+mod jobs;
+mod policy;
+mod validate;
+mod webhooks;
+
+pub use jobs::job_view;
+pub use validate::report as validation_report;
+
+use crate::audit::EventFactory;
+use crate::configuration::Settings;
+use crate::error::{ApiError, problem_response};
+use crate::metrics::Metrics;
+use crate::pipeline::{Circuit, Pipeline};
+use crate::policy::live::LivePolicy;
+use crate::store::Store;
+use auth::ApiKey;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub policy: Arc<LivePolicy>,
+    pub metrics: Metrics,
+    pub settings: Arc<Settings>,
+    pub keys: Arc<Vec<ApiKey>>,
+    pub events: EventFactory,
+    pub pipeline: Arc<Pipeline>,
+    pub circuit: Arc<Circuit>,
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = usize::try_from(state.settings.server.max_body_bytes).unwrap_or(usize::MAX);
+    let timeout = Duration::from_secs(state.settings.server.request_timeout_secs);
+    let v1 = Router::new()
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/items", get(jobs::items))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/approve", post(jobs::approve))
+        .route("/v1/validate", post(validate::validate))
+        .route("/v1/policy", get(policy::get))
+        .route("/v1/policy/roles/{name}", get(policy::role))
+        .route("/v1/webhooks/deliveries", get(webhooks::list))
+        .route(
+            "/v1/webhooks/deliveries/{id}/redeliver",
+            post(webhooks::redeliver),
+        )
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(RequestDecompressionLayer::new().gzip(true));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(docs::openapi))
+        .route("/docs", get(docs::page))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), track_metrics))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            problem_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "an internal error occurred".into(),
+                Vec::new(),
+            )
+        }))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            axum::http::header::AUTHORIZATION,
+        ]))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+/// Request counts and latency keyed on the matched route, so label cardinality stays bounded.
+/// Also turns axum's plain-text rejections (413 from the body limit, 400 from decompression)
+/// into problem+json.
+async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let resp = next.run(req).await;
+    let resp = problemise(resp).await;
+    let status = resp.status().as_u16().to_string();
+    state
+        .metrics
+        .http_requests_total
+        .with_label_values(&[&method, &route, &status])
+        .inc();
+    state
+        .metrics
+        .http_request_duration_seconds
+        .with_label_values(&[&method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn problemise(resp: Response) -> Response {
+    let status = resp.status();
+    let is_problem = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.starts_with("application/problem+json")
+                || ct.starts_with("application/json")
+                || ct.starts_with("text/html")
+                || ct.starts_with("text/plain; version")
+        });
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return resp;
+    }
+    let (slug, detail) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload-too-large",
+            "the body is larger than server.max_body_bytes".to_owned(),
+        ),
+        StatusCode::REQUEST_TIMEOUT => ("timeout", "the request took too long".to_owned()),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method-not-allowed",
+            "method not allowed on this endpoint".to_owned(),
+        ),
+        _ => {
+            let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+                .await
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&body).trim().to_owned();
+            return problem_response(
+                status,
+                "bad-request",
+                if text.is_empty() {
+                    "bad request".into()
+                } else {
+                    text
+                },
+                Vec::new(),
+            )
+            .into_response();
+        }
+    };
+    problem_response(status, slug, detail, Vec::new())
+}

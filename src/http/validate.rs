@@ -1,0 +1,71 @@
+//! `POST /v1/validate`: judges a batch against the live policy; no job, no SCIM calls.
+
+use super::AppState;
+use super::auth::{Caller, Scope};
+use crate::error::{ApiError, ApiResult};
+use crate::ingest::{self, BatchQuery, Format};
+use crate::pipeline::validate_rows;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use serde_json::{Value, json};
+
+pub async fn validate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<BatchQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    caller.require(Scope::JobsWrite)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let format = Format::from_content_type(content_type).ok_or_else(|| {
+        ApiError::UnsupportedMediaType(format!("Content-Type \"{content_type}\" is not supported"))
+    })?;
+    let batch = ingest::parse(
+        format,
+        &body,
+        &query,
+        state.settings.server.max_rows_per_job,
+    )?;
+    Ok(Json(report(&state.policy.current(), &batch)))
+}
+
+/// The validation report shared by the API and `rolesync validate`.
+pub fn report(policy: &crate::policy::Policy, batch: &ingest::Batch) -> Value {
+    let (rejected, users) = validate_rows(policy, &batch.rows);
+    let by_line: std::collections::HashMap<i64, &crate::domain::Assignment> =
+        batch.rows.iter().map(|r| (r.line as i64, r)).collect();
+    let errors: Vec<Value> = rejected
+        .iter()
+        .map(|r| {
+            let row = by_line.get(&r.line);
+            let (code, message) = r
+                .reason
+                .clone()
+                .map(|(c, m)| (c.as_str(), m))
+                .unwrap_or(("", String::new()));
+            json!({
+                "line": r.line,
+                "external_id": row.map(|a| a.external_id.as_str()),
+                "role_template": row.map(|a| a.role_template.as_str()),
+                "license_tier": row.map(|a| a.license_tier.as_str()),
+                "reason": {"code": code, "message": message},
+            })
+        })
+        .collect();
+    json!({
+        "valid": errors.is_empty(),
+        "mode": batch.mode.as_str(),
+        "dry_run": batch.dry_run,
+        "rows": batch.rows.len(),
+        "accepted_rows": batch.rows.len() - errors.len(),
+        "rejected_rows": errors.len(),
+        "users": users.len(),
+        "errors": errors,
+    })
+}

@@ -1,0 +1,50 @@
+//! `/v1/webhooks/deliveries`: the audit outbox, for ops.
+
+use super::AppState;
+use super::auth::{Caller, Scope};
+use crate::error::{ApiError, ApiResult};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize)]
+pub struct DeliveriesQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/webhooks/deliveries?status=pending|delivered|dead`
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<DeliveriesQuery>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Scope::JobsRead)?;
+    if let Some(s) = &q.status
+        && !matches!(s.as_str(), "pending" | "delivered" | "dead")
+    {
+        return Err(ApiError::field("status", "pending, delivered or dead"));
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let deliveries = state
+        .store
+        .list_deliveries(q.status.as_deref(), limit)
+        .await?;
+    Ok(Json(json!({"deliveries": deliveries})))
+}
+
+/// `POST /v1/webhooks/deliveries/{id}/redeliver` (`admin`): sends the event again, same id.
+pub async fn redeliver(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Admin)?;
+    let n = state.store.redeliver(&id, None).await?;
+    if n == 0 {
+        return Err(ApiError::NotFound(format!("no delivery of event {id}")));
+    }
+    state.pipeline.deps().wake_dispatcher.notify_one();
+    Ok(Json(json!({"event_id": id, "requeued": n})))
+}

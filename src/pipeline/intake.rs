@@ -1,0 +1,53 @@
+//! Source of the planning stages: claims jobs that need a plan (new ones, or ones whose planner
+//! died) and hands them to `validate`. Stops on shutdown, which closes the chain behind it.
+
+use super::{Deps, record_depth};
+use crate::policy::Policy;
+use crate::store::JobRecord;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A job on its way through planning, with the policy it is planned under.
+pub struct PlanJob {
+    pub job: JobRecord,
+    pub policy: Arc<Policy>,
+}
+
+pub async fn run(deps: Deps, tx: mpsc::Sender<PlanJob>, stop: CancellationToken) {
+    loop {
+        let claimed = match deps
+            .store
+            .claim_job_to_plan(&deps.owner, deps.lease_ms())
+            .await
+        {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim a job to plan");
+                None
+            }
+        };
+        match claimed {
+            Some(job) => {
+                tracing::info!(job.id = %job.id, rows = job.counts.total, "planning job");
+                let msg = PlanJob {
+                    job,
+                    policy: deps.policy.current(),
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    sent = tx.send(msg) => if sent.is_err() { return },
+                }
+                record_depth(&deps.metrics, "validate", &tx);
+            }
+            None => {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = deps.wake_planner.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The sync pipeline (SPEC §2): tokio tasks joined by bounded `mpsc` channels.
+//!
+//! ```text
+//! intake ─► validate ─► resolve ─► plan ══store══► claim ─► sync workers ─► results
+//! (claims    (rows vs    (group per  (chunks,        (leases   (read, diff,     (commit
+//!  jobs)      policy)     user,       estimate)       chunks)   PATCH)           outcomes)
+//!                         expand)
+//! ```
+//!
+//! Planning and syncing meet in the store, not in memory: a plan is committed as chunks, and
+//! chunks are claimed with leases. That is what makes a job survive a crash (an unfinished plan
+//! or an expired chunk lease is claimed again) and lets several replicas share one job.
+//! Each stage exits when its input channel closes; the sources (`intake`, `claim`) stop on
+//! shutdown, so the stages drain in order.
+
+mod circuit;
+mod intake;
+mod plan;
+mod resolve;
+mod results;
+mod sync;
+mod validate;
+
+pub use circuit::Circuit;
+pub use plan::job_finished_data;
+pub use sync::final_roles;
+pub use validate::validate_rows;
+
+use crate::audit::EventFactory;
+use crate::configuration::Settings;
+use crate::metrics::Metrics;
+use crate::policy::live::LivePolicy;
+use crate::scim::ScimClient;
+use crate::store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What every stage may use.
+#[derive(Clone)]
+pub struct Deps {
+    pub store: Store,
+    pub policy: Arc<LivePolicy>,
+    pub scim: Arc<ScimClient>,
+    pub metrics: Metrics,
+    pub events: EventFactory,
+    pub settings: Arc<Settings>,
+    /// This process's identity in leases.
+    pub owner: String,
+    pub wake_planner: Arc<Notify>,
+    pub wake_claimer: Arc<Notify>,
+    pub wake_dispatcher: Arc<Notify>,
+    pub circuit: Arc<Circuit>,
+    /// The policy each job was planned under: a reload does not change a running job. After a
+    /// restart, a resumed job uses the policy in force.
+    pub job_policies:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<crate::policy::Policy>>>>,
+}
+
+impl Deps {
+    /// The policy `job_id` was planned under, else the one in force.
+    pub fn policy_for(&self, job_id: &str) -> Arc<crate::policy::Policy> {
+        match self.job_policies.lock() {
+            Ok(m) => m
+                .get(job_id)
+                .cloned()
+                .unwrap_or_else(|| self.policy.current()),
+            Err(_) => self.policy.current(),
+        }
+    }
+
+    pub fn pin_policy(&self, job_id: &str, policy: Arc<crate::policy::Policy>) {
+        if let Ok(mut m) = self.job_policies.lock() {
+            m.insert(job_id.to_owned(), policy);
+        }
+    }
+
+    pub fn unpin_policy(&self, job_id: &str) {
+        if let Ok(mut m) = self.job_policies.lock() {
+            m.remove(job_id);
+        }
+    }
+
+    pub fn lease_ms(&self) -> i64 {
+        self.settings.store.lease_secs as i64 * 1000
+    }
+}
+
+/// Handles on the running pipeline.
+pub struct Pipeline {
+    tracker: TaskTracker,
+    /// Stops the sources (job intake and chunk claims); everything downstream drains.
+    stop_sources: CancellationToken,
+    /// Stops everything, including work in flight.
+    stop_all: CancellationToken,
+    deps: Deps,
+}
+
+/// Channel capacities: small, because each message is a whole job or a chunk.
+const JOBS_IN_FLIGHT: usize = 2;
+
+impl Pipeline {
+    pub fn spawn(deps: Deps) -> Pipeline {
+        let tracker = TaskTracker::new();
+        let stop_sources = CancellationToken::new();
+        let stop_all = CancellationToken::new();
+
+        let (to_validate, validate_rx) = mpsc::channel(JOBS_IN_FLIGHT);
+        let (to_resolve, resolve_rx) = mpsc::channel(JOBS_IN_FLIGHT);
+        let (to_plan, plan_rx) = mpsc::channel(JOBS_IN_FLIGHT);
+        tracker.spawn(intake::run(deps.clone(), to_validate, stop_sources.clone()));
+        tracker.spawn(validate::run(deps.clone(), validate_rx, to_resolve));
+        tracker.spawn(resolve::run(deps.clone(), resolve_rx, to_plan));
+        tracker.spawn(plan::run(deps.clone(), plan_rx));
+
+        let workers = deps.settings.target.max_concurrency.clamp(1, 4);
+        let (to_workers, workers_rx) = mpsc::channel(workers);
+        let (to_results, results_rx) = mpsc::channel(workers * 2);
+        tracker.spawn(sync::claim(deps.clone(), to_workers, stop_sources.clone()));
+        let workers_rx = Arc::new(tokio::sync::Mutex::new(workers_rx));
+        for _ in 0..workers {
+            tracker.spawn(sync::worker(
+                deps.clone(),
+                workers_rx.clone(),
+                to_results.clone(),
+                stop_all.clone(),
+            ));
+        }
+        drop(to_results);
+        tracker.spawn(results::run(deps.clone(), results_rx));
+        tracker.spawn(heartbeat(deps.clone(), stop_all.clone()));
+        tracker.spawn(circuit::probe(deps.clone(), stop_all.clone()));
+        tracker.close();
+        Pipeline {
+            tracker,
+            stop_sources,
+            stop_all,
+            deps,
+        }
+    }
+
+    pub fn deps(&self) -> &Deps {
+        &self.deps
+    }
+
+    /// A new job was stored: plan it now rather than at the next poll.
+    pub fn job_submitted(&self) {
+        self.deps.wake_planner.notify_one();
+    }
+
+    /// Graceful stop: no new work is claimed; work in flight may finish within `grace`, then
+    /// whatever is still leased is released so another replica (or the next start) resumes it.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stop_sources.cancel();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "work still in flight at the end of the grace period; releasing it"
+            );
+            self.stop_all.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        }
+        self.stop_all.cancel();
+        if let Err(e) = self.deps.store.release_leases(&self.deps.owner).await {
+            tracing::warn!(error = %e, "cannot release leases; they expire by themselves");
+        }
+    }
+}
+
+/// Keeps this process's leases alive while it works.
+async fn heartbeat(deps: Deps, stop: CancellationToken) {
+    let every = Duration::from_millis((deps.lease_ms() / 3).max(1000) as u64);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = deps.store.extend_leases(&deps.owner, deps.lease_ms()).await {
+            tracing::warn!(error = %e, "cannot extend leases");
+        }
+    }
+}
+
+/// Gauge of messages waiting in a channel.
+fn record_depth<T>(metrics: &Metrics, stage: &str, tx: &mpsc::Sender<T>) {
+    let depth = tx.max_capacity() - tx.capacity();
+    metrics
+        .pipeline_queue_depth
+        .with_label_values(&[stage])
+        .set(depth as i64);
+}

@@ -1,0 +1,90 @@
+//! Stage 5: commits each chunk's outcomes (rows, counters, audit events) in one transaction,
+//! finishes jobs whose last chunk is done, and turns target-wide failures into a paused or
+//! failed job.
+
+use super::Deps;
+use super::circuit::paused_reason;
+use super::plan::{finish_if_done, job_finished_data};
+use super::sync::ChunkOutcome;
+use crate::audit::events::JOB_FINISHED;
+use crate::domain::JobStatus;
+use crate::scim::ScimError;
+use tokio::sync::mpsc;
+
+pub async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
+    while let Some(outcome) = rx.recv().await {
+        match outcome {
+            ChunkOutcome::Done(claim, done) => {
+                let results: Vec<_> = done.results.iter().map(|r| r.outcome).collect();
+                match deps.store.complete_chunk(&claim, &deps.owner, &done).await {
+                    Ok(true) => {
+                        for o in results {
+                            deps.metrics
+                                .assignments_total
+                                .with_label_values(&[o.as_str()])
+                                .inc();
+                        }
+                        deps.wake_dispatcher.notify_one();
+                        finish_if_done(&deps, &claim.job_id).await;
+                    }
+                    Ok(false) => tracing::warn!(
+                        job.id = %claim.job_id,
+                        chunk = claim.chunk_no,
+                        "chunk lease lost before commit; its new owner re-runs it"
+                    ),
+                    Err(e) => tracing::error!(
+                        job.id = %claim.job_id,
+                        chunk = claim.chunk_no,
+                        error = %e,
+                        "cannot commit a chunk; it is re-run when its lease expires"
+                    ),
+                }
+            }
+            ChunkOutcome::Release(claim, deltas, error) => {
+                if let Err(e) = deps.store.add_job_deltas(&claim.job_id, &deltas).await {
+                    tracing::warn!(job.id = %claim.job_id, error = %e, "cannot record calls spent");
+                }
+                match &error {
+                    ScimError::Forbidden { .. } | ScimError::AuthFailed { .. } => {
+                        // Every row would fail the same way: fail the job once, with the reason.
+                        let reason = format!("auth_failed: {error}");
+                        let events = match deps.store.get_job(&claim.job_id).await {
+                            Ok(Some(mut job)) => {
+                                job.status = JobStatus::Failed;
+                                deps.events
+                                    .event(JOB_FINISHED, job_finished_data(&job))
+                                    .into_iter()
+                                    .collect()
+                            }
+                            _ => Vec::new(),
+                        };
+                        match deps.store.fail_job(&claim.job_id, &reason, &events).await {
+                            Ok(true) => {
+                                tracing::error!(job.id = %claim.job_id, reason = %reason, "job failed");
+                                deps.metrics
+                                    .jobs_total
+                                    .with_label_values(&[JobStatus::Failed.as_str()])
+                                    .inc();
+                                deps.wake_dispatcher.notify_one();
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::error!(job.id = %claim.job_id, error = %e, "cannot fail the job")
+                            }
+                        }
+                    }
+                    _ => {
+                        let reason = paused_reason(&error);
+                        deps.circuit.open(reason);
+                        if let Err(e) = deps.store.set_paused(&claim.job_id, Some(reason)).await {
+                            tracing::warn!(job.id = %claim.job_id, error = %e, "cannot mark the job paused");
+                        }
+                        if let Err(e) = deps.store.release_chunk(&claim, &deps.owner).await {
+                            tracing::warn!(job.id = %claim.job_id, error = %e, "cannot release the chunk; its lease expires");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

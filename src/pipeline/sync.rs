@@ -1,0 +1,416 @@
+//! Stage 4: SCIM workers. `claim` leases chunks from the store; each `worker` reads its users'
+//! current roles, skips those already right, and PATCHes the rest with `If-Match`.
+//!
+//! Calls per user: one lookup (`externalId eq`), plus one PATCH if the roles differ, plus one
+//! re-read and PATCH per ETag conflict. The final role set is computed against what the target
+//! holds at that moment, so a concurrent change by someone else is never overwritten blindly.
+
+use super::circuit::TargetState;
+use super::{Deps, record_depth};
+use crate::audit::events::{ROLE_SYNC_COMPLETED, ROLE_SYNC_FAILED};
+use crate::domain::{Mode, Outcome, ReasonCode};
+use crate::policy::{Policy, RoleSet};
+use crate::scim::{CallTally, ScimError, ScimUser};
+use crate::store::{
+    ChunkClaim, ChunkDone, ItemRecord, JobDeltas, JobRecord, OutboxEvent, RowResult,
+};
+use futures::StreamExt;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// What a worker hands to the results stage.
+pub enum ChunkOutcome {
+    /// Every row of the chunk has an outcome.
+    Done(ChunkClaim, ChunkDone),
+    /// The target is down or refuses us: give the chunk back, keep the calls spent.
+    Release(ChunkClaim, JobDeltas, ScimError),
+}
+
+/// Source of the sync stages: leases ready chunks while the circuit is closed.
+pub async fn claim(deps: Deps, tx: mpsc::Sender<ChunkClaim>, stop: CancellationToken) {
+    loop {
+        if deps.circuit.state() != TargetState::Up {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = deps.circuit.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        // Wait for a free worker before leasing, so a lease is never held by a queue.
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = tx.reserve() => match p { Ok(p) => p, Err(_) => return },
+        };
+        match deps.store.claim_chunk(&deps.owner, deps.lease_ms()).await {
+            Ok(Some(c)) => {
+                permit.send(c);
+                record_depth(&deps.metrics, "sync", &tx);
+            }
+            Ok(None) => {
+                drop(permit);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = deps.wake_claimer.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+            Err(e) => {
+                drop(permit);
+                tracing::warn!(error = %e, "cannot claim a chunk");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+pub async fn worker(
+    deps: Deps,
+    rx: Arc<Mutex<mpsc::Receiver<ChunkClaim>>>,
+    tx: mpsc::Sender<ChunkOutcome>,
+    stop: CancellationToken,
+) {
+    loop {
+        let next = { rx.lock().await.recv().await };
+        let Some(claim) = next else { return };
+        let outcome = tokio::select! {
+            // Hard stop: the lease is released and the chunk re-run elsewhere; writes already
+            // made are found already right (read-diff-write), so nothing is applied twice.
+            _ = stop.cancelled() => return,
+            o = sync_chunk(&deps, claim) => o,
+        };
+        if let Some(o) = outcome
+            && tx.send(o).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// One user of a chunk, with everything needed to sync it.
+struct UserWork {
+    external_id: String,
+    rows: Vec<ItemRecord>,
+    desired: RoleSet,
+}
+
+enum UserResult {
+    Rows {
+        results: Vec<RowResult>,
+        events: Vec<OutboxEvent>,
+        changed: Option<bool>,
+    },
+    TargetWide(ScimError),
+}
+
+async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
+    let (job, items) = match tokio::try_join!(
+        deps.store.get_job(&claim.job_id),
+        deps.store.chunk_items(&claim.job_id, claim.chunk_no)
+    ) {
+        Ok((Some(job), items)) => (job, items),
+        Ok((None, _)) => return None,
+        Err(e) => {
+            tracing::warn!(job.id = %claim.job_id, error = %e, "cannot read a chunk; its lease will expire");
+            return None;
+        }
+    };
+    let policy = deps.policy_for(&job.id);
+    let users = group_users(&policy, items);
+    let tally = CallTally::default();
+    let concurrency = deps.settings.target.max_concurrency;
+    let outcomes: Vec<UserResult> = futures::stream::iter(users)
+        .map(|u| sync_user(deps, &policy, &job, u, &tally))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let (requests, retries, rate_limited) = tally.snapshot();
+    let mut done = ChunkDone {
+        deltas: JobDeltas {
+            scim_requests: requests,
+            scim_retries: retries,
+            scim_rate_limited: rate_limited,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut target_error = None;
+    for o in outcomes {
+        match o {
+            UserResult::Rows {
+                results,
+                events,
+                changed,
+            } => {
+                match changed {
+                    Some(true) => done.deltas.users_changed += 1,
+                    Some(false) => done.deltas.users_unchanged += 1,
+                    None => {}
+                }
+                done.results.extend(results);
+                done.events.extend(events);
+            }
+            UserResult::TargetWide(e) => {
+                target_error.get_or_insert(e);
+            }
+        }
+    }
+    match target_error {
+        // Outcomes reached before the failure are discarded with the chunk: the re-run reads
+        // them back as already right, at the cost of one read each.
+        Some(e) => Some(ChunkOutcome::Release(claim, done.deltas, e)),
+        None => Some(ChunkOutcome::Done(claim, done)),
+    }
+}
+
+fn group_users(policy: &Policy, items: Vec<ItemRecord>) -> Vec<UserWork> {
+    let mut users: Vec<UserWork> = Vec::new();
+    for item in items {
+        match users.last_mut() {
+            Some(u) if u.external_id == item.external_id => {
+                u.desired.insert(item.role_template.clone());
+                u.rows.push(item);
+            }
+            _ => {
+                let mut desired = RoleSet::new();
+                desired.insert(item.role_template.clone());
+                users.push(UserWork {
+                    external_id: item.external_id.clone(),
+                    rows: vec![item],
+                    desired,
+                });
+            }
+        }
+    }
+    for u in &mut users {
+        u.desired = policy.expand(&u.desired);
+    }
+    users
+}
+
+/// The role set a user should end with (SPEC §2).
+///
+/// - `merge`: current ∪ desired.
+/// - `replace`: desired ∪ every current role the policy does not manage (hand-granted ones)
+///   ∪ protected roles the user holds. `Employee` and unmanaged roles are never removed.
+pub fn final_roles(policy: &Policy, mode: Mode, current: &RoleSet, desired: &RoleSet) -> RoleSet {
+    match mode {
+        Mode::Merge => current.union(desired).cloned().collect(),
+        Mode::Replace => {
+            let mut out = desired.clone();
+            for r in current {
+                if !policy.is_managed(r) || policy.protected_roles().contains(r) {
+                    out.insert(r.clone());
+                }
+            }
+            out
+        }
+    }
+}
+
+async fn sync_user(
+    deps: &Deps,
+    policy: &Policy,
+    job: &JobRecord,
+    u: UserWork,
+    tally: &CallTally,
+) -> UserResult {
+    let fail_rows = |outcome: Outcome, code: ReasonCode, message: String| -> UserResult {
+        let results = u
+            .rows
+            .iter()
+            .map(|r| RowResult::outcome(r.line, outcome, Some((code, message.clone()))))
+            .collect();
+        let events = if outcome == Outcome::Failed {
+            deps.events
+                .event(
+                    ROLE_SYNC_FAILED,
+                    json!({"job_id": job.id, "external_id": u.external_id, "reason": {"code": code.as_str(), "message": message}}),
+                )
+                .into_iter()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        UserResult::Rows {
+            results,
+            events,
+            changed: None,
+        }
+    };
+
+    let found = match deps.scim.find_by_external_id(&u.external_id, tally).await {
+        Ok(found) => found,
+        Err(e) if e.is_target_wide() => return UserResult::TargetWide(e),
+        Err(e) => return fail_rows(Outcome::Failed, ReasonCode::ScimRejected, e.to_string()),
+    };
+    let n = found.len();
+    let mut found = found.into_iter();
+    let mut user: ScimUser = match (found.next(), found.next()) {
+        (None, _) => {
+            return fail_rows(
+                Outcome::NotFound,
+                ReasonCode::UserNotFound,
+                format!(
+                    "no user with externalId \"{}\" in the target",
+                    u.external_id
+                ),
+            );
+        }
+        (Some(user), None) => user,
+        (Some(_), Some(_)) => {
+            return fail_rows(
+                Outcome::Failed,
+                ReasonCode::AmbiguousUser,
+                format!(
+                    "{n} users have externalId \"{}\"; nothing was written",
+                    u.external_id
+                ),
+            );
+        }
+    };
+
+    let max_rounds = deps.settings.sync.max_conflict_retries + 1;
+    for _round in 0..max_rounds {
+        let current = user.role_names();
+        let target = final_roles(policy, job.mode, &current, &u.desired);
+        if let Some(rule) = policy.sod_violation(&target) {
+            let message = format!(
+                "separation of duties \"{}\": {} ({})",
+                rule.name,
+                rule.roles.iter().cloned().collect::<Vec<_>>().join(" + "),
+                rule.reason
+            );
+            let results = u
+                .rows
+                .iter()
+                .map(|r| RowResult::rejected(r.line, ReasonCode::SodConflict, message.clone()))
+                .collect();
+            return UserResult::Rows {
+                results,
+                events: Vec::new(),
+                changed: None,
+            };
+        }
+        let added: Vec<String> = target.difference(&current).cloned().collect();
+        let removed: Vec<String> = current.difference(&target).cloned().collect();
+        let before_perms = policy.effective_permissions(&current);
+        let after_perms = policy.effective_permissions(&target);
+        let perms_added: Vec<String> = after_perms.difference(&before_perms).cloned().collect();
+        let perms_removed: Vec<String> = before_perms.difference(&after_perms).cloned().collect();
+        let row = |line: i64, outcome: Outcome| RowResult {
+            line,
+            outcome,
+            reason: None,
+            user_id: Some(user.id.clone()),
+            roles_added: Some(added.clone()),
+            roles_removed: Some(removed.clone()),
+            permissions_added: (job.dry_run).then(|| perms_added.clone()),
+            permissions_removed: (job.dry_run).then(|| perms_removed.clone()),
+        };
+        if added.is_empty() && removed.is_empty() {
+            let results = u
+                .rows
+                .iter()
+                .map(|r| row(r.line, Outcome::Unchanged))
+                .collect();
+            return UserResult::Rows {
+                results,
+                events: Vec::new(),
+                changed: Some(false),
+            };
+        }
+        if job.dry_run {
+            let results = u
+                .rows
+                .iter()
+                .map(|r| row(r.line, Outcome::Planned))
+                .collect();
+            return UserResult::Rows {
+                results,
+                events: Vec::new(),
+                changed: Some(true),
+            };
+        }
+        let roles: Vec<String> = target.iter().cloned().collect();
+        match deps
+            .scim
+            .patch_roles(&user.id, user.version().as_deref(), &roles, tally)
+            .await
+        {
+            Ok(_) => {
+                audit_log(job, &u.external_id, &user.id, &current, &target);
+                let event = deps.events.event(
+                    ROLE_SYNC_COMPLETED,
+                    json!({
+                        "job_id": job.id,
+                        "external_id": u.external_id,
+                        "user_id": user.id,
+                        "roles_before": current,
+                        "roles_after": target,
+                        "roles_added": added,
+                        "roles_removed": removed,
+                        "effective_permissions": *after_perms,
+                        "permissions_added": perms_added,
+                        "permissions_removed": perms_removed,
+                    }),
+                );
+                let results = u
+                    .rows
+                    .iter()
+                    .map(|r| row(r.line, Outcome::Applied))
+                    .collect();
+                return UserResult::Rows {
+                    results,
+                    events: event.into_iter().collect(),
+                    changed: Some(true),
+                };
+            }
+            Err(ScimError::Conflict) => {
+                // Someone changed the user since we read it: read again and recompute.
+                match deps.scim.get_user(&user.id, tally).await {
+                    Ok(fresh) => user = fresh,
+                    Err(ScimError::NotFound) => {
+                        return fail_rows(
+                            Outcome::NotFound,
+                            ReasonCode::UserNotFound,
+                            "the user was deleted during the sync".into(),
+                        );
+                    }
+                    Err(e) if e.is_target_wide() => return UserResult::TargetWide(e),
+                    Err(e) => {
+                        return fail_rows(Outcome::Failed, ReasonCode::ScimRejected, e.to_string());
+                    }
+                }
+            }
+            Err(ScimError::NotFound) => {
+                return fail_rows(
+                    Outcome::NotFound,
+                    ReasonCode::UserNotFound,
+                    "the user was deleted during the sync".into(),
+                );
+            }
+            Err(e) if e.is_target_wide() => return UserResult::TargetWide(e),
+            Err(e) => return fail_rows(Outcome::Failed, ReasonCode::ScimRejected, e.to_string()),
+        }
+    }
+    fail_rows(
+        Outcome::Failed,
+        ReasonCode::RetriesExhausted,
+        format!("the user kept changing: {max_rounds} version conflicts in a row"),
+    )
+}
+
+/// One structured line per role change, under the `audit` target. No tokens or secrets: only
+/// identifiers and role names.
+fn audit_log(job: &JobRecord, external_id: &str, user_id: &str, before: &RoleSet, after: &RoleSet) {
+    let request_id = job.request_id.as_deref().unwrap_or("");
+    tracing::info!(
+        target: "audit",
+        { job.id = %job.id, request.id = %request_id, user.external_id = %external_id, user.id = %user_id, roles.before = ?before, roles.after = ?after },
+        "roles changed"
+    );
+}

@@ -1,0 +1,555 @@
+//! The calls rolesync makes to the SCIM target, each paced, retried, counted and timed.
+
+use super::ScimError;
+use super::model::{ErrorBody, ListResponse, PATCH_OP_SCHEMA, ScimUser, escape_filter_value};
+use super::rate::RateLimiter;
+use super::retry::{Verdict, backoff, classify, parse_retry_after};
+use super::token::{TokenManager, TokenSource};
+use crate::configuration::{Settings, TargetProfile};
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret;
+use serde_json::json;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// Calls spent on behalf of one job, added to the job's `scim` counts.
+#[derive(Debug, Default)]
+pub struct CallTally {
+    pub requests: AtomicI64,
+    pub retries: AtomicI64,
+    pub rate_limited: AtomicI64,
+}
+
+impl CallTally {
+    pub fn snapshot(&self) -> (i64, i64, i64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.retries.load(Ordering::Relaxed),
+            self.rate_limited.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A role as the target's catalog (`GET /api/v2/authorization/roles`) describes it.
+#[derive(Debug, Clone)]
+pub struct TargetRole {
+    pub name: String,
+    pub permissions: Vec<String>,
+}
+
+pub struct ScimClient {
+    http: reqwest::Client,
+    base: String,
+    api_base: String,
+    profile: TargetProfile,
+    tokens: TokenSource,
+    limiter: RateLimiter,
+    metrics: Metrics,
+    /// Bounds calls in flight (`target.max_concurrency`).
+    inflight: Semaphore,
+    max_attempts: u32,
+    max_retry: Duration,
+}
+
+struct Call<'a> {
+    method: Method,
+    /// Path pattern for metrics, e.g. `/users/{id}`.
+    route: &'static str,
+    url: String,
+    query: &'a [(&'a str, String)],
+    body: Option<serde_json::Value>,
+    if_match: Option<String>,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl ScimClient {
+    pub fn from_settings(settings: &Settings, metrics: Metrics) -> anyhow::Result<ScimClient> {
+        let t = &settings.target;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(t.timeout_secs))
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(t.max_concurrency.max(4))
+            .user_agent(concat!("rolesync/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let tokens = match (
+            &t.bearer_token,
+            &t.client_id,
+            &t.client_secret,
+            &t.token_url,
+        ) {
+            (Some(tok), _, _, _) => TokenSource::Static(tok.clone()),
+            (None, Some(id), Some(secret), Some(url)) => {
+                TokenSource::ClientCredentials(TokenManager::new(
+                    http.clone(),
+                    url.clone(),
+                    id.clone(),
+                    secret.clone(),
+                    metrics.clone(),
+                    Duration::from_secs(t.max_retry_secs),
+                ))
+            }
+            _ => anyhow::bail!("target: no credentials configured"),
+        };
+        Ok(ScimClient {
+            http,
+            base: t.scim_base.trim_end_matches('/').to_owned(),
+            api_base: settings.api_base(),
+            profile: t.profile,
+            tokens,
+            limiter: RateLimiter::new(t.requests_per_minute),
+            metrics,
+            inflight: Semaphore::new(t.max_concurrency),
+            max_attempts: t.max_attempts,
+            max_retry: Duration::from_secs(t.max_retry_secs),
+        })
+    }
+
+    pub fn profile(&self) -> TargetProfile {
+        self.profile
+    }
+
+    /// Seconds between two calls at the configured rate.
+    pub fn call_interval(&self) -> Duration {
+        self.limiter.interval()
+    }
+
+    /// Users whose `externalId` equals `external_id` exactly (the value is escaped).
+    pub async fn find_by_external_id(
+        &self,
+        external_id: &str,
+        tally: &CallTally,
+    ) -> Result<Vec<ScimUser>, ScimError> {
+        let filter = format!("externalId eq \"{}\"", escape_filter_value(external_id));
+        let query = [
+            ("filter", filter),
+            ("attributes", "id,userName,externalId,roles,meta".to_owned()),
+        ];
+        let a = self
+            .call(
+                Call {
+                    method: Method::GET,
+                    route: "/users",
+                    url: format!("{}/users", self.base),
+                    query: &query,
+                    body: None,
+                    if_match: None,
+                },
+                tally,
+            )
+            .await?;
+        let list: ListResponse = parse(&a.body)?;
+        // The filter is exact; anything else the target returned is not this user.
+        Ok(list
+            .resources
+            .into_iter()
+            .filter(|u| u.external_id.as_deref() == Some(external_id))
+            .collect())
+    }
+
+    pub async fn get_user(&self, id: &str, tally: &CallTally) -> Result<ScimUser, ScimError> {
+        let query = [("attributes", "id,userName,externalId,roles,meta".to_owned())];
+        let a = self
+            .call(
+                Call {
+                    method: Method::GET,
+                    route: "/users/{id}",
+                    url: format!("{}/users/{}", self.base, path_segment(id)),
+                    query: &query,
+                    body: None,
+                    if_match: None,
+                },
+                tally,
+            )
+            .await?;
+        let mut user: ScimUser = parse(&a.body)?;
+        user.etag = etag(&a.headers);
+        Ok(user)
+    }
+
+    /// Replaces the user's roles with `roles`, guarded by `If-Match`. Returns the new ETag when
+    /// the target tells it.
+    pub async fn patch_roles(
+        &self,
+        id: &str,
+        version: Option<&str>,
+        roles: &[String],
+        tally: &CallTally,
+    ) -> Result<Option<String>, ScimError> {
+        let body = json!({
+            "schemas": [PATCH_OP_SCHEMA],
+            "Operations": [{
+                "op": "replace",
+                "path": "roles",
+                "value": roles.iter().map(|r| json!({"value": r})).collect::<Vec<_>>(),
+            }],
+        });
+        let a = self
+            .call(
+                Call {
+                    method: Method::PATCH,
+                    route: "/users/{id}",
+                    url: format!("{}/users/{}", self.base, path_segment(id)),
+                    query: &[],
+                    body: Some(body),
+                    if_match: version.map(str::to_owned),
+                },
+                tally,
+            )
+            .await?;
+        Ok(etag(&a.headers))
+    }
+
+    /// `totalResults` of the whole directory, for one call (`count=0`).
+    pub async fn count_users(&self, tally: &CallTally) -> Result<u64, ScimError> {
+        let query = [("count", "0".to_owned())];
+        let a = self
+            .call(
+                Call {
+                    method: Method::GET,
+                    route: "/users",
+                    url: format!("{}/users", self.base),
+                    query: &query,
+                    body: None,
+                    if_match: None,
+                },
+                tally,
+            )
+            .await?;
+        Ok(parse::<ListResponse>(&a.body)?.total_results)
+    }
+
+    /// One page of the directory with only what the sync needs (`startIndex` is 1-based).
+    pub async fn list_users(
+        &self,
+        start_index: u64,
+        count: u64,
+        tally: &CallTally,
+    ) -> Result<ListResponse, ScimError> {
+        let query = [
+            ("startIndex", start_index.to_string()),
+            ("count", count.to_string()),
+            ("attributes", "id,externalId,roles,meta.version".to_owned()),
+        ];
+        let a = self
+            .call(
+                Call {
+                    method: Method::GET,
+                    route: "/users",
+                    url: format!("{}/users", self.base),
+                    query: &query,
+                    body: None,
+                    if_match: None,
+                },
+                tally,
+            )
+            .await?;
+        parse(&a.body)
+    }
+
+    /// `filter.maxResults` of `ServiceProviderConfig`, the largest page the target allows.
+    pub async fn max_page_size(&self, tally: &CallTally) -> Result<Option<u64>, ScimError> {
+        let a = self
+            .call(
+                Call {
+                    method: Method::GET,
+                    route: "/serviceproviderconfig",
+                    url: format!("{}/serviceproviderconfig", self.base),
+                    query: &[],
+                    body: None,
+                    if_match: None,
+                },
+                tally,
+            )
+            .await?;
+        let v: serde_json::Value = parse(&a.body)?;
+        Ok(v.pointer("/filter/maxResults")
+            .and_then(serde_json::Value::as_u64))
+    }
+
+    /// The target's role catalog (Genesys Platform API), every page.
+    pub async fn list_roles(&self, tally: &CallTally) -> Result<Vec<TargetRole>, ScimError> {
+        let mut roles = Vec::new();
+        for page in 1..=1000u64 {
+            let query = [
+                ("pageSize", "100".to_owned()),
+                ("pageNumber", page.to_string()),
+            ];
+            let a = self
+                .call(
+                    Call {
+                        method: Method::GET,
+                        route: "/authorization/roles",
+                        url: format!("{}/api/v2/authorization/roles", self.api_base),
+                        query: &query,
+                        body: None,
+                        if_match: None,
+                    },
+                    tally,
+                )
+                .await?;
+            let v: serde_json::Value = parse(&a.body)?;
+            let entities = v
+                .get("entities")
+                .and_then(|e| e.as_array())
+                .cloned()
+                .unwrap_or_default();
+            for e in &entities {
+                let Some(name) = e.get("name").and_then(|n| n.as_str()) else {
+                    continue;
+                };
+                let mut permissions = Vec::new();
+                for p in e
+                    .get("permissionPolicies")
+                    .and_then(|p| p.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    let domain = p.get("domain").and_then(|d| d.as_str()).unwrap_or("*");
+                    let entity = p.get("entityName").and_then(|d| d.as_str()).unwrap_or("*");
+                    for action in p
+                        .get("actionSet")
+                        .and_then(|a| a.as_array())
+                        .into_iter()
+                        .flatten()
+                    {
+                        if let Some(action) = action.as_str() {
+                            permissions.push(format!("{domain}:{entity}:{action}"));
+                        }
+                    }
+                }
+                roles.push(TargetRole {
+                    name: name.to_owned(),
+                    permissions,
+                });
+            }
+            let page_count = v
+                .get("pageCount")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(1);
+            if entities.is_empty() || page >= page_count {
+                break;
+            }
+        }
+        Ok(roles)
+    }
+
+    /// Sends one call: paced by the shared limiter, bounded in flight, retried per policy.
+    /// Returns the 2xx answer, or the error its final answer means.
+    async fn call(&self, call: Call<'_>, tally: &CallTally) -> Result<Answer, ScimError> {
+        let deadline = Instant::now() + self.max_retry;
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        let mut rate_limited = 0u32;
+        loop {
+            let outcome = self.send_once(&call, tally).await;
+            let now = Instant::now();
+            let (delay, detail) = match outcome {
+                SendOutcome::Answer(a) if a.status.is_success() => return Ok(a),
+                SendOutcome::Answer(a)
+                    if a.status == StatusCode::UNAUTHORIZED
+                        && self.tokens.can_refresh()
+                        && !refreshed =>
+                {
+                    // A token the target no longer accepts: drop it, get a new one, resend once.
+                    refreshed = true;
+                    tally.retries.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .scim_retries_total
+                        .with_label_values(&["unauthorized"])
+                        .inc();
+                    continue;
+                }
+                SendOutcome::Answer(a) => match classify(a.status) {
+                    Verdict::Done => return Err(error_for(a.status, &a.body)),
+                    Verdict::RateLimited => {
+                        // A 429 delays the call; it does not use up an attempt.
+                        rate_limited += 1;
+                        tally.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.scim_rate_limited_total.inc();
+                        let named = a
+                            .headers
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(parse_retry_after);
+                        let delay = named.unwrap_or_else(|| {
+                            backoff(
+                                rate_limited,
+                                Duration::from_millis(500),
+                                Duration::from_secs(60),
+                            )
+                        });
+                        self.limiter.hold_for(delay);
+                        if now + delay > deadline {
+                            return Err(ScimError::RateLimited);
+                        }
+                        tally.retries.fetch_add(1, Ordering::Relaxed);
+                        self.metrics
+                            .scim_retries_total
+                            .with_label_values(&["rate_limited"])
+                            .inc();
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    Verdict::Transient => (
+                        backoff(attempt, Duration::from_millis(200), Duration::from_secs(30)),
+                        format!("{} {}", a.status, ErrorBody::parse(&a.body).text()),
+                    ),
+                },
+                SendOutcome::Transport(detail) => (
+                    backoff(attempt, Duration::from_millis(200), Duration::from_secs(30)),
+                    detail,
+                ),
+                SendOutcome::Token(e) => return Err(e),
+            };
+            attempt += 1;
+            if attempt >= self.max_attempts || now + delay > deadline {
+                return Err(ScimError::Unavailable { detail });
+            }
+            tally.retries.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .scim_retries_total
+                .with_label_values(&["transient"])
+                .inc();
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn send_once(&self, call: &Call<'_>, tally: &CallTally) -> SendOutcome {
+        let token = match self.tokens.token().await {
+            Ok(t) => t,
+            Err(e) => return SendOutcome::Token(e),
+        };
+        let _permit = match self.inflight.acquire().await {
+            Ok(p) => p,
+            Err(_) => return SendOutcome::Transport("client is shutting down".into()),
+        };
+        self.limiter.acquire().await;
+        let mut req = self
+            .http
+            .request(call.method.clone(), &call.url)
+            .bearer_auth(token.expose_secret())
+            .header(
+                reqwest::header::ACCEPT,
+                "application/scim+json, application/json",
+            );
+        if !call.query.is_empty() {
+            req = req.query(call.query);
+        }
+        if let Some(v) = &call.if_match {
+            req = req.header(reqwest::header::IF_MATCH, v.as_str());
+        }
+        if let Some(body) = &call.body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/scim+json")
+                .body(body.to_string());
+        }
+        let method = call.method.as_str();
+        let started = Instant::now();
+        tally.requests.fetch_add(1, Ordering::Relaxed);
+        let result = req.send().await;
+        let elapsed = started.elapsed().as_secs_f64();
+        self.metrics
+            .scim_request_duration_seconds
+            .with_label_values(&[method, call.route])
+            .observe(elapsed);
+        match result {
+            Err(e) => {
+                self.metrics
+                    .scim_requests_total
+                    .with_label_values(&[method, call.route, "error"])
+                    .inc();
+                SendOutcome::Transport(e.without_url().to_string())
+            }
+            Ok(resp) => {
+                let status = resp.status();
+                self.metrics
+                    .scim_requests_total
+                    .with_label_values(&[method, call.route, status.as_str()])
+                    .inc();
+                let headers = resp.headers().clone();
+                let num = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                };
+                self.limiter.observe(
+                    num("inin-ratelimit-allowed"),
+                    num("inin-ratelimit-count"),
+                    num("inin-ratelimit-reset"),
+                );
+                if status == StatusCode::UNAUTHORIZED {
+                    self.tokens.invalidate(&token).await;
+                }
+                match resp.bytes().await {
+                    Ok(body) => SendOutcome::Answer(Answer {
+                        status,
+                        headers,
+                        body,
+                    }),
+                    Err(e) => {
+                        SendOutcome::Transport(format!("reading the answer: {}", e.without_url()))
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum SendOutcome {
+    Answer(Answer),
+    Transport(String),
+    Token(ScimError),
+}
+
+/// What a final non-2xx answer means.
+fn error_for(status: StatusCode, body: &[u8]) -> ScimError {
+    let e = ErrorBody::parse(body);
+    match status.as_u16() {
+        409 | 412 => ScimError::Conflict,
+        400 if e.scim_type.as_deref() == Some("invalidVers") => ScimError::Conflict,
+        404 => ScimError::NotFound,
+        403 => ScimError::Forbidden { detail: e.text() },
+        401 => ScimError::AuthFailed {
+            detail: format!("401 after a fresh token: {}", e.text()),
+        },
+        s => ScimError::Rejected {
+            status: s,
+            detail: e.text(),
+        },
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ScimError> {
+    serde_json::from_slice(body).map_err(|e| ScimError::Protocol(e.to_string()))
+}
+
+fn etag(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(reqwest::header::ETAG)
+        .and_then(|v: &HeaderValue| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Percent-encodes an id for use as one path segment.
+fn path_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

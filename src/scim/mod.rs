@@ -1,0 +1,58 @@
+//! The SCIM client for Genesys Cloud (or any RFC 7644 service provider).
+//!
+//! - `token`: client-credentials OAuth, one refresh in flight, refreshed ahead of expiry.
+//! - `rate`: one pacing limiter shared by every worker, corrected by `inin-ratelimit-*`.
+//! - `retry`: which failures are retried (429, 408, 5xx, timeouts, connection errors) and how long
+//!   to wait (`Retry-After`, else exponential backoff with full jitter).
+//! - `client`: the calls rolesync makes, each counted.
+
+pub mod client;
+pub mod model;
+pub mod rate;
+pub mod retry;
+pub mod token;
+
+pub use client::{CallTally, ScimClient};
+pub use model::{ScimUser, escape_filter_value};
+
+/// Why a SCIM call failed, after retries. Each variant says what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum ScimError {
+    /// The ETag is stale (409, 412, or 400 `invalidVers`): re-read and recompute.
+    #[error("version conflict")]
+    Conflict,
+    /// 404: the user does not exist (any more).
+    #[error("not found")]
+    NotFound,
+    /// Another 4xx: the target refused this request; fails this user only.
+    #[error("rejected by the target ({status}): {detail}")]
+    Rejected { status: u16, detail: String },
+    /// 403: the OAuth client lacks a permission; fails the job once.
+    #[error("forbidden by the target: {detail}")]
+    Forbidden { detail: String },
+    /// The token endpoint refused the credentials, or a fresh token still got 401.
+    #[error("authentication failed: {detail}")]
+    AuthFailed { detail: String },
+    /// Retries exhausted on 5xx, 408, timeouts or connection errors: the target is down.
+    #[error("target unavailable: {detail}")]
+    Unavailable { detail: String },
+    /// Retries exhausted on 429s.
+    #[error("rate limited for too long")]
+    RateLimited,
+    /// The answer could not be understood.
+    #[error("unexpected answer from the target: {0}")]
+    Protocol(String),
+}
+
+impl ScimError {
+    /// Errors that concern the whole target rather than one user: the job pauses or fails.
+    pub fn is_target_wide(&self) -> bool {
+        matches!(
+            self,
+            ScimError::Forbidden { .. }
+                | ScimError::AuthFailed { .. }
+                | ScimError::Unavailable { .. }
+                | ScimError::RateLimited
+        )
+    }
+}

@@ -1,0 +1,127 @@
+//! Client-side pacing, shared by every worker of one target credential.
+//!
+//! A GCRA limiter (a leaky bucket measured in time): calls are spaced `60 s / rpm` apart, with
+//! a burst of about one second's worth. The target's own view wins: when `inin-ratelimit-*`
+//! says the window is spent, or a 429 names a `Retry-After`, every caller waits for it.
+
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub struct RateLimiter {
+    state: Mutex<State>,
+    interval: Duration,
+    /// How far ahead of its theoretical time a call may go: the burst.
+    tolerance: Duration,
+}
+
+struct State {
+    /// Theoretical arrival time of the next call.
+    tat: Instant,
+    /// No call starts before this (429 or a spent window).
+    hold_until: Option<Instant>,
+}
+
+impl RateLimiter {
+    pub fn new(requests_per_minute: u32) -> RateLimiter {
+        let rpm = requests_per_minute.max(1);
+        let interval = Duration::from_secs_f64(60.0 / f64::from(rpm));
+        let burst = (rpm / 60).clamp(1, 20);
+        RateLimiter {
+            state: Mutex::new(State {
+                tat: Instant::now(),
+                hold_until: None,
+            }),
+            interval,
+            tolerance: interval * (burst - 1),
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Reserves the next slot and waits for it.
+    pub async fn acquire(&self) {
+        let go_at = {
+            let mut s = match self.state.lock() {
+                Ok(s) => s,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let now = Instant::now();
+            let tat = s.tat.max(now);
+            let mut go_at = tat.checked_sub(self.tolerance).unwrap_or(now).max(now);
+            if let Some(hold) = s.hold_until {
+                if hold > go_at {
+                    go_at = hold;
+                } else if hold <= now {
+                    s.hold_until = None;
+                }
+            }
+            s.tat = tat.max(go_at) + self.interval;
+            go_at
+        };
+        tokio::time::sleep_until(go_at).await;
+    }
+
+    /// Holds every caller until `until`.
+    pub fn hold_for(&self, delay: Duration) {
+        let until = Instant::now() + delay;
+        let mut s = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if s.hold_until.is_none_or(|h| h < until) {
+            s.hold_until = Some(until);
+        }
+        if s.tat < until {
+            s.tat = until;
+        }
+    }
+
+    /// Reads the target's `inin-ratelimit-*` view: when the window is spent, wait for its reset.
+    pub fn observe(&self, allowed: Option<u64>, count: Option<u64>, reset_secs: Option<u64>) {
+        if let (Some(allowed), Some(count), Some(reset)) = (allowed, count, reset_secs)
+            && allowed > 0
+            && count >= allowed
+        {
+            self.hold_for(Duration::from_secs(reset.max(1)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn paces_to_the_configured_rate_after_a_burst() {
+        let limiter = RateLimiter::new(600); // 10/s, burst 10
+        let start = Instant::now();
+        for _ in 0..30 {
+            limiter.acquire().await;
+        }
+        let elapsed = start.elapsed();
+        // 10 in the burst, then 20 more at 100 ms each.
+        assert!(elapsed >= Duration::from_millis(1900), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_millis(2100), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_delays_every_caller() {
+        let limiter = RateLimiter::new(6000);
+        limiter.hold_for(Duration::from_secs(3));
+        let start = Instant::now();
+        limiter.acquire().await;
+        assert!(start.elapsed() >= Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_window_holds_until_reset() {
+        let limiter = RateLimiter::new(6000);
+        limiter.observe(Some(300), Some(300), Some(7));
+        let start = Instant::now();
+        limiter.acquire().await;
+        assert!(start.elapsed() >= Duration::from_secs(7));
+    }
+}

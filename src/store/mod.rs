@@ -1,0 +1,1033 @@
+//! Durable state: jobs, rows, work leases, idempotency keys and the webhook outbox.
+//!
+//! One interface, two backends on sqlx runtime queries: SQLite (embedded default; WAL, busy
+//! timeout) and PostgreSQL (several replicas; chunks claimed with `FOR UPDATE SKIP LOCKED`).
+//! The schema keeps times as epoch milliseconds and flags as 0/1 so almost every statement is
+//! the same text on both; `dual!` expands one body for each pool type.
+//!
+//! Invariants:
+//! - a job and all its rows are committed in one transaction, or nothing is;
+//! - a row leaves `pending` at most once (`… WHERE outcome = 'pending'`), and the job's counters
+//!   move in the same transaction, so counts always add up to `total`;
+//! - a chunk's results are committed only while its lease is held by the committer, so a chunk
+//!   re-claimed after its owner died is never committed twice.
+
+mod records;
+
+pub use records::*;
+
+use crate::domain::{Assignment, JobStatus, Outcome, ReasonCode};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Cheap to clone: a handle on a connection pool.
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// Runs `$body` once per backend with `$pool` bound to the concrete pool and `$db` to the
+/// sqlx database type, so one statement text serves both.
+macro_rules! dual {
+    ($self:expr, |$pool:ident, $db:ident| $body:expr) => {
+        match &$self.backend {
+            Backend::Sqlite($pool) => {
+                #[allow(dead_code)]
+                type $db = sqlx::Sqlite;
+                $body
+            }
+            Backend::Postgres($pool) => {
+                #[allow(dead_code)]
+                type $db = sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
+
+/// Rows per multi-row INSERT: 8 binds a row stays far below both backends' parameter limits.
+const INSERT_BATCH: usize = 1000;
+
+/// Moves one row out of `pending` inside a transaction; evaluates to whether it moved.
+macro_rules! apply_result {
+    ($tx:expr, $job_id:expr, $r:expr) => {{
+        let r: &RowResult = $r;
+        let n = sqlx::query(
+            "UPDATE items SET outcome = $1, reason_code = $2, reason_message = $3, user_id = $4, roles_added = $5, \
+             roles_removed = $6, permissions_added = $7, permissions_removed = $8 \
+             WHERE job_id = $9 AND line = $10 AND outcome = 'pending'",
+        )
+        .bind(r.outcome.as_str())
+        .bind(r.reason.as_ref().map(|(c, _)| c.as_str()))
+        .bind(r.reason.as_ref().map(|(_, m)| m.clone()))
+        .bind(r.user_id.clone())
+        .bind(json_list(&r.roles_added))
+        .bind(json_list(&r.roles_removed))
+        .bind(json_list(&r.permissions_added))
+        .bind(json_list(&r.permissions_removed))
+        .bind($job_id)
+        .bind(r.line)
+        .execute(&mut *$tx)
+        .await?
+        .rows_affected();
+        n == 1
+    }};
+}
+
+/// Moves a job's counters by the rows that left `pending` and the chunk's deltas.
+macro_rules! add_counts {
+    ($tx:expr, $job_id:expr, $c:expr, $d:expr, $now:expr) => {{
+        let c: &crate::domain::Counts = $c;
+        let d: &JobDeltas = $d;
+        sqlx::query(
+            "UPDATE jobs SET c_pending = c_pending - $1, c_rejected = c_rejected + $2, c_applied = c_applied + $3, \
+             c_unchanged = c_unchanged + $4, c_not_found = c_not_found + $5, c_failed = c_failed + $6, \
+             c_planned = c_planned + $7, users_changed = users_changed + $8, users_unchanged = users_unchanged + $9, \
+             scim_requests = scim_requests + $10, scim_retries = scim_retries + $11, \
+             scim_rate_limited = scim_rate_limited + $12, updated_at_ms = $13 WHERE id = $14",
+        )
+        .bind(c.total)
+        .bind(c.rejected)
+        .bind(c.applied)
+        .bind(c.unchanged)
+        .bind(c.not_found)
+        .bind(c.failed)
+        .bind(c.planned)
+        .bind(d.users_changed)
+        .bind(d.users_unchanged)
+        .bind(d.scim_requests)
+        .bind(d.scim_retries)
+        .bind(d.scim_rate_limited)
+        .bind($now)
+        .bind($job_id)
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
+/// Queues events in the outbox, one delivery per endpoint; a replayed event id is ignored.
+macro_rules! insert_events {
+    ($tx:expr, $events:expr) => {{
+        let now = now_ms();
+        let events: &[OutboxEvent] = $events;
+        for e in events {
+            for endpoint in &e.endpoints {
+                sqlx::query(
+                    "INSERT INTO webhook_outbox (event_id, endpoint, event_type, payload, status, next_attempt_at_ms, created_at_ms) \
+                     VALUES ($1, $2, $3, $4, 'pending', $5, $5) ON CONFLICT (event_id, endpoint) DO NOTHING",
+                )
+                .bind(e.event_id.as_str())
+                .bind(endpoint.as_str())
+                .bind(e.event_type.as_str())
+                .bind(e.payload.as_str())
+                .bind(now)
+                .execute(&mut *$tx)
+                .await?;
+            }
+        }
+    }};
+}
+
+pub fn now_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and applies its migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Store> {
+        let backend = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true);
+            if let Some(parent) = sqlite_parent_dir(url) {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections.max(2))
+                .connect_with(opts)
+                .await?;
+            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+            Backend::Sqlite(pool)
+        } else {
+            let opts = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections.max(2))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            Backend::Postgres(pool)
+        };
+        Ok(Store { backend })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn close(&self) {
+        dual!(self, |p, DB| p.close().await)
+    }
+
+    /// Readiness probe.
+    pub async fn ping(&self) -> StoreResult<()> {
+        dual!(self, |p, DB| {
+            sqlx::query("SELECT 1").execute(p).await?;
+        });
+        Ok(())
+    }
+
+    // ----- ingest -------------------------------------------------------------------------
+
+    /// Stores a job and all its rows in one transaction. With an idempotency key, a key seen
+    /// before returns the original job (same body) or a conflict (other body) instead.
+    pub async fn create_job(&self, job: &NewJob, rows: &[Assignment]) -> StoreResult<CreateJob> {
+        let now = now_ms();
+        dual!(self, |p, DB| {
+            let mut tx = p.begin().await?;
+            if let Some(idem) = &job.idempotency {
+                // Expired keys are forgotten first, so the same key may start a new job.
+                sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND expires_at_ms < $2")
+                    .bind(&idem.key)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO idempotency_keys (key, body_sha256, job_id, expires_at_ms) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(&idem.key)
+                .bind(&idem.body_sha256)
+                .bind(&job.id)
+                .bind(idem.expires_at_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    let row = sqlx::query(
+                        "SELECT body_sha256, job_id FROM idempotency_keys WHERE key = $1",
+                    )
+                    .bind(&idem.key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let hash: String = row.try_get(0)?;
+                    let job_id: String = row.try_get(1)?;
+                    tx.rollback().await?;
+                    return Ok(if hash == idem.body_sha256 {
+                        CreateJob::Existing { job_id }
+                    } else {
+                        CreateJob::KeyConflict { job_id }
+                    });
+                }
+            }
+            let total = rows.len() as i64;
+            let defective = rows.iter().filter(|r| r.defect.is_some()).count() as i64;
+            sqlx::query(
+                "INSERT INTO jobs (id, status, mode, dry_run, created_at_ms, updated_at_ms, c_total, c_pending, \
+                 c_rejected, policy_fingerprint, request_id) VALUES ($1, 'queued', $2, $3, $4, $4, $5, $8, $9, $6, $7)",
+            )
+            .bind(&job.id)
+            .bind(job.mode.as_str())
+            .bind(i64::from(job.dry_run))
+            .bind(now)
+            .bind(total)
+            .bind(&job.policy_fingerprint)
+            .bind(&job.request_id)
+            .bind(total - defective)
+            .bind(defective)
+            .execute(&mut *tx)
+            .await?;
+            for batch in rows.chunks(INSERT_BATCH) {
+                let mut qb = QueryBuilder::<DB>::new(
+                    "INSERT INTO items (job_id, line, external_id, role_template, license_tier, outcome, \
+                     reason_code, reason_message) ",
+                );
+                qb.push_values(batch, |mut b, r| {
+                    b.push_bind(&job.id)
+                        .push_bind(r.line as i64)
+                        .push_bind(&r.external_id)
+                        .push_bind(&r.role_template)
+                        .push_bind(&r.license_tier)
+                        .push_bind(if r.defect.is_some() {
+                            "rejected"
+                        } else {
+                            "pending"
+                        })
+                        .push_bind(r.defect.as_ref().map(|_| ReasonCode::MalformedRow.as_str()))
+                        .push_bind(r.defect.as_deref());
+                });
+                qb.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(CreateJob::Created)
+        })
+    }
+
+    // ----- reads --------------------------------------------------------------------------
+
+    pub async fn get_job(&self, id: &str) -> StoreResult<Option<JobRecord>> {
+        let row = dual!(self, |p, DB| {
+            sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(p)
+                .await?
+        });
+        row.map(JobRecord::try_from).transpose()
+    }
+
+    /// Newest first; `cursor` is the last id of the previous page.
+    pub async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        limit: i64,
+        cursor: Option<&str>,
+    ) -> StoreResult<Vec<JobRecord>> {
+        let rows = dual!(self, |p, DB| {
+            sqlx::query_as::<_, JobRow>(
+                "SELECT * FROM jobs WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR id < $2) \
+                 ORDER BY id DESC LIMIT $3",
+            )
+            .bind(status.map(JobStatus::as_str))
+            .bind(cursor)
+            .bind(limit)
+            .fetch_all(p)
+            .await?
+        });
+        rows.into_iter().map(JobRecord::try_from).collect()
+    }
+
+    /// Rows of a job by line; `cursor` is the last line of the previous page.
+    pub async fn list_items(
+        &self,
+        job_id: &str,
+        outcome: Option<Outcome>,
+        limit: i64,
+        cursor: Option<i64>,
+    ) -> StoreResult<Vec<ItemRecord>> {
+        let rows = dual!(self, |p, DB| {
+            sqlx::query_as::<_, ItemRow>(
+                "SELECT * FROM items WHERE job_id = $1 AND ($2 IS NULL OR outcome = $2) AND line > $3 \
+                 ORDER BY line LIMIT $4",
+            )
+            .bind(job_id)
+            .bind(outcome.map(Outcome::as_str))
+            .bind(cursor.unwrap_or(0))
+            .bind(limit)
+            .fetch_all(p)
+            .await?
+        });
+        rows.into_iter().map(ItemRecord::try_from).collect()
+    }
+
+    /// Rows waiting across unfinished jobs: the backpressure signal for ingest.
+    pub async fn pending_rows(&self) -> StoreResult<i64> {
+        dual!(self, |p, DB| {
+            let row = sqlx::query(
+                "SELECT CAST(COALESCE(SUM(c_pending), 0) AS BIGINT) FROM jobs \
+                 WHERE status IN ('queued', 'running', 'paused', 'awaiting_approval')",
+            )
+            .fetch_one(p)
+            .await?;
+            Ok(row.try_get::<i64, _>(0)?)
+        })
+    }
+
+    // ----- planning -----------------------------------------------------------------------
+
+    /// Claims one job that needs planning: a new one, or one whose planner died (lease expired).
+    pub async fn claim_job_to_plan(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+    ) -> StoreResult<Option<JobRecord>> {
+        let now = now_ms();
+        let row = dual!(self, |p, DB| {
+            let sql = match self.backend {
+                Backend::Postgres(_) => {
+                    "UPDATE jobs SET lease_owner = $1, lease_until_ms = $2, updated_at_ms = $3 WHERE id = ( \
+                     SELECT id FROM jobs WHERE planned = 0 AND status IN ('queued', 'running') \
+                     AND (lease_until_ms IS NULL OR lease_until_ms < $3) ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                     RETURNING *"
+                }
+                Backend::Sqlite(_) => {
+                    "UPDATE jobs SET lease_owner = $1, lease_until_ms = $2, updated_at_ms = $3 WHERE id = ( \
+                     SELECT id FROM jobs WHERE planned = 0 AND status IN ('queued', 'running') \
+                     AND (lease_until_ms IS NULL OR lease_until_ms < $3) ORDER BY id LIMIT 1) \
+                     RETURNING *"
+                }
+            };
+            sqlx::query_as::<_, JobRow>(sql)
+                .bind(owner)
+                .bind(now + lease_ms)
+                .bind(now)
+                .fetch_optional(p)
+                .await?
+        });
+        row.map(JobRecord::try_from).transpose()
+    }
+
+    /// Pending rows of a job ordered by user then line, so rows of one user are adjacent.
+    pub async fn pending_items_by_user(&self, job_id: &str) -> StoreResult<Vec<ItemRecord>> {
+        let rows = dual!(self, |p, DB| {
+            sqlx::query_as::<_, ItemRow>(
+                "SELECT * FROM items WHERE job_id = $1 AND outcome = 'pending' ORDER BY external_id, line",
+            )
+            .bind(job_id)
+            .fetch_all(p)
+            .await?
+        });
+        rows.into_iter().map(ItemRecord::try_from).collect()
+    }
+
+    /// Commits a job's plan in one transaction: rejected rows, the chunk of every remaining
+    /// row, the chunk work units, and the job's status. Only the planner holding the lease may.
+    pub async fn save_plan(&self, job_id: &str, owner: &str, plan: &JobPlan) -> StoreResult<bool> {
+        let now = now_ms();
+        dual!(self, |p, DB| {
+            let mut tx = p.begin().await?;
+            let held = sqlx::query(
+                "UPDATE jobs SET planned = 1, status = $1, started_at_ms = COALESCE(started_at_ms, $2), \
+                 updated_at_ms = $2, users_total = $3, estimate = $4, approval = $5, lease_owner = NULL, \
+                 lease_until_ms = NULL WHERE id = $6 AND lease_owner = $7 AND planned = 0",
+            )
+            .bind(plan.status.as_str())
+            .bind(now)
+            .bind(plan.users_total)
+            .bind(&plan.estimate)
+            .bind(&plan.approval)
+            .bind(job_id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if held == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let mut moved = 0i64;
+            for r in &plan.rejected {
+                moved += i64::from(apply_result!(tx, job_id, r));
+            }
+            sqlx::query(
+                "UPDATE jobs SET c_pending = c_pending - $1, c_rejected = c_rejected + $1 WHERE id = $2",
+            )
+            .bind(moved)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+            for (chunk_no, lines) in plan.chunks.iter().enumerate() {
+                for batch in lines.chunks(INSERT_BATCH) {
+                    let mut qb = QueryBuilder::<DB>::new("UPDATE items SET chunk_no = ");
+                    qb.push_bind(chunk_no as i64);
+                    qb.push(" WHERE job_id = ")
+                        .push_bind(job_id)
+                        .push(" AND line IN (");
+                    let mut sep = qb.separated(", ");
+                    for line in batch {
+                        sep.push_bind(*line);
+                    }
+                    qb.push(")");
+                    qb.build().execute(&mut *tx).await?;
+                }
+            }
+            let chunk_status = if plan.status == JobStatus::AwaitingApproval {
+                "held"
+            } else {
+                "ready"
+            };
+            let numbers: Vec<i64> = (0..plan.chunks.len() as i64).collect();
+            for batch in numbers.chunks(INSERT_BATCH) {
+                let mut qb =
+                    QueryBuilder::<DB>::new("INSERT INTO chunks (job_id, chunk_no, status) ");
+                qb.push_values(batch, |mut b, n| {
+                    b.push_bind(job_id).push_bind(*n).push_bind(chunk_status);
+                });
+                qb.push(" ON CONFLICT (job_id, chunk_no) DO NOTHING");
+                qb.build().execute(&mut *tx).await?;
+            }
+            insert_events!(tx, &plan.events);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Releases a job held in `awaiting_approval`.
+    pub async fn approve_job(&self, job_id: &str) -> StoreResult<bool> {
+        let now = now_ms();
+        dual!(self, |p, DB| {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(
+                "UPDATE jobs SET status = 'running', updated_at_ms = $1 WHERE id = $2 AND status = 'awaiting_approval'",
+            )
+            .bind(now)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query("UPDATE chunks SET status = 'ready' WHERE job_id = $1 AND status = 'held'")
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(n == 1)
+        })
+    }
+
+    // ----- syncing ------------------------------------------------------------------------
+
+    /// Claims one chunk that is ready, or whose lease expired (its owner died), of a running job.
+    pub async fn claim_chunk(&self, owner: &str, lease_ms: i64) -> StoreResult<Option<ChunkClaim>> {
+        let now = now_ms();
+        let row = dual!(self, |p, DB| {
+            let sql = match self.backend {
+                Backend::Postgres(_) => {
+                    "UPDATE chunks SET status = 'leased', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
+                     WHERE (job_id, chunk_no) = (SELECT c.job_id, c.chunk_no FROM chunks c JOIN jobs j ON j.id = c.job_id \
+                     WHERE j.status = 'running' AND (c.status = 'ready' OR (c.status = 'leased' AND c.lease_until_ms < $3)) \
+                     ORDER BY c.job_id, c.chunk_no LIMIT 1 FOR UPDATE OF c SKIP LOCKED) RETURNING job_id, chunk_no, attempts"
+                }
+                Backend::Sqlite(_) => {
+                    "UPDATE chunks SET status = 'leased', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
+                     WHERE rowid = (SELECT c.rowid FROM chunks c JOIN jobs j ON j.id = c.job_id \
+                     WHERE j.status = 'running' AND (c.status = 'ready' OR (c.status = 'leased' AND c.lease_until_ms < $3)) \
+                     ORDER BY c.job_id, c.chunk_no LIMIT 1) RETURNING job_id, chunk_no, attempts"
+                }
+            };
+            match sqlx::query(sql)
+                .bind(owner)
+                .bind(now + lease_ms)
+                .bind(now)
+                .fetch_optional(p)
+                .await?
+            {
+                None => None,
+                Some(r) => Some(ChunkClaim {
+                    job_id: r.try_get(0)?,
+                    chunk_no: r.try_get(1)?,
+                    attempts: r.try_get(2)?,
+                }),
+            }
+        });
+        Ok(row)
+    }
+
+    /// Pending rows of a chunk, by user then line.
+    pub async fn chunk_items(&self, job_id: &str, chunk_no: i64) -> StoreResult<Vec<ItemRecord>> {
+        let rows = dual!(self, |p, DB| {
+            sqlx::query_as::<_, ItemRow>(
+                "SELECT * FROM items WHERE job_id = $1 AND chunk_no = $2 AND outcome = 'pending' \
+                 ORDER BY external_id, line",
+            )
+            .bind(job_id)
+            .bind(chunk_no)
+            .fetch_all(p)
+            .await?
+        });
+        rows.into_iter().map(ItemRecord::try_from).collect()
+    }
+
+    /// Heartbeat: extends every lease `owner` holds (chunks and planning).
+    pub async fn extend_leases(&self, owner: &str, lease_ms: i64) -> StoreResult<()> {
+        let until = now_ms() + lease_ms;
+        dual!(self, |p, DB| {
+            sqlx::query("UPDATE chunks SET lease_until_ms = $1 WHERE lease_owner = $2 AND status = 'leased'")
+                .bind(until)
+                .bind(owner)
+                .execute(p)
+                .await?;
+            sqlx::query(
+                "UPDATE jobs SET lease_until_ms = $1 WHERE lease_owner = $2 AND planned = 0",
+            )
+            .bind(until)
+            .bind(owner)
+            .execute(p)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Gives back every lease `owner` holds, so another worker or replica resumes at once.
+    pub async fn release_leases(&self, owner: &str) -> StoreResult<()> {
+        dual!(self, |p, DB| {
+            sqlx::query(
+                "UPDATE chunks SET status = 'ready', lease_owner = NULL, lease_until_ms = NULL \
+                 WHERE lease_owner = $1 AND status = 'leased'",
+            )
+            .bind(owner)
+            .execute(p)
+            .await?;
+            sqlx::query(
+                "UPDATE jobs SET lease_owner = NULL, lease_until_ms = NULL WHERE lease_owner = $1",
+            )
+            .bind(owner)
+            .execute(p)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Gives back one chunk without results (e.g. the target is down).
+    pub async fn release_chunk(&self, claim: &ChunkClaim, owner: &str) -> StoreResult<()> {
+        dual!(self, |p, DB| {
+            sqlx::query(
+                "UPDATE chunks SET status = 'ready', lease_owner = NULL, lease_until_ms = NULL \
+                 WHERE job_id = $1 AND chunk_no = $2 AND lease_owner = $3 AND status = 'leased'",
+            )
+            .bind(&claim.job_id)
+            .bind(claim.chunk_no)
+            .bind(owner)
+            .execute(p)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Commits a chunk's outcomes, the job's counters and the audit events in one transaction,
+    /// provided `owner` still holds the chunk's lease. Returns false if the lease was lost.
+    pub async fn complete_chunk(
+        &self,
+        claim: &ChunkClaim,
+        owner: &str,
+        done: &ChunkDone,
+    ) -> StoreResult<bool> {
+        let now = now_ms();
+        dual!(self, |p, DB| {
+            let mut tx = p.begin().await?;
+            let held = sqlx::query(
+                "UPDATE chunks SET status = 'done', lease_owner = NULL, lease_until_ms = NULL \
+                 WHERE job_id = $1 AND chunk_no = $2 AND lease_owner = $3 AND status = 'leased'",
+            )
+            .bind(&claim.job_id)
+            .bind(claim.chunk_no)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if held == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let mut counts = crate::domain::Counts::default();
+            for r in &done.results {
+                if apply_result!(tx, &claim.job_id, r) {
+                    counts.add(r.outcome, 1);
+                }
+            }
+            add_counts!(tx, &claim.job_id, &counts, &done.deltas, now);
+            insert_events!(tx, &done.events);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Adds SCIM call counters to a job outside a chunk commit (reads spent on a released chunk).
+    pub async fn add_job_deltas(&self, job_id: &str, deltas: &JobDeltas) -> StoreResult<()> {
+        let now = now_ms();
+        dual!(self, |p, DB| {
+            let mut tx = p.begin().await?;
+            add_counts!(tx, job_id, &crate::domain::Counts::default(), deltas, now);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// If no chunk of a running job remains, moves it to its final status and queues its
+    /// `job.finished` event. Returns the finished job only to the caller that finished it.
+    pub async fn finish_job_if_done(
+        &self,
+        job_id: &str,
+        event: impl Fn(&JobRecord) -> Vec<OutboxEvent>,
+    ) -> StoreResult<Option<JobRecord>> {
+        let now = now_ms();
+        dual!(self, |p, DB| {
+            let mut tx = p.begin().await?;
+            let open: i64 =
+                sqlx::query("SELECT COUNT(*) FROM chunks WHERE job_id = $1 AND status <> 'done'")
+                    .bind(job_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get(0)?;
+            if open > 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            let row = sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE id = $1")
+                .bind(job_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            let job = JobRecord::try_from(row)?;
+            if job.planned == false
+                || !matches!(job.status, JobStatus::Running | JobStatus::Paused)
+                || job.counts.pending > 0
+            {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            let status = job.counts.final_status();
+            let n = sqlx::query(
+                "UPDATE jobs SET status = $1, finished_at_ms = $2, updated_at_ms = $2, paused_reason = NULL \
+                 WHERE id = $3 AND status IN ('running', 'paused')",
+            )
+            .bind(status.as_str())
+            .bind(now)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            let mut finished = job;
+            finished.status = status;
+            finished.finished_at_ms = Some(now);
+            insert_events!(tx, &event(&finished));
+            tx.commit().await?;
+            Ok(Some(finished))
+        })
+    }
+
+    /// Marks a job `paused` (with a reason) or back to `running` (`None`).
+    pub async fn set_paused(&self, job_id: &str, reason: Option<&str>) -> StoreResult<()> {
+        let now = now_ms();
+        dual!(self, |p, DB| {
+            match reason {
+                Some(r) => {
+                    sqlx::query(
+                        "UPDATE jobs SET status = 'paused', paused_reason = $1, updated_at_ms = $2 \
+                     WHERE id = $3 AND status = 'running'",
+                    )
+                    .bind(r)
+                    .bind(now)
+                    .bind(job_id)
+                    .execute(p)
+                    .await?
+                }
+                None => sqlx::query(
+                    "UPDATE jobs SET status = 'running', paused_reason = NULL, updated_at_ms = $1 \
+                     WHERE id = $2 AND status = 'paused'",
+                )
+                .bind(now)
+                .bind(job_id)
+                .execute(p)
+                .await?,
+            };
+        });
+        Ok(())
+    }
+
+    /// Resumes every paused job (the target answers again).
+    pub async fn resume_paused(&self) -> StoreResult<u64> {
+        let now = now_ms();
+        dual!(self, |p, DB| {
+            Ok(sqlx::query(
+                "UPDATE jobs SET status = 'running', paused_reason = NULL, updated_at_ms = $1 WHERE status = 'paused'",
+            )
+            .bind(now)
+            .execute(p)
+            .await?
+            .rows_affected())
+        })
+    }
+
+    /// Ends a job that cannot run at all: its pending rows become `failed` with `reason`.
+    pub async fn fail_job(
+        &self,
+        job_id: &str,
+        error: &str,
+        events: &[OutboxEvent],
+    ) -> StoreResult<bool> {
+        self.end_job(
+            job_id,
+            JobStatus::Failed,
+            Outcome::Failed,
+            "job_failed",
+            error,
+            events,
+        )
+        .await
+    }
+
+    /// Cancels a job at any point before it finished: pending rows become `cancelled`.
+    pub async fn cancel_job(&self, job_id: &str, events: &[OutboxEvent]) -> StoreResult<bool> {
+        self.end_job(
+            job_id,
+            JobStatus::Cancelled,
+            Outcome::Cancelled,
+            "cancelled",
+            "the job was cancelled",
+            events,
+        )
+        .await
+    }
+
+    async fn end_job(
+        &self,
+        job_id: &str,
+        status: JobStatus,
+        outcome: Outcome,
+        code: &str,
+        message: &str,
+        events: &[OutboxEvent],
+    ) -> StoreResult<bool> {
+        let now = now_ms();
+        dual!(self, |p, DB| {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(
+                "UPDATE jobs SET status = $1, finished_at_ms = $2, updated_at_ms = $2, error = $3, \
+                 lease_owner = NULL, lease_until_ms = NULL, planned = 1 \
+                 WHERE id = $4 AND status IN ('queued', 'running', 'paused', 'awaiting_approval')",
+            )
+            .bind(status.as_str())
+            .bind(now)
+            .bind(if status == JobStatus::Failed {
+                Some(message)
+            } else {
+                None
+            })
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let moved = sqlx::query(
+                "UPDATE items SET outcome = $1, reason_code = $2, reason_message = $3 \
+                 WHERE job_id = $4 AND outcome = 'pending'",
+            )
+            .bind(outcome.as_str())
+            .bind(code)
+            .bind(message)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as i64;
+            let column = match outcome {
+                Outcome::Cancelled => {
+                    "UPDATE jobs SET c_pending = c_pending - $1, c_cancelled = c_cancelled + $1 WHERE id = $2"
+                }
+                _ => {
+                    "UPDATE jobs SET c_pending = c_pending - $1, c_failed = c_failed + $1 WHERE id = $2"
+                }
+            };
+            sqlx::query(column)
+                .bind(moved)
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE chunks SET status = 'done', lease_owner = NULL WHERE job_id = $1")
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+            insert_events!(tx, events);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Deletes finished jobs (and their rows and chunks) older than `before_ms`, and expired
+    /// idempotency keys.
+    pub async fn prune(&self, before_ms: i64) -> StoreResult<u64> {
+        let now = now_ms();
+        dual!(self, |p, DB| {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "DELETE FROM items WHERE job_id IN (SELECT id FROM jobs WHERE finished_at_ms IS NOT NULL AND finished_at_ms < $1)",
+            )
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM chunks WHERE job_id IN (SELECT id FROM jobs WHERE finished_at_ms IS NOT NULL AND finished_at_ms < $1)",
+            )
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?;
+            let n = sqlx::query(
+                "DELETE FROM jobs WHERE finished_at_ms IS NOT NULL AND finished_at_ms < $1",
+            )
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query("DELETE FROM idempotency_keys WHERE expires_at_ms < $1")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(n)
+        })
+    }
+
+    // ----- webhook outbox -----------------------------------------------------------------
+
+    /// Claims up to `limit` deliveries that are due, leasing them so that a second dispatcher
+    /// (another replica) does not send them at the same time.
+    pub async fn claim_due_deliveries(
+        &self,
+        limit: i64,
+        lease_ms: i64,
+    ) -> StoreResult<Vec<OutboxRecord>> {
+        let now = now_ms();
+        let rows = dual!(self, |p, DB| {
+            let sql = match self.backend {
+                Backend::Postgres(_) => {
+                    "UPDATE webhook_outbox SET lease_until_ms = $1 WHERE (event_id, endpoint) IN ( \
+                     SELECT event_id, endpoint FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at_ms <= $2 \
+                     AND (lease_until_ms IS NULL OR lease_until_ms < $2) ORDER BY next_attempt_at_ms LIMIT $3 \
+                     FOR UPDATE SKIP LOCKED) RETURNING *"
+                }
+                Backend::Sqlite(_) => {
+                    "UPDATE webhook_outbox SET lease_until_ms = $1 WHERE rowid IN ( \
+                     SELECT rowid FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at_ms <= $2 \
+                     AND (lease_until_ms IS NULL OR lease_until_ms < $2) ORDER BY next_attempt_at_ms LIMIT $3) RETURNING *"
+                }
+            };
+            sqlx::query_as::<_, OutboxRow>(sql)
+                .bind(now + lease_ms)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows.into_iter().map(OutboxRecord::from).collect())
+    }
+
+    pub async fn mark_delivery(
+        &self,
+        event_id: &str,
+        endpoint: &str,
+        result: &DeliveryResult,
+    ) -> StoreResult<()> {
+        let now = now_ms();
+        dual!(self, |p, DB| {
+            match result {
+                DeliveryResult::Delivered => sqlx::query(
+                    "UPDATE webhook_outbox SET status = 'delivered', delivered_at_ms = $1, attempts = attempts + 1, \
+                     lease_until_ms = NULL, last_error = NULL WHERE event_id = $2 AND endpoint = $3",
+                )
+                .bind(now)
+                .bind(event_id)
+                .bind(endpoint)
+                .execute(p)
+                .await?,
+                DeliveryResult::Retry { next_attempt_at_ms, error } => sqlx::query(
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at_ms = $1, last_error = $2, \
+                     lease_until_ms = NULL WHERE event_id = $3 AND endpoint = $4",
+                )
+                .bind(next_attempt_at_ms)
+                .bind(error)
+                .bind(event_id)
+                .bind(endpoint)
+                .execute(p)
+                .await?,
+                DeliveryResult::Dead { error } => sqlx::query(
+                    "UPDATE webhook_outbox SET status = 'dead', attempts = attempts + 1, last_error = $1, \
+                     lease_until_ms = NULL WHERE event_id = $2 AND endpoint = $3",
+                )
+                .bind(error)
+                .bind(event_id)
+                .bind(endpoint)
+                .execute(p)
+                .await?,
+            };
+        });
+        Ok(())
+    }
+
+    pub async fn list_deliveries(
+        &self,
+        status: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<OutboxRecord>> {
+        let rows = dual!(self, |p, DB| {
+            sqlx::query_as::<_, OutboxRow>(
+                "SELECT * FROM webhook_outbox WHERE ($1 IS NULL OR status = $1) ORDER BY created_at_ms, event_id LIMIT $2",
+            )
+            .bind(status)
+            .bind(limit)
+            .fetch_all(p)
+            .await?
+        });
+        Ok(rows.into_iter().map(OutboxRecord::from).collect())
+    }
+
+    /// Queues a delivery (dead or delivered) to be sent again now. Keeps its `webhook-id`.
+    pub async fn redeliver(&self, event_id: &str, endpoint: Option<&str>) -> StoreResult<u64> {
+        let now = now_ms();
+        dual!(self, |p, DB| {
+            Ok(sqlx::query(
+                "UPDATE webhook_outbox SET status = 'pending', next_attempt_at_ms = $1, attempts = 0, lease_until_ms = NULL \
+                 WHERE event_id = $2 AND ($3 IS NULL OR endpoint = $3)",
+            )
+            .bind(now)
+            .bind(event_id)
+            .bind(endpoint)
+            .execute(p)
+            .await?
+            .rows_affected())
+        })
+    }
+
+    /// (pending deliveries, creation time of the oldest pending one)
+    pub async fn outbox_backlog(&self) -> StoreResult<(i64, Option<i64>)> {
+        dual!(self, |p, DB| {
+            let row = sqlx::query(
+                "SELECT COUNT(*), MIN(created_at_ms) FROM webhook_outbox WHERE status = 'pending'",
+            )
+            .fetch_one(p)
+            .await?;
+            Ok((row.try_get::<i64, _>(0)?, row.try_get::<Option<i64>, _>(1)?))
+        })
+    }
+}
+
+fn json_list(v: &Option<Vec<String>>) -> Option<String> {
+    v.as_ref().and_then(|v| serde_json::to_string(v).ok())
+}
+
+fn sqlite_parent_dir(url: &str) -> Option<&std::path::Path> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next()?;
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    std::path::Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+}

@@ -1,0 +1,365 @@
+//! Records the store reads and writes. `*Row` types mirror table columns; `*Record` types are
+//! the validated domain view of them.
+
+use super::StoreError;
+use crate::domain::{Counts, JobStatus, Mode, Outcome, ReasonCode};
+
+/// What `create_job` needs besides the rows.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub mode: Mode,
+    pub dry_run: bool,
+    pub request_id: Option<String>,
+    pub policy_fingerprint: Option<String>,
+    pub idempotency: Option<IdempotencyClaim>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    pub key: String,
+    pub body_sha256: String,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateJob {
+    Created,
+    /// The key was used before with the same body: this is that job.
+    Existing {
+        job_id: String,
+    },
+    /// The key was used before with another body.
+    KeyConflict {
+        job_id: String,
+    },
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct JobRow {
+    id: String,
+    status: String,
+    mode: String,
+    dry_run: i64,
+    created_at_ms: i64,
+    started_at_ms: Option<i64>,
+    finished_at_ms: Option<i64>,
+    updated_at_ms: i64,
+    planned: i64,
+    #[allow(dead_code)]
+    lease_owner: Option<String>,
+    #[allow(dead_code)]
+    lease_until_ms: Option<i64>,
+    c_total: i64,
+    c_pending: i64,
+    c_rejected: i64,
+    c_applied: i64,
+    c_unchanged: i64,
+    c_not_found: i64,
+    c_failed: i64,
+    c_cancelled: i64,
+    c_planned: i64,
+    users_total: i64,
+    users_changed: i64,
+    users_unchanged: i64,
+    scim_requests: i64,
+    scim_retries: i64,
+    scim_rate_limited: i64,
+    paused_reason: Option<String>,
+    error: Option<String>,
+    estimate: Option<String>,
+    approval: Option<String>,
+    policy_fingerprint: Option<String>,
+    request_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub id: String,
+    pub status: JobStatus,
+    pub mode: Mode,
+    pub dry_run: bool,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub updated_at_ms: i64,
+    pub planned: bool,
+    pub counts: Counts,
+    pub users_total: i64,
+    pub users_changed: i64,
+    pub users_unchanged: i64,
+    pub scim_requests: i64,
+    pub scim_retries: i64,
+    pub scim_rate_limited: i64,
+    pub paused_reason: Option<String>,
+    pub error: Option<String>,
+    pub estimate: Option<serde_json::Value>,
+    pub approval: Option<serde_json::Value>,
+    pub policy_fingerprint: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl TryFrom<JobRow> for JobRecord {
+    type Error = StoreError;
+
+    fn try_from(r: JobRow) -> Result<Self, StoreError> {
+        let status = JobStatus::parse(&r.status)
+            .ok_or_else(|| StoreError::Corrupt(format!("job {}: status {}", r.id, r.status)))?;
+        let mode = Mode::parse(&r.mode)
+            .ok_or_else(|| StoreError::Corrupt(format!("job {}: mode {}", r.id, r.mode)))?;
+        Ok(JobRecord {
+            status,
+            mode,
+            dry_run: r.dry_run != 0,
+            created_at_ms: r.created_at_ms,
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: r.finished_at_ms,
+            updated_at_ms: r.updated_at_ms,
+            planned: r.planned != 0,
+            counts: Counts {
+                total: r.c_total,
+                pending: r.c_pending,
+                rejected: r.c_rejected,
+                applied: r.c_applied,
+                unchanged: r.c_unchanged,
+                not_found: r.c_not_found,
+                failed: r.c_failed,
+                cancelled: r.c_cancelled,
+                planned: r.c_planned,
+            },
+            users_total: r.users_total,
+            users_changed: r.users_changed,
+            users_unchanged: r.users_unchanged,
+            scim_requests: r.scim_requests,
+            scim_retries: r.scim_retries,
+            scim_rate_limited: r.scim_rate_limited,
+            paused_reason: r.paused_reason,
+            error: r.error,
+            estimate: r.estimate.and_then(|s| serde_json::from_str(&s).ok()),
+            approval: r.approval.and_then(|s| serde_json::from_str(&s).ok()),
+            policy_fingerprint: r.policy_fingerprint,
+            request_id: r.request_id,
+            id: r.id,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct ItemRow {
+    #[allow(dead_code)]
+    job_id: String,
+    line: i64,
+    external_id: String,
+    role_template: String,
+    license_tier: String,
+    outcome: String,
+    reason_code: Option<String>,
+    reason_message: Option<String>,
+    user_id: Option<String>,
+    roles_added: Option<String>,
+    roles_removed: Option<String>,
+    permissions_added: Option<String>,
+    permissions_removed: Option<String>,
+    chunk_no: Option<i64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reason {
+    pub code: String,
+    pub message: String,
+}
+
+/// One row's result (SPEC §3 item).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ItemRecord {
+    pub line: i64,
+    pub external_id: String,
+    pub role_template: String,
+    pub license_tier: String,
+    pub outcome: Outcome,
+    pub reason: Option<Reason>,
+    pub user_id: Option<String>,
+    pub roles_added: Option<Vec<String>>,
+    pub roles_removed: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permissions_added: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permissions_removed: Option<Vec<String>>,
+    #[serde(skip)]
+    pub chunk_no: Option<i64>,
+}
+
+impl TryFrom<ItemRow> for ItemRecord {
+    type Error = StoreError;
+
+    fn try_from(r: ItemRow) -> Result<Self, StoreError> {
+        let outcome = Outcome::parse(&r.outcome).ok_or_else(|| {
+            StoreError::Corrupt(format!("item line {}: outcome {}", r.line, r.outcome))
+        })?;
+        let list = |s: Option<String>| s.and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok());
+        Ok(ItemRecord {
+            line: r.line,
+            external_id: r.external_id,
+            role_template: r.role_template,
+            license_tier: r.license_tier,
+            outcome,
+            reason: r.reason_code.map(|code| Reason {
+                code,
+                message: r.reason_message.unwrap_or_default(),
+            }),
+            user_id: r.user_id,
+            roles_added: list(r.roles_added),
+            roles_removed: list(r.roles_removed),
+            permissions_added: list(r.permissions_added),
+            permissions_removed: list(r.permissions_removed),
+            chunk_no: r.chunk_no,
+        })
+    }
+}
+
+/// A row leaving `pending`.
+#[derive(Debug, Clone)]
+pub struct RowResult {
+    pub line: i64,
+    pub outcome: Outcome,
+    pub reason: Option<(ReasonCode, String)>,
+    pub user_id: Option<String>,
+    pub roles_added: Option<Vec<String>>,
+    pub roles_removed: Option<Vec<String>>,
+    pub permissions_added: Option<Vec<String>>,
+    pub permissions_removed: Option<Vec<String>>,
+}
+
+impl RowResult {
+    pub fn rejected(line: i64, code: ReasonCode, message: impl Into<String>) -> RowResult {
+        RowResult::outcome(line, Outcome::Rejected, Some((code, message.into())))
+    }
+
+    pub fn outcome(line: i64, outcome: Outcome, reason: Option<(ReasonCode, String)>) -> RowResult {
+        RowResult {
+            line,
+            outcome,
+            reason,
+            user_id: None,
+            roles_added: None,
+            roles_removed: None,
+            permissions_added: None,
+            permissions_removed: None,
+        }
+    }
+}
+
+/// The planner's output for a job.
+#[derive(Debug, Clone, Default)]
+pub struct JobPlan {
+    /// `running`, or `awaiting_approval` to hold the chunks.
+    pub status: JobStatus,
+    pub rejected: Vec<RowResult>,
+    /// Lines of each chunk; all rows of one user are in one chunk.
+    pub chunks: Vec<Vec<i64>>,
+    pub users_total: i64,
+    pub estimate: Option<String>,
+    pub approval: Option<String>,
+    pub events: Vec<OutboxEvent>,
+}
+
+impl Default for JobStatus {
+    fn default() -> Self {
+        JobStatus::Running
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkClaim {
+    pub job_id: String,
+    pub chunk_no: i64,
+    pub attempts: i64,
+}
+
+/// Counter deltas besides row outcomes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobDeltas {
+    pub users_changed: i64,
+    pub users_unchanged: i64,
+    pub scim_requests: i64,
+    pub scim_retries: i64,
+    pub scim_rate_limited: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ChunkDone {
+    pub results: Vec<RowResult>,
+    pub deltas: JobDeltas,
+    pub events: Vec<OutboxEvent>,
+}
+
+/// An audit event to deliver to each of `endpoints`.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    /// The `webhook-id`, stable across retries and restarts.
+    pub event_id: String,
+    pub event_type: String,
+    /// The exact body to sign and send.
+    pub payload: String,
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct OutboxRow {
+    event_id: String,
+    endpoint: String,
+    event_type: String,
+    payload: String,
+    status: String,
+    attempts: i64,
+    next_attempt_at_ms: i64,
+    last_error: Option<String>,
+    created_at_ms: i64,
+    delivered_at_ms: Option<i64>,
+    #[allow(dead_code)]
+    lease_until_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutboxRecord {
+    pub event_id: String,
+    pub endpoint: String,
+    pub event_type: String,
+    #[serde(skip)]
+    pub payload: String,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at_ms: i64,
+    pub last_error: Option<String>,
+    pub created_at_ms: i64,
+    pub delivered_at_ms: Option<i64>,
+}
+
+impl From<OutboxRow> for OutboxRecord {
+    fn from(r: OutboxRow) -> Self {
+        OutboxRecord {
+            event_id: r.event_id,
+            endpoint: r.endpoint,
+            event_type: r.event_type,
+            payload: r.payload,
+            status: r.status,
+            attempts: r.attempts,
+            next_attempt_at_ms: r.next_attempt_at_ms,
+            last_error: r.last_error,
+            created_at_ms: r.created_at_ms,
+            delivered_at_ms: r.delivered_at_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum DeliveryResult {
+    Delivered,
+    Retry {
+        next_attempt_at_ms: i64,
+        error: String,
+    },
+    Dead {
+        error: String,
+    },
+}
