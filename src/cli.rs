@@ -146,7 +146,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             command: PolicyCommand::Check(args),
         } => {
             let settings = Settings::load(args.config.as_deref())?;
-            let (report, ok) = crate::policy::check::check_report(&settings.policy.file);
+            let (report, ok) = crate::policy::check_report(&settings.policy.file);
             println!("{report}");
             return Ok(if ok {
                 ExitCode::SUCCESS

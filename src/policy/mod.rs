@@ -7,13 +7,26 @@
 //!   `PolicyError` lists every problem found, each naming what is wrong.
 //! - `Policy` is immutable once loaded and shared as `Arc<Policy>`; memoisation uses interior
 //!   mutability and is safe across threads.
+//!
+//! Layout: `load` parses and validates the file, `resolve` answers the per-user questions
+//! (closure, entitlement, SoD, effective permissions) from tables precomputed at load, `check`
+//! renders the `rolesync policy check` report.
+//!
+//! Genesys Cloud has no role inheritance: `inherits` exists only here, and every question about a
+//! set of roles is answered on the set *closed under inheritance* (the roles plus all their
+//! ancestors), because that is what a user ends up holding once the hierarchy is flattened.
 
-pub mod check;
+mod check;
 pub mod live;
+mod load;
+mod resolve;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
+
+pub use check::check_report;
+pub use resolve::{permission_diff, permission_matches, validate_permission};
 
 /// A set of Genesys role names, ordered so that equal sets compare and hash equal.
 pub type RoleSet = BTreeSet<String>;
@@ -21,91 +34,160 @@ pub type RoleSet = BTreeSet<String>;
 /// Effective permissions, `domain:entity:action` strings (may contain `*`).
 pub type PermissionSet = BTreeSet<String>;
 
+/// The policy file could not be loaded; `problems` lists every problem found, one sentence each,
+/// in document order (a TOML syntax or schema error stops the parse, so it comes alone).
 #[derive(Debug, thiserror::Error)]
 #[error("invalid policy: {}", problems.join("; "))]
 pub struct PolicyError {
+    /// One human-readable sentence per problem, naming the offending role, tier, rule or key.
     pub problems: Vec<String>,
 }
 
+/// A license tier: the catalog roles a user on that license may hold.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Tier {
+    /// Tier name, as sent in `license_tier`.
     pub name: String,
+    /// Roles the tier allows (protected roles need not be listed).
     pub roles: RoleSet,
 }
 
+/// A catalog role, named as in Genesys Cloud.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Role {
+    /// The Genesys role name.
     pub name: String,
+    /// Direct parents, in file order (rolesync's own hierarchy; Genesys has none).
     pub inherits: Vec<String>,
+    /// The role's own permissions, `domain:entity:action`, in file (or import) order.
     pub permissions: Vec<String>,
 }
 
+/// A separation-of-duties rule: no user may end up holding all of `roles`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SodRule {
+    /// Rule name, reported with `sod_conflict`.
     pub name: String,
+    /// At least two catalog roles that must not be held together.
     pub roles: RoleSet,
+    /// Why, for the person reading the rejection.
     pub reason: String,
 }
 
+/// Thresholds above which a `replace` job waits for approval.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Approval {
+    /// Fraction (0..=1) of the job's users losing a role above which the job is held.
     pub max_removal_fraction: f64,
+    /// Number of users losing a role above which the job is held.
     pub max_removed_users: u64,
 }
 
-#[derive(Debug)]
+/// A role as the Genesys role catalog (`GET /api/v2/authorization/roles`) describes it, with its
+/// `permissionPolicies` flattened to `domain:entityName:action` strings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportedRole {
+    /// The Genesys role name.
+    pub name: String,
+    /// Flattened permission policies, `domain:entityName:action`.
+    pub permissions: Vec<String>,
+}
+
+/// A loaded, validated policy. Immutable once built; share it as `Arc<Policy>`.
+///
+/// Invariants established by `load::parse` and relied upon everywhere else: role, tier and SoD
+/// names are unique; every parent, tier role and SoD role names a catalog role (tiers may also
+/// name protected roles); the inheritance graph is acyclic; every permission is well formed.
 pub struct Policy {
-    _private: (),
+    expand_inherited: bool,
+    protected_roles: RoleSet,
+    tiers: Vec<Tier>,
+    tier_index: HashMap<String, usize>,
+    roles: Vec<Role>,
+    sod: Vec<SodRule>,
+    approval: Approval,
+    fingerprint: String,
+    resolver: resolve::Resolver,
+}
+
+impl std::fmt::Debug for Policy {
+    // The resolver tables and the memo can be large; a summary is what a log line needs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("fingerprint", &self.fingerprint)
+            .field("expand_inherited", &self.expand_inherited)
+            .field("protected_roles", &self.protected_roles)
+            .field("tiers", &self.tiers.len())
+            .field("roles", &self.roles.len())
+            .field("sod", &self.sod.len())
+            .field("approval", &self.approval)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Policy {
+    /// Reads and validates the policy file at `path`. An unreadable file is reported as a
+    /// single problem naming the path.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let _ = path;
-        Err(PolicyError {
-            problems: vec!["not built yet".into()],
-        })
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            problems: vec![format!(
+                "cannot read policy file \"{}\": {e}",
+                path.display()
+            )],
+        })?;
+        Self::from_toml_str(&text)
     }
 
+    /// Parses and validates a policy from TOML text, collecting every problem found.
     pub fn from_toml_str(s: &str) -> Result<Policy, PolicyError> {
-        let _ = s;
-        Err(PolicyError {
-            problems: vec!["not built yet".into()],
-        })
+        load::parse(s)
     }
 
+    /// Whether inherited roles are pushed to Genesys too (default true).
     pub fn expand_inherited(&self) -> bool {
-        true
+        self.expand_inherited
     }
 
     /// Roles never removed, whatever the mode (`Employee`).
     pub fn protected_roles(&self) -> &RoleSet {
-        unreachable_set()
+        &self.protected_roles
     }
 
+    /// The tier called `name`, if any.
     pub fn tier(&self, name: &str) -> Option<&Tier> {
-        let _ = name;
-        None
+        self.tier_index.get(name).and_then(|&i| self.tiers.get(i))
     }
 
+    /// Every tier, in file order.
     pub fn tiers(&self) -> Vec<&Tier> {
-        Vec::new()
+        self.tiers.iter().collect()
     }
 
+    /// The catalog role called `name`, if any.
     pub fn role(&self, name: &str) -> Option<&Role> {
-        let _ = name;
-        None
+        self.resolver.index_of(name).and_then(|i| self.roles.get(i))
     }
 
+    /// Every catalog role, in file order.
     pub fn roles(&self) -> Vec<&Role> {
-        Vec::new()
+        self.roles.iter().collect()
     }
 
+    /// Every SoD rule, in file order (`sod_violation` reports the first that matches).
     pub fn sod_rules(&self) -> &[SodRule] {
-        &[]
+        &self.sod
     }
 
+    /// Approval thresholds for `replace` jobs.
     pub fn approval(&self) -> &Approval {
-        unimplemented_approval()
+        &self.approval
+    }
+
+    /// Hex SHA-256 of the policy source text, so a job can record which policy it ran with.
+    /// For a policy returned by `merge_imported_catalog` it also covers the imported
+    /// permissions (see there).
+    pub fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
     }
 
     /// True when the role is in the catalog: only managed roles are ever removed by `replace`.
@@ -113,75 +195,123 @@ impl Policy {
         self.role(role).is_some()
     }
 
-    /// The role and all its ancestors (transitively), including itself.
+    /// The role and all its ancestors (transitively), including itself. A role outside the
+    /// catalog has no known ancestors: its closure is just itself.
     pub fn closure(&self, role: &str) -> RoleSet {
-        let _ = role;
-        RoleSet::new()
+        self.resolver.closure_names(role)
+    }
+
+    /// The role's ancestors (transitively), excluding itself; empty outside the catalog.
+    pub fn ancestors(&self, role: &str) -> RoleSet {
+        let mut set = self.closure(role);
+        set.remove(role);
+        set
     }
 
     /// The roles to push for a desired set: with every ancestor when `expand_inherited`,
-    /// otherwise the set itself.
+    /// otherwise the set itself. Roles outside the catalog pass through unchanged.
     pub fn expand(&self, roles: &RoleSet) -> RoleSet {
-        roles.clone()
+        if self.expand_inherited {
+            self.resolver.close(roles)
+        } else {
+            roles.clone()
+        }
     }
 
-    /// Roles of `roles` (closed under inheritance) that `tier` does not allow. Roles outside the
-    /// catalog (granted by hand in Genesys) and protected roles are never reported.
+    /// Roles of `roles` (closed under inheritance) that `tier` does not allow, sorted. Roles
+    /// outside the catalog (granted by hand in Genesys) and protected roles are never reported.
+    ///
+    /// The set is closed even when `expand_inherited` is false: holding a role means holding
+    /// what it inherits, and a tier must not be a way around that.
     pub fn not_entitled(&self, tier: &Tier, roles: &RoleSet) -> Vec<String> {
-        let _ = (tier, roles);
-        Vec::new()
+        self.resolver
+            .close(roles)
+            .into_iter()
+            .filter(|r| {
+                self.is_managed(r) && !self.protected_roles.contains(r) && !tier.roles.contains(r)
+            })
+            .collect()
     }
 
     /// The first SoD rule whose roles are all in `final_roles` (closed under inheritance).
+    /// The caller passes the final set, after the merge with the user's current roles.
     pub fn sod_violation(&self, final_roles: &RoleSet) -> Option<&SodRule> {
-        let _ = final_roles;
-        None
+        let closed = self.resolver.close(final_roles);
+        self.sod
+            .iter()
+            .find(|rule| rule.roles.iter().all(|r| closed.contains(r)))
     }
 
-    /// Union of the permissions of every role in the set and of their ancestors. Memoised per
-    /// distinct set.
+    /// Union of the permissions of every role in the set and of their ancestors, normalised so
+    /// that no permission is covered by a wildcard permission also in the set. Memoised per
+    /// distinct set (the memo is bounded), so repeated sets cost one hash lookup.
     pub fn effective_permissions(&self, roles: &RoleSet) -> Arc<PermissionSet> {
-        let _ = roles;
-        Arc::new(PermissionSet::new())
-    }
-}
-
-/// A role as imported from the target's catalog.
-#[derive(Debug, Clone)]
-pub struct ImportedRole {
-    pub name: String,
-    pub permissions: Vec<String>,
-}
-
-impl Policy {
-    pub fn fingerprint(&self) -> String {
-        String::new()
+        self.resolver.effective_permissions(roles)
     }
 
+    /// Empties the `effective_permissions` memo (benchmarks, tests, memory pressure).
+    pub fn clear_permission_cache(&self) {
+        self.resolver.clear_memo();
+    }
+
+    /// Number of role sets currently memoised by `effective_permissions`.
+    pub fn permission_cache_len(&self) -> usize {
+        self.resolver.memo_len()
+    }
+
+    /// The policy as `GET /v1/policy` shows it: `expand_inherited`, `protected_roles`, `tiers`,
+    /// `roles` (`name`, `inherits`, `permissions`), `sod`, `approval`, plus `fingerprint`.
     pub fn summary(&self) -> serde_json::Value {
-        serde_json::Value::Null
+        serde_json::json!({
+            "fingerprint": self.fingerprint,
+            "expand_inherited": self.expand_inherited,
+            "protected_roles": self.protected_roles,
+            "tiers": self.tiers,
+            "roles": self.roles,
+            "sod": self.sod,
+            "approval": self.approval,
+        })
     }
 
+    /// One role as `GET /v1/policy/roles/{name}` shows it: `name`, `inherits` (direct),
+    /// `ancestors` (transitive, excluding itself), `permissions` (own), `effective_permissions`
+    /// (of the role with its ancestors, normalised), `tiers` allowing it (names, file order) and
+    /// the `sod` rules naming it. `None` outside the catalog.
     pub fn role_detail(&self, name: &str) -> Option<serde_json::Value> {
-        let _ = name;
-        None
+        let role = self.role(name)?;
+        let tiers: Vec<&str> = self
+            .tiers
+            .iter()
+            .filter(|t| t.roles.contains(name))
+            .map(|t| t.name.as_str())
+            .collect();
+        let sod: Vec<&SodRule> = self.sod.iter().filter(|r| r.roles.contains(name)).collect();
+        let single = RoleSet::from([name.to_owned()]);
+        Some(serde_json::json!({
+            "name": role.name,
+            "inherits": role.inherits,
+            "ancestors": self.ancestors(name),
+            "permissions": role.permissions,
+            "effective_permissions": *self.effective_permissions(&single),
+            "tiers": tiers,
+            "sod": sod,
+        }))
     }
 
+    /// A copy of this policy whose roles carry the permissions Genesys reports for them
+    /// (`imported`), keeping local inheritance, tiers and SoD rules, plus a list of notes: one
+    /// `role "X" is in the policy but not in Genesys` per policy role Genesys lacks (that role
+    /// keeps its local permissions), and one per malformed imported permission (skipped).
+    /// Genesys roles the policy does not know are ignored: they are not managed.
+    ///
+    /// The copy's fingerprint hashes this policy's fingerprint together with the imported
+    /// permissions actually used, so it changes exactly when the effective catalog does.
     pub fn merge_imported_catalog(&self, imported: &[ImportedRole]) -> (Policy, Vec<String>) {
-        let _ = imported;
-        (Policy { _private: () }, Vec::new())
+        load::merge_imported(self, imported)
     }
 }
 
-fn unreachable_set() -> &'static RoleSet {
-    static EMPTY: std::sync::OnceLock<RoleSet> = std::sync::OnceLock::new();
-    EMPTY.get_or_init(RoleSet::new)
-}
-
-fn unimplemented_approval() -> &'static Approval {
-    static A: Approval = Approval {
-        max_removal_fraction: 1.0,
-        max_removed_users: u64::MAX,
-    };
-    &A
-}
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
