@@ -260,8 +260,10 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("postgres://"))
-            && !self.store.url.starts_with("postgresql://")
+        let url = &self.store.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
         {
             return Err(invalid(
                 "store.url",

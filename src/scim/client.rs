@@ -89,14 +89,14 @@ impl ScimClient {
         ) {
             (Some(tok), _, _, _) => TokenSource::Static(tok.clone()),
             (None, Some(id), Some(secret), Some(url)) => {
-                TokenSource::ClientCredentials(TokenManager::new(
+                TokenSource::ClientCredentials(Box::new(TokenManager::new(
                     http.clone(),
                     url.clone(),
                     id.clone(),
                     secret.clone(),
                     metrics.clone(),
                     Duration::from_secs(t.max_retry_secs),
-                ))
+                )))
             }
             _ => anyhow::bail!("target: no credentials configured"),
         };

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 pub enum TokenSource {
     Static(SecretString),
-    ClientCredentials(TokenManager),
+    ClientCredentials(Box<TokenManager>),
 }
 
 impl TokenSource {

@@ -687,7 +687,7 @@ impl Store {
                 return Ok(None);
             };
             let job = JobRecord::try_from(row)?;
-            if job.planned == false
+            if !job.planned
                 || !matches!(job.status, JobStatus::Running | JobStatus::Paused)
                 || job.counts.pending > 0
             {

@@ -250,7 +250,7 @@ impl RowResult {
 }
 
 /// The planner's output for a job.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct JobPlan {
     /// `running`, or `awaiting_approval` to hold the chunks.
     pub status: JobStatus,
@@ -261,12 +261,6 @@ pub struct JobPlan {
     pub estimate: Option<String>,
     pub approval: Option<String>,
     pub events: Vec<OutboxEvent>,
-}
-
-impl Default for JobStatus {
-    fn default() -> Self {
-        JobStatus::Running
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

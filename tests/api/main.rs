@@ -1,3 +1,8 @@
 //! One integration-test binary: real HTTP on 127.0.0.1 against a real rolesync, a real
 //! emulator and a real SQLite file (PostgreSQL when `TEST_DATABASE_URL` is set).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod helpers;
+mod resilience;
+mod sync;

@@ -1,0 +1,250 @@
+//! The HTTP contract: authentication, scopes, problem+json errors, idempotency.
+
+use crate::helpers::*;
+use serde_json::Value;
+
+const CSV: &str = "external_id,role_template,license_tier\nQ1,Agent,Standard Agent\n";
+
+async fn assert_problem(resp: reqwest::Response, status: u16, detail_contains: &str) -> Value {
+    assert_eq!(resp.status(), status);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    let detail = body["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains(detail_contains),
+        "detail {detail:?} lacks {detail_contains:?}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn v1_needs_a_key_and_the_right_scope() {
+    let app = spawn_app().await;
+    let resp = app
+        .client
+        .get(format!("{}/v1/jobs", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, 401, "API key").await;
+    assert_problem(app.get("/v1/jobs", "not-a-key").await, 401, "API key").await;
+    assert_eq!(app.get("/v1/jobs", READER_KEY).await.status(), 200);
+
+    let resp = app
+        .client
+        .post(format!("{}/v1/jobs", app.address))
+        .bearer_auth(READER_KEY)
+        .header("content-type", "text/csv")
+        .body(CSV)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, 403, "jobs:write").await;
+    let job = app.submit_csv(CSV).await;
+    let id = job["job_id"].as_str().unwrap();
+    assert_problem(
+        app.post(&format!("/v1/jobs/{id}/approve"), WRITER_KEY)
+            .await,
+        403,
+        "admin",
+    )
+    .await;
+
+    // Health, readiness and metrics need no key.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let resp = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn bad_bodies_get_a_clear_4xx_and_store_nothing() {
+    let app = spawn_app().await;
+    assert_problem(
+        app.submit("application/xml", "", "<x/>").await,
+        415,
+        "not supported",
+    )
+    .await;
+    assert_problem(
+        app.submit(
+            "application/json",
+            "",
+            "{\"assignments\": [\n {\"external_id\": }]}",
+        )
+        .await,
+        400,
+        "line 2, column",
+    )
+    .await;
+    let body = assert_problem(
+        app.submit(
+            "application/json",
+            "",
+            r#"{"assignments":[{"external_id":"A","role_template":"Agent"}]}"#,
+        )
+        .await,
+        400,
+        "assignments[0].license_tier",
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "assignments[0].license_tier");
+    assert_problem(
+        app.submit("text/csv", "", "external_id,role_template\nA,Agent\n")
+            .await,
+        400,
+        "license_tier",
+    )
+    .await;
+    assert_problem(
+        app.submit("text/csv", "?mode=sideways", CSV).await,
+        400,
+        "mode",
+    )
+    .await;
+    assert_problem(
+        app.submit(
+            "text/csv",
+            "",
+            b"external_id,role_template,license_tier\n\xff,Agent,X\n".to_vec(),
+        )
+        .await,
+        400,
+        "line 2, column 1",
+    )
+    .await;
+    assert_problem(
+        app.submit("text/csv", "", "external_id,role_template,license_tier\n")
+            .await,
+        400,
+        "no assignments",
+    )
+    .await;
+    assert_problem(app.get("/v1/jobs/nope", READER_KEY).await, 404, "not found").await;
+    assert_problem(app.get("/v1/jobs?limit=0", READER_KEY).await, 400, "limit").await;
+    let list: Value = app.get("/v1/jobs", READER_KEY).await.json().await.unwrap();
+    assert_eq!(
+        list["jobs"].as_array().unwrap().len(),
+        0,
+        "nothing was stored"
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_original_job() {
+    let app = spawn_app().await;
+    let send = |body: &'static str| {
+        app.client
+            .post(format!("{}/v1/jobs", app.address))
+            .bearer_auth(WRITER_KEY)
+            .header("content-type", "text/csv")
+            .header("idempotency-key", "nightly-2026-11-28")
+            .body(body)
+            .send()
+    };
+    let first = send(CSV).await.unwrap();
+    assert_eq!(first.status(), 202);
+    assert!(
+        first.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/v1/jobs/")
+    );
+    let first: Value = first.json().await.unwrap();
+    let again = send(CSV).await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["job_id"], first["job_id"]);
+    let other = send("external_id,role_template,license_tier\nQ2,Agent,Standard Agent\n")
+        .await
+        .unwrap();
+    assert_problem(other, 422, "different body").await;
+    let list: Value = app.get("/v1/jobs", READER_KEY).await.json().await.unwrap();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_csv_row_with_too_few_fields_is_rejected_alone() {
+    let app = spawn_app().await;
+    app.seed(&[("M2", &[])]).await;
+    let job = app
+        .submit_csv("external_id,role_template,license_tier\nM1,Agent\nM2,Agent,Standard Agent\n")
+        .await;
+    let id = job["job_id"].as_str().unwrap();
+    app.wait_finished(id).await;
+    let items = by_line(&app.items(id).await);
+    assert_eq!(items[&2]["outcome"], "rejected");
+    assert_eq!(items[&2]["reason"]["code"], "malformed_row");
+    assert_eq!(items[&3]["outcome"], "applied");
+}
+
+#[tokio::test]
+async fn metrics_count_jobs_and_scim_calls() {
+    let app = spawn_app().await;
+    app.seed(&[("P1", &[])]).await;
+    let job = app
+        .submit_csv("external_id,role_template,license_tier\nP1,Agent,Standard Agent\n")
+        .await;
+    app.wait_finished(job["job_id"].as_str().unwrap()).await;
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("rolesync_jobs_total{status=\"succeeded\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("rolesync_assignments_total{outcome=\"applied\"} 1"));
+    assert!(text.contains(
+        "rolesync_scim_requests_total{method=\"PATCH\",route=\"/users/{id}\",status=\"200\"} 1"
+    ));
+    assert!(text.contains(
+        "rolesync_http_requests_total{method=\"POST\",route=\"/v1/jobs\",status=\"202\"} 1"
+    ));
+}
+
+#[tokio::test]
+async fn cancel_stops_a_job_and_its_pending_rows() {
+    let app = spawn_app_with(TestOptions {
+        emulator: rolesync::emulator::EmulatorArgs {
+            rate_limit_per_minute: 0,
+            latency_ms: 200,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let users: Vec<String> = (0..60).map(|i| format!("C{i}")).collect();
+    let seeds: Vec<(&str, &[&str])> = users.iter().map(|u| (u.as_str(), &[][..])).collect();
+    app.seed(&seeds).await;
+    let csv: String = std::iter::once("external_id,role_template,license_tier".to_owned())
+        .chain(users.iter().map(|u| format!("{u},Agent,Standard Agent")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let job = app.submit_csv(&csv).await;
+    let id = job["job_id"].as_str().unwrap();
+    app.wait_for(id, &["running"]).await;
+    let resp = app.post(&format!("/v1/jobs/{id}/cancel"), WRITER_KEY).await;
+    assert_eq!(resp.status(), 200);
+    let done = app.wait_finished(id).await;
+    assert_eq!(done["status"], "cancelled");
+    assert!(done["counts"]["cancelled"].as_i64().unwrap() > 0, "{done}");
+    assert_eq!(done["counts"]["pending"], 0);
+    assert_eq!(
+        app.post(&format!("/v1/jobs/{id}/cancel"), WRITER_KEY)
+            .await
+            .status(),
+        409
+    );
+}

@@ -1,0 +1,375 @@
+//! `spawn_app()`: a real rolesync on 127.0.0.1:0 against a real emulator, on a fresh SQLite
+//! file, or on a fresh PostgreSQL database when `TEST_DATABASE_URL` is set.
+
+use rolesync::configuration::Settings;
+use rolesync::emulator::{self, EmulatorArgs, EmulatorHandle};
+use rolesync::http::auth::key_digest_hex;
+use rolesync::policy::Policy;
+use rolesync::startup::Application;
+use serde_json::{Value, json};
+use std::sync::LazyLock;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_KEY: &str = "test-admin-key";
+pub const WRITER_KEY: &str = "test-writer-key";
+pub const READER_KEY: &str = "test-reader-key";
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var("TEST_LOG").is_ok() {
+        rolesync::telemetry::init("pretty", "info");
+    }
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+});
+
+pub struct TestOptions {
+    pub emulator: EmulatorArgs,
+    /// Extra TOML layered over the test settings.
+    pub config: String,
+    pub policy: String,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        TestOptions {
+            emulator: EmulatorArgs {
+                rate_limit_per_minute: 0,
+                ..EmulatorArgs::default()
+            },
+            config: String::new(),
+            policy: include_str!("../../config/policy.toml").to_owned(),
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub emulator: EmulatorHandle,
+    pub store_url: String,
+    pub settings_toml: String,
+    pub policy: String,
+    _dir: tempfile::TempDir,
+    stop: CancellationToken,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A store URL for a fresh database: SQLite in `dir`, or a new PostgreSQL database.
+async fn fresh_store_url(dir: &std::path::Path) -> String {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(base) if !base.is_empty() => {
+            use sqlx::Connection;
+            let name = format!("rolesync_test_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = sqlx::PgConnection::connect(&base)
+                .await
+                .expect("TEST_DATABASE_URL reachable");
+            let sql = format!("CREATE DATABASE {name}");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .expect("create database");
+            let (prefix, _) = base
+                .rsplit_once('/')
+                .expect("TEST_DATABASE_URL ends with /dbname");
+            format!("{prefix}/{name}")
+        }
+        _ => format!("sqlite://{}", dir.join("rolesync.db").display()),
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestOptions::default()).await
+}
+
+pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
+    LazyLock::force(&TRACING);
+    let emulator = emulator::spawn(opts.emulator)
+        .await
+        .expect("emulator starts");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store_url = fresh_store_url(dir.path()).await;
+    let base = emulator.base_url();
+    let settings_toml = format!(
+        r#"
+        [server]
+        bind = "127.0.0.1:0"
+        shutdown_grace_secs = 5
+        [store]
+        url = "{store_url}"
+        lease_secs = 10
+        [target]
+        scim_base = "{base}/api/v2/scim/v2"
+        token_url = "{base}/oauth/token"
+        requests_per_minute = 60000
+        max_retry_secs = 20
+        [sync]
+        chunk_size = 10
+        [[auth.keys]]
+        name = "admin"
+        key_sha256 = "{admin}"
+        scopes = ["admin"]
+        [[auth.keys]]
+        name = "writer"
+        key_sha256 = "{writer}"
+        scopes = ["jobs:write", "jobs:read"]
+        [[auth.keys]]
+        name = "reader"
+        key_sha256 = "{reader}"
+        scopes = ["jobs:read"]
+        "#,
+        admin = key_digest_hex(ADMIN_KEY),
+        writer = key_digest_hex(WRITER_KEY),
+        reader = key_digest_hex(READER_KEY),
+    );
+    let settings_toml = format!("{settings_toml}\n{}", opts.config);
+    let mut app = TestApp {
+        address: String::new(),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client"),
+        emulator,
+        store_url,
+        settings_toml,
+        policy: opts.policy,
+        _dir: dir,
+        stop: CancellationToken::new(),
+        server: None,
+    };
+    app.start().await;
+    app
+}
+
+impl TestApp {
+    async fn start(&mut self) {
+        let settings =
+            Settings::from_toml_overrides(&self.settings_toml).expect("valid test settings");
+        let policy = Policy::from_toml_str(&self.policy).expect("valid test policy");
+        let application = Application::build_with_policy(settings, policy, None)
+            .await
+            .expect("app builds");
+        self.address = format!("http://{}", application.local_addr().expect("addr"));
+        self.stop = CancellationToken::new();
+        let stop = self.stop.clone();
+        self.server = Some(tokio::spawn(
+            application.run_until_stopped(async move { stop.cancelled().await }),
+        ));
+    }
+
+    /// Stops the service gracefully and starts a new one on the same store and emulator.
+    pub async fn restart(&mut self) {
+        self.stop_service().await;
+        self.start().await;
+    }
+
+    pub async fn stop_service(&mut self) {
+        self.stop.cancel();
+        if let Some(s) = self.server.take() {
+            s.await.expect("server task").expect("server stops cleanly");
+        }
+    }
+
+    pub fn emulator_url(&self) -> String {
+        self.emulator.base_url()
+    }
+
+    pub async fn submit(
+        &self,
+        content_type: &str,
+        query: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/jobs{query}", self.address))
+            .bearer_auth(WRITER_KEY)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn submit_csv(&self, csv: &str) -> Value {
+        let resp = self.submit("text/csv", "", csv.to_owned()).await;
+        assert_eq!(resp.status(), 202, "submit: {:?}", resp.text().await);
+        resp.json().await.expect("job json")
+    }
+
+    pub async fn submit_json(&self, body: Value) -> Value {
+        let resp = self.submit("application/json", "", body.to_string()).await;
+        assert_eq!(resp.status(), 202, "submit: {:?}", resp.text().await);
+        resp.json().await.expect("job json")
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        let resp = self.get(&format!("/v1/jobs/{id}"), READER_KEY).await;
+        assert_eq!(resp.status(), 200);
+        resp.json().await.expect("job json")
+    }
+
+    /// Polls until the job reaches a status in `statuses` (60 s at most).
+    pub async fn wait_for(&self, id: &str, statuses: &[&str]) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let job = self.job(id).await;
+            let status = job["status"].as_str().unwrap_or("").to_owned();
+            if statuses.contains(&status.as_str()) {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} stuck in {status}: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_finished(&self, id: &str) -> Value {
+        self.wait_for(
+            id,
+            &["succeeded", "completed_with_errors", "failed", "cancelled"],
+        )
+        .await
+    }
+
+    /// Every row of a job, by line.
+    pub async fn items(&self, id: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/jobs/{id}/items?limit=1000");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let v: Value = self
+                .get(&path, READER_KEY)
+                .await
+                .json()
+                .await
+                .expect("items");
+            all.extend(v["items"].as_array().cloned().unwrap_or_default());
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return all,
+            }
+        }
+    }
+
+    /// Adds users to the emulator's org: (externalId, roles).
+    pub async fn seed(&self, users: &[(&str, &[&str])]) {
+        let body: Vec<Value> = users
+            .iter()
+            .enumerate()
+            .map(|(i, (ext, roles))| {
+                json!({
+                    "userName": format!("user-{i}-{}@example.com", uuid::Uuid::new_v4().simple()),
+                    "externalId": ext,
+                    "displayName": format!("User {ext}"),
+                    "roles": roles.iter().map(|r| json!({"value": r})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let resp = self
+            .client
+            .post(format!("{}/emulator/users", self.emulator_url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("seed");
+        assert!(resp.status().is_success(), "seed: {:?}", resp.text().await);
+    }
+
+    /// The roles of every emulator user with this externalId, sorted.
+    pub async fn roles_of(&self, external_id: &str) -> Vec<Vec<String>> {
+        let users: Value = self
+            .client
+            .get(format!("{}/emulator/users", self.emulator_url()))
+            .send()
+            .await
+            .expect("dump")
+            .json()
+            .await
+            .expect("users json");
+        let mut out = Vec::new();
+        for u in users.as_array().into_iter().flatten() {
+            if u["externalId"].as_str() == Some(external_id) {
+                let mut roles: Vec<String> = u["roles"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| {
+                        r.as_str()
+                            .map(str::to_owned)
+                            .or_else(|| r["value"].as_str().map(str::to_owned))
+                    })
+                    .collect();
+                roles.sort();
+                out.push(roles);
+            }
+        }
+        out
+    }
+
+    pub async fn emulator_stats(&self) -> Value {
+        self.client
+            .get(format!("{}/emulator/stats", self.emulator_url()))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json")
+    }
+
+    pub async fn set_faults(&self, faults: Value) {
+        let resp = self
+            .client
+            .post(format!("{}/emulator/faults", self.emulator_url()))
+            .json(&faults)
+            .send()
+            .await
+            .expect("faults");
+        assert!(
+            resp.status().is_success(),
+            "faults: {:?}",
+            resp.text().await
+        );
+    }
+}
+
+pub fn by_line(items: &[Value]) -> std::collections::BTreeMap<i64, Value> {
+    items
+        .iter()
+        .map(|i| (i["line"].as_i64().unwrap_or(0), i.clone()))
+        .collect()
+}
+
+pub fn strs(v: &Value) -> Vec<String> {
+    let mut out: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect();
+    out.sort();
+    out
+}
