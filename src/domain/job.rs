@@ -101,7 +101,10 @@ impl Outcome {
 
     /// Outcomes that count as success for the job's final status.
     pub fn is_success(self) -> bool {
-        matches!(self, Outcome::Applied | Outcome::Unchanged | Outcome::Planned)
+        matches!(
+            self,
+            Outcome::Applied | Outcome::Unchanged | Outcome::Planned
+        )
     }
 }
 
