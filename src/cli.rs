@@ -6,11 +6,7 @@ use std::process::ExitCode;
 use crate::emulator::EmulatorArgs;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "rolesync",
-    version,
-    about = "Keeps Genesys Cloud user roles in step with an HR system"
-)]
+#[command(name = "rolesync", version, about = "Keeps Genesys Cloud user roles in step with an HR system")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -33,10 +29,7 @@ pub struct ServeArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

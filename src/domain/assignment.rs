@@ -88,10 +88,7 @@ mod tests {
         assert!(ExternalId::parse("  ").is_err());
         assert!(ExternalId::parse("a\nb").is_err());
         assert!(ExternalId::parse(&"x".repeat(257)).is_err());
-        assert_eq!(
-            ExternalId::parse(" EMP-1 ").map(|e| e.0),
-            Ok("EMP-1".to_owned())
-        );
+        assert_eq!(ExternalId::parse(" EMP-1 ").map(|e| e.0), Ok("EMP-1".to_owned()));
         assert!(ExternalId::parse(r#"x" or userName pr ""#).is_ok());
     }
 }

@@ -101,10 +101,7 @@ impl Outcome {
 
     /// Outcomes that count as success for the job's final status.
     pub fn is_success(self) -> bool {
-        matches!(
-            self,
-            Outcome::Applied | Outcome::Unchanged | Outcome::Planned
-        )
+        matches!(self, Outcome::Applied | Outcome::Unchanged | Outcome::Planned)
     }
 }
 

@@ -58,16 +58,12 @@ pub struct Policy {
 impl Policy {
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let _ = path;
-        Err(PolicyError {
-            problems: vec!["not built yet".into()],
-        })
+        Err(PolicyError { problems: vec!["not built yet".into()] })
     }
 
     pub fn from_toml_str(s: &str) -> Result<Policy, PolicyError> {
         let _ = s;
-        Err(PolicyError {
-            problems: vec!["not built yet".into()],
-        })
+        Err(PolicyError { problems: vec!["not built yet".into()] })
     }
 
     pub fn expand_inherited(&self) -> bool {
@@ -149,9 +145,6 @@ fn unreachable_set() -> &'static RoleSet {
 }
 
 fn unimplemented_approval() -> &'static Approval {
-    static A: Approval = Approval {
-        max_removal_fraction: 1.0,
-        max_removed_users: u64::MAX,
-    };
+    static A: Approval = Approval { max_removal_fraction: 1.0, max_removed_users: u64::MAX };
     &A
 }
