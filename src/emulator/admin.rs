@@ -1,0 +1,275 @@
+//! `/emulator/*`: the emulator's own admin endpoints (no auth, no faults, no rate limit, not
+//! counted in the stats), and the request statistics.
+//!
+//! - `POST /emulator/users`: bulk-add users (a JSON array of SCIM users) → `{"created": n}`.
+//!   Several users may share an `externalId` (to stage `ambiguous_user`); userNames stay unique.
+//! - `GET /emulator/users`: every user, `[{id, userName, externalId, displayName, active, roles,
+//!   version}]`.
+//! - `GET|POST /emulator/faults`: the fault knobs (see `faults.rs`).
+//! - `GET /emulator/stats`, `POST /emulator/stats/reset`.
+//! - `POST /emulator/reset`: users, stats and tokens cleared; faults off.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::Shared;
+use super::errors::{ApiError, JSON_CONTENT_TYPE, json_response};
+use super::faults::{Dropped, FaultUpdate};
+use super::scim::read_json;
+use super::state::lock;
+use super::user::{self, UserData};
+
+/// Largest `POST /emulator/users` body.
+const MAX_ADMIN_BODY: usize = 512 * 1024 * 1024;
+const STAT_SHARDS: usize = 16;
+
+/// Per route pattern: (method, status, count).
+type StatShard = Mutex<HashMap<String, Vec<(Method, u16, u64)>>>;
+
+/// Request counts by (method, route pattern, status), sharded per thread.
+pub struct Stats {
+    shards: Box<[StatShard]>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            shards: (0..STAT_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+}
+
+fn thread_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SHARD.with(|s| {
+        if s.get() == usize::MAX {
+            s.set(NEXT.fetch_add(1, Ordering::Relaxed) % STAT_SHARDS);
+        }
+        s.get()
+    })
+}
+
+impl Stats {
+    pub fn record(&self, method: &Method, route: &str, status: u16) {
+        let mut shard = lock(&self.shards[thread_shard()]);
+        let rows = match shard.get_mut(route) {
+            Some(rows) => rows,
+            None => shard.entry(route.to_string()).or_default(),
+        };
+        match rows
+            .iter_mut()
+            .find(|(m, s, _)| m == method && *s == status)
+        {
+            Some(row) => row.2 += 1,
+            None => rows.push((method.clone(), status, 1)),
+        }
+    }
+
+    pub fn reset(&self) {
+        for s in self.shards.iter() {
+            lock(s).clear();
+        }
+    }
+
+    pub fn snapshot(&self) -> Value {
+        let mut merged: BTreeMap<(String, String, u16), u64> = BTreeMap::new();
+        for s in self.shards.iter() {
+            for (route, rows) in lock(s).iter() {
+                for (m, status, n) in rows {
+                    *merged
+                        .entry((route.clone(), m.to_string(), *status))
+                        .or_default() += n;
+                }
+            }
+        }
+        let total: u64 = merged.values().sum();
+        let requests: Vec<Value> = merged
+            .into_iter()
+            .map(|((route, method, status), count)| {
+                json!({"method": method, "route": route, "status": status, "count": count})
+            })
+            .collect();
+        json!({"total": total, "requests": requests})
+    }
+}
+
+/// Counts every request it wraps (everything but `/emulator/*`) by its route pattern.
+/// A dropped connection counts with status 0; a path no route matches as `(unmatched)`.
+pub async fn stats_middleware(State(shared): State<Shared>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let response = next.run(req).await;
+    let status = if response.extensions().get::<Dropped>().is_some() {
+        0
+    } else {
+        response.status().as_u16()
+    };
+    let route = route.as_ref().map_or("(unmatched)", MatchedPath::as_str);
+    shared.stats.record(&method, route, status);
+    response
+}
+
+pub fn router() -> Router<Shared> {
+    Router::new()
+        .route("/users", get(list_users).post(add_users))
+        .route("/faults", get(get_faults).post(set_faults))
+        .route("/stats", get(get_stats))
+        .route("/stats/reset", post(reset_stats))
+        .route("/reset", post(reset))
+}
+
+fn ok(body: &Value) -> Response {
+    json_response(StatusCode::OK, JSON_CONTENT_TYPE, body)
+}
+
+async fn add_users(State(shared): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    match add_users_inner(&shared, &headers, body).await {
+        Ok(n) => ok(&json!({"created": n})),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn add_users_inner(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<usize, ApiError> {
+    let Value::Array(items) = read_json(headers, body, MAX_ADMIN_BODY).await? else {
+        return Err(ApiError::invalid_syntax(
+            "The body must be a JSON array of SCIM users.",
+        ));
+    };
+    // Validate everything first so a bad row adds nothing.
+    let mut batch: Vec<UserData> = Vec::with_capacity(items.len());
+    let mut names = std::collections::HashSet::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let Value::Object(doc) = item else {
+            return Err(ApiError::invalid_syntax(format!(
+                "User #{} is not an object.",
+                i + 1
+            )));
+        };
+        let mut data = user::from_json(&doc, &shared.catalog)
+            .map_err(|e| prefix_error(e, &format!("User #{}: ", i + 1)))?;
+        if data.display_name.is_none() {
+            data.display_name = Some(data.user_name.clone());
+        }
+        let key = data.user_name.to_lowercase();
+        if !names.insert(key) || shared.users.id_by_user_name(&data.user_name).is_some() {
+            return Err(ApiError::uniqueness(format!(
+                "User #{}: userName '{}' is already in use.",
+                i + 1,
+                data.user_name
+            )));
+        }
+        batch.push(data);
+    }
+    let n = batch.len();
+    for data in batch {
+        shared.users.create(data)?;
+    }
+    Ok(n)
+}
+
+fn prefix_error(e: ApiError, prefix: &str) -> ApiError {
+    match e {
+        ApiError::Scim {
+            status,
+            scim_type,
+            detail,
+        } => ApiError::Scim {
+            status,
+            scim_type,
+            detail: format!("{prefix}{detail}"),
+        },
+        other => other,
+    }
+}
+
+async fn list_users(State(shared): State<Shared>) -> Response {
+    let users: Vec<Value> = shared
+        .users
+        .dump()
+        .into_iter()
+        .map(|u| {
+            json!({
+                "id": &*u.id,
+                "userName": u.data.user_name,
+                "externalId": u.data.external_id,
+                "displayName": u.data.display_name,
+                "active": u.data.active,
+                "roles": u.data.roles,
+                "version": u.version,
+            })
+        })
+        .collect();
+    ok(&Value::Array(users))
+}
+
+fn faults_body(shared: &Shared) -> Value {
+    let f = &shared.faults;
+    let mut v = serde_json::to_value(f.settings()).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert(
+            "outage_remaining_secs".into(),
+            json!(f.outage_remaining().map_or(0.0, |d| d.as_secs_f64())),
+        );
+        obj.insert("seed".into(), json!(f.seed()));
+    }
+    v
+}
+
+async fn get_faults(State(shared): State<Shared>) -> Response {
+    ok(&faults_body(&shared))
+}
+
+async fn set_faults(State(shared): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        let v = read_json(&headers, body, 64 * 1024).await?;
+        let update: FaultUpdate = serde_json::from_value(v)
+            .map_err(|e| ApiError::invalid_value(format!("Invalid fault settings: {e}")))?;
+        shared
+            .faults
+            .update(&update)
+            .map_err(ApiError::invalid_value)?;
+        Ok::<_, ApiError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => ok(&faults_body(&shared)),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn get_stats(State(shared): State<Shared>) -> Response {
+    ok(&shared.stats.snapshot())
+}
+
+async fn reset_stats(State(shared): State<Shared>) -> Response {
+    shared.stats.reset();
+    ok(&shared.stats.snapshot())
+}
+
+async fn reset(State(shared): State<Shared>) -> Response {
+    shared.users.clear();
+    shared.stats.reset();
+    shared.tokens.clear();
+    shared.faults.reset();
+    ok(&json!({"reset": true}))
+}

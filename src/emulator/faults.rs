@@ -1,0 +1,251 @@
+//! Fault injection on API calls (SCIM and `/api/v2/authorization/*`; never `/oauth/token` nor
+//! `/emulator/*`): latency with jitter, an outage window (503), dropped connections, random 503s
+//! and random 429s. Knobs are atomics (read on every request without a lock); the RNG is only
+//! locked when a knob needs a draw, and is seeded by `--seed` for reproducible runs (the draws
+//! follow the order in which requests reach the middleware, so only sequential requests replay
+//! identically).
+//!
+//! A dropped connection: the response body fails before its first byte, so hyper aborts the
+//! connection without writing a status line; the client sees the connection closed with no answer.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::Shared;
+use super::errors::ApiError;
+use super::state::lock;
+
+/// Marks a response whose connection is dropped (recorded with status 0 in the stats).
+#[derive(Clone, Copy, Debug)]
+pub struct Dropped;
+
+pub struct Faults {
+    fault_5xx: AtomicU64,
+    fault_429: AtomicU64,
+    drop_connection: AtomicU64,
+    latency_ms: AtomicU64,
+    latency_jitter_ms: AtomicU64,
+    /// Milliseconds since `epoch` at which the outage ends; 0 = none.
+    outage_until_ms: AtomicU64,
+    rate_limit_per_minute: AtomicU64,
+    initial: FaultSettings,
+    rng: Mutex<StdRng>,
+    seed: Option<u64>,
+    epoch: Instant,
+}
+
+/// The knobs, as `GET /emulator/faults` shows them and `POST /emulator/faults` takes them
+/// (every field optional there).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FaultSettings {
+    pub fault_5xx: f64,
+    pub fault_429: f64,
+    pub drop_connection: f64,
+    pub latency_ms: u64,
+    pub latency_jitter_ms: u64,
+    pub rate_limit_per_minute: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultUpdate {
+    pub fault_5xx: Option<f64>,
+    pub fault_429: Option<f64>,
+    pub drop_connection: Option<f64>,
+    pub latency_ms: Option<u64>,
+    pub latency_jitter_ms: Option<u64>,
+    /// Starts an outage of this many seconds now (0 ends a running one).
+    pub outage_secs: Option<u64>,
+    pub rate_limit_per_minute: Option<u64>,
+}
+
+fn f64_load(a: &AtomicU64) -> f64 {
+    f64::from_bits(a.load(Ordering::Relaxed))
+}
+
+fn f64_store(a: &AtomicU64, v: f64) {
+    a.store(v.to_bits(), Ordering::Relaxed);
+}
+
+fn probability(name: &str, v: Option<f64>) -> Result<Option<f64>, String> {
+    match v {
+        Some(p) if !(0.0..=1.0).contains(&p) || p.is_nan() => {
+            Err(format!("{name} must be a probability between 0 and 1"))
+        }
+        other => Ok(other),
+    }
+}
+
+impl Faults {
+    pub fn new(initial: FaultSettings, seed: Option<u64>) -> Faults {
+        let rng = match seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_os_rng(),
+        };
+        let f = Faults {
+            fault_5xx: AtomicU64::new(0),
+            fault_429: AtomicU64::new(0),
+            drop_connection: AtomicU64::new(0),
+            latency_ms: AtomicU64::new(0),
+            latency_jitter_ms: AtomicU64::new(0),
+            outage_until_ms: AtomicU64::new(0),
+            rate_limit_per_minute: AtomicU64::new(0),
+            initial: initial.clone(),
+            rng: Mutex::new(rng),
+            seed,
+            epoch: Instant::now(),
+        };
+        f.set(&initial);
+        f
+    }
+
+    fn set(&self, s: &FaultSettings) {
+        f64_store(&self.fault_5xx, s.fault_5xx.clamp(0.0, 1.0));
+        f64_store(&self.fault_429, s.fault_429.clamp(0.0, 1.0));
+        f64_store(&self.drop_connection, s.drop_connection.clamp(0.0, 1.0));
+        self.latency_ms.store(s.latency_ms, Ordering::Relaxed);
+        self.latency_jitter_ms
+            .store(s.latency_jitter_ms, Ordering::Relaxed);
+        self.rate_limit_per_minute
+            .store(s.rate_limit_per_minute, Ordering::Relaxed);
+    }
+
+    pub fn rate_limit_per_minute(&self) -> u64 {
+        self.rate_limit_per_minute.load(Ordering::Relaxed)
+    }
+
+    pub fn settings(&self) -> FaultSettings {
+        FaultSettings {
+            fault_5xx: f64_load(&self.fault_5xx),
+            fault_429: f64_load(&self.fault_429),
+            drop_connection: f64_load(&self.drop_connection),
+            latency_ms: self.latency_ms.load(Ordering::Relaxed),
+            latency_jitter_ms: self.latency_jitter_ms.load(Ordering::Relaxed),
+            rate_limit_per_minute: self.rate_limit_per_minute(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Seconds left in the current outage, if one is running.
+    pub fn outage_remaining(&self) -> Option<Duration> {
+        let until = self.outage_until_ms.load(Ordering::Relaxed);
+        let now = self.now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
+    pub fn seed(&self) -> Option<u64> {
+        self.seed
+    }
+
+    /// Applies a `POST /emulator/faults` body; every field is optional.
+    pub fn update(&self, u: &FaultUpdate) -> Result<(), String> {
+        let p5 = probability("fault_5xx", u.fault_5xx)?;
+        let p4 = probability("fault_429", u.fault_429)?;
+        let pd = probability("drop_connection", u.drop_connection)?;
+        if let Some(p) = p5 {
+            f64_store(&self.fault_5xx, p);
+        }
+        if let Some(p) = p4 {
+            f64_store(&self.fault_429, p);
+        }
+        if let Some(p) = pd {
+            f64_store(&self.drop_connection, p);
+        }
+        if let Some(v) = u.latency_ms {
+            self.latency_ms.store(v.min(600_000), Ordering::Relaxed);
+        }
+        if let Some(v) = u.latency_jitter_ms {
+            self.latency_jitter_ms
+                .store(v.min(600_000), Ordering::Relaxed);
+        }
+        if let Some(v) = u.rate_limit_per_minute {
+            self.rate_limit_per_minute.store(v, Ordering::Relaxed);
+        }
+        if let Some(secs) = u.outage_secs {
+            let until = if secs == 0 {
+                0
+            } else {
+                self.now_ms().saturating_add(secs.saturating_mul(1000))
+            };
+            self.outage_until_ms.store(until, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// `POST /emulator/reset`: faults off; the rate limit back to its command-line value.
+    pub fn reset(&self) {
+        self.set(&FaultSettings {
+            rate_limit_per_minute: self.initial.rate_limit_per_minute,
+            ..FaultSettings::default()
+        });
+        self.outage_until_ms.store(0, Ordering::Relaxed);
+    }
+}
+
+enum Verdict {
+    Pass,
+    Drop,
+    Fail5xx,
+    Fail429,
+}
+
+/// The fault middleware (innermost before the handlers).
+pub async fn middleware(State(shared): State<Shared>, req: Request, next: Next) -> Response {
+    let f = &shared.faults;
+    let latency = f.latency_ms.load(Ordering::Relaxed);
+    let jitter = f.latency_jitter_ms.load(Ordering::Relaxed);
+    let p_drop = f64_load(&f.drop_connection);
+    let p_5xx = f64_load(&f.fault_5xx);
+    let p_429 = f64_load(&f.fault_429);
+
+    let mut delay = latency;
+    let mut verdict = Verdict::Pass;
+    if jitter > 0 || p_drop > 0.0 || p_5xx > 0.0 || p_429 > 0.0 {
+        let mut rng = lock(&f.rng);
+        if jitter > 0 {
+            delay += rng.random_range(0..=jitter);
+        }
+        if p_drop > 0.0 && rng.random::<f64>() < p_drop {
+            verdict = Verdict::Drop;
+        } else if p_5xx > 0.0 && rng.random::<f64>() < p_5xx {
+            verdict = Verdict::Fail5xx;
+        } else if p_429 > 0.0 && rng.random::<f64>() < p_429 {
+            verdict = Verdict::Fail429;
+        }
+    }
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if let Some(left) = f.outage_remaining() {
+        return ApiError::service_unavailable(Some(left.as_secs().max(1))).into_response();
+    }
+    match verdict {
+        Verdict::Pass => next.run(req).await,
+        Verdict::Drop => dropped(),
+        Verdict::Fail5xx => ApiError::service_unavailable(None).into_response(),
+        Verdict::Fail429 => ApiError::rate_limited(1).into_response(),
+    }
+}
+
+/// A response whose body fails at once: hyper closes the connection without answering.
+fn dropped() -> Response {
+    let stream = futures::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("emulator fault: connection dropped"))
+    });
+    let mut response = Body::from_stream(stream).into_response();
+    response.extensions_mut().insert(Dropped);
+    response
+}
