@@ -92,6 +92,43 @@ pub struct ImportedRole {
     pub permissions: Vec<String>,
 }
 
+/// One entry of a Genesys role's `permissionPolicies` (`GET /api/v2/authorization/roles`);
+/// the other fields Genesys sends (ids, conditions) are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionPolicy {
+    /// e.g. `routing`.
+    pub domain: String,
+    /// e.g. `queue`, or `*`.
+    pub entity_name: String,
+    /// e.g. `["view", "edit"]`, or `["*"]`.
+    #[serde(default)]
+    pub action_set: Vec<String>,
+}
+
+impl ImportedRole {
+    /// Flattens a Genesys role's permission policies into `domain:entityName:action` strings,
+    /// one per action, without duplicates, in the order Genesys listed them.
+    pub fn from_permission_policies(
+        name: impl Into<String>,
+        policies: &[PermissionPolicy],
+    ) -> Self {
+        let mut permissions: Vec<String> = Vec::new();
+        for policy in policies {
+            for action in &policy.action_set {
+                let perm = format!("{}:{}:{action}", policy.domain, policy.entity_name);
+                if !permissions.contains(&perm) {
+                    permissions.push(perm);
+                }
+            }
+        }
+        ImportedRole {
+            name: name.into(),
+            permissions,
+        }
+    }
+}
+
 /// A loaded, validated policy. Immutable once built; share it as `Arc<Policy>`.
 ///
 /// Invariants established by `load::parse` and relied upon everywhere else: role, tier and SoD
