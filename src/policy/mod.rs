@@ -8,6 +8,12 @@
 //! - `Policy` is immutable once loaded and shared as `Arc<Policy>`; memoisation uses interior
 //!   mutability and is safe across threads.
 //!
+//!
+//! Additions beyond the contract: `Policy::{fingerprint, summary, role_detail, ancestors,
+//! merge_imported_catalog, clear_permission_cache, permission_cache_len}`, `ImportedRole` (with
+//! `from_permission_policies`), `PermissionPolicy`, the free functions `permission_matches`,
+//! `permission_diff`, `validate_permission`, and `check_report` for `rolesync policy check`.
+//!
 //! Layout: `load` parses and validates the file, `resolve` answers the per-user questions
 //! (closure, entitlement, SoD, effective permissions) from tables precomputed at load, `check`
 //! renders the `rolesync policy check` report.

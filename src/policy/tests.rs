@@ -919,3 +919,10 @@ fn imported_role_from_genesys_permission_policies() {
         ]
     );
 }
+
+#[test]
+fn policy_can_be_shared_across_tasks() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Policy>();
+    assert_send_sync::<Arc<Policy>>();
+}
