@@ -8,6 +8,12 @@
 //! - `Policy` is immutable once loaded and shared as `Arc<Policy>`; memoisation uses interior
 //!   mutability and is safe across threads.
 //!
+//!
+//! Additions beyond the contract: `Policy::{fingerprint, summary, role_detail, ancestors,
+//! merge_imported_catalog, clear_permission_cache, permission_cache_len}`, `ImportedRole` (with
+//! `from_permission_policies`), `PermissionPolicy`, the free functions `permission_matches`,
+//! `permission_diff`, `validate_permission`, and `check_report` for `rolesync policy check`.
+//!
 //! Layout: `load` parses and validates the file, `resolve` answers the per-user questions
 //! (closure, entitlement, SoD, effective permissions) from tables precomputed at load, `check`
 //! renders the `rolesync policy check` report.
@@ -91,6 +97,43 @@ pub struct ImportedRole {
     pub name: String,
     /// Flattened permission policies, `domain:entityName:action`.
     pub permissions: Vec<String>,
+}
+
+/// One entry of a Genesys role's `permissionPolicies` (`GET /api/v2/authorization/roles`);
+/// the other fields Genesys sends (ids, conditions) are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionPolicy {
+    /// e.g. `routing`.
+    pub domain: String,
+    /// e.g. `queue`, or `*`.
+    pub entity_name: String,
+    /// e.g. `["view", "edit"]`, or `["*"]`.
+    #[serde(default)]
+    pub action_set: Vec<String>,
+}
+
+impl ImportedRole {
+    /// Flattens a Genesys role's permission policies into `domain:entityName:action` strings,
+    /// one per action, without duplicates, in the order Genesys listed them.
+    pub fn from_permission_policies(
+        name: impl Into<String>,
+        policies: &[PermissionPolicy],
+    ) -> Self {
+        let mut permissions: Vec<String> = Vec::new();
+        for policy in policies {
+            for action in &policy.action_set {
+                let perm = format!("{}:{}:{action}", policy.domain, policy.entity_name);
+                if !permissions.contains(&perm) {
+                    permissions.push(perm);
+                }
+            }
+        }
+        ImportedRole {
+            name: name.into(),
+            permissions,
+        }
+    }
 }
 
 /// A loaded, validated policy. Immutable once built; share it as `Arc<Policy>`.

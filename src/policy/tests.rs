@@ -895,3 +895,34 @@ fn merge_imported_catalog_replaces_permissions_and_lists_missing_roles() {
             .contains("conversation:call:accept")
     );
 }
+
+#[test]
+fn imported_role_from_genesys_permission_policies() {
+    let json = serde_json::json!([
+        {"id": "p1", "domain": "routing", "entityName": "queue", "actionSet": ["view", "edit"], "allowConditions": false},
+        {"domain": "analytics", "entityName": "*", "actionSet": ["view"]},
+        {"domain": "routing", "entityName": "queue", "actionSet": ["view"]},
+        {"domain": "directory", "entityName": "user"}
+    ]);
+    let policies: Result<Vec<PermissionPolicy>, _> = serde_json::from_value(json);
+    let Ok(policies) = policies else {
+        panic!("{policies:?}")
+    };
+    let role = ImportedRole::from_permission_policies("Supervisor", &policies);
+    assert_eq!(role.name, "Supervisor");
+    assert_eq!(
+        role.permissions,
+        [
+            "routing:queue:view",
+            "routing:queue:edit",
+            "analytics:*:view"
+        ]
+    );
+}
+
+#[test]
+fn policy_can_be_shared_across_tasks() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Policy>();
+    assert_send_sync::<Arc<Policy>>();
+}
