@@ -227,14 +227,17 @@ impl Settings {
 
     /// Built-in defaults only, plus overrides given as TOML text (tests, demo).
     pub fn from_toml_overrides(overrides: &str) -> Result<Settings, ConfigError> {
-        let c = config::Config::builder()
-            .add_source(config::File::from_str(
-                DEFAULT_TOML,
-                config::FileFormat::Toml,
-            ))
-            .add_source(config::File::from_str(overrides, config::FileFormat::Toml))
-            .build()?;
-        Self::from_config(c)
+        Self::from_toml_layers(&[overrides])
+    }
+
+    /// Built-in defaults, then each TOML text in order, later ones winning.
+    pub fn from_toml_layers(layers: &[&str]) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        for layer in layers {
+            builder = builder.add_source(config::File::from_str(layer, config::FileFormat::Toml));
+        }
+        Self::from_config(builder.build()?)
     }
 
     fn from_config(c: config::Config) -> Result<Settings, ConfigError> {

@@ -49,6 +49,7 @@ pub struct TestApp {
     pub emulator: EmulatorHandle,
     pub store_url: String,
     pub settings_toml: String,
+    pub extra_toml: String,
     pub policy: String,
     _dir: tempfile::TempDir,
     stop: CancellationToken,
@@ -122,7 +123,6 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         writer = key_digest_hex(WRITER_KEY),
         reader = key_digest_hex(READER_KEY),
     );
-    let settings_toml = format!("{settings_toml}\n{}", opts.config);
     let mut app = TestApp {
         address: String::new(),
         client: reqwest::Client::builder()
@@ -132,6 +132,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         emulator,
         store_url,
         settings_toml,
+        extra_toml: opts.config,
         policy: opts.policy,
         _dir: dir,
         stop: CancellationToken::new(),
@@ -144,7 +145,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
 impl TestApp {
     async fn start(&mut self) {
         let settings =
-            Settings::from_toml_overrides(&self.settings_toml).expect("valid test settings");
+            Settings::from_toml_layers(&[&self.settings_toml, &self.extra_toml]).expect("valid test settings");
         let policy = Policy::from_toml_str(&self.policy).expect("valid test policy");
         let application = Application::build_with_policy(settings, policy, None)
             .await
