@@ -232,8 +232,10 @@ impl Settings {
 
     /// Built-in defaults, then each TOML text in order, later ones winning.
     pub fn from_toml_layers(layers: &[&str]) -> Result<Settings, ConfigError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
         for layer in layers {
             builder = builder.add_source(config::File::from_str(layer, config::FileFormat::Toml));
         }

@@ -90,7 +90,10 @@ impl Deps {
 
 /// Handles on the running pipeline.
 pub struct Pipeline {
+    /// The stages: they finish by themselves once the sources stop.
     tracker: TaskTracker,
+    /// Heartbeat and probe: they run until everything is stopped.
+    background: TaskTracker,
     /// Stops the sources (job intake and chunk claims); everything downstream drains.
     stop_sources: CancellationToken,
     /// Stops everything, including work in flight.
@@ -130,11 +133,14 @@ impl Pipeline {
         }
         drop(to_results);
         tracker.spawn(results::run(deps.clone(), results_rx));
-        tracker.spawn(heartbeat(deps.clone(), stop_all.clone()));
-        tracker.spawn(circuit::probe(deps.clone(), stop_all.clone()));
         tracker.close();
+        let background = TaskTracker::new();
+        background.spawn(heartbeat(deps.clone(), stop_all.clone()));
+        background.spawn(circuit::probe(deps.clone(), stop_all.clone()));
+        background.close();
         Pipeline {
             tracker,
+            background,
             stop_sources,
             stop_all,
             deps,
@@ -166,6 +172,7 @@ impl Pipeline {
             let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
         }
         self.stop_all.cancel();
+        self.background.wait().await;
         if let Err(e) = self.deps.store.release_leases(&self.deps.owner).await {
             tracing::warn!(error = %e, "cannot release leases; they expire by themselves");
         }

@@ -144,8 +144,8 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
 
 impl TestApp {
     async fn start(&mut self) {
-        let settings =
-            Settings::from_toml_layers(&[&self.settings_toml, &self.extra_toml]).expect("valid test settings");
+        let settings = Settings::from_toml_layers(&[&self.settings_toml, &self.extra_toml])
+            .expect("valid test settings");
         let policy = Policy::from_toml_str(&self.policy).expect("valid test policy");
         let application = Application::build_with_policy(settings, policy, None)
             .await
