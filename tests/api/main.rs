@@ -5,5 +5,6 @@
 mod api;
 mod emulator;
 mod helpers;
+mod process;
 mod resilience;
 mod sync;
