@@ -473,6 +473,13 @@ impl Store {
                 qb.build().execute(&mut *tx).await?;
             }
             insert_events!(tx, &plan.events);
+            add_counts!(
+                tx,
+                job_id,
+                &crate::domain::Counts::default(),
+                &plan.deltas,
+                now
+            );
             tx.commit().await?;
             Ok(true)
         })

@@ -261,6 +261,8 @@ pub struct JobPlan {
     pub estimate: Option<String>,
     pub approval: Option<String>,
     pub events: Vec<OutboxEvent>,
+    /// Calls the planner spent (org size, approval pre-flight reads).
+    pub deltas: JobDeltas,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 mod api;
 mod emulator;
 mod helpers;
+mod policy;
 mod process;
 mod resilience;
 mod sync;

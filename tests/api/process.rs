@@ -222,3 +222,39 @@ async fn a_bad_config_stops_start_up_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("sync.chunk_size"), "{stderr}");
 }
+
+#[tokio::test]
+async fn policy_check_prints_the_roles_or_every_problem() {
+    let ok = Command::new(env!("CARGO_BIN_EXE_rolesync"))
+        .args(["policy", "check"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        out.contains("Supervisor") && out.contains("System Administrator"),
+        "{out}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("policy.toml");
+    std::fs::write(
+        &bad,
+        "[[tiers]]\nname = \"T\"\nroles = [\"A\", \"Ghost\"]\n[[roles]]\nname = \"A\"\ninherits = [\"B\"]\n[[roles]]\nname = \"B\"\ninherits = [\"A\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rolesync"))
+        .args(["policy", "check"])
+        .env("ROLESYNC__POLICY__FILE", &bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("A -> B -> A"), "{text}");
+    assert!(text.contains("Ghost"), "{text}");
+}
