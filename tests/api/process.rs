@@ -12,6 +12,14 @@ pub struct Service {
     pub url: String,
 }
 
+impl Drop for Service {
+    /// A failed test leaves no process behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Writes a config for `store_url` and the emulator at `base`, and starts `rolesync serve`.
 pub async fn start_service(
     dir: &std::path::Path,
@@ -46,7 +54,7 @@ scopes = ["admin"]
     let path = dir.join(format!("rolesync-{port}.toml"));
     std::fs::write(&path, config).unwrap();
     let log = std::fs::File::create(dir.join(format!("rolesync-{port}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_rolesync"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rolesync"))
         .args(["serve", "--config"])
         .arg(&path)
         .env("RUST_LOG", "info")
@@ -64,6 +72,8 @@ scopes = ["admin"]
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("rolesync did not become ready");
 }
 
@@ -203,9 +213,9 @@ async fn sigterm_mid_job_exits_0_within_the_grace_period_and_the_job_finishes_af
     }
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["counts"]["applied"], 400);
-    let mut child = svc.child;
-    signal(&child, "-TERM");
-    assert_eq!(wait_exit(&mut child, 15).await, Some(0));
+    let mut svc = svc;
+    signal(&svc.child, "-TERM");
+    assert_eq!(wait_exit(&mut svc.child, 15).await, Some(0));
 }
 
 #[tokio::test]
