@@ -17,6 +17,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+/// Deliveries claimed at once, and sent at once.
+const CLAIM: usize = 16;
+const CONCURRENCY: usize = 8;
+
 pub struct Endpoint {
     pub url: String,
     pub key: Vec<u8>,
@@ -29,6 +33,7 @@ pub struct Dispatcher {
     schedule: Vec<u64>,
     metrics: Metrics,
     wake: Arc<Notify>,
+    timeout_secs: u64,
 }
 
 impl Dispatcher {
@@ -67,6 +72,7 @@ impl Dispatcher {
             schedule: settings.retry_schedule_secs.clone(),
             metrics,
             wake,
+            timeout_secs: settings.timeout_secs,
         })
     }
 
@@ -84,7 +90,15 @@ impl Dispatcher {
                         .set(oldest.map(|o| (now - o).max(0) / 1000).unwrap_or(0));
                 }
             }
-            let due = match self.store.claim_due_deliveries(64, 120_000).await {
+            // The lease covers one claimed batch at worst (every call timing out), so that a
+            // dispatcher that died mid-batch holds its deliveries for about that long only.
+            let lease_ms =
+                (self.timeout_secs * CLAIM.div_ceil(CONCURRENCY) as u64 + 5) as i64 * 1000;
+            let due = match self
+                .store
+                .claim_due_deliveries(CLAIM as i64, lease_ms)
+                .await
+            {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the webhook outbox");
@@ -94,7 +108,7 @@ impl Dispatcher {
             let idle = due.is_empty();
             futures::stream::iter(due)
                 .map(|d| self.deliver(d))
-                .buffer_unordered(8)
+                .buffer_unordered(CONCURRENCY)
                 .collect::<Vec<()>>()
                 .await;
             if idle {

@@ -161,6 +161,7 @@ pub(super) struct ItemRow {
     permissions_added: Option<String>,
     permissions_removed: Option<String>,
     chunk_no: Option<i64>,
+    intent: i64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -187,6 +188,9 @@ pub struct ItemRecord {
     pub permissions_removed: Option<Vec<String>>,
     #[serde(skip)]
     pub chunk_no: Option<i64>,
+    /// A write for this row's user was sent by an earlier attempt of its chunk.
+    #[serde(skip)]
+    pub intent: bool,
 }
 
 impl TryFrom<ItemRow> for ItemRecord {
@@ -213,6 +217,7 @@ impl TryFrom<ItemRow> for ItemRecord {
             permissions_added: list(r.permissions_added),
             permissions_removed: list(r.permissions_removed),
             chunk_no: r.chunk_no,
+            intent: r.intent != 0,
         })
     }
 }

@@ -61,7 +61,7 @@ pub struct TestApp {
 }
 
 /// A store URL for a fresh database: SQLite in `dir`, or a new PostgreSQL database.
-async fn fresh_store_url(dir: &std::path::Path) -> String {
+pub async fn fresh_store_url(dir: &std::path::Path) -> String {
     match std::env::var("TEST_DATABASE_URL") {
         Ok(base) if !base.is_empty() => {
             use sqlx::Connection;
