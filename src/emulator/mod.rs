@@ -15,14 +15,13 @@ mod filter;
 mod oauth;
 mod patch;
 mod ratelimit;
-pub mod roles;
+mod roles;
 mod scim;
 mod state;
 mod user;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
@@ -33,8 +32,8 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use tokio_util::sync::CancellationToken;
 
-pub use faults::FaultSettings;
-pub use roles::Catalog;
+use faults::FaultSettings;
+use roles::Catalog;
 
 /// Flags of `rolesync emulator` (SPEC §5).
 #[derive(clap::Args, Clone, Debug)]
@@ -324,7 +323,6 @@ pub async fn spawn(args: EmulatorArgs) -> anyhow::Result<EmulatorHandle> {
             tracing::error!(error = %e, "emulator server stopped");
         }
     });
-    let _ = Duration::ZERO;
     Ok(EmulatorHandle {
         addr,
         shutdown,
