@@ -4,7 +4,7 @@
 
 use super::Deps;
 use super::resolve::Resolved;
-use crate::audit::events::{JOB_FINISHED, ROLE_SYNC_REJECTED};
+use crate::audit::events::{JOB_FINISHED, ROLE_SYNC_REJECTED, rejected_data};
 use crate::domain::{JobStatus, Outcome};
 use crate::store::{JobPlan, JobRecord, OutboxEvent};
 use serde_json::json;
@@ -70,14 +70,23 @@ fn build_plan(deps: &Deps, r: &Resolved) -> JobPlan {
         .rejected
         .iter()
         .filter_map(|row| {
-            let (code, message) = row.reason.clone()?;
+            let (code, message) = row.reason.as_ref()?;
+            let a = r.rejected_rows.get(&row.line);
             deps.events.event(
                 ROLE_SYNC_REJECTED,
-                json!({
-                    "job_id": r.job.id,
-                    "line": row.line,
-                    "reason": {"code": code.as_str(), "message": message},
-                }),
+                rejected_data(
+                    &r.job.id,
+                    row.line,
+                    a.map(|a| {
+                        (
+                            a.external_id.as_str(),
+                            a.role_template.as_str(),
+                            a.license_tier.as_str(),
+                        )
+                    }),
+                    code.as_str(),
+                    message,
+                ),
             )
         })
         .collect();
