@@ -104,15 +104,27 @@ fn build_plan(deps: &Deps, r: &Resolved) -> JobPlan {
 /// Moves a job with nothing left to sync to its final status and counts it.
 pub async fn finish_if_done(deps: &Deps, job_id: &str) {
     let events = deps.events.clone();
-    let finished = deps
-        .store
-        .finish_job_if_done(job_id, |job: &JobRecord| {
-            events
-                .event(JOB_FINISHED, job_finished_data(job))
-                .into_iter()
-                .collect()
-        })
-        .await;
+    // After the last chunk nothing else would call this again: a passing store error (busy,
+    // pool timeout) is retried here, a few times, rather than leaving the job running.
+    let mut attempt = 0u64;
+    let finished = loop {
+        attempt += 1;
+        let r = deps
+            .store
+            .finish_job_if_done(job_id, |job: &JobRecord| {
+                events
+                    .event(JOB_FINISHED, job_finished_data(job))
+                    .into_iter()
+                    .collect()
+            })
+            .await;
+        match r {
+            Err(_) if attempt < 5 => {
+                tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await
+            }
+            r => break r,
+        }
+    };
     match finished {
         Ok(Some(job)) => {
             deps.unpin_policy(&job.id);
@@ -125,7 +137,7 @@ pub async fn finish_if_done(deps: &Deps, job_id: &str) {
         }
         Ok(None) => {}
         Err(e) => {
-            tracing::warn!(job.id = %job_id, error = %e, "cannot finish the job; retried with its next chunk or restart")
+            tracing::error!(job.id = %job_id, error = %e, "cannot finish the job after 5 attempts; it stays running with every row done")
         }
     }
 }

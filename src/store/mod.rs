@@ -149,6 +149,21 @@ macro_rules! insert_events {
     }};
 }
 
+/// Every transaction here writes. On SQLite it starts `IMMEDIATE`, taking the write lock at
+/// BEGIN: a deferred transaction that reads first and writes later fails at once with
+/// SQLITE_BUSY_SNAPSHOT when another connection committed in between (busy_timeout does not
+/// apply), which left jobs unfinished when the webhook dispatcher committed at that moment.
+/// Taking the lock first makes it wait, bounded by busy_timeout, instead.
+async fn begin_write<DB: sqlx::Database>(
+    p: &sqlx::Pool<DB>,
+) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    if DB::NAME == <sqlx::Sqlite as sqlx::Database>::NAME {
+        p.begin_with("BEGIN IMMEDIATE").await
+    } else {
+        p.begin().await
+    }
+}
+
 pub fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
 }
@@ -211,7 +226,7 @@ impl Store {
     pub async fn create_job(&self, job: &NewJob, rows: &[Assignment]) -> StoreResult<CreateJob> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             if let Some(idem) = &job.idempotency {
                 // Expired keys are forgotten first, so the same key may start a new job.
                 sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND expires_at_ms < $2")
@@ -412,7 +427,7 @@ impl Store {
     pub async fn save_plan(&self, job_id: &str, owner: &str, plan: &JobPlan) -> StoreResult<bool> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             let held = sqlx::query(
                 "UPDATE jobs SET planned = 1, status = $1, started_at_ms = COALESCE(started_at_ms, $2), \
                  updated_at_ms = $2, users_total = $3, estimate = $4, approval = $5, lease_owner = NULL, \
@@ -483,7 +498,7 @@ impl Store {
     pub async fn approve_job(&self, job_id: &str) -> StoreResult<bool> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             let n = sqlx::query(
                 "UPDATE jobs SET status = 'running', updated_at_ms = $1 WHERE id = $2 AND status = 'awaiting_approval'",
             )
@@ -620,7 +635,7 @@ impl Store {
     ) -> StoreResult<bool> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             let held = sqlx::query(
                 "UPDATE chunks SET status = 'done', lease_owner = NULL, lease_until_ms = NULL \
                  WHERE job_id = $1 AND chunk_no = $2 AND lease_owner = $3 AND status = 'leased'",
@@ -652,7 +667,7 @@ impl Store {
     pub async fn add_job_deltas(&self, job_id: &str, deltas: &JobDeltas) -> StoreResult<()> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             add_counts!(tx, job_id, &crate::domain::Counts::default(), deltas, now);
             tx.commit().await?;
             Ok(())
@@ -668,7 +683,7 @@ impl Store {
     ) -> StoreResult<Option<JobRecord>> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             let open: i64 =
                 sqlx::query("SELECT COUNT(*) FROM chunks WHERE job_id = $1 AND status <> 'done'")
                     .bind(job_id)
@@ -804,7 +819,7 @@ impl Store {
     ) -> StoreResult<bool> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             let n = sqlx::query(
                 "UPDATE jobs SET status = $1, finished_at_ms = $2, updated_at_ms = $2, error = $3, \
                  lease_owner = NULL, lease_until_ms = NULL, planned = 1 \
@@ -864,7 +879,7 @@ impl Store {
     pub async fn prune(&self, before_ms: i64) -> StoreResult<u64> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             sqlx::query(
                 "DELETE FROM items WHERE job_id IN (SELECT id FROM jobs WHERE finished_at_ms IS NOT NULL AND finished_at_ms < $1)",
             )
@@ -953,7 +968,7 @@ impl Store {
     ) -> StoreResult<usize> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             let sql = match self.backend {
                 Backend::Postgres(_) => {
                     "UPDATE webhook_outbox SET batch_id = $1 WHERE (event_id, endpoint) IN ( \

@@ -7,3 +7,4 @@ mod emulator;
 mod helpers;
 mod resilience;
 mod sync;
+mod webhooks;
