@@ -127,8 +127,16 @@ pub struct WebhookSettings {
     /// Delay before each retry, in seconds; its length bounds the attempts.
     #[serde(default = "default_schedule")]
     pub retry_schedule_secs: Vec<u64>,
+    /// Bound of one delivery (connect, send, answer); a slower receiver counts as failed.
     #[serde(default = "default_webhook_timeout")]
     pub timeout_secs: u64,
+    /// Events per POST. 1 (the default) sends each event alone; above 1 every POST is a batch
+    /// `{"type":"batch","timestamp":…,"events":[…]}` with its own `webhook-id`.
+    #[serde(default = "default_batch_max_events")]
+    pub batch_max_events: usize,
+    /// Deliveries in flight at once per endpoint, so one slow receiver cannot hold up another.
+    #[serde(default = "default_concurrency_per_endpoint")]
+    pub concurrency_per_endpoint: usize,
 }
 
 impl Default for WebhookSettings {
@@ -137,8 +145,18 @@ impl Default for WebhookSettings {
             endpoints: Vec::new(),
             retry_schedule_secs: default_schedule(),
             timeout_secs: default_webhook_timeout(),
+            batch_max_events: default_batch_max_events(),
+            concurrency_per_endpoint: default_concurrency_per_endpoint(),
         }
     }
+}
+
+fn default_batch_max_events() -> usize {
+    1
+}
+
+fn default_concurrency_per_endpoint() -> usize {
+    4
 }
 
 fn default_schedule() -> Vec<u64> {
@@ -154,16 +172,35 @@ fn default_webhook_timeout() -> u64 {
 pub struct WebhookEndpointSettings {
     pub name: Option<String>,
     pub url: String,
+    /// The signing secret, `whsec_<base64>`.
     pub secret: Option<SecretString>,
     pub secret_file: Option<PathBuf>,
+    /// Secrets being rotated out: each delivery carries one signature per secret (the current
+    /// one first), space-separated, so receivers verify with either during the rotation.
+    #[serde(default)]
+    pub previous_secrets: Vec<SecretString>,
     /// Event types sent to this endpoint; all when empty.
     #[serde(default)]
     pub events: Vec<String>,
 }
 
 impl WebhookEndpointSettings {
+    /// The endpoint's key in the outbox, in logs and in the deliveries API: `name`, else the
+    /// URL without credentials, query or fragment (which may carry a token).
     pub fn display_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.url.clone())
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        match reqwest::Url::parse(&self.url) {
+            Ok(mut u) => {
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+                u.set_query(None);
+                u.set_fragment(None);
+                u.to_string()
+            }
+            Err(_) => "unnamed".to_owned(),
+        }
     }
 }
 
@@ -335,22 +372,80 @@ impl Settings {
                 }
             }
         }
+        let mut names = std::collections::HashSet::new();
         for ep in &self.webhooks.endpoints {
             check_url("webhooks.endpoints.url", &ep.url)?;
+            let name = ep.display_name();
             match &ep.secret {
                 Some(s) if crate::audit::signature::decode_secret(s.expose_secret()).is_some() => {}
                 _ => {
                     return Err(invalid(
                         "webhooks.endpoints.secret",
-                        format!("endpoint {}: a secret `whsec_<base64>` is required", ep.url),
+                        format!("endpoint {name}: a secret `whsec_<base64>` is required"),
                     ));
                 }
+            }
+            for (i, s) in ep.previous_secrets.iter().enumerate() {
+                if crate::audit::signature::decode_secret(s.expose_secret()).is_none() {
+                    return Err(invalid(
+                        "webhooks.endpoints.previous_secrets",
+                        format!("endpoint {name}: entry {i} is not a secret `whsec_<base64>`"),
+                    ));
+                }
+            }
+            for t in &ep.events {
+                if !crate::audit::events::ALL_TYPES.contains(&t.as_str()) {
+                    return Err(invalid(
+                        "webhooks.endpoints.events",
+                        format!(
+                            "endpoint {name}: unknown event type `{t}` ({})",
+                            crate::audit::events::ALL_TYPES.join(", ")
+                        ),
+                    ));
+                }
+            }
+            // Deliveries are keyed by endpoint name: two endpoints with one name would share
+            // (and steal) each other's deliveries.
+            if !names.insert(name.clone()) {
+                return Err(invalid(
+                    "webhooks.endpoints.name",
+                    format!("two endpoints are named {name}; give each a distinct `name`"),
+                ));
             }
         }
         if self.webhooks.retry_schedule_secs.len() > 50 {
             return Err(invalid(
                 "webhooks.retry_schedule_secs",
                 "at most 50 retries",
+            ));
+        }
+        if self
+            .webhooks
+            .retry_schedule_secs
+            .iter()
+            .any(|s| *s == 0 || *s > 7 * 86_400)
+        {
+            return Err(invalid(
+                "webhooks.retry_schedule_secs",
+                "each delay must be between 1 s and 7 days",
+            ));
+        }
+        if !(1..=300).contains(&self.webhooks.timeout_secs) {
+            return Err(invalid(
+                "webhooks.timeout_secs",
+                "must be between 1 and 300",
+            ));
+        }
+        if !(1..=1000).contains(&self.webhooks.batch_max_events) {
+            return Err(invalid(
+                "webhooks.batch_max_events",
+                "must be between 1 (no batching) and 1000",
+            ));
+        }
+        if !(1..=64).contains(&self.webhooks.concurrency_per_endpoint) {
+            return Err(invalid(
+                "webhooks.concurrency_per_endpoint",
+                "must be between 1 and 64",
             ));
         }
         if !matches!(self.log.format.as_str(), "json" | "pretty") {

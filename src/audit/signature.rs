@@ -28,6 +28,15 @@ pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
+/// The `webhook-signature` value for several secrets (during a rotation): one `v1,…` per key,
+/// space-separated, in the order given.
+pub fn sign_all(keys: &[Vec<u8>], id: &str, timestamp: i64, body: &str) -> String {
+    keys.iter()
+        .map(|k| sign(k, id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Checks a `webhook-signature` header (several space-separated signatures allowed) in constant
 /// time per candidate.
 pub fn verify(key: &[u8], id: &str, timestamp: i64, body: &str, header: &str) -> bool {
@@ -75,6 +84,19 @@ mod tests {
             r#"{"test": 2432232314}"#,
             &sig
         ));
+    }
+
+    #[test]
+    fn signs_with_every_key_during_a_rotation() {
+        let new = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap_or_default();
+        let old = b"an older secret".to_vec();
+        let header = sign_all(&[new.clone(), old.clone()], "msg_1", 1614265330, "{}");
+        let parts: Vec<&str> = header.split(' ').collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0], sign(&new, "msg_1", 1614265330, "{}"));
+        assert!(verify(&new, "msg_1", 1614265330, "{}", &header));
+        assert!(verify(&old, "msg_1", 1614265330, "{}", &header));
+        assert!(!verify(b"another", "msg_1", 1614265330, "{}", &header));
     }
 
     #[test]

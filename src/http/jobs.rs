@@ -2,12 +2,13 @@
 
 use super::AppState;
 use super::auth::{Caller, Scope};
-use crate::audit::events::JOB_FINISHED;
-use crate::domain::{JobStatus, Outcome};
+use crate::audit::events::{JOB_FINISHED, ROLE_SYNC_REJECTED, rejected_data};
+use crate::domain::{JobStatus, Outcome, ReasonCode};
 use crate::error::{ApiError, ApiResult};
 use crate::ingest::{self, BatchQuery, Format};
 use crate::pipeline;
 use crate::store::{CreateJob, IdempotencyClaim, ItemRecord, JobRecord, NewJob, now_ms};
+use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -16,12 +17,14 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tower_http::request_id::RequestId;
 
 /// `POST /v1/jobs`: stores the whole batch in one transaction, then answers 202.
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<BatchQuery>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
@@ -88,12 +91,34 @@ pub async fn submit(
             expires_at_ms: now_ms() + state.settings.store.idempotency_ttl_hours as i64 * 3_600_000,
         }
     });
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
+    // The id `SetRequestIdLayer` gave this request (the client's `x-request-id` if it sent
+    // one, else a generated one), the same the response carries: audit lines quote it.
+    let request_id = request_id
+        .as_ref()
+        .and_then(|Extension(r)| r.header_value().to_str().ok())
+        .or_else(|| headers.get("x-request-id").and_then(|v| v.to_str().ok()))
         .map(str::to_owned);
+    let job_id = uuid::Uuid::now_v7().to_string();
+    let events = batch
+        .rows
+        .iter()
+        .filter_map(|r| {
+            let defect = r.defect.as_deref()?;
+            state.events.event(
+                ROLE_SYNC_REJECTED,
+                rejected_data(
+                    &job_id,
+                    r.line as i64,
+                    Some((&r.external_id, &r.role_template, &r.license_tier)),
+                    ReasonCode::MalformedRow.as_str(),
+                    defect,
+                ),
+            )
+        })
+        .collect();
     let new = NewJob {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: job_id,
+        events,
         mode: batch.mode,
         dry_run: batch.dry_run,
         request_id,

@@ -5,7 +5,7 @@
 use super::Deps;
 use super::resolve::Resolved;
 use super::sync::final_roles;
-use crate::audit::events::{JOB_FINISHED, ROLE_SYNC_REJECTED};
+use crate::audit::events::{JOB_FINISHED, ROLE_SYNC_REJECTED, rejected_data};
 use crate::domain::{JobStatus, Mode, Outcome};
 use crate::scim::{CallTally, ScimError};
 use crate::store::{JobDeltas, JobPlan, JobRecord, OutboxEvent};
@@ -89,14 +89,23 @@ fn build_plan(deps: &Deps, r: &Resolved) -> JobPlan {
         .rejected
         .iter()
         .filter_map(|row| {
-            let (code, message) = row.reason.clone()?;
+            let (code, message) = row.reason.as_ref()?;
+            let a = r.rejected_rows.get(&row.line);
             deps.events.event(
                 ROLE_SYNC_REJECTED,
-                json!({
-                    "job_id": r.job.id,
-                    "line": row.line,
-                    "reason": {"code": code.as_str(), "message": message},
-                }),
+                rejected_data(
+                    &r.job.id,
+                    row.line,
+                    a.map(|a| {
+                        (
+                            a.external_id.as_str(),
+                            a.role_template.as_str(),
+                            a.license_tier.as_str(),
+                        )
+                    }),
+                    code.as_str(),
+                    message,
+                ),
             )
         })
         .collect();
@@ -189,15 +198,27 @@ async fn approval_check(
 /// Moves a job with nothing left to sync to its final status and counts it.
 pub async fn finish_if_done(deps: &Deps, job_id: &str) {
     let events = deps.events.clone();
-    let finished = deps
-        .store
-        .finish_job_if_done(job_id, |job: &JobRecord| {
-            events
-                .event(JOB_FINISHED, job_finished_data(job))
-                .into_iter()
-                .collect()
-        })
-        .await;
+    // After the last chunk nothing else would call this again: a passing store error (busy,
+    // pool timeout) is retried here, a few times, rather than leaving the job running.
+    let mut attempt = 0u64;
+    let finished = loop {
+        attempt += 1;
+        let r = deps
+            .store
+            .finish_job_if_done(job_id, |job: &JobRecord| {
+                events
+                    .event(JOB_FINISHED, job_finished_data(job))
+                    .into_iter()
+                    .collect()
+            })
+            .await;
+        match r {
+            Err(_) if attempt < 5 => {
+                tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await
+            }
+            r => break r,
+        }
+    };
     match finished {
         Ok(Some(job)) => {
             deps.unpin_policy(&job.id);
@@ -210,7 +231,7 @@ pub async fn finish_if_done(deps: &Deps, job_id: &str) {
         }
         Ok(None) => {}
         Err(e) => {
-            tracing::warn!(job.id = %job_id, error = %e, "cannot finish the job; retried with its next chunk or restart")
+            tracing::error!(job.id = %job_id, error = %e, "cannot finish the job after 5 attempts; it stays running with every row done")
         }
     }
 }

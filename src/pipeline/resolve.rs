@@ -19,6 +19,7 @@ pub struct Resolved {
     pub job: JobRecord,
     pub policy: Arc<Policy>,
     pub rejected: Vec<RowResult>,
+    pub rejected_rows: std::collections::HashMap<i64, crate::domain::Assignment>,
     pub users: Vec<ResolvedUser>,
 }
 
@@ -38,6 +39,7 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<Validated>, tx: mpsc::Sender
             job: v.job,
             policy: v.policy,
             rejected: v.rejected,
+            rejected_rows: v.rejected_rows,
             users,
         };
         if tx.send(msg).await.is_err() {

@@ -7,7 +7,9 @@
 
 use super::circuit::TargetState;
 use super::{Deps, record_depth};
-use crate::audit::events::{ROLE_SYNC_COMPLETED, ROLE_SYNC_FAILED};
+use crate::audit::events::{
+    ROLE_SYNC_COMPLETED, ROLE_SYNC_FAILED, ROLE_SYNC_REJECTED, rejected_data,
+};
 use crate::domain::{Mode, Outcome, ReasonCode};
 use crate::policy::{Policy, RoleSet};
 use crate::scim::{CallTally, ScimError, ScimUser};
@@ -237,17 +239,22 @@ async fn sync_user(
             .iter()
             .map(|r| RowResult::outcome(r.line, outcome, Some((code, message.clone()))))
             .collect();
-        let events = if outcome == Outcome::Failed {
-            deps.events
-                .event(
-                    ROLE_SYNC_FAILED,
-                    json!({"job_id": job.id, "external_id": u.external_id, "reason": {"code": code.as_str(), "message": message}}),
-                )
-                .into_iter()
-                .collect()
-        } else {
-            Vec::new()
-        };
+        // One event per user: the rows of a user are synced (and fail) together.
+        let lines: Vec<i64> = u.rows.iter().map(|r| r.line).collect();
+        let events = deps
+            .events
+            .event(
+                ROLE_SYNC_FAILED,
+                json!({
+                    "job_id": job.id,
+                    "external_id": u.external_id,
+                    "lines": lines,
+                    "outcome": outcome.as_str(),
+                    "reason": {"code": code.as_str(), "message": message},
+                }),
+            )
+            .into_iter()
+            .collect();
         UserResult::Rows {
             results,
             events,
@@ -302,9 +309,25 @@ async fn sync_user(
                 .iter()
                 .map(|r| RowResult::rejected(r.line, ReasonCode::SodConflict, message.clone()))
                 .collect();
+            let events = u
+                .rows
+                .iter()
+                .filter_map(|r| {
+                    deps.events.event(
+                        ROLE_SYNC_REJECTED,
+                        rejected_data(
+                            &job.id,
+                            r.line,
+                            Some((&r.external_id, &r.role_template, &r.license_tier)),
+                            ReasonCode::SodConflict.as_str(),
+                            &message,
+                        ),
+                    )
+                })
+                .collect();
             return UserResult::Rows {
                 results,
-                events: Vec::new(),
+                events,
                 changed: None,
             };
         }
@@ -411,13 +434,33 @@ async fn sync_user(
     )
 }
 
-/// One structured line per role change, under the `audit` target. No tokens or secrets: only
-/// identifiers and role names.
-fn audit_log(job: &JobRecord, external_id: &str, user_id: &str, before: &RoleSet, after: &RoleSet) {
+/// One structured line per role change written to the target, under the `audit` target, at
+/// `info`. Role lists are JSON arrays as text (`["Agent","Employee"]`), since a log field holds
+/// one value. `request.id` is the `x-request-id` of the POST that submitted the job. Nothing
+/// else is logged: no tokens, secrets or bodies.
+fn audit_log(
+    job: &JobRecord,
+    external_id: &str,
+    user_id: &str,
+    before: &RoleSet,
+    after: &RoleSet,
+    added: &[String],
+    removed: &[String],
+) {
     let request_id = job.request_id.as_deref().unwrap_or("");
     tracing::info!(
         target: "audit",
-        { job.id = %job.id, request.id = %request_id, user.external_id = %external_id, user.id = %user_id, roles.before = ?before, roles.after = ?after },
+        {
+            job.id = %job.id,
+            request.id = %request_id,
+            user.external_id = %external_id,
+            user.id = %user_id,
+            roles.before = %json_text(before),
+            roles.after = %json_text(after),
+            roles.added = %json_text(added),
+            roles.removed = %json_text(removed),
+            job.mode = job.mode.as_str(),
+        },
         "roles changed"
     );
 }
@@ -433,9 +476,17 @@ fn applied(
     before: &RoleSet,
     after: &RoleSet,
 ) -> UserResult {
-    audit_log(job, &u.external_id, user_id, before, after);
     let added: Vec<String> = after.difference(before).cloned().collect();
     let removed: Vec<String> = before.difference(after).cloned().collect();
+    audit_log(
+        job,
+        &u.external_id,
+        user_id,
+        before,
+        after,
+        &added,
+        &removed,
+    );
     let before_perms = policy.effective_permissions(before);
     let after_perms = policy.effective_permissions(after);
     let perms_added: Vec<String> = after_perms.difference(&before_perms).cloned().collect();
@@ -474,4 +525,8 @@ fn applied(
         events: event.into_iter().collect(),
         changed: Some(true),
     }
+}
+
+fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }

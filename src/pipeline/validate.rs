@@ -7,7 +7,7 @@ use super::record_depth;
 use crate::domain::{Assignment, ExternalId, ReasonCode};
 use crate::policy::{Policy, RoleSet};
 use crate::store::{JobRecord, RowResult};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -24,6 +24,8 @@ pub struct Validated {
     pub job: JobRecord,
     pub policy: Arc<Policy>,
     pub rejected: Vec<RowResult>,
+    /// The rejected rows by line, for their audit events.
+    pub rejected_rows: HashMap<i64, Assignment>,
     pub users: Vec<UserRows>,
 }
 
@@ -48,11 +50,18 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<PlanJob>, tx: mpsc::Sender<V
             })
             .collect();
         let (rejected, users) = validate_rows(&policy, &assignments);
+        let lines: HashSet<i64> = rejected.iter().map(|r| r.line).collect();
+        let rejected_rows = assignments
+            .into_iter()
+            .filter(|a| lines.contains(&(a.line as i64)))
+            .map(|a| (a.line as i64, a))
+            .collect();
         if tx
             .send(Validated {
                 job,
                 policy,
                 rejected,
+                rejected_rows,
                 users,
             })
             .await

@@ -149,6 +149,21 @@ macro_rules! insert_events {
     }};
 }
 
+/// Every transaction here writes. On SQLite it starts `IMMEDIATE`, taking the write lock at
+/// BEGIN: a deferred transaction that reads first and writes later fails at once with
+/// SQLITE_BUSY_SNAPSHOT when another connection committed in between (busy_timeout does not
+/// apply), which left jobs unfinished when the webhook dispatcher committed at that moment.
+/// Taking the lock first makes it wait, bounded by busy_timeout, instead.
+async fn begin_write<DB: sqlx::Database>(
+    p: &sqlx::Pool<DB>,
+) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    if DB::NAME == <sqlx::Sqlite as sqlx::Database>::NAME {
+        p.begin_with("BEGIN IMMEDIATE").await
+    } else {
+        p.begin().await
+    }
+}
+
 pub fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
 }
@@ -211,7 +226,7 @@ impl Store {
     pub async fn create_job(&self, job: &NewJob, rows: &[Assignment]) -> StoreResult<CreateJob> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             if let Some(idem) = &job.idempotency {
                 // Expired keys are forgotten first, so the same key may start a new job.
                 sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND expires_at_ms < $2")
@@ -285,6 +300,7 @@ impl Store {
                 });
                 qb.build().execute(&mut *tx).await?;
             }
+            insert_events!(tx, &job.events);
             tx.commit().await?;
             Ok(CreateJob::Created)
         })
@@ -411,7 +427,7 @@ impl Store {
     pub async fn save_plan(&self, job_id: &str, owner: &str, plan: &JobPlan) -> StoreResult<bool> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             let held = sqlx::query(
                 "UPDATE jobs SET planned = 1, status = $1, started_at_ms = COALESCE(started_at_ms, $2), \
                  updated_at_ms = $2, users_total = $3, estimate = $4, approval = $5, lease_owner = NULL, \
@@ -489,7 +505,7 @@ impl Store {
     pub async fn approve_job(&self, job_id: &str) -> StoreResult<bool> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             let n = sqlx::query(
                 "UPDATE jobs SET status = 'running', updated_at_ms = $1 WHERE id = $2 AND status = 'awaiting_approval'",
             )
@@ -655,7 +671,7 @@ impl Store {
     ) -> StoreResult<bool> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             let held = sqlx::query(
                 "UPDATE chunks SET status = 'done', lease_owner = NULL, lease_until_ms = NULL \
                  WHERE job_id = $1 AND chunk_no = $2 AND lease_owner = $3 AND status = 'leased'",
@@ -687,7 +703,7 @@ impl Store {
     pub async fn add_job_deltas(&self, job_id: &str, deltas: &JobDeltas) -> StoreResult<()> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             add_counts!(tx, job_id, &crate::domain::Counts::default(), deltas, now);
             tx.commit().await?;
             Ok(())
@@ -703,7 +719,7 @@ impl Store {
     ) -> StoreResult<Option<JobRecord>> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             let open: i64 =
                 sqlx::query("SELECT COUNT(*) FROM chunks WHERE job_id = $1 AND status <> 'done'")
                     .bind(job_id)
@@ -854,7 +870,7 @@ impl Store {
     ) -> StoreResult<bool> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             let n = sqlx::query(
                 "UPDATE jobs SET status = $1, finished_at_ms = $2, updated_at_ms = $2, error = $3, \
                  lease_owner = NULL, lease_until_ms = NULL, planned = 1 \
@@ -914,7 +930,7 @@ impl Store {
     pub async fn prune(&self, before_ms: i64) -> StoreResult<u64> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = p.begin().await?;
+            let mut tx = begin_write(p).await?;
             sqlx::query(
                 "DELETE FROM items WHERE job_id IN (SELECT id FROM jobs WHERE finished_at_ms IS NOT NULL AND finished_at_ms < $1)",
             )
@@ -944,39 +960,114 @@ impl Store {
     }
 
     // ----- webhook outbox -----------------------------------------------------------------
+    //
+    // A row is one event for one endpoint, keyed by (event_id, endpoint); `event_id` is the
+    // `webhook-id`. With batching, a batch is a row of its own (`event_type = 'batch'`) and the
+    // rows it carries point at it through `batch_id`: they are never sent alone, and every
+    // update of the batch row is applied to them in the same statement, so a batch and its
+    // events always show the same status.
 
-    /// Claims up to `limit` deliveries that are due, leasing them so that a second dispatcher
-    /// (another replica) does not send them at the same time.
+    /// Claims up to `limit` deliveries to `endpoint` that are due, leasing them so that a second
+    /// dispatcher (another replica) does not send them at the same time. With `batches_only`,
+    /// only batch rows (events not yet in a batch wait for `form_batch`).
     pub async fn claim_due_deliveries(
         &self,
+        endpoint: &str,
         limit: i64,
         lease_ms: i64,
+        batches_only: bool,
     ) -> StoreResult<Vec<OutboxRecord>> {
         let now = now_ms();
         let rows = dual!(self, |p, DB| {
             let sql = match self.backend {
                 Backend::Postgres(_) => {
                     "UPDATE webhook_outbox SET lease_until_ms = $1 WHERE (event_id, endpoint) IN ( \
-                     SELECT event_id, endpoint FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at_ms <= $2 \
+                     SELECT event_id, endpoint FROM webhook_outbox WHERE endpoint = $4 AND status = 'pending' \
+                     AND batch_id IS NULL AND ($5 = 0 OR event_type = 'batch') AND next_attempt_at_ms <= $2 \
                      AND (lease_until_ms IS NULL OR lease_until_ms < $2) ORDER BY next_attempt_at_ms LIMIT $3 \
                      FOR UPDATE SKIP LOCKED) RETURNING *"
                 }
                 Backend::Sqlite(_) => {
                     "UPDATE webhook_outbox SET lease_until_ms = $1 WHERE rowid IN ( \
-                     SELECT rowid FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at_ms <= $2 \
-                     AND (lease_until_ms IS NULL OR lease_until_ms < $2) ORDER BY next_attempt_at_ms LIMIT $3) RETURNING *"
+                     SELECT rowid FROM webhook_outbox WHERE endpoint = $4 AND status = 'pending' \
+                     AND batch_id IS NULL AND ($5 = 0 OR event_type = 'batch') AND next_attempt_at_ms <= $2 \
+                     AND (lease_until_ms IS NULL OR lease_until_ms < $2) ORDER BY next_attempt_at_ms LIMIT $3) \
+                     RETURNING *"
                 }
             };
             sqlx::query_as::<_, OutboxRow>(sql)
                 .bind(now + lease_ms)
                 .bind(now)
                 .bind(limit)
+                .bind(endpoint)
+                .bind(i64::from(batches_only))
                 .fetch_all(p)
                 .await?
         });
         Ok(rows.into_iter().map(OutboxRecord::from).collect())
     }
 
+    /// Puts up to `max_events` due events of `endpoint` that are in no batch yet into a new
+    /// batch `batch_id`, whose body `body` builds from them (oldest first), in one transaction.
+    /// Returns how many events it took (0: nothing was due, and no batch was made).
+    pub async fn form_batch(
+        &self,
+        endpoint: &str,
+        max_events: i64,
+        batch_id: &str,
+        body: impl FnOnce(&[OutboxRecord]) -> String,
+    ) -> StoreResult<usize> {
+        let now = now_ms();
+        dual!(self, |p, DB| {
+            let mut tx = begin_write(p).await?;
+            let sql = match self.backend {
+                Backend::Postgres(_) => {
+                    "UPDATE webhook_outbox SET batch_id = $1 WHERE (event_id, endpoint) IN ( \
+                     SELECT event_id, endpoint FROM webhook_outbox WHERE endpoint = $2 AND status = 'pending' \
+                     AND batch_id IS NULL AND event_type <> 'batch' AND next_attempt_at_ms <= $3 \
+                     AND (lease_until_ms IS NULL OR lease_until_ms < $3) ORDER BY created_at_ms, event_id \
+                     LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING *"
+                }
+                Backend::Sqlite(_) => {
+                    "UPDATE webhook_outbox SET batch_id = $1 WHERE rowid IN ( \
+                     SELECT rowid FROM webhook_outbox WHERE endpoint = $2 AND status = 'pending' \
+                     AND batch_id IS NULL AND event_type <> 'batch' AND next_attempt_at_ms <= $3 \
+                     AND (lease_until_ms IS NULL OR lease_until_ms < $3) ORDER BY created_at_ms, event_id \
+                     LIMIT $4) RETURNING *"
+                }
+            };
+            let rows = sqlx::query_as::<_, OutboxRow>(sql)
+                .bind(batch_id)
+                .bind(endpoint)
+                .bind(now)
+                .bind(max_events)
+                .fetch_all(&mut *tx)
+                .await?;
+            if rows.is_empty() {
+                tx.rollback().await?;
+                return Ok(0);
+            }
+            let mut members: Vec<OutboxRecord> = rows.into_iter().map(OutboxRecord::from).collect();
+            // RETURNING gives no order; the body lists events oldest first.
+            members.sort_by(|a, b| {
+                (a.created_at_ms, &a.event_id).cmp(&(b.created_at_ms, &b.event_id))
+            });
+            sqlx::query(
+                "INSERT INTO webhook_outbox (event_id, endpoint, event_type, payload, status, next_attempt_at_ms, created_at_ms) \
+                 VALUES ($1, $2, 'batch', $3, 'pending', $4, $4)",
+            )
+            .bind(batch_id)
+            .bind(endpoint)
+            .bind(body(&members))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(members.len())
+        })
+    }
+
+    /// Records the result of one attempt of a delivery, and of the events of a batch with it.
     pub async fn mark_delivery(
         &self,
         event_id: &str,
@@ -988,7 +1079,7 @@ impl Store {
             match result {
                 DeliveryResult::Delivered => sqlx::query(
                     "UPDATE webhook_outbox SET status = 'delivered', delivered_at_ms = $1, attempts = attempts + 1, \
-                     lease_until_ms = NULL, last_error = NULL WHERE event_id = $2 AND endpoint = $3",
+                     lease_until_ms = NULL, last_error = NULL WHERE endpoint = $3 AND (event_id = $2 OR batch_id = $2)",
                 )
                 .bind(now)
                 .bind(event_id)
@@ -997,7 +1088,7 @@ impl Store {
                 .await?,
                 DeliveryResult::Retry { next_attempt_at_ms, error } => sqlx::query(
                     "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at_ms = $1, last_error = $2, \
-                     lease_until_ms = NULL WHERE event_id = $3 AND endpoint = $4",
+                     lease_until_ms = NULL WHERE endpoint = $4 AND (event_id = $3 OR batch_id = $3)",
                 )
                 .bind(next_attempt_at_ms)
                 .bind(error)
@@ -1007,7 +1098,7 @@ impl Store {
                 .await?,
                 DeliveryResult::Dead { error } => sqlx::query(
                     "UPDATE webhook_outbox SET status = 'dead', attempts = attempts + 1, last_error = $1, \
-                     lease_until_ms = NULL WHERE event_id = $2 AND endpoint = $3",
+                     lease_until_ms = NULL WHERE endpoint = $3 AND (event_id = $2 OR batch_id = $2)",
                 )
                 .bind(error)
                 .bind(event_id)
@@ -1019,6 +1110,25 @@ impl Store {
         Ok(())
     }
 
+    /// Gives back the lease of deliveries this process stopped sending (shutdown), so the next
+    /// start or another replica sends them at once instead of when the lease runs out.
+    pub async fn release_deliveries(&self, keys: &[(String, String)]) -> StoreResult<()> {
+        dual!(self, |p, DB| {
+            for (event_id, endpoint) in keys {
+                sqlx::query(
+                    "UPDATE webhook_outbox SET lease_until_ms = NULL WHERE event_id = $1 AND endpoint = $2 \
+                     AND status = 'pending'",
+                )
+                .bind(event_id)
+                .bind(endpoint)
+                .execute(p)
+                .await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// Oldest first; `status` filters.
     pub async fn list_deliveries(
         &self,
         status: Option<&str>,
@@ -1036,13 +1146,17 @@ impl Store {
         Ok(rows.into_iter().map(OutboxRecord::from).collect())
     }
 
-    /// Queues a delivery (dead or delivered) to be sent again now. Keeps its `webhook-id`.
+    /// Queues a delivery (dead or delivered) to be sent again now, with a fresh retry schedule.
+    /// It keeps its `webhook-id`; an event sent in a batch is sent again in that same batch
+    /// (same id, same body), and so is every other event of the batch.
     pub async fn redeliver(&self, event_id: &str, endpoint: Option<&str>) -> StoreResult<u64> {
         let now = now_ms();
         dual!(self, |p, DB| {
             Ok(sqlx::query(
                 "UPDATE webhook_outbox SET status = 'pending', next_attempt_at_ms = $1, attempts = 0, lease_until_ms = NULL \
-                 WHERE event_id = $2 AND ($3 IS NULL OR endpoint = $3)",
+                 WHERE ($3 IS NULL OR endpoint = $3) AND (event_id = $2 OR batch_id = $2 \
+                 OR event_id IN (SELECT batch_id FROM webhook_outbox WHERE event_id = $2 AND batch_id IS NOT NULL) \
+                 OR batch_id IN (SELECT batch_id FROM webhook_outbox WHERE event_id = $2 AND batch_id IS NOT NULL))",
             )
             .bind(now)
             .bind(event_id)
@@ -1053,15 +1167,31 @@ impl Store {
         })
     }
 
-    /// (pending deliveries, creation time of the oldest pending one)
+    /// (events waiting for delivery, creation time of the oldest one). Batch rows are not
+    /// events: their events are counted instead.
     pub async fn outbox_backlog(&self) -> StoreResult<(i64, Option<i64>)> {
         dual!(self, |p, DB| {
             let row = sqlx::query(
-                "SELECT COUNT(*), MIN(created_at_ms) FROM webhook_outbox WHERE status = 'pending'",
+                "SELECT COUNT(*), MIN(created_at_ms) FROM webhook_outbox WHERE status = 'pending' \
+                 AND event_type <> 'batch'",
             )
             .fetch_one(p)
             .await?;
             Ok((row.try_get::<i64, _>(0)?, row.try_get::<Option<i64>, _>(1)?))
+        })
+    }
+
+    /// Pending deliveries per endpoint name, to find those whose endpoint is not configured.
+    pub async fn pending_by_endpoint(&self) -> StoreResult<Vec<(String, i64)>> {
+        dual!(self, |p, DB| {
+            let rows = sqlx::query(
+                "SELECT endpoint, COUNT(*) FROM webhook_outbox WHERE status = 'pending' GROUP BY endpoint",
+            )
+            .fetch_all(p)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+                .collect()
         })
     }
 }

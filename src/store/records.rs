@@ -13,6 +13,8 @@ pub struct NewJob {
     pub request_id: Option<String>,
     pub policy_fingerprint: Option<String>,
     pub idempotency: Option<IdempotencyClaim>,
+    /// `role_sync.rejected` of the rows that could not be read, stored with the job.
+    pub events: Vec<OutboxEvent>,
 }
 
 #[derive(Debug, Clone)]
@@ -319,6 +321,7 @@ pub(super) struct OutboxRow {
     delivered_at_ms: Option<i64>,
     #[allow(dead_code)]
     lease_until_ms: Option<i64>,
+    batch_id: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -334,6 +337,8 @@ pub struct OutboxRecord {
     pub last_error: Option<String>,
     pub created_at_ms: i64,
     pub delivered_at_ms: Option<i64>,
+    /// The batch this event was sent in (its `webhook-id`), when batching is on.
+    pub batch_id: Option<String>,
 }
 
 impl From<OutboxRow> for OutboxRecord {
@@ -349,6 +354,7 @@ impl From<OutboxRow> for OutboxRecord {
             last_error: r.last_error,
             created_at_ms: r.created_at_ms,
             delivered_at_ms: r.delivered_at_ms,
+            batch_id: r.batch_id,
         }
     }
 }

@@ -10,3 +10,4 @@ mod policy;
 mod process;
 mod resilience;
 mod sync;
+mod webhooks;
