@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use super::Shared;
 use super::errors::{self, ApiError, JSON_CONTENT_TYPE, json_response};
 use super::faults::{Dropped, FaultUpdate};
+use super::ratelimit;
 use super::scim::read_json;
 use super::state::lock;
 use super::user::{self, UserData};
@@ -109,8 +110,9 @@ impl Stats {
     }
 }
 
-/// The outermost middleware: gives every response an `inin-correlation-id` (also the `contextId`
-/// of error bodies) and counts every request but `/emulator/*` by its route pattern. A dropped
+/// The only middleware: gives every response an `inin-correlation-id` (also the `contextId` of
+/// error bodies), sends API calls through `ratelimit::guard`, and counts every request but
+/// `/emulator/*` by its route pattern. A dropped
 /// connection counts with status 0; a path no route matches as `(unmatched)`.
 pub async fn observe(State(shared): State<Shared>, req: Request, next: Next) -> Response {
     let id = errors::new_uuid();
@@ -120,9 +122,18 @@ pub async fn observe(State(shared): State<Shared>, req: Request, next: Next) -> 
         Some(r) => !r.as_str().starts_with("/emulator/"),
         None => !req.uri().path().starts_with("/emulator/"),
     };
-    let mut response = errors::CORRELATION_ID
-        .scope(id.clone(), next.run(req))
-        .await;
+    // API calls (SCIM, Platform API) go through the guard: token, rate limit, faults.
+    let api = route
+        .as_ref()
+        .is_some_and(|r| r.as_str().starts_with("/api/"));
+    let inner = async {
+        if api {
+            ratelimit::guard(&shared, req, next).await
+        } else {
+            next.run(req).await
+        }
+    };
+    let mut response = errors::CORRELATION_ID.scope(id.clone(), inner).await;
     if counted {
         let status = if response.extensions().get::<Dropped>().is_some() {
             0

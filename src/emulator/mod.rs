@@ -1,9 +1,10 @@
 //! An in-memory Genesys Cloud org (SPEC §5): OAuth, SCIM users, the role catalog, rate limits
 //! and faults on demand. The demo, the tests and the benchmarks run against it.
 //!
-//! Request path, outermost first: `admin::observe` (`inin-correlation-id` on every response;
-//! stats for all but `/emulator/*`) → for API calls, `ratelimit::guard` (bearer token, rate
-//! limit, then `faults::inject`: latency, outage, dropped connection, 503, 429) → handler. Before routing, the resource
+//! Request path: one middleware, `admin::observe` (`inin-correlation-id` on every response;
+//! stats for all but `/emulator/*`), which sends API calls (`/api/…` routes) through
+//! `ratelimit::guard` (bearer token, rate limit, then `faults::inject`: latency, outage, dropped
+//! connection, 503, 429) → handler. Before routing, the resource
 //! segment of SCIM paths is lower-cased, so `/Users`, `/ServiceProviderConfig`, `/Schemas` and
 //! `/ResourceTypes` (RFC spelling) reach the Genesys routes (`/users`, …). See `docs/emulator.md`.
 
@@ -252,38 +253,50 @@ async fn fallback(uri: Uri) -> Response {
     }
 }
 
-fn scim_routes() -> Router<Shared> {
-    Router::new()
-        .route("/users", get(scim::list_users).post(scim::create_user))
+/// The SCIM routes under `prefix` (registered with their full paths rather than nested: no
+/// prefix stripping on every request).
+fn scim_routes(router: Router<Shared>, prefix: &str) -> Router<Shared> {
+    router
         .route(
-            "/users/{id}",
+            &format!("{prefix}/users"),
+            get(scim::list_users).post(scim::create_user),
+        )
+        .route(
+            &format!("{prefix}/users/{{id}}"),
             get(scim::get_user)
                 .put(scim::put_user)
                 .patch(scim::patch_user)
                 .delete(scim::delete_user),
         )
-        .route("/users/.search", post(scim::search_not_implemented))
-        .route("/.search", post(scim::search_not_implemented))
         .route(
-            "/serviceproviderconfig",
+            &format!("{prefix}/users/.search"),
+            post(scim::search_not_implemented),
+        )
+        .route(
+            &format!("{prefix}/.search"),
+            post(scim::search_not_implemented),
+        )
+        .route(
+            &format!("{prefix}/serviceproviderconfig"),
             get(discovery::service_provider_config),
         )
-        .route("/schemas", get(discovery::schemas))
-        .route("/schemas/{id}", get(discovery::schema))
-        .route("/resourcetypes", get(discovery::resource_types))
-        .route("/resourcetypes/{id}", get(discovery::resource_type))
+        .route(&format!("{prefix}/schemas"), get(discovery::schemas))
+        .route(&format!("{prefix}/schemas/{{id}}"), get(discovery::schema))
+        .route(
+            &format!("{prefix}/resourcetypes"),
+            get(discovery::resource_types),
+        )
+        .route(
+            &format!("{prefix}/resourcetypes/{{id}}"),
+            get(discovery::resource_type),
+        )
 }
 
 fn router(shared: Shared) -> Router {
-    let api = Router::new()
-        .nest("/api/v2/scim/v2", scim_routes())
-        .nest("/api/v2/scim", scim_routes())
+    let api = scim_routes(Router::new(), "/api/v2/scim/v2");
+    let api = scim_routes(api, "/api/v2/scim")
         .route("/api/v2/authorization/roles", get(roles::list_roles))
-        .route("/api/v2/authorization/roles/{roleId}", get(roles::get_role))
-        .layer(middleware::from_fn_with_state(
-            shared.clone(),
-            ratelimit::guard,
-        ));
+        .route("/api/v2/authorization/roles/{roleId}", get(roles::get_role));
     Router::new()
         .merge(api)
         .route("/oauth/token", post(oauth::token))

@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::Shared;
+use super::Emulator;
 use super::errors::ApiError;
 use super::state::{lock, read, write};
 
@@ -102,7 +102,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The API guard: authentication, the rate limit, then the faults (`faults::inject`).
-pub async fn guard(State(shared): State<Shared>, req: Request, next: Next) -> Response {
+pub async fn guard(shared: &Emulator, req: Request, next: Next) -> Response {
     let token = match bearer(req.headers()) {
         None if req.headers().contains_key(header::AUTHORIZATION) => {
             return unauthorized("bad.credentials", "Invalid login credentials.");
