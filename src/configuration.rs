@@ -192,6 +192,15 @@ impl WebhookEndpointSettings {
             return n.clone();
         }
         match reqwest::Url::parse(&self.url) {
+            // Nothing to hide: the URL as written (the key rows were stored under before).
+            Ok(u)
+                if u.username().is_empty()
+                    && u.password().is_none()
+                    && u.query().is_none()
+                    && u.fragment().is_none() =>
+            {
+                self.url.clone()
+            }
             Ok(mut u) => {
                 let _ = u.set_username("");
                 let _ = u.set_password(None);

@@ -776,6 +776,49 @@ async fn a_5xx_receiver_gets_the_whole_schedule_then_the_delivery_is_dead() {
 }
 
 #[tokio::test]
+async fn a_receiver_slower_than_the_timeout_is_retried_under_the_same_id() {
+    let receiver = Receiver::start(Answer::Slow(Duration::from_secs(4))).await;
+    let app = app_with_hooks(
+        &[Hook {
+            name: "sluggish",
+            url: &receiver.url,
+            secret: &new_secret(),
+            previous: &[],
+            events: &["job.finished"],
+        }],
+        "[webhooks]\nretry_schedule_secs = [1, 1, 1, 1]\ntimeout_secs = 1\n",
+    )
+    .await;
+    let id = simple_job(&app, "SLO", 1).await;
+    app.wait_finished(&id).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pending = deliveries(&app, "pending").await;
+        if let Some(d) = pending.iter().find(|d| d["attempts"].as_i64() >= Some(1)) {
+            assert!(
+                d["last_error"].as_str().unwrap().contains("cannot reach"),
+                "{d}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pending:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    receiver.answer(Answer::Status(200));
+    wait_until("the retry", Duration::from_secs(20), || {
+        receiver.count_of("job.finished") == 1
+    })
+    .await;
+    let ids: BTreeSet<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.id().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "every attempt under one webhook-id");
+    assert!(receiver.received().len() >= 2);
+}
+
+#[tokio::test]
 async fn batches_carry_several_events_under_their_own_id_and_their_rows_move_together() {
     let receiver = Receiver::start(Answer::Status(503)).await;
     let secret = new_secret();
