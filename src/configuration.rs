@@ -192,6 +192,15 @@ impl WebhookEndpointSettings {
             return n.clone();
         }
         match reqwest::Url::parse(&self.url) {
+            // Nothing to hide: the URL as written (the key rows were stored under before).
+            Ok(u)
+                if u.username().is_empty()
+                    && u.password().is_none()
+                    && u.query().is_none()
+                    && u.fragment().is_none() =>
+            {
+                self.url.clone()
+            }
             Ok(mut u) => {
                 let _ = u.set_username("");
                 let _ = u.set_password(None);
@@ -478,5 +487,76 @@ fn read_secret(key: &'static str, path: &Path) -> Result<SecretString, ConfigErr
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(SecretString::from(s.trim().to_owned())),
         Err(e) => Err(invalid(key, format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn with_webhooks(toml: &str) -> Result<Settings, ConfigError> {
+        Settings::from_toml_overrides(toml)
+    }
+
+    fn key_of(r: Result<Settings, ConfigError>) -> &'static str {
+        match r {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            Err(e) => panic!("not a key error: {e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn webhook_settings_have_safe_defaults() {
+        let s = with_webhooks("").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.webhooks.batch_max_events, 1, "batching is off by default");
+        assert_eq!(s.webhooks.concurrency_per_endpoint, 4);
+        assert!(s.webhooks.retry_schedule_secs.iter().sum::<u64>() > 3 * 3600);
+    }
+
+    #[test]
+    fn rotation_secrets_and_batching_are_read_and_checked() {
+        let ok = with_webhooks(&format!(
+            "[webhooks]\nbatch_max_events = 50\n[[webhooks.endpoints]]\nurl = \"https://h.example/x?token=abc\"\n\
+             secret = \"{SECRET}\"\nprevious_secrets = [\"{SECRET}\"]\nevents = [\"job.finished\"]\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let ep = &ok.webhooks.endpoints[0];
+        assert_eq!(ep.previous_secrets.len(), 1);
+        assert_eq!(ok.webhooks.batch_max_events, 50);
+        // The token in the URL stays out of the name used in logs and the API.
+        assert_eq!(ep.display_name(), "https://h.example/x");
+
+        let endpoint = |extra: &str| {
+            format!(
+                "[[webhooks.endpoints]]\nurl = \"https://h.example/\"\nsecret = \"{SECRET}\"\n{extra}\n"
+            )
+        };
+        assert_eq!(
+            key_of(with_webhooks(&endpoint("previous_secrets = [\"nope\"]"))),
+            "webhooks.endpoints.previous_secrets"
+        );
+        assert_eq!(
+            key_of(with_webhooks(&endpoint("events = [\"role_sync.done\"]"))),
+            "webhooks.endpoints.events"
+        );
+        assert_eq!(
+            key_of(with_webhooks(&format!("{}{}", endpoint(""), endpoint("")))),
+            "webhooks.endpoints.name"
+        );
+        assert_eq!(
+            key_of(with_webhooks("[webhooks]\nbatch_max_events = 0\n")),
+            "webhooks.batch_max_events"
+        );
+        assert_eq!(
+            key_of(with_webhooks("[webhooks]\nretry_schedule_secs = [1, 0]\n")),
+            "webhooks.retry_schedule_secs"
+        );
+        assert_eq!(
+            key_of(with_webhooks("[webhooks]\ntimeout_secs = 0\n")),
+            "webhooks.timeout_secs"
+        );
     }
 }

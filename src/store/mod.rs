@@ -925,8 +925,8 @@ impl Store {
         })
     }
 
-    /// Deletes finished jobs (and their rows and chunks) older than `before_ms`, and expired
-    /// idempotency keys.
+    /// Deletes finished jobs (and their rows and chunks) older than `before_ms`, delivered and
+    /// dead webhook deliveries older than that, and expired idempotency keys.
     pub async fn prune(&self, before_ms: i64) -> StoreResult<u64> {
         let now = now_ms();
         dual!(self, |p, DB| {
@@ -954,6 +954,13 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            // Settled deliveries past retention; pending ones stay whatever their age.
+            sqlx::query(
+                "DELETE FROM webhook_outbox WHERE status IN ('delivered', 'dead') AND created_at_ms < $1",
+            )
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(n)
         })
@@ -1211,4 +1218,115 @@ fn sqlite_parent_dir(url: &str) -> Option<&std::path::Path> {
     std::path::Path::new(path)
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
+}
+
+#[cfg(test)]
+mod outbox_tests {
+    use super::*;
+    use crate::domain::Mode;
+
+    fn event(id: &str, endpoints: &[&str]) -> OutboxEvent {
+        OutboxEvent {
+            event_id: id.to_owned(),
+            event_type: "job.finished".to_owned(),
+            payload: format!(r#"{{"type":"job.finished","data":{{"n":"{id}"}}}}"#),
+            endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
+        }
+    }
+
+    /// Outbox rows enter with a job (as the rows of an unreadable line's events do).
+    async fn store_with(events: Vec<OutboxEvent>) -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url, 2)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let job = NewJob {
+            id: "job-1".into(),
+            mode: Mode::Merge,
+            dry_run: false,
+            request_id: None,
+            policy_fingerprint: None,
+            idempotency: None,
+            events,
+        };
+        store
+            .create_job(&job, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (store, dir)
+    }
+
+    fn ok<T>(r: StoreResult<T>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn a_batch_and_its_events_move_together_and_redeliver_together() {
+        let events = (0..3)
+            .map(|i| event(&format!("msg_{i}"), &["a", "b"]))
+            .collect();
+        let (store, _dir) = store_with(events).await;
+        assert_eq!(ok(store.outbox_backlog().await).0, 6);
+
+        let n = ok(store
+            .form_batch("a", 2, "msg_batch1", |m| format!("{}", m.len()))
+            .await);
+        assert_eq!(n, 2);
+        // Endpoint `a`: the batch and the one event left; with batches only, just the batch.
+        let only_batches = ok(store.claim_due_deliveries("a", 10, 60_000, true).await);
+        assert_eq!(only_batches.len(), 1);
+        assert_eq!(only_batches[0].event_id, "msg_batch1");
+        assert_eq!(only_batches[0].payload, "2");
+        // Leased: not claimed twice.
+        assert!(ok(store.claim_due_deliveries("a", 10, 60_000, true).await).is_empty());
+        // Batch rows are not events: the backlog still counts 6 events.
+        assert_eq!(ok(store.outbox_backlog().await).0, 6);
+
+        let dead = DeliveryResult::Dead {
+            error: "receiver answered 400".into(),
+        };
+        ok(store.mark_delivery("msg_batch1", "a", &dead).await);
+        let rows = ok(store.list_deliveries(Some("dead"), 100).await);
+        let mut ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            vec!["msg_0", "msg_1", "msg_batch1"],
+            "endpoint b untouched"
+        );
+        assert!(rows.iter().all(|r| r.attempts == 1));
+
+        // Redelivering one event of the batch requeues the whole batch on that endpoint.
+        assert_eq!(ok(store.redeliver("msg_1", Some("a")).await), 3);
+        let again = ok(store.claim_due_deliveries("a", 10, 60_000, true).await);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].event_id, "msg_batch1");
+        ok(store
+            .mark_delivery("msg_batch1", "a", &DeliveryResult::Delivered)
+            .await);
+        assert_eq!(
+            ok(store.list_deliveries(Some("delivered"), 100).await).len(),
+            3
+        );
+
+        // Endpoint `b` sends singly; give a lease back at shutdown and it is claimable again.
+        let singles = ok(store.claim_due_deliveries("b", 10, 60_000, false).await);
+        assert_eq!(singles.len(), 3);
+        let keys: Vec<(String, String)> = singles
+            .iter()
+            .map(|d| (d.event_id.clone(), d.endpoint.clone()))
+            .collect();
+        ok(store.release_deliveries(&keys).await);
+        assert_eq!(
+            ok(store.claim_due_deliveries("b", 10, 60_000, false).await).len(),
+            3
+        );
+
+        // Pruning drops settled deliveries past retention and keeps the waiting ones.
+        ok(store.prune(now_ms() + 1).await);
+        let left = ok(store.list_deliveries(None, 100).await);
+        assert_eq!(left.len(), 4, "msg_2 on a, and the three of b");
+        assert!(left.iter().all(|r| r.status == "pending"));
+    }
 }

@@ -776,6 +776,49 @@ async fn a_5xx_receiver_gets_the_whole_schedule_then_the_delivery_is_dead() {
 }
 
 #[tokio::test]
+async fn a_receiver_slower_than_the_timeout_is_retried_under_the_same_id() {
+    let receiver = Receiver::start(Answer::Slow(Duration::from_secs(4))).await;
+    let app = app_with_hooks(
+        &[Hook {
+            name: "sluggish",
+            url: &receiver.url,
+            secret: &new_secret(),
+            previous: &[],
+            events: &["job.finished"],
+        }],
+        "[webhooks]\nretry_schedule_secs = [1, 1, 1, 1]\ntimeout_secs = 1\n",
+    )
+    .await;
+    let id = simple_job(&app, "SLO", 1).await;
+    app.wait_finished(&id).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pending = deliveries(&app, "pending").await;
+        if let Some(d) = pending.iter().find(|d| d["attempts"].as_i64() >= Some(1)) {
+            assert!(
+                d["last_error"].as_str().unwrap().contains("cannot reach"),
+                "{d}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pending:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    receiver.answer(Answer::Status(200));
+    wait_until("the retry", Duration::from_secs(20), || {
+        receiver.count_of("job.finished") == 1
+    })
+    .await;
+    let ids: BTreeSet<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.id().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "every attempt under one webhook-id");
+    assert!(receiver.received().len() >= 2);
+}
+
+#[tokio::test]
 async fn batches_carry_several_events_under_their_own_id_and_their_rows_move_together() {
     let receiver = Receiver::start(Answer::Status(503)).await;
     let secret = new_secret();
@@ -1010,7 +1053,7 @@ async fn events_waiting_for_a_receiver_that_is_down_are_delivered_after_a_restar
 /// Not a timed assertion: prints the figures (run with `--nocapture`), and asserts only what
 /// cannot be noise: the job finished while the slow receiver still held its first request, and
 /// the dead receiver got nothing.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_or_slow_receiver_does_not_slow_the_sync() {
     let users: usize = std::env::var("ROLESYNC_BENCH_USERS")
         .ok()
@@ -1022,7 +1065,8 @@ async fn a_dead_or_slow_receiver_does_not_slow_the_sync() {
         .unwrap_or(1);
     let mut figures: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
-        for kind in ["healthy", "dead", "slow"] {
+        // `none`: no endpoint at all, the baseline.
+        for kind in ["none", "healthy", "dead", "slow"] {
             let receiver = Receiver::start(match kind {
                 "slow" => Answer::Slow(Duration::from_secs(30)),
                 _ => Answer::Status(200),
@@ -1032,17 +1076,20 @@ async fn a_dead_or_slow_receiver_does_not_slow_the_sync() {
                 "dead" => format!("http://{}/hooks", closed_port().await),
                 _ => receiver.url.clone(),
             };
-            let app = app_with_hooks(
-                &[Hook {
-                    name: kind,
-                    url: &url,
-                    secret: &new_secret(),
-                    previous: &[],
-                    events: &[],
-                }],
-                "[webhooks]\ntimeout_secs = 60\n",
-            )
-            .await;
+            let secret = new_secret();
+            let hook = Hook {
+                name: kind,
+                url: &url,
+                secret: &secret,
+                previous: &[],
+                events: &[],
+            };
+            let hooks = if kind == "none" {
+                &[][..]
+            } else {
+                std::slice::from_ref(&hook)
+            };
+            let mut app = app_with_hooks(hooks, "[webhooks]\ntimeout_secs = 60\n").await;
             let started = Instant::now();
             let id = simple_job(&app, &format!("P{round}{}", &kind[..1]), users).await;
             let done = app.wait_finished(&id).await;
@@ -1072,6 +1119,8 @@ async fn a_dead_or_slow_receiver_does_not_slow_the_sync() {
                 }
                 _ => {}
             }
+            // Stopped, so that its dispatcher does not weigh on the next measurement.
+            app.stop_service().await;
         }
     }
     for (kind, secs) in &figures {
