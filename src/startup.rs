@@ -190,9 +190,6 @@ pub async fn shutdown_signal() {
 async fn housekeeping(state: AppState, stop: CancellationToken) {
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let path = state.policy.path().cloned();
-    let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen = path.as_deref().and_then(mtime);
     let mut last_prune = 0i64;
     loop {
         #[cfg(unix)]
@@ -212,12 +209,8 @@ async fn housekeeping(state: AppState, stop: CancellationToken) {
             _ = hup_fut => reload = true,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
-        if let Some(p) = &path {
-            let now = mtime(p);
-            if now != seen {
-                seen = now;
-                reload = true;
-            }
+        if state.policy.file_changed() {
+            reload = true;
         }
         if reload {
             match state.policy.reload() {
@@ -264,7 +257,7 @@ async fn import_catalog(scim: &ScimClient, live: &LivePolicy) {
                 missing = missing.len(),
                 "imported the target's role catalog"
             );
-            live.replace(merged);
+            live.replace_imported(merged, missing);
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot import the target's role catalog; using the local one")

@@ -52,6 +52,9 @@ CREATE TABLE items (
     permissions_added   TEXT,
     permissions_removed TEXT,
     chunk_no            BIGINT,
+    -- 1 once a write for this row's user was sent: after a crash, a user found already right
+    -- was applied by this job, not unchanged.
+    intent              BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, line)
 );
 CREATE INDEX items_outcome_idx ON items (job_id, outcome, line);

@@ -102,7 +102,9 @@ impl Dispatcher {
             batch_max_events: settings.batch_max_events.max(1),
             per_endpoint: settings.concurrency_per_endpoint.max(1),
             // Longer than any attempt can take, so a live delivery is never claimed twice.
-            lease_ms: (settings.timeout_secs as i64 * 2 + 60) * 1000,
+            // Long enough for one delivery that times out, short enough that the deliveries of a
+            // dispatcher that died are sent again within about a minute.
+            lease_ms: (settings.timeout_secs as i64 * 2 + 10) * 1000,
             wake,
         })
     }

@@ -17,14 +17,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::Shared;
-use super::errors::{ApiError, JSON_CONTENT_TYPE, json_response};
+use super::errors::{self, ApiError, JSON_CONTENT_TYPE, json_response};
 use super::faults::{Dropped, FaultUpdate};
 use super::scim::read_json;
 use super::state::lock;
@@ -109,19 +109,32 @@ impl Stats {
     }
 }
 
-/// Counts every request it wraps (everything but `/emulator/*`) by its route pattern.
-/// A dropped connection counts with status 0; a path no route matches as `(unmatched)`.
-pub async fn stats_middleware(State(shared): State<Shared>, req: Request, next: Next) -> Response {
+/// The outermost middleware: gives every response an `inin-correlation-id` (also the `contextId`
+/// of error bodies) and counts every request but `/emulator/*` by its route pattern. A dropped
+/// connection counts with status 0; a path no route matches as `(unmatched)`.
+pub async fn observe(State(shared): State<Shared>, req: Request, next: Next) -> Response {
+    let id = errors::new_uuid();
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(req).await;
-    let status = if response.extensions().get::<Dropped>().is_some() {
-        0
-    } else {
-        response.status().as_u16()
+    let counted = match &route {
+        Some(r) => !r.as_str().starts_with("/emulator/"),
+        None => !req.uri().path().starts_with("/emulator/"),
     };
-    let route = route.as_ref().map_or("(unmatched)", MatchedPath::as_str);
-    shared.stats.record(&method, route, status);
+    let mut response = errors::CORRELATION_ID
+        .scope(id.clone(), next.run(req))
+        .await;
+    if counted {
+        let status = if response.extensions().get::<Dropped>().is_some() {
+            0
+        } else {
+            response.status().as_u16()
+        };
+        let route = route.as_ref().map_or("(unmatched)", MatchedPath::as_str);
+        shared.stats.record(&method, route, status);
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(errors::CORRELATION_HEADER, v);
+    }
     response
 }
 

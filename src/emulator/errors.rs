@@ -199,6 +199,16 @@ pub fn json_response(status: StatusCode, content_type: &'static str, body: &Valu
     response
 }
 
+/// A SCIM response from an already serialised body.
+pub fn scim_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(SCIM_CONTENT_TYPE),
+    );
+    response
+}
+
 /// A SCIM (`application/scim+json`) response.
 pub fn scim_response(status: StatusCode, body: &Value) -> Response {
     json_response(status, SCIM_CONTENT_TYPE, body)

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -21,7 +21,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::Shared;
 use super::errors::ApiError;
 use super::state::lock;
 
@@ -202,9 +201,9 @@ enum Verdict {
     Fail429,
 }
 
-/// The fault middleware (innermost before the handlers).
-pub async fn middleware(State(shared): State<Shared>, req: Request, next: Next) -> Response {
-    let f = &shared.faults;
+/// Applies the faults to an API call that passed authentication and the rate limit, then runs
+/// the handler (unless a fault answers instead).
+pub async fn inject(f: &Faults, req: Request, next: Next) -> Response {
     let latency = f.latency_ms.load(Ordering::Relaxed);
     let jitter = f.latency_jitter_ms.load(Ordering::Relaxed);
     let p_drop = f64_load(&f.drop_connection);

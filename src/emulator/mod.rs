@@ -1,9 +1,9 @@
 //! An in-memory Genesys Cloud org (SPEC §5): OAuth, SCIM users, the role catalog, rate limits
 //! and faults on demand. The demo, the tests and the benchmarks run against it.
 //!
-//! Request path, outermost first: correlation id (`inin-correlation-id`, every response) →
-//! stats (all but `/emulator/*`) → for API calls: bearer token and rate limit → faults
-//! (latency, outage, dropped connection, 503, 429) → handler. Before routing, the resource
+//! Request path, outermost first: `admin::observe` (`inin-correlation-id` on every response;
+//! stats for all but `/emulator/*`) → for API calls, `ratelimit::guard` (bearer token, rate
+//! limit, then `faults::inject`: latency, outage, dropped connection, 503, 429) → handler. Before routing, the resource
 //! segment of SCIM paths is lower-cased, so `/Users`, `/ServiceProviderConfig`, `/Schemas` and
 //! `/ResourceTypes` (RFC spelling) reach the Genesys routes (`/users`, …). See `docs/emulator.md`.
 
@@ -15,26 +15,25 @@ mod filter;
 mod oauth;
 mod patch;
 mod ratelimit;
-pub mod roles;
+mod roles;
 mod scim;
 mod state;
 mod user;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, Uri};
-use axum::middleware::{self, Next};
+use axum::http::{StatusCode, Uri};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use tokio_util::sync::CancellationToken;
 
-pub use faults::FaultSettings;
-pub use roles::Catalog;
+use faults::FaultSettings;
+use roles::Catalog;
 
 /// Flags of `rolesync emulator` (SPEC §5).
 #[derive(clap::Args, Clone, Debug)]
@@ -239,18 +238,6 @@ fn normalise_scim_path(mut req: Request) -> Request {
     req
 }
 
-/// Adds `inin-correlation-id` to every response and makes it the `contextId` of error bodies.
-async fn correlation(req: Request, next: Next) -> Response {
-    let id = errors::new_uuid();
-    let mut response = errors::CORRELATION_ID
-        .scope(id.clone(), next.run(req))
-        .await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(errors::CORRELATION_HEADER, v);
-    }
-    response
-}
-
 /// No route: a SCIM `Error` 404 under the SCIM paths, a Genesys 404 elsewhere.
 async fn fallback(uri: Uri) -> Response {
     if uri.path().starts_with("/api/v2/scim") {
@@ -295,24 +282,17 @@ fn router(shared: Shared) -> Router {
         .route("/api/v2/authorization/roles/{roleId}", get(roles::get_role))
         .layer(middleware::from_fn_with_state(
             shared.clone(),
-            faults::middleware,
-        ))
-        .layer(middleware::from_fn_with_state(
-            shared.clone(),
-            ratelimit::middleware,
+            ratelimit::guard,
         ));
-    let counted = Router::new()
+    Router::new()
         .merge(api)
         .route("/oauth/token", post(oauth::token))
+        .nest("/emulator", admin::router())
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(
             shared.clone(),
-            admin::stats_middleware,
-        ));
-    Router::new()
-        .merge(counted)
-        .nest("/emulator", admin::router())
-        .layer(middleware::from_fn(correlation))
+            admin::observe,
+        ))
         .with_state(shared)
 }
 
@@ -343,7 +323,6 @@ pub async fn spawn(args: EmulatorArgs) -> anyhow::Result<EmulatorHandle> {
             tracing::error!(error = %e, "emulator server stopped");
         }
     });
-    let _ = Duration::ZERO;
     Ok(EmulatorHandle {
         addr,
         shutdown,

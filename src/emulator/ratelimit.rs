@@ -101,8 +101,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Authentication, then the rate limit. Outermost of the API middlewares (inside the stats).
-pub async fn middleware(State(shared): State<Shared>, req: Request, next: Next) -> Response {
+/// The API guard: authentication, the rate limit, then the faults (`faults::inject`).
+pub async fn guard(State(shared): State<Shared>, req: Request, next: Next) -> Response {
     let token = match bearer(req.headers()) {
         None if req.headers().contains_key(header::AUTHORIZATION) => {
             return unauthorized("bad.credentials", "Invalid login credentials.");
@@ -120,13 +120,13 @@ pub async fn middleware(State(shared): State<Shared>, req: Request, next: Next) 
     };
     let limit = shared.faults.rate_limit_per_minute();
     if limit == 0 {
-        return next.run(req).await;
+        return super::faults::inject(&shared.faults, req, next).await;
     }
     let d = token.hit();
     let mut response = if d.count > limit {
         ApiError::rate_limited(d.reset_secs.max(1)).into_response()
     } else {
-        next.run(req).await
+        super::faults::inject(&shared.faults, req, next).await
     };
     let h = response.headers_mut();
     h.insert(ALLOWED, HeaderValue::from(limit));

@@ -9,10 +9,10 @@ use axum::extract::{FromRequestParts, OriginalUri, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::discovery::max_results;
-use super::errors::{ApiError, scim_response};
+use super::errors::{ApiError, scim_bytes};
 use super::filter::{self, CmpOp, Filter, FilterValue};
 use super::patch;
 use super::state::{Conflict, Id, IfMatch};
@@ -109,14 +109,6 @@ fn with_etag(mut response: Response, user: &User, profile: Profile) -> Response 
     response
 }
 
-fn render_user(shared: &Shared, ctx: &ScimCtx, user: &User, projection: &Projection) -> Value {
-    let render = Render {
-        base: &ctx.base,
-        weak_etag: weak(shared.profile),
-    };
-    Value::Object(projection.apply(user::to_json(user, &render)))
-}
-
 fn user_response(
     shared: &Shared,
     ctx: &ScimCtx,
@@ -124,8 +116,13 @@ fn user_response(
     user: &User,
     projection: &Projection,
 ) -> Response {
-    let body = render_user(shared, ctx, user, projection);
-    with_etag(scim_response(status, &body), user, shared.profile)
+    let render = Render {
+        base: &ctx.base,
+        weak_etag: weak(shared.profile),
+    };
+    let mut body = Vec::with_capacity(512);
+    user::write_json(user, &render, projection, &mut body);
+    with_etag(scim_bytes(status, body), user, shared.profile)
 }
 
 /// Reads a JSON object body (`application/scim+json` or `application/json`), at most 512 000
@@ -164,6 +161,17 @@ fn object(v: Value) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// `urn:…:User:attr` → `attr` when `attr_path` starts with `urn` (case-insensitive) and a colon.
+fn strip_urn<'a>(attr_path: &'a str, urn: &str) -> Option<&'a str> {
+    let head = attr_path.get(..urn.len())?;
+    let rest = attr_path.get(urn.len()..)?;
+    if head.eq_ignore_ascii_case(urn) {
+        rest.strip_prefix(':')
+    } else {
+        None
+    }
+}
+
 /// The users an `eq` filter selects, in creation order. Only a single `eq` is accepted, as
 /// Genesys documents (`id`, `userName`, `externalId`, `email`, `active`, `manager`, `division`,
 /// `employeeNumber`).
@@ -187,15 +195,12 @@ fn select(shared: &Shared, filter_text: &str) -> Result<Vec<Id>, ApiError> {
             )));
         }
     };
-    let lower = attr.to_ascii_lowercase();
-    let core_prefix = format!("{}:", USER_SCHEMA.to_ascii_lowercase());
-    let ent_prefix = format!("{}:", ENTERPRISE_SCHEMA.to_ascii_lowercase());
-    let (in_enterprise, name) = if let Some(rest) = lower.strip_prefix(&core_prefix) {
-        (false, rest.to_string())
-    } else if let Some(rest) = lower.strip_prefix(&ent_prefix) {
-        (true, rest.to_string())
+    let (in_enterprise, name) = if let Some(rest) = strip_urn(&attr, USER_SCHEMA) {
+        (false, rest.to_ascii_lowercase())
+    } else if let Some(rest) = strip_urn(&attr, ENTERPRISE_SCHEMA) {
+        (true, rest.to_ascii_lowercase())
     } else {
-        (false, lower)
+        (false, attr.to_ascii_lowercase())
     };
     let text = match &value {
         FilterValue::Str(s) => Some(s.clone()),
@@ -270,12 +275,12 @@ pub async fn list_users(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     match Params::from(query).and_then(|params| list_body(&shared, &ctx, &params)) {
-        Ok(body) => scim_response(StatusCode::OK, &body),
+        Ok(body) => scim_bytes(StatusCode::OK, body),
         Err(e) => e.into_response(),
     }
 }
 
-fn list_body(shared: &Shared, ctx: &ScimCtx, params: &Params) -> Result<Value, ApiError> {
+fn list_body(shared: &Shared, ctx: &ScimCtx, params: &Params) -> Result<Vec<u8>, ApiError> {
     let start = params.int("startIndex")?.unwrap_or(1).max(1);
     let count = params
         .int("count")?
@@ -300,23 +305,33 @@ fn list_body(shared: &Shared, ctx: &ScimCtx, params: &Params) -> Result<Value, A
         base: &ctx.base,
         weak_etag: weak(shared.profile),
     };
-    let resources: Vec<Value> = ids
-        .iter()
-        .skip(start - 1)
-        .take(count)
-        .filter_map(|id| {
-            shared.users.with_user(id, |u| {
-                Value::Object(projection.apply(user::to_json(u, &render)))
-            })
-        })
-        .collect();
-    Ok(json!({
-        "schemas": [LIST_SCHEMA],
-        "totalResults": ids.len(),
-        "startIndex": start,
-        "itemsPerPage": resources.len(),
-        "Resources": resources,
-    }))
+    let page = ids.iter().skip(start - 1).take(count);
+    let mut body = Vec::with_capacity(128 + 512 * count.min(ids.len()));
+    body.extend_from_slice(b"{\"schemas\":[\"");
+    body.extend_from_slice(LIST_SCHEMA.as_bytes());
+    body.extend_from_slice(b"\"],\"Resources\":[");
+    let mut items = 0usize;
+    for id in page {
+        let before = body.len();
+        if items > 0 {
+            body.push(b',');
+        }
+        let written = shared
+            .users
+            .with_user(id, |u| user::write_json(u, &render, &projection, &mut body))
+            .is_some();
+        if written {
+            items += 1;
+        } else {
+            body.truncate(before); // deleted meanwhile
+        }
+    }
+    let tail = format!(
+        "],\"totalResults\":{},\"startIndex\":{start},\"itemsPerPage\":{items}}}",
+        ids.len()
+    );
+    body.extend_from_slice(tail.as_bytes());
+    Ok(body)
 }
 
 /// `GET /users/{id}`; `If-None-Match` with the current ETag answers 304.

@@ -275,6 +275,75 @@ pub fn to_json(user: &User, render: &Render<'_>) -> Map<String, Value> {
     out
 }
 
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Appends the user's JSON representation to `out`, with `projection` applied. The common case
+/// (no projection) is written directly, without building a `serde_json::Map`: it is the hot path
+/// of `GET /users?filter=…`.
+pub fn write_json(user: &User, render: &Render<'_>, projection: &Projection, out: &mut Vec<u8>) {
+    if !projection.is_empty() {
+        let _ = serde_json::to_writer(&mut *out, &projection.apply(to_json(user, render)));
+        return;
+    }
+    let d = &user.data;
+    out.extend_from_slice(b"{\"schemas\":[");
+    push_json_str(out, USER_SCHEMA);
+    for ext in EXTENSIONS {
+        if d.attrs.contains_key(ext) {
+            out.push(b',');
+            push_json_str(out, ext);
+        }
+    }
+    out.extend_from_slice(b"],\"id\":");
+    push_json_str(out, &user.id);
+    if let Some(ext) = &d.external_id {
+        out.extend_from_slice(b",\"externalId\":");
+        push_json_str(out, ext);
+    }
+    out.extend_from_slice(b",\"userName\":");
+    push_json_str(out, &d.user_name);
+    if let Some(name) = &d.display_name {
+        out.extend_from_slice(b",\"displayName\":");
+        push_json_str(out, name);
+    }
+    out.extend_from_slice(if d.active {
+        b",\"active\":true"
+    } else {
+        b",\"active\":false"
+    });
+    for (k, v) in &d.attrs {
+        if k == "password" {
+            continue;
+        }
+        out.push(b',');
+        push_json_str(out, k);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut *out, v);
+    }
+    out.extend_from_slice(b",\"roles\":[");
+    for (i, role) in d.roles.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"value\":");
+        push_json_str(out, role);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"meta\":{\"resourceType\":\"User\",\"created\":");
+    push_json_str(out, &user.created);
+    out.extend_from_slice(b",\"lastModified\":");
+    push_json_str(out, &user.last_modified);
+    out.extend_from_slice(b",\"location\":");
+    push_json_str(out, &format!("{}/users/{}", render.base, user.id));
+    out.extend_from_slice(b",\"version\":");
+    push_json_str(out, &etag(user.version, render.weak_etag));
+    out.extend_from_slice(b"}}");
+}
+
 /// `attributes` / `excludedAttributes` (RFC 7644 §3.4.2.5). Names may be short (`roles`,
 /// `meta.version`) or full URNs (`urn:…:core:2.0:User:roles`, `urn:…:enterprise:2.0:User:division`).
 /// `id`, `userName`, `active`, `meta` and `schemas` are always returned.

@@ -4,16 +4,35 @@
 
 use super::Deps;
 use super::resolve::Resolved;
+use super::sync::final_roles;
 use crate::audit::events::{JOB_FINISHED, ROLE_SYNC_REJECTED, rejected_data};
-use crate::domain::{JobStatus, Outcome};
-use crate::store::{JobPlan, JobRecord, OutboxEvent};
+use crate::domain::{JobStatus, Mode, Outcome};
+use crate::scim::{CallTally, ScimError};
+use crate::store::{JobDeltas, JobPlan, JobRecord, OutboxEvent};
+use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
 pub async fn run(deps: Deps, mut rx: mpsc::Receiver<Resolved>) {
     while let Some(r) = rx.recv().await {
         let job_id = r.job.id.clone();
-        let plan = build_plan(&deps, &r);
+        let mut plan = build_plan(&deps, &r);
+        match approval_check(&deps, &r).await {
+            Ok(None) => {}
+            Ok(Some((held, approval, deltas))) => {
+                if held {
+                    plan.status = JobStatus::AwaitingApproval;
+                    tracing::warn!(job.id = %job_id, approval = %approval, "replace job held for approval");
+                }
+                plan.approval = Some(approval.to_string());
+                plan.deltas = deltas;
+            }
+            Err(e) => {
+                // The planning lease expires and the job is planned again, when the target answers.
+                tracing::warn!(job.id = %job_id, error = %e, "cannot check the approval bounds; planning later");
+                continue;
+            }
+        }
         let rejected = plan.rejected.len() as u64;
         match deps.store.save_plan(&job_id, &deps.owner, &plan).await {
             Ok(true) => {
@@ -98,7 +117,82 @@ fn build_plan(deps: &Deps, r: &Resolved) -> JobPlan {
         estimate: Some(estimate.to_string()),
         approval: None,
         events,
+        deltas: JobDeltas::default(),
     }
+}
+
+/// The approval bounds of a `replace` job (SPEC §4 `[approval]`): a job that would remove roles
+/// from more users than `max_removed_users`, or than `max_removal_fraction` of the org, waits
+/// in `awaiting_approval` before any write.
+///
+/// Costs one call (the org size, `count=0`) for every replace job; a job with fewer users than
+/// the bound cannot exceed it and is not read ahead. A larger one is read ahead, one lookup per
+/// user, before anything is written; the sync re-reads each user before writing, since the
+/// state may change while the job waits.
+async fn approval_check(
+    deps: &Deps,
+    r: &Resolved,
+) -> Result<Option<(bool, serde_json::Value, JobDeltas)>, ScimError> {
+    if r.job.mode != Mode::Replace || r.job.dry_run || r.users.is_empty() {
+        return Ok(None);
+    }
+    let bounds = r.policy.approval();
+    let tally = std::sync::Arc::new(CallTally::default());
+    let org_users = deps.scim.count_users(&tally).await?;
+    let by_fraction = (bounds.max_removal_fraction * org_users as f64).floor() as u64;
+    let threshold = bounds.max_removed_users.min(by_fraction);
+    let users = r.users.len() as u64;
+    let mut removing = 0u64;
+    let read_ahead = users > threshold;
+    if read_ahead {
+        let wanted: Vec<(String, crate::policy::RoleSet)> = r
+            .users
+            .iter()
+            .map(|u| (u.rows.external_id.clone(), u.desired.clone()))
+            .collect();
+        let results: Vec<Result<bool, ScimError>> = futures::stream::iter(wanted)
+            .map(|(external_id, desired)| {
+                let scim = deps.scim.clone();
+                let policy = r.policy.clone();
+                let tally = tally.clone();
+                async move {
+                    let found = scim.find_by_external_id(&external_id, &tally).await?;
+                    Ok(match found.as_slice() {
+                        [user] => {
+                            let current = user.role_names();
+                            let target = final_roles(&policy, Mode::Replace, &current, &desired);
+                            current.difference(&target).next().is_some()
+                        }
+                        _ => false,
+                    })
+                }
+            })
+            .buffer_unordered(deps.settings.target.max_concurrency)
+            .collect()
+            .await;
+        for res in results {
+            if res? {
+                removing += 1;
+            }
+        }
+    }
+    let held = removing > threshold;
+    let (requests, retries, rate_limited) = tally.snapshot();
+    let approval = json!({
+        "required": held,
+        "users_losing_roles": if read_ahead { json!(removing) } else { json!(null) },
+        "threshold_users": threshold,
+        "org_users": org_users,
+        "max_removed_users": bounds.max_removed_users,
+        "max_removal_fraction": bounds.max_removal_fraction,
+    });
+    let deltas = JobDeltas {
+        scim_requests: requests,
+        scim_retries: retries,
+        scim_rate_limited: rate_limited,
+        ..Default::default()
+    };
+    Ok(Some((held, approval, deltas)))
 }
 
 /// Moves a job with nothing left to sync to its final status and counts it.
@@ -137,7 +231,7 @@ pub async fn finish_if_done(deps: &Deps, job_id: &str) {
         }
         Ok(None) => {}
         Err(e) => {
-            tracing::error!(job.id = %job_id, error = %e, "cannot finish the job after 5 attempts; it stays running with every row done")
+            tracing::error!(job.id = %job_id, error = %e, "cannot finish the job after 5 attempts; the idle sweep finishes it later")
         }
     }
 }

@@ -12,7 +12,6 @@ use tokio::sync::mpsc;
 pub struct ResolvedUser {
     pub rows: UserRows,
     /// The roles to push (expanded when `expand_inherited`).
-    #[allow(dead_code)]
     pub desired: RoleSet,
 }
 

@@ -54,6 +54,7 @@ pub async fn claim(deps: Deps, tx: mpsc::Sender<ChunkClaim>, stop: CancellationT
             }
             Ok(None) => {
                 drop(permit);
+                finish_orphans(&deps).await;
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = deps.wake_claimer.notified() => {}
@@ -66,6 +67,18 @@ pub async fn claim(deps: Deps, tx: mpsc::Sender<ChunkClaim>, stop: CancellationT
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// Finishes jobs whose last chunk was committed by a process that died before finishing them.
+async fn finish_orphans(deps: &Deps) {
+    match deps.store.jobs_to_finish().await {
+        Ok(ids) => {
+            for id in ids {
+                super::plan::finish_if_done(deps, &id).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot look for jobs to finish"),
     }
 }
 
@@ -335,6 +348,18 @@ async fn sync_user(
             permissions_removed: (job.dry_run).then(|| perms_removed.clone()),
         };
         if added.is_empty() && removed.is_empty() {
+            if let Some(prior) = u.rows.iter().find(|r| r.intent) {
+                // An earlier attempt of this chunk wrote the user, then died before recording
+                // it: the write was this job's, so the rows are `applied`, with its diff.
+                let added = prior.roles_added.clone().unwrap_or_default();
+                let removed = prior.roles_removed.clone().unwrap_or_default();
+                let mut before: RoleSet = current
+                    .difference(&added.iter().cloned().collect())
+                    .cloned()
+                    .collect();
+                before.extend(removed.iter().cloned());
+                return applied(deps, policy, job, &u, &user.id, &before, &current);
+            }
             let results = u
                 .rows
                 .iter()
@@ -359,47 +384,21 @@ async fn sync_user(
             };
         }
         let roles: Vec<String> = target.iter().cloned().collect();
+        let lines: Vec<i64> = u.rows.iter().map(|r| r.line).collect();
+        if let Err(e) = deps
+            .store
+            .mark_intent(&job.id, &lines, &added, &removed)
+            .await
+        {
+            // Only the report after a crash depends on it; the write itself is safe.
+            tracing::warn!(job.id = %job.id, error = %e, "cannot record the write intent");
+        }
         match deps
             .scim
             .patch_roles(&user.id, user.version().as_deref(), &roles, tally)
             .await
         {
-            Ok(_) => {
-                audit_log(
-                    job,
-                    &u.external_id,
-                    &user.id,
-                    &current,
-                    &target,
-                    &added,
-                    &removed,
-                );
-                let event = deps.events.event(
-                    ROLE_SYNC_COMPLETED,
-                    json!({
-                        "job_id": job.id,
-                        "external_id": u.external_id,
-                        "user_id": user.id,
-                        "roles_before": current,
-                        "roles_after": target,
-                        "roles_added": added,
-                        "roles_removed": removed,
-                        "effective_permissions": *after_perms,
-                        "permissions_added": perms_added,
-                        "permissions_removed": perms_removed,
-                    }),
-                );
-                let results = u
-                    .rows
-                    .iter()
-                    .map(|r| row(r.line, Outcome::Applied))
-                    .collect();
-                return UserResult::Rows {
-                    results,
-                    events: event.into_iter().collect(),
-                    changed: Some(true),
-                };
-            }
+            Ok(_) => return applied(deps, policy, job, &u, &user.id, &current, &target),
             Err(ScimError::Conflict) => {
                 // Someone changed the user since we read it: read again and recompute.
                 match deps.scim.get_user(&user.id, tally).await {
@@ -464,6 +463,68 @@ fn audit_log(
         },
         "roles changed"
     );
+}
+
+/// The rows of a user whose roles this job changed from `before` to `after`, with the
+/// `role_sync.completed` event and the audit log line.
+fn applied(
+    deps: &Deps,
+    policy: &Policy,
+    job: &JobRecord,
+    u: &UserWork,
+    user_id: &str,
+    before: &RoleSet,
+    after: &RoleSet,
+) -> UserResult {
+    let added: Vec<String> = after.difference(before).cloned().collect();
+    let removed: Vec<String> = before.difference(after).cloned().collect();
+    audit_log(
+        job,
+        &u.external_id,
+        user_id,
+        before,
+        after,
+        &added,
+        &removed,
+    );
+    let before_perms = policy.effective_permissions(before);
+    let after_perms = policy.effective_permissions(after);
+    let perms_added: Vec<String> = after_perms.difference(&before_perms).cloned().collect();
+    let perms_removed: Vec<String> = before_perms.difference(&after_perms).cloned().collect();
+    let event = deps.events.event(
+        ROLE_SYNC_COMPLETED,
+        json!({
+            "job_id": job.id,
+            "external_id": u.external_id,
+            "user_id": user_id,
+            "roles_before": before,
+            "roles_after": after,
+            "roles_added": added,
+            "roles_removed": removed,
+            "effective_permissions": *after_perms,
+            "permissions_added": perms_added,
+            "permissions_removed": perms_removed,
+        }),
+    );
+    let results = u
+        .rows
+        .iter()
+        .map(|r| RowResult {
+            line: r.line,
+            outcome: Outcome::Applied,
+            reason: None,
+            user_id: Some(user_id.to_owned()),
+            roles_added: Some(added.clone()),
+            roles_removed: Some(removed.clone()),
+            permissions_added: None,
+            permissions_removed: None,
+        })
+        .collect();
+    UserResult::Rows {
+        results,
+        events: event.into_iter().collect(),
+        changed: Some(true),
+    }
 }
 
 fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> String {

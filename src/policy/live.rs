@@ -10,14 +10,29 @@ pub struct LivePolicy {
     path: Option<PathBuf>,
     /// Why the last reload was refused; cleared by a successful one.
     last_error: RwLock<Option<String>>,
+    /// What importing the target's role catalog reported (roles missing in the target, …).
+    import_notes: RwLock<Option<Vec<String>>>,
+    /// Digest of the file's content when last looked at: the content, not the modification
+    /// time, since a coarse file-system clock can give an edit its predecessor's mtime.
+    seen: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+fn digest(path: &std::path::Path) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    std::fs::read(path)
+        .ok()
+        .map(|b| sha2::Sha256::digest(&b).to_vec())
 }
 
 impl LivePolicy {
     pub fn new(policy: Policy, path: Option<PathBuf>) -> LivePolicy {
+        let seen = std::sync::Mutex::new(path.as_deref().and_then(digest));
         LivePolicy {
+            seen,
             current: RwLock::new(Arc::new(policy)),
             path,
             last_error: RwLock::new(None),
+            import_notes: RwLock::new(None),
         }
     }
 
@@ -36,6 +51,19 @@ impl LivePolicy {
         match self.last_error.read() {
             Ok(e) => e.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// True once each time the file's content differs from when it was last looked at.
+    pub fn file_changed(&self) -> bool {
+        let Some(path) = &self.path else { return false };
+        let now = digest(path);
+        match self.seen.lock() {
+            Ok(mut seen) if *seen != now => {
+                *seen = now;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -63,7 +91,19 @@ impl LivePolicy {
         Ok(())
     }
 
-    /// Replaces the policy in force (e.g. after importing the target's role catalog).
+    pub fn import_notes(&self) -> Option<Vec<String>> {
+        self.import_notes.read().ok().and_then(|n| n.clone())
+    }
+
+    /// Puts in force a policy merged with the target's role catalog, with the import's notes.
+    pub fn replace_imported(&self, policy: Policy, notes: Vec<String>) {
+        if let Ok(mut slot) = self.import_notes.write() {
+            *slot = Some(notes);
+        }
+        self.replace(policy);
+    }
+
+    /// Replaces the policy in force.
     pub fn replace(&self, policy: Policy) {
         if let Ok(mut slot) = self.current.write() {
             *slot = Arc::new(policy);

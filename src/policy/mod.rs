@@ -83,9 +83,10 @@ pub struct SodRule {
 /// Thresholds above which a `replace` job waits for approval.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Approval {
-    /// Fraction (0..=1) of the job's users losing a role above which the job is held.
+    /// Fraction (0..=1) of the org's users (as the target counts them) losing a role above
+    /// which a `replace` job is held for approval.
     pub max_removal_fraction: f64,
-    /// Number of users losing a role above which the job is held.
+    /// Number of users losing a role above which a `replace` job is held for approval.
     pub max_removed_users: u64,
 }
 

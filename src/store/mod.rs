@@ -489,6 +489,13 @@ impl Store {
                 qb.build().execute(&mut *tx).await?;
             }
             insert_events!(tx, &plan.events);
+            add_counts!(
+                tx,
+                job_id,
+                &crate::domain::Counts::default(),
+                &plan.deltas,
+                now
+            );
             tx.commit().await?;
             Ok(true)
         })
@@ -567,6 +574,35 @@ impl Store {
             .await?
         });
         rows.into_iter().map(ItemRecord::try_from).collect()
+    }
+
+    /// Records, before a write is sent, that this job is about to change the rows' user and
+    /// how; a re-run after a crash then reports the user `applied`, with this diff.
+    pub async fn mark_intent(
+        &self,
+        job_id: &str,
+        lines: &[i64],
+        added: &[String],
+        removed: &[String],
+    ) -> StoreResult<()> {
+        let added = serde_json::to_string(added).unwrap_or_default();
+        let removed = serde_json::to_string(removed).unwrap_or_default();
+        dual!(self, |p, DB| {
+            let mut qb = QueryBuilder::<DB>::new("UPDATE items SET intent = 1, roles_added = ");
+            qb.push_bind(&added)
+                .push(", roles_removed = ")
+                .push_bind(&removed);
+            qb.push(" WHERE outcome = 'pending' AND job_id = ")
+                .push_bind(job_id)
+                .push(" AND line IN (");
+            let mut sep = qb.separated(", ");
+            for line in lines {
+                sep.push_bind(*line);
+            }
+            qb.push(")");
+            qb.build().execute(p).await?;
+        });
+        Ok(())
     }
 
     /// Heartbeat: extends every lease `owner` holds (chunks and planning).
@@ -731,6 +767,21 @@ impl Store {
             insert_events!(tx, &event(&finished));
             tx.commit().await?;
             Ok(Some(finished))
+        })
+    }
+
+    /// Running jobs with no row left pending: their last chunk was committed by a process that
+    /// died before finishing the job. `finish_job_if_done` finishes them.
+    pub async fn jobs_to_finish(&self) -> StoreResult<Vec<String>> {
+        dual!(self, |p, DB| {
+            let rows = sqlx::query(
+                "SELECT id FROM jobs WHERE status IN ('running', 'paused') AND planned = 1 AND c_pending = 0 LIMIT 100",
+            )
+            .fetch_all(p)
+            .await?;
+            rows.iter()
+                .map(|r| r.try_get::<String, _>(0).map_err(StoreError::from))
+                .collect()
         })
     }
 

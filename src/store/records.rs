@@ -163,6 +163,7 @@ pub(super) struct ItemRow {
     permissions_added: Option<String>,
     permissions_removed: Option<String>,
     chunk_no: Option<i64>,
+    intent: i64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -189,6 +190,9 @@ pub struct ItemRecord {
     pub permissions_removed: Option<Vec<String>>,
     #[serde(skip)]
     pub chunk_no: Option<i64>,
+    /// A write for this row's user was sent by an earlier attempt of its chunk.
+    #[serde(skip)]
+    pub intent: bool,
 }
 
 impl TryFrom<ItemRow> for ItemRecord {
@@ -215,6 +219,7 @@ impl TryFrom<ItemRow> for ItemRecord {
             permissions_added: list(r.permissions_added),
             permissions_removed: list(r.permissions_removed),
             chunk_no: r.chunk_no,
+            intent: r.intent != 0,
         })
     }
 }
@@ -263,6 +268,8 @@ pub struct JobPlan {
     pub estimate: Option<String>,
     pub approval: Option<String>,
     pub events: Vec<OutboxEvent>,
+    /// Calls the planner spent (org size, approval pre-flight reads).
+    pub deltas: JobDeltas,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

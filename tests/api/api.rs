@@ -248,3 +248,116 @@ async fn cancel_stops_a_job_and_its_pending_rows() {
         409
     );
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_v1_route() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .client
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/items",
+        "/v1/jobs/{id}/cancel",
+        "/v1/jobs/{id}/approve",
+        "/v1/validate",
+        "/v1/policy",
+        "/v1/policy/roles/{name}",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+    let page = app
+        .client
+        .get(format!("{}/docs", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("/openapi.json"));
+}
+
+#[tokio::test]
+async fn an_expired_idempotency_key_starts_a_new_job() {
+    let app = spawn_app_with(TestOptions {
+        config: "[store]\nidempotency_ttl_hours = 0\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let send = || {
+        app.client
+            .post(format!("{}/v1/jobs", app.address))
+            .bearer_auth(WRITER_KEY)
+            .header("content-type", "text/csv")
+            .header("idempotency-key", "k-1")
+            .body(CSV)
+            .send()
+    };
+    let first: Value = send().await.unwrap().json().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), 202, "the key expired, so this is a new job");
+    let again: Value = again.json().await.unwrap();
+    assert_ne!(again["job_id"], first["job_id"]);
+}
+
+#[tokio::test]
+async fn too_many_pending_rows_get_503_with_retry_after() {
+    let app = spawn_app_with(TestOptions {
+        emulator: rolesync::emulator::EmulatorArgs {
+            rate_limit_per_minute: 0,
+            latency_ms: 300,
+            ..Default::default()
+        },
+        config: "[server]\nmax_pending_rows = 3\n".into(),
+        ..Default::default()
+    })
+    .await;
+    app.seed(&[("B1", &[]), ("B2", &[])]).await;
+    let first = app.submit("text/csv", "", "external_id,role_template,license_tier\nB1,Agent,Standard Agent\nB2,Agent,Standard Agent\n").await;
+    assert_eq!(first.status(), 202);
+    let second = app.submit("text/csv", "", "external_id,role_template,license_tier\nB3,Agent,Standard Agent\nB4,Agent,Standard Agent\n").await;
+    assert_eq!(second.headers()["retry-after"], "30");
+    assert_problem(second, 503, "waiting").await;
+}
+
+#[tokio::test]
+async fn finished_jobs_are_pruned_after_retention() {
+    let app = spawn_app().await;
+    let job = app
+        .submit_csv("external_id,role_template,license_tier\nX1,Janitor,Standard Agent\n")
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    app.wait_finished(&id).await;
+    let store = rolesync::store::Store::connect(&app.store_url, 2)
+        .await
+        .unwrap();
+    // Nothing finished before an hour ago: kept.
+    assert_eq!(
+        store
+            .prune(rolesync::store::now_ms() - 3_600_000)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.prune(rolesync::store::now_ms() + 1).await.unwrap(), 1);
+    assert_problem(
+        app.get(&format!("/v1/jobs/{id}"), READER_KEY).await,
+        404,
+        "not found",
+    )
+    .await;
+    assert!(
+        store
+            .list_items(&id, None, 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -28,6 +28,8 @@ pub struct TestOptions {
     /// Extra TOML layered over the test settings.
     pub config: String,
     pub policy: String,
+    /// Load the policy from a file in the test's folder, watched for changes.
+    pub policy_file: bool,
 }
 
 impl Default for TestOptions {
@@ -39,6 +41,7 @@ impl Default for TestOptions {
             },
             config: String::new(),
             policy: include_str!("../../config/policy.toml").to_owned(),
+            policy_file: false,
         }
     }
 }
@@ -51,13 +54,14 @@ pub struct TestApp {
     pub settings_toml: String,
     pub extra_toml: String,
     pub policy: String,
+    pub policy_path: Option<std::path::PathBuf>,
     _dir: tempfile::TempDir,
     stop: CancellationToken,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 /// A store URL for a fresh database: SQLite in `dir`, or a new PostgreSQL database.
-async fn fresh_store_url(dir: &std::path::Path) -> String {
+pub async fn fresh_store_url(dir: &std::path::Path) -> String {
     match std::env::var("TEST_DATABASE_URL") {
         Ok(base) if !base.is_empty() => {
             use sqlx::Connection;
@@ -90,6 +94,11 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         .expect("emulator starts");
     let dir = tempfile::tempdir().expect("temp dir");
     let store_url = fresh_store_url(dir.path()).await;
+    let policy_path = opts.policy_file.then(|| {
+        let p = dir.path().join("policy.toml");
+        std::fs::write(&p, &opts.policy).expect("write policy");
+        p
+    });
     let base = emulator.base_url();
     let settings_toml = format!(
         r#"
@@ -134,6 +143,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         settings_toml,
         extra_toml: opts.config,
         policy: opts.policy,
+        policy_path,
         _dir: dir,
         stop: CancellationToken::new(),
         server: None,
@@ -147,9 +157,10 @@ impl TestApp {
         let settings = Settings::from_toml_layers(&[&self.settings_toml, &self.extra_toml])
             .expect("valid test settings");
         let policy = Policy::from_toml_str(&self.policy).expect("valid test policy");
-        let application = Application::build_with_policy(settings, policy, None)
-            .await
-            .expect("app builds");
+        let application =
+            Application::build_with_policy(settings, policy, self.policy_path.clone())
+                .await
+                .expect("app builds");
         self.address = format!("http://{}", application.local_addr().expect("addr"));
         self.stop = CancellationToken::new();
         let stop = self.stop.clone();

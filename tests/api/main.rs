@@ -3,8 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod durability;
 mod emulator;
 mod helpers;
+mod policy;
+mod process;
 mod resilience;
 mod sync;
 mod webhooks;

@@ -1290,6 +1290,16 @@ async fn the_audit_log_has_a_json_line_per_role_change_with_the_request_id_and_n
         .send()
         .await
         .unwrap();
+    // An org large enough that a one-user replace job stays under the approval bound (20 %).
+    let others: Vec<Value> = (0..10)
+        .map(|i| serde_json::json!({"userName": format!("other{i}@example.com"), "externalId": format!("OTHER{i}")}))
+        .collect();
+    reqwest::Client::new()
+        .post(format!("{}/emulator/users", emulator.base_url()))
+        .json(&others)
+        .send()
+        .await
+        .unwrap();
     let http = reqwest::Client::new();
     let submit = |body: Value, request_id: Option<&'static str>| {
         let mut req = http
