@@ -128,7 +128,6 @@ pub async fn submit(
     let (status, job_id) = match state.store.create_job(&new, &batch.rows).await? {
         CreateJob::Created => {
             tracing::info!(job.id = %new.id, rows = batch.rows.len(), mode = new.mode.as_str(), key = %caller.key_name, "job accepted");
-            state.pipeline.job_submitted();
             (StatusCode::ACCEPTED, new.id)
         }
         CreateJob::Existing { job_id } => (StatusCode::OK, job_id),
@@ -146,6 +145,11 @@ pub async fn submit(
         .get_job(&job_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {job_id} not found")))?;
+    // The planner is woken only once the job is read back, so a new job is answered as
+    // `queued`, not in whatever state the planner has moved it to meanwhile.
+    if status == StatusCode::ACCEPTED {
+        state.pipeline.job_submitted();
+    }
     let mut resp = (status, Json(job_view(&job))).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{job_id}")) {
         resp.headers_mut().insert(header::LOCATION, v);

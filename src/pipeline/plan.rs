@@ -231,7 +231,7 @@ pub async fn finish_if_done(deps: &Deps, job_id: &str) {
         }
         Ok(None) => {}
         Err(e) => {
-            tracing::error!(job.id = %job_id, error = %e, "cannot finish the job after 5 attempts; it stays running with every row done")
+            tracing::error!(job.id = %job_id, error = %e, "cannot finish the job after 5 attempts; the idle sweep finishes it later")
         }
     }
 }
