@@ -4,7 +4,7 @@
 #
 #   .ci/scim-conformance.sh [path/to/rolesync]
 #
-# Without an argument the debug binary is used (built if missing). A Python venv with pinned
+# Without an argument the debug binary is built (cargo build) and used. A Python venv with pinned
 # scim2-cli/scim2-tester is created under $SCIM_VENV (default: target/scim-venv). Exits non-zero
 # if any check fails that is not on the exclusion list of .ci/scim2_conformance.py (each
 # exclusion and its reason is listed in docs/emulator.md).
@@ -12,13 +12,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-BIN="${1:-$TARGET_DIR/debug/rolesync}"
-if [ ! -x "$BIN" ]; then
-    if [ $# -gt 0 ]; then
-        echo "no executable at $BIN" >&2
-        exit 2
-    fi
-    cargo build --bin rolesync
+if [ $# -gt 0 ]; then
+    BIN="$1"
+    [ -x "$BIN" ] || { echo "no executable at $BIN" >&2; exit 2; }
+else
+    cargo build --quiet --bin rolesync
+    BIN="$TARGET_DIR/debug/rolesync"
 fi
 
 PYTHON="${PYTHON:-python3}"

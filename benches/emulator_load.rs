@@ -1,8 +1,9 @@
 //! Load benchmark of the Genesys Cloud emulator: `cargo bench --bench emulator_load`.
 //!
 //! Starts the emulator in-process on 127.0.0.1:0 (its own 2-worker runtime, rate limit off,
-//! 100 000 seeded users) and drives it over keep-alive HTTP/1.1 connections from a second
-//! runtime, for a fixed time per run. Prints requests per second for each scenario, the median
+//! 100 000 seeded users) and drives it over keep-alive HTTP/1.1 connections (a minimal raw
+//! HTTP/1.1 client, one tokio task per connection) from a second runtime, for a fixed time per
+//! run. Prints requests per second for each scenario, the median
 //! of 3 runs. The load generator shares the machine's cores with the server, so the figures are
 //! a floor; `benches/wrk/` has scripts for an external generator.
 //!
@@ -16,8 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use std::io::Write as _;
+
 use rolesync::emulator::{self, EmulatorArgs};
-use serde_json::{Value, json};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -61,9 +66,61 @@ impl Rng {
     }
 }
 
+/// A minimal HTTP/1.1 keep-alive client over one TCP connection: writes a request, reads the
+/// status line, the headers and `Content-Length` bytes of body. Much cheaper than a full
+/// client, so more of the shared CPU is left to the server.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn connect(addr: std::net::SocketAddr) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: Vec::with_capacity(16 * 1024),
+        })
+    }
+
+    async fn send(&mut self, request: &[u8]) -> std::io::Result<u16> {
+        self.stream.write_all(request).await?;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).map_err(std::io::Error::other)?;
+                let status: u16 = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| std::io::Error::other("bad status line"))?;
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                let total = end + 4 + length;
+                while self.buf.len() < total {
+                    if self.stream.read_buf(&mut self.buf).await? == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                self.buf.drain(..total);
+                return Ok(status);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
 async fn run(
     scenario: Scenario,
-    base: Arc<String>,
+    addr: std::net::SocketAddr,
     token: Arc<String>,
     ids: Arc<Vec<String>>,
     users: u64,
@@ -73,64 +130,82 @@ async fn run(
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..connections {
-        // One client per task: one keep-alive connection each.
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(1)
-            .build()
-            .unwrap();
-        let (base, token, ids) = (base.clone(), token.clone(), ids.clone());
+        let (token, ids) = (token.clone(), ids.clone());
         let (ok, errors, stop) = (ok.clone(), errors.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (c + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
             let mut flip = false;
+            let mut conn = None;
+            let mut request = Vec::with_capacity(1024);
             while !stop.load(Ordering::Relaxed) {
+                if conn.is_none() {
+                    conn = Conn::connect(addr).await.ok();
+                }
+                let Some(c) = conn.as_mut() else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
                 let n = rng.next() % users;
-                let request = match scenario {
-                    Scenario::FilterByExternalId => client.get(format!(
-                        "{base}/api/v2/scim/v2/users?filter=externalId%20eq%20%22EMP-{:06}%22",
-                        n + 1
-                    )),
+                request.clear();
+                match scenario {
+                    Scenario::FilterByExternalId => {
+                        let _ = write!(
+                            request,
+                            "GET /api/v2/scim/v2/users?filter=externalId%20eq%20%22EMP-{:06}%22 HTTP/1.1\r\n\
+                             Host: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n",
+                            n + 1
+                        );
+                    }
                     Scenario::PatchRoles => {
                         flip = !flip;
                         let roles = if flip {
-                            json!([{"value": "Agent"}, {"value": "Queue Member"}])
+                            r#"[{"value":"Agent"},{"value":"Queue Member"}]"#
                         } else {
-                            json!([{"value": "Supervisor"}])
+                            r#"[{"value":"Supervisor"}]"#
                         };
-                        let body = json!({
-                            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-                            "Operations": [{"op": "replace", "path": "roles", "value": roles}]
-                        });
-                        client
-                            .patch(format!("{base}/api/v2/scim/v2/users/{}", ids[n as usize]))
-                            .header("content-type", "application/scim+json")
-                            .body(body.to_string())
+                        let body = format!(
+                            r#"{{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],"Operations":[{{"op":"replace","path":"roles","value":{roles}}}]}}"#
+                        );
+                        let _ = write!(
+                            request,
+                            "PATCH /api/v2/scim/v2/users/{} HTTP/1.1\r\nHost: {addr}\r\n\
+                             Authorization: Bearer {token}\r\nContent-Type: application/scim+json\r\n\
+                             Content-Length: {}\r\n\r\n{body}",
+                            ids[n as usize],
+                            body.len()
+                        );
                     }
-                };
-                match request.bearer_auth(token.as_str()).send().await {
-                    Ok(res) if res.status().is_success() => {
-                        let _ = res.bytes().await;
+                }
+                match c.send(&request).await {
+                    Ok(status) if (200..300).contains(&status) => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    _ => {
+                    Ok(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        conn = None;
                     }
                 }
             }
         }));
     }
+    let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
+    // Count what completed within the window.
+    let done = ok.load(Ordering::Relaxed);
+    let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
     }
     Run {
-        ok: ok.load(Ordering::Relaxed),
+        ok: done,
         errors: errors.load(Ordering::Relaxed),
-        elapsed: started.elapsed(),
+        elapsed,
     }
 }
 
@@ -205,7 +280,7 @@ fn main() {
         for i in 0..runs {
             let r = client_rt.block_on(run(
                 scenario,
-                base.clone(),
+                handle.addr,
                 token.clone(),
                 ids.clone(),
                 users,

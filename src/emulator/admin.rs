@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -115,7 +115,7 @@ impl Stats {
 /// `/emulator/*` by its route pattern. A dropped
 /// connection counts with status 0; a path no route matches as `(unmatched)`.
 pub async fn observe(State(shared): State<Shared>, req: Request, next: Next) -> Response {
-    let id = errors::new_uuid();
+    let id = errors::random_uuid();
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
     let counted = match &route {
@@ -133,7 +133,7 @@ pub async fn observe(State(shared): State<Shared>, req: Request, next: Next) -> 
             next.run(req).await
         }
     };
-    let mut response = errors::CORRELATION_ID.scope(id.clone(), inner).await;
+    let mut response = errors::CORRELATION_ID.scope(id, inner).await;
     if counted {
         let status = if response.extensions().get::<Dropped>().is_some() {
             0
@@ -143,7 +143,7 @@ pub async fn observe(State(shared): State<Shared>, req: Request, next: Next) -> 
         let route = route.as_ref().map_or("(unmatched)", MatchedPath::as_str);
         shared.stats.record(&method, route, status);
     }
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    if let Some(v) = errors::uuid_header(&id) {
         response.headers_mut().insert(errors::CORRELATION_HEADER, v);
     }
     response

@@ -21,21 +21,29 @@ pub const VERSION_MISMATCH: &str = "Version does not match current version.";
 tokio::task_local! {
     /// The `inin-correlation-id` of the request being served; error bodies reuse it as
     /// `contextId`.
-    pub static CORRELATION_ID: String;
+    pub static CORRELATION_ID: uuid::Uuid;
 }
 
 /// A random (v4) UUID from the thread-local RNG (no syscall per request).
+pub fn random_uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}
+
 pub fn new_uuid() -> String {
-    uuid::Builder::from_random_bytes(rand::random())
-        .into_uuid()
-        .to_string()
+    random_uuid().to_string()
 }
 
 /// The correlation id of the current request, or a fresh one outside a request.
 pub fn correlation_id() -> String {
     CORRELATION_ID
-        .try_with(Clone::clone)
+        .try_with(|id| id.to_string())
         .unwrap_or_else(|_| new_uuid())
+}
+
+/// A UUID as a header value, without an intermediate `String`.
+pub fn uuid_header(id: &uuid::Uuid) -> Option<HeaderValue> {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut buf).as_bytes()).ok()
 }
 
 /// An error answer, in one of the two Genesys shapes.

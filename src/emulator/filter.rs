@@ -515,4 +515,22 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad} should not parse");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(input in "\\PC{0,40}") {
+            let _ = parse(&input);
+        }
+
+        #[test]
+        fn quoted_values_round_trip(value in "\\PC{0,20}") {
+            let quoted = serde_json::to_string(&value).unwrap_or_default();
+            let parsed = parse(&format!("externalId eq {quoted}")).ok();
+            proptest::prop_assert_eq!(parsed, Some(Filter::Cmp {
+                attr: "externalId".into(),
+                op: CmpOp::Eq,
+                value: FilterValue::Str(value.clone()),
+            }));
+        }
+    }
 }

@@ -644,4 +644,11 @@ mod tests {
         );
         assert!(run(&mut d, json!([])).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn paths_never_panic(input in "\\PC{0,40}") {
+            let _ = parse_path(&input);
+        }
+    }
 }

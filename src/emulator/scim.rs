@@ -1,11 +1,12 @@
 //! The SCIM user endpoints (reference §1–§5), served under both `/api/v2/scim/v2` and
 //! `/api/v2/scim`.
 
+use std::borrow::Cow;
+use std::io::Write as _;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, OriginalUri, Path, Query, State};
+use axum::extract::{FromRequestParts, OriginalUri, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -72,20 +73,57 @@ fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
         .map(|v| IfMatch::parse(v.to_str().unwrap_or("")))
 }
 
-/// Query parameters, names matched case-insensitively.
-struct Params(Vec<(String, String)>);
+/// Query parameters, names matched case-insensitively; decoded on access (most requests read
+/// two or three of them).
+pub struct Params(Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Params(parts.uri.query().map(str::to_owned)))
+    }
+}
+
+/// `application/x-www-form-urlencoded` decoding (`+` is a space); invalid UTF-8 is replaced.
+fn form_decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
 
 impl Params {
-    fn from(q: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Params, ApiError> {
-        q.map(|Query(v)| Params(v))
-            .map_err(|e| ApiError::invalid_syntax(format!("Invalid query string: {e}")))
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.0.as_deref()?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            form_decode(k)
+                .eq_ignore_ascii_case(name)
+                .then(|| form_decode(v))
+        })
     }
 
     fn int(&self, name: &str) -> Result<Option<i64>, ApiError> {
@@ -98,7 +136,10 @@ impl Params {
     }
 
     fn projection(&self) -> Projection {
-        Projection::parse(self.get("attributes"), self.get("excludedAttributes"))
+        Projection::parse(
+            self.get("attributes").as_deref(),
+            self.get("excludedAttributes").as_deref(),
+        )
     }
 }
 
@@ -269,12 +310,8 @@ fn select(shared: &Shared, filter_text: &str) -> Result<Vec<Id>, ApiError> {
 }
 
 /// `GET /users`.
-pub async fn list_users(
-    State(shared): State<Shared>,
-    ctx: ScimCtx,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Response {
-    match Params::from(query).and_then(|params| list_body(&shared, &ctx, &params)) {
+pub async fn list_users(State(shared): State<Shared>, ctx: ScimCtx, params: Params) -> Response {
+    match list_body(&shared, &ctx, &params) {
         Ok(body) => scim_bytes(StatusCode::OK, body),
         Err(e) => e.into_response(),
     }
@@ -298,7 +335,7 @@ fn list_body(shared: &Shared, ctx: &ScimCtx, params: &Params) -> Result<Vec<u8>,
     }
     let count = count.min(max_results(shared.profile));
     let ids: Arc<Vec<Id>> = match params.get("filter").filter(|f| !f.trim().is_empty()) {
-        Some(f) => Arc::new(select(shared, f)?),
+        Some(f) => Arc::new(select(shared, &f)?),
         None => shared.users.listing(shared.profile == Profile::Rfc7644),
     };
     let render = Render {
@@ -306,7 +343,7 @@ fn list_body(shared: &Shared, ctx: &ScimCtx, params: &Params) -> Result<Vec<u8>,
         weak_etag: weak(shared.profile),
     };
     let page = ids.iter().skip(start - 1).take(count);
-    let mut body = Vec::with_capacity(128 + 512 * count.min(ids.len()));
+    let mut body = Vec::with_capacity(256 + 1024 * count.min(ids.len()));
     body.extend_from_slice(b"{\"schemas\":[\"");
     body.extend_from_slice(LIST_SCHEMA.as_bytes());
     body.extend_from_slice(b"\"],\"Resources\":[");
@@ -326,11 +363,11 @@ fn list_body(shared: &Shared, ctx: &ScimCtx, params: &Params) -> Result<Vec<u8>,
             body.truncate(before); // deleted meanwhile
         }
     }
-    let tail = format!(
+    let _ = write!(
+        body,
         "],\"totalResults\":{},\"startIndex\":{start},\"itemsPerPage\":{items}}}",
         ids.len()
     );
-    body.extend_from_slice(tail.as_bytes());
     Ok(body)
 }
 
@@ -340,12 +377,8 @@ pub async fn get_user(
     ctx: ScimCtx,
     Path(id): Path<String>,
     headers: HeaderMap,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    params: Params,
 ) -> Response {
-    let params = match Params::from(query) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
     let Some(user) = shared.users.get(&id) else {
         return super::state::not_found(&id).into_response();
     };
@@ -364,11 +397,10 @@ pub async fn create_user(
     State(shared): State<Shared>,
     ctx: ScimCtx,
     headers: HeaderMap,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    params: Params,
     body: Body,
 ) -> Response {
     let result = async {
-        let params = Params::from(query)?;
         let doc = object(read_json(&headers, body, MAX_BODY).await?)?;
         let data = user::from_json(&doc, &shared.catalog)?;
         if shared.profile == Profile::Genesys
@@ -408,11 +440,10 @@ pub async fn put_user(
     ctx: ScimCtx,
     Path(id): Path<String>,
     headers: HeaderMap,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    params: Params,
     body: Body,
 ) -> Response {
     let result = async {
-        let params = Params::from(query)?;
         let doc = object(read_json(&headers, body, MAX_BODY).await?)?;
         if let Some(body_id) = doc
             .iter()
@@ -456,11 +487,10 @@ pub async fn patch_user(
     ctx: ScimCtx,
     Path(id): Path<String>,
     headers: HeaderMap,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    params: Params,
     body: Body,
 ) -> Response {
     let result = async {
-        let params = Params::from(query)?;
         let ops = patch::parse_request(&read_json(&headers, body, MAX_BODY).await?)?;
         let pre = if_match(&headers);
         let catalog = &shared.catalog;

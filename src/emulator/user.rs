@@ -7,6 +7,8 @@
 
 use std::collections::BTreeSet;
 
+use std::io::Write as _;
+
 use serde_json::{Map, Value, json};
 
 use super::errors::ApiError;
@@ -275,10 +277,36 @@ pub fn to_json(user: &User, render: &Render<'_>) -> Map<String, Value> {
     out
 }
 
+/// Appends the JSON-escaped text of `s` (without quotes).
+fn push_escaped(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f | 0x7f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
 /// Appends `s` as a JSON string literal.
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    out.push(b'"');
+    push_escaped(out, s);
+    out.push(b'"');
 }
 
 /// Appends the user's JSON representation to `out`, with `projection` applied. The common case
@@ -337,11 +365,17 @@ pub fn write_json(user: &User, render: &Render<'_>, projection: &Projection, out
     push_json_str(out, &user.created);
     out.extend_from_slice(b",\"lastModified\":");
     push_json_str(out, &user.last_modified);
-    out.extend_from_slice(b",\"location\":");
-    push_json_str(out, &format!("{}/users/{}", render.base, user.id));
-    out.extend_from_slice(b",\"version\":");
-    push_json_str(out, &etag(user.version, render.weak_etag));
-    out.extend_from_slice(b"}}");
+    out.extend_from_slice(b",\"location\":\"");
+    push_escaped(out, render.base);
+    out.extend_from_slice(b"/users/");
+    push_escaped(out, &user.id);
+    out.extend_from_slice(if render.weak_etag {
+        b"\",\"version\":\"W/\\\""
+    } else {
+        b"\",\"version\":\"\\\""
+    });
+    let _ = write!(out, "{}", user.version);
+    out.extend_from_slice(b"\\\"\"}}");
 }
 
 /// `attributes` / `excludedAttributes` (RFC 7644 §3.4.2.5). Names may be short (`roles`,
@@ -567,5 +601,49 @@ fn parse_attr_ref(s: &str) -> AttrRef {
         schema,
         attr: Some(attr),
         sub,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        let mut attrs = Map::new();
+        attrs.insert("title".into(), json!("Tab\there \"quoted\" \u{1} ünïcode"));
+        attrs.insert("password".into(), json!("secret"));
+        attrs.insert(ENTERPRISE_SCHEMA.into(), json!({"department": "R&D\\Ops"}));
+        User {
+            id: std::sync::Arc::from("0000-\"id\""),
+            seq: 1,
+            data: UserData {
+                user_name: "a\u{7f}b@example.com".into(),
+                external_id: Some("x\" or userName pr \"".into()),
+                display_name: Some("Line\nbreak".into()),
+                active: false,
+                roles: BTreeSet::from(["Employee".to_string(), "Wrap \"Up\"".to_string()]),
+                attrs,
+            },
+            version: 42,
+            created: "2026-01-01T00:00:00Z".into(),
+            last_modified: "2026-01-02T00:00:00Z".into(),
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn the_direct_writer_matches_the_json_model() {
+        for weak_etag in [false, true] {
+            let render = Render {
+                base: "http://h\"ost/api/v2/scim/v2",
+                weak_etag,
+            };
+            let u = user();
+            let mut out = Vec::new();
+            write_json(&u, &render, &Projection::default(), &mut out);
+            let written: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+            assert_eq!(written, Value::Object(to_json(&u, &render)));
+            assert!(written.get("password").is_none());
+        }
     }
 }
