@@ -93,6 +93,26 @@ pub struct SyncSettings {
     pub chunk_size: usize,
     /// Re-read-and-retry rounds for a user whose ETag went stale.
     pub max_conflict_retries: u32,
+    /// How current roles are read: `auto` (count the calls of each way and take the cheaper),
+    /// `lookup` (one `externalId eq` filter per user) or `scan` (page through the directory).
+    #[serde(default)]
+    pub read_strategy: ReadStrategy,
+    /// A directory snapshot older than this is not used; its chunks look users up instead.
+    #[serde(default = "default_snapshot_max_age_secs")]
+    pub snapshot_max_age_secs: u64,
+}
+
+fn default_snapshot_max_age_secs() -> u64 {
+    900
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadStrategy {
+    #[default]
+    Auto,
+    Lookup,
+    Scan,
 }
 
 #[derive(Debug, Clone, Deserialize)]

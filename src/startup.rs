@@ -73,6 +73,7 @@ impl Application {
             wake_dispatcher: wake_dispatcher.clone(),
             circuit: circuit.clone(),
             job_policies: Default::default(),
+            reads: Default::default(),
         };
         let dispatcher = Dispatcher::new(
             store.clone(),

@@ -255,6 +255,7 @@ fn faults_body(shared: &Shared) -> Value {
             json!(f.outage_remaining().map_or(0.0, |d| d.as_secs_f64())),
         );
         obj.insert("seed".into(), json!(f.seed()));
+        obj.insert("forbid".into(), json!(f.forbid()));
     }
     v
 }

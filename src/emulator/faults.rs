@@ -1,6 +1,7 @@
 //! Fault injection on API calls (SCIM and `/api/v2/authorization/*`; never `/oauth/token` nor
 //! `/emulator/*`): latency with jitter, an outage window (503), dropped connections, random 503s
-//! and random 429s. Knobs are atomics (read on every request without a lock); the RNG is only
+//! and random 429s, and `forbid` (every call answers 403 `missing.permissions`, as for an OAuth
+//! client that lost its role). Knobs are atomics (read on every request without a lock); the RNG is only
 //! locked when a knob needs a draw, and is seeded by `--seed` for reproducible runs (the draws
 //! follow the order in which requests reach the middleware, so only sequential requests replay
 //! identically).
@@ -9,7 +10,7 @@
 //! connection without writing a status line; the client sees the connection closed with no answer.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -37,6 +38,7 @@ pub struct Faults {
     /// Milliseconds since `epoch` at which the outage ends; 0 = none.
     outage_until_ms: AtomicU64,
     rate_limit_per_minute: AtomicU64,
+    forbid: AtomicBool,
     initial: FaultSettings,
     rng: Mutex<StdRng>,
     seed: Option<u64>,
@@ -66,6 +68,8 @@ pub struct FaultUpdate {
     /// Starts an outage of this many seconds now (0 ends a running one).
     pub outage_secs: Option<u64>,
     pub rate_limit_per_minute: Option<u64>,
+    /// Every API call answers 403 `missing.permissions` while true.
+    pub forbid: Option<bool>,
 }
 
 fn f64_load(a: &AtomicU64) -> f64 {
@@ -99,6 +103,7 @@ impl Faults {
             latency_jitter_ms: AtomicU64::new(0),
             outage_until_ms: AtomicU64::new(0),
             rate_limit_per_minute: AtomicU64::new(0),
+            forbid: AtomicBool::new(false),
             initial: initial.clone(),
             rng: Mutex::new(rng),
             seed,
@@ -145,6 +150,10 @@ impl Faults {
         (until > now).then(|| Duration::from_millis(until - now))
     }
 
+    pub fn forbid(&self) -> bool {
+        self.forbid.load(Ordering::Relaxed)
+    }
+
     pub fn seed(&self) -> Option<u64> {
         self.seed
     }
@@ -173,6 +182,9 @@ impl Faults {
         if let Some(v) = u.rate_limit_per_minute {
             self.rate_limit_per_minute.store(v, Ordering::Relaxed);
         }
+        if let Some(v) = u.forbid {
+            self.forbid.store(v, Ordering::Relaxed);
+        }
         if let Some(secs) = u.outage_secs {
             let until = if secs == 0 {
                 0
@@ -191,6 +203,7 @@ impl Faults {
             ..FaultSettings::default()
         });
         self.outage_until_ms.store(0, Ordering::Relaxed);
+        self.forbid.store(false, Ordering::Relaxed);
     }
 }
 
@@ -227,6 +240,14 @@ pub async fn inject(f: &Faults, req: Request, next: Next) -> Response {
     }
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if f.forbid() {
+        return ApiError::genesys(
+            axum::http::StatusCode::FORBIDDEN,
+            "missing.permissions",
+            "Unable to perform the requested action. You are missing the following permission(s): [directory:user:edit]",
+        )
+        .into_response();
     }
     if let Some(left) = f.outage_remaining() {
         return ApiError::service_unavailable(Some(left.as_secs().max(1))).into_response();

@@ -16,6 +16,7 @@
 mod circuit;
 mod intake;
 mod plan;
+pub mod reads;
 mod resolve;
 mod results;
 mod sync;
@@ -57,6 +58,9 @@ pub struct Deps {
     /// restart, a resumed job uses the policy in force.
     pub job_policies:
         Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<crate::policy::Policy>>>>,
+    /// Directory snapshots of the jobs this process planned, the target's page size and the
+    /// last org size (see `reads`).
+    pub reads: Arc<reads::Reads>,
 }
 
 impl Deps {
@@ -81,6 +85,15 @@ impl Deps {
         if let Ok(mut m) = self.job_policies.lock() {
             m.remove(job_id);
         }
+    }
+
+    /// The job's directory snapshot, if this process holds a fresh one.
+    pub fn snapshot_for(&self, job_id: &str) -> Option<Arc<reads::Snapshot>> {
+        self.reads.get(job_id, self.snapshot_max_age())
+    }
+
+    pub fn snapshot_max_age(&self) -> Duration {
+        Duration::from_secs(self.settings.sync.snapshot_max_age_secs)
     }
 
     pub fn lease_ms(&self) -> i64 {

@@ -1,8 +1,10 @@
-//! Stage 3: cuts the users into chunks of `sync.chunk_size`, estimates the calls the job will
+//! Stage 3: chooses how to read the users (per-user lookups or one directory scan, see
+//! `reads`), cuts the users into chunks of `sync.chunk_size`, estimates the calls the job will
 //! spend, and commits the plan (rejected rows, chunks, status) in one transaction. From here
 //! the chunks live in the store, where any worker of any replica may claim them.
 
 use super::Deps;
+use super::reads::{ReadPlan, find_user, plan_reads};
 use super::resolve::Resolved;
 use super::sync::final_roles;
 use crate::audit::events::{JOB_FINISHED, ROLE_SYNC_REJECTED, rejected_data};
@@ -16,8 +18,9 @@ use tokio::sync::mpsc;
 pub async fn run(deps: Deps, mut rx: mpsc::Receiver<Resolved>) {
     while let Some(r) = rx.recv().await {
         let job_id = r.job.id.clone();
-        let mut plan = build_plan(&deps, &r);
-        match approval_check(&deps, &r).await {
+        let reads = plan_reads(&deps, &r).await;
+        let mut plan = build_plan(&deps, &r, &reads);
+        match approval_check(&deps, &r, &reads).await {
             Ok(None) => {}
             Ok(Some((held, approval, deltas))) => {
                 if held {
@@ -25,13 +28,20 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<Resolved>) {
                     tracing::warn!(job.id = %job_id, approval = %approval, "replace job held for approval");
                 }
                 plan.approval = Some(approval.to_string());
-                plan.deltas = deltas;
+                plan.deltas.scim_requests += deltas.scim_requests;
+                plan.deltas.scim_retries += deltas.scim_retries;
+                plan.deltas.scim_rate_limited += deltas.scim_rate_limited;
             }
             Err(e) => {
                 // The planning lease expires and the job is planned again, when the target answers.
                 tracing::warn!(job.id = %job_id, error = %e, "cannot check the approval bounds; planning later");
                 continue;
             }
+        }
+        if let Some(snapshot) = &reads.snapshot {
+            // Before the chunks exist, so that every worker of this process finds it.
+            deps.reads
+                .put(&job_id, snapshot.clone(), deps.snapshot_max_age());
         }
         let rejected = plan.rejected.len() as u64;
         match deps.store.save_plan(&job_id, &deps.owner, &plan).await {
@@ -46,6 +56,8 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<Resolved>) {
                     users = plan.users_total,
                     chunks = plan.chunks.len(),
                     rejected,
+                    strategy = reads.strategy,
+                    reads = reads.reads,
                     "job planned"
                 );
                 finish_if_done(&deps, &job_id).await;
@@ -53,16 +65,18 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<Resolved>) {
                 deps.wake_dispatcher.notify_one();
             }
             Ok(false) => {
+                deps.reads.drop_job(&job_id);
                 tracing::warn!(job.id = %job_id, "lost the planning lease; another planner has the job")
             }
             Err(e) => {
+                deps.reads.drop_job(&job_id);
                 tracing::error!(job.id = %job_id, error = %e, "cannot save the job's plan; it will be planned again")
             }
         }
     }
 }
 
-fn build_plan(deps: &Deps, r: &Resolved) -> JobPlan {
+fn build_plan(deps: &Deps, r: &Resolved, reads: &ReadPlan) -> JobPlan {
     let chunk_size = deps.settings.sync.chunk_size;
     let mut chunks: Vec<Vec<i64>> = Vec::new();
     for users in r.users.chunks(chunk_size) {
@@ -74,15 +88,21 @@ fn build_plan(deps: &Deps, r: &Resolved) -> JobPlan {
         );
     }
     let users = r.users.len() as i64;
-    // Per-user lookups: one read per user, at most one write per user.
-    let reads = users;
+    // At most one write per user (plus re-reads and rewrites on version conflicts).
     let writes_max = if r.job.dry_run { 0 } else { users };
     let interval = deps.scim.call_interval().as_secs_f64();
+    let (spent, retries, rate_limited) = reads.tally.snapshot();
+    // What is left to spend once the plan is saved: the chunks' lookups and writes.
+    let remaining = reads.lookups + writes_max;
     let estimate = json!({
-        "strategy": "lookup",
-        "reads": reads,
+        "strategy": reads.strategy,
+        "reads": reads.reads,
         "writes_max": writes_max,
-        "eta_secs": ((reads + writes_max) as f64 * interval).ceil() as i64,
+        "eta_secs": (remaining as f64 * interval).ceil() as i64,
+        "lookups": reads.lookups,
+        "org_users": reads.org_users,
+        "page_size": reads.page_size,
+        "scan_pages": reads.scan_pages,
         "requests_per_minute": deps.settings.target.requests_per_minute,
     });
     let events: Vec<OutboxEvent> = r
@@ -117,7 +137,12 @@ fn build_plan(deps: &Deps, r: &Resolved) -> JobPlan {
         estimate: Some(estimate.to_string()),
         approval: None,
         events,
-        deltas: JobDeltas::default(),
+        deltas: JobDeltas {
+            scim_requests: spent,
+            scim_retries: retries,
+            scim_rate_limited: rate_limited,
+            ..Default::default()
+        },
     }
 }
 
@@ -125,20 +150,29 @@ fn build_plan(deps: &Deps, r: &Resolved) -> JobPlan {
 /// from more users than `max_removed_users`, or than `max_removal_fraction` of the org, waits
 /// in `awaiting_approval` before any write.
 ///
-/// Costs one call (the org size, `count=0`) for every replace job; a job with fewer users than
-/// the bound cannot exceed it and is not read ahead. A larger one is read ahead, one lookup per
-/// user, before anything is written; the sync re-reads each user before writing, since the
-/// state may change while the job waits.
+/// The org size comes from the read planning's probe, else costs one call (`count=0`). A job
+/// with fewer users than the bound cannot exceed it and is not read ahead. A larger one is read
+/// ahead before anything is written: from the directory snapshot when the job scans (no call),
+/// else one lookup per user. The sync reads each user again before writing (the snapshot too
+/// is only a hint: a stale version answers 409/412 and that user is re-read).
 async fn approval_check(
     deps: &Deps,
     r: &Resolved,
+    reads: &ReadPlan,
 ) -> Result<Option<(bool, serde_json::Value, JobDeltas)>, ScimError> {
     if r.job.mode != Mode::Replace || r.job.dry_run || r.users.is_empty() {
         return Ok(None);
     }
     let bounds = r.policy.approval();
     let tally = std::sync::Arc::new(CallTally::default());
-    let org_users = deps.scim.count_users(&tally).await?;
+    let org_users = match reads.org_users {
+        Some(n) => n,
+        None => {
+            let n = deps.scim.count_users(&tally).await?;
+            deps.reads.remember_org_size(n);
+            n
+        }
+    };
     let by_fraction = (bounds.max_removal_fraction * org_users as f64).floor() as u64;
     let threshold = bounds.max_removed_users.min(by_fraction);
     let users = r.users.len() as u64;
@@ -152,11 +186,12 @@ async fn approval_check(
             .collect();
         let results: Vec<Result<bool, ScimError>> = futures::stream::iter(wanted)
             .map(|(external_id, desired)| {
-                let scim = deps.scim.clone();
                 let policy = r.policy.clone();
                 let tally = tally.clone();
+                let snapshot = reads.snapshot.clone();
                 async move {
-                    let found = scim.find_by_external_id(&external_id, &tally).await?;
+                    let found =
+                        find_user(deps, snapshot.as_deref(), &external_id, &tally).await?;
                     Ok(match found.as_slice() {
                         [user] => {
                             let current = user.role_names();
@@ -222,6 +257,7 @@ pub async fn finish_if_done(deps: &Deps, job_id: &str) {
     match finished {
         Ok(Some(job)) => {
             deps.unpin_policy(&job.id);
+            deps.reads.drop_job(&job.id);
             deps.metrics
                 .jobs_total
                 .with_label_values(&[job.status.as_str()])

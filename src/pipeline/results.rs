@@ -60,6 +60,7 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
                         };
                         match deps.store.fail_job(&claim.job_id, &reason, &events).await {
                             Ok(true) => {
+                                deps.reads.drop_job(&claim.job_id);
                                 tracing::error!(job.id = %claim.job_id, reason = %reason, "job failed");
                                 deps.metrics
                                     .jobs_total

@@ -1,11 +1,13 @@
 //! Stage 4: SCIM workers. `claim` leases chunks from the store; each `worker` reads its users'
 //! current roles, skips those already right, and PATCHes the rest with `If-Match`.
 //!
-//! Calls per user: one lookup (`externalId eq`), plus one PATCH if the roles differ, plus one
+//! Calls per user: one lookup (`externalId eq`), or none when the job scanned the directory and
+//! this process holds the snapshot (`reads`); plus one PATCH if the roles differ, plus one
 //! re-read and PATCH per ETag conflict. The final role set is computed against what the target
 //! holds at that moment, so a concurrent change by someone else is never overwritten blindly.
 
 use super::circuit::TargetState;
+use super::reads::{Snapshot, find_user};
 use super::{Deps, record_depth};
 use crate::audit::events::{
     ROLE_SYNC_COMPLETED, ROLE_SYNC_FAILED, ROLE_SYNC_REJECTED, rejected_data,
@@ -137,8 +139,9 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
     let users = group_users(&policy, items);
     let tally = CallTally::default();
     let concurrency = deps.settings.target.max_concurrency;
+    let snapshot = deps.snapshot_for(&job.id);
     let outcomes: Vec<UserResult> = futures::stream::iter(users)
-        .map(|u| sync_user(deps, &policy, &job, u, &tally))
+        .map(|u| sync_user(deps, &policy, &job, snapshot.as_deref(), u, &tally))
         .buffer_unordered(concurrency)
         .collect()
         .await;
@@ -230,6 +233,7 @@ async fn sync_user(
     deps: &Deps,
     policy: &Policy,
     job: &JobRecord,
+    snapshot: Option<&Snapshot>,
     u: UserWork,
     tally: &CallTally,
 ) -> UserResult {
@@ -262,7 +266,7 @@ async fn sync_user(
         }
     };
 
-    let found = match deps.scim.find_by_external_id(&u.external_id, tally).await {
+    let found = match find_user(deps, snapshot, &u.external_id, tally).await {
         Ok(found) => found,
         Err(e) if e.is_target_wide() => return UserResult::TargetWide(e),
         Err(e) => return fail_rows(Outcome::Failed, ReasonCode::ScimRejected, e.to_string()),
