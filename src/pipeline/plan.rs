@@ -190,8 +190,7 @@ async fn approval_check(
                 let tally = tally.clone();
                 let snapshot = reads.snapshot.clone();
                 async move {
-                    let found =
-                        find_user(deps, snapshot.as_deref(), &external_id, &tally).await?;
+                    let found = find_user(deps, snapshot.as_deref(), &external_id, &tally).await?;
                     Ok(match found.as_slice() {
                         [user] => {
                             let current = user.role_names();

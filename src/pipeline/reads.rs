@@ -32,9 +32,9 @@ use crate::scim::model::ListResponse;
 use crate::scim::{CallTally, ScimClient, ScimError, ScimUser};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 /// The page size when the target does not say (`count` default of Genesys).
@@ -68,7 +68,7 @@ impl Snapshot {
 #[derive(Default)]
 pub struct Reads {
     snapshots: Mutex<HashMap<String, Arc<Snapshot>>>,
-    page_size: OnceCell<u64>,
+    page_size: OnceLock<u64>,
     org_size: Mutex<Option<(u64, Instant)>>,
 }
 
@@ -110,22 +110,24 @@ impl Reads {
         }
     }
 
-    /// `filter.maxResults`, asked once per process (one call).
+    /// `filter.maxResults`, asked once per process (one call; asked again after a failure).
     async fn page_size(&self, scim: &ScimClient, tally: &CallTally) -> u64 {
-        *self
-            .page_size
-            .get_or_init(|| async {
-                let default = DEFAULT_PAGE;
-                match scim.max_page_size(tally).await {
-                    Ok(Some(n)) if n > 0 => n.min(1000),
-                    Ok(_) => default,
-                    Err(e) => {
-                        tracing::warn!(error = %e, page = default, "cannot read ServiceProviderConfig; paging with the default size");
-                        default
-                    }
-                }
-            })
-            .await
+        if let Some(n) = self.page_size.get() {
+            return *n;
+        }
+        match scim.max_page_size(tally).await {
+            Ok(found) => {
+                let n = found
+                    .filter(|n| *n > 0)
+                    .map_or(DEFAULT_PAGE, |n| n.min(1000));
+                let _ = self.page_size.set(n);
+                n
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, page = DEFAULT_PAGE, "cannot read ServiceProviderConfig; paging with the default size");
+                DEFAULT_PAGE
+            }
+        }
     }
 }
 
@@ -194,7 +196,7 @@ pub async fn plan_reads(deps: &Deps, r: &Resolved) -> ReadPlan {
     deps.reads.remember_org_size(org);
     let total_pages = pages(org, page);
     // The probe is spent either way: the scan costs the pages left, lookups one per user.
-    if setting == ReadStrategy::Auto && total_pages - 1 >= users {
+    if setting == ReadStrategy::Auto && total_pages > users {
         return lookup(tally, Some(org), Some(page));
     }
     let wanted: HashSet<&str> = r
@@ -205,10 +207,7 @@ pub async fn plan_reads(deps: &Deps, r: &Resolved) -> ReadPlan {
     let concurrency = deps.settings.target.max_concurrency.max(1);
     match scan(&deps.scim, first, page, &wanted, concurrency, &tally).await {
         Ok(snapshot) => {
-            let absent = wanted
-                .iter()
-                .filter(|e| snapshot.get(e).is_none())
-                .count() as i64;
+            let absent = wanted.iter().filter(|e| snapshot.get(e).is_none()).count() as i64;
             let (spent, _, _) = tally.snapshot();
             ReadPlan {
                 strategy: "scan",

@@ -1,7 +1,8 @@
 //! Client-side pacing, shared by every worker of one target credential.
 //!
-//! A GCRA limiter (a leaky bucket measured in time): calls are spaced `60 s / rpm` apart, with
-//! a burst of about one second's worth. The target's own view wins: when `inin-ratelimit-*`
+//! A GCRA limiter (a leaky bucket measured in time): calls are spaced about `60 s / rpm` apart,
+//! with a burst of about one second's worth, and never more than `rpm` in any 60 s window (the
+//! steady rate is trimmed by the burst). The target's own view wins: when `inin-ratelimit-*`
 //! says the window is spent, or a 429 names a `Retry-After`, every caller waits for it.
 
 use std::sync::Mutex;
@@ -25,8 +26,10 @@ struct State {
 impl RateLimiter {
     pub fn new(requests_per_minute: u32) -> RateLimiter {
         let rpm = requests_per_minute.max(1);
-        let interval = Duration::from_secs_f64(60.0 / f64::from(rpm));
         let burst = (rpm / 60).clamp(1, 20);
+        // A burst on top of the steady rate must still fit the target's window: in any minute
+        // at most `60 s / interval + burst - 1` calls start, which must not exceed `rpm`.
+        let interval = Duration::from_secs_f64(60.0 / f64::from(rpm - (burst - 1)));
         RateLimiter {
             state: Mutex::new(State {
                 tat: Instant::now(),
@@ -105,6 +108,27 @@ mod tests {
         // 10 in the burst, then 20 more at 100 ms each.
         assert!(elapsed >= Duration::from_millis(1900), "{elapsed:?}");
         assert!(elapsed <= Duration::from_millis(2100), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_minute_holds_more_than_the_limit_even_with_the_burst() {
+        for rpm in [60u32, 300, 600, 6000] {
+            let limiter = RateLimiter::new(rpm);
+            let start = Instant::now();
+            let mut n = 0u32;
+            loop {
+                limiter.acquire().await;
+                if start.elapsed() >= Duration::from_secs(60) {
+                    break;
+                }
+                n += 1;
+            }
+            assert!(n <= rpm, "{rpm}/min: {n} calls started in the first minute");
+            assert!(
+                n + 25 >= rpm,
+                "{rpm}/min: only {n} calls in the first minute"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,6 +8,7 @@ mod emulator;
 mod helpers;
 mod policy;
 mod process;
+mod reads;
 mod resilience;
 mod sync;
 mod webhooks;
