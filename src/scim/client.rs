@@ -135,17 +135,7 @@ impl ScimClient {
             ("attributes", "id,userName,externalId,roles,meta".to_owned()),
         ];
         let a = self
-            .call(
-                Call {
-                    method: Method::GET,
-                    route: "/users",
-                    url: format!("{}/users", self.base),
-                    query: &query,
-                    body: None,
-                    if_match: None,
-                },
-                tally,
-            )
+            .get("/users", format!("{}/users", self.base), &query, tally)
             .await?;
         let list: ListResponse = parse(&a.body)?;
         // The filter is exact; anything else the target returned is not this user.
@@ -159,15 +149,10 @@ impl ScimClient {
     pub async fn get_user(&self, id: &str, tally: &CallTally) -> Result<ScimUser, ScimError> {
         let query = [("attributes", "id,userName,externalId,roles,meta".to_owned())];
         let a = self
-            .call(
-                Call {
-                    method: Method::GET,
-                    route: "/users/{id}",
-                    url: format!("{}/users/{}", self.base, path_segment(id)),
-                    query: &query,
-                    body: None,
-                    if_match: None,
-                },
+            .get(
+                "/users/{id}",
+                format!("{}/users/{}", self.base, path_segment(id)),
+                &query,
                 tally,
             )
             .await?;
@@ -213,17 +198,7 @@ impl ScimClient {
     pub async fn count_users(&self, tally: &CallTally) -> Result<u64, ScimError> {
         let query = [("count", "0".to_owned())];
         let a = self
-            .call(
-                Call {
-                    method: Method::GET,
-                    route: "/users",
-                    url: format!("{}/users", self.base),
-                    query: &query,
-                    body: None,
-                    if_match: None,
-                },
-                tally,
-            )
+            .get("/users", format!("{}/users", self.base), &query, tally)
             .await?;
         Ok(parse::<ListResponse>(&a.body)?.total_results)
     }
@@ -241,17 +216,7 @@ impl ScimClient {
             ("attributes", "id,externalId,roles,meta.version".to_owned()),
         ];
         let a = self
-            .call(
-                Call {
-                    method: Method::GET,
-                    route: "/users",
-                    url: format!("{}/users", self.base),
-                    query: &query,
-                    body: None,
-                    if_match: None,
-                },
-                tally,
-            )
+            .get("/users", format!("{}/users", self.base), &query, tally)
             .await?;
         parse(&a.body)
     }
@@ -259,15 +224,10 @@ impl ScimClient {
     /// `filter.maxResults` of `ServiceProviderConfig`, the largest page the target allows.
     pub async fn max_page_size(&self, tally: &CallTally) -> Result<Option<u64>, ScimError> {
         let a = self
-            .call(
-                Call {
-                    method: Method::GET,
-                    route: "/serviceproviderconfig",
-                    url: format!("{}/serviceproviderconfig", self.base),
-                    query: &[],
-                    body: None,
-                    if_match: None,
-                },
+            .get(
+                "/serviceproviderconfig",
+                format!("{}/serviceproviderconfig", self.base),
+                &[],
                 tally,
             )
             .await?;
@@ -285,15 +245,10 @@ impl ScimClient {
                 ("pageNumber", page.to_string()),
             ];
             let a = self
-                .call(
-                    Call {
-                        method: Method::GET,
-                        route: "/authorization/roles",
-                        url: format!("{}/api/v2/authorization/roles", self.api_base),
-                        query: &query,
-                        body: None,
-                        if_match: None,
-                    },
+                .get(
+                    "/authorization/roles",
+                    format!("{}/api/v2/authorization/roles", self.api_base),
+                    &query,
                     tally,
                 )
                 .await?;
@@ -341,6 +296,28 @@ impl ScimClient {
             }
         }
         Ok(roles)
+    }
+
+    /// A GET without body or precondition.
+    async fn get(
+        &self,
+        route: &'static str,
+        url: String,
+        query: &[(&str, String)],
+        tally: &CallTally,
+    ) -> Result<Answer, ScimError> {
+        self.call(
+            Call {
+                method: Method::GET,
+                route,
+                url,
+                query,
+                body: None,
+                if_match: None,
+            },
+            tally,
+        )
+        .await
     }
 
     /// Sends one call: paced by the shared limiter, bounded in flight, retried per policy.
