@@ -5,28 +5,29 @@ use super::auth::{Caller, Scope};
 use crate::audit::events::{JOB_FINISHED, ROLE_SYNC_REJECTED, rejected_data};
 use crate::domain::{JobStatus, Outcome, ReasonCode};
 use crate::error::{ApiError, ApiResult};
-use crate::ingest::{self, BatchQuery, Format};
+use crate::domain::Assignment;
+use crate::ingest::{self, BatchQuery, Format, spool::spool};
 use crate::pipeline;
 use crate::store::{CreateJob, IdempotencyClaim, ItemRecord, JobRecord, NewJob, now_ms};
 use axum::Extension;
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tower_http::request_id::RequestId;
 
-/// `POST /v1/jobs`: stores the whole batch in one transaction, then answers 202.
+/// `POST /v1/jobs`: receives the body into a spool file (bounded memory, any size), then
+/// parses it as a stream into one store transaction, and answers 202 once it is committed.
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<BatchQuery>,
     request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
     caller.require(Scope::JobsWrite)?;
     if state
@@ -63,34 +64,35 @@ pub async fn submit(
             Some(k.to_owned())
         }
     };
-    let batch = ingest::parse(
-        format,
-        &body,
-        &query,
-        state.settings.server.max_rows_per_job,
-    )?;
-
-    let pending = state.store.pending_rows().await?;
-    if pending + batch.rows.len() as i64 > state.settings.server.max_pending_rows as i64 {
-        return Err(ApiError::Unavailable {
-            detail: format!("{pending} rows are waiting to be synced; try again later"),
-            retry_after_secs: 30,
-        });
+    let max_pending = i64::try_from(state.settings.server.max_pending_rows).unwrap_or(i64::MAX);
+    let queued = state.store.pending_rows().await?;
+    if queued >= max_pending {
+        return Err(backpressure(queued));
     }
 
-    let idempotency = idempotency_key.map(|key| {
-        let mut h = Sha256::new();
-        h.update(format.content_type().as_bytes());
-        h.update([0]);
-        h.update(batch.mode.as_str().as_bytes());
-        h.update([u8::from(batch.dry_run)]);
-        h.update(&body);
-        IdempotencyClaim {
-            key,
-            body_sha256: hex::encode(h.finalize()),
-            expires_at_ms: now_ms() + state.settings.store.idempotency_ttl_hours as i64 * 3_600_000,
-        }
+    // Two submissions are the same when their type, query options and bytes are.
+    let mut prefix = Vec::new();
+    prefix.extend_from_slice(format.content_type().as_bytes());
+    prefix.push(0);
+    prefix.extend_from_slice(query.mode.as_deref().unwrap_or("").as_bytes());
+    prefix.push(0);
+    prefix.push(match query.dry_run {
+        None => 2,
+        Some(d) => u8::from(d),
     });
+    let spooled = spool(body, state.settings.server.max_body_bytes, &prefix).await?;
+    let body_sha256 = hex::encode(spooled.sha256);
+    if let Some(key) = &idempotency_key
+        && let Some((hash, job_id)) = state.store.find_idempotency_key(key).await?
+    {
+        // A replay is answered without reading the body again.
+        return if hash == body_sha256 {
+            existing_job(&state, &job_id, StatusCode::OK).await
+        } else {
+            Err(key_conflict(&job_id))
+        };
+    }
+
     // The id `SetRequestIdLayer` gave this request (the client's `x-request-id` if it sent
     // one, else a generated one), the same the response carries: audit lines quote it.
     let request_id = request_id
@@ -99,54 +101,81 @@ pub async fn submit(
         .or_else(|| headers.get("x-request-id").and_then(|v| v.to_str().ok()))
         .map(str::to_owned);
     let job_id = uuid::Uuid::now_v7().to_string();
-    let events = batch
-        .rows
-        .iter()
-        .filter_map(|r| {
-            let defect = r.defect.as_deref()?;
-            state.events.event(
-                ROLE_SYNC_REJECTED,
-                rejected_data(
-                    &job_id,
-                    r.line as i64,
-                    Some((&r.external_id, &r.role_template, &r.license_tier)),
-                    ReasonCode::MalformedRow.as_str(),
-                    defect,
-                ),
-            )
+
+    // The parser runs on a blocking thread and hands batches over a short queue: parsing
+    // waits for the store, so memory holds a few batches at most.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Assignment>>(2);
+    let max_rows = state.settings.server.max_rows_per_job;
+    let file = spooled.file;
+    let parser = tokio::task::spawn_blocking(move || {
+        let input = std::io::BufReader::with_capacity(256 * 1024, file);
+        ingest::read_rows(format, input, &query, max_rows, &mut |batch| {
+            tx.blocking_send(batch)
+                .map_err(|_| ApiError::Unavailable {
+                    detail: "the store stopped taking rows".into(),
+                    retry_after_secs: 5,
+                })
         })
-        .collect();
+    });
+    let mut ingest = state.store.begin_ingest(&job_id).await?;
+    while let Some(batch) = rx.recv().await {
+        let events: Vec<_> = batch
+            .iter()
+            .filter_map(|r| {
+                let defect = r.defect.as_deref()?;
+                state.events.event(
+                    ROLE_SYNC_REJECTED,
+                    rejected_data(
+                        &job_id,
+                        r.line as i64,
+                        Some((&r.external_id, &r.role_template, &r.license_tier)),
+                        ReasonCode::MalformedRow.as_str(),
+                        defect,
+                    ),
+                )
+            })
+            .collect();
+        // On error the transaction is dropped (rolled back) and `rx` with it, which stops
+        // the parser.
+        ingest.add_rows(&batch, &events).await?;
+    }
+    let summary = parser
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("parser task: {e}")))??;
+    let rows = ingest.rows();
     let new = NewJob {
         id: job_id,
-        events,
-        mode: batch.mode,
-        dry_run: batch.dry_run,
+        events: Vec::new(),
+        mode: summary.mode,
+        dry_run: summary.dry_run,
         request_id,
         policy_fingerprint: Some(state.policy.current().fingerprint()),
-        idempotency,
+        idempotency: idempotency_key.map(|key| IdempotencyClaim {
+            key,
+            body_sha256,
+            expires_at_ms: now_ms() + state.settings.store.idempotency_ttl_hours as i64 * 3_600_000,
+        }),
     };
-    let (status, job_id) = match state.store.create_job(&new, &batch.rows).await? {
+    let (status, job_id) = match ingest.commit(&new, Some(max_pending)).await? {
         CreateJob::Created => {
-            tracing::info!(job.id = %new.id, rows = batch.rows.len(), mode = new.mode.as_str(), key = %caller.key_name, "job accepted");
+            tracing::info!(job.id = %new.id, rows, body_bytes = spooled.bytes, mode = new.mode.as_str(), key = %caller.key_name, "job accepted");
             (StatusCode::ACCEPTED, new.id)
         }
         CreateJob::Existing { job_id } => (StatusCode::OK, job_id),
-        CreateJob::KeyConflict { job_id } => {
-            return Err(ApiError::Unprocessable {
-                detail: format!(
-                    "this Idempotency-Key was used for job {job_id} with a different body"
-                ),
-                errors: Vec::new(),
-            });
-        }
+        CreateJob::KeyConflict { job_id } => return Err(key_conflict(&job_id)),
+        CreateJob::Backpressure { queued } => return Err(backpressure(queued)),
     };
-    let job = state
-        .store
-        .get_job(&job_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("job {job_id} not found")))?;
     // The planner is woken only once the job is read back, so a new job is answered as
     // `queued`, not in whatever state the planner has moved it to meanwhile.
+    existing_job(&state, &job_id, status).await
+}
+
+async fn existing_job(state: &AppState, job_id: &str, status: StatusCode) -> ApiResult<Response> {
+    let job = state
+        .store
+        .get_job(job_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {job_id} not found")))?;
     if status == StatusCode::ACCEPTED {
         state.pipeline.job_submitted();
     }
@@ -155,6 +184,22 @@ pub async fn submit(
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+fn key_conflict(job_id: &str) -> ApiError {
+    ApiError::Unprocessable {
+        detail: format!("this Idempotency-Key was used for job {job_id} with a different body"),
+        errors: Vec::new(),
+    }
+}
+
+fn backpressure(queued: i64) -> ApiError {
+    ApiError::Unavailable {
+        detail: format!(
+            "{queued} rows are waiting to be synced (server.max_pending_rows); try again later"
+        ),
+        retry_after_secs: 30,
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,15 +1,27 @@
 //! CSV with a header (`external_id,role_template,license_tier` in any order; extra columns are
-//! ignored), quoted fields, CRLF line ends; the BOM is stripped before.
+//! ignored), quoted fields (with commas and line breaks inside), CRLF line ends; the BOM is
+//! skipped before. Read as a stream: one record at a time.
 
-use super::shape_error;
+use super::{RowSink, shape_error};
 use crate::domain::Assignment;
 use crate::error::ApiError;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{BufRead, Read};
+use std::rc::Rc;
 
-pub(super) fn parse(text: &str) -> Result<Vec<Assignment>, ApiError> {
+pub(super) fn read<R: BufRead>(input: R, sink: &mut RowSink<'_>) -> Result<(), ApiError> {
+    let marks = Rc::new(RefCell::new(LineMarks::default()));
+    let tracked = Tracked {
+        inner: input,
+        offset: 0,
+        marks: marks.clone(),
+    };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
-        .from_reader(text.as_bytes());
+        .buffer_capacity(64 * 1024)
+        .from_reader(tracked);
     let headers = reader
         .headers()
         .map_err(|e| shape_error(1, None, format!("unreadable header: {e}")))?
@@ -35,10 +47,7 @@ pub(super) fn parse(text: &str) -> Result<Vec<Assignment>, ApiError> {
         ));
     };
     let width = headers.len();
-    let mut rows = Vec::new();
     let mut record = csv::StringRecord::new();
-    let mut seen_byte = 0usize;
-    let mut line_no = 1u64;
     loop {
         match reader.read_record(&mut record) {
             Ok(false) => break,
@@ -48,18 +57,8 @@ pub(super) fn parse(text: &str) -> Result<Vec<Assignment>, ApiError> {
                 return Err(shape_error(line, None, format!("unreadable CSV: {e}")));
             }
         }
-        // Line numbers from byte offsets: counted incrementally, so the whole body is scanned once.
-        let mut byte = record
-            .position()
-            .map_or(seen_byte, |p| p.byte() as usize)
-            .min(text.len());
-        // With CRLF the reader places a record at the `\n` left over from the previous line end.
-        while matches!(text.as_bytes().get(byte), Some(b'\r' | b'\n')) {
-            byte += 1;
-        }
-        line_no += bytecount_newlines(&text.as_bytes()[seen_byte.min(byte)..byte]);
-        seen_byte = byte;
-        let line = line_no;
+        let start = record.position().map_or(0, |p| p.byte());
+        let line = marks.borrow_mut().line_of(start);
         if record.iter().all(|f| f.trim().is_empty()) {
             continue;
         }
@@ -70,17 +69,71 @@ pub(super) fn parse(text: &str) -> Result<Vec<Assignment>, ApiError> {
                 record.len()
             )
         });
-        rows.push(Assignment {
+        sink.push(Assignment {
             line,
             external_id: field(ext),
             role_template: field(role),
             license_tier: field(tier),
             defect,
-        });
+        })?;
     }
-    Ok(rows)
+    Ok(())
 }
 
-fn bytecount_newlines(bytes: &[u8]) -> u64 {
-    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+/// The line ends seen by the reader, so a record's line can be told from its byte offset
+/// without keeping the body. Records come in order, so marks before the current record are
+/// dropped: the queue holds about one read buffer of marks.
+#[derive(Default)]
+struct LineMarks {
+    /// Offsets of `\r` and `\n` bytes not yet passed, with the byte.
+    ahead: VecDeque<(u64, u8)>,
+    /// `\n` bytes before the last record start.
+    newlines: u64,
+}
+
+impl LineMarks {
+    /// The 1-based line of a record starting at byte `start`. The CSV reader may place a
+    /// record on the line end left over from the previous record (the `\n` of a CRLF) or on
+    /// blank lines before it: those belong before the record.
+    fn line_of(&mut self, start: u64) -> u64 {
+        while let Some(&(at, b)) = self.ahead.front() {
+            if at < start {
+                self.newlines += u64::from(b == b'\n');
+                self.ahead.pop_front();
+            } else {
+                break;
+            }
+        }
+        let mut next = start;
+        while let Some(&(at, b)) = self.ahead.front() {
+            if at != next {
+                break;
+            }
+            self.newlines += u64::from(b == b'\n');
+            self.ahead.pop_front();
+            next += 1;
+        }
+        self.newlines + 1
+    }
+}
+
+/// Passes bytes through, noting where the line ends are.
+struct Tracked<R> {
+    inner: R,
+    offset: u64,
+    marks: Rc<RefCell<LineMarks>>,
+}
+
+impl<R: Read> Read for Tracked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut marks = self.marks.borrow_mut();
+        for (i, &b) in buf[..n].iter().enumerate() {
+            if b == b'\n' || b == b'\r' {
+                marks.ahead.push_back((self.offset + i as u64, b));
+            }
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
 }

@@ -8,9 +8,11 @@
 
 mod csv_body;
 mod json_body;
+pub mod spool;
 
 use crate::domain::{Assignment, Mode};
 use crate::error::{ApiError, FieldError};
+use std::io::BufRead;
 
 /// A parsed batch, before any policy check.
 #[derive(Debug, Clone)]
@@ -73,15 +75,49 @@ pub struct BatchQuery {
     pub dry_run: Option<bool>,
 }
 
-/// Parses a whole body. `max_rows` bounds the batch.
+/// Parses a whole body held in memory (`/v1/validate`, the CLI). Same reader as the streamed
+/// path of `POST /v1/jobs`, so a body is judged the same way everywhere.
 pub fn parse(
     format: Format,
     body: &[u8],
     query: &BatchQuery,
     max_rows: u64,
 ) -> Result<Batch, ApiError> {
-    let text = utf8(body)?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    utf8(body)?;
+    let mut rows = Vec::new();
+    let summary = read_rows(format, body, query, max_rows, &mut |batch| {
+        rows.extend(batch);
+        Ok(())
+    })?;
+    Ok(Batch {
+        mode: summary.mode,
+        dry_run: summary.dry_run,
+        rows,
+    })
+}
+
+/// What a streamed read found besides its rows.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSummary {
+    pub mode: Mode,
+    pub dry_run: bool,
+    pub rows: u64,
+}
+
+/// Rows handed to the sink at a time.
+pub const BATCH_ROWS: usize = 2000;
+
+/// Reads a body of valid UTF-8 (see `spool`) as a stream, handing rows to `emit` in batches of
+/// at most `BATCH_ROWS`, in body order. Memory stays bounded by one batch whatever the size
+/// of the body. On a shape error the error is returned and rows already emitted must be
+/// discarded by the caller (the store rolls its transaction back).
+pub fn read_rows<R: BufRead>(
+    format: Format,
+    mut input: R,
+    query: &BatchQuery,
+    max_rows: u64,
+    emit: &mut dyn FnMut(Vec<Assignment>) -> Result<(), ApiError>,
+) -> Result<ReadSummary, ApiError> {
     let query_mode = match &query.mode {
         None => None,
         Some(m) => Some(
@@ -89,29 +125,123 @@ pub fn parse(
                 .ok_or_else(|| ApiError::field("mode", "must be \"merge\" or \"replace\""))?,
         ),
     };
-    let batch = match format {
-        Format::Json => json_body::parse_envelope(text, query_mode, query.dry_run)?,
-        Format::Ndjson => Batch {
-            mode: query_mode.unwrap_or_default(),
-            dry_run: query.dry_run.unwrap_or(false),
-            rows: json_body::parse_ndjson(text)?,
-        },
-        Format::Csv => Batch {
-            mode: query_mode.unwrap_or_default(),
-            dry_run: query.dry_run.unwrap_or(false),
-            rows: csv_body::parse(text)?,
-        },
+    skip_bom(&mut input)?;
+    let mut sink = RowSink::new(max_rows, emit);
+    let (mode, dry_run) = match format {
+        Format::Json => json_body::read_envelope(input, query_mode, query.dry_run, &mut sink)?,
+        Format::Ndjson => {
+            json_body::read_ndjson(input, &mut sink)?;
+            (query_mode.unwrap_or_default(), query.dry_run.unwrap_or(false))
+        }
+        Format::Csv => {
+            csv_body::read(input, &mut sink)?;
+            (query_mode.unwrap_or_default(), query.dry_run.unwrap_or(false))
+        }
     };
-    if batch.rows.is_empty() {
-        return Err(ApiError::bad_request("the batch has no assignments"));
+    let rows = sink.finish()?;
+    Ok(ReadSummary {
+        mode,
+        dry_run,
+        rows,
+    })
+}
+
+fn skip_bom<R: BufRead>(input: &mut R) -> Result<(), ApiError> {
+    let head = input
+        .fill_buf()
+        .map_err(|e| ApiError::bad_request(format!("the body could not be read: {e}")))?;
+    if head.starts_with(b"\xef\xbb\xbf") {
+        input.consume(3);
     }
-    if batch.rows.len() as u64 > max_rows {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "the batch has {} rows; at most {max_rows} are accepted in one job",
-            batch.rows.len()
-        )));
+    Ok(())
+}
+
+/// Collects rows into batches and field problems into one refusal.
+pub(crate) struct RowSink<'a> {
+    batch: Vec<Assignment>,
+    rows: u64,
+    max_rows: u64,
+    emit: &'a mut dyn FnMut(Vec<Assignment>) -> Result<(), ApiError>,
+    errors: Vec<FieldError>,
+    /// A failure that is not the body's (the receiver went away): stops the read.
+    pub(crate) failed: Option<ApiError>,
+}
+
+/// Field problems collected before the body is refused.
+const MAX_FIELD_ERRORS: usize = 100;
+
+impl<'a> RowSink<'a> {
+    fn new(
+        max_rows: u64,
+        emit: &'a mut dyn FnMut(Vec<Assignment>) -> Result<(), ApiError>,
+    ) -> RowSink<'a> {
+        RowSink {
+            batch: Vec::with_capacity(BATCH_ROWS),
+            rows: 0,
+            max_rows,
+            emit,
+            errors: Vec::new(),
+            failed: None,
+        }
     }
-    Ok(batch)
+
+    /// Takes one row. Err stops the read: too many rows, or the receiver went away.
+    pub(crate) fn push(&mut self, row: Assignment) -> Result<(), ApiError> {
+        self.rows += 1;
+        if self.rows > self.max_rows {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the batch has more than {} rows (line {}); at most {} are accepted in one job",
+                self.max_rows, row.line, self.max_rows
+            )));
+        }
+        if !self.errors.is_empty() {
+            // The body will be refused: no point storing more.
+            return Ok(());
+        }
+        self.batch.push(row);
+        if self.batch.len() >= BATCH_ROWS {
+            let full = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_ROWS));
+            (self.emit)(full)?;
+        }
+        Ok(())
+    }
+
+    /// Records a row whose required fields are missing; the body will be refused. Returns
+    /// false once enough problems are known to stop reading.
+    pub(crate) fn field_error(&mut self, e: FieldError) -> bool {
+        self.rows += 1;
+        self.errors.push(e);
+        self.errors.len() < MAX_FIELD_ERRORS
+    }
+
+    pub(crate) fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
+    fn finish(mut self) -> Result<u64, ApiError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        if !self.errors.is_empty() {
+            let detail = format!(
+                "{} row(s) lack required fields, first: {}; nothing was stored",
+                self.errors.len(),
+                self.errors.first().map(|e| e.field.as_str()).unwrap_or("")
+            );
+            return Err(ApiError::BadRequest {
+                detail,
+                errors: self.errors,
+            });
+        }
+        if self.rows == 0 {
+            return Err(ApiError::bad_request("the batch has no assignments"));
+        }
+        if !self.batch.is_empty() {
+            let rest = std::mem::take(&mut self.batch);
+            (self.emit)(rest)?;
+        }
+        Ok(self.rows)
+    }
 }
 
 /// The body as UTF-8, or a 400 naming the line and column of the first invalid byte.

@@ -1,110 +1,114 @@
-//! Stage 3: chooses how to read the users (per-user lookups or one directory scan, see
-//! `reads`), cuts the users into chunks of `sync.chunk_size`, estimates the calls the job will
-//! spend, and commits the plan (rejected rows, chunks, status) in one transaction. From here
-//! the chunks live in the store, where any worker of any replica may claim them.
+//! Stage 3: cuts the users into chunks of `sync.chunk_size` page by page (each page's rejected
+//! rows and chunk numbers committed as it comes, the chunks not yet claimable), then chooses
+//! how to read the users (per-user lookups or one directory scan, see `reads`), estimates the
+//! calls the job will spend, checks the approval bounds, and makes the chunks claimable in one
+//! last transaction. From there the chunks live in the store, where any worker of any replica
+//! may claim them. A planner that dies midway leaves chunks no one can claim; the next
+//! planning of the job clears them and starts over.
 
 use super::Deps;
 use super::reads::{ReadPlan, find_user, plan_reads};
 use super::resolve::Resolved;
-use super::sync::final_roles;
+use super::sync::{final_roles, group_users};
+use super::validate::Page;
 use crate::audit::events::{JOB_FINISHED, ROLE_SYNC_REJECTED, rejected_data};
 use crate::domain::{JobStatus, Mode, Outcome};
 use crate::scim::{CallTally, ScimError};
-use crate::store::{JobDeltas, JobPlan, JobRecord, OutboxEvent};
+use crate::policy::Policy;
+use crate::store::{JobDeltas, JobPlan, JobRecord, OutboxEvent, PlanPage};
 use futures::StreamExt;
 use serde_json::json;
+use std::collections::HashSet;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
+/// A job being planned, page by page. Holds per user only its external id (for the scan's
+/// snapshot), so planning a job of any size takes bounded memory in rows.
+struct Planning {
+    job: JobRecord,
+    policy: Arc<Policy>,
+    users: i64,
+    /// Chunks used so far; the last one may not be full yet.
+    chunks: i64,
+    in_last_chunk: usize,
+    wanted: HashSet<String>,
+    rejected: u64,
+}
+
 pub async fn run(deps: Deps, mut rx: mpsc::Receiver<Resolved>) {
+    let mut current: Option<Planning> = None;
+    // A job whose planning was abandoned: its remaining pages are skipped.
+    let mut abandoned: Option<String> = None;
     while let Some(r) = rx.recv().await {
         let job_id = r.job.id.clone();
-        let reads = plan_reads(&deps, &r).await;
-        let mut plan = build_plan(&deps, &r, &reads);
-        match approval_check(&deps, &r, &reads).await {
-            Ok(None) => {}
-            Ok(Some((held, approval, deltas))) => {
-                if held {
-                    plan.status = JobStatus::AwaitingApproval;
-                    tracing::warn!(job.id = %job_id, approval = %approval, "replace job held for approval");
-                }
-                plan.approval = Some(approval.to_string());
-                plan.deltas.scim_requests += deltas.scim_requests;
-                plan.deltas.scim_retries += deltas.scim_retries;
-                plan.deltas.scim_rate_limited += deltas.scim_rate_limited;
+        if r.first {
+            current = None;
+            abandoned = None;
+        }
+        if abandoned.as_deref() == Some(job_id.as_str()) {
+            continue;
+        }
+        if r.page == Page::Abandon {
+            current = None;
+            abandoned = Some(job_id);
+            continue;
+        }
+        let state = current.get_or_insert_with(|| Planning {
+            job: r.job.clone(),
+            policy: r.policy.clone(),
+            users: 0,
+            chunks: 0,
+            in_last_chunk: 0,
+            wanted: HashSet::new(),
+            rejected: 0,
+        });
+        let page = plan_page(&deps, state, &r);
+        match deps
+            .store
+            .save_plan_page(&job_id, &deps.owner, deps.lease_ms(), &page)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(job.id = %job_id, "lost the planning lease; another planner has the job");
+                current = None;
+                abandoned = Some(job_id);
+                continue;
             }
             Err(e) => {
-                // The planning lease expires and the job is planned again, when the target answers.
-                tracing::warn!(job.id = %job_id, error = %e, "cannot check the approval bounds; planning later");
+                tracing::error!(job.id = %job_id, error = %e, "cannot save a page of the job's plan; it will be planned again");
+                current = None;
+                abandoned = Some(job_id);
                 continue;
             }
         }
-        if let Some(snapshot) = &reads.snapshot {
-            // Before the chunks exist, so that every worker of this process finds it.
-            deps.reads
-                .put(&job_id, snapshot.clone(), deps.snapshot_max_age());
-        }
-        let rejected = plan.rejected.len() as u64;
-        match deps.store.save_plan(&job_id, &deps.owner, &plan).await {
-            Ok(true) => {
-                deps.pin_policy(&job_id, r.policy.clone());
-                deps.metrics
-                    .assignments_total
-                    .with_label_values(&[Outcome::Rejected.as_str()])
-                    .inc_by(rejected);
-                tracing::info!(
-                    job.id = %job_id,
-                    users = plan.users_total,
-                    chunks = plan.chunks.len(),
-                    rejected,
-                    strategy = reads.strategy,
-                    reads = reads.reads,
-                    "job planned"
-                );
-                finish_if_done(&deps, &job_id).await;
-                deps.wake_claimer.notify_waiters();
-                deps.wake_dispatcher.notify_one();
-            }
-            Ok(false) => {
-                deps.reads.drop_job(&job_id);
-                tracing::warn!(job.id = %job_id, "lost the planning lease; another planner has the job")
-            }
-            Err(e) => {
-                deps.reads.drop_job(&job_id);
-                tracing::error!(job.id = %job_id, error = %e, "cannot save the job's plan; it will be planned again")
-            }
+        if r.page == Page::Last
+            && let Some(state) = current.take()
+        {
+            finish(&deps, state).await;
         }
     }
 }
 
-fn build_plan(deps: &Deps, r: &Resolved, reads: &ReadPlan) -> JobPlan {
-    let chunk_size = deps.settings.sync.chunk_size;
-    let mut chunks: Vec<Vec<i64>> = Vec::new();
-    for users in r.users.chunks(chunk_size) {
-        chunks.push(
-            users
-                .iter()
-                .flat_map(|u| u.rows.lines.iter().copied())
-                .collect(),
-        );
+/// The rejected rows of a page with their events, and the chunk of each of its users.
+fn plan_page(deps: &Deps, state: &mut Planning, r: &Resolved) -> PlanPage {
+    let chunk_size = deps.settings.sync.chunk_size.max(1);
+    let mut chunks: Vec<(i64, Vec<i64>)> = Vec::new();
+    for u in &r.users {
+        if state.chunks == 0 || state.in_last_chunk >= chunk_size {
+            state.chunks += 1;
+            state.in_last_chunk = 0;
+        }
+        let chunk_no = state.chunks - 1;
+        match chunks.last_mut() {
+            Some((n, lines)) if *n == chunk_no => lines.extend(u.rows.lines.iter().copied()),
+            _ => chunks.push((chunk_no, u.rows.lines.clone())),
+        }
+        state.in_last_chunk += 1;
+        state.users += 1;
+        state.wanted.insert(u.rows.external_id.clone());
     }
-    let users = r.users.len() as i64;
-    // At most one write per user (plus re-reads and rewrites on version conflicts).
-    let writes_max = if r.job.dry_run { 0 } else { users };
-    let interval = deps.scim.call_interval().as_secs_f64();
-    let (spent, retries, rate_limited) = reads.tally.snapshot();
-    // What is left to spend once the plan is saved: the chunks' lookups and writes.
-    let remaining = reads.lookups + writes_max;
-    let estimate = json!({
-        "strategy": reads.strategy,
-        "reads": reads.reads,
-        "writes_max": writes_max,
-        "eta_secs": (remaining as f64 * interval).ceil() as i64,
-        "lookups": reads.lookups,
-        "org_users": reads.org_users,
-        "page_size": reads.page_size,
-        "scan_pages": reads.scan_pages,
-        "requests_per_minute": deps.settings.target.requests_per_minute,
-    });
+    state.rejected += r.rejected.len() as u64;
     let events: Vec<OutboxEvent> = r
         .rejected
         .iter()
@@ -129,14 +133,99 @@ fn build_plan(deps: &Deps, r: &Resolved, reads: &ReadPlan) -> JobPlan {
             )
         })
         .collect();
-    JobPlan {
-        status: JobStatus::Running,
+    PlanPage {
+        first: r.first,
         rejected: r.rejected.clone(),
         chunks,
+        events,
+    }
+}
+
+/// After the last page: chooses the reads, checks the approval bounds, and makes the chunks
+/// claimable.
+async fn finish(deps: &Deps, state: Planning) {
+    let job_id = state.job.id.clone();
+    let reads = plan_reads(deps, &job_id, &state.wanted).await;
+    let mut plan = build_plan(deps, &state, &reads);
+    match approval_check(deps, &state, &reads).await {
+        Ok(None) => {}
+        Ok(Some((held, approval, deltas))) => {
+            if held {
+                plan.status = JobStatus::AwaitingApproval;
+                tracing::warn!(job.id = %job_id, approval = %approval, "replace job held for approval");
+            }
+            plan.approval = Some(approval.to_string());
+            plan.deltas.scim_requests += deltas.scim_requests;
+            plan.deltas.scim_retries += deltas.scim_retries;
+            plan.deltas.scim_rate_limited += deltas.scim_rate_limited;
+        }
+        Err(e) => {
+            // The planning lease expires and the job is planned again, when the target answers.
+            tracing::warn!(job.id = %job_id, error = %e, "cannot check the approval bounds; planning later");
+            return;
+        }
+    }
+    if let Some(snapshot) = &reads.snapshot {
+        // Before the chunks are claimable, so that every worker of this process finds it.
+        deps.reads
+            .put(&job_id, snapshot.clone(), deps.snapshot_max_age());
+    }
+    match deps.store.finish_plan(&job_id, &deps.owner, &plan).await {
+        Ok(true) => {
+            deps.pin_policy(&job_id, state.policy.clone());
+            deps.metrics
+                .assignments_total
+                .with_label_values(&[Outcome::Rejected.as_str()])
+                .inc_by(state.rejected);
+            tracing::info!(
+                job.id = %job_id,
+                users = plan.users_total,
+                chunks = state.chunks,
+                rejected = state.rejected,
+                strategy = reads.strategy,
+                reads = reads.reads,
+                "job planned"
+            );
+            finish_if_done(deps, &job_id).await;
+            deps.wake_claimer.notify_waiters();
+            deps.wake_dispatcher.notify_one();
+        }
+        Ok(false) => {
+            deps.reads.drop_job(&job_id);
+            tracing::warn!(job.id = %job_id, "lost the planning lease; another planner has the job")
+        }
+        Err(e) => {
+            deps.reads.drop_job(&job_id);
+            tracing::error!(job.id = %job_id, error = %e, "cannot save the job's plan; it will be planned again")
+        }
+    }
+}
+
+fn build_plan(deps: &Deps, state: &Planning, reads: &ReadPlan) -> JobPlan {
+    let users = state.users;
+    // At most one write per user (plus re-reads and rewrites on version conflicts).
+    let writes_max = if state.job.dry_run { 0 } else { users };
+    let interval = deps.scim.call_interval().as_secs_f64();
+    let (spent, retries, rate_limited) = reads.tally.snapshot();
+    // What is left to spend once the plan is saved: the chunks' lookups and writes.
+    let remaining = reads.lookups + writes_max;
+    let estimate = json!({
+        "strategy": reads.strategy,
+        "reads": reads.reads,
+        "writes_max": writes_max,
+        "eta_secs": (remaining as f64 * interval).ceil() as i64,
+        "lookups": reads.lookups,
+        "org_users": reads.org_users,
+        "page_size": reads.page_size,
+        "scan_pages": reads.scan_pages,
+        "requests_per_minute": deps.settings.target.requests_per_minute,
+    });
+    JobPlan {
+        status: JobStatus::Running,
         users_total: users,
         estimate: Some(estimate.to_string()),
         approval: None,
-        events,
+        events: Vec::new(),
         deltas: JobDeltas {
             scim_requests: spent,
             scim_retries: retries,
@@ -157,13 +246,13 @@ fn build_plan(deps: &Deps, r: &Resolved, reads: &ReadPlan) -> JobPlan {
 /// is only a hint: a stale version answers 409/412 and that user is re-read).
 async fn approval_check(
     deps: &Deps,
-    r: &Resolved,
+    state: &Planning,
     reads: &ReadPlan,
-) -> Result<Option<(bool, serde_json::Value, JobDeltas)>, ScimError> {
-    if r.job.mode != Mode::Replace || r.job.dry_run || r.users.is_empty() {
+) -> anyhow::Result<Option<(bool, serde_json::Value, JobDeltas)>> {
+    if state.job.mode != Mode::Replace || state.job.dry_run || state.users == 0 {
         return Ok(None);
     }
-    let bounds = r.policy.approval();
+    let bounds = state.policy.approval();
     let tally = std::sync::Arc::new(CallTally::default());
     let org_users = match reads.org_users {
         Some(n) => n,
@@ -175,38 +264,40 @@ async fn approval_check(
     };
     let by_fraction = (bounds.max_removal_fraction * org_users as f64).floor() as u64;
     let threshold = bounds.max_removed_users.min(by_fraction);
-    let users = r.users.len() as u64;
+    let users = state.users as u64;
     let mut removing = 0u64;
     let read_ahead = users > threshold;
     if read_ahead {
-        let wanted: Vec<(String, crate::policy::RoleSet)> = r
-            .users
-            .iter()
-            .map(|u| (u.rows.external_id.clone(), u.desired.clone()))
-            .collect();
-        let results: Vec<Result<bool, ScimError>> = futures::stream::iter(wanted)
-            .map(|(external_id, desired)| {
-                let policy = r.policy.clone();
-                let tally = tally.clone();
-                let snapshot = reads.snapshot.clone();
-                async move {
-                    let found = find_user(deps, snapshot.as_deref(), &external_id, &tally).await?;
-                    Ok(match found.as_slice() {
-                        [user] => {
-                            let current = user.role_names();
-                            let target = final_roles(&policy, Mode::Replace, &current, &desired);
-                            current.difference(&target).next().is_some()
-                        }
-                        _ => false,
-                    })
+        // Chunk by chunk from the store, so memory holds one chunk's users at a time.
+        for chunk_no in 0..state.chunks {
+            let items = deps.store.chunk_items(&state.job.id, chunk_no).await?;
+            let wanted = group_users(&state.policy, items);
+            let results: Vec<Result<bool, ScimError>> = futures::stream::iter(wanted)
+                .map(|u| {
+                    let policy = state.policy.clone();
+                    let tally = tally.clone();
+                    let snapshot = reads.snapshot.clone();
+                    async move {
+                        let found =
+                            find_user(deps, snapshot.as_deref(), &u.external_id, &tally).await?;
+                        Ok(match found.as_slice() {
+                            [user] => {
+                                let current = user.role_names();
+                                let target =
+                                    final_roles(&policy, Mode::Replace, &current, &u.desired);
+                                current.difference(&target).next().is_some()
+                            }
+                            _ => false,
+                        })
+                    }
+                })
+                .buffer_unordered(deps.settings.target.max_concurrency)
+                .collect()
+                .await;
+            for res in results {
+                if res? {
+                    removing += 1;
                 }
-            })
-            .buffer_unordered(deps.settings.target.max_concurrency)
-            .collect()
-            .await;
-        for res in results {
-            if res? {
-                removing += 1;
             }
         }
     }

@@ -26,7 +26,6 @@
 //! versions are never cached across jobs.
 
 use super::Deps;
-use super::resolve::Resolved;
 use crate::configuration::ReadStrategy;
 use crate::scim::model::ListResponse;
 use crate::scim::{CallTally, ScimClient, ScimError, ScimUser};
@@ -151,9 +150,9 @@ fn pages(org: u64, page: u64) -> u64 {
     org.div_ceil(page.max(1)).max(1)
 }
 
-/// Chooses lookup or scan for the job and, for a scan, reads the directory.
-pub async fn plan_reads(deps: &Deps, r: &Resolved) -> ReadPlan {
-    let users = r.users.len() as u64;
+/// Chooses lookup or scan for a job of `wanted` users and, for a scan, reads the directory.
+pub async fn plan_reads(deps: &Deps, job_id: &str, wanted: &HashSet<String>) -> ReadPlan {
+    let users = wanted.len() as u64;
     let tally = CallTally::default();
     let setting = deps.settings.sync.read_strategy;
     let lookup = |tally: CallTally, org: Option<u64>, page: Option<u64>| {
@@ -188,7 +187,7 @@ pub async fn plan_reads(deps: &Deps, r: &Resolved) -> ReadPlan {
     let first = match deps.scim.list_users(1, page, &tally).await {
         Ok(first) => first,
         Err(e) => {
-            tracing::warn!(job.id = %r.job.id, error = %e, "cannot size the directory; looking users up");
+            tracing::warn!(job.id = %job_id, error = %e, "cannot size the directory; looking users up");
             return lookup(tally, None, Some(page));
         }
     };
@@ -199,11 +198,6 @@ pub async fn plan_reads(deps: &Deps, r: &Resolved) -> ReadPlan {
     if setting == ReadStrategy::Auto && total_pages > users {
         return lookup(tally, Some(org), Some(page));
     }
-    let wanted: HashSet<&str> = r
-        .users
-        .iter()
-        .map(|u| u.rows.external_id.as_str())
-        .collect();
     let concurrency = deps.settings.target.max_concurrency.max(1);
     match scan(&deps.scim, first, page, &wanted, concurrency, &tally).await {
         Ok(snapshot) => {
@@ -222,7 +216,7 @@ pub async fn plan_reads(deps: &Deps, r: &Resolved) -> ReadPlan {
         }
         Err(e) => {
             // The chunks look users up; if the target is down they pause the job.
-            tracing::warn!(job.id = %r.job.id, error = %e, "directory scan failed; looking users up");
+            tracing::warn!(job.id = %job_id, error = %e, "directory scan failed; looking users up");
             lookup(tally, Some(org), Some(page))
         }
     }
@@ -234,7 +228,7 @@ async fn scan(
     scim: &ScimClient,
     first: ListResponse,
     page: u64,
-    wanted: &HashSet<&str>,
+    wanted: &HashSet<String>,
     concurrency: usize,
     tally: &CallTally,
 ) -> Result<Snapshot, ScimError> {

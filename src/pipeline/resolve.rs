@@ -1,23 +1,24 @@
 //! Stage 2: each user's desired role set (the union of their rows, expanded with inherited
-//! roles when the policy says so) and its effective permissions, memoised per distinct set.
+//! roles when the policy says so) and its effective permissions, memoised per distinct set, so
+//! the sync workers and the audit events find them computed. One page of users at a time.
 
-use super::validate::{UserRows, Validated};
+use super::validate::{Page, UserRows, Validated};
 use super::{Deps, record_depth};
 use crate::policy::Policy;
-use crate::policy::RoleSet;
 use crate::store::{JobRecord, RowResult};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 pub struct ResolvedUser {
     pub rows: UserRows,
-    /// The roles to push (expanded when `expand_inherited`).
-    pub desired: RoleSet,
 }
 
+/// One page of a job's users with their desired roles.
 pub struct Resolved {
     pub job: JobRecord,
     pub policy: Arc<Policy>,
+    pub page: Page,
+    pub first: bool,
     pub rejected: Vec<RowResult>,
     pub rejected_rows: std::collections::HashMap<i64, crate::domain::Assignment>,
     pub users: Vec<ResolvedUser>,
@@ -32,12 +33,14 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<Validated>, tx: mpsc::Sender
                 let desired = v.policy.expand(&rows.roles);
                 // Warms the memo the sync stage and the audit events read from.
                 let _ = v.policy.effective_permissions(&desired);
-                ResolvedUser { rows, desired }
+                ResolvedUser { rows }
             })
             .collect();
         let msg = Resolved {
             job: v.job,
             policy: v.policy,
+            page: v.page,
+            first: v.first,
             rejected: v.rejected,
             rejected_rows: v.rejected_rows,
             users,

@@ -108,10 +108,10 @@ pub async fn worker(
 }
 
 /// One user of a chunk, with everything needed to sync it.
-struct UserWork {
-    external_id: String,
+pub(super) struct UserWork {
+    pub(super) external_id: String,
     rows: Vec<ItemRecord>,
-    desired: RoleSet,
+    pub(super) desired: RoleSet,
 }
 
 enum UserResult {
@@ -184,7 +184,8 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
     }
 }
 
-fn group_users(policy: &Policy, items: Vec<ItemRecord>) -> Vec<UserWork> {
+/// The rows of a chunk (ordered by user) as users with their desired roles.
+pub(super) fn group_users(policy: &Policy, items: Vec<ItemRecord>) -> Vec<UserWork> {
     let mut users: Vec<UserWork> = Vec::new();
     for item in items {
         match users.last_mut() {

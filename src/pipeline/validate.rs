@@ -20,56 +20,89 @@ pub struct UserRows {
     pub roles: RoleSet,
 }
 
+/// Where a page stands in its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// More pages of this job follow.
+    More,
+    /// The job's last page.
+    Last,
+    /// The job's rows could not be read: drop what was planned so far; the planning lease
+    /// expires and the job is planned again.
+    Abandon,
+}
+
+/// One page of a job's users, validated. A user's rows are always in one page.
 pub struct Validated {
     pub job: JobRecord,
     pub policy: Arc<Policy>,
+    pub page: Page,
+    /// The first page of the job.
+    pub first: bool,
     pub rejected: Vec<RowResult>,
     /// The rejected rows by line, for their audit events.
     pub rejected_rows: HashMap<i64, Assignment>,
     pub users: Vec<UserRows>,
 }
 
+/// Pending rows read and judged at a time: a job of any size is planned in bounded memory.
+pub const PAGE_ROWS: usize = 5000;
+
 pub async fn run(deps: Deps, mut rx: mpsc::Receiver<PlanJob>, tx: mpsc::Sender<Validated>) {
     while let Some(PlanJob { job, policy }) = rx.recv().await {
-        let rows = match deps.store.pending_items_by_user(&job.id).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                // The planning lease expires and the job is planned again.
-                tracing::error!(job.id = %job.id, error = %e, "cannot read the job's rows");
-                continue;
-            }
-        };
-        let assignments: Vec<Assignment> = rows
-            .into_iter()
-            .map(|r| Assignment {
-                line: r.line as u64,
-                external_id: r.external_id,
-                role_template: r.role_template,
-                license_tier: r.license_tier,
-                defect: None,
-            })
-            .collect();
-        let (rejected, users) = validate_rows(&policy, &assignments);
-        let lines: HashSet<i64> = rejected.iter().map(|r| r.line).collect();
-        let rejected_rows = assignments
-            .into_iter()
-            .filter(|a| lines.contains(&(a.line as i64)))
-            .map(|a| (a.line as i64, a))
-            .collect();
-        if tx
-            .send(Validated {
-                job,
-                policy,
+        let mut after: Option<String> = None;
+        let mut first = true;
+        loop {
+            let (rows, more) = match deps
+                .store
+                .pending_rows_page(&job.id, after.as_deref(), PAGE_ROWS)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::error!(job.id = %job.id, error = %e, "cannot read the job's rows; planning it later");
+                    let abandon = Validated {
+                        job: job.clone(),
+                        policy: policy.clone(),
+                        page: Page::Abandon,
+                        first,
+                        rejected: Vec::new(),
+                        rejected_rows: HashMap::new(),
+                        users: Vec::new(),
+                    };
+                    if tx.send(abandon).await.is_err() {
+                        return;
+                    }
+                    break;
+                }
+            };
+            let last = !more;
+            after = rows.last().map(|r| r.external_id.clone());
+            let (rejected, users) = validate_rows(&policy, &rows);
+            let lines: HashSet<i64> = rejected.iter().map(|r| r.line).collect();
+            let rejected_rows = rows
+                .into_iter()
+                .filter(|a| lines.contains(&(a.line as i64)))
+                .map(|a| (a.line as i64, a))
+                .collect();
+            let msg = Validated {
+                job: job.clone(),
+                policy: policy.clone(),
+                page: if last { Page::Last } else { Page::More },
+                first,
                 rejected,
                 rejected_rows,
                 users,
-            })
-            .await
-            .is_err()
-        {
-            return;
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+            record_depth(&deps.metrics, "resolve", &tx);
+            if last {
+                break;
+            }
+            first = false;
         }
-        record_depth(&deps.metrics, "resolve", &tx);
     }
 }
 

@@ -14,9 +14,10 @@
 
 mod records;
 
+pub use ingest::Ingest;
 pub use records::*;
 
-use crate::domain::{Assignment, JobStatus, Outcome, ReasonCode};
+use crate::domain::{Assignment, JobStatus, Outcome};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
@@ -164,6 +165,9 @@ async fn begin_write<DB: sqlx::Database>(
     }
 }
 
+// After the macros above, which it uses.
+mod ingest;
+
 pub fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
 }
@@ -221,88 +225,32 @@ impl Store {
 
     // ----- ingest -------------------------------------------------------------------------
 
-    /// Stores a job and all its rows in one transaction. With an idempotency key, a key seen
-    /// before returns the original job (same body) or a conflict (other body) instead.
+    /// Stores a job and all its rows in one transaction (see `Ingest` for the streamed form).
+    /// With an idempotency key, a key seen before returns the original job (same body) or a
+    /// conflict (other body) instead.
     pub async fn create_job(&self, job: &NewJob, rows: &[Assignment]) -> StoreResult<CreateJob> {
+        let mut ingest = self.begin_ingest(&job.id).await?;
+        for batch in rows.chunks(INSERT_BATCH) {
+            ingest.add_rows(batch, &[]).await?;
+        }
+        ingest.commit(job, None).await
+    }
+
+    /// The job an unexpired idempotency key names, with the hash of the body it was used for.
+    pub async fn find_idempotency_key(&self, key: &str) -> StoreResult<Option<(String, String)>> {
         let now = now_ms();
         dual!(self, |p, DB| {
-            let mut tx = begin_write(p).await?;
-            if let Some(idem) = &job.idempotency {
-                // Expired keys are forgotten first, so the same key may start a new job.
-                sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND expires_at_ms < $2")
-                    .bind(&idem.key)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                let inserted = sqlx::query(
-                    "INSERT INTO idempotency_keys (key, body_sha256, job_id, expires_at_ms) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
-                )
-                .bind(&idem.key)
-                .bind(&idem.body_sha256)
-                .bind(&job.id)
-                .bind(idem.expires_at_ms)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if inserted == 0 {
-                    let row = sqlx::query(
-                        "SELECT body_sha256, job_id FROM idempotency_keys WHERE key = $1",
-                    )
-                    .bind(&idem.key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    let hash: String = row.try_get(0)?;
-                    let job_id: String = row.try_get(1)?;
-                    tx.rollback().await?;
-                    return Ok(if hash == idem.body_sha256 {
-                        CreateJob::Existing { job_id }
-                    } else {
-                        CreateJob::KeyConflict { job_id }
-                    });
-                }
-            }
-            let total = rows.len() as i64;
-            let defective = rows.iter().filter(|r| r.defect.is_some()).count() as i64;
-            sqlx::query(
-                "INSERT INTO jobs (id, status, mode, dry_run, created_at_ms, updated_at_ms, c_total, c_pending, \
-                 c_rejected, policy_fingerprint, request_id) VALUES ($1, 'queued', $2, $3, $4, $4, $5, $8, $9, $6, $7)",
+            let row = sqlx::query(
+                "SELECT body_sha256, job_id FROM idempotency_keys WHERE key = $1 AND expires_at_ms >= $2",
             )
-            .bind(&job.id)
-            .bind(job.mode.as_str())
-            .bind(i64::from(job.dry_run))
+            .bind(key)
             .bind(now)
-            .bind(total)
-            .bind(&job.policy_fingerprint)
-            .bind(&job.request_id)
-            .bind(total - defective)
-            .bind(defective)
-            .execute(&mut *tx)
+            .fetch_optional(p)
             .await?;
-            for batch in rows.chunks(INSERT_BATCH) {
-                let mut qb = QueryBuilder::<DB>::new(
-                    "INSERT INTO items (job_id, line, external_id, role_template, license_tier, outcome, \
-                     reason_code, reason_message) ",
-                );
-                qb.push_values(batch, |mut b, r| {
-                    b.push_bind(&job.id)
-                        .push_bind(r.line as i64)
-                        .push_bind(&r.external_id)
-                        .push_bind(&r.role_template)
-                        .push_bind(&r.license_tier)
-                        .push_bind(if r.defect.is_some() {
-                            "rejected"
-                        } else {
-                            "pending"
-                        })
-                        .push_bind(r.defect.as_ref().map(|_| ReasonCode::MalformedRow.as_str()))
-                        .push_bind(r.defect.as_deref());
-                });
-                qb.build().execute(&mut *tx).await?;
+            match row {
+                Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?))),
+                None => Ok(None),
             }
-            insert_events!(tx, &job.events);
-            tx.commit().await?;
-            Ok(CreateJob::Created)
         })
     }
 
@@ -409,22 +357,147 @@ impl Store {
         row.map(JobRecord::try_from).transpose()
     }
 
-    /// Pending rows of a job ordered by user then line, so rows of one user are adjacent.
-    pub async fn pending_items_by_user(&self, job_id: &str) -> StoreResult<Vec<ItemRecord>> {
-        let rows = dual!(self, |p, DB| {
-            sqlx::query_as::<_, ItemRow>(
-                "SELECT * FROM items WHERE job_id = $1 AND outcome = 'pending' ORDER BY external_id, line",
-            )
-            .bind(job_id)
-            .fetch_all(p)
-            .await?
-        });
-        rows.into_iter().map(ItemRecord::try_from).collect()
+    /// One page of a job's pending rows, by user then line, of the users after `after`
+    /// (keyset paging on `items_user_idx`). Never splits a user: when the page is full, the
+    /// last user's rows are left for the next page, unless the page holds one user only, in
+    /// which case it grows until that user is whole. The flag says whether rows may follow.
+    pub async fn pending_rows_page(
+        &self,
+        job_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Assignment>, bool)> {
+        let mut limit = limit.max(2);
+        loop {
+            // The first page has no lower bound: an empty external id (rejected when
+            // validated) sorts first.
+            let sql = if after.is_some() {
+                "SELECT line, external_id, role_template, license_tier FROM items \
+                 WHERE job_id = $1 AND outcome = 'pending' AND external_id > $2 \
+                 ORDER BY external_id, line LIMIT $3"
+            } else {
+                "SELECT line, external_id, role_template, license_tier FROM items \
+                 WHERE job_id = $1 AND outcome = 'pending' AND $2 = '' \
+                 ORDER BY external_id, line LIMIT $3"
+            };
+            let rows: Vec<(i64, String, String, String)> = dual!(self, |p, DB| {
+                sqlx::query_as(sql)
+                    .bind(job_id)
+                    .bind(after.unwrap_or(""))
+                    .bind(limit as i64)
+                    .fetch_all(p)
+                    .await?
+            });
+            let full = rows.len() == limit;
+            let mut rows: Vec<Assignment> = rows
+                .into_iter()
+                .map(|(line, external_id, role_template, license_tier)| Assignment {
+                    line: line as u64,
+                    external_id,
+                    role_template,
+                    license_tier,
+                    defect: None,
+                })
+                .collect();
+            if !full {
+                return Ok((rows, false));
+            }
+            let last = rows.last().map(|r| r.external_id.clone()).unwrap_or_default();
+            let keep = rows.iter().rposition(|r| r.external_id != last);
+            match keep {
+                Some(i) => {
+                    rows.truncate(i + 1);
+                    return Ok((rows, true));
+                }
+                None => limit *= 4,
+            }
+        }
     }
 
-    /// Commits a job's plan in one transaction: rejected rows, the chunk of every remaining
-    /// row, the chunk work units, and the job's status. Only the planner holding the lease may.
-    pub async fn save_plan(&self, job_id: &str, owner: &str, plan: &JobPlan) -> StoreResult<bool> {
+    /// Commits one page of a job's plan: its rejected rows (with counters and events), the
+    /// chunk of each of its rows, and those chunks, still `planning` (not claimable). Only the
+    /// planner holding the lease may, and doing so extends the lease. `first` clears what an
+    /// earlier, abandoned planning of the job left. Writing a page twice is harmless: rows
+    /// leave `pending` once, chunk numbers are assigned again.
+    pub async fn save_plan_page(
+        &self,
+        job_id: &str,
+        owner: &str,
+        lease_ms: i64,
+        page: &PlanPage,
+    ) -> StoreResult<bool> {
+        let now = now_ms();
+        dual!(self, |p, DB| {
+            let mut tx = begin_write(p).await?;
+            let held = sqlx::query(
+                "UPDATE jobs SET lease_until_ms = $1, updated_at_ms = $2 \
+                 WHERE id = $3 AND lease_owner = $4 AND planned = 0",
+            )
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(job_id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if held == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            if page.first {
+                sqlx::query("DELETE FROM chunks WHERE job_id = $1 AND status = 'planning'")
+                    .bind(job_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let mut moved = 0i64;
+            for r in &page.rejected {
+                moved += i64::from(apply_result!(tx, job_id, r));
+            }
+            if moved > 0 {
+                sqlx::query(
+                    "UPDATE jobs SET c_pending = c_pending - $1, c_rejected = c_rejected + $1 WHERE id = $2",
+                )
+                .bind(moved)
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for (chunk_no, lines) in &page.chunks {
+                for batch in lines.chunks(INSERT_BATCH) {
+                    let mut qb = QueryBuilder::<DB>::new("UPDATE items SET chunk_no = ");
+                    qb.push_bind(*chunk_no);
+                    qb.push(" WHERE job_id = ")
+                        .push_bind(job_id)
+                        .push(" AND line IN (");
+                    let mut sep = qb.separated(", ");
+                    for line in batch {
+                        sep.push_bind(*line);
+                    }
+                    qb.push(")");
+                    qb.build().execute(&mut *tx).await?;
+                }
+            }
+            let numbers: Vec<i64> = page.chunks.iter().map(|(n, _)| *n).collect();
+            for batch in numbers.chunks(INSERT_BATCH) {
+                let mut qb =
+                    QueryBuilder::<DB>::new("INSERT INTO chunks (job_id, chunk_no, status) ");
+                qb.push_values(batch, |mut b, n| {
+                    b.push_bind(job_id).push_bind(*n).push_bind("planning");
+                });
+                qb.push(" ON CONFLICT (job_id, chunk_no) DO NOTHING");
+                qb.build().execute(&mut *tx).await?;
+            }
+            insert_events!(tx, &page.events);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Ends a job's planning in one transaction: its status, estimate and approval, and its
+    /// chunks made claimable (`ready`, or `held` while it awaits approval). Only the planner
+    /// holding the lease may.
+    pub async fn finish_plan(&self, job_id: &str, owner: &str, plan: &JobPlan) -> StoreResult<bool> {
         let now = now_ms();
         dual!(self, |p, DB| {
             let mut tx = begin_write(p).await?;
@@ -447,47 +520,16 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(false);
             }
-            let mut moved = 0i64;
-            for r in &plan.rejected {
-                moved += i64::from(apply_result!(tx, job_id, r));
-            }
-            sqlx::query(
-                "UPDATE jobs SET c_pending = c_pending - $1, c_rejected = c_rejected + $1 WHERE id = $2",
-            )
-            .bind(moved)
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await?;
-            for (chunk_no, lines) in plan.chunks.iter().enumerate() {
-                for batch in lines.chunks(INSERT_BATCH) {
-                    let mut qb = QueryBuilder::<DB>::new("UPDATE items SET chunk_no = ");
-                    qb.push_bind(chunk_no as i64);
-                    qb.push(" WHERE job_id = ")
-                        .push_bind(job_id)
-                        .push(" AND line IN (");
-                    let mut sep = qb.separated(", ");
-                    for line in batch {
-                        sep.push_bind(*line);
-                    }
-                    qb.push(")");
-                    qb.build().execute(&mut *tx).await?;
-                }
-            }
             let chunk_status = if plan.status == JobStatus::AwaitingApproval {
                 "held"
             } else {
                 "ready"
             };
-            let numbers: Vec<i64> = (0..plan.chunks.len() as i64).collect();
-            for batch in numbers.chunks(INSERT_BATCH) {
-                let mut qb =
-                    QueryBuilder::<DB>::new("INSERT INTO chunks (job_id, chunk_no, status) ");
-                qb.push_values(batch, |mut b, n| {
-                    b.push_bind(job_id).push_bind(*n).push_bind(chunk_status);
-                });
-                qb.push(" ON CONFLICT (job_id, chunk_no) DO NOTHING");
-                qb.build().execute(&mut *tx).await?;
-            }
+            sqlx::query("UPDATE chunks SET status = $1 WHERE job_id = $2 AND status = 'planning'")
+                .bind(chunk_status)
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
             insert_events!(tx, &plan.events);
             add_counts!(
                 tx,

@@ -24,9 +24,26 @@ pub struct IdempotencyClaim {
     pub expires_at_ms: i64,
 }
 
+/// One page of a job's plan (see `Store::save_plan_page`).
+#[derive(Debug, Default)]
+pub struct PlanPage {
+    /// The first page of this planning: clears what an abandoned one left.
+    pub first: bool,
+    pub rejected: Vec<RowResult>,
+    /// Chunk number and the lines of its rows in this page; all rows of a user are in one
+    /// chunk.
+    pub chunks: Vec<(i64, Vec<i64>)>,
+    /// `role_sync.rejected` of the rejected rows.
+    pub events: Vec<OutboxEvent>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreateJob {
     Created,
+    /// More rows than `server.max_pending_rows` would be queued: nothing was stored.
+    Backpressure {
+        queued: i64,
+    },
     /// The key was used before with the same body: this is that job.
     Existing {
         job_id: String,
@@ -261,9 +278,6 @@ impl RowResult {
 pub struct JobPlan {
     /// `running`, or `awaiting_approval` to hold the chunks.
     pub status: JobStatus,
-    pub rejected: Vec<RowResult>,
-    /// Lines of each chunk; all rows of one user are in one chunk.
-    pub chunks: Vec<Vec<i64>>,
     pub users_total: i64,
     pub estimate: Option<String>,
     pub approval: Option<String>,
