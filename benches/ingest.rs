@@ -127,12 +127,7 @@ async fn start_emulator(http: &reqwest::Client, users: u64) -> Proc {
     Proc { child, url }
 }
 
-async fn start_server(
-    http: &reqwest::Client,
-    dir: &Path,
-    store_url: &str,
-    emulator: &str,
-) -> Proc {
+async fn start_server(http: &reqwest::Client, dir: &Path, store_url: &str, emulator: &str) -> Proc {
     let port = free_port();
     let config = format!(
         r#"
@@ -205,12 +200,15 @@ async fn fresh_store(backend: &str, dir: &Path, pg_admin: &str, n: usize) -> Str
     }
     let name = format!("rolesync_bench_{}", uuid::Uuid::new_v4().simple());
     let pool = sqlx::PgPool::connect(pg_admin).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&pool)
         .await
         .unwrap();
     pool.close().await;
-    let base = pg_admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(pg_admin);
+    let base = pg_admin
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(pg_admin);
     format!("{base}/{name}")
 }
 
@@ -222,9 +220,11 @@ async fn drop_store(backend: &str, store_url: &str, pg_admin: &str) {
         return;
     };
     if let Ok(pool) = sqlx::PgPool::connect(pg_admin).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&pool)
-            .await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&pool)
+        .await;
         pool.close().await;
     }
 }

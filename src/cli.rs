@@ -190,9 +190,14 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.client)?;
     let format = Format::from_path(&args.file)
         .context("the file must end in .csv, .ndjson, .jsonl or .json")?;
-    let body = tokio::fs::read(&args.file)
+    // Streamed from the file: a million-row export is never held in memory here either.
+    let file = tokio::fs::File::open(&args.file)
         .await
         .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+        file,
+        256 * 1024,
+    ));
     let job = client
         .submit(
             format,
@@ -252,7 +257,7 @@ impl Client {
     pub async fn submit(
         &self,
         format: Format,
-        body: Vec<u8>,
+        body: impl Into<reqwest::Body>,
         mode: &str,
         dry_run: bool,
         idempotency_key: Option<&str>,

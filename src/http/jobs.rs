@@ -3,9 +3,9 @@
 use super::AppState;
 use super::auth::{Caller, Scope};
 use crate::audit::events::{JOB_FINISHED, ROLE_SYNC_REJECTED, rejected_data};
+use crate::domain::Assignment;
 use crate::domain::{JobStatus, Outcome, ReasonCode};
 use crate::error::{ApiError, ApiResult};
-use crate::domain::Assignment;
 use crate::ingest::{self, BatchQuery, Format, spool::spool};
 use crate::pipeline;
 use crate::store::{CreateJob, IdempotencyClaim, ItemRecord, JobRecord, NewJob, now_ms};
@@ -110,11 +110,10 @@ pub async fn submit(
     let parser = tokio::task::spawn_blocking(move || {
         let input = std::io::BufReader::with_capacity(256 * 1024, file);
         ingest::read_rows(format, input, &query, max_rows, &mut |batch| {
-            tx.blocking_send(batch)
-                .map_err(|_| ApiError::Unavailable {
-                    detail: "the store stopped taking rows".into(),
-                    retry_after_secs: 5,
-                })
+            tx.blocking_send(batch).map_err(|_| ApiError::Unavailable {
+                detail: "the store stopped taking rows".into(),
+                retry_after_secs: 5,
+            })
         })
     });
     let mut ingest = state.store.begin_ingest(&job_id).await?;

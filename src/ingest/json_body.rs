@@ -4,8 +4,8 @@
 use super::{RowSink, shape_error};
 use crate::domain::{Assignment, Mode};
 use crate::error::{ApiError, FieldError};
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::fmt;
 use std::io::BufRead;
 
@@ -305,7 +305,10 @@ impl<'de> Visitor<'de> for AssignmentsSeed<'_, '_> {
 }
 
 /// One assignment object per line; blank lines are skipped; lines are numbered physically.
-pub(super) fn read_ndjson<R: BufRead>(mut input: R, sink: &mut RowSink<'_>) -> Result<(), ApiError> {
+pub(super) fn read_ndjson<R: BufRead>(
+    mut input: R,
+    sink: &mut RowSink<'_>,
+) -> Result<(), ApiError> {
     let mut buf = Vec::with_capacity(256);
     let mut n = 0u64;
     loop {

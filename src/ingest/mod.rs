@@ -131,11 +131,17 @@ pub fn read_rows<R: BufRead>(
         Format::Json => json_body::read_envelope(input, query_mode, query.dry_run, &mut sink)?,
         Format::Ndjson => {
             json_body::read_ndjson(input, &mut sink)?;
-            (query_mode.unwrap_or_default(), query.dry_run.unwrap_or(false))
+            (
+                query_mode.unwrap_or_default(),
+                query.dry_run.unwrap_or(false),
+            )
         }
         Format::Csv => {
             csv_body::read(input, &mut sink)?;
-            (query_mode.unwrap_or_default(), query.dry_run.unwrap_or(false))
+            (
+                query_mode.unwrap_or_default(),
+                query.dry_run.unwrap_or(false),
+            )
         }
     };
     let rows = sink.finish()?;
@@ -386,5 +392,78 @@ mod tests {
             parse(Format::Csv, body.as_bytes(), &q(), 1),
             Err(ApiError::PayloadTooLarge(_))
         ));
+    }
+
+    #[test]
+    fn ndjson_fields_of_another_type_are_missing_and_named_by_line() {
+        let body = "{\"external_id\":\"A\",\"role_template\":\"Agent\",\"license_tier\":\"Standard Agent\"}\n[1,2]\n{\"external_id\":5,\"role_template\":\"Agent\",\"license_tier\":\"X\"}\n";
+        let e = parse(Format::Ndjson, body.as_bytes(), &q(), 10).err();
+        let Some(ApiError::BadRequest { errors, .. }) = e else {
+            panic!("{e:?}")
+        };
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "line 2: external_id",
+                "line 2: role_template",
+                "line 2: license_tier",
+                "line 3: external_id"
+            ]
+        );
+        assert_eq!(errors[3].line, Some(3));
+    }
+
+    #[test]
+    fn an_envelope_without_assignments_or_with_unknown_fields_is_refused() {
+        let missing = parse(Format::Json, br#"{"mode":"merge"}"#, &q(), 10)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(missing.contains("assignments"), "{missing}");
+        let unknown = parse(Format::Json, br#"{"assignments":[],"colour":1}"#, &q(), 10)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(unknown.contains("colour"), "{unknown}");
+        let trailing = parse(Format::Json, br#"{"assignments":[]} x"#, &q(), 10)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(trailing.starts_with("line 1, column"), "{trailing}");
+    }
+
+    #[test]
+    fn field_problems_stop_after_a_hundred() {
+        let mut body = String::from("{\"assignments\":[");
+        for _ in 0..500 {
+            body.push_str("{\"external_id\":\"A\"},");
+        }
+        body.push_str("{}]}");
+        let e = parse(Format::Json, body.as_bytes(), &q(), 10_000).err();
+        let Some(ApiError::BadRequest { errors, .. }) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(errors.len(), 100);
+    }
+
+    #[test]
+    fn rows_come_in_batches_in_body_order() {
+        let mut body = String::from("external_id,role_template,license_tier\n");
+        for i in 0..(BATCH_ROWS * 2 + 7) {
+            body.push_str(&format!("E{i},Agent,X\n"));
+        }
+        let mut sizes = Vec::new();
+        let mut lines = Vec::new();
+        let summary = read_rows(Format::Csv, body.as_bytes(), &q(), u64::MAX, &mut |b| {
+            sizes.push(b.len());
+            lines.extend(b.iter().map(|r| r.line));
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sizes, vec![BATCH_ROWS, BATCH_ROWS, 7]);
+        assert_eq!(summary.rows, (BATCH_ROWS * 2 + 7) as u64);
+        assert!(lines.windows(2).all(|w| w[1] == w[0] + 1));
+        assert_eq!(lines[0], 2);
     }
 }

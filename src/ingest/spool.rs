@@ -71,7 +71,10 @@ pub async fn spool(body: Body, max_bytes: u64, prefix: &[u8]) -> Result<Spooled,
     })
 }
 
-async fn write_chunk(file: Option<std::fs::File>, chunk: Vec<u8>) -> Result<std::fs::File, ApiError> {
+async fn write_chunk(
+    file: Option<std::fs::File>,
+    chunk: Vec<u8>,
+) -> Result<std::fs::File, ApiError> {
     let Some(mut f) = file else {
         return Err(ApiError::Internal(anyhow::anyhow!("spool file lost")));
     };

@@ -27,7 +27,7 @@
 
 use super::Deps;
 use crate::configuration::ReadStrategy;
-use crate::scim::model::ListResponse;
+use crate::scim::model::{ListResponse, Meta, RoleRef};
 use crate::scim::{CallTally, ScimClient, ScimError, ScimUser};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
@@ -41,17 +41,55 @@ pub const DEFAULT_PAGE: u64 = 25;
 /// An org size learnt this recently is trusted to skip the probe of a small job.
 const ORG_SIZE_TTL: Duration = Duration::from_secs(3600);
 
-/// The users of one job as one directory scan saw them.
+/// The users of one job as one directory scan saw them, kept compact: a job of 250 000 users
+/// holds its snapshot in tens of MB, since users share a handful of distinct role sets.
 pub struct Snapshot {
     pub taken_at: Instant,
     /// externalId → every user carrying it (only the job's externalIds are kept).
-    users: HashMap<String, Vec<ScimUser>>,
+    users: HashMap<Box<str>, Vec<SnapUser>>,
+}
+
+/// What the sync needs of a scanned user.
+struct SnapUser {
+    id: Box<str>,
+    version: Option<Box<str>>,
+    /// Shared between the users holding the same roles.
+    roles: Arc<[RoleRef]>,
+}
+
+/// Gives users with equal role lists one shared copy.
+#[derive(Default)]
+struct RoleSets(HashMap<Vec<String>, Arc<[RoleRef]>>);
+
+impl RoleSets {
+    fn intern(&mut self, roles: Vec<RoleRef>) -> Arc<[RoleRef]> {
+        let key: Vec<String> = roles.iter().map(|r| r.value.clone()).collect();
+        self.0
+            .entry(key)
+            .or_insert_with(|| Arc::from(roles))
+            .clone()
+    }
 }
 
 impl Snapshot {
     /// The users with this externalId, or `None` when the scan did not see it (look it up).
-    pub fn get(&self, external_id: &str) -> Option<&[ScimUser]> {
-        self.users.get(external_id).map(Vec::as_slice)
+    pub fn get(&self, external_id: &str) -> Option<Vec<ScimUser>> {
+        let found = self.users.get(external_id)?;
+        Some(
+            found
+                .iter()
+                .map(|u| ScimUser {
+                    id: u.id.to_string(),
+                    user_name: None,
+                    external_id: Some(external_id.to_owned()),
+                    roles: u.roles.to_vec(),
+                    meta: Some(Meta {
+                        version: u.version.as_deref().map(str::to_owned),
+                    }),
+                    etag: None,
+                })
+                .collect(),
+        )
     }
 
     pub fn len(&self) -> usize {
@@ -199,9 +237,12 @@ pub async fn plan_reads(deps: &Deps, job_id: &str, wanted: &HashSet<String>) -> 
         return lookup(tally, Some(org), Some(page));
     }
     let concurrency = deps.settings.target.max_concurrency.max(1);
-    match scan(&deps.scim, first, page, &wanted, concurrency, &tally).await {
+    match scan(&deps.scim, first, page, wanted, concurrency, &tally).await {
         Ok(snapshot) => {
-            let absent = wanted.iter().filter(|e| snapshot.get(e).is_none()).count() as i64;
+            let absent = wanted
+                .iter()
+                .filter(|e| !snapshot.users.contains_key(e.as_str()))
+                .count() as i64;
             let (spent, _, _) = tally.snapshot();
             ReadPlan {
                 strategy: "scan",
@@ -238,16 +279,26 @@ async fn scan(
         0 => page,
         n => n.min(page),
     };
-    let mut users: HashMap<String, Vec<ScimUser>> = HashMap::new();
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut users: HashMap<Box<str>, Vec<SnapUser>> = HashMap::new();
+    let mut role_sets = RoleSets::default();
     let mut keep = |list: Vec<ScimUser>| {
         for u in list {
-            let Some(ext) = u.external_id.clone() else {
+            let Some(ext) = u.external_id else {
                 continue;
             };
-            if wanted.contains(ext.as_str()) && seen.insert(u.id.clone()) {
-                users.entry(ext).or_default().push(u);
+            if !wanted.contains(ext.as_str()) {
+                continue;
             }
+            let same = users.entry(ext.into_boxed_str()).or_default();
+            // Pages shift when users come and go during the scan: a user seen twice is one.
+            if same.iter().any(|s| *s.id == *u.id) {
+                continue;
+            }
+            same.push(SnapUser {
+                id: u.id.into_boxed_str(),
+                version: u.meta.and_then(|m| m.version).map(String::into_boxed_str),
+                roles: role_sets.intern(u.roles),
+            });
         }
     };
     keep(first.resources);
@@ -297,7 +348,7 @@ pub async fn find_user(
     tally: &CallTally,
 ) -> Result<Vec<ScimUser>, ScimError> {
     if let Some(found) = snapshot.and_then(|s| s.get(external_id)) {
-        return Ok(found.to_vec());
+        return Ok(found);
     }
     deps.scim.find_by_external_id(external_id, tally).await
 }

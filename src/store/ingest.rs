@@ -67,7 +67,11 @@ impl Ingest {
 
     /// Adds rows (a row with a `defect` is stored `rejected` with `malformed_row`) and the
     /// events that go with them.
-    pub async fn add_rows(&mut self, rows: &[Assignment], events: &[OutboxEvent]) -> StoreResult<()> {
+    pub async fn add_rows(
+        &mut self,
+        rows: &[Assignment],
+        events: &[OutboxEvent],
+    ) -> StoreResult<()> {
         let job_id = self.job_id.as_str();
         in_tx!(&mut self.tx, |tx, DB| {
             let conn = &mut **tx;
@@ -102,7 +106,11 @@ impl Ingest {
     /// Stores the job row and its idempotency key, and commits. With `max_pending`, refuses
     /// (rolls back, `Backpressure`) when the rows queued in the store, these included, would
     /// exceed it.
-    pub async fn commit(mut self, job: &NewJob, max_pending: Option<i64>) -> StoreResult<CreateJob> {
+    pub async fn commit(
+        mut self,
+        job: &NewJob,
+        max_pending: Option<i64>,
+    ) -> StoreResult<CreateJob> {
         let now = now_ms();
         let (total, defective) = (self.total, self.defective);
         let outcome = in_tx!(&mut self.tx, |tx, DB| {

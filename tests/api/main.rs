@@ -6,6 +6,7 @@ mod api;
 mod durability;
 mod emulator;
 mod helpers;
+mod ingest;
 mod policy;
 mod process;
 mod reads;
