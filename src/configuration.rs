@@ -344,6 +344,16 @@ impl Settings {
         if self.store.lease_secs < 5 {
             return Err(invalid("store.lease_secs", "must be at least 5"));
         }
+        if self.server.max_rows_per_job == 0 {
+            return Err(invalid("server.max_rows_per_job", "must be at least 1"));
+        }
+        if self.server.max_pending_rows < self.server.max_rows_per_job {
+            // Else a job of the largest size allowed would get 503 for ever.
+            return Err(invalid(
+                "server.max_pending_rows",
+                "must be at least server.max_rows_per_job",
+            ));
+        }
         check_url("target.scim_base", &self.target.scim_base)?;
         if let Some(u) = &self.target.token_url {
             check_url("target.token_url", u)?;
@@ -577,6 +587,28 @@ mod tests {
         assert_eq!(
             key_of(with_webhooks("[webhooks]\ntimeout_secs = 0\n")),
             "webhooks.timeout_secs"
+        );
+    }
+
+    #[test]
+    fn the_pending_bound_must_hold_the_largest_job() {
+        assert_eq!(
+            key_of(Settings::from_toml_overrides(
+                "[server]\nmax_rows_per_job = 10\nmax_pending_rows = 9\n"
+            )),
+            "server.max_pending_rows"
+        );
+        assert_eq!(
+            key_of(Settings::from_toml_overrides(
+                "[server]\nmax_rows_per_job = 0\n"
+            )),
+            "server.max_rows_per_job"
+        );
+        assert!(
+            Settings::from_toml_overrides(
+                "[server]\nmax_rows_per_job = 10\nmax_pending_rows = 10\n"
+            )
+            .is_ok()
         );
     }
 }

@@ -315,7 +315,7 @@ async fn too_many_pending_rows_get_503_with_retry_after() {
             latency_ms: 300,
             ..Default::default()
         },
-        config: "[server]\nmax_pending_rows = 3\n".into(),
+        config: "[server]\nmax_pending_rows = 3\nmax_rows_per_job = 3\n".into(),
         ..Default::default()
     })
     .await;
