@@ -74,6 +74,7 @@ impl Application {
             circuit: circuit.clone(),
             job_policies: Default::default(),
             reads: Default::default(),
+            chunk_runs: Default::default(),
         };
         let dispatcher = Dispatcher::new(
             store.clone(),
