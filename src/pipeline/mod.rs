@@ -64,6 +64,8 @@ pub struct Deps {
     pub reads: Arc<reads::Reads>,
     /// The chunk runs in progress, so that a target-wide failure stops a job's other chunks.
     pub chunk_runs: Arc<stops::ChunkRuns>,
+    /// Each job's latest user outcomes and `error_ratio` pauses.
+    pub error_ratios: Arc<stops::ErrorRatios>,
 }
 
 impl Deps {

@@ -64,6 +64,7 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
                         match deps.store.fail_job(&claim.job_id, &reason, &events).await {
                             Ok(true) => {
                                 deps.reads.drop_job(&claim.job_id);
+                                deps.error_ratios.forget(&claim.job_id);
                                 tracing::error!(job.id = %claim.job_id, reason = %reason, "job failed");
                                 deps.metrics
                                     .jobs_total
@@ -76,6 +77,29 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
                                 tracing::error!(job.id = %claim.job_id, error = %e, "cannot fail the job")
                             }
                         }
+                    }
+                    Stop::ErrorRatio { failed, sample } => {
+                        // The target answers but refuses most users: the chunk's rows stay
+                        // pending, and the job waits out a cool-down rather than failing them.
+                        pause(&deps, &claim.job_id, "error_ratio").await;
+                        // One pause per opening of the circuit: the job's other chunks stopped
+                        // with it do not count again. (This stage is one task: no race between
+                        // the look-ahead and the count.)
+                        let sync = &deps.settings.sync;
+                        let cool_down = deps.error_ratios.next_cool_down(&claim.job_id, sync);
+                        if deps.circuit.open_for("error_ratio", cool_down) {
+                            let pauses = deps.error_ratios.count_pause(&claim.job_id);
+                            tracing::warn!(
+                                job.id = %claim.job_id,
+                                failed,
+                                sample,
+                                pauses,
+                                max_pauses = sync.error_ratio_max_pauses,
+                                cool_down_secs = cool_down.as_secs(),
+                                "most of the job's latest users were refused by the target: pausing"
+                            );
+                        }
+                        release(&deps, &claim).await;
                     }
                     Stop::CircuitOpen(reason) => {
                         pause(&deps, &claim.job_id, reason).await;

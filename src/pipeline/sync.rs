@@ -6,11 +6,12 @@
 //! re-read and PATCH per ETag conflict. The final role set is computed against what the target
 //! holds at that moment, so a concurrent change by someone else is never overwritten blindly.
 //!
-//! A chunk stops early, and is released uncommitted, on a target-wide failure (`stops`).
+//! A chunk stops early, and is released uncommitted, on a target-wide failure or when most of
+//! the job's latest users were refused by the target (`stops`).
 
 use super::circuit::TargetState;
 use super::reads::{Snapshot, find_user};
-use super::stops::{ChunkRun, Stop};
+use super::stops::{ChunkRun, Stop, is_per_user_target_error};
 use super::{Deps, record_depth};
 use crate::audit::events::{
     ROLE_SYNC_COMPLETED, ROLE_SYNC_FAILED, ROLE_SYNC_REJECTED, rejected_data,
@@ -122,6 +123,8 @@ enum UserResult {
         results: Vec<RowResult>,
         events: Vec<OutboxEvent>,
         changed: Option<bool>,
+        /// The user failed on a per-user target error (counts towards `error_ratio`).
+        target_error: bool,
     },
     TargetWide(ScimError),
     /// Not synced: the chunk was stopped before or during this user (no write was sent).
@@ -144,6 +147,7 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
     let users = group_users(&policy, items);
     let run = Arc::new(ChunkRun::default());
     deps.chunk_runs.register(&job.id, &run);
+    let mut judge = deps.error_ratios.judge(&job.id, &deps.settings.sync);
     let concurrency = deps.settings.target.max_concurrency;
     let snapshot = deps.snapshot_for(&job.id);
     let mut done = ChunkDone::default();
@@ -172,6 +176,7 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
                     results,
                     events,
                     changed,
+                    target_error,
                 } => {
                     match changed {
                         Some(true) => done.deltas.users_changed += 1,
@@ -180,6 +185,12 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
                     }
                     done.results.extend(results);
                     done.events.extend(events);
+                    judge.record(target_error);
+                    if let Some((failed, sample)) = judge.tripped() {
+                        let why = Stop::ErrorRatio { failed, sample };
+                        run.stop(why.clone());
+                        deps.chunk_runs.stop_job(&job.id, &why);
+                    }
                 }
                 UserResult::TargetWide(e) => {
                     // Every other user of the job would fail the same way, one refused call
@@ -200,7 +211,14 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
         // Outcomes reached before the stop are discarded with the chunk: the re-run reads
         // them back as already right, at the cost of one read each.
         Some(why) => Some(ChunkOutcome::Release(claim, done.deltas, why.clone())),
-        None => Some(ChunkOutcome::Done(claim, done)),
+        None => {
+            deps.error_ratios.commit(
+                &job.id,
+                judge.outcomes(),
+                deps.settings.sync.error_ratio_window,
+            );
+            Some(ChunkOutcome::Done(claim, done))
+        }
     }
 }
 
@@ -283,14 +301,23 @@ async fn sync_user(
             results,
             events,
             changed: None,
+            target_error: false,
         }
+    };
+    // A call about this user failed for this user only (`scim_rejected`).
+    let refused = |e: ScimError| -> UserResult {
+        let mut r = fail_rows(Outcome::Failed, ReasonCode::ScimRejected, e.to_string());
+        if let UserResult::Rows { target_error, .. } = &mut r {
+            *target_error = is_per_user_target_error(&e);
+        }
+        r
     };
 
     let found = match find_user(deps, snapshot, &u.external_id, tally).await {
         Ok(found) => found,
         Err(ScimError::Stopped) => return UserResult::Skipped,
         Err(e) if e.is_target_wide() => return UserResult::TargetWide(e),
-        Err(e) => return fail_rows(Outcome::Failed, ReasonCode::ScimRejected, e.to_string()),
+        Err(e) => return refused(e),
     };
     let n = found.len();
     let mut found = found.into_iter();
@@ -354,6 +381,7 @@ async fn sync_user(
                 results,
                 events,
                 changed: None,
+                target_error: false,
             };
         }
         let added: Vec<String> = target.difference(&current).cloned().collect();
@@ -394,6 +422,7 @@ async fn sync_user(
                 results,
                 events: Vec::new(),
                 changed: Some(false),
+                target_error: false,
             };
         }
         if job.dry_run {
@@ -406,6 +435,7 @@ async fn sync_user(
                 results,
                 events: Vec::new(),
                 changed: Some(true),
+                target_error: false,
             };
         }
         if tally.is_stopped() {
@@ -442,7 +472,7 @@ async fn sync_user(
                     }
                     Err(e) if e.is_target_wide() => return UserResult::TargetWide(e),
                     Err(e) => {
-                        return fail_rows(Outcome::Failed, ReasonCode::ScimRejected, e.to_string());
+                        return refused(e);
                     }
                 }
             }
@@ -455,7 +485,7 @@ async fn sync_user(
             }
             Err(ScimError::Stopped) => return UserResult::Skipped,
             Err(e) if e.is_target_wide() => return UserResult::TargetWide(e),
-            Err(e) => return fail_rows(Outcome::Failed, ReasonCode::ScimRejected, e.to_string()),
+            Err(e) => return refused(e),
         }
     }
     fail_rows(
@@ -555,6 +585,7 @@ fn applied(
         results,
         events: event.into_iter().collect(),
         changed: Some(true),
+        target_error: false,
     }
 }
 
