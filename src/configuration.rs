@@ -100,10 +100,51 @@ pub struct SyncSettings {
     /// A directory snapshot older than this is not used; its chunks look users up instead.
     #[serde(default = "default_snapshot_max_age_secs")]
     pub snapshot_max_age_secs: u64,
+    /// `paused_reason = "error_ratio"`: when more than this share of a job's latest users
+    /// failed on a per-user target error (a 4xx other than 401, 403, 404 and version
+    /// conflicts, or an answer that cannot be understood), the chunk is given back uncommitted
+    /// and the job pauses for a cool-down. `1.0` turns the check off (a share cannot exceed 1).
+    #[serde(default = "default_max_error_ratio")]
+    pub max_error_ratio: f64,
+    /// The share is judged over at least this many users: the chunk's own, completed by the
+    /// job's latest committed ones. A job with fewer users never pauses for it.
+    #[serde(default = "default_error_ratio_window")]
+    pub error_ratio_window: usize,
+    /// Cool-down of the first `error_ratio` pause of a job; it doubles at each further one.
+    #[serde(default = "default_error_ratio_cooldown_secs")]
+    pub error_ratio_cooldown_secs: u64,
+    /// Upper bound of the doubling cool-down.
+    #[serde(default = "default_error_ratio_cooldown_max_secs")]
+    pub error_ratio_cooldown_max_secs: u64,
+    /// After this many `error_ratio` pauses of one job, its failures are committed (rows
+    /// `failed`, `scim_rejected`) instead of pausing again, so a job never loops forever.
+    /// 0 never pauses.
+    #[serde(default = "default_error_ratio_max_pauses")]
+    pub error_ratio_max_pauses: u32,
 }
 
 fn default_snapshot_max_age_secs() -> u64 {
     900
+}
+
+fn default_max_error_ratio() -> f64 {
+    0.5
+}
+
+fn default_error_ratio_window() -> usize {
+    20
+}
+
+fn default_error_ratio_cooldown_secs() -> u64 {
+    30
+}
+
+fn default_error_ratio_cooldown_max_secs() -> u64 {
+    600
+}
+
+fn default_error_ratio_max_pauses() -> u32 {
+    3
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -390,6 +431,41 @@ impl Settings {
         if self.sync.max_conflict_retries > 20 {
             return Err(invalid("sync.max_conflict_retries", "must be at most 20"));
         }
+        // Above 0: at 0 a single refused user would pause the job, and SPEC §2 wants a 400 on
+        // one user to fail that user, not the job.
+        let ratio = self.sync.max_error_ratio;
+        if ratio.is_nan() || ratio <= 0.0 || ratio > 1.0 {
+            return Err(invalid(
+                "sync.max_error_ratio",
+                "must be above 0 and at most 1 (1 turns the check off)",
+            ));
+        }
+        if !(1..=10_000).contains(&self.sync.error_ratio_window) {
+            return Err(invalid(
+                "sync.error_ratio_window",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=86_400).contains(&self.sync.error_ratio_cooldown_secs) {
+            return Err(invalid(
+                "sync.error_ratio_cooldown_secs",
+                "must be between 1 and 86400",
+            ));
+        }
+        if self.sync.error_ratio_cooldown_max_secs < self.sync.error_ratio_cooldown_secs
+            || self.sync.error_ratio_cooldown_max_secs > 86_400
+        {
+            return Err(invalid(
+                "sync.error_ratio_cooldown_max_secs",
+                "must be between error_ratio_cooldown_secs and 86400",
+            ));
+        }
+        if self.sync.error_ratio_max_pauses > 100 {
+            return Err(invalid(
+                "sync.error_ratio_max_pauses",
+                "must be at most 100",
+            ));
+        }
         for key in &self.auth.keys {
             let ok =
                 key.key_sha256.len() == 64 && key.key_sha256.chars().all(|c| c.is_ascii_hexdigit());
@@ -536,6 +612,33 @@ mod tests {
             Err(e) => panic!("not a key error: {e}"),
             Ok(_) => panic!("accepted"),
         }
+    }
+
+    #[test]
+    fn error_ratio_settings_have_defaults_and_are_checked() {
+        let s = with_webhooks("").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.sync.max_error_ratio, 0.5);
+        assert_eq!(s.sync.error_ratio_window, 20);
+        assert_eq!(s.sync.error_ratio_cooldown_secs, 30);
+        assert_eq!(s.sync.error_ratio_cooldown_max_secs, 600);
+        assert_eq!(s.sync.error_ratio_max_pauses, 3);
+        assert!(with_webhooks("[sync]\nmax_error_ratio = 1.0\n").is_ok());
+        for bad in ["0.0", "1.5", "-0.1"] {
+            assert_eq!(
+                key_of(with_webhooks(&format!("[sync]\nmax_error_ratio = {bad}\n"))),
+                "sync.max_error_ratio"
+            );
+        }
+        assert_eq!(
+            key_of(with_webhooks("[sync]\nerror_ratio_window = 0\n")),
+            "sync.error_ratio_window"
+        );
+        assert_eq!(
+            key_of(with_webhooks(
+                "[sync]\nerror_ratio_cooldown_secs = 60\nerror_ratio_cooldown_max_secs = 30\n"
+            )),
+            "sync.error_ratio_cooldown_max_secs"
+        );
     }
 
     #[test]

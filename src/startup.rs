@@ -74,6 +74,8 @@ impl Application {
             circuit: circuit.clone(),
             job_policies: Default::default(),
             reads: Default::default(),
+            chunk_runs: Default::default(),
+            error_ratios: Default::default(),
         };
         let dispatcher = Dispatcher::new(
             store.clone(),

@@ -1,7 +1,8 @@
 //! Fault injection on API calls (SCIM and `/api/v2/authorization/*`; never `/oauth/token` nor
 //! `/emulator/*`): latency with jitter, an outage window (503), dropped connections, random 503s
-//! and random 429s, and `forbid` (every call answers 403 `missing.permissions`, as for an OAuth
-//! client that lost its role). Knobs are atomics (read on every request without a lock); the RNG is only
+//! and random 429s, `forbid` (every call answers 403 `missing.permissions`, as for an OAuth
+//! client that lost its role), and `reject_patch` (a share of PATCHes answers 400
+//! `invalidValue`, as when the target refuses the writes themselves while answering reads). Knobs are atomics (read on every request without a lock); the RNG is only
 //! locked when a knob needs a draw, and is seeded by `--seed` for reproducible runs (the draws
 //! follow the order in which requests reach the middleware, so only sequential requests replay
 //! identically).
@@ -38,6 +39,7 @@ pub struct Faults {
     /// Milliseconds since `epoch` at which the outage ends; 0 = none.
     outage_until_ms: AtomicU64,
     rate_limit_per_minute: AtomicU64,
+    reject_patch: AtomicU64,
     forbid: AtomicBool,
     initial: FaultSettings,
     rng: Mutex<StdRng>,
@@ -55,6 +57,9 @@ pub struct FaultSettings {
     pub latency_ms: u64,
     pub latency_jitter_ms: u64,
     pub rate_limit_per_minute: u64,
+    /// Probability that a PATCH answers 400 `invalidValue` (the write is not applied).
+    #[serde(default)]
+    pub reject_patch: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -68,6 +73,8 @@ pub struct FaultUpdate {
     /// Starts an outage of this many seconds now (0 ends a running one).
     pub outage_secs: Option<u64>,
     pub rate_limit_per_minute: Option<u64>,
+    /// Probability that a PATCH answers 400 `invalidValue`.
+    pub reject_patch: Option<f64>,
     /// Every API call answers 403 `missing.permissions` while true.
     pub forbid: Option<bool>,
 }
@@ -103,6 +110,7 @@ impl Faults {
             latency_jitter_ms: AtomicU64::new(0),
             outage_until_ms: AtomicU64::new(0),
             rate_limit_per_minute: AtomicU64::new(0),
+            reject_patch: AtomicU64::new(0),
             forbid: AtomicBool::new(false),
             initial: initial.clone(),
             rng: Mutex::new(rng),
@@ -117,6 +125,7 @@ impl Faults {
         f64_store(&self.fault_5xx, s.fault_5xx.clamp(0.0, 1.0));
         f64_store(&self.fault_429, s.fault_429.clamp(0.0, 1.0));
         f64_store(&self.drop_connection, s.drop_connection.clamp(0.0, 1.0));
+        f64_store(&self.reject_patch, s.reject_patch.clamp(0.0, 1.0));
         self.latency_ms.store(s.latency_ms, Ordering::Relaxed);
         self.latency_jitter_ms
             .store(s.latency_jitter_ms, Ordering::Relaxed);
@@ -136,6 +145,7 @@ impl Faults {
             latency_ms: self.latency_ms.load(Ordering::Relaxed),
             latency_jitter_ms: self.latency_jitter_ms.load(Ordering::Relaxed),
             rate_limit_per_minute: self.rate_limit_per_minute(),
+            reject_patch: f64_load(&self.reject_patch),
         }
     }
 
@@ -163,6 +173,7 @@ impl Faults {
         let p5 = probability("fault_5xx", u.fault_5xx)?;
         let p4 = probability("fault_429", u.fault_429)?;
         let pd = probability("drop_connection", u.drop_connection)?;
+        let pr = probability("reject_patch", u.reject_patch)?;
         if let Some(p) = p5 {
             f64_store(&self.fault_5xx, p);
         }
@@ -171,6 +182,9 @@ impl Faults {
         }
         if let Some(p) = pd {
             f64_store(&self.drop_connection, p);
+        }
+        if let Some(p) = pr {
+            f64_store(&self.reject_patch, p);
         }
         if let Some(v) = u.latency_ms {
             self.latency_ms.store(v.min(600_000), Ordering::Relaxed);
@@ -212,6 +226,7 @@ enum Verdict {
     Drop,
     Fail5xx,
     Fail429,
+    RejectPatch,
 }
 
 /// Applies the faults to an API call that passed authentication and the rate limit, then runs
@@ -222,10 +237,15 @@ pub async fn inject(f: &Faults, req: Request, next: Next) -> Response {
     let p_drop = f64_load(&f.drop_connection);
     let p_5xx = f64_load(&f.fault_5xx);
     let p_429 = f64_load(&f.fault_429);
+    let p_reject = if req.method() == axum::http::Method::PATCH {
+        f64_load(&f.reject_patch)
+    } else {
+        0.0
+    };
 
     let mut delay = latency;
     let mut verdict = Verdict::Pass;
-    if jitter > 0 || p_drop > 0.0 || p_5xx > 0.0 || p_429 > 0.0 {
+    if jitter > 0 || p_drop > 0.0 || p_5xx > 0.0 || p_429 > 0.0 || p_reject > 0.0 {
         let mut rng = lock(&f.rng);
         if jitter > 0 {
             delay += rng.random_range(0..=jitter);
@@ -236,6 +256,8 @@ pub async fn inject(f: &Faults, req: Request, next: Next) -> Response {
             verdict = Verdict::Fail5xx;
         } else if p_429 > 0.0 && rng.random::<f64>() < p_429 {
             verdict = Verdict::Fail429;
+        } else if p_reject > 0.0 && rng.random::<f64>() < p_reject {
+            verdict = Verdict::RejectPatch;
         }
     }
     if delay > 0 {
@@ -257,6 +279,10 @@ pub async fn inject(f: &Faults, req: Request, next: Next) -> Response {
         Verdict::Drop => dropped(),
         Verdict::Fail5xx => ApiError::service_unavailable(None).into_response(),
         Verdict::Fail429 => ApiError::rate_limited(1).into_response(),
+        Verdict::RejectPatch => {
+            ApiError::invalid_value("emulator fault: the PATCH was rejected (reject_patch)")
+                .into_response()
+        }
     }
 }
 

@@ -162,6 +162,7 @@ impl Emulator {
                 latency_ms: args.latency_ms,
                 latency_jitter_ms: args.latency_jitter_ms,
                 rate_limit_per_minute: args.rate_limit_per_minute,
+                reject_patch: 0.0,
             },
             args.seed,
         );

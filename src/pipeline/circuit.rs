@@ -3,12 +3,17 @@
 //! so no calls are burnt and no row is failed because of an outage; the jobs involved show
 //! `paused` with a `paused_reason`. A probe calls the target with growing pauses; when it
 //! answers, the circuit closes and paused jobs resume.
+//!
+//! `error_ratio` is different: the target answers, but refuses most of a job's users. An
+//! answering probe proves nothing then, so that circuit opens for a fixed cool-down and closes
+//! when it ends (if the refusals go on, the next chunk trips it again, for a longer cool-down).
 
 use super::Deps;
 use crate::scim::{CallTally, ScimError};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +24,15 @@ pub enum TargetState {
 
 #[derive(Default)]
 pub struct Circuit {
-    down: Mutex<Option<&'static str>>,
+    down: Mutex<Option<Open>>,
     changed: Notify,
+}
+
+#[derive(Clone, Copy)]
+struct Open {
+    reason: &'static str,
+    /// Closes at this time without a probe (`error_ratio`); `None`: when a probe is answered.
+    until: Option<Instant>,
 }
 
 impl Circuit {
@@ -34,16 +46,43 @@ impl Circuit {
 
     /// The machine-readable reason while open.
     pub fn reason(&self) -> Option<&'static str> {
-        self.down.lock().ok().and_then(|d| *d)
+        self.down.lock().ok().and_then(|d| d.map(|o| o.reason))
     }
 
-    pub fn open(&self, reason: &'static str) {
-        if let Ok(mut d) = self.down.lock()
-            && d.is_none()
-        {
-            tracing::warn!(paused_reason = reason, "target unavailable: pausing work");
-            *d = Some(reason);
-            self.changed.notify_waiters();
+    /// When an open circuit closes by itself (`open_for`), if it does.
+    fn closes_at(&self) -> Option<Instant> {
+        self.down.lock().ok().and_then(|d| d.and_then(|o| o.until))
+    }
+
+    /// Opens until a probe is answered. Returns false if it was open already (the first reason
+    /// stays).
+    pub fn open(&self, reason: &'static str) -> bool {
+        self.open_with(reason, None)
+    }
+
+    /// Opens for `cool_down`, then closes without a probe. Returns false if it was open already.
+    pub fn open_for(&self, reason: &'static str, cool_down: Duration) -> bool {
+        self.open_with(reason, Some(Instant::now() + cool_down))
+    }
+
+    fn open_with(&self, reason: &'static str, until: Option<Instant>) -> bool {
+        match self.down.lock() {
+            Ok(mut d) if d.is_none() => {
+                match until {
+                    Some(t) => tracing::warn!(
+                        paused_reason = reason,
+                        cool_down_secs = t.saturating_duration_since(Instant::now()).as_secs_f64(),
+                        "pausing work for a cool-down"
+                    ),
+                    None => {
+                        tracing::warn!(paused_reason = reason, "target unavailable: pausing work")
+                    }
+                }
+                *d = Some(Open { reason, until });
+                self.changed.notify_waiters();
+                true
+            }
+            _ => false,
         }
     }
 
@@ -70,7 +109,8 @@ pub fn paused_reason(e: &ScimError) -> &'static str {
     }
 }
 
-/// While the circuit is open, probes the target; closes it when the target answers.
+/// While the circuit is open, probes the target; closes it when the target answers, or when
+/// the cool-down of a circuit opened with `open_for` ends.
 pub async fn probe(deps: Deps, stop: CancellationToken) {
     let mut pause = Duration::from_millis(500);
     loop {
@@ -83,24 +123,34 @@ pub async fn probe(deps: Deps, stop: CancellationToken) {
             }
             continue;
         }
+        if let Some(until) = deps.circuit.closes_at() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(until) => {}
+            }
+            resume(&deps).await;
+            continue;
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
         }
         let tally = CallTally::default();
         match deps.scim.count_users(&tally).await {
-            Ok(_) => {
-                deps.circuit.close();
-                match deps.store.resume_paused().await {
-                    Ok(n) => tracing::info!(jobs = n, "paused jobs resumed"),
-                    Err(e) => tracing::warn!(error = %e, "cannot resume paused jobs"),
-                }
-                deps.wake_claimer.notify_waiters();
-            }
+            Ok(_) => resume(&deps).await,
             Err(e) => {
                 tracing::debug!(error = %e, "target still unavailable");
                 pause = (pause * 2).min(Duration::from_secs(30));
             }
         }
     }
+}
+
+async fn resume(deps: &Deps) {
+    deps.circuit.close();
+    match deps.store.resume_paused().await {
+        Ok(n) => tracing::info!(jobs = n, "paused jobs resumed"),
+        Err(e) => tracing::warn!(error = %e, "cannot resume paused jobs"),
+    }
+    deps.wake_claimer.notify_waiters();
 }

@@ -19,6 +19,7 @@ mod plan;
 pub mod reads;
 mod resolve;
 mod results;
+pub mod stops;
 mod sync;
 mod validate;
 
@@ -61,6 +62,10 @@ pub struct Deps {
     /// Directory snapshots of the jobs this process planned, the target's page size and the
     /// last org size (see `reads`).
     pub reads: Arc<reads::Reads>,
+    /// The chunk runs in progress, so that a target-wide failure stops a job's other chunks.
+    pub chunk_runs: Arc<stops::ChunkRuns>,
+    /// Each job's latest user outcomes and `error_ratio` pauses.
+    pub error_ratios: Arc<stops::ErrorRatios>,
 }
 
 impl Deps {

@@ -1,10 +1,11 @@
 //! Stage 5: commits each chunk's outcomes (rows, counters, audit events) in one transaction,
-//! finishes jobs whose last chunk is done, and turns target-wide failures into a paused or
-//! failed job.
+//! finishes jobs whose last chunk is done, and turns a chunk that stopped early into a paused
+//! or failed job.
 
 use super::Deps;
 use super::circuit::paused_reason;
 use super::plan::{finish_if_done, job_finished_data};
+use super::stops::Stop;
 use super::sync::ChunkOutcome;
 use crate::audit::events::JOB_FINISHED;
 use crate::domain::JobStatus;
@@ -40,12 +41,14 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
                     ),
                 }
             }
-            ChunkOutcome::Release(claim, deltas, error) => {
+            ChunkOutcome::Release(claim, deltas, stop) => {
                 if let Err(e) = deps.store.add_job_deltas(&claim.job_id, &deltas).await {
                     tracing::warn!(job.id = %claim.job_id, error = %e, "cannot record calls spent");
                 }
-                match &error {
-                    ScimError::Forbidden { .. } | ScimError::AuthFailed { .. } => {
+                match &stop {
+                    Stop::Target(
+                        error @ (ScimError::Forbidden { .. } | ScimError::AuthFailed { .. }),
+                    ) => {
                         // Every row would fail the same way: fail the job once, with the reason.
                         let reason = format!("auth_failed: {error}");
                         let events = match deps.store.get_job(&claim.job_id).await {
@@ -61,6 +64,7 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
                         match deps.store.fail_job(&claim.job_id, &reason, &events).await {
                             Ok(true) => {
                                 deps.reads.drop_job(&claim.job_id);
+                                deps.error_ratios.forget(&claim.job_id);
                                 tracing::error!(job.id = %claim.job_id, reason = %reason, "job failed");
                                 deps.metrics
                                     .jobs_total
@@ -74,18 +78,59 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
                             }
                         }
                     }
-                    _ => {
-                        let reason = paused_reason(&error);
+                    Stop::ErrorRatio { failed, sample } => {
+                        // The target answers but refuses most users: the chunk's rows stay
+                        // pending, and the job waits out a cool-down rather than failing them.
+                        pause(&deps, &claim.job_id, "error_ratio").await;
+                        // One pause per opening of the circuit: the job's other chunks stopped
+                        // with it do not count again. (This stage is one task: no race between
+                        // the look-ahead and the count.)
+                        let sync = &deps.settings.sync;
+                        let cool_down = deps.error_ratios.next_cool_down(&claim.job_id, sync);
+                        if deps.circuit.open_for("error_ratio", cool_down) {
+                            let pauses = deps.error_ratios.count_pause(&claim.job_id);
+                            tracing::warn!(
+                                job.id = %claim.job_id,
+                                failed,
+                                sample,
+                                pauses,
+                                max_pauses = sync.error_ratio_max_pauses,
+                                cool_down_secs = cool_down.as_secs(),
+                                "most of the job's latest users were refused by the target: pausing"
+                            );
+                        }
+                        release(&deps, &claim).await;
+                    }
+                    Stop::CircuitOpen(reason) => {
+                        pause(&deps, &claim.job_id, reason).await;
+                        // Open again in case the circuit closed since the chunk saw it open:
+                        // the job must not stay paused with nothing to resume it.
                         deps.circuit.open(reason);
-                        if let Err(e) = deps.store.set_paused(&claim.job_id, Some(reason)).await {
-                            tracing::warn!(job.id = %claim.job_id, error = %e, "cannot mark the job paused");
-                        }
-                        if let Err(e) = deps.store.release_chunk(&claim, &deps.owner).await {
-                            tracing::warn!(job.id = %claim.job_id, error = %e, "cannot release the chunk; its lease expires");
-                        }
+                        release(&deps, &claim).await;
+                    }
+                    Stop::Target(error) => {
+                        let reason = paused_reason(error);
+                        // Paused before the circuit opens, so that the resume cannot run
+                        // between the two and miss this job.
+                        pause(&deps, &claim.job_id, reason).await;
+                        deps.circuit.open(reason);
+                        release(&deps, &claim).await;
                     }
                 }
+                deps.chunk_runs.settle(&claim.job_id);
             }
         }
+    }
+}
+
+async fn pause(deps: &Deps, job_id: &str, reason: &str) {
+    if let Err(e) = deps.store.set_paused(job_id, Some(reason)).await {
+        tracing::warn!(job.id = %job_id, error = %e, "cannot mark the job paused");
+    }
+}
+
+async fn release(deps: &Deps, claim: &crate::store::ChunkClaim) {
+    if let Err(e) = deps.store.release_chunk(claim, &deps.owner).await {
+        tracing::warn!(job.id = %claim.job_id, error = %e, "cannot release the chunk; its lease expires");
     }
 }

@@ -5,9 +5,13 @@
 //! this process holds the snapshot (`reads`); plus one PATCH if the roles differ, plus one
 //! re-read and PATCH per ETag conflict. The final role set is computed against what the target
 //! holds at that moment, so a concurrent change by someone else is never overwritten blindly.
+//!
+//! A chunk stops early, and is released uncommitted, on a target-wide failure or when most of
+//! the job's latest users were refused by the target (`stops`).
 
 use super::circuit::TargetState;
 use super::reads::{Snapshot, find_user};
+use super::stops::{ChunkRun, Stop, is_per_user_target_error};
 use super::{Deps, record_depth};
 use crate::audit::events::{
     ROLE_SYNC_COMPLETED, ROLE_SYNC_FAILED, ROLE_SYNC_REJECTED, rejected_data,
@@ -29,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 pub enum ChunkOutcome {
     /// Every row of the chunk has an outcome.
     Done(ChunkClaim, ChunkDone),
-    /// The target is down or refuses us: give the chunk back, keep the calls spent.
-    Release(ChunkClaim, JobDeltas, ScimError),
+    /// The chunk stopped early (`stops`): give it back, keep the calls spent.
+    Release(ChunkClaim, JobDeltas, Stop),
 }
 
 /// Source of the sync stages: leases ready chunks while the circuit is closed.
@@ -119,8 +123,12 @@ enum UserResult {
         results: Vec<RowResult>,
         events: Vec<OutboxEvent>,
         changed: Option<bool>,
+        /// The user failed on a per-user target error (counts towards `error_ratio`).
+        target_error: bool,
     },
     TargetWide(ScimError),
+    /// Not synced: the chunk was stopped before or during this user (no write was sent).
+    Skipped,
 }
 
 async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
@@ -137,50 +145,80 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
     };
     let policy = deps.policy_for(&job.id);
     let users = group_users(&policy, items);
-    let tally = CallTally::default();
+    let run = Arc::new(ChunkRun::default());
+    deps.chunk_runs.register(&job.id, &run);
+    let mut judge = deps.error_ratios.judge(&job.id, &deps.settings.sync);
     let concurrency = deps.settings.target.max_concurrency;
     let snapshot = deps.snapshot_for(&job.id);
-    let outcomes: Vec<UserResult> = futures::stream::iter(users)
-        .map(|u| sync_user(deps, &policy, &job, snapshot.as_deref(), u, &tally))
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let (requests, retries, rate_limited) = tally.snapshot();
-    let mut done = ChunkDone {
-        deltas: JobDeltas {
-            scim_requests: requests,
-            scim_retries: retries,
-            scim_rate_limited: rate_limited,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let mut target_error = None;
-    for o in outcomes {
-        match o {
-            UserResult::Rows {
-                results,
-                events,
-                changed,
-            } => {
-                match changed {
-                    Some(true) => done.deltas.users_changed += 1,
-                    Some(false) => done.deltas.users_unchanged += 1,
-                    None => {}
+    let mut done = ChunkDone::default();
+    {
+        let mut outcomes = futures::stream::iter(users)
+            .map(|u| {
+                let (run, policy, job, snapshot) = (&run, &policy, &job, snapshot.as_deref());
+                async move {
+                    // Checked before the user's first call: once the chunk is stopped no new
+                    // user starts (calls of users already started are dropped by the tally).
+                    if run.stopped().is_some() {
+                        return UserResult::Skipped;
+                    }
+                    if deps.circuit.state() != TargetState::Up {
+                        let reason = deps.circuit.reason().unwrap_or("target_unavailable");
+                        run.stop(Stop::CircuitOpen(reason));
+                        return UserResult::Skipped;
+                    }
+                    sync_user(deps, policy, job, snapshot, u, &run.tally).await
                 }
-                done.results.extend(results);
-                done.events.extend(events);
-            }
-            UserResult::TargetWide(e) => {
-                target_error.get_or_insert(e);
+            })
+            .buffer_unordered(concurrency);
+        while let Some(o) = outcomes.next().await {
+            match o {
+                UserResult::Rows {
+                    results,
+                    events,
+                    changed,
+                    target_error,
+                } => {
+                    match changed {
+                        Some(true) => done.deltas.users_changed += 1,
+                        Some(false) => done.deltas.users_unchanged += 1,
+                        None => {}
+                    }
+                    done.results.extend(results);
+                    done.events.extend(events);
+                    judge.record(target_error);
+                    if let Some((failed, sample)) = judge.tripped() {
+                        let why = Stop::ErrorRatio { failed, sample };
+                        run.stop(why.clone());
+                        deps.chunk_runs.stop_job(&job.id, &why);
+                    }
+                }
+                UserResult::TargetWide(e) => {
+                    // Every other user of the job would fail the same way, one refused call
+                    // each: stop this chunk and the job's other chunks in this process.
+                    let why = Stop::Target(e);
+                    run.stop(why.clone());
+                    deps.chunk_runs.stop_job(&job.id, &why);
+                }
+                UserResult::Skipped => {}
             }
         }
     }
-    match target_error {
-        // Outcomes reached before the failure are discarded with the chunk: the re-run reads
+    let (requests, retries, rate_limited) = run.tally.snapshot();
+    done.deltas.scim_requests = requests;
+    done.deltas.scim_retries = retries;
+    done.deltas.scim_rate_limited = rate_limited;
+    match run.stopped() {
+        // Outcomes reached before the stop are discarded with the chunk: the re-run reads
         // them back as already right, at the cost of one read each.
-        Some(e) => Some(ChunkOutcome::Release(claim, done.deltas, e)),
-        None => Some(ChunkOutcome::Done(claim, done)),
+        Some(why) => Some(ChunkOutcome::Release(claim, done.deltas, why.clone())),
+        None => {
+            deps.error_ratios.commit(
+                &job.id,
+                judge.outcomes(),
+                deps.settings.sync.error_ratio_window,
+            );
+            Some(ChunkOutcome::Done(claim, done))
+        }
     }
 }
 
@@ -264,13 +302,23 @@ async fn sync_user(
             results,
             events,
             changed: None,
+            target_error: false,
         }
+    };
+    // A call about this user failed for this user only (`scim_rejected`).
+    let refused = |e: ScimError| -> UserResult {
+        let mut r = fail_rows(Outcome::Failed, ReasonCode::ScimRejected, e.to_string());
+        if let UserResult::Rows { target_error, .. } = &mut r {
+            *target_error = is_per_user_target_error(&e);
+        }
+        r
     };
 
     let found = match find_user(deps, snapshot, &u.external_id, tally).await {
         Ok(found) => found,
+        Err(ScimError::Stopped) => return UserResult::Skipped,
         Err(e) if e.is_target_wide() => return UserResult::TargetWide(e),
-        Err(e) => return fail_rows(Outcome::Failed, ReasonCode::ScimRejected, e.to_string()),
+        Err(e) => return refused(e),
     };
     let n = found.len();
     let mut found = found.into_iter();
@@ -334,6 +382,7 @@ async fn sync_user(
                 results,
                 events,
                 changed: None,
+                target_error: false,
             };
         }
         let added: Vec<String> = target.difference(&current).cloned().collect();
@@ -374,6 +423,7 @@ async fn sync_user(
                 results,
                 events: Vec::new(),
                 changed: Some(false),
+                target_error: false,
             };
         }
         if job.dry_run {
@@ -386,7 +436,12 @@ async fn sync_user(
                 results,
                 events: Vec::new(),
                 changed: Some(true),
+                target_error: false,
             };
+        }
+        if tally.is_stopped() {
+            // Not even the intent: no write will be sent for this user in this run.
+            return UserResult::Skipped;
         }
         let roles: Vec<String> = target.iter().cloned().collect();
         let lines: Vec<i64> = u.rows.iter().map(|r| r.line).collect();
@@ -408,6 +463,7 @@ async fn sync_user(
                 // Someone changed the user since we read it: read again and recompute.
                 match deps.scim.get_user(&user.id, tally).await {
                     Ok(fresh) => user = fresh,
+                    Err(ScimError::Stopped) => return UserResult::Skipped,
                     Err(ScimError::NotFound) => {
                         return fail_rows(
                             Outcome::NotFound,
@@ -417,7 +473,7 @@ async fn sync_user(
                     }
                     Err(e) if e.is_target_wide() => return UserResult::TargetWide(e),
                     Err(e) => {
-                        return fail_rows(Outcome::Failed, ReasonCode::ScimRejected, e.to_string());
+                        return refused(e);
                     }
                 }
             }
@@ -428,8 +484,9 @@ async fn sync_user(
                     "the user was deleted during the sync".into(),
                 );
             }
+            Err(ScimError::Stopped) => return UserResult::Skipped,
             Err(e) if e.is_target_wide() => return UserResult::TargetWide(e),
-            Err(e) => return fail_rows(Outcome::Failed, ReasonCode::ScimRejected, e.to_string()),
+            Err(e) => return refused(e),
         }
     }
     fail_rows(
@@ -529,6 +586,7 @@ fn applied(
         results,
         events: event.into_iter().collect(),
         changed: Some(true),
+        target_error: false,
     }
 }
 

@@ -12,20 +12,33 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::json;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-/// Calls spent on behalf of one job, added to the job's `scim` counts.
+/// Calls spent on behalf of one job, added to the job's `scim` counts; and the stop signal of
+/// the work they are spent for.
 #[derive(Debug, Default)]
 pub struct CallTally {
     pub requests: AtomicI64,
     pub retries: AtomicI64,
     pub rate_limited: AtomicI64,
+    /// Once set, no further call of this tally is sent: calls already queued (for the in-flight
+    /// permit, the limiter, a retry pause) end with `ScimError::Stopped` instead.
+    stopped: AtomicBool,
 }
 
 impl CallTally {
+    /// Stops every call of this tally that is not yet sent. Calls on the wire finish.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
     pub fn snapshot(&self) -> (i64, i64, i64) {
         (
             self.requests.load(Ordering::Relaxed),
@@ -387,6 +400,7 @@ impl ScimClient {
                     detail,
                 ),
                 SendOutcome::Token(e) => return Err(e),
+                SendOutcome::Stopped => return Err(ScimError::Stopped),
             };
             attempt += 1;
             if attempt >= self.max_attempts || now + delay > deadline {
@@ -402,15 +416,22 @@ impl ScimClient {
     }
 
     async fn send_once(&self, call: &Call<'_>, tally: &CallTally) -> SendOutcome {
-        let token = match self.tokens.token().await {
-            Ok(t) => t,
-            Err(e) => return SendOutcome::Token(e),
-        };
         let _permit = match self.inflight.acquire().await {
             Ok(p) => p,
             Err(_) => return SendOutcome::Transport("client is shutting down".into()),
         };
         self.limiter.acquire().await;
+        // Checked after the waits: a call queued behind others is dropped if its work was
+        // stopped meanwhile (e.g. a 403 answered a sibling call), instead of being refused too.
+        if tally.is_stopped() {
+            return SendOutcome::Stopped;
+        }
+        // The token is taken last, just before sending: taken before the waits above, it could
+        // expire while the call queues (with a short-lived token, every queued call got a 401).
+        let token = match self.tokens.token().await {
+            Ok(t) => t,
+            Err(e) => return SendOutcome::Token(e),
+        };
         let mut req = self
             .http
             .request(call.method.clone(), &call.url)
@@ -487,6 +508,8 @@ enum SendOutcome {
     Answer(Answer),
     Transport(String),
     Token(ScimError),
+    /// Not sent: the tally was stopped.
+    Stopped,
 }
 
 /// What a final non-2xx answer means.

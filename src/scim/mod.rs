@@ -16,7 +16,7 @@ pub use client::{CallTally, ScimClient};
 pub use model::{ScimUser, escape_filter_value};
 
 /// Why a SCIM call failed, after retries. Each variant says what the caller should do.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ScimError {
     /// The ETag is stale (409, 412, or 400 `invalidVers`): re-read and recompute.
     #[error("version conflict")]
@@ -42,6 +42,9 @@ pub enum ScimError {
     /// The answer could not be understood.
     #[error("unexpected answer from the target: {0}")]
     Protocol(String),
+    /// Not sent: the caller's work was stopped (`CallTally::stop`) while the call waited.
+    #[error("not sent: the work was stopped")]
+    Stopped,
 }
 
 impl ScimError {

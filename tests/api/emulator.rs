@@ -1054,6 +1054,48 @@ async fn faults_change_at_run_time_and_an_outage_answers_503() {
 }
 
 #[tokio::test]
+async fn reject_patch_refuses_writes_and_leaves_reads_alone() {
+    let emu = Emu::start(args()).await;
+    let u = emu.create(user_body("reject@example.com", "EMP-X")).await;
+    let id = u["id"].as_str().unwrap();
+    let res = emu
+        .admin(
+            Method::POST,
+            "/emulator/faults",
+            Some(json!({"reject_patch": 1.0})),
+        )
+        .await;
+    let settings: Value = res.json().await.unwrap();
+    assert_eq!(settings["reject_patch"], 1.0);
+    let add_agent = json!([{"op": "add", "path": "roles", "value": [{"value": "Agent"}]}]);
+    let res = emu.patch(id, add_agent.clone(), None).await;
+    assert_eq!(res.status(), 400);
+    let err: Value = res.json().await.unwrap();
+    assert_scim_error(&err, "400", Some("invalidValue"));
+    assert!(err["detail"].as_str().unwrap().contains("reject_patch"));
+    // Reads answer; the user is unchanged.
+    let (user, _) = emu.get_user(id).await;
+    assert_eq!(role_names(&user), names(&["Employee"]));
+    assert_eq!(emu.list(&[]).await.0, 200);
+    emu.admin(
+        Method::POST,
+        "/emulator/faults",
+        Some(json!({"reject_patch": 0.0})),
+    )
+    .await;
+    assert_eq!(emu.patch(id, add_agent, None).await.status(), 200);
+    let res = emu
+        .admin(
+            Method::POST,
+            "/emulator/faults",
+            Some(json!({"reject_patch": 1.5})),
+        )
+        .await;
+    assert_eq!(res.status(), 400, "a probability");
+    emu.stop().await;
+}
+
+#[tokio::test]
 async fn stats_count_requests_by_route_pattern() {
     let emu = Emu::start(args()).await;
     let u = emu.create(user_body("stats@example.com", "EMP-S")).await;

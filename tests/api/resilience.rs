@@ -116,3 +116,99 @@ async fn refused_credentials_fail_the_job_once_with_the_reason() {
         .sum();
     assert_eq!(scim, 0, "{stats}");
 }
+
+/// Settings for the `error_ratio` tests: a chunk is exactly one window, so the first chunk
+/// decides, and the cool-down is short.
+const ERROR_RATIO: &str = "[sync]\nchunk_size = 20\nerror_ratio_window = 20\n\
+    error_ratio_cooldown_secs = 1\nerror_ratio_cooldown_max_secs = 2\n";
+
+#[tokio::test]
+async fn a_target_refusing_most_writes_pauses_the_job_with_error_ratio_until_it_stops() {
+    let app = spawn_app_with(TestOptions {
+        config: ERROR_RATIO.into(),
+        ..Default::default()
+    })
+    .await;
+    let users = seed_n(&app, "E", 60).await;
+    app.set_faults(json!({"reject_patch": 1.0})).await;
+    let job = app
+        .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
+        .await;
+    let id = job["job_id"].as_str().unwrap();
+    let paused = app.wait_for(id, &["paused"]).await;
+    assert_eq!(paused["paused_reason"], "error_ratio", "{paused}");
+    // The chunk that tripped it was given back: its rows are pending, not failed.
+    assert_eq!(paused["counts"]["failed"], 0, "{paused}");
+    assert_eq!(paused["counts"]["pending"], 60, "{paused}");
+    app.set_faults(json!({"reject_patch": 0.0})).await;
+    // Resumed by the cool-down (the target answered all along: a probe proves nothing here).
+    let done = app.wait_finished(id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["applied"], 60, "{done}");
+    assert_eq!(done["counts"]["failed"], 0, "{done}");
+    assert_eq!(done["paused_reason"], serde_json::Value::Null);
+    for u in &users {
+        assert_eq!(
+            app.roles_of(u).await,
+            vec![vec!["Agent", "Employee"]],
+            "{u}"
+        );
+    }
+    let stats = app.emulator_stats().await;
+    let refused: u64 = stats["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["method"] == "PATCH" && r["status"] == 400)
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    // At least the window that tripped it, and no more than one attempt per user: the chunks
+    // running when it tripped stop, no other is claimed while paused.
+    assert!((20..=60).contains(&refused), "{refused} PATCHes refused");
+}
+
+#[tokio::test]
+async fn error_ratio_pauses_are_bounded_then_the_failures_are_committed() {
+    let app = spawn_app_with(TestOptions {
+        config: format!("{ERROR_RATIO}error_ratio_max_pauses = 2\n"),
+        ..Default::default()
+    })
+    .await;
+    let users = seed_n(&app, "B", 40).await;
+    app.set_faults(json!({"reject_patch": 1.0})).await;
+    let job = app
+        .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
+        .await;
+    let id = job["job_id"].as_str().unwrap();
+    let paused = app.wait_for(id, &["paused"]).await;
+    assert_eq!(paused["paused_reason"], "error_ratio", "{paused}");
+    // Two pauses (1 s, then 2 s), then the third run commits what the target said.
+    let done = app.wait_finished(id).await;
+    assert_eq!(done["status"], "completed_with_errors", "{done}");
+    assert_eq!(done["counts"]["failed"], 40, "{done}");
+    let items = app.items(id).await;
+    for item in &items {
+        assert_eq!(item["reason"]["code"], "scim_rejected", "{item}");
+        let message = item["reason"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("reject_patch"),
+            "the target's detail: {message}"
+        );
+    }
+    let stats = app.emulator_stats().await;
+    let refused: u64 = stats["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["method"] == "PATCH" && r["status"] == 400)
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    // Three runs of the job at most: two that paused, the one that committed.
+    assert!(
+        (40..=3 * 40).contains(&refused),
+        "{refused} PATCHes refused"
+    );
+    for u in users.iter().take(3) {
+        assert_eq!(app.roles_of(u).await, vec![vec!["Employee"]]);
+    }
+}

@@ -1,0 +1,399 @@
+//! Why a chunk run stops before its last user, and how the other chunks of its job learn it.
+//!
+//! A chunk runs its users `target.max_concurrency` at a time. It stops starting users, and
+//! drops the calls of its users that are still queued (`CallTally::stop`), when:
+//! - a call fails for the whole target (403, refused credentials, target down, 429s for too
+//!   long): every other user of the job would fail the same way, one refused call each;
+//! - the circuit opened while it ran (another chunk found the target down);
+//! - too many of the job's latest users failed on per-user target errors (`error_ratio`).
+//!
+//! A stopped chunk is released uncommitted (`ChunkOutcome::Release`): the users it did not start
+//! are simply not part of any outcome, and the re-run reads the users it did write as already
+//! right. Chunks of the same job running in this process are stopped together (`ChunkRuns`).
+
+use crate::configuration::SyncSettings;
+use crate::scim::{CallTally, ScimError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Why a chunk run stopped early.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    /// A call failed for the whole target.
+    Target(ScimError),
+    /// The circuit was open (with this reason) when a user was about to start.
+    CircuitOpen(&'static str),
+    /// `failed` of the job's latest `sample` users failed on per-user target errors.
+    ErrorRatio { failed: usize, sample: usize },
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Target(e) => write!(f, "{e}"),
+            Stop::CircuitOpen(reason) => write!(f, "the circuit is open ({reason})"),
+            Stop::ErrorRatio { failed, sample } => write!(
+                f,
+                "{failed} of the job's latest {sample} users were refused by the target"
+            ),
+        }
+    }
+}
+
+/// One run of one chunk: the calls it spends, and why it stopped, if it did.
+#[derive(Default)]
+pub struct ChunkRun {
+    pub tally: CallTally,
+    why: OnceLock<Stop>,
+}
+
+impl ChunkRun {
+    /// Stops the run: no new user starts, queued calls are not sent. The first reason stays.
+    pub fn stop(&self, why: Stop) {
+        let _ = self.why.set(why);
+        self.tally.stop();
+    }
+
+    pub fn stopped(&self) -> Option<&Stop> {
+        self.why.get()
+    }
+}
+
+/// The chunk runs in progress in this process, by job, and the jobs stopped whose stop the
+/// results stage has not handled yet. A poisoned lock is recovered: each update leaves the
+/// maps consistent, and a stop must never be lost (a stopped chunk must not be committed).
+#[derive(Default)]
+pub struct ChunkRuns {
+    inner: Mutex<RunsInner>,
+}
+
+#[derive(Default)]
+struct RunsInner {
+    runs: HashMap<String, Vec<Weak<ChunkRun>>>,
+    /// A chunk of the job claimed before its stop is handled (job failed or paused, circuit
+    /// open) starts stopped, instead of spending calls that would fail the same way.
+    stopped: HashMap<String, Stop>,
+}
+
+impl ChunkRuns {
+    /// Registers a run until it is dropped. A run of a job stopped and not yet settled starts
+    /// stopped.
+    pub fn register(&self, job_id: &str, run: &Arc<ChunkRun>) {
+        let mut m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        // Runs end by being dropped: forget them here, so the map holds live runs only.
+        m.runs.retain(|_, runs| {
+            runs.retain(|r| r.strong_count() > 0);
+            !runs.is_empty()
+        });
+        if let Some(why) = m.stopped.get(job_id) {
+            run.stop(why.clone());
+        }
+        m.runs
+            .entry(job_id.to_owned())
+            .or_default()
+            .push(Arc::downgrade(run));
+    }
+
+    /// Stops every run of the job in this process, and the runs that start until `settle`.
+    pub fn stop_job(&self, job_id: &str, why: &Stop) {
+        let runs: Vec<Arc<ChunkRun>> = {
+            let mut m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            m.stopped
+                .entry(job_id.to_owned())
+                .or_insert_with(|| why.clone());
+            m.runs
+                .get(job_id)
+                .into_iter()
+                .flatten()
+                .filter_map(Weak::upgrade)
+                .collect()
+        };
+        for r in runs {
+            r.stop(why.clone());
+        }
+    }
+
+    /// The results stage handled a stop of the job (failed it, or paused it and opened the
+    /// circuit): chunks claimed from now on are judged afresh (a failed job has no pending
+    /// row left; a paused one is not claimed until it resumes).
+    pub fn settle(&self, job_id: &str) {
+        let mut m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        m.stopped.remove(job_id);
+    }
+}
+
+/// Is this a per-user failure that the target, not the data, caused? `Rejected` (a 4xx other
+/// than 401, 403, 404 and the version conflicts, which have their own variants) and `Protocol`.
+pub fn is_per_user_target_error(e: &ScimError) -> bool {
+    matches!(e, ScimError::Rejected { .. } | ScimError::Protocol(_))
+}
+
+/// How many entries (jobs) `ErrorRatios` keeps at most, and for how long an idle one.
+const MAX_JOBS: usize = 1000;
+const IDLE: Duration = Duration::from_secs(24 * 3600);
+
+/// The latest user outcomes of each job (failed on a per-user target error or not), and how
+/// many `error_ratio` pauses each job had. In memory: after a restart a job starts a fresh
+/// window and a fresh pause count (still bounded per process lifetime).
+#[derive(Default)]
+pub struct ErrorRatios {
+    jobs: Mutex<HashMap<String, JobWindow>>,
+}
+
+struct JobWindow {
+    /// Outcomes of the job's latest committed users, oldest first; true: failed.
+    recent: VecDeque<bool>,
+    pauses: u32,
+    touched: Instant,
+}
+
+impl JobWindow {
+    fn new() -> JobWindow {
+        JobWindow {
+            recent: VecDeque::new(),
+            pauses: 0,
+            touched: Instant::now(),
+        }
+    }
+}
+
+impl ErrorRatios {
+    /// A judge for one chunk run of the job, with the job's latest committed outcomes.
+    pub fn judge(&self, job_id: &str, s: &SyncSettings) -> Judge {
+        let (history, pauses) = match self.jobs.lock() {
+            Ok(m) => m.get(job_id).map_or((Vec::new(), 0), |w| {
+                (w.recent.iter().copied().collect(), w.pauses)
+            }),
+            Err(_) => (Vec::new(), 0),
+        };
+        Judge {
+            max_ratio: s.max_error_ratio,
+            window: s.error_ratio_window.max(1),
+            // A ratio cannot exceed 1: at 1.0 the check is off. After the allowed pauses the
+            // failures are committed instead, so a job cannot pause forever.
+            enabled: s.max_error_ratio < 1.0 && pauses < s.error_ratio_max_pauses,
+            history,
+            own: Vec::new(),
+        }
+    }
+
+    /// Adds the outcomes of a committed chunk to the job's window.
+    pub fn commit(&self, job_id: &str, outcomes: &[bool], window: usize) {
+        if outcomes.is_empty() {
+            return;
+        }
+        self.with_job(job_id, |w| {
+            w.recent.extend(outcomes.iter().copied());
+            while w.recent.len() > window {
+                w.recent.pop_front();
+            }
+        });
+    }
+
+    /// The cool-down of the job's next `error_ratio` pause: the base, doubled at each further
+    /// pause of the job, up to the max.
+    pub fn next_cool_down(&self, job_id: &str, s: &SyncSettings) -> Duration {
+        let pauses = match self.jobs.lock() {
+            Ok(m) => m.get(job_id).map_or(0, |w| w.pauses),
+            Err(_) => 0,
+        };
+        cool_down(pauses.saturating_add(1), s)
+    }
+
+    /// Counts an `error_ratio` pause of the job; returns how many it had.
+    pub fn count_pause(&self, job_id: &str) -> u32 {
+        let mut pauses = 1;
+        self.with_job(job_id, |w| {
+            w.pauses = w.pauses.saturating_add(1);
+            pauses = w.pauses;
+        });
+        pauses
+    }
+
+    /// Forgets a job that ended.
+    pub fn forget(&self, job_id: &str) {
+        if let Ok(mut m) = self.jobs.lock() {
+            m.remove(job_id);
+        }
+    }
+
+    fn with_job(&self, job_id: &str, f: impl FnOnce(&mut JobWindow)) {
+        let Ok(mut m) = self.jobs.lock() else {
+            return;
+        };
+        if !m.contains_key(job_id) {
+            // Finished jobs are not told here (the planner finishes them): idle entries go.
+            m.retain(|_, w| w.touched.elapsed() < IDLE);
+            if m.len() >= MAX_JOBS
+                && let Some(oldest) = m
+                    .iter()
+                    .min_by_key(|(_, w)| w.touched)
+                    .map(|(k, _)| k.clone())
+            {
+                m.remove(&oldest);
+            }
+        }
+        let w = m.entry(job_id.to_owned()).or_insert_with(JobWindow::new);
+        w.touched = Instant::now();
+        f(w);
+    }
+}
+
+/// `error_ratio_cooldown_secs × 2^(pauses − 1)`, at most `error_ratio_cooldown_max_secs`.
+pub fn cool_down(pauses: u32, s: &SyncSettings) -> Duration {
+    let base = s.error_ratio_cooldown_secs.max(1);
+    let factor = 1u64 << pauses.saturating_sub(1).min(20);
+    Duration::from_secs(
+        base.saturating_mul(factor)
+            .min(s.error_ratio_cooldown_max_secs.max(base)),
+    )
+}
+
+/// Judges one chunk run: its users' outcomes as they complete, completed by the job's latest
+/// committed ones up to the window.
+pub struct Judge {
+    max_ratio: f64,
+    window: usize,
+    enabled: bool,
+    /// The job's latest committed outcomes, oldest first.
+    history: Vec<bool>,
+    /// This run's outcomes so far.
+    own: Vec<bool>,
+}
+
+impl Judge {
+    pub fn record(&mut self, failed: bool) {
+        self.own.push(failed);
+    }
+
+    /// This run's outcomes, for `ErrorRatios::commit` once the chunk is committed.
+    pub fn outcomes(&self) -> &[bool] {
+        &self.own
+    }
+
+    /// `Some((failed, sample))` when the latest `sample ≥ window` users (this run's, then the
+    /// job's latest committed ones) hold more than `max_ratio` failures.
+    pub fn tripped(&self) -> Option<(usize, usize)> {
+        if !self.enabled {
+            return None;
+        }
+        let own = self.own.len();
+        let from_history = self.window.saturating_sub(own).min(self.history.len());
+        let sample = own + from_history;
+        if sample < self.window {
+            return None;
+        }
+        let failed = self.own.iter().filter(|f| **f).count()
+            + self.history[self.history.len() - from_history..]
+                .iter()
+                .filter(|f| **f)
+                .count();
+        (failed as f64 > self.max_ratio * sample as f64).then_some((failed, sample))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(toml: &str) -> SyncSettings {
+        match crate::configuration::Settings::from_toml_overrides(toml) {
+            Ok(s) => s.sync,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn trips_only_above_the_ratio_and_with_a_full_window() {
+        let s = settings("[sync]\nerror_ratio_window = 4\nmax_error_ratio = 0.5\n");
+        let ratios = ErrorRatios::default();
+        let mut j = ratios.judge("a", &s);
+        for failed in [true, true, true] {
+            j.record(failed);
+        }
+        assert_eq!(j.tripped(), None, "3 users: the window is not full");
+        j.record(false);
+        assert_eq!(j.tripped(), Some((3, 4)));
+
+        let mut j = ratios.judge("b", &s);
+        for failed in [true, true, false, false] {
+            j.record(failed);
+        }
+        assert_eq!(j.tripped(), None, "exactly half is not more than half");
+    }
+
+    #[test]
+    fn a_small_chunk_is_judged_with_the_jobs_latest_users() {
+        let s = settings("[sync]\nerror_ratio_window = 4\n");
+        let ratios = ErrorRatios::default();
+        ratios.commit("a", &[false, false, true, true], 4);
+        let mut j = ratios.judge("a", &s);
+        j.record(true);
+        // This run's failure plus the latest three committed: 3 of 4.
+        assert_eq!(j.tripped(), Some((3, 4)));
+        let mut other = ratios.judge("b", &s);
+        other.record(true);
+        assert_eq!(other.tripped(), None, "windows are per job");
+    }
+
+    #[test]
+    fn pauses_are_bounded_and_their_cool_down_doubles() {
+        let s = settings(
+            "[sync]\nerror_ratio_window = 1\nerror_ratio_cooldown_secs = 10\n\
+             error_ratio_cooldown_max_secs = 25\nerror_ratio_max_pauses = 2\n",
+        );
+        let ratios = ErrorRatios::default();
+        assert_eq!(ratios.next_cool_down("a", &s), Duration::from_secs(10));
+        assert_eq!(ratios.count_pause("a"), 1);
+        let mut j = ratios.judge("a", &s);
+        j.record(true);
+        assert!(j.tripped().is_some(), "one pause of two allowed");
+        assert_eq!(ratios.next_cool_down("a", &s), Duration::from_secs(20));
+        assert_eq!(ratios.count_pause("a"), 2);
+        let mut j = ratios.judge("a", &s);
+        j.record(true);
+        assert_eq!(j.tripped(), None, "the failures are committed now");
+        assert_eq!(
+            ratios.next_cool_down("a", &s),
+            Duration::from_secs(25),
+            "capped"
+        );
+        assert_eq!(ratios.next_cool_down("b", &s), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_ratio_of_one_turns_the_check_off() {
+        let s = settings("[sync]\nerror_ratio_window = 1\nmax_error_ratio = 1.0\n");
+        let mut j = ErrorRatios::default().judge("a", &s);
+        j.record(true);
+        assert_eq!(j.tripped(), None);
+    }
+
+    #[test]
+    fn stopping_a_job_stops_its_runs_only() {
+        let runs = ChunkRuns::default();
+        let a1 = Arc::new(ChunkRun::default());
+        let a2 = Arc::new(ChunkRun::default());
+        let b = Arc::new(ChunkRun::default());
+        runs.register("a", &a1);
+        runs.register("a", &a2);
+        runs.register("b", &b);
+        runs.stop_job("a", &Stop::Target(ScimError::RateLimited));
+        assert!(a1.stopped().is_some() && a1.tally.is_stopped());
+        assert!(a2.stopped().is_some());
+        assert!(b.stopped().is_none() && !b.tally.is_stopped());
+        // The first reason stays.
+        a1.stop(Stop::CircuitOpen("target_unavailable"));
+        assert!(matches!(a1.stopped(), Some(Stop::Target(_))));
+        // A run that starts before the stop is settled starts stopped; after, it does not.
+        let a3 = Arc::new(ChunkRun::default());
+        runs.register("a", &a3);
+        assert!(matches!(a3.stopped(), Some(Stop::Target(_))));
+        runs.settle("a");
+        let a4 = Arc::new(ChunkRun::default());
+        runs.register("a", &a4);
+        assert!(a4.stopped().is_none());
+    }
+}
