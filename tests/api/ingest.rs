@@ -40,7 +40,29 @@ async fn problem(resp: reqwest::Response, status: u16, detail_contains: &str) ->
 
 async fn jobs_stored(app: &TestApp) -> usize {
     let list: Value = app.get("/v1/jobs", READER_KEY).await.json().await.unwrap();
-    list["jobs"].as_array().unwrap().len()
+    let jobs = list["jobs"].as_array().unwrap().len();
+    // Not only no job: no row either (a refused body's rows are rolled back with it).
+    let items: i64 = if app.store_url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&app.store_url).await.unwrap();
+        let n = sqlx::query_scalar("SELECT COUNT(*) FROM items")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        n
+    } else {
+        let pool = sqlx::PgPool::connect(&app.store_url).await.unwrap();
+        let n = sqlx::query_scalar("SELECT COUNT(*) FROM items")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        n
+    };
+    if jobs == 0 {
+        assert_eq!(items, 0, "rows of a refused body were left in the store");
+    }
+    jobs
 }
 
 #[tokio::test]
