@@ -416,6 +416,12 @@ impl ScimClient {
     }
 
     async fn send_once(&self, call: &Call<'_>, tally: &CallTally) -> SendOutcome {
+        // Have a token cached before queueing (a no-op when one is), so that fetching one (the
+        // first call, an expiry, after a 401) is not paid between the limiter slot and the send,
+        // where it would bunch calls up at the target. The token sent is taken after the waits.
+        if let Err(e) = self.tokens.token().await {
+            return SendOutcome::Token(e);
+        }
         let _permit = match self.inflight.acquire().await {
             Ok(p) => p,
             Err(_) => return SendOutcome::Transport("client is shutting down".into()),
