@@ -1389,3 +1389,100 @@ mod outbox_tests {
         assert!(left.iter().all(|r| r.status == "pending"));
     }
 }
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use crate::domain::Mode;
+
+    fn ok<T>(r: StoreResult<T>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn row(line: u64, user: &str) -> Assignment {
+        Assignment {
+            line,
+            external_id: user.into(),
+            role_template: "Agent".into(),
+            license_tier: "Standard Agent".into(),
+            defect: None,
+        }
+    }
+
+    fn plan() -> JobPlan {
+        JobPlan {
+            status: JobStatus::Running,
+            users_total: 3,
+            estimate: None,
+            approval: None,
+            events: Vec::new(),
+            deltas: JobDeltas::default(),
+        }
+    }
+
+    /// A planner that dies halfway leaves chunks no one can claim; the next planner's first
+    /// page clears them, and only its own plan becomes claimable.
+    #[tokio::test]
+    async fn an_abandoned_planning_leaves_nothing_claimable_and_is_cleared() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = ok(Store::connect(&url, 2).await);
+        let job = NewJob {
+            id: "job-1".into(),
+            mode: Mode::Merge,
+            dry_run: false,
+            request_id: None,
+            policy_fingerprint: None,
+            idempotency: None,
+            events: Vec::new(),
+        };
+        let rows = [row(2, "A"), row(3, "A"), row(4, "B"), row(5, "C")];
+        ok(store.create_job(&job, &rows).await);
+
+        // Pages: users never split, and the flag says more may follow.
+        let (page, more) = ok(store.pending_rows_page("job-1", None, 3).await);
+        assert_eq!(page.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(more);
+        let (page, more) = ok(store.pending_rows_page("job-1", Some("A"), 3).await);
+        assert_eq!(page.iter().map(|r| r.line).collect::<Vec<_>>(), vec![4, 5]);
+        assert!(!more);
+        // A page too small for one user grows until the user is whole.
+        let (page, _) = ok(store.pending_rows_page("job-1", None, 1).await);
+        assert!(page.iter().filter(|r| r.external_id == "A").count() == 2);
+
+        // Planner `a` writes a first page of three chunks, then stops answering.
+        assert!(ok(store.claim_job_to_plan("a", 1).await).is_some());
+        let first = PlanPage {
+            first: true,
+            chunks: vec![(0, vec![2, 3]), (1, vec![4]), (2, vec![5])],
+            ..Default::default()
+        };
+        assert!(ok(store.save_plan_page("job-1", "a", 1, &first).await));
+        assert!(
+            ok(store.claim_chunk("w", 60_000).await).is_none(),
+            "a plan in progress is not claimable"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        // Planner `b` takes the job over; `a` can no longer write.
+        assert!(ok(store.claim_job_to_plan("b", 60_000).await).is_some());
+        assert!(!ok(store
+            .save_plan_page("job-1", "a", 60_000, &first)
+            .await));
+        assert!(!ok(store.finish_plan("job-1", "a", &plan()).await));
+        let only = PlanPage {
+            first: true,
+            chunks: vec![(0, vec![2, 3, 4, 5])],
+            ..Default::default()
+        };
+        assert!(ok(store.save_plan_page("job-1", "b", 60_000, &only).await));
+        assert!(ok(store.finish_plan("job-1", "b", &plan()).await));
+        let claimed = ok(store.claim_chunk("w", 60_000).await);
+        assert_eq!(claimed.map(|c| c.chunk_no), Some(0));
+        assert!(
+            ok(store.claim_chunk("w", 60_000).await).is_none(),
+            "the abandoned plan's chunks were cleared"
+        );
+        assert_eq!(ok(store.chunk_items("job-1", 0).await).len(), 4);
+    }
+}
