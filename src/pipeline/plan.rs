@@ -8,9 +8,8 @@
 
 use super::Deps;
 use super::reads::{ReadPlan, find_user, plan_reads};
-use super::resolve::Resolved;
 use super::sync::{final_roles, group_users};
-use super::validate::Page;
+use super::validate::{Page, Validated};
 use crate::audit::events::{JOB_FINISHED, ROLE_SYNC_REJECTED, rejected_data};
 use crate::domain::{JobStatus, Mode, Outcome};
 use crate::policy::Policy;
@@ -35,7 +34,7 @@ struct Planning {
     rejected: u64,
 }
 
-pub async fn run(deps: Deps, mut rx: mpsc::Receiver<Resolved>) {
+pub async fn run(deps: Deps, mut rx: mpsc::Receiver<Validated>) {
     let mut current: Option<Planning> = None;
     // A job whose planning was abandoned: its remaining pages are skipped.
     let mut abandoned: Option<String> = None;
@@ -91,7 +90,7 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<Resolved>) {
 }
 
 /// The rejected rows of a page with their events, and the chunk of each of its users.
-fn plan_page(deps: &Deps, state: &mut Planning, r: &Resolved) -> PlanPage {
+fn plan_page(deps: &Deps, state: &mut Planning, r: &Validated) -> PlanPage {
     let chunk_size = deps.settings.sync.chunk_size.max(1);
     let mut chunks: Vec<(i64, Vec<i64>)> = Vec::new();
     for u in &r.users {
@@ -101,12 +100,12 @@ fn plan_page(deps: &Deps, state: &mut Planning, r: &Resolved) -> PlanPage {
         }
         let chunk_no = state.chunks - 1;
         match chunks.last_mut() {
-            Some((n, lines)) if *n == chunk_no => lines.extend(u.rows.lines.iter().copied()),
-            _ => chunks.push((chunk_no, u.rows.lines.clone())),
+            Some((n, lines)) if *n == chunk_no => lines.extend(u.lines.iter().copied()),
+            _ => chunks.push((chunk_no, u.lines.clone())),
         }
         state.in_last_chunk += 1;
         state.users += 1;
-        state.wanted.insert(u.rows.external_id.clone());
+        state.wanted.insert(u.external_id.clone());
     }
     state.rejected += r.rejected.len() as u64;
     let events: Vec<OutboxEvent> = r
