@@ -224,7 +224,6 @@ fn build_plan(deps: &Deps, state: &Planning, reads: &ReadPlan) -> JobPlan {
         users_total: users,
         estimate: Some(estimate.to_string()),
         approval: None,
-        events: Vec::new(),
         deltas: JobDeltas {
             scim_requests: spent,
             scim_retries: retries,

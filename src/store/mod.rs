@@ -540,7 +540,6 @@ impl Store {
                 .bind(job_id)
                 .execute(&mut *tx)
                 .await?;
-            insert_events!(tx, &plan.events);
             add_counts!(
                 tx,
                 job_id,
@@ -1415,7 +1414,6 @@ mod plan_tests {
             users_total: 3,
             estimate: None,
             approval: None,
-            events: Vec::new(),
             deltas: JobDeltas::default(),
         }
     }

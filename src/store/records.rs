@@ -281,7 +281,6 @@ pub struct JobPlan {
     pub users_total: i64,
     pub estimate: Option<String>,
     pub approval: Option<String>,
-    pub events: Vec<OutboxEvent>,
     /// Calls the planner spent (org size, approval pre-flight reads).
     pub deltas: JobDeltas,
 }
