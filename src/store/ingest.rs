@@ -8,7 +8,8 @@
 //! slow client.
 
 use super::{
-    Backend, CreateJob, INSERT_BATCH, NewJob, OutboxEvent, Store, StoreResult, begin_write, now_ms,
+    Backend, CreateJob, INSERT_BATCH, NewJob, OutboxEvent, QUEUED_ROWS_SQL, Store, StoreResult,
+    begin_write, now_ms,
 };
 use crate::domain::{Assignment, ReasonCode};
 use sqlx::{QueryBuilder, Row};
@@ -179,13 +180,10 @@ impl Ingest {
         }
         if let Some(max) = max_pending {
             let queued: i64 = in_tx!(&mut self.tx, |tx, DB| {
-                sqlx::query(
-                    "SELECT CAST(COALESCE(SUM(c_pending), 0) AS BIGINT) FROM jobs \
-                     WHERE status IN ('queued', 'running', 'paused', 'awaiting_approval')",
-                )
-                .fetch_one(&mut **tx)
-                .await?
-                .try_get(0)?
+                sqlx::query(QUEUED_ROWS_SQL)
+                    .fetch_one(&mut **tx)
+                    .await?
+                    .try_get(0)?
             });
             if queued + (total - defective) > max {
                 self.rollback().await?;

@@ -67,6 +67,10 @@ macro_rules! dual {
     };
 }
 
+/// Rows waiting to be synced across unfinished jobs (the backpressure bound).
+const QUEUED_ROWS_SQL: &str = "SELECT CAST(COALESCE(SUM(c_pending), 0) AS BIGINT) FROM jobs \
+     WHERE status IN ('queued', 'running', 'paused', 'awaiting_approval')";
+
 /// Rows per multi-row INSERT: 8 binds a row stays far below both backends' parameter limits.
 const INSERT_BATCH: usize = 1000;
 
@@ -313,12 +317,7 @@ impl Store {
     /// Rows waiting across unfinished jobs: the backpressure signal for ingest.
     pub async fn pending_rows(&self) -> StoreResult<i64> {
         dual!(self, |p, DB| {
-            let row = sqlx::query(
-                "SELECT CAST(COALESCE(SUM(c_pending), 0) AS BIGINT) FROM jobs \
-                 WHERE status IN ('queued', 'running', 'paused', 'awaiting_approval')",
-            )
-            .fetch_one(p)
-            .await?;
+            let row = sqlx::query(QUEUED_ROWS_SQL).fetch_one(p).await?;
             Ok(row.try_get::<i64, _>(0)?)
         })
     }
