@@ -27,11 +27,10 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// Streams `body` into a temporary file. `prefix` is hashed before the body (what else makes
 /// two submissions the same: content type, query options).
 pub async fn spool(body: Body, max_bytes: u64, prefix: &[u8]) -> Result<Spooled, ApiError> {
-    let file = tokio::task::spawn_blocking(tempfile::tempfile)
+    let mut file = tokio::task::spawn_blocking(tempfile::tempfile)
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("spool task: {e}")))?
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot create a spool file: {e}")))?;
-    let mut file = Some(file);
     let mut hasher = Sha256::new();
     hasher.update(prefix);
     let mut utf8 = Utf8Check::default();
@@ -51,11 +50,11 @@ pub async fn spool(body: Body, max_bytes: u64, prefix: &[u8]) -> Result<Spooled,
         pending.extend_from_slice(&frame);
         if pending.len() >= WRITE_BUFFER {
             let chunk = std::mem::replace(&mut pending, Vec::with_capacity(WRITE_BUFFER));
-            file = Some(write_chunk(file.take(), chunk).await?);
+            file = write_chunk(file, chunk).await?;
         }
     }
     utf8.finish()?;
-    let mut f = write_chunk(file.take(), pending).await?;
+    let mut f = write_chunk(file, pending).await?;
     let rewound = tokio::task::spawn_blocking(move || {
         f.flush()?;
         f.seek(SeekFrom::Start(0))?;
@@ -71,13 +70,7 @@ pub async fn spool(body: Body, max_bytes: u64, prefix: &[u8]) -> Result<Spooled,
     })
 }
 
-async fn write_chunk(
-    file: Option<std::fs::File>,
-    chunk: Vec<u8>,
-) -> Result<std::fs::File, ApiError> {
-    let Some(mut f) = file else {
-        return Err(ApiError::Internal(anyhow::anyhow!("spool file lost")));
-    };
+async fn write_chunk(mut f: std::fs::File, chunk: Vec<u8>) -> Result<std::fs::File, ApiError> {
     tokio::task::spawn_blocking(move || f.write_all(&chunk).map(|_| f))
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("spool task: {e}")))?
