@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use std::io::Write as _;
 
-use rolesync::emulator::{self, EmulatorArgs};
+use genesys_cloud_emulator::{self as emulator, EmulatorArgs};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -28,8 +28,8 @@
 //! target (if any is named).
 
 use anyhow::{Context, bail, ensure};
+use genesys_cloud_emulator::{self as emulator, EmulatorArgs};
 use rolesync::configuration::Settings;
-use rolesync::emulator::{self, EmulatorArgs};
 use rolesync::policy::Policy;
 use rolesync::startup::Application;
 use serde_json::{Value, json};

@@ -217,7 +217,7 @@ async fn metrics_count_jobs_and_scim_calls() {
 #[tokio::test]
 async fn cancel_stops_a_job_and_its_pending_rows() {
     let app = spawn_app_with(TestOptions {
-        emulator: rolesync::emulator::EmulatorArgs {
+        emulator: genesys_cloud_emulator::EmulatorArgs {
             rate_limit_per_minute: 0,
             latency_ms: 200,
             ..Default::default()
@@ -310,7 +310,7 @@ async fn an_expired_idempotency_key_starts_a_new_job() {
 #[tokio::test]
 async fn too_many_pending_rows_get_503_with_retry_after() {
     let app = spawn_app_with(TestOptions {
-        emulator: rolesync::emulator::EmulatorArgs {
+        emulator: genesys_cloud_emulator::EmulatorArgs {
             rate_limit_per_minute: 0,
             latency_ms: 300,
             ..Default::default()

@@ -4,7 +4,7 @@
 use crate::helpers::*;
 use crate::process::*;
 use axum::http::HeaderMap;
-use rolesync::emulator::EmulatorArgs;
+use genesys_cloud_emulator::EmulatorArgs;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

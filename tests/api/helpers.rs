@@ -1,8 +1,8 @@
 //! `spawn_app()`: a real rolesync on 127.0.0.1:0 against a real emulator, on a fresh SQLite
 //! file, or on a fresh PostgreSQL database when `TEST_DATABASE_URL` is set.
 
+use genesys_cloud_emulator::{self as emulator, EmulatorArgs, EmulatorHandle};
 use rolesync::configuration::Settings;
-use rolesync::emulator::{self, EmulatorArgs, EmulatorHandle};
 use rolesync::http::auth::key_digest_hex;
 use rolesync::policy::Policy;
 use rolesync::startup::Application;

@@ -3,7 +3,7 @@
 use crate::helpers::*;
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use rolesync::emulator::EmulatorArgs;
+use genesys_cloud_emulator::EmulatorArgs;
 use serde_json::Value;
 use std::io::Write;
 

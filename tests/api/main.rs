@@ -4,9 +4,9 @@
 
 mod api;
 mod durability;
-mod emulator;
 mod helpers;
 mod ingest;
+mod layout;
 mod policy;
 mod process;
 mod reads;

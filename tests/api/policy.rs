@@ -365,3 +365,32 @@ async fn the_role_catalog_is_imported_from_the_target_and_gaps_reported() {
     );
     let _ = json!(null);
 }
+
+/// The emulator's built-in role catalog is the Genesys org rolesync's default policy describes:
+/// `Employee` plus every `[[roles]]`, with the same permissions.
+#[test]
+fn the_emulators_default_catalog_matches_the_default_policy() {
+    #[derive(serde::Deserialize)]
+    struct Role {
+        name: String,
+        #[serde(default)]
+        permissions: Vec<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct PolicyFile {
+        roles: Vec<Role>,
+    }
+    let policy: PolicyFile = toml::from_str(include_str!("../../config/policy.toml")).unwrap();
+    let catalog: Vec<Role> =
+        serde_json::from_str(genesys_cloud_emulator::DEFAULT_ROLES_JSON).unwrap();
+    let mut expected: Vec<String> = policy.roles.iter().map(|r| r.name.clone()).collect();
+    expected.push("Employee".into());
+    expected.sort();
+    let mut served: Vec<String> = catalog.iter().map(|r| r.name.clone()).collect();
+    served.sort();
+    assert_eq!(served, expected);
+    for role in &policy.roles {
+        let c = catalog.iter().find(|c| c.name == role.name).unwrap();
+        assert_eq!(c.permissions, role.permissions, "{}", role.name);
+    }
+}

@@ -2,7 +2,7 @@
 //! crashes (`kill -9`) in the middle of a job.
 
 use crate::helpers::*;
-use rolesync::emulator::{self, EmulatorArgs, EmulatorHandle};
+use genesys_cloud_emulator::{self as emulator, EmulatorArgs, EmulatorHandle};
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! token expiry and pacing.
 
 use crate::helpers::*;
-use rolesync::emulator::{EmulatorArgs, Profile};
+use genesys_cloud_emulator::{EmulatorArgs, Profile};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 

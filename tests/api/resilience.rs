@@ -1,7 +1,7 @@
 //! Faults injected at the emulator: the sync rides them out.
 
 use crate::helpers::*;
-use rolesync::emulator::EmulatorArgs;
+use genesys_cloud_emulator::EmulatorArgs;
 use serde_json::json;
 
 fn csv_for(users: &[String], role: &str, tier: &str) -> String {

@@ -1199,7 +1199,7 @@ async fn the_audit_log_has_a_json_line_per_role_change_with_the_request_id_and_n
     let client_secret = format!("client-secret-{}", uuid::Uuid::new_v4().simple());
     let api_key = format!("api-key-{}", uuid::Uuid::new_v4().simple());
     let webhook_secret = new_secret();
-    let emulator = rolesync::emulator::spawn(rolesync::emulator::EmulatorArgs {
+    let emulator = genesys_cloud_emulator::spawn(genesys_cloud_emulator::EmulatorArgs {
         client_id: "audit-test".into(),
         client_secret: client_secret.clone(),
         rate_limit_per_minute: 0,

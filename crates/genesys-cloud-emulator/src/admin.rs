@@ -23,13 +23,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use super::Shared;
-use super::errors::{self, ApiError, JSON_CONTENT_TYPE, json_response};
-use super::faults::{Dropped, FaultUpdate};
-use super::ratelimit;
-use super::scim::read_json;
-use super::state::lock;
-use super::user::{self, UserData};
+use crate::Shared;
+use crate::errors::{self, ApiError, JSON_CONTENT_TYPE, json_response};
+use crate::faults::{Dropped, FaultUpdate};
+use crate::ratelimit;
+use crate::scim::read_json;
+use crate::state::lock;
+use crate::user::{self, UserData};
 
 /// Largest `POST /emulator/users` body.
 const MAX_ADMIN_BODY: usize = 512 * 1024 * 1024;

@@ -12,13 +12,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use super::discovery::max_results;
-use super::errors::{ApiError, scim_bytes};
-use super::filter::{self, CmpOp, Filter, FilterValue};
-use super::patch;
-use super::state::{Conflict, Id, IfMatch};
-use super::user::{self, ENTERPRISE_SCHEMA, Projection, Render, USER_SCHEMA, User};
-use super::{Profile, Shared};
+use crate::Shared;
+use crate::args::Profile;
+use crate::errors::{ApiError, scim_bytes};
+use crate::filter::{self, CmpOp, Filter, FilterValue};
+use crate::patch;
+use crate::state::{Conflict, Id, IfMatch};
+use crate::user::{self, ENTERPRISE_SCHEMA, Projection, Render, USER_SCHEMA, User};
 
 const LIST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 /// Genesys `request.bytes.max`.
@@ -333,7 +333,7 @@ fn list_body(shared: &Shared, ctx: &ScimCtx, params: &Params) -> Result<Vec<u8>,
             "A page size over 25 exceeds internal resource limits; use the attributes or excludedAttributes query parameters to trim secondary lookups.",
         ));
     }
-    let count = count.min(max_results(shared.profile));
+    let count = count.min(shared.profile.max_results());
     let ids: Arc<Vec<Id>> = match params.get("filter").filter(|f| !f.trim().is_empty()) {
         Some(f) => Arc::new(select(shared, &f)?),
         None => shared.users.listing(shared.profile == Profile::Rfc7644),
@@ -380,7 +380,7 @@ pub async fn get_user(
     params: Params,
 ) -> Response {
     let Some(user) = shared.users.get(&id) else {
-        return super::state::not_found(&id).into_response();
+        return crate::state::not_found(&id).into_response();
     };
     if let Some(inm) = headers.get(header::IF_NONE_MATCH) {
         let pre = IfMatch::parse(inm.to_str().unwrap_or(""));

@@ -11,8 +11,8 @@ use std::io::Write as _;
 
 use serde_json::{Map, Value, json};
 
-use super::errors::ApiError;
-use super::roles::{Catalog, EMPLOYEE};
+use crate::errors::ApiError;
+use crate::roles::{Catalog, EMPLOYEE};
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const ENTERPRISE_SCHEMA: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";

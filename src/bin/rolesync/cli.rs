@@ -1,13 +1,13 @@
 //! The command line (SPEC §6).
 
-use crate::configuration::Settings;
-use crate::emulator::EmulatorArgs;
-use crate::ingest::{self, BatchQuery, Format};
+use crate::client::{Client, ClientArgs};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use genesys_cloud_emulator::EmulatorArgs;
+use rolesync::configuration::Settings;
+use rolesync::ingest::{self, BatchQuery, Format};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -54,16 +54,6 @@ pub struct ConfigArgs {
     /// Configuration file layered over the built-in defaults and config/default.toml.
     #[arg(long)]
     pub config: Option<PathBuf>,
-}
-
-#[derive(clap::Args, Debug, Clone)]
-pub struct ClientArgs {
-    /// Base URL of the rolesync service.
-    #[arg(long, env = "ROLESYNC_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// API key (sent as a bearer token).
-    #[arg(long, env = "ROLESYNC_API_KEY", hide_env_values = true)]
-    pub api_key: String,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -122,16 +112,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => {
             let settings = Settings::load(args.config.as_deref())?;
-            crate::telemetry::init(&settings.log.format, "info");
-            let app = crate::startup::Application::build(settings).await?;
-            app.run_until_stopped(crate::startup::shutdown_signal())
+            rolesync::telemetry::init(&settings.log.format, "info");
+            let app = rolesync::startup::Application::build(settings).await?;
+            app.run_until_stopped(rolesync::startup::shutdown_signal())
                 .await?;
         }
         Command::Emulator(args) => {
-            crate::telemetry::init("pretty", "info");
-            let handle = crate::emulator::spawn(args).await?;
+            rolesync::telemetry::init("pretty", "info");
+            let handle = genesys_cloud_emulator::spawn(args).await?;
             eprintln!("Genesys Cloud emulator listening on {}", handle.base_url());
-            crate::startup::shutdown_signal().await;
+            rolesync::startup::shutdown_signal().await;
             handle.shutdown().await;
         }
         Command::Demo(args) => return crate::demo::run(args).await,
@@ -146,7 +136,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             command: PolicyCommand::Check(args),
         } => {
             let settings = Settings::load(args.config.as_deref())?;
-            let (report, ok) = crate::policy::check_report(&settings.policy.file);
+            let (report, ok) = rolesync::policy::check_report(&settings.policy.file);
             println!("{report}");
             return Ok(if ok {
                 ExitCode::SUCCESS
@@ -154,14 +144,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             });
         }
-        Command::HashKey { key } => println!("{}", crate::http::auth::key_digest_hex(&key)),
+        Command::HashKey { key } => println!("{}", rolesync::http::auth::key_digest_hex(&key)),
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(args.config.config.as_deref())?;
-    let policy = crate::policy::Policy::load(&settings.policy.file)?;
+    let policy = rolesync::policy::Policy::load(&settings.policy.file)?;
     let format = Format::from_path(&args.file)
         .context("the file must end in .csv, .ndjson, .jsonl or .json")?;
     let body = std::fs::read(&args.file)
@@ -173,7 +163,7 @@ fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         settings.server.max_rows_per_job,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let report = crate::http::validation_report(&policy, &batch);
+    let report = rolesync::http::validation_report(&policy, &batch);
     println!("{}", serde_json::to_string_pretty(&report)?);
     let valid = report
         .get("valid")
@@ -224,125 +214,4 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// A small client of the rolesync API, for the CLI and the demo.
-pub struct Client {
-    http: reqwest::Client,
-    base: String,
-    key: String,
-}
-
-impl Client {
-    pub fn new(args: &ClientArgs) -> anyhow::Result<Client> {
-        Ok(Client {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(600))
-                .build()?,
-            base: args.url.trim_end_matches('/').to_owned(),
-            key: args.api_key.clone(),
-        })
-    }
-
-    async fn json(resp: reqwest::Response) -> anyhow::Result<serde_json::Value> {
-        let status = resp.status();
-        let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
-        if !status.is_success() {
-            let detail = body.get("detail").and_then(|d| d.as_str()).unwrap_or("");
-            anyhow::bail!("rolesync answered {status}: {detail}");
-        }
-        Ok(body)
-    }
-
-    pub async fn submit(
-        &self,
-        format: Format,
-        body: impl Into<reqwest::Body>,
-        mode: &str,
-        dry_run: bool,
-        idempotency_key: Option<&str>,
-    ) -> anyhow::Result<serde_json::Value> {
-        let mut req = self
-            .http
-            .post(format!("{}/v1/jobs", self.base))
-            .bearer_auth(&self.key)
-            .header(reqwest::header::CONTENT_TYPE, format.content_type())
-            .body(body);
-        if format != Format::Json {
-            req = req.query(&[
-                ("mode", mode),
-                ("dry_run", if dry_run { "true" } else { "false" }),
-            ]);
-        }
-        if let Some(k) = idempotency_key {
-            req = req.header("Idempotency-Key", k);
-        }
-        Self::json(req.send().await?).await
-    }
-
-    pub async fn job(&self, id: &str) -> anyhow::Result<serde_json::Value> {
-        Self::json(
-            self.http
-                .get(format!("{}/v1/jobs/{id}", self.base))
-                .bearer_auth(&self.key)
-                .send()
-                .await?,
-        )
-        .await
-    }
-
-    pub async fn items(
-        &self,
-        id: &str,
-        outcome: &str,
-        limit: u32,
-    ) -> anyhow::Result<serde_json::Value> {
-        let url = format!("{}/v1/jobs/{id}/items", self.base);
-        let req = self
-            .http
-            .get(url)
-            .bearer_auth(&self.key)
-            .query(&[("outcome", outcome), ("limit", &limit.to_string())]);
-        Self::json(req.send().await?).await
-    }
-
-    /// Polls the job until it ends, drawing a progress bar of rows done.
-    pub async fn wait_with_progress(&self, id: &str) -> anyhow::Result<serde_json::Value> {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} rows  {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        loop {
-            let job = self.job(id).await?;
-            let counts = job.get("counts").cloned().unwrap_or_default();
-            let total = counts.get("total").and_then(|v| v.as_u64()).unwrap_or(0);
-            let pending = counts.get("pending").and_then(|v| v.as_u64()).unwrap_or(0);
-            let status = job
-                .get("status")
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_owned();
-            let calls = job
-                .pointer("/scim/requests")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0);
-            bar.set_length(total);
-            bar.set_position(total - pending);
-            bar.set_message(format!("{status}, {calls} SCIM calls"));
-            if matches!(
-                status.as_str(),
-                "succeeded"
-                    | "completed_with_errors"
-                    | "failed"
-                    | "cancelled"
-                    | "awaiting_approval"
-            ) {
-                bar.finish();
-                return Ok(job);
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
 }

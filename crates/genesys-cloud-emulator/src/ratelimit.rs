@@ -14,9 +14,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::Emulator;
-use super::errors::ApiError;
-use super::state::{lock, read, write};
+use crate::Emulator;
+use crate::errors::ApiError;
+use crate::state::{lock, read, write};
 
 const ALLOWED: HeaderName = HeaderName::from_static("inin-ratelimit-allowed");
 const COUNT: HeaderName = HeaderName::from_static("inin-ratelimit-count");
@@ -120,13 +120,13 @@ pub async fn guard(shared: &Emulator, req: Request, next: Next) -> Response {
     };
     let limit = shared.faults.rate_limit_per_minute();
     if limit == 0 {
-        return super::faults::inject(&shared.faults, req, next).await;
+        return crate::faults::inject(&shared.faults, req, next).await;
     }
     let d = token.hit();
     let mut response = if d.count > limit {
         ApiError::rate_limited(d.reset_secs.max(1)).into_response()
     } else {
-        super::faults::inject(&shared.faults, req, next).await
+        crate::faults::inject(&shared.faults, req, next).await
     };
     let h = response.headers_mut();
     h.insert(ALLOWED, HeaderValue::from(limit));

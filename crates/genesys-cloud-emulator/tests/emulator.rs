@@ -1,11 +1,12 @@
 //! The Genesys Cloud emulator over real HTTP: each test starts its own emulator on
-//! 127.0.0.1:0 with `rolesync::emulator::spawn`.
+//! 127.0.0.1:0 with `genesys_cloud_emulator::spawn`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use genesys_cloud_emulator::{self as emulator, EmulatorArgs, EmulatorHandle, Profile};
 use reqwest::{Method, StatusCode};
-use rolesync::emulator::{self, EmulatorArgs, EmulatorHandle, Profile};
 use serde_json::{Value, json};
 
 const SCIM: &str = "/api/v2/scim/v2";
@@ -1184,12 +1185,7 @@ async fn reset_clears_users_stats_and_tokens() {
 // Role catalog and discovery
 
 #[derive(serde::Deserialize)]
-struct PolicyFile {
-    roles: Vec<PolicyRole>,
-}
-
-#[derive(serde::Deserialize)]
-struct PolicyRole {
+struct CatalogRole {
     name: String,
     #[serde(default)]
     permissions: Vec<String>,
@@ -1222,19 +1218,16 @@ async fn authorization_roles_page_and_match_the_policy() {
         }
         page += 1;
     }
-    let policy: PolicyFile = toml::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.toml"))
-            .unwrap(),
-    )
-    .unwrap();
-    let mut expected: BTreeSet<String> = policy.roles.iter().map(|r| r.name.clone()).collect();
-    expected.insert("Employee".into());
+    // The built-in catalog (`roles.json`), served page by page, whole and unchanged.
+    let catalog: Vec<CatalogRole> = serde_json::from_str(emulator::DEFAULT_ROLES_JSON).unwrap();
+    let expected: BTreeSet<String> = catalog.iter().map(|r| r.name.clone()).collect();
+    assert!(expected.contains("Employee"));
     let served: BTreeSet<String> = seen
         .iter()
         .map(|r| r["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(served, expected);
-    for role in &policy.roles {
+    for role in &catalog {
         let r = seen
             .iter()
             .find(|r| r["name"] == role.name.as_str())

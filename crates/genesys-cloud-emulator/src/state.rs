@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 
 use axum::http::StatusCode;
 
-use super::errors::{ApiError, VERSION_MISMATCH};
-use super::user::{User, UserData};
+use crate::errors::{ApiError, VERSION_MISMATCH};
+use crate::user::{User, UserData};
 
 const SHARDS: usize = 64;
 
@@ -233,7 +233,7 @@ impl Directory {
 
     /// Creates a user (version 1). 409 `uniqueness` when the userName is taken.
     pub fn create(&self, data: UserData) -> Result<User, ApiError> {
-        let id: Id = Arc::from(super::errors::new_uuid());
+        let id: Id = Arc::from(crate::errors::new_uuid());
         self.claim_user_name(&data.user_name, &id)?;
         let now = now_rfc3339();
         let user = User {

@@ -7,10 +7,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::errors::{ApiError, scim_response};
-use super::scim::ScimCtx;
-use super::user::{ENTERPRISE_SCHEMA, GENESYS_SCHEMA, USER_SCHEMA};
-use super::{Profile, Shared};
+use crate::Shared;
+use crate::args::Profile;
+use crate::errors::{ApiError, scim_response};
+use crate::scim::ScimCtx;
+use crate::user::{ENTERPRISE_SCHEMA, GENESYS_SCHEMA, USER_SCHEMA};
 
 const LIST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 const SPC_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig";
@@ -18,20 +19,13 @@ const RT_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:ResourceType";
 const SCHEMA_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Schema";
 
 /// `filter.maxResults`: the largest page `GET /users` returns.
-pub fn max_results(profile: Profile) -> usize {
-    match profile {
-        Profile::Genesys => 100,
-        Profile::Rfc7644 => 200,
-    }
-}
-
 pub async fn service_provider_config(State(shared): State<Shared>, ctx: ScimCtx) -> Response {
     let body = json!({
         "schemas": [SPC_SCHEMA],
         "documentationUri": "https://developer.genesys.cloud/useragentman/scim/scim-apis",
         "patch": {"supported": true},
         "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
-        "filter": {"supported": true, "maxResults": max_results(shared.profile)},
+        "filter": {"supported": true, "maxResults": shared.profile.max_results()},
         "changePassword": {"supported": false},
         "sort": {"supported": false},
         "etag": {"supported": true},

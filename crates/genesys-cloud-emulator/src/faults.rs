@@ -23,8 +23,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::errors::ApiError;
-use super::state::lock;
+use crate::errors::ApiError;
+use crate::state::lock;
 
 /// Marks a response whose connection is dropped (recorded with status 0 in the stats).
 #[derive(Clone, Copy, Debug)]

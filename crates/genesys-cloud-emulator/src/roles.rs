@@ -13,13 +13,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::Shared;
-use super::errors::{ApiError, JSON_CONTENT_TYPE, json_response};
+use crate::Shared;
+use crate::errors::{ApiError, JSON_CONTENT_TYPE, json_response};
 
 pub const EMPLOYEE: &str = "Employee";
 
 /// The role catalog shipped with rolesync (`config/emulator-roles.json`).
-pub const DEFAULT_ROLES_JSON: &str = include_str!("../../config/emulator-roles.json");
+pub const DEFAULT_ROLES_JSON: &str = include_str!("../roles.json");
 
 #[derive(Debug, Clone)]
 pub struct Catalog {
@@ -103,7 +103,7 @@ impl Catalog {
 
 fn normalise(role: &mut Map<String, Value>) {
     if !matches!(role.get("id"), Some(Value::String(_))) {
-        role.insert("id".into(), Value::String(super::errors::new_uuid()));
+        role.insert("id".into(), Value::String(crate::errors::new_uuid()));
     }
     let permissions: Vec<String> = role
         .get("permissions")

@@ -2,17 +2,17 @@
 //! Seeds the emulator's org, submits `examples/assignments.csv`, shows progress, and prints the
 //! summary, a sample of rejected rows with their reasons, and the SCIM calls the emulator saw.
 
-use crate::cli::{Client, ClientArgs};
-use crate::configuration::Settings;
-use crate::emulator::{self, EmulatorArgs};
-use crate::ingest::Format;
-use crate::policy::Policy;
-use crate::startup::Application;
+use crate::client::{Client, ClientArgs};
+use genesys_cloud_emulator::{self as emulator, EmulatorArgs};
+use rolesync::configuration::Settings;
+use rolesync::ingest::Format;
+use rolesync::policy::Policy;
+use rolesync::startup::Application;
 use serde_json::{Value, json};
 use std::process::ExitCode;
 
-const SAMPLE: &str = include_str!("../examples/assignments.csv");
-const POLICY: &str = include_str!("../config/policy.toml");
+const SAMPLE: &str = include_str!("../../../examples/assignments.csv");
+const POLICY: &str = include_str!("../../../config/policy.toml");
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
@@ -29,7 +29,7 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    crate::telemetry::init("pretty", "warn");
+    rolesync::telemetry::init("pretty", "warn");
     let emulator = emulator::spawn(EmulatorArgs {
         rate_limit_per_minute: u64::from(args.requests_per_minute),
         latency_ms: args.latency_ms,
@@ -60,7 +60,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "#,
         db = db.display(),
         rpm = args.requests_per_minute,
-        digest = crate::http::auth::key_digest_hex(&api_key),
+        digest = rolesync::http::auth::key_digest_hex(&api_key),
     ))?;
     let policy = Policy::from_toml_str(POLICY)?;
     let app = Application::build_with_policy(settings, policy, None).await?;

@@ -13,9 +13,9 @@
 
 use serde_json::{Map, Value};
 
-use super::errors::ApiError;
-use super::filter::{self, Filter};
-use super::user::{MULTI_VALUED, USER_SCHEMA, canonical_core, canonical_extension};
+use crate::errors::ApiError;
+use crate::filter::{self, Filter};
+use crate::user::{MULTI_VALUED, USER_SCHEMA, canonical_core, canonical_extension};
 
 pub const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 

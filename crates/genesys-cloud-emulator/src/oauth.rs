@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::json;
 
-use super::Shared;
-use super::errors::{ApiError, JSON_CONTENT_TYPE, json_response};
+use crate::Shared;
+use crate::errors::{ApiError, JSON_CONTENT_TYPE, json_response};
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
