@@ -1,33 +1,18 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// How a job combines the desired roles with what the user holds in Genesys (SPEC §2).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// final = current ∪ desired
-    #[default]
-    Merge,
-    /// final = desired ∪ protected ∪ roles the policy does not manage
-    Replace,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Merge => "merge",
-            Mode::Replace => "replace",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "merge" => Some(Mode::Merge),
-            "replace" => Some(Mode::Replace),
-            _ => None,
-        }
+vocabulary! {
+    /// How a job's desired roles meet the roles a user holds.
+    #[derive(Default)]
+    pub enum Mode {
+        /// final = current ∪ desired
+        #[default]
+        Merge = "merge",
+        /// final = desired ∪ protected ∪ roles the policy does not manage
+        Replace = "replace",
     }
 }
+
 
 /// One submitted row, as the HR system sent it. Fields are kept verbatim (trimmed) so that
 /// the per-row result can echo them; validation against the policy happens in the pipeline.

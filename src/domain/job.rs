@@ -1,49 +1,21 @@
 use serde::{Deserialize, Serialize};
 
-/// Lifecycle of a job (SPEC §3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    Queued,
-    Running,
-    /// The target is unreachable; the job resumes by itself.
-    Paused,
-    AwaitingApproval,
-    Succeeded,
-    CompletedWithErrors,
-    Failed,
-    Cancelled,
+vocabulary! {
+    /// Lifecycle of a job (SPEC §3).
+    pub enum JobStatus {
+        Queued = "queued",
+        Running = "running",
+        /// The target is unreachable; the job resumes by itself.
+        Paused = "paused",
+        AwaitingApproval = "awaiting_approval",
+        Succeeded = "succeeded",
+        CompletedWithErrors = "completed_with_errors",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 8] = [
-        JobStatus::Queued,
-        JobStatus::Running,
-        JobStatus::Paused,
-        JobStatus::AwaitingApproval,
-        JobStatus::Succeeded,
-        JobStatus::CompletedWithErrors,
-        JobStatus::Failed,
-        JobStatus::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Queued => "queued",
-            JobStatus::Running => "running",
-            JobStatus::Paused => "paused",
-            JobStatus::AwaitingApproval => "awaiting_approval",
-            JobStatus::Succeeded => "succeeded",
-            JobStatus::CompletedWithErrors => "completed_with_errors",
-            JobStatus::Failed => "failed",
-            JobStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<JobStatus> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
     /// A terminal job never changes again.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -56,49 +28,21 @@ impl JobStatus {
     }
 }
 
-/// Outcome of one submitted row (SPEC §3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Pending,
-    Rejected,
-    Applied,
-    Unchanged,
-    NotFound,
-    Failed,
-    Cancelled,
-    Planned,
+vocabulary! {
+    /// Outcome of one submitted row (SPEC §3).
+    pub enum Outcome {
+        Pending = "pending",
+        Rejected = "rejected",
+        Applied = "applied",
+        Unchanged = "unchanged",
+        NotFound = "not_found",
+        Failed = "failed",
+        Cancelled = "cancelled",
+        Planned = "planned",
+    }
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
-        Outcome::Pending,
-        Outcome::Rejected,
-        Outcome::Applied,
-        Outcome::Unchanged,
-        Outcome::NotFound,
-        Outcome::Failed,
-        Outcome::Cancelled,
-        Outcome::Planned,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Pending => "pending",
-            Outcome::Rejected => "rejected",
-            Outcome::Applied => "applied",
-            Outcome::Unchanged => "unchanged",
-            Outcome::NotFound => "not_found",
-            Outcome::Failed => "failed",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Planned => "planned",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Outcome> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
     /// Outcomes that count as success for the job's final status.
     pub fn is_success(self) -> bool {
         matches!(
@@ -108,44 +52,23 @@ impl Outcome {
     }
 }
 
-/// Machine-readable reason for a row that did not succeed (SPEC §3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReasonCode {
-    UnknownLicenseTier,
-    UnknownRole,
-    RoleNotEntitled,
-    SodConflict,
-    ConflictingLicenseTier,
-    InvalidExternalId,
-    DuplicateRow,
-    UserNotFound,
-    AmbiguousUser,
-    ScimRejected,
-    RetriesExhausted,
-    MalformedRow,
-    JobFailed,
-    Cancelled,
-}
-
-impl ReasonCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReasonCode::UnknownLicenseTier => "unknown_license_tier",
-            ReasonCode::UnknownRole => "unknown_role",
-            ReasonCode::RoleNotEntitled => "role_not_entitled",
-            ReasonCode::SodConflict => "sod_conflict",
-            ReasonCode::ConflictingLicenseTier => "conflicting_license_tier",
-            ReasonCode::InvalidExternalId => "invalid_external_id",
-            ReasonCode::DuplicateRow => "duplicate_row",
-            ReasonCode::UserNotFound => "user_not_found",
-            ReasonCode::AmbiguousUser => "ambiguous_user",
-            ReasonCode::ScimRejected => "scim_rejected",
-            ReasonCode::RetriesExhausted => "retries_exhausted",
-            ReasonCode::MalformedRow => "malformed_row",
-            ReasonCode::JobFailed => "job_failed",
-            ReasonCode::Cancelled => "cancelled",
-        }
+vocabulary! {
+    /// Machine-readable reason for a row that did not succeed (SPEC §3).
+    pub enum ReasonCode {
+        UnknownLicenseTier = "unknown_license_tier",
+        UnknownRole = "unknown_role",
+        RoleNotEntitled = "role_not_entitled",
+        SodConflict = "sod_conflict",
+        ConflictingLicenseTier = "conflicting_license_tier",
+        InvalidExternalId = "invalid_external_id",
+        DuplicateRow = "duplicate_row",
+        UserNotFound = "user_not_found",
+        AmbiguousUser = "ambiguous_user",
+        ScimRejected = "scim_rejected",
+        RetriesExhausted = "retries_exhausted",
+        MalformedRow = "malformed_row",
+        JobFailed = "job_failed",
+        Cancelled = "cancelled",
     }
 }
 

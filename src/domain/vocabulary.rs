@@ -1,0 +1,150 @@
+//! Closed vocabularies: every set of words the API, the store, the configuration or a webhook
+//! uses is an enum here, spelt once. `vocabulary!` gives each its wire form (`as_str`, serde,
+//! `Display`), the list of its values (`ALL`) and a parser that names the accepted words.
+
+/// Declares an enum whose values are written as the given strings everywhere.
+macro_rules! vocabulary {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<$name> {
+                match s {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            /// The accepted words, for error messages: `a, b, c`.
+            pub fn expected() -> String {
+                [$($text),+].join(", ")
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<$name, String> {
+                $name::parse(s).ok_or_else(|| {
+                    format!("unknown value `{s}` (expected one of: {})", $name::expected())
+                })
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+
+vocabulary! {
+    /// What an API key may do (`auth.keys.scopes`).
+    pub enum Scope {
+        JobsWrite = "jobs:write",
+        JobsRead = "jobs:read",
+        /// Implies every other scope.
+        Admin = "admin",
+    }
+}
+
+vocabulary! {
+    /// The type of an audit event (webhook), and what an endpoint subscribes to
+    /// (`webhooks.endpoints.events`).
+    pub enum EventType {
+        /// A user's roles were written (roles before and after).
+        RoleSyncCompleted = "role_sync.completed",
+        /// A row was refused by the policy or the ingest; nothing was written.
+        RoleSyncRejected = "role_sync.rejected",
+        /// A user could not be synced (not found, refused by the target, retries exhausted).
+        RoleSyncFailed = "role_sync.failed",
+        /// A job reached a terminal status.
+        JobFinished = "job.finished",
+    }
+}
+
+vocabulary! {
+    /// Why a job shows `paused`: work stopped for the whole target and resumes by itself.
+    pub enum PausedReason {
+        /// Calls failed for the whole target (5xx or timeouts after retries); a probe reopens it.
+        TargetUnavailable = "target_unavailable",
+        /// The target kept answering 429 beyond the retry budget.
+        RateLimited = "rate_limited",
+        /// The target refused rolesync's credentials.
+        AuthFailed = "auth_failed",
+        /// The target answers but refuses most of the job's users; a cool-down, then a retry.
+        ErrorRatio = "error_ratio",
+    }
+}
+
+vocabulary! {
+    /// The shape of log lines (`log.format`).
+    pub enum LogFormat {
+        /// One JSON object per line (containers, log shippers).
+        Json = "json",
+        /// Human-readable lines (a terminal).
+        Pretty = "pretty",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_round_trips_through_its_word_and_serde() {
+        for s in Scope::ALL {
+            assert_eq!(Scope::parse(s.as_str()), Some(*s));
+            let json = serde_json::to_string(s).unwrap_or_default();
+            assert_eq!(json, format!("\"{s}\""));
+            assert_eq!(serde_json::from_str::<Scope>(&json).ok(), Some(*s));
+        }
+        for e in EventType::ALL {
+            assert_eq!(e.as_str().parse::<EventType>(), Ok(*e));
+        }
+        for p in PausedReason::ALL {
+            assert_eq!(PausedReason::parse(p.as_str()), Some(*p));
+        }
+    }
+
+    #[test]
+    fn an_unknown_word_is_refused_with_the_accepted_ones() {
+        let err = serde_json::from_str::<Scope>("\"jobs:delete\"")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("jobs:delete") && err.contains("jobs:write, jobs:read, admin"), "{err}");
+        assert_eq!(LogFormat::parse("xml"), None);
+    }
+}
