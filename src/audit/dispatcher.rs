@@ -10,6 +10,7 @@
 //! redeliveries and restarts, so receivers de-duplicate on it. A claim is a lease: if this
 //! process dies mid-delivery, the lease runs out and the delivery is claimed again.
 
+use crate::domain::WebhookSecret;
 use super::events;
 use super::signature;
 use crate::configuration::WebhookSettings;
@@ -73,10 +74,10 @@ impl Dispatcher {
             let name = e.display_name();
             let mut keys = Vec::new();
             for secret in e.secret.iter().chain(e.previous_secrets.iter()) {
-                let key = signature::decode_secret(secret.expose_secret()).ok_or_else(|| {
+                let key = WebhookSecret::parse(secret.expose_secret()).ok_or_else(|| {
                     anyhow::anyhow!("webhook endpoint {name}: a secret is not `whsec_<base64>`")
                 })?;
-                keys.push(key);
+                keys.push(key.key().to_vec());
             }
             if keys.is_empty() {
                 anyhow::bail!("webhook endpoint {name}: no secret");

@@ -32,7 +32,10 @@ impl EventFactory {
             endpoints: settings
                 .endpoints
                 .iter()
-                .map(|e| (e.display_name(), e.events.clone()))
+                .map(|e| {
+                    let types = e.events.iter().map(|t| t.as_str().to_owned()).collect();
+                    (e.display_name(), types)
+                })
                 .collect(),
         }
     }
@@ -146,7 +149,7 @@ mod tests {
             secret: None,
             secret_file: None,
             previous_secrets: Vec::new(),
-            events: events.iter().map(|s| (*s).to_owned()).collect(),
+            events: events.iter().filter_map(|s| crate::domain::EventType::parse(s)).collect(),
         }
     }
 }

@@ -4,7 +4,9 @@
 mod vocabulary;
 mod assignment;
 mod job;
+mod webhook_secret;
 
 pub use assignment::{Assignment, ExternalId, Mode};
 pub use job::{Counts, JobStatus, Outcome, ReasonCode};
 pub use vocabulary::{EventType, LogFormat, PausedReason, Scope};
+pub use webhook_secret::WebhookSecret;

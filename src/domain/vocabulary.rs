@@ -110,10 +110,12 @@ vocabulary! {
 
 vocabulary! {
     /// The shape of log lines (`log.format`).
+    #[derive(Default)]
     pub enum LogFormat {
         /// One JSON object per line (containers, log shippers).
         Json = "json",
         /// Human-readable lines (a terminal).
+        #[default]
         Pretty = "pretty",
     }
 }

@@ -3,37 +3,11 @@
 
 use super::AppState;
 use crate::configuration::ApiKeySettings;
+pub use crate::domain::Scope;
 use crate::error::ApiError;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    JobsWrite,
-    JobsRead,
-    /// Implies every other scope.
-    Admin,
-}
-
-impl Scope {
-    pub fn parse(s: &str) -> Option<Scope> {
-        match s {
-            "jobs:write" => Some(Scope::JobsWrite),
-            "jobs:read" => Some(Scope::JobsRead),
-            "admin" => Some(Scope::Admin),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::JobsWrite => "jobs:write",
-            Scope::JobsRead => "jobs:read",
-            Scope::Admin => "admin",
-        }
-    }
-}
 
 /// A configured key, ready to check.
 #[derive(Debug, Clone)]
@@ -47,7 +21,7 @@ impl ApiKey {
     pub fn from_settings(s: &ApiKeySettings) -> Option<ApiKey> {
         let bytes = hex::decode(&s.key_sha256).ok()?;
         let digest: [u8; 32] = bytes.try_into().ok()?;
-        let scopes = s.scopes.iter().filter_map(|x| Scope::parse(x)).collect();
+        let scopes = s.scopes.clone();
         Some(ApiKey {
             name: s.name.clone(),
             digest,

@@ -18,7 +18,7 @@ pub const READER_KEY: &str = "test-reader-key";
 
 static TRACING: LazyLock<()> = LazyLock::new(|| {
     if std::env::var("TEST_LOG").is_ok() {
-        rolesync::telemetry::init("pretty", "info");
+        rolesync::telemetry::init(rolesync::domain::LogFormat::Pretty, "info");
     }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 });

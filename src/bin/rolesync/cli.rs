@@ -112,13 +112,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => {
             let settings = Settings::load(args.config.as_deref())?;
-            rolesync::telemetry::init(&settings.log.format, "info");
+            rolesync::telemetry::init(settings.log.format, "info");
             let app = rolesync::startup::Application::build(settings).await?;
             app.run_until_stopped(rolesync::startup::shutdown_signal())
                 .await?;
         }
         Command::Emulator(args) => {
-            rolesync::telemetry::init("pretty", "info");
+            rolesync::telemetry::init(rolesync::domain::LogFormat::Pretty, "info");
             let handle = genesys_cloud_emulator::spawn(args).await?;
             eprintln!("Genesys Cloud emulator listening on {}", handle.base_url());
             rolesync::startup::shutdown_signal().await;

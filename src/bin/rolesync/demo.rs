@@ -29,7 +29,7 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    rolesync::telemetry::init("pretty", "warn");
+    rolesync::telemetry::init(rolesync::domain::LogFormat::Pretty, "warn");
     let emulator = emulator::spawn(EmulatorArgs {
         rate_limit_per_minute: u64::from(args.requests_per_minute),
         latency_ms: args.latency_ms,
