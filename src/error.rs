@@ -31,7 +31,7 @@ pub enum ApiError {
     Unauthorized,
     /// `403 Forbidden`: the key lacks the scope.
     #[error("this API key lacks the scope `{0}`")]
-    Forbidden(&'static str),
+    Forbidden(crate::domain::Scope),
     /// `404 Not Found`
     #[error("{0}")]
     NotFound(String),

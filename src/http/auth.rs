@@ -48,7 +48,7 @@ impl Caller {
         if self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(scope.as_str()))
+            Err(ApiError::Forbidden(scope))
         }
     }
 }

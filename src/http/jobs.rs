@@ -1,6 +1,7 @@
 //! `/v1/jobs`: submit batches, read jobs and their rows, cancel and approve.
 
 use super::AppState;
+use super::views::{ItemList, ItemView, JobList, JobView};
 use super::auth::{Caller, Scope};
 use crate::audit::events::{JOB_FINISHED, ROLE_SYNC_REJECTED, rejected_data};
 use crate::domain::Assignment;
@@ -16,7 +17,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+
 use tower_http::request_id::RequestId;
 
 /// `POST /v1/jobs`: receives the body into a spool file (bounded memory, any size), then
@@ -178,7 +179,7 @@ async fn existing_job(state: &AppState, job_id: &str, status: StatusCode) -> Api
     if status == StatusCode::ACCEPTED {
         state.pipeline.job_submitted();
     }
-    let mut resp = (status, Json(job_view(&job))).into_response();
+    let mut resp = (status, Json(JobView::new(&job))).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{job_id}")) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
@@ -222,7 +223,7 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobList>> {
     caller.require(Scope::JobsRead)?;
     let status = match &q.status {
         None => None,
@@ -239,9 +240,10 @@ pub async fn list(
     let next = (jobs.len() as i64 == limit)
         .then(|| jobs.last().map(|j| j.id.clone()))
         .flatten();
-    Ok(Json(
-        json!({"jobs": jobs.iter().map(job_view).collect::<Vec<_>>(), "next_cursor": next}),
-    ))
+    Ok(Json(JobList {
+        jobs: jobs.iter().map(JobView::new).collect(),
+        next_cursor: next,
+    }))
 }
 
 /// `GET /v1/jobs/{id}`
@@ -249,10 +251,10 @@ pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobView>> {
     caller.require(Scope::JobsRead)?;
     let job = find(&state, &id).await?;
-    Ok(Json(job_view(&job)))
+    Ok(Json(JobView::new(&job)))
 }
 
 /// `GET /v1/jobs/{id}/items`: rows by line; filter by `outcome`.
@@ -261,7 +263,7 @@ pub async fn items(
     caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ItemList>> {
     caller.require(Scope::JobsRead)?;
     let _ = find(&state, &id).await?;
     let outcome = match &q.outcome {
@@ -283,7 +285,10 @@ pub async fn items(
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|i| i.line.to_string()))
         .flatten();
-    Ok(Json(json!({"items": items, "next_cursor": next})))
+    Ok(Json(ItemList {
+        items: items.into_iter().map(ItemView::new).collect(),
+        next_cursor: next,
+    }))
 }
 
 /// `POST /v1/jobs/{id}/cancel`: rows not yet written become `cancelled`.
@@ -291,7 +296,7 @@ pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobView>> {
     caller.require(Scope::JobsWrite)?;
     let mut job = find(&state, &id).await?;
     if job.status.is_terminal() {
@@ -315,7 +320,7 @@ pub async fn cancel(
         tracing::info!(job.id = %id, key = %caller.key_name, "job cancelled");
     }
     let job = find(&state, &id).await?;
-    Ok(Json(job_view(&job)))
+    Ok(Json(JobView::new(&job)))
 }
 
 /// `POST /v1/jobs/{id}/approve` (`admin`): releases a job held in `awaiting_approval`.
@@ -323,7 +328,7 @@ pub async fn approve(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobView>> {
     caller.require(Scope::Admin)?;
     let job = find(&state, &id).await?;
     if job.status != JobStatus::AwaitingApproval {
@@ -337,7 +342,7 @@ pub async fn approve(
         state.pipeline.deps().wake_claimer.notify_waiters();
     }
     let job = find(&state, &id).await?;
-    Ok(Json(job_view(&job)))
+    Ok(Json(JobView::new(&job)))
 }
 
 async fn find(state: &AppState, id: &str) -> ApiResult<JobRecord> {
@@ -346,50 +351,4 @@ async fn find(state: &AppState, id: &str) -> ApiResult<JobRecord> {
         .get_job(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))
-}
-
-fn rfc3339(ms: Option<i64>) -> Value {
-    match ms.and_then(|ms| {
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
-    }) {
-        Some(t) => t
-            .format(&time::format_description::well_known::Rfc3339)
-            .map(Value::String)
-            .unwrap_or(Value::Null),
-        None => Value::Null,
-    }
-}
-
-/// The job as the API shows it (SPEC §3).
-pub fn job_view(job: &JobRecord) -> Value {
-    let end = job.finished_at_ms.unwrap_or_else(now_ms);
-    let elapsed = job
-        .started_at_ms
-        .map(|s| (end - s).max(0) as f64 / 1000.0)
-        .unwrap_or(0.0);
-    let done = job.counts.total - job.counts.pending;
-    let rows_per_sec = if elapsed > 0.0 {
-        (done as f64 / elapsed * 10.0).round() / 10.0
-    } else {
-        0.0
-    };
-    json!({
-        "job_id": job.id,
-        "status": job.status.as_str(),
-        "mode": job.mode.as_str(),
-        "dry_run": job.dry_run,
-        "created_at": rfc3339(Some(job.created_at_ms)),
-        "started_at": rfc3339(job.started_at_ms),
-        "finished_at": rfc3339(job.finished_at_ms),
-        "counts": job.counts,
-        "users": {"total": job.users_total, "changed": job.users_changed, "unchanged": job.users_unchanged},
-        "scim": {"requests": job.scim_requests, "retries": job.scim_retries, "rate_limited": job.scim_rate_limited},
-        "estimate": job.estimate,
-        "approval": job.approval,
-        "paused_reason": job.paused_reason,
-        "error": job.error,
-        "policy_fingerprint": job.policy_fingerprint,
-        "elapsed_secs": (elapsed * 10.0).round() / 10.0,
-        "rows_per_sec": rows_per_sec,
-    })
 }

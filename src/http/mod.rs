@@ -7,9 +7,9 @@ mod health;
 mod jobs;
 mod policy;
 mod validate;
+pub mod views;
 mod webhooks;
 
-pub use jobs::job_view;
 pub use validate::report as validation_report;
 
 use crate::audit::EventFactory;

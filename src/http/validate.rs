@@ -9,7 +9,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
-use serde_json::{Value, json};
+use super::views::{RowError, ValidationReport};
+use crate::store::Reason;
 
 pub async fn validate(
     State(state): State<AppState>,
@@ -17,7 +18,7 @@ pub async fn validate(
     Query(query): Query<BatchQuery>,
     headers: HeaderMap,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ValidationReport>> {
     caller.require(Scope::JobsWrite)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -36,11 +37,11 @@ pub async fn validate(
 }
 
 /// The validation report shared by the API and `rolesync validate`.
-pub fn report(policy: &crate::policy::Policy, batch: &ingest::Batch) -> Value {
+pub fn report(policy: &crate::policy::Policy, batch: &ingest::Batch) -> ValidationReport {
     let (rejected, users) = validate_rows(policy, &batch.rows);
     let by_line: std::collections::HashMap<i64, &crate::domain::Assignment> =
         batch.rows.iter().map(|r| (r.line as i64, r)).collect();
-    let errors: Vec<Value> = rejected
+    let errors: Vec<RowError> = rejected
         .iter()
         .map(|r| {
             let row = by_line.get(&r.line);
@@ -49,23 +50,26 @@ pub fn report(policy: &crate::policy::Policy, batch: &ingest::Batch) -> Value {
                 .clone()
                 .map(|(c, m)| (c.as_str(), m))
                 .unwrap_or(("", String::new()));
-            json!({
-                "line": r.line,
-                "external_id": row.map(|a| a.external_id.as_str()),
-                "role_template": row.map(|a| a.role_template.as_str()),
-                "license_tier": row.map(|a| a.license_tier.as_str()),
-                "reason": {"code": code, "message": message},
-            })
+            RowError {
+                line: r.line,
+                external_id: row.map(|a| a.external_id.clone()),
+                role_template: row.map(|a| a.role_template.clone()),
+                license_tier: row.map(|a| a.license_tier.clone()),
+                reason: Reason {
+                    code: code.to_owned(),
+                    message,
+                },
+            }
         })
         .collect();
-    json!({
-        "valid": errors.is_empty(),
-        "mode": batch.mode.as_str(),
-        "dry_run": batch.dry_run,
-        "rows": batch.rows.len(),
-        "accepted_rows": batch.rows.len() - errors.len(),
-        "rejected_rows": errors.len(),
-        "users": users.len(),
-        "errors": errors,
-    })
+    ValidationReport {
+        valid: errors.is_empty(),
+        mode: batch.mode,
+        dry_run: batch.dry_run,
+        rows: batch.rows.len(),
+        accepted_rows: batch.rows.len() - errors.len(),
+        rejected_rows: errors.len(),
+        users: users.len(),
+        errors,
+    }
 }

@@ -165,11 +165,7 @@ fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let report = rolesync::http::validation_report(&policy, &batch);
     println!("{}", serde_json::to_string_pretty(&report)?);
-    let valid = report
-        .get("valid")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    Ok(if valid {
+    Ok(if report.valid {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
