@@ -7,7 +7,7 @@
 # Without an argument the debug binary is built (cargo build) and used. A Python venv with pinned
 # scim2-cli/scim2-tester is created under $SCIM_VENV (default: target/scim-venv). Exits non-zero
 # if any check fails that is not on the exclusion list of .ci/scim2_conformance.py (each
-# exclusion and its reason is listed in docs/emulator.md).
+# exclusion and its reason is listed in crates/genesys-cloud-emulator/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -3,7 +3,7 @@
 Usage: python scim2_conformance.py <genesys|rfc7644> <scim base url>   (the bearer header comes
 from the SCIM_CLI_HEADERS environment variable, as scim2-cli reads it)
 
-Two things are added around the stock `scim2 test` command, both documented in docs/emulator.md:
+Two things are added around the stock `scim2 test` command, both documented in crates/genesys-cloud-emulator/README.md:
 
 1. scim2-tester cannot generate a value for a `decimal` attribute (it falls back to a random
    string, which its own models then refuse), so every check that fills a Genesys user fails

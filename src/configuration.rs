@@ -284,7 +284,6 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
-
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -10,10 +10,10 @@
 //! redeliveries and restarts, so receivers de-duplicate on it. A claim is a lease: if this
 //! process dies mid-delivery, the lease runs out and the delivery is claimed again.
 
-use crate::domain::WebhookSecret;
 use super::events;
 use super::signature;
 use crate::configuration::WebhookSettings;
+use crate::domain::WebhookSecret;
 use crate::metrics::Metrics;
 use crate::store::{DeliveryResult, OutboxRecord, Store, now_ms};
 use secrecy::ExposeSecret;

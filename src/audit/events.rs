@@ -149,7 +149,10 @@ mod tests {
             secret: None,
             secret_file: None,
             previous_secrets: Vec::new(),
-            events: events.iter().filter_map(|s| crate::domain::EventType::parse(s)).collect(),
+            events: events
+                .iter()
+                .filter_map(|s| crate::domain::EventType::parse(s))
+                .collect(),
         }
     }
 }

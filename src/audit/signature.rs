@@ -55,7 +55,9 @@ mod tests {
     #[test]
     fn signs_the_standard_webhooks_example() {
         // The example of the Standard Webhooks specification.
-        let key = crate::domain::WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").map(|s| s.key().to_vec()).unwrap_or_default();
+        let key = crate::domain::WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .map(|s| s.key().to_vec())
+            .unwrap_or_default();
         let sig = sign(
             &key,
             "msg_p5jXN8AQM9LWM0D4loKWxJek",
@@ -81,7 +83,9 @@ mod tests {
 
     #[test]
     fn signs_with_every_key_during_a_rotation() {
-        let new = crate::domain::WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").map(|s| s.key().to_vec()).unwrap_or_default();
+        let new = crate::domain::WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .map(|s| s.key().to_vec())
+            .unwrap_or_default();
         let old = b"an older secret".to_vec();
         let header = sign_all(&[new.clone(), old.clone()], "msg_1", 1614265330, "{}");
         let parts: Vec<&str> = header.split(' ').collect();

@@ -1,8 +1,8 @@
 //! `/v1/jobs`: submit batches, read jobs and their rows, cancel and approve.
 
 use super::AppState;
-use super::views::{ItemList, ItemView, JobList, JobView};
 use super::auth::{Caller, Scope};
+use super::views::{ItemList, ItemView, JobList, JobView};
 use crate::audit::events::{JOB_FINISHED, ROLE_SYNC_REJECTED, rejected_data};
 use crate::domain::Assignment;
 use crate::domain::{JobStatus, Outcome, ReasonCode};

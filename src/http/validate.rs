@@ -2,15 +2,15 @@
 
 use super::AppState;
 use super::auth::{Caller, Scope};
+use super::views::{RowError, ValidationReport};
 use crate::error::{ApiError, ApiResult};
 use crate::ingest::{self, BatchQuery, Format};
 use crate::pipeline::validate_rows;
+use crate::store::Reason;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
-use super::views::{RowError, ValidationReport};
-use crate::store::Reason;
 
 pub async fn validate(
     State(state): State<AppState>,

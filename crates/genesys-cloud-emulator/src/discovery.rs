@@ -1,5 +1,5 @@
 //! SCIM discovery: `/serviceproviderconfig`, `/schemas`, `/schemas/{id}`, `/resourcetypes`,
-//! `/resourcetypes/{name}` (reference §1.1). Only the User resource type is served: the emulator
+//! `/resourcetypes/{name}` (README, Endpoints). Only the User resource type is served: the emulator
 //! has no groups (rolesync does not use them; Genesys cannot create them over SCIM either).
 
 use axum::extract::{Path, State};

@@ -1,4 +1,4 @@
-//! The two error shapes Genesys Cloud answers with (reference §6), the correlation id every
+//! The two error shapes Genesys Cloud answers with (README, Error shapes), the correlation id every
 //! response carries, and small response helpers.
 //!
 //! - `ScimError`: `{"schemas":[Error URN],"status":"409","scimType":…,"detail":…}` (status is a

@@ -1,4 +1,4 @@
-//! `POST /oauth/token`: the client-credentials grant (reference §8). Credentials come in HTTP
+//! `POST /oauth/token`: the client-credentials grant (README, Endpoints). Credentials come in HTTP
 //! Basic (preferred) or as `client_id`/`client_secret` form fields (`client_secret_post`); the
 //! form must say `grant_type=client_credentials`. Not rate limited, no faults.
 

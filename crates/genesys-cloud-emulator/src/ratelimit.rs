@@ -1,5 +1,5 @@
 //! Bearer-token authentication and the per-token rate limit of the Genesys Platform API
-//! (reference §7): a fixed one-minute window per token, opened by the token's first request.
+//! (README, Rate limit): a fixed one-minute window per token, opened by the token's first request.
 //! Every authenticated API response carries `inin-ratelimit-allowed`, `inin-ratelimit-count`
 //! (requests in the current window, this one included) and `inin-ratelimit-reset` (seconds until
 //! the window resets); over the limit the answer is 429 with `Retry-After` and the Genesys body

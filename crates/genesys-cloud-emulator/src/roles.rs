@@ -1,4 +1,4 @@
-//! The authorization role catalog (`GET /api/v2/authorization/roles`, reference §10) and the set
+//! The authorization role catalog (`GET /api/v2/authorization/roles`, README, Role catalog) and the set
 //! of role names SCIM writes may use.
 //!
 //! The catalog is a JSON array of Genesys `DomainOrganizationRole` objects (`id`, `name`,

@@ -1,4 +1,4 @@
-//! The SCIM user endpoints (reference §1–§5), served under both `/api/v2/scim/v2` and
+//! The SCIM user endpoints (README, Users, Listing and filters, PATCH), served under both `/api/v2/scim/v2` and
 //! `/api/v2/scim`.
 
 use std::borrow::Cow;

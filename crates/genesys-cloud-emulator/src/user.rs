@@ -1,4 +1,4 @@
-//! The SCIM user as Genesys models it (`ScimV2User`, reference §2) and its JSON form.
+//! The SCIM user as Genesys models it (`ScimV2User`, README, Users) and its JSON form.
 //!
 //! Core attributes the emulator reasons about are typed (`userName`, `externalId`,
 //! `displayName`, `active`, `roles`); the others Genesys has (`title`, `emails`, `phoneNumbers`,

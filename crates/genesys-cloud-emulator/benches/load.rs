@@ -1,4 +1,4 @@
-//! Load benchmark of the Genesys Cloud emulator: `cargo bench --bench emulator_load`.
+//! Load benchmark of the Genesys Cloud emulator: `cargo bench -p genesys-cloud-emulator --bench load`.
 //!
 //! Starts the emulator in-process on 127.0.0.1:0 (its own 2-worker runtime, rate limit off,
 //! 100 000 seeded users) and drives it over keep-alive HTTP/1.1 connections (a minimal raw
