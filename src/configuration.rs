@@ -421,8 +421,8 @@ impl Settings {
         if self.sync.max_conflict_retries > 20 {
             return Err(invalid("sync.max_conflict_retries", "must be at most 20"));
         }
-        // Above 0: at 0 a single refused user would pause the job, and SPEC §2 wants a 400 on
-        // one user to fail that user, not the job.
+        // Above 0: at 0 a single refused user would pause the job, while a 400 on one user
+        // must fail that user, not the job.
         let ratio = self.sync.max_error_ratio;
         if ratio.is_nan() || ratio <= 0.0 || ratio > 1.0 {
             return Err(invalid(

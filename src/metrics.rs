@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §8), on a registry this struct owns (not the global one), so tests
+//! Prometheus metrics, on a registry this struct owns (not the global one), so tests
 //! and several in-process instances never collide.
 
 use prometheus::{

@@ -1,4 +1,4 @@
-//! Audit trail: events (SPEC §7) written to the durable outbox in the same transaction as the
+//! Audit trail: events (their format for receivers: `docs/webhooks.md`) written to the durable outbox in the same transaction as the
 //! outcome they describe, a dispatcher that delivers them signed per Standard Webhooks, and one
 //! structured log line per role change (tracing target `audit`).
 

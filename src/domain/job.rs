@@ -1,7 +1,8 @@
 use serde::{Deserialize, Serialize};
 
 vocabulary! {
-    /// Lifecycle of a job (SPEC §3).
+    /// Lifecycle of a job: queued → running (↔ paused) → a terminal status; a job whose plan
+    /// crosses the approval bounds waits in `awaiting_approval` first.
     pub enum JobStatus {
         Queued = "queued",
         Running = "running",
@@ -29,7 +30,7 @@ impl JobStatus {
 }
 
 vocabulary! {
-    /// Outcome of one submitted row (SPEC §3).
+    /// Outcome of one submitted row.
     pub enum Outcome {
         Pending = "pending",
         Rejected = "rejected",
@@ -53,7 +54,7 @@ impl Outcome {
 }
 
 vocabulary! {
-    /// Machine-readable reason for a row that did not succeed (SPEC §3).
+    /// Machine-readable reason for a row that did not succeed.
     pub enum ReasonCode {
         UnknownLicenseTier = "unknown_license_tier",
         UnknownRole = "unknown_role",
@@ -72,7 +73,7 @@ vocabulary! {
     }
 }
 
-/// Per-outcome row counts of a job (SPEC §3 `counts`).
+/// Per-outcome row counts of a job (`counts` in the API); they always add up to `total`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     pub total: i64,

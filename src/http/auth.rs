@@ -1,4 +1,4 @@
-//! API keys with scopes (SPEC §4 `auth.keys`). Keys are configured by their SHA-256 only; the
+//! API keys with scopes (`auth.keys` in `config/default.toml`). Keys are configured by their SHA-256 only; the
 //! presented key is hashed and compared in constant time.
 
 use super::AppState;

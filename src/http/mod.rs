@@ -1,4 +1,4 @@
-//! The HTTP API (SPEC §3): handlers only. Each handler checks the caller's scope, calls the
+//! The HTTP API (described by `/openapi.json`, summarised in the README): handlers only. Each handler checks the caller's scope, calls the
 //! store or the pipeline, and maps the result; the work happens elsewhere.
 
 pub mod auth;

@@ -1,4 +1,4 @@
-//! Reads a submitted batch (SPEC §3): JSON, NDJSON or CSV, chosen by `Content-Type`.
+//! Reads a submitted batch: JSON, NDJSON or CSV, chosen by `Content-Type`.
 //!
 //! Two kinds of problems, kept apart on purpose:
 //! - the body's *shape* is wrong (invalid UTF-8, broken JSON, a missing header or field):

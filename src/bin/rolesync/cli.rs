@@ -1,4 +1,5 @@
-//! The command line (SPEC §6).
+//! The command line: `rolesync serve | emulator | demo | submit | status | validate | policy
+//! check | hash-key` (`rolesync --help`).
 
 use crate::client::{Client, ClientArgs};
 use anyhow::Context;
