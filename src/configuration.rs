@@ -361,7 +361,18 @@ impl Settings {
         Ok(())
     }
 
+    /// Everything serde cannot check by type, section by section; the first problem names its key.
     fn validate(&self) -> Result<(), ConfigError> {
+        self.check_store_and_server()?;
+        self.check_target()?;
+        self.check_sync()?;
+        self.check_auth()?;
+        self.check_webhooks()?;
+        Ok(())
+    }
+
+    /// `store.*` and `server.*`.
+    fn check_store_and_server(&self) -> Result<(), ConfigError> {
         let url = &self.store.url;
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -385,6 +396,11 @@ impl Settings {
                 "must be at least server.max_rows_per_job",
             ));
         }
+        Ok(())
+    }
+
+    /// `target.*`: where the target is and how rolesync authenticates to it.
+    fn check_target(&self) -> Result<(), ConfigError> {
         check_url("target.scim_base", &self.target.scim_base)?;
         if let Some(u) = &self.target.token_url {
             check_url("target.token_url", u)?;
@@ -415,6 +431,11 @@ impl Settings {
         if self.target.max_attempts == 0 || self.target.max_attempts > 20 {
             return Err(invalid("target.max_attempts", "must be between 1 and 20"));
         }
+        Ok(())
+    }
+
+    /// `sync.*`: chunking, conflict retries and the error-ratio pause.
+    fn check_sync(&self) -> Result<(), ConfigError> {
         if self.sync.chunk_size == 0 || self.sync.chunk_size > 10_000 {
             return Err(invalid("sync.chunk_size", "must be between 1 and 10000"));
         }
@@ -456,6 +477,11 @@ impl Settings {
                 "must be at most 100",
             ));
         }
+        Ok(())
+    }
+
+    /// `auth.keys`: each key a hex SHA-256 (its scopes are typed, checked while reading).
+    fn check_auth(&self) -> Result<(), ConfigError> {
         for key in &self.auth.keys {
             let ok =
                 key.key_sha256.len() == 64 && key.key_sha256.chars().all(|c| c.is_ascii_hexdigit());
@@ -466,6 +492,11 @@ impl Settings {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `webhooks.*`: endpoints with a `whsec_` secret and distinct names, and delivery bounds.
+    fn check_webhooks(&self) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();
         for ep in &self.webhooks.endpoints {
             check_url("webhooks.endpoints.url", &ep.url)?;
