@@ -226,9 +226,39 @@ const PHONE_TYPES: [&str; 11] = [
     "ringcentral",
 ];
 
+/// The schemas served by `/schemas`: the user, its two extensions, then the discovery resources.
 fn all_schemas(shared: &Shared, base: &str) -> Vec<Value> {
     let genesys = shared.profile == Profile::Genesys;
     let role_names: Vec<&str> = shared.catalog.names().collect();
+    let mut out = vec![
+        schema_json(
+            USER_SCHEMA,
+            "User",
+            "Genesys Cloud user",
+            &user_attributes(genesys, &role_names),
+            base,
+        ),
+        schema_json(
+            ENTERPRISE_SCHEMA,
+            "EnterpriseUser",
+            "Enterprise user extension",
+            &enterprise_attributes(),
+            base,
+        ),
+        schema_json(
+            GENESYS_SCHEMA,
+            "GenesysUser",
+            "Genesys Cloud user extension",
+            &genesys_attributes(),
+            base,
+        ),
+    ];
+    out.extend(discovery_schemas(base));
+    out
+}
+
+/// The core User schema; `displayName` is required by Genesys, optional in plain RFC 7644.
+fn user_attributes(genesys: bool, role_names: &[&str]) -> Vec<A> {
     let mut display_name = a(
         "displayName",
         "string",
@@ -237,7 +267,7 @@ fn all_schemas(shared: &Shared, base: &str) -> Vec<Value> {
     if genesys {
         display_name = display_name.required();
     }
-    let user = vec![
+    vec![
         a(
             "userName",
             "string",
@@ -296,8 +326,12 @@ fn all_schemas(shared: &Shared, base: &str) -> Vec<Value> {
                 .refs(&["Group"]),
             a("type", "string", "direct or indirect.").mutability("readOnly"),
         ]),
-    ];
-    let enterprise = vec![
+    ]
+}
+
+/// The enterprise extension (`urn:…:enterprise:2.0:User`).
+fn enterprise_attributes() -> Vec<A> {
+    vec![
         a("division", "string", "The name of the user's division."),
         a("department", "string", "The user's department."),
         a("manager", "complex", "The user's manager.").sub(vec![
@@ -306,8 +340,12 @@ fn all_schemas(shared: &Shared, base: &str) -> Vec<Value> {
         ]),
         a("employeeNumber", "string", "The user's employee number."),
         a("dateHire", "string", "The hire date, YYYY-MM-DD."),
-    ];
-    let ext = vec![
+    ]
+}
+
+/// The Genesys extension: routing skills and languages, external ids.
+fn genesys_attributes() -> Vec<A> {
+    vec![
         a("routingSkills", "complex", "Routing skills (at most 50).")
             .multi()
             .sub(vec![
@@ -336,24 +374,14 @@ fn all_schemas(shared: &Shared, base: &str) -> Vec<Value> {
                     .exact(),
                 a("value", "string", "The identifier.").required().exact(),
             ]),
-    ];
+    ]
+}
+
+/// The schemas of the discovery resources themselves (ServiceProviderConfig, ResourceType,
+/// Schema).
+fn discovery_schemas(base: &str) -> Vec<Value> {
     let ro = |name: &'static str, ty: &'static str| a(name, ty, "").mutability("readOnly");
     vec![
-        schema_json(USER_SCHEMA, "User", "Genesys Cloud user", &user, base),
-        schema_json(
-            ENTERPRISE_SCHEMA,
-            "EnterpriseUser",
-            "Enterprise user extension",
-            &enterprise,
-            base,
-        ),
-        schema_json(
-            GENESYS_SCHEMA,
-            "GenesysUser",
-            "Genesys Cloud user extension",
-            &ext,
-            base,
-        ),
         schema_json(
             SPC_SCHEMA,
             "ServiceProviderConfig",
