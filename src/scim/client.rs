@@ -3,6 +3,7 @@
 use super::ScimError;
 use super::model::{ErrorBody, ListResponse, PATCH_OP_SCHEMA, ScimUser, escape_filter_value};
 use super::rate::RateLimiter;
+use super::bounds;
 use super::retry::{Verdict, backoff, classify, parse_retry_after};
 use super::token::{TokenManager, TokenSource};
 use crate::configuration::{Settings, TargetProfile};
@@ -481,16 +482,11 @@ impl ScimClient {
                     .with_label_values(&[method, call.route, status.as_str()])
                     .inc();
                 let headers = resp.headers().clone();
-                let num = |name: &str| {
-                    headers
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                };
+                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
                 self.limiter.observe(
-                    num("inin-ratelimit-allowed"),
-                    num("inin-ratelimit-count"),
-                    num("inin-ratelimit-reset"),
+                    header("inin-ratelimit-allowed").and_then(bounds::ratelimit_count),
+                    header("inin-ratelimit-count").and_then(bounds::ratelimit_count),
+                    header("inin-ratelimit-reset").and_then(bounds::ratelimit_reset),
                 );
                 if status == StatusCode::UNAUTHORIZED {
                     self.tokens.invalidate(&token).await;

@@ -5,7 +5,10 @@
 //! - `retry`: which failures are retried (429, 408, 5xx, timeouts, connection errors) and how long
 //!   to wait (`Retry-After`, else exponential backoff with full jitter).
 //! - `client`: the calls rolesync makes, each counted.
+//! - `bounds`: every number the target sends back (`Retry-After`, `inin-ratelimit-*`, token
+//!   `expires_in`) is parsed without panic and clamped there.
 
+pub mod bounds;
 pub mod client;
 pub mod model;
 pub mod rate;

@@ -72,9 +72,13 @@ impl RateLimiter {
         tokio::time::sleep_until(go_at).await;
     }
 
-    /// Holds every caller until `until`.
+    /// Holds every caller for `delay` (bounded by the caller; an instant beyond the clock's
+    /// range holds for the longest the clock can express, never panics).
     pub fn hold_for(&self, delay: Duration) {
-        let until = Instant::now() + delay;
+        let now = Instant::now();
+        let until = now
+            .checked_add(delay)
+            .unwrap_or_else(|| now + super::bounds::MAX_RETRY_AFTER);
         let mut s = match self.state.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
@@ -87,13 +91,14 @@ impl RateLimiter {
         }
     }
 
-    /// Reads the target's `inin-ratelimit-*` view: when the window is spent, wait for its reset.
-    pub fn observe(&self, allowed: Option<u64>, count: Option<u64>, reset_secs: Option<u64>) {
-        if let (Some(allowed), Some(count), Some(reset)) = (allowed, count, reset_secs)
+    /// Reads the target's `inin-ratelimit-*` view (already bounded, `bounds`): when the window
+    /// is spent, wait for its reset.
+    pub fn observe(&self, allowed: Option<u64>, count: Option<u64>, reset: Option<Duration>) {
+        if let (Some(allowed), Some(count), Some(reset)) = (allowed, count, reset)
             && allowed > 0
             && count >= allowed
         {
-            self.hold_for(Duration::from_secs(reset.max(1)));
+            self.hold_for(reset);
         }
     }
 }
@@ -148,7 +153,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_spent_window_holds_until_reset() {
         let limiter = RateLimiter::new(6000);
-        limiter.observe(Some(300), Some(300), Some(7));
+        limiter.observe(Some(300), Some(300), Some(Duration::from_secs(7)));
         let start = Instant::now();
         limiter.acquire().await;
         assert!(start.elapsed() >= Duration::from_secs(7));

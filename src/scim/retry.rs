@@ -4,7 +4,7 @@
 
 use rand::Rng;
 use reqwest::StatusCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// What to do with an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,27 +37,15 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=millis))
 }
 
-/// Parses `Retry-After`: delta-seconds or an HTTP date. Bounded to an hour.
+/// Parses `Retry-After`: delta-seconds or an HTTP date, clamped (`bounds`).
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    let d = if let Ok(secs) = value.parse::<u64>() {
-        Duration::from_secs(secs)
-    } else if let Ok(secs) = value.parse::<f64>() {
-        if !secs.is_finite() || secs < 0.0 {
-            return None;
-        }
-        Duration::from_secs_f64(secs.min(3600.0))
-    } else {
-        let at = httpdate::parse_http_date(value).ok()?;
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
-    };
-    Some(d.min(Duration::from_secs(3600)))
+    super::bounds::retry_after(value)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     #[test]
     fn retries_only_429_408_and_5xx() {
@@ -94,7 +82,7 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
-        assert_eq!(parse_retry_after("999999"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_retry_after("999999"), Some(super::super::bounds::MAX_RETRY_AFTER));
     }
 
     #[test]

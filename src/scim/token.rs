@@ -59,8 +59,9 @@ struct Cached {
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
+    /// Any JSON value: read by `bounds::token_ttl`, never trusted as it is.
     #[serde(default)]
-    expires_in: Option<u64>,
+    expires_in: Option<serde_json::Value>,
 }
 
 impl TokenManager {
@@ -166,7 +167,7 @@ impl TokenManager {
                     None,
                 )
             })?;
-            let ttl = Duration::from_secs(body.expires_in.unwrap_or(3600).max(1));
+            let ttl = super::bounds::token_ttl(body.expires_in.as_ref());
             // Refresh ahead of expiry: a minute early, or at 90% of a short lifetime.
             let margin = Duration::from_secs(60).min(ttl / 10);
             return Ok(Cached {
