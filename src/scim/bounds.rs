@@ -171,7 +171,10 @@ mod tests {
     #[test]
     fn token_lifetimes_stay_between_the_bounds() {
         let ttl = |v: serde_json::Value| token_ttl(Some(&v));
-        assert_eq!(ttl(serde_json::json!(18446744073709551615u64)), MAX_TOKEN_TTL);
+        assert_eq!(
+            ttl(serde_json::json!(18446744073709551615u64)),
+            MAX_TOKEN_TTL
+        );
         assert_eq!(ttl(serde_json::json!(1e300)), MAX_TOKEN_TTL);
         assert_eq!(ttl(serde_json::json!(-1)), DEFAULT_TOKEN_TTL);
         assert_eq!(ttl(serde_json::json!("abc")), DEFAULT_TOKEN_TTL);

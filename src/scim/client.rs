@@ -1,9 +1,9 @@
 //! The calls rolesync makes to the SCIM target, each paced, retried, counted and timed.
 
 use super::ScimError;
+use super::bounds;
 use super::model::{ErrorBody, ListResponse, PATCH_OP_SCHEMA, ScimUser, escape_filter_value};
 use super::rate::RateLimiter;
-use super::bounds;
 use super::retry::{Verdict, backoff, classify, parse_retry_after};
 use super::token::{TokenManager, TokenSource};
 use crate::configuration::{Settings, TargetProfile};

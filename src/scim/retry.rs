@@ -82,7 +82,10 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
-        assert_eq!(parse_retry_after("999999"), Some(super::super::bounds::MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("999999"),
+            Some(super::super::bounds::MAX_RETRY_AFTER)
+        );
     }
 
     #[test]
