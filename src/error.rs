@@ -202,31 +202,6 @@ pub fn problem_response(
     resp
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::StoreError;
-
-    #[test]
-    fn a_passing_store_failure_is_503_with_retry_after_and_a_lasting_one_500() {
-        let busy: ApiError = StoreError::Sqlx(sqlx::Error::PoolTimedOut).into();
-        let resp = busy.into_response();
-        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(
-            resp.headers()
-                .get(header::RETRY_AFTER)
-                .map(|v| v.as_bytes()),
-            Some(&b"5"[..])
-        );
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
-        assert!(is_transient(&StoreError::Sqlx(sqlx::Error::Io(io))));
-        let corrupt: ApiError = StoreError::Corrupt("x".into()).into();
-        assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let missing: ApiError = StoreError::Sqlx(sqlx::Error::RowNotFound).into();
-        assert_eq!(missing.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -261,5 +236,30 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn a_passing_store_failure_is_503_with_retry_after_and_a_lasting_one_500() {
+        let busy: ApiError = StoreError::Sqlx(sqlx::Error::PoolTimedOut).into();
+        let resp = busy.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            resp.headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"5"[..])
+        );
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(is_transient(&StoreError::Sqlx(sqlx::Error::Io(io))));
+        let corrupt: ApiError = StoreError::Corrupt("x".into()).into();
+        assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let missing: ApiError = StoreError::Sqlx(sqlx::Error::RowNotFound).into();
+        assert_eq!(missing.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }
