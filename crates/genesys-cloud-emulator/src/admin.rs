@@ -5,34 +5,40 @@
 //!   Several users may share an `externalId` (to stage `ambiguous_user`); userNames stay unique.
 //! - `GET /emulator/users`: every user, `[{id, userName, externalId, displayName, active, roles,
 //!   version}]`.
-//! - `GET|POST /emulator/faults`: the fault knobs (see `faults.rs`).
+//! - `GET|POST /emulator/faults`: the fault knobs (see `faults.rs`) and the faults staged for
+//!   particular calls (see `staged.rs`).
 //! - `GET /emulator/stats`, `POST /emulator/stats/reset`.
-//! - `POST /emulator/reset`: users, stats and tokens cleared; faults off.
+//! - `POST /emulator/reset`: users, stats and tokens cleared; faults off, nothing staged.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::Shared;
 use crate::errors::{self, ApiError, JSON_CONTENT_TYPE, json_response};
-use crate::faults::{Dropped, FaultUpdate};
+use crate::faults::{Dropped, FaultSettings, FaultUpdate};
 use crate::ratelimit;
-use crate::scim::read_json;
+use crate::scim::{read_body, read_json};
+use crate::staged::{FailingUser, FailingUsers, OverrideView};
 use crate::state::lock;
 use crate::user::{self, UserData};
 
 /// Largest `POST /emulator/users` body.
 const MAX_ADMIN_BODY: usize = 512 * 1024 * 1024;
+/// Largest `POST /emulator/faults` body: room for `MAX_FAILING_USERS` entries.
+const MAX_FAULTS_BODY: usize = 4 * 1024 * 1024;
 const STAT_SHARDS: usize = 16;
 
 /// Per route pattern: (method, status, count).
@@ -246,38 +252,63 @@ async fn list_users(State(shared): State<Shared>) -> Response {
     ok(&Value::Array(users))
 }
 
-fn faults_body(shared: &Shared) -> Value {
+/// `GET /emulator/faults`: the knobs, then what is staged.
+#[derive(Serialize)]
+struct FaultsView<'a> {
+    #[serde(flatten)]
+    settings: FaultSettings,
+    outage_remaining_secs: f64,
+    seed: Option<u64>,
+    forbid: bool,
+    failing_users: &'a [FailingUser],
+    override_headers: Option<OverrideView>,
+    token_expires_in: Option<Box<RawValue>>,
+}
+
+fn faults_body(shared: &Shared) -> Response {
     let f = &shared.faults;
-    let mut v = serde_json::to_value(f.settings()).unwrap_or_else(|_| json!({}));
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert(
-            "outage_remaining_secs".into(),
-            json!(f.outage_remaining().map_or(0.0, |d| d.as_secs_f64())),
-        );
-        obj.insert("seed".into(), json!(f.seed()));
-        obj.insert("forbid".into(), json!(f.forbid()));
-    }
-    v
+    let failing: Arc<FailingUsers> = f.staged().failing_users();
+    let view = FaultsView {
+        settings: f.settings(),
+        outage_remaining_secs: f.outage_remaining().map_or(0.0, |d| d.as_secs_f64()),
+        seed: f.seed(),
+        forbid: f.forbid(),
+        failing_users: failing.entries(),
+        override_headers: f.staged().override_view(),
+        token_expires_in: f.staged().expires_in(),
+    };
+    let mut response = (
+        StatusCode::OK,
+        serde_json::to_vec(&view).unwrap_or_default(),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(JSON_CONTENT_TYPE),
+    );
+    response
 }
 
 async fn get_faults(State(shared): State<Shared>) -> Response {
-    ok(&faults_body(&shared))
+    faults_body(&shared)
 }
 
 async fn set_faults(State(shared): State<Shared>, headers: HeaderMap, body: Body) -> Response {
     let result = async {
-        let v = read_json(&headers, body, 64 * 1024).await?;
-        let update: FaultUpdate = serde_json::from_value(v)
+        // Parsed from the bytes, not through `Value`, so that `token_expires_in` keeps the
+        // number as written.
+        let bytes = read_body(&headers, body, MAX_FAULTS_BODY).await?;
+        let update: FaultUpdate = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::invalid_value(format!("Invalid fault settings: {e}")))?;
         shared
             .faults
-            .update(&update)
+            .update(update)
             .map_err(ApiError::invalid_value)?;
         Ok::<_, ApiError>(())
     }
     .await;
     match result {
-        Ok(()) => ok(&faults_body(&shared)),
+        Ok(()) => faults_body(&shared),
         Err(e) => e.into_response(),
     }
 }

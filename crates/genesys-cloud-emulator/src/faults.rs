@@ -2,10 +2,14 @@
 //! `/emulator/*`): latency with jitter, an outage window (503), dropped connections, random 503s
 //! and random 429s, `forbid` (every call answers 403 `missing.permissions`, as for an OAuth
 //! client that lost its role), and `reject_patch` (a share of PATCHes answers 400
-//! `invalidValue`, as when the target refuses the writes themselves while answering reads). Knobs are atomics (read on every request without a lock); the RNG is only
-//! locked when a knob needs a draw, and is seeded by `--seed` for reproducible runs (the draws
-//! follow the order in which requests reach the middleware, so only sequential requests replay
-//! identically).
+//! `invalidValue`, as when the target refuses the writes themselves while answering reads).
+//! Knobs are atomics (read on every request without a lock); the RNG is only locked when a knob
+//! needs a draw, and is seeded by `--seed` for reproducible runs (the draws follow the order in
+//! which requests reach the middleware, so only sequential requests replay identically).
+//!
+//! The faults staged for particular calls (named failing users, overridden headers, the token's
+//! reported `expires_in`) live in `staged.rs`; `Faults` holds them so that one
+//! `POST /emulator/faults` body sets, and `POST /emulator/reset` clears, both kinds.
 //!
 //! A dropped connection: the response body fails before its first byte, so hyper aborts the
 //! connection without writing a status line; the client sees the connection closed with no answer.
@@ -22,8 +26,12 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::errors::ApiError;
+use crate::staged::{
+    self, FailingUser, FailingUsers, HeaderOverride, HeaderOverrideUpdate, Staged,
+};
 use crate::state::lock;
 
 /// Marks a response whose connection is dropped (recorded with status 0 in the stats).
@@ -41,6 +49,7 @@ pub struct Faults {
     rate_limit_per_minute: AtomicU64,
     reject_patch: AtomicU64,
     forbid: AtomicBool,
+    staged: Staged,
     initial: FaultSettings,
     rng: Mutex<StdRng>,
     seed: Option<u64>,
@@ -77,6 +86,14 @@ pub struct FaultUpdate {
     pub reject_patch: Option<f64>,
     /// Every API call answers 403 `missing.permissions` while true.
     pub forbid: Option<bool>,
+    /// Replaces the named failing users (`[]` clears them).
+    pub failing_users: Option<Vec<FailingUser>>,
+    /// The next `count` API responses carry these headers (`null` or `count: 0` clears).
+    #[serde(default, deserialize_with = "staged::present")]
+    pub override_headers: Option<Option<HeaderOverrideUpdate>>,
+    /// The number `POST /oauth/token` reports in `expires_in`, as written (`null` clears).
+    #[serde(default, deserialize_with = "staged::present")]
+    pub token_expires_in: Option<Option<Box<RawValue>>>,
 }
 
 fn f64_load(a: &AtomicU64) -> f64 {
@@ -112,6 +129,7 @@ impl Faults {
             rate_limit_per_minute: AtomicU64::new(0),
             reject_patch: AtomicU64::new(0),
             forbid: AtomicBool::new(false),
+            staged: Staged::default(),
             initial: initial.clone(),
             rng: Mutex::new(rng),
             seed,
@@ -168,12 +186,38 @@ impl Faults {
         self.seed
     }
 
-    /// Applies a `POST /emulator/faults` body; every field is optional.
-    pub fn update(&self, u: &FaultUpdate) -> Result<(), String> {
+    /// The faults staged for particular calls.
+    pub fn staged(&self) -> &Staged {
+        &self.staged
+    }
+
+    /// Applies a `POST /emulator/faults` body; every field is optional. Everything is validated
+    /// before anything changes, so a refused body changes nothing.
+    pub fn update(&self, u: FaultUpdate) -> Result<(), String> {
         let p5 = probability("fault_5xx", u.fault_5xx)?;
         let p4 = probability("fault_429", u.fault_429)?;
         let pd = probability("drop_connection", u.drop_connection)?;
         let pr = probability("reject_patch", u.reject_patch)?;
+        let failing = u.failing_users.map(FailingUsers::compile).transpose()?;
+        let header_override = match u.override_headers {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(o)) => Some(HeaderOverride::compile(o)?),
+        };
+        let expires_in = match u.token_expires_in {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(raw)) => Some(Some(staged::check_expires_in(raw)?)),
+        };
+        if let Some(set) = failing {
+            self.staged.set_failing_users(set);
+        }
+        if let Some(o) = header_override {
+            self.staged.set_override(o);
+        }
+        if let Some(v) = expires_in {
+            self.staged.set_expires_in(v);
+        }
         if let Some(p) = p5 {
             f64_store(&self.fault_5xx, p);
         }
@@ -210,8 +254,10 @@ impl Faults {
         Ok(())
     }
 
-    /// `POST /emulator/reset`: faults off; the rate limit back to its command-line value.
+    /// `POST /emulator/reset`: faults off, nothing staged; the rate limit back to its
+    /// command-line value.
     pub fn reset(&self) {
+        self.staged.reset();
         self.set(&FaultSettings {
             rate_limit_per_minute: self.initial.rate_limit_per_minute,
             ..FaultSettings::default()

@@ -13,11 +13,13 @@
 //!
 //! Request path: one middleware, `admin::observe` (`inin-correlation-id` on every response;
 //! stats for all but `/emulator/*`), which sends API calls (`/api/…` routes) through
-//! `ratelimit::guard` (bearer token, rate limit, then `faults::inject`: latency, outage, dropped
-//! connection, 503, 429) → handler (`routes.rs`). Before routing, the resource segment of SCIM
-//! paths is lower-cased, so `/Users`, `/ServiceProviderConfig`, `/Schemas` and `/ResourceTypes`
-//! (RFC spelling) reach the Genesys routes (`/users`, …). What it models of Genesys Cloud, and
-//! where it had to choose, is in this crate's README.
+//! `ratelimit::guard` (bearer token, a staged header override, rate limit, then
+//! `faults::inject`: latency, forbid, outage, dropped connection, 503, 429, reject_patch) →
+//! handler (`routes.rs`; the SCIM user handlers check the named failing users of `staged.rs`
+//! first). Before routing, the resource segment of SCIM paths is lower-cased, so `/Users`,
+//! `/ServiceProviderConfig`, `/Schemas` and `/ResourceTypes` (RFC spelling) reach the Genesys
+//! routes (`/users`, …). What it models of Genesys Cloud, and where it had to choose, is in this
+//! crate's README.
 
 mod admin;
 mod args;
@@ -31,6 +33,7 @@ mod ratelimit;
 mod roles;
 mod routes;
 mod scim;
+mod staged;
 mod state;
 mod user;
 

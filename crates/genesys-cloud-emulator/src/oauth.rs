@@ -1,19 +1,22 @@
 //! `POST /oauth/token`: the client-credentials grant (README, Endpoints). Credentials come in HTTP
 //! Basic (preferred) or as `client_id`/`client_secret` form fields (`client_secret_post`); the
-//! form must say `grant_type=client_credentials`. Not rate limited, no faults.
+//! form must say `grant_type=client_credentials`. Not rate limited, no faults. `expires_in` is
+//! `--token-ttl-secs`, or the number staged as `token_expires_in` (written out as it was given;
+//! the token still lives `--token-ttl-secs`).
 
 use std::time::Duration;
 
 use axum::Form;
 use axum::extract::State;
 use axum::extract::rejection::FormRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use serde_json::json;
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::Shared;
-use crate::errors::{ApiError, JSON_CONTENT_TYPE, json_response};
+use crate::errors::{ApiError, JSON_CONTENT_TYPE};
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
@@ -89,9 +92,63 @@ pub async fn token(
     }
     let ttl = shared.args.token_ttl_secs;
     let token = shared.tokens.issue(Duration::from_secs(ttl));
-    json_response(
-        StatusCode::OK,
-        JSON_CONTENT_TYPE,
-        &json!({"access_token": token, "token_type": "bearer", "expires_in": ttl}),
-    )
+    let staged = shared.faults.staged().expires_in();
+    let mut response = (StatusCode::OK, token_body(&token, ttl, staged.as_deref())).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(JSON_CONTENT_TYPE),
+    );
+    response
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ExpiresIn<'a> {
+    Secs(u64),
+    /// A validated JSON number, written as it was given.
+    Literal(&'a RawValue),
+}
+
+#[derive(Serialize)]
+struct TokenAnswer<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: ExpiresIn<'a>,
+}
+
+/// `{"access_token","token_type":"bearer","expires_in"}`; `expires_in` is `staged` when given.
+fn token_body(token: &str, ttl: u64, staged: Option<&RawValue>) -> Vec<u8> {
+    let answer = TokenAnswer {
+        access_token: token,
+        token_type: "bearer",
+        expires_in: staged.map_or(ExpiresIn::Secs(ttl), ExpiresIn::Literal),
+    };
+    serde_json::to_vec(&answer).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_token_answer_carries_a_staged_expires_in_verbatim() {
+        let body = token_body("t", 86_400, None);
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            r#"{"access_token":"t","token_type":"bearer","expires_in":86400}"#
+        );
+        for n in ["18446744073709551616", "-1", "1e400", "-0.5E-3"] {
+            let raw = RawValue::from_string(n.to_string()).unwrap();
+            let body = token_body("t\"x", 1, Some(&raw));
+            let text = String::from_utf8(body).unwrap();
+            assert_eq!(
+                text,
+                format!(r#"{{"access_token":"t\"x","token_type":"bearer","expires_in":{n}}}"#)
+            );
+            // Still valid JSON, whatever the number.
+            serde_json::from_str::<serde::de::IgnoredAny>(&text).unwrap();
+        }
+    }
 }

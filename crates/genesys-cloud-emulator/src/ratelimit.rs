@@ -4,6 +4,9 @@
 //! (requests in the current window, this one included) and `inin-ratelimit-reset` (seconds until
 //! the window resets); over the limit the answer is 429 with `Retry-After` and the Genesys body
 //! (`too.many.requests.retry.after`). With the limit off (0) the headers are left out.
+//!
+//! The guard is also where a staged header override (`staged.rs`) is used up: one use per
+//! authenticated API call, its headers set last so they replace the emulator's own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -101,7 +104,10 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The API guard: authentication, the rate limit, then the faults (`faults::inject`).
+/// The API guard: authentication, then one use of a staged header override (whose `status`,
+/// if it has one, answers instead of everything below), the rate limit, then the faults
+/// (`faults::inject`). The override's headers are set last, over the rate-limit headers. A
+/// request without a valid token gets its 401 untouched and uses up no override.
 pub async fn guard(shared: &Emulator, req: Request, next: Next) -> Response {
     let token = match bearer(req.headers()) {
         None if req.headers().contains_key(header::AUTHORIZATION) => {
@@ -118,20 +124,26 @@ pub async fn guard(shared: &Emulator, req: Request, next: Next) -> Response {
             None => return unauthorized("bad.credentials", "Invalid login credentials."),
         },
     };
+    let staged = shared.faults.staged().take_override();
     let limit = shared.faults.rate_limit_per_minute();
-    if limit == 0 {
-        return crate::faults::inject(&shared.faults, req, next).await;
-    }
-    let d = token.hit();
-    let mut response = if d.count > limit {
+    // Every authenticated request counts, whatever answers it.
+    let decision = (limit > 0).then(|| token.hit());
+    let mut response = if let Some(answer) = staged.as_ref().and_then(|o| o.answer()) {
+        answer
+    } else if let Some(d) = decision.as_ref().filter(|d| d.count > limit) {
         ApiError::rate_limited(d.reset_secs.max(1)).into_response()
     } else {
         crate::faults::inject(&shared.faults, req, next).await
     };
     let h = response.headers_mut();
-    h.insert(ALLOWED, HeaderValue::from(limit));
-    h.insert(COUNT, HeaderValue::from(d.count));
-    h.insert(RESET, HeaderValue::from(d.reset_secs));
+    if let Some(d) = decision {
+        h.insert(ALLOWED, HeaderValue::from(limit));
+        h.insert(COUNT, HeaderValue::from(d.count));
+        h.insert(RESET, HeaderValue::from(d.reset_secs));
+    }
+    if let Some(o) = staged {
+        o.apply(h);
+    }
     response
 }
 

@@ -17,6 +17,7 @@ use crate::args::Profile;
 use crate::errors::{ApiError, scim_bytes};
 use crate::filter::{self, CmpOp, Filter, FilterValue};
 use crate::patch;
+use crate::staged::Access;
 use crate::state::{Conflict, Id, IfMatch};
 use crate::user::{self, ENTERPRISE_SCHEMA, Projection, Render, USER_SCHEMA, User};
 
@@ -166,9 +167,20 @@ fn user_response(
     with_etag(scim_bytes(status, body), user, shared.profile)
 }
 
-/// Reads a JSON object body (`application/scim+json` or `application/json`), at most 512 000
-/// bytes.
+/// Reads a JSON body (`application/scim+json` or `application/json`), at most `limit` bytes.
 pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, ApiError> {
+    let bytes = read_body(headers, body, limit).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid_syntax(format!("The request body is not valid JSON: {e}")))
+}
+
+/// The bytes of a body whose content type is JSON (or absent), at most `limit` of them: 415 for
+/// another content type, 413 over the limit.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         let mime = ct.split(';').next().unwrap_or("").trim();
@@ -182,15 +194,13 @@ pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<
             ));
         }
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::genesys(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request.entity.too.large",
             format!("The request is over the size limit. Maximum bytes: {limit}"),
         )
-    })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::invalid_syntax(format!("The request body is not valid JSON: {e}")))
+    })
 }
 
 fn object(v: Value) -> Result<Map<String, Value>, ApiError> {
@@ -335,7 +345,18 @@ fn list_body(shared: &Shared, ctx: &ScimCtx, params: &Params) -> Result<Vec<u8>,
     }
     let count = count.min(shared.profile.max_results());
     let ids: Arc<Vec<Id>> = match params.get("filter").filter(|f| !f.trim().is_empty()) {
-        Some(f) => Arc::new(select(shared, &f)?),
+        Some(f) => {
+            let ids = select(shared, &f)?;
+            // A named failing user fails every filtered list that would return it.
+            if let Some(e) = shared
+                .faults
+                .staged()
+                .failing_in(&shared.users, Access::Read, &ids)
+            {
+                return Err(e);
+            }
+            Arc::new(ids)
+        }
         None => shared.users.listing(shared.profile == Profile::Rfc7644),
     };
     let render = Render {
@@ -371,6 +392,14 @@ fn list_body(shared: &Shared, ctx: &ScimCtx, params: &Params) -> Result<Vec<u8>,
     Ok(body)
 }
 
+/// The staged error of a named failing user, if one covers this call (README, Faults).
+fn failing(shared: &Shared, access: Access, id: &str) -> Result<(), ApiError> {
+    match shared.faults.staged().failing(&shared.users, access, id) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// `GET /users/{id}`; `If-None-Match` with the current ETag answers 304.
 pub async fn get_user(
     State(shared): State<Shared>,
@@ -379,6 +408,9 @@ pub async fn get_user(
     headers: HeaderMap,
     params: Params,
 ) -> Response {
+    if let Err(e) = failing(&shared, Access::Read, &id) {
+        return e.into_response();
+    }
     let Some(user) = shared.users.get(&id) else {
         return crate::state::not_found(&id).into_response();
     };
@@ -444,6 +476,8 @@ pub async fn put_user(
     body: Body,
 ) -> Response {
     let result = async {
+        // Before the body is read: a failing user fails whatever the request holds.
+        failing(&shared, Access::Write, &id)?;
         let doc = object(read_json(&headers, body, MAX_BODY).await?)?;
         if let Some(body_id) = doc
             .iter()
@@ -491,6 +525,8 @@ pub async fn patch_user(
     body: Body,
 ) -> Response {
     let result = async {
+        // Before the body is read: a failing user fails whatever the request holds.
+        failing(&shared, Access::Write, &id)?;
         let ops = patch::parse_request(&read_json(&headers, body, MAX_BODY).await?)?;
         let pre = if_match(&headers);
         let catalog = &shared.catalog;

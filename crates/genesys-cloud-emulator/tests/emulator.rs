@@ -1182,6 +1182,454 @@ async fn reset_clears_users_stats_and_tokens() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Staged faults: named failing users, overridden headers, the token's expires_in
+
+impl Emu {
+    /// `POST /emulator/faults`; the status and the settings it answers.
+    async fn set_faults(&self, body: Value) -> (StatusCode, Value) {
+        let res = self
+            .admin(Method::POST, "/emulator/faults", Some(body))
+            .await;
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn faults(&self) -> Value {
+        self.admin(Method::GET, "/emulator/faults", None)
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The id of the (only) user with this externalId, from the admin dump.
+    async fn id_of(&self, external_id: &str) -> String {
+        let dump: Value = self
+            .admin(Method::GET, "/emulator/users", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        dump.as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["externalId"] == external_id)
+            .map(|u| u["id"].as_str().unwrap().to_string())
+            .unwrap()
+    }
+
+    async fn stat(&self, method: &str, route: &str, status: u64) -> u64 {
+        let stats: Value = self
+            .admin(Method::GET, "/emulator/stats", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        stats["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["method"] == method && r["route"] == route && r["status"] == status)
+            .map_or(0, |r| r["count"].as_u64().unwrap())
+    }
+}
+
+fn add_role(role: &str) -> Value {
+    json!([{"op": "add", "path": "roles", "value": [{"value": role}]}])
+}
+
+#[tokio::test]
+async fn a_named_failing_user_fails_every_write_and_reads_only_when_asked() {
+    let emu = Emu::start(EmulatorArgs {
+        users: 10,
+        ..args()
+    })
+    .await;
+    let id7 = emu.id_of("EMP-000007").await;
+    let id8 = emu.id_of("EMP-000008").await;
+    emu.admin(Method::POST, "/emulator/stats/reset", None).await;
+
+    let (status, settings) = emu
+        .set_faults(json!({"failing_users": [
+            {"external_id": "EMP-000007", "writes": true, "reads": false, "status": 503}
+        ]}))
+        .await;
+    assert_eq!(status, 200, "{settings}");
+    assert_eq!(
+        settings["failing_users"],
+        json!([{"external_id": "EMP-000007", "writes": true, "reads": false, "status": 503}])
+    );
+    // Every write of user 7 fails, PATCH and PUT alike; user 8 is written.
+    for _ in 0..5 {
+        let res = emu.patch(&id7, add_role("Agent"), None).await;
+        assert_genesys_error(res, 503, "service.unavailable").await;
+    }
+    let res = emu
+        .send_json(
+            Method::PUT,
+            &format!("{SCIM}/users/{id7}"),
+            &user_body("emp-000007@example.com", "EMP-000007"),
+            None,
+        )
+        .await;
+    assert_genesys_error(res, 503, "service.unavailable").await;
+    assert_eq!(emu.patch(&id8, add_role("Agent"), None).await.status(), 200);
+    // Reads of user 7 answer (reads is false) and show it unchanged.
+    let (user7, etag) = emu.get_user(&id7).await;
+    assert_eq!(role_names(&user7), names(&["Employee"]));
+    assert_eq!(etag, "\"1\"");
+    let (status, body) = emu
+        .list(&[("filter", r#"externalId eq "EMP-000007""#)])
+        .await;
+    assert_eq!((status, &body["totalResults"]), (StatusCode::OK, &json!(1)));
+    // The failures are counted like any other answer.
+    assert_eq!(
+        emu.stat("PATCH", "/api/v2/scim/v2/users/{id}", 503).await,
+        5
+    );
+    assert_eq!(emu.stat("PUT", "/api/v2/scim/v2/users/{id}", 503).await, 1);
+    assert_eq!(
+        emu.stat("PATCH", "/api/v2/scim/v2/users/{id}", 200).await,
+        1
+    );
+
+    // Reads of user 7 fail with another 5xx; user 8, by id, fails both ways with the default
+    // 503; the other users and unfiltered lists answer.
+    let (status, settings) = emu
+        .set_faults(json!({"failing_users": [
+            {"external_id": "EMP-000007", "writes": false, "reads": true, "status": 500},
+            {"id": id8, "reads": true}
+        ]}))
+        .await;
+    assert_eq!(status, 200, "{settings}");
+    assert_eq!(
+        settings["failing_users"][1],
+        json!({"id": id8, "writes": true, "reads": true, "status": 503})
+    );
+    let res = emu.get(&format!("{SCIM}/users/{id7}"), &[]).await;
+    assert_genesys_error(res, 500, "internal.server.error").await;
+    let res = emu
+        .get(
+            &format!("{SCIM}/users"),
+            &[("filter", r#"externalId eq "EMP-000007""#)],
+        )
+        .await;
+    assert_genesys_error(res, 500, "internal.server.error").await;
+    let res = emu
+        .get(
+            &format!("{SCIM}/users"),
+            &[("filter", &format!("id eq \"{id8}\""))],
+        )
+        .await;
+    assert_genesys_error(res, 503, "service.unavailable").await;
+    let res = emu.get(&format!("/api/v2/scim/users/{id8}"), &[]).await;
+    assert_genesys_error(res, 503, "service.unavailable").await;
+    let res = emu.patch(&id8, add_role("Reporting"), None).await;
+    assert_genesys_error(res, 503, "service.unavailable").await;
+    assert_eq!(emu.patch(&id7, add_role("Agent"), None).await.status(), 200);
+    let id1 = emu.id_of("EMP-000001").await;
+    assert_eq!(emu.get_user(&id1).await.1, "\"1\"");
+    let (status, body) = emu
+        .list(&[("filter", r#"externalId eq "EMP-000001""#)])
+        .await;
+    assert_eq!((status, &body["totalResults"]), (StatusCode::OK, &json!(1)));
+    assert_eq!(emu.list(&[]).await.0, 200, "an unfiltered list answers");
+
+    // Refused bodies change nothing.
+    let too_many: Vec<Value> = (0..10_001)
+        .map(|i| json!({"external_id": format!("X-{i}")}))
+        .collect();
+    for bad in [
+        json!({"failing_users": too_many}),
+        json!({"failing_users": [{"external_id": "E", "status": 404}]}),
+        json!({"failing_users": [{"id": "a", "external_id": "E"}]}),
+        json!({"failing_users": [{"external_id": "E", "writes": false}]}),
+        json!({"failing_users": [{"external_id": "E", "typo": true}]}),
+        json!({"failing_users": [], "fault_5xx": 7.0}),
+    ] {
+        let (status, body) = emu.set_faults(bad).await;
+        assert_eq!(status, 400, "{body}");
+        assert_scim_error(&body, "400", Some("invalidValue"));
+    }
+    assert_eq!(
+        emu.faults().await["failing_users"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let many: Vec<Value> = (0..10_000)
+        .map(|i| json!({"external_id": format!("X-{i}")}))
+        .collect();
+    let (status, _) = emu.set_faults(json!({"failing_users": many})).await;
+    assert_eq!(status, 200, "10 000 entries are allowed");
+
+    // Clearing restores both users.
+    let (status, settings) = emu.set_faults(json!({"failing_users": []})).await;
+    assert_eq!(status, 200);
+    assert_eq!(settings["failing_users"], json!([]));
+    assert_eq!(emu.get_user(&id7).await.1, "\"2\"");
+    assert_eq!(
+        emu.patch(&id8, add_role("Reporting"), None).await.status(),
+        200
+    );
+    assert_eq!(
+        emu.patch(&id7, add_role("Reporting"), None).await.status(),
+        200
+    );
+    emu.stop().await;
+}
+
+const HUGE_RESET: &str = "18446744073709551615";
+const HUGE_RETRY: &str = "99999999999";
+
+#[tokio::test]
+async fn overridden_headers_are_on_exactly_n_responses_then_stop() {
+    let emu = Emu::start(EmulatorArgs {
+        users: 1,
+        rate_limit_per_minute: 10_000,
+        ..args()
+    })
+    .await;
+    let id = emu.id_of("EMP-000001").await;
+    let (status, settings) = emu
+        .set_faults(json!({"override_headers": {"count": 3, "headers": {
+            "inin-ratelimit-reset": HUGE_RESET, "Retry-After": HUGE_RETRY
+        }}}))
+        .await;
+    assert_eq!(status, 200, "{settings}");
+    assert_eq!(
+        settings["override_headers"],
+        json!({"count": 3, "headers": {"inin-ratelimit-reset": HUGE_RESET, "retry-after": HUGE_RETRY}})
+    );
+    // Neither the token endpoint, the admin endpoints nor a 401 use it up.
+    let res = emu
+        .token_response("rolesync-dev", "rolesync-dev-secret")
+        .await;
+    assert!(res.headers().get("retry-after").is_none());
+    let res = emu
+        .client
+        .get(emu.url(&format!("{SCIM}/users")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.headers().get("retry-after").is_none());
+    assert_eq!(emu.faults().await["override_headers"]["count"], 3);
+
+    // Three API calls carry the headers, replacing the emulator's own; the fourth does not.
+    let calls = [
+        format!("{SCIM}/users"),
+        "/api/v2/authorization/roles".to_string(),
+        format!("{SCIM}/users/{id}"),
+    ];
+    for path in &calls {
+        let res = emu.get(path, &[]).await;
+        assert_eq!(res.status(), 200, "{path}");
+        let h = res.headers();
+        let resets: Vec<_> = h.get_all("inin-ratelimit-reset").iter().collect();
+        assert_eq!(resets, [HUGE_RESET], "{path}");
+        assert_eq!(h["retry-after"], HUGE_RETRY);
+        assert!(h.contains_key("inin-ratelimit-count"), "the others stay");
+    }
+    let res = emu.get(&format!("{SCIM}/users"), &[]).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("retry-after").is_none());
+    let reset: u64 = res.headers()["inin-ratelimit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&reset));
+    assert_eq!(emu.faults().await["override_headers"], Value::Null);
+
+    // With a status, the calls answer it instead of running: a 429 with a huge Retry-After.
+    let (status, settings) = emu
+        .set_faults(json!({"override_headers": {"count": 2, "status": 429,
+            "headers": {"retry-after": HUGE_RETRY}}}))
+        .await;
+    assert_eq!(status, 200, "{settings}");
+    assert_eq!(settings["override_headers"]["status"], 429);
+    for _ in 0..2 {
+        let res = emu.patch(&id, add_role("Agent"), None).await;
+        assert_eq!(res.headers()["retry-after"], HUGE_RETRY);
+        let body = assert_genesys_error(res, 429, "too.many.requests.retry.after").await;
+        assert_eq!(
+            body["message"],
+            format!("Rate limit exceeded the maximum. Retry the request in [{HUGE_RETRY}] seconds")
+        );
+    }
+    assert_eq!(
+        emu.get_user(&id).await.1,
+        "\"1\"",
+        "the PATCHes did not run"
+    );
+    assert_eq!(emu.patch(&id, add_role("Agent"), None).await.status(), 200);
+
+    // Exactly N even when calls race.
+    let (status, _) = emu
+        .set_faults(json!({"override_headers": {"count": 5, "headers": {"x-staged": "1"}}}))
+        .await;
+    assert_eq!(status, 200);
+    let users_path = format!("{SCIM}/users");
+    let responses = futures::future::join_all((0..20).map(|_| emu.get(&users_path, &[]))).await;
+    let staged = responses
+        .iter()
+        .filter(|r| r.headers().get("x-staged").is_some())
+        .count();
+    assert_eq!(staged, 5);
+    assert!(responses.iter().all(|r| r.status() == 200));
+
+    // Clearing, and refused overrides.
+    emu.set_faults(json!({"override_headers": {"count": 9, "headers": {"x-staged": "1"}}}))
+        .await;
+    let (status, settings) = emu.set_faults(json!({"override_headers": null})).await;
+    assert_eq!(status, 200);
+    assert_eq!(settings["override_headers"], Value::Null);
+    let res = emu.get(&format!("{SCIM}/users"), &[]).await;
+    assert!(res.headers().get("x-staged").is_none());
+    let many: serde_json::Map<String, Value> =
+        (0..33).map(|i| (format!("x-h{i}"), json!("v"))).collect();
+    for bad in [
+        json!({"override_headers": {"count": 1, "headers": {"content-length": "0"}}}),
+        json!({"override_headers": {"count": 1, "headers": {"bad name": "x"}}}),
+        json!({"override_headers": {"count": 1, "headers": {"x-a": "a\u{7}b"}}}),
+        json!({"override_headers": {"count": 1, "headers": {"x-a": 5}}}),
+        json!({"override_headers": {"count": 1, "headers": {"x-a": "x".repeat(4097)}}}),
+        json!({"override_headers": {"count": 1, "headers": many}}),
+        json!({"override_headers": {"count": 1, "status": 200}}),
+        json!({"override_headers": {"headers": {"x-a": "1"}}}),
+    ] {
+        let (status, body) = emu.set_faults(bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    emu.stop().await;
+}
+
+#[tokio::test]
+async fn the_token_answer_carries_the_staged_expires_in_verbatim() {
+    let emu = Emu::start(args()).await;
+    for n in [
+        "18446744073709551615",
+        "18446744073709551616",
+        "-1",
+        "1e400",
+        "0.5",
+    ] {
+        // Sent as text: the number must reach the emulator exactly as written.
+        let res = emu
+            .client
+            .post(emu.url("/emulator/faults"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"token_expires_in": {n}}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{n}");
+        let settings = res.text().await.unwrap();
+        assert!(
+            settings.contains(&format!(r#""token_expires_in":{n}"#)),
+            "{settings}"
+        );
+        let res = emu
+            .token_response("rolesync-dev", "rolesync-dev-secret")
+            .await;
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.unwrap();
+        assert!(text.ends_with(&format!(r#""expires_in":{n}}}"#)), "{text}");
+        // Valid JSON whatever the number.
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).unwrap();
+        let token = text
+            .split(r#""access_token":""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap();
+        // The token still works: its real lifetime is --token-ttl-secs.
+        let res = emu
+            .client
+            .get(emu.url(&format!("{SCIM}/users")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{n}");
+    }
+    // A u64 as a JSON number, through the ordinary admin helper.
+    let (status, settings) = emu.set_faults(json!({"token_expires_in": u64::MAX})).await;
+    assert_eq!(status, 200);
+    assert_eq!(settings["token_expires_in"], u64::MAX);
+    let res = emu
+        .token_response("rolesync-dev", "rolesync-dev-secret")
+        .await;
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["expires_in"].as_u64(), Some(u64::MAX));
+
+    for bad in [r#""12""#, "true", "[1]", "{}"] {
+        let res = emu
+            .client
+            .post(emu.url("/emulator/faults"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"token_expires_in": {bad}}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+    let (status, settings) = emu.set_faults(json!({"token_expires_in": null})).await;
+    assert_eq!(status, 200);
+    assert_eq!(settings["token_expires_in"], Value::Null);
+    let res = emu
+        .token_response("rolesync-dev", "rolesync-dev-secret")
+        .await;
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["expires_in"], 86_400);
+    emu.stop().await;
+}
+
+#[tokio::test]
+async fn reset_clears_the_staged_faults() {
+    let emu = Emu::start(EmulatorArgs { users: 1, ..args() }).await;
+    let (status, settings) = emu
+        .set_faults(json!({
+            "failing_users": [{"external_id": "EMP-000001", "reads": true}],
+            "override_headers": {"count": 100, "headers": {"x-staged": "1"}},
+            "token_expires_in": -5
+        }))
+        .await;
+    assert_eq!(status, 200, "{settings}");
+    assert_eq!(settings["token_expires_in"], -5);
+    assert_eq!(settings["override_headers"]["count"], 100);
+    assert_eq!(settings["failing_users"].as_array().unwrap().len(), 1);
+
+    let res = emu.admin(Method::POST, "/emulator/reset", None).await;
+    assert_eq!(res.status(), 200);
+    let settings = emu.faults().await;
+    assert_eq!(settings["failing_users"], json!([]));
+    assert_eq!(settings["override_headers"], Value::Null);
+    assert_eq!(settings["token_expires_in"], Value::Null);
+
+    let res = emu
+        .token_response("rolesync-dev", "rolesync-dev-secret")
+        .await;
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["expires_in"], 86_400);
+    let emu = Emu {
+        token: body["access_token"].as_str().unwrap().to_string(),
+        ..emu
+    };
+    // A user with the externalId that failed is read and written.
+    let u = emu
+        .create(user_body("again@example.com", "EMP-000001"))
+        .await;
+    let id = u["id"].as_str().unwrap();
+    let res = emu.get(&format!("{SCIM}/users/{id}"), &[]).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("x-staged").is_none());
+    assert_eq!(emu.patch(id, add_role("Agent"), None).await.status(), 200);
+    emu.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Role catalog and discovery
 
 #[derive(serde::Deserialize)]
