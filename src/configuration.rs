@@ -88,6 +88,14 @@ pub struct TargetSettings {
     pub max_attempts: u32,
     /// Upper bound of the whole retry sequence of one call.
     pub max_retry_secs: u64,
+    /// The longest wait the target can ask for (`Retry-After`, `inin-ratelimit-reset`); a
+    /// longer value is clamped to it and logged once (`scim/bounds.rs`).
+    #[serde(default = "default_max_server_delay")]
+    pub max_server_delay_secs: u64,
+}
+
+fn default_max_server_delay() -> u64 {
+    120
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -426,6 +434,12 @@ impl Settings {
             return Err(invalid(
                 "target.max_concurrency",
                 "must be between 1 and 256",
+            ));
+        }
+        if !(1..=3600).contains(&self.target.max_server_delay_secs) {
+            return Err(invalid(
+                "target.max_server_delay_secs",
+                "must be between 1 and 3600",
             ));
         }
         if self.target.max_attempts == 0 || self.target.max_attempts > 20 {

@@ -24,6 +24,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// The longest `Retry-After` a webhook receiver may ask for.
+const RECEIVER_MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 pub struct Endpoint {
     pub url: String,
     /// The current secret first, then those being rotated out.
@@ -322,7 +325,10 @@ impl Shared {
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(crate::scim::retry::parse_retry_after);
+                    // A receiver may ask for at most an hour; its schedule does the rest.
+                    .and_then(|v| {
+                        crate::scim::retry::parse_retry_after(v, RECEIVER_MAX_RETRY_AFTER)
+                    });
                 (
                     classify(status.as_u16()),
                     format!("receiver answered {status}"),

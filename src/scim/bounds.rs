@@ -6,8 +6,8 @@
 //!
 //! | value | accepted | beyond it |
 //! |---|---|---|
-//! | `Retry-After` (seconds or HTTP date) | 0 to `MAX_RETRY_AFTER` (120 s) | clamped to 120 s |
-//! | `inin-ratelimit-reset` (seconds) | 1 to `MAX_RATELIMIT_RESET` (120 s) | clamped to 120 s |
+//! | `Retry-After` (seconds or HTTP date) | 0 to `target.max_server_delay_secs` (120 s) | clamped |
+//! | `inin-ratelimit-reset` (seconds) | 1 to `target.max_server_delay_secs` (120 s) | clamped |
 //! | token `expires_in` (seconds) | `MIN_TOKEN_TTL` (10 s) to `MAX_TOKEN_TTL` (24 h) | clamped; absent or not a number: 3600 s |
 //! | `inin-ratelimit-allowed` / `-count` | 0 to 2^53 | ignored |
 //!
@@ -19,8 +19,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
-pub const MAX_RATELIMIT_RESET: Duration = Duration::from_secs(120);
+/// The default of `target.max_server_delay_secs`: the cap on `Retry-After` and
+/// `inin-ratelimit-reset`.
+pub const MAX_SERVER_DELAY: Duration = Duration::from_secs(120);
 pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(10);
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -78,36 +79,30 @@ fn clamp(kind: Kind, raw: &str, secs: f64, lo: Duration, hi: Duration) -> Durati
     Duration::from_secs_f64(secs).max(lo)
 }
 
-/// `Retry-After`: delta-seconds or an HTTP date, at most `MAX_RETRY_AFTER`.
-pub fn retry_after(raw: &str) -> Option<Duration> {
+/// `Retry-After`: delta-seconds or an HTTP date, at most `cap`.
+pub fn retry_after(raw: &str, cap: Duration) -> Option<Duration> {
     if let Some(secs) = seconds(raw) {
-        return Some(clamp(
-            Kind::RetryAfter,
-            raw,
-            secs,
-            Duration::ZERO,
-            MAX_RETRY_AFTER,
-        ));
+        return Some(clamp(Kind::RetryAfter, raw, secs, Duration::ZERO, cap));
     }
     let at = httpdate::parse_http_date(raw.trim()).ok()?;
     let d = at
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO);
-    if d > MAX_RETRY_AFTER {
-        warn_once(Kind::RetryAfter, raw, Some(MAX_RETRY_AFTER));
+    if d > cap {
+        warn_once(Kind::RetryAfter, raw, Some(cap));
     }
-    Some(d.min(MAX_RETRY_AFTER))
+    Some(d.min(cap))
 }
 
-/// `inin-ratelimit-reset`: seconds until the window reopens, 1 to `MAX_RATELIMIT_RESET`.
-pub fn ratelimit_reset(raw: &str) -> Option<Duration> {
+/// `inin-ratelimit-reset`: seconds until the window reopens, 1 s to `cap`.
+pub fn ratelimit_reset(raw: &str, cap: Duration) -> Option<Duration> {
     let secs = seconds(raw)?;
     Some(clamp(
         Kind::RatelimitReset,
         raw,
         secs,
-        Duration::from_secs(1),
-        MAX_RATELIMIT_RESET,
+        Duration::from_secs(1).min(cap),
+        cap,
     ))
 }
 
@@ -151,19 +146,33 @@ mod tests {
     #[test]
     fn huge_values_are_clamped_not_trusted() {
         assert_eq!(
-            ratelimit_reset("18446744073709551615"),
-            Some(MAX_RATELIMIT_RESET)
+            ratelimit_reset("18446744073709551615", MAX_SERVER_DELAY),
+            Some(MAX_SERVER_DELAY)
         );
         assert_eq!(
-            ratelimit_reset("99999999999999999999999999"),
-            Some(MAX_RATELIMIT_RESET)
+            ratelimit_reset("99999999999999999999999999", MAX_SERVER_DELAY),
+            Some(MAX_SERVER_DELAY)
         );
-        assert_eq!(ratelimit_reset("0"), Some(Duration::from_secs(1)));
-        assert_eq!(ratelimit_reset("-5"), None);
-        assert_eq!(retry_after("1e300"), Some(MAX_RETRY_AFTER));
-        assert_eq!(retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(retry_after("0.5"), Some(Duration::from_millis(500)));
-        assert_eq!(retry_after("soon"), None);
+        assert_eq!(
+            ratelimit_reset("0", MAX_SERVER_DELAY),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(ratelimit_reset("-5", MAX_SERVER_DELAY), None);
+        assert_eq!(
+            retry_after("1e300", MAX_SERVER_DELAY),
+            Some(MAX_SERVER_DELAY)
+        );
+        let five = Duration::from_secs(5);
+        assert_eq!(retry_after("99999999999", five), Some(five));
+        assert_eq!(
+            retry_after("7", MAX_SERVER_DELAY),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after("0.5", MAX_SERVER_DELAY),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(retry_after("soon", MAX_SERVER_DELAY), None);
         assert_eq!(ratelimit_count("18446744073709551615"), None);
         assert_eq!(ratelimit_count("300"), Some(300));
     }
@@ -186,8 +195,8 @@ mod tests {
     proptest! {
         #[test]
         fn no_text_panics_or_escapes_its_bound(raw in ".{0,40}") {
-            if let Some(d) = retry_after(&raw) { prop_assert!(d <= MAX_RETRY_AFTER); }
-            if let Some(d) = ratelimit_reset(&raw) { prop_assert!(d <= MAX_RATELIMIT_RESET); }
+            if let Some(d) = retry_after(&raw, MAX_SERVER_DELAY) { prop_assert!(d <= MAX_SERVER_DELAY); }
+            if let Some(d) = ratelimit_reset(&raw, MAX_SERVER_DELAY) { prop_assert!(d <= MAX_SERVER_DELAY); }
             let _ = ratelimit_count(&raw);
             let d = token_ttl(Some(&serde_json::Value::String(raw)));
             prop_assert!(d >= MIN_TOKEN_TTL && d <= MAX_TOKEN_TTL);
@@ -195,8 +204,8 @@ mod tests {
 
         #[test]
         fn any_number_of_seconds_is_bounded(n in any::<u64>(), f in any::<f64>()) {
-            let d = ratelimit_reset(&n.to_string());
-            prop_assert!(d.is_some_and(|d| d >= Duration::from_secs(1) && d <= MAX_RATELIMIT_RESET));
+            let d = ratelimit_reset(&n.to_string(), MAX_SERVER_DELAY);
+            prop_assert!(d.is_some_and(|d| d >= Duration::from_secs(1) && d <= MAX_SERVER_DELAY));
             let d = token_ttl(Some(&serde_json::json!(f)));
             prop_assert!(d >= MIN_TOKEN_TTL && d <= MAX_TOKEN_TTL);
         }

@@ -68,6 +68,8 @@ pub struct ScimClient {
     inflight: Semaphore,
     max_attempts: u32,
     max_retry: Duration,
+    /// Cap on a wait the target asks for (`target.max_server_delay_secs`).
+    max_server_delay: Duration,
 }
 
 struct Call<'a> {
@@ -125,6 +127,7 @@ impl ScimClient {
             inflight: Semaphore::new(t.max_concurrency),
             max_attempts: t.max_attempts,
             max_retry: Duration::from_secs(t.max_retry_secs),
+            max_server_delay: Duration::from_secs(t.max_server_delay_secs),
         })
     }
 
@@ -371,7 +374,7 @@ impl ScimClient {
                             .headers
                             .get(reqwest::header::RETRY_AFTER)
                             .and_then(|v| v.to_str().ok())
-                            .and_then(parse_retry_after);
+                            .and_then(|v| parse_retry_after(v, self.max_server_delay));
                         let delay = named.unwrap_or_else(|| {
                             backoff(
                                 rate_limited,
@@ -486,7 +489,8 @@ impl ScimClient {
                 self.limiter.observe(
                     header("inin-ratelimit-allowed").and_then(bounds::ratelimit_count),
                     header("inin-ratelimit-count").and_then(bounds::ratelimit_count),
-                    header("inin-ratelimit-reset").and_then(bounds::ratelimit_reset),
+                    header("inin-ratelimit-reset")
+                        .and_then(|v| bounds::ratelimit_reset(v, self.max_server_delay)),
                 );
                 if status == StatusCode::UNAUTHORIZED {
                     self.tokens.invalidate(&token).await;

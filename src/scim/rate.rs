@@ -78,7 +78,7 @@ impl RateLimiter {
         let now = Instant::now();
         let until = now
             .checked_add(delay)
-            .unwrap_or_else(|| now + super::bounds::MAX_RETRY_AFTER);
+            .unwrap_or_else(|| now + super::bounds::MAX_SERVER_DELAY);
         let mut s = match self.state.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),

@@ -37,15 +37,16 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=millis))
 }
 
-/// Parses `Retry-After`: delta-seconds or an HTTP date, clamped (`bounds`).
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    super::bounds::retry_after(value)
+/// Parses `Retry-After`: delta-seconds or an HTTP date, at most `cap` (`bounds`).
+pub fn parse_retry_after(value: &str, cap: Duration) -> Option<Duration> {
+    super::bounds::retry_after(value, cap)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::SystemTime;
+    const CAP: Duration = super::super::bounds::MAX_SERVER_DELAY;
 
     #[test]
     fn retries_only_429_408_and_5xx() {
@@ -70,22 +71,19 @@ mod tests {
 
     #[test]
     fn retry_after_accepts_seconds_and_http_dates() {
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("7", CAP), Some(Duration::from_secs(7)));
         let later = SystemTime::now() + Duration::from_secs(30);
-        let d = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap_or_default();
+        let d = parse_retry_after(&httpdate::fmt_http_date(later), CAP).unwrap_or_default();
         assert!(
             d > Duration::from_secs(25) && d <= Duration::from_secs(30),
             "{d:?}"
         );
         assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", CAP),
             Some(Duration::ZERO)
         );
-        assert_eq!(parse_retry_after("soon"), None);
-        assert_eq!(
-            parse_retry_after("999999"),
-            Some(super::super::bounds::MAX_RETRY_AFTER)
-        );
+        assert_eq!(parse_retry_after("soon", CAP), None);
+        assert_eq!(parse_retry_after("999999", CAP), Some(CAP));
     }
 
     #[test]

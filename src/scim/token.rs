@@ -179,7 +179,7 @@ impl TokenManager {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(super::retry::parse_retry_after);
+            .and_then(|v| super::retry::parse_retry_after(v, super::bounds::MAX_SERVER_DELAY));
         let body = resp.bytes().await.unwrap_or_default();
         let detail = format!("{status}: {}", super::model::ErrorBody::parse(&body).text());
         if status.is_server_error()

@@ -4,6 +4,7 @@
 
 mod api;
 mod durability;
+mod healing;
 mod helpers;
 mod ingest;
 mod layout;
