@@ -13,7 +13,6 @@ vocabulary! {
     }
 }
 
-
 /// One submitted row, as the HR system sent it. Fields are kept verbatim (trimmed) so that
 /// the per-row result can echo them; validation against the policy happens in the pipeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

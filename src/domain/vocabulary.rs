@@ -68,7 +68,6 @@ macro_rules! vocabulary {
     };
 }
 
-
 vocabulary! {
     /// What an API key may do (`auth.keys.scopes`).
     pub enum Scope {
@@ -144,7 +143,10 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("jobs:delete") && err.contains("jobs:write, jobs:read, admin"), "{err}");
+        assert!(
+            err.contains("jobs:delete") && err.contains("jobs:write, jobs:read, admin"),
+            "{err}"
+        );
         assert_eq!(LogFormat::parse("xml"), None);
     }
 }
