@@ -4,7 +4,7 @@
 use super::StoreError;
 use crate::domain::{Counts, JobStatus, Mode, Outcome, ReasonCode};
 
-/// What `create_job` needs besides the rows.
+/// A job to store (`Ingest::commit`): what it needs besides its rows.
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: String,
@@ -189,7 +189,8 @@ pub struct Reason {
     pub message: String,
 }
 
-/// One row's result (SPEC §3 item).
+/// One row's result, as `GET /v1/jobs/{id}/items` lists it (the `Item` schema in
+/// `docs/openapi.json`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ItemRecord {
     pub line: i64,
