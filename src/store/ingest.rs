@@ -23,7 +23,7 @@ const QUEUED_ROWS_SQL: &str = "SELECT CAST(COALESCE(SUM(c_pending), 0) AS BIGINT
 type Tx =
     Backend<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Transaction<'static, sqlx::Postgres>>;
 
-pub struct Ingest {
+pub(crate) struct Ingest {
     tx: Tx,
     job_id: String,
     total: i64,
@@ -32,7 +32,7 @@ pub struct Ingest {
 
 impl Store {
     /// Opens the transaction a new job's rows go into.
-    pub async fn begin_ingest(&self, job_id: &str) -> StoreResult<Ingest> {
+    pub(crate) async fn begin_ingest(&self, job_id: &str) -> StoreResult<Ingest> {
         let tx = match &self.backend {
             Backend::Sqlite(p) => Backend::Sqlite(begin_write(p).await?),
             Backend::Postgres(p) => Backend::Postgres(begin_write(p).await?),
@@ -46,7 +46,10 @@ impl Store {
     }
 
     /// The job an unexpired idempotency key names, with the hash of the body it was used for.
-    pub async fn find_idempotency_key(&self, key: &str) -> StoreResult<Option<(String, String)>> {
+    pub(crate) async fn find_idempotency_key(
+        &self,
+        key: &str,
+    ) -> StoreResult<Option<(String, String)>> {
         let now = now_ms();
         dual!(&self.backend, |p, DB| {
             let row = sqlx::query(
@@ -64,7 +67,7 @@ impl Store {
     }
 
     /// Rows waiting across unfinished jobs: the backpressure signal for ingest.
-    pub async fn pending_rows(&self) -> StoreResult<i64> {
+    pub(crate) async fn pending_rows(&self) -> StoreResult<i64> {
         dual!(&self.backend, |p, DB| {
             let row = sqlx::query(QUEUED_ROWS_SQL).fetch_one(p).await?;
             Ok(row.try_get::<i64, _>(0)?)
@@ -74,13 +77,13 @@ impl Store {
 
 impl Ingest {
     /// Rows stored so far.
-    pub fn rows(&self) -> i64 {
+    pub(crate) fn rows(&self) -> i64 {
         self.total
     }
 
     /// Adds rows (a row with a `defect` is stored `rejected` with `malformed_row`) and the
     /// events that go with them.
-    pub async fn add_rows(
+    pub(crate) async fn add_rows(
         &mut self,
         rows: &[Assignment],
         events: &[OutboxEvent],
@@ -140,7 +143,7 @@ impl Ingest {
     /// Stores the job row and its idempotency key, and commits. With `max_pending`, refuses
     /// (rolls back, `Backpressure`) when the rows queued in the store, these included, would
     /// exceed it.
-    pub async fn commit(
+    pub(crate) async fn commit(
         mut self,
         job: &NewJob,
         max_pending: Option<i64>,
@@ -227,7 +230,7 @@ impl Ingest {
     }
 
     /// Discards every row added.
-    pub async fn rollback(self) -> StoreResult<()> {
+    pub(crate) async fn rollback(self) -> StoreResult<()> {
         dual!(self.tx, |tx, DB| tx.rollback().await?);
         Ok(())
     }

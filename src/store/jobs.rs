@@ -20,7 +20,7 @@ impl Store {
     }
 
     /// Newest first; `cursor` is the last id of the previous page.
-    pub async fn list_jobs(
+    pub(crate) async fn list_jobs(
         &self,
         status: Option<JobStatus>,
         limit: i64,
@@ -64,7 +64,7 @@ impl Store {
     }
 
     /// Releases a job held in `awaiting_approval`.
-    pub async fn approve_job(&self, job_id: &str) -> StoreResult<bool> {
+    pub(crate) async fn approve_job(&self, job_id: &str) -> StoreResult<bool> {
         let now = now_ms();
         dual!(&self.backend, |p, DB| {
             let mut tx = begin_write(p).await?;
@@ -87,7 +87,7 @@ impl Store {
 
     /// If no chunk of a running job remains, moves it to its final status and queues its
     /// `job.finished` event. Returns the finished job only to the caller that finished it.
-    pub async fn finish_job_if_done(
+    pub(crate) async fn finish_job_if_done(
         &self,
         job_id: &str,
         event: impl Fn(&JobRecord) -> Vec<OutboxEvent>,
@@ -147,7 +147,7 @@ impl Store {
 
     /// Running jobs with no row left pending: their last chunk was committed by a process that
     /// died before finishing the job. `finish_job_if_done` finishes them.
-    pub async fn jobs_to_finish(&self) -> StoreResult<Vec<String>> {
+    pub(crate) async fn jobs_to_finish(&self) -> StoreResult<Vec<String>> {
         dual!(&self.backend, |p, DB| {
             let rows = sqlx::query(
                 "SELECT id FROM jobs WHERE status IN ('running', 'paused') AND planned = 1 AND c_pending = 0 LIMIT 100",
@@ -161,7 +161,7 @@ impl Store {
     }
 
     /// Marks a job `paused` (with a reason) or back to `running` (`None`).
-    pub async fn set_paused(&self, job_id: &str, reason: Option<&str>) -> StoreResult<()> {
+    pub(crate) async fn set_paused(&self, job_id: &str, reason: Option<&str>) -> StoreResult<()> {
         let now = now_ms();
         dual!(&self.backend, |p, DB| {
             match reason {
@@ -190,7 +190,7 @@ impl Store {
     }
 
     /// Resumes every paused job (the target answers again).
-    pub async fn resume_paused(&self) -> StoreResult<u64> {
+    pub(crate) async fn resume_paused(&self) -> StoreResult<u64> {
         let now = now_ms();
         dual!(&self.backend, |p, DB| {
             Ok(sqlx::query(
@@ -204,7 +204,7 @@ impl Store {
     }
 
     /// Ends a job that cannot run at all: its pending rows become `failed` with `reason`.
-    pub async fn fail_job(
+    pub(crate) async fn fail_job(
         &self,
         job_id: &str,
         error: &str,
@@ -222,7 +222,11 @@ impl Store {
     }
 
     /// Cancels a job at any point before it finished: pending rows become `cancelled`.
-    pub async fn cancel_job(&self, job_id: &str, events: &[OutboxEvent]) -> StoreResult<bool> {
+    pub(crate) async fn cancel_job(
+        &self,
+        job_id: &str,
+        events: &[OutboxEvent],
+    ) -> StoreResult<bool> {
         self.end_job(
             job_id,
             JobStatus::Cancelled,

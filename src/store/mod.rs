@@ -30,8 +30,14 @@ mod planning;
 mod records;
 mod syncing;
 
-pub use ingest::Ingest;
-pub use records::*;
+pub(crate) use records::{
+    ChunkClaim, ChunkDone, CreateJob, DeliveryResult, IdempotencyClaim, JobDeltas, JobPlan, NewJob,
+    OutboxRecord, PlanPage,
+};
+// Public: read outside the crate (`get_job`, `list_items` in tests/) or named by public
+// functions of other modules (`job_view`, `validate_rows`, `EventFactory::event`).
+pub use records::{ItemRecord, JobRecord, OutboxEvent, Reason, RowResult};
+use records::{ItemRow, JobRow, OutboxRow};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -242,7 +248,7 @@ impl Store {
         Ok(Store { backend })
     }
 
-    pub fn backend_name(&self) -> &'static str {
+    pub(crate) fn backend_name(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite(_) => "sqlite",
             Backend::Postgres(_) => "postgres",
@@ -254,7 +260,7 @@ impl Store {
     }
 
     /// Readiness probe.
-    pub async fn ping(&self) -> StoreResult<()> {
+    pub(crate) async fn ping(&self) -> StoreResult<()> {
         dual!(&self.backend, |p, DB| {
             sqlx::query("SELECT 1").execute(p).await?;
         });

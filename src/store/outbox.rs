@@ -15,7 +15,7 @@ impl Store {
     /// Claims up to `limit` deliveries to `endpoint` that are due, leasing them so that a second
     /// dispatcher (another replica) does not send them at the same time. With `batches_only`,
     /// only batch rows (events not yet in a batch wait for `form_batch`).
-    pub async fn claim_due_deliveries(
+    pub(crate) async fn claim_due_deliveries(
         &self,
         endpoint: &str,
         limit: i64,
@@ -56,7 +56,7 @@ impl Store {
     /// Puts up to `max_events` due events of `endpoint` that are in no batch yet into a new
     /// batch `batch_id`, whose body `body` builds from them (oldest first), in one transaction.
     /// Returns how many events it took (0: nothing was due, and no batch was made).
-    pub async fn form_batch(
+    pub(crate) async fn form_batch(
         &self,
         endpoint: &str,
         max_events: i64,
@@ -115,7 +115,7 @@ impl Store {
     }
 
     /// Records the result of one attempt of a delivery, and of the events of a batch with it.
-    pub async fn mark_delivery(
+    pub(crate) async fn mark_delivery(
         &self,
         event_id: &str,
         endpoint: &str,
@@ -159,7 +159,7 @@ impl Store {
 
     /// Gives back the lease of deliveries this process stopped sending (shutdown), so the next
     /// start or another replica sends them at once instead of when the lease runs out.
-    pub async fn release_deliveries(&self, keys: &[(String, String)]) -> StoreResult<()> {
+    pub(crate) async fn release_deliveries(&self, keys: &[(String, String)]) -> StoreResult<()> {
         dual!(&self.backend, |p, DB| {
             for (event_id, endpoint) in keys {
                 sqlx::query(
@@ -176,7 +176,7 @@ impl Store {
     }
 
     /// Oldest first; `status` filters.
-    pub async fn list_deliveries(
+    pub(crate) async fn list_deliveries(
         &self,
         status: Option<&str>,
         limit: i64,
@@ -196,7 +196,11 @@ impl Store {
     /// Queues a delivery (dead or delivered) to be sent again now, with a fresh retry schedule.
     /// It keeps its `webhook-id`; an event sent in a batch is sent again in that same batch
     /// (same id, same body), and so is every other event of the batch.
-    pub async fn redeliver(&self, event_id: &str, endpoint: Option<&str>) -> StoreResult<u64> {
+    pub(crate) async fn redeliver(
+        &self,
+        event_id: &str,
+        endpoint: Option<&str>,
+    ) -> StoreResult<u64> {
         let now = now_ms();
         dual!(&self.backend, |p, DB| {
             Ok(sqlx::query(
@@ -216,7 +220,7 @@ impl Store {
 
     /// (events waiting for delivery, creation time of the oldest one). Batch rows are not
     /// events: their events are counted instead.
-    pub async fn outbox_backlog(&self) -> StoreResult<(i64, Option<i64>)> {
+    pub(crate) async fn outbox_backlog(&self) -> StoreResult<(i64, Option<i64>)> {
         dual!(&self.backend, |p, DB| {
             let row = sqlx::query(
                 "SELECT COUNT(*), MIN(created_at_ms) FROM webhook_outbox WHERE status = 'pending' \
@@ -229,7 +233,7 @@ impl Store {
     }
 
     /// Pending deliveries per endpoint name, to find those whose endpoint is not configured.
-    pub async fn pending_by_endpoint(&self) -> StoreResult<Vec<(String, i64)>> {
+    pub(crate) async fn pending_by_endpoint(&self) -> StoreResult<Vec<(String, i64)>> {
         dual!(&self.backend, |p, DB| {
             let rows = sqlx::query(
                 "SELECT endpoint, COUNT(*) FROM webhook_outbox WHERE status = 'pending' GROUP BY endpoint",

@@ -11,7 +11,7 @@ use sqlx::QueryBuilder;
 
 impl Store {
     /// Claims one job that needs planning: a new one, or one whose planner died (lease expired).
-    pub async fn claim_job_to_plan(
+    pub(crate) async fn claim_job_to_plan(
         &self,
         owner: &str,
         lease_ms: i64,
@@ -47,7 +47,7 @@ impl Store {
     /// (keyset paging on `items_user_idx`). Never splits a user: when the page is full, the
     /// last user's rows are left for the next page, unless the page holds one user only, in
     /// which case it grows until that user is whole. The flag says whether rows may follow.
-    pub async fn pending_rows_page(
+    pub(crate) async fn pending_rows_page(
         &self,
         job_id: &str,
         after: Option<&str>,
@@ -110,7 +110,7 @@ impl Store {
     /// planner holding the lease may, and doing so extends the lease. `first` clears what an
     /// earlier, abandoned planning of the job left. Writing a page twice is harmless: rows
     /// leave `pending` once, chunk numbers are assigned again.
-    pub async fn save_plan_page(
+    pub(crate) async fn save_plan_page(
         &self,
         job_id: &str,
         owner: &str,
@@ -188,7 +188,7 @@ impl Store {
     /// Ends a job's planning in one transaction: its status, estimate and approval, and its
     /// chunks made claimable (`ready`, or `held` while it awaits approval). Only the planner
     /// holding the lease may.
-    pub async fn finish_plan(
+    pub(crate) async fn finish_plan(
         &self,
         job_id: &str,
         owner: &str,

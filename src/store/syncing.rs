@@ -9,7 +9,11 @@ use sqlx::{QueryBuilder, Row};
 
 impl Store {
     /// Claims one chunk that is ready, or whose lease expired (its owner died), of a running job.
-    pub async fn claim_chunk(&self, owner: &str, lease_ms: i64) -> StoreResult<Option<ChunkClaim>> {
+    pub(crate) async fn claim_chunk(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+    ) -> StoreResult<Option<ChunkClaim>> {
         let now = now_ms();
         let row = dual!(&self.backend, |p, DB| {
             // Two texts: only PostgreSQL locks the rows it picks (`SKIP LOCKED`); see `dual!`.
@@ -46,7 +50,11 @@ impl Store {
     }
 
     /// Pending rows of a chunk, by user then line.
-    pub async fn chunk_items(&self, job_id: &str, chunk_no: i64) -> StoreResult<Vec<ItemRecord>> {
+    pub(crate) async fn chunk_items(
+        &self,
+        job_id: &str,
+        chunk_no: i64,
+    ) -> StoreResult<Vec<ItemRecord>> {
         // No ORDER BY: with one, SQLite prefers the index that gives the order
         // (`items_user_idx`) and walks every row of the job for each chunk, which made a
         // million-row job quadratic. The chunk's rows are sorted here instead.
@@ -69,7 +77,7 @@ impl Store {
 
     /// Records, before a write is sent, that this job is about to change the rows' user and
     /// how; a re-run after a crash then reports the user `applied`, with this diff.
-    pub async fn mark_intent(
+    pub(crate) async fn mark_intent(
         &self,
         job_id: &str,
         lines: &[i64],
@@ -97,7 +105,7 @@ impl Store {
     }
 
     /// Heartbeat: extends every lease `owner` holds (chunks and planning).
-    pub async fn extend_leases(&self, owner: &str, lease_ms: i64) -> StoreResult<()> {
+    pub(crate) async fn extend_leases(&self, owner: &str, lease_ms: i64) -> StoreResult<()> {
         let until = now_ms() + lease_ms;
         dual!(&self.backend, |p, DB| {
             sqlx::query("UPDATE chunks SET lease_until_ms = $1 WHERE lease_owner = $2 AND status = 'leased'")
@@ -117,7 +125,7 @@ impl Store {
     }
 
     /// Gives back every lease `owner` holds, so another worker or replica resumes at once.
-    pub async fn release_leases(&self, owner: &str) -> StoreResult<()> {
+    pub(crate) async fn release_leases(&self, owner: &str) -> StoreResult<()> {
         dual!(&self.backend, |p, DB| {
             sqlx::query(
                 "UPDATE chunks SET status = 'ready', lease_owner = NULL, lease_until_ms = NULL \
@@ -137,7 +145,7 @@ impl Store {
     }
 
     /// Gives back one chunk without results (e.g. the target is down).
-    pub async fn release_chunk(&self, claim: &ChunkClaim, owner: &str) -> StoreResult<()> {
+    pub(crate) async fn release_chunk(&self, claim: &ChunkClaim, owner: &str) -> StoreResult<()> {
         dual!(&self.backend, |p, DB| {
             sqlx::query(
                 "UPDATE chunks SET status = 'ready', lease_owner = NULL, lease_until_ms = NULL \
@@ -154,7 +162,7 @@ impl Store {
 
     /// Commits a chunk's outcomes, the job's counters and the audit events in one transaction,
     /// provided `owner` still holds the chunk's lease. Returns false if the lease was lost.
-    pub async fn complete_chunk(
+    pub(crate) async fn complete_chunk(
         &self,
         claim: &ChunkClaim,
         owner: &str,
@@ -191,7 +199,7 @@ impl Store {
     }
 
     /// Adds SCIM call counters to a job outside a chunk commit (reads spent on a released chunk).
-    pub async fn add_job_deltas(&self, job_id: &str, deltas: &JobDeltas) -> StoreResult<()> {
+    pub(crate) async fn add_job_deltas(&self, job_id: &str, deltas: &JobDeltas) -> StoreResult<()> {
         let now = now_ms();
         dual!(&self.backend, |p, DB| {
             let mut tx = begin_write(p).await?;
