@@ -8,36 +8,22 @@
 //! slow client.
 
 use super::{
-    Backend, CreateJob, INSERT_BATCH, NewJob, OutboxEvent, QUEUED_ROWS_SQL, Store, StoreResult,
-    begin_write, now_ms,
+    Backend, CreateJob, INSERT_BATCH, NewJob, OutboxEvent, Store, StoreResult, begin_write, dual,
+    insert_events, now_ms,
 };
 use crate::domain::{Assignment, ReasonCode};
 use sqlx::{QueryBuilder, Row};
 
-enum Tx {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
-}
+/// Rows waiting to be synced across unfinished jobs (the backpressure bound): read by
+/// `pending_rows`, the pre-check, and by `Ingest::commit`, inside the job's transaction.
+const QUEUED_ROWS_SQL: &str = "SELECT CAST(COALESCE(SUM(c_pending), 0) AS BIGINT) FROM jobs \
+     WHERE status IN ('queued', 'running', 'paused', 'awaiting_approval')";
 
-/// Runs `$body` with `$tx` bound to the open transaction and `$db` to its database type.
-macro_rules! in_tx {
-    ($tx:expr, |$t:ident, $db:ident| $body:expr) => {
-        match $tx {
-            Tx::Sqlite($t) => {
-                #[allow(dead_code)]
-                type $db = sqlx::Sqlite;
-                $body
-            }
-            Tx::Postgres($t) => {
-                #[allow(dead_code)]
-                type $db = sqlx::Postgres;
-                $body
-            }
-        }
-    };
-}
+/// The open transaction of an `Ingest`.
+type Tx =
+    Backend<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Transaction<'static, sqlx::Postgres>>;
 
-pub struct Ingest {
+pub(crate) struct Ingest {
     tx: Tx,
     job_id: String,
     total: i64,
@@ -46,10 +32,10 @@ pub struct Ingest {
 
 impl Store {
     /// Opens the transaction a new job's rows go into.
-    pub async fn begin_ingest(&self, job_id: &str) -> StoreResult<Ingest> {
+    pub(crate) async fn begin_ingest(&self, job_id: &str) -> StoreResult<Ingest> {
         let tx = match &self.backend {
-            Backend::Sqlite(p) => Tx::Sqlite(begin_write(p).await?),
-            Backend::Postgres(p) => Tx::Postgres(begin_write(p).await?),
+            Backend::Sqlite(p) => Backend::Sqlite(begin_write(p).await?),
+            Backend::Postgres(p) => Backend::Postgres(begin_write(p).await?),
         };
         Ok(Ingest {
             tx,
@@ -58,24 +44,54 @@ impl Store {
             defective: 0,
         })
     }
+
+    /// The job an unexpired idempotency key names, with the hash of the body it was used for.
+    pub(crate) async fn find_idempotency_key(
+        &self,
+        key: &str,
+    ) -> StoreResult<Option<(String, String)>> {
+        let now = now_ms();
+        dual!(&self.backend, |p, DB| {
+            let row = sqlx::query(
+                "SELECT body_sha256, job_id FROM idempotency_keys WHERE key = $1 AND expires_at_ms >= $2",
+            )
+            .bind(key)
+            .bind(now)
+            .fetch_optional(p)
+            .await?;
+            match row {
+                Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Rows waiting across unfinished jobs: the backpressure signal for ingest.
+    pub(crate) async fn pending_rows(&self) -> StoreResult<i64> {
+        dual!(&self.backend, |p, DB| {
+            let row = sqlx::query(QUEUED_ROWS_SQL).fetch_one(p).await?;
+            Ok(row.try_get::<i64, _>(0)?)
+        })
+    }
 }
 
 impl Ingest {
     /// Rows stored so far.
-    pub fn rows(&self) -> i64 {
+    pub(crate) fn rows(&self) -> i64 {
         self.total
     }
 
     /// Adds rows (a row with a `defect` is stored `rejected` with `malformed_row`) and the
     /// events that go with them.
-    pub async fn add_rows(
+    pub(crate) async fn add_rows(
         &mut self,
         rows: &[Assignment],
         events: &[OutboxEvent],
     ) -> StoreResult<()> {
         let job_id = self.job_id.as_str();
+        // Not `dual!`: each backend loads rows its fastest way, so the statements differ.
         match &mut self.tx {
-            Tx::Sqlite(tx) => {
+            Backend::Sqlite(tx) => {
                 let conn = &mut **tx;
                 for batch in rows.chunks(INSERT_BATCH) {
                     let mut qb = QueryBuilder::<sqlx::Sqlite>::new(
@@ -96,7 +112,7 @@ impl Ingest {
                 }
                 insert_events!(conn, events);
             }
-            Tx::Postgres(tx) => {
+            Backend::Postgres(tx) => {
                 // COPY is several times faster than multi-row INSERTs with binds on PostgreSQL,
                 // and runs inside the same transaction.
                 let conn = &mut **tx;
@@ -127,14 +143,14 @@ impl Ingest {
     /// Stores the job row and its idempotency key, and commits. With `max_pending`, refuses
     /// (rolls back, `Backpressure`) when the rows queued in the store, these included, would
     /// exceed it.
-    pub async fn commit(
+    pub(crate) async fn commit(
         mut self,
         job: &NewJob,
         max_pending: Option<i64>,
     ) -> StoreResult<CreateJob> {
         let now = now_ms();
         let (total, defective) = (self.total, self.defective);
-        let outcome = in_tx!(&mut self.tx, |tx, DB| {
+        let outcome = dual!(&mut self.tx, |tx, DB| {
             if let Some(idem) = &job.idempotency {
                 // Expired keys are forgotten first, so the same key may start a new job.
                 sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND expires_at_ms < $2")
@@ -179,7 +195,7 @@ impl Ingest {
             return Ok(outcome);
         }
         if let Some(max) = max_pending {
-            let queued: i64 = in_tx!(&mut self.tx, |tx, DB| {
+            let queued: i64 = dual!(&mut self.tx, |tx, DB| {
                 sqlx::query(QUEUED_ROWS_SQL)
                     .fetch_one(&mut **tx)
                     .await?
@@ -190,7 +206,7 @@ impl Ingest {
                 return Ok(CreateJob::Backpressure { queued });
             }
         }
-        in_tx!(&mut self.tx, |tx, DB| {
+        dual!(&mut self.tx, |tx, DB| {
             sqlx::query(
                 "INSERT INTO jobs (id, status, mode, dry_run, created_at_ms, updated_at_ms, c_total, c_pending, \
                  c_rejected, policy_fingerprint, request_id) VALUES ($1, 'queued', $2, $3, $4, $4, $5, $8, $9, $6, $7)",
@@ -209,19 +225,13 @@ impl Ingest {
             let conn = &mut **tx;
             insert_events!(conn, &job.events);
         });
-        match self.tx {
-            Tx::Sqlite(tx) => tx.commit().await?,
-            Tx::Postgres(tx) => tx.commit().await?,
-        }
+        dual!(self.tx, |tx, DB| tx.commit().await?);
         Ok(CreateJob::Created)
     }
 
     /// Discards every row added.
-    pub async fn rollback(self) -> StoreResult<()> {
-        match self.tx {
-            Tx::Sqlite(tx) => tx.rollback().await?,
-            Tx::Postgres(tx) => tx.rollback().await?,
-        }
+    pub(crate) async fn rollback(self) -> StoreResult<()> {
+        dual!(self.tx, |tx, DB| tx.rollback().await?);
         Ok(())
     }
 }

@@ -4,9 +4,9 @@
 use super::StoreError;
 use crate::domain::{Counts, JobStatus, Mode, Outcome, ReasonCode};
 
-/// What `create_job` needs besides the rows.
+/// A job to store (`Ingest::commit`): what it needs besides its rows.
 #[derive(Debug, Clone)]
-pub struct NewJob {
+pub(crate) struct NewJob {
     pub id: String,
     pub mode: Mode,
     pub dry_run: bool,
@@ -18,7 +18,7 @@ pub struct NewJob {
 }
 
 #[derive(Debug, Clone)]
-pub struct IdempotencyClaim {
+pub(crate) struct IdempotencyClaim {
     pub key: String,
     pub body_sha256: String,
     pub expires_at_ms: i64,
@@ -26,7 +26,7 @@ pub struct IdempotencyClaim {
 
 /// One page of a job's plan (see `Store::save_plan_page`).
 #[derive(Debug, Default)]
-pub struct PlanPage {
+pub(crate) struct PlanPage {
     /// The first page of this planning: clears what an abandoned one left.
     pub first: bool,
     pub rejected: Vec<RowResult>,
@@ -38,7 +38,7 @@ pub struct PlanPage {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CreateJob {
+pub(crate) enum CreateJob {
     Created,
     /// More rows than `server.max_pending_rows` would be queued: nothing was stored.
     Backpressure {
@@ -189,7 +189,8 @@ pub struct Reason {
     pub message: String,
 }
 
-/// One row's result (SPEC §3 item).
+/// One row's result, as `GET /v1/jobs/{id}/items` lists it (the `Item` schema in
+/// `docs/openapi.json`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ItemRecord {
     pub line: i64,
@@ -255,11 +256,15 @@ pub struct RowResult {
 }
 
 impl RowResult {
-    pub fn rejected(line: i64, code: ReasonCode, message: impl Into<String>) -> RowResult {
+    pub(crate) fn rejected(line: i64, code: ReasonCode, message: impl Into<String>) -> RowResult {
         RowResult::outcome(line, Outcome::Rejected, Some((code, message.into())))
     }
 
-    pub fn outcome(line: i64, outcome: Outcome, reason: Option<(ReasonCode, String)>) -> RowResult {
+    pub(crate) fn outcome(
+        line: i64,
+        outcome: Outcome,
+        reason: Option<(ReasonCode, String)>,
+    ) -> RowResult {
         RowResult {
             line,
             outcome,
@@ -275,7 +280,7 @@ impl RowResult {
 
 /// The planner's output for a job.
 #[derive(Debug, Clone)]
-pub struct JobPlan {
+pub(crate) struct JobPlan {
     /// `running`, or `awaiting_approval` to hold the chunks.
     pub status: JobStatus,
     pub users_total: i64,
@@ -286,7 +291,7 @@ pub struct JobPlan {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChunkClaim {
+pub(crate) struct ChunkClaim {
     pub job_id: String,
     pub chunk_no: i64,
     pub attempts: i64,
@@ -294,7 +299,7 @@ pub struct ChunkClaim {
 
 /// Counter deltas besides row outcomes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct JobDeltas {
+pub(crate) struct JobDeltas {
     pub users_changed: i64,
     pub users_unchanged: i64,
     pub scim_requests: i64,
@@ -303,7 +308,7 @@ pub struct JobDeltas {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct ChunkDone {
+pub(crate) struct ChunkDone {
     pub results: Vec<RowResult>,
     pub deltas: JobDeltas,
     pub events: Vec<OutboxEvent>,
@@ -338,7 +343,7 @@ pub(super) struct OutboxRow {
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct OutboxRecord {
+pub(crate) struct OutboxRecord {
     pub event_id: String,
     pub endpoint: String,
     pub event_type: String,
@@ -373,7 +378,7 @@ impl From<OutboxRow> for OutboxRecord {
 }
 
 #[derive(Debug, Clone)]
-pub enum DeliveryResult {
+pub(crate) enum DeliveryResult {
     Delivered,
     Retry {
         next_attempt_at_ms: i64,

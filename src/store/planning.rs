@@ -1,0 +1,322 @@
+//! Planning a job: one planner at a time holds the job's planning lease, reads its pending
+//! rows page by page, and commits each page of the plan (rejected rows, rows assigned to
+//! chunks) before the next; `finish_plan` then makes the chunks claimable.
+
+use super::{
+    Backend, INSERT_BATCH, JobPlan, JobRecord, JobRow, PlanPage, Store, StoreResult, add_counts,
+    apply_result, begin_write, dual, insert_events, now_ms,
+};
+use crate::domain::{Assignment, JobStatus};
+use sqlx::QueryBuilder;
+
+impl Store {
+    /// Claims one job that needs planning: a new one, or one whose planner died (lease expired).
+    pub(crate) async fn claim_job_to_plan(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+    ) -> StoreResult<Option<JobRecord>> {
+        let now = now_ms();
+        let row = dual!(&self.backend, |p, DB| {
+            // Two texts: only PostgreSQL locks the rows it picks (`SKIP LOCKED`); see `dual!`.
+            let sql = match self.backend {
+                Backend::Postgres(_) => {
+                    "UPDATE jobs SET lease_owner = $1, lease_until_ms = $2, updated_at_ms = $3 WHERE id = ( \
+                     SELECT id FROM jobs WHERE planned = 0 AND status IN ('queued', 'running') \
+                     AND (lease_until_ms IS NULL OR lease_until_ms < $3) ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                     RETURNING *"
+                }
+                Backend::Sqlite(_) => {
+                    "UPDATE jobs SET lease_owner = $1, lease_until_ms = $2, updated_at_ms = $3 WHERE id = ( \
+                     SELECT id FROM jobs WHERE planned = 0 AND status IN ('queued', 'running') \
+                     AND (lease_until_ms IS NULL OR lease_until_ms < $3) ORDER BY id LIMIT 1) \
+                     RETURNING *"
+                }
+            };
+            sqlx::query_as::<_, JobRow>(sql)
+                .bind(owner)
+                .bind(now + lease_ms)
+                .bind(now)
+                .fetch_optional(p)
+                .await?
+        });
+        row.map(JobRecord::try_from).transpose()
+    }
+
+    /// One page of a job's pending rows, by user then line, of the users after `after`
+    /// (keyset paging on `items_user_idx`). Never splits a user: when the page is full, the
+    /// last user's rows are left for the next page, unless the page holds one user only, in
+    /// which case it grows until that user is whole. The flag says whether rows may follow.
+    pub(crate) async fn pending_rows_page(
+        &self,
+        job_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Assignment>, bool)> {
+        let mut limit = limit.max(2);
+        loop {
+            // The first page has no lower bound: an empty external id (rejected when
+            // validated) sorts first.
+            let sql = if after.is_some() {
+                "SELECT line, external_id, role_template, license_tier FROM items \
+                 WHERE job_id = $1 AND outcome = 'pending' AND external_id > $2 \
+                 ORDER BY external_id, line LIMIT $3"
+            } else {
+                "SELECT line, external_id, role_template, license_tier FROM items \
+                 WHERE job_id = $1 AND outcome = 'pending' AND $2 = '' \
+                 ORDER BY external_id, line LIMIT $3"
+            };
+            let rows: Vec<(i64, String, String, String)> = dual!(&self.backend, |p, DB| {
+                sqlx::query_as(sql)
+                    .bind(job_id)
+                    .bind(after.unwrap_or(""))
+                    .bind(limit as i64)
+                    .fetch_all(p)
+                    .await?
+            });
+            let full = rows.len() == limit;
+            let mut rows: Vec<Assignment> = rows
+                .into_iter()
+                .map(
+                    |(line, external_id, role_template, license_tier)| Assignment {
+                        line: line as u64,
+                        external_id,
+                        role_template,
+                        license_tier,
+                        defect: None,
+                    },
+                )
+                .collect();
+            if !full {
+                return Ok((rows, false));
+            }
+            let last = rows
+                .last()
+                .map(|r| r.external_id.clone())
+                .unwrap_or_default();
+            let keep = rows.iter().rposition(|r| r.external_id != last);
+            match keep {
+                Some(i) => {
+                    rows.truncate(i + 1);
+                    return Ok((rows, true));
+                }
+                None => limit *= 4,
+            }
+        }
+    }
+
+    /// Commits one page of a job's plan: its rejected rows (with counters and events), the
+    /// chunk of each of its rows, and those chunks, still `planning` (not claimable). Only the
+    /// planner holding the lease may, and doing so extends the lease. `first` clears what an
+    /// earlier, abandoned planning of the job left. Writing a page twice is harmless: rows
+    /// leave `pending` once, chunk numbers are assigned again.
+    pub(crate) async fn save_plan_page(
+        &self,
+        job_id: &str,
+        owner: &str,
+        lease_ms: i64,
+        page: &PlanPage,
+    ) -> StoreResult<bool> {
+        let now = now_ms();
+        dual!(&self.backend, |p, DB| {
+            let mut tx = begin_write(p).await?;
+            let held = sqlx::query(
+                "UPDATE jobs SET lease_until_ms = $1, updated_at_ms = $2 \
+                 WHERE id = $3 AND lease_owner = $4 AND planned = 0",
+            )
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(job_id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if held == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            if page.first {
+                sqlx::query("DELETE FROM chunks WHERE job_id = $1 AND status = 'planning'")
+                    .bind(job_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let mut moved = 0i64;
+            for r in &page.rejected {
+                moved += i64::from(apply_result!(tx, job_id, r));
+            }
+            if moved > 0 {
+                sqlx::query(
+                    "UPDATE jobs SET c_pending = c_pending - $1, c_rejected = c_rejected + $1 WHERE id = $2",
+                )
+                .bind(moved)
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for (chunk_no, lines) in &page.chunks {
+                for batch in lines.chunks(INSERT_BATCH) {
+                    let mut qb = QueryBuilder::<DB>::new("UPDATE items SET chunk_no = ");
+                    qb.push_bind(*chunk_no);
+                    qb.push(" WHERE job_id = ")
+                        .push_bind(job_id)
+                        .push(" AND line IN (");
+                    let mut sep = qb.separated(", ");
+                    for line in batch {
+                        sep.push_bind(*line);
+                    }
+                    qb.push(")");
+                    qb.build().execute(&mut *tx).await?;
+                }
+            }
+            let numbers: Vec<i64> = page.chunks.iter().map(|(n, _)| *n).collect();
+            for batch in numbers.chunks(INSERT_BATCH) {
+                let mut qb =
+                    QueryBuilder::<DB>::new("INSERT INTO chunks (job_id, chunk_no, status) ");
+                qb.push_values(batch, |mut b, n| {
+                    b.push_bind(job_id).push_bind(*n).push_bind("planning");
+                });
+                qb.push(" ON CONFLICT (job_id, chunk_no) DO NOTHING");
+                qb.build().execute(&mut *tx).await?;
+            }
+            insert_events!(tx, &page.events);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Ends a job's planning in one transaction: its status, estimate and approval, and its
+    /// chunks made claimable (`ready`, or `held` while it awaits approval). Only the planner
+    /// holding the lease may.
+    pub(crate) async fn finish_plan(
+        &self,
+        job_id: &str,
+        owner: &str,
+        plan: &JobPlan,
+    ) -> StoreResult<bool> {
+        let now = now_ms();
+        dual!(&self.backend, |p, DB| {
+            let mut tx = begin_write(p).await?;
+            let held = sqlx::query(
+                "UPDATE jobs SET planned = 1, status = $1, started_at_ms = COALESCE(started_at_ms, $2), \
+                 updated_at_ms = $2, users_total = $3, estimate = $4, approval = $5, lease_owner = NULL, \
+                 lease_until_ms = NULL WHERE id = $6 AND lease_owner = $7 AND planned = 0",
+            )
+            .bind(plan.status.as_str())
+            .bind(now)
+            .bind(plan.users_total)
+            .bind(&plan.estimate)
+            .bind(&plan.approval)
+            .bind(job_id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if held == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let chunk_status = if plan.status == JobStatus::AwaitingApproval {
+                "held"
+            } else {
+                "ready"
+            };
+            sqlx::query("UPDATE chunks SET status = $1 WHERE job_id = $2 AND status = 'planning'")
+                .bind(chunk_status)
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+            add_counts!(
+                tx,
+                job_id,
+                &crate::domain::Counts::default(),
+                &plan.deltas,
+                now
+            );
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::JobDeltas;
+    use crate::store::test_support::{ok, store_with_job};
+    use std::time::Duration;
+
+    fn row(line: u64, user: &str) -> Assignment {
+        Assignment {
+            line,
+            external_id: user.into(),
+            role_template: "Agent".into(),
+            license_tier: "Standard Agent".into(),
+            defect: None,
+        }
+    }
+
+    fn plan() -> JobPlan {
+        JobPlan {
+            status: JobStatus::Running,
+            users_total: 3,
+            estimate: None,
+            approval: None,
+            deltas: JobDeltas::default(),
+        }
+    }
+
+    /// A planner that dies halfway leaves chunks no one can claim; the next planner's first
+    /// page clears them, and only its own plan becomes claimable.
+    #[tokio::test]
+    async fn an_abandoned_planning_leaves_nothing_claimable_and_is_cleared() {
+        let rows = [row(2, "A"), row(3, "A"), row(4, "B"), row(5, "C")];
+        let (store, _dir) = store_with_job(&rows, Vec::new()).await;
+
+        // Pages: users never split, and the flag says more may follow.
+        let (page, more) = ok(store.pending_rows_page("job-1", None, 3).await);
+        assert_eq!(page.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(more);
+        let (page, more) = ok(store.pending_rows_page("job-1", Some("A"), 3).await);
+        assert_eq!(page.iter().map(|r| r.line).collect::<Vec<_>>(), vec![4, 5]);
+        assert!(!more);
+        // A page too small for one user grows until the user is whole.
+        let (page, _) = ok(store.pending_rows_page("job-1", None, 1).await);
+        assert!(page.iter().filter(|r| r.external_id == "A").count() == 2);
+
+        // Planner `a` writes a first page of three chunks, then stops answering.
+        assert!(ok(store.claim_job_to_plan("a", 1).await).is_some());
+        let first = PlanPage {
+            first: true,
+            chunks: vec![(0, vec![2, 3]), (1, vec![4]), (2, vec![5])],
+            ..Default::default()
+        };
+        assert!(ok(store.save_plan_page("job-1", "a", 1, &first).await));
+        assert!(
+            ok(store.claim_chunk("w", 60_000).await).is_none(),
+            "a plan in progress is not claimable"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        // Planner `b` takes the job over; `a` can no longer write.
+        assert!(ok(store.claim_job_to_plan("b", 60_000).await).is_some());
+        assert!(!ok(store
+            .save_plan_page("job-1", "a", 60_000, &first)
+            .await));
+        assert!(!ok(store.finish_plan("job-1", "a", &plan()).await));
+        let only = PlanPage {
+            first: true,
+            chunks: vec![(0, vec![2, 3, 4, 5])],
+            ..Default::default()
+        };
+        assert!(ok(store.save_plan_page("job-1", "b", 60_000, &only).await));
+        assert!(ok(store.finish_plan("job-1", "b", &plan()).await));
+        let claimed = ok(store.claim_chunk("w", 60_000).await);
+        assert_eq!(claimed.map(|c| c.chunk_no), Some(0));
+        assert!(
+            ok(store.claim_chunk("w", 60_000).await).is_none(),
+            "the abandoned plan's chunks were cleared"
+        );
+        assert_eq!(ok(store.chunk_items("job-1", 0).await).len(), 4);
+    }
+}

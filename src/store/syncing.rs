@@ -1,0 +1,211 @@
+//! Syncing a planned job: workers lease chunks, record a write's intent before sending it,
+//! and commit a chunk's outcomes while they still hold its lease.
+
+use super::{
+    Backend, ChunkClaim, ChunkDone, ItemRecord, ItemRow, JobDeltas, Store, StoreResult, add_counts,
+    apply_result, begin_write, dual, insert_events, now_ms,
+};
+use sqlx::{QueryBuilder, Row};
+
+impl Store {
+    /// Claims one chunk that is ready, or whose lease expired (its owner died), of a running job.
+    pub(crate) async fn claim_chunk(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+    ) -> StoreResult<Option<ChunkClaim>> {
+        let now = now_ms();
+        let row = dual!(&self.backend, |p, DB| {
+            // Two texts: only PostgreSQL locks the rows it picks (`SKIP LOCKED`); see `dual!`.
+            let sql = match self.backend {
+                Backend::Postgres(_) => {
+                    "UPDATE chunks SET status = 'leased', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
+                     WHERE (job_id, chunk_no) = (SELECT c.job_id, c.chunk_no FROM chunks c JOIN jobs j ON j.id = c.job_id \
+                     WHERE j.status = 'running' AND (c.status = 'ready' OR (c.status = 'leased' AND c.lease_until_ms < $3)) \
+                     ORDER BY c.job_id, c.chunk_no LIMIT 1 FOR UPDATE OF c SKIP LOCKED) RETURNING job_id, chunk_no, attempts"
+                }
+                Backend::Sqlite(_) => {
+                    "UPDATE chunks SET status = 'leased', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
+                     WHERE rowid = (SELECT c.rowid FROM chunks c JOIN jobs j ON j.id = c.job_id \
+                     WHERE j.status = 'running' AND (c.status = 'ready' OR (c.status = 'leased' AND c.lease_until_ms < $3)) \
+                     ORDER BY c.job_id, c.chunk_no LIMIT 1) RETURNING job_id, chunk_no, attempts"
+                }
+            };
+            match sqlx::query(sql)
+                .bind(owner)
+                .bind(now + lease_ms)
+                .bind(now)
+                .fetch_optional(p)
+                .await?
+            {
+                None => None,
+                Some(r) => Some(ChunkClaim {
+                    job_id: r.try_get(0)?,
+                    chunk_no: r.try_get(1)?,
+                    attempts: r.try_get(2)?,
+                }),
+            }
+        });
+        Ok(row)
+    }
+
+    /// Pending rows of a chunk, by user then line.
+    pub(crate) async fn chunk_items(
+        &self,
+        job_id: &str,
+        chunk_no: i64,
+    ) -> StoreResult<Vec<ItemRecord>> {
+        // No ORDER BY: with one, SQLite prefers the index that gives the order
+        // (`items_user_idx`) and walks every row of the job for each chunk, which made a
+        // million-row job quadratic. The chunk's rows are sorted here instead.
+        let rows = dual!(&self.backend, |p, DB| {
+            sqlx::query_as::<_, ItemRow>(
+                "SELECT * FROM items WHERE job_id = $1 AND chunk_no = $2 AND outcome = 'pending'",
+            )
+            .bind(job_id)
+            .bind(chunk_no)
+            .fetch_all(p)
+            .await?
+        });
+        let mut items = rows
+            .into_iter()
+            .map(ItemRecord::try_from)
+            .collect::<StoreResult<Vec<_>>>()?;
+        items.sort_by(|a, b| (&a.external_id, a.line).cmp(&(&b.external_id, b.line)));
+        Ok(items)
+    }
+
+    /// Records, before a write is sent, that this job is about to change the rows' user and
+    /// how; a re-run after a crash then reports the user `applied`, with this diff.
+    pub(crate) async fn mark_intent(
+        &self,
+        job_id: &str,
+        lines: &[i64],
+        added: &[String],
+        removed: &[String],
+    ) -> StoreResult<()> {
+        let added = serde_json::to_string(added).unwrap_or_default();
+        let removed = serde_json::to_string(removed).unwrap_or_default();
+        dual!(&self.backend, |p, DB| {
+            let mut qb = QueryBuilder::<DB>::new("UPDATE items SET intent = 1, roles_added = ");
+            qb.push_bind(&added)
+                .push(", roles_removed = ")
+                .push_bind(&removed);
+            qb.push(" WHERE outcome = 'pending' AND job_id = ")
+                .push_bind(job_id)
+                .push(" AND line IN (");
+            let mut sep = qb.separated(", ");
+            for line in lines {
+                sep.push_bind(*line);
+            }
+            qb.push(")");
+            qb.build().execute(p).await?;
+        });
+        Ok(())
+    }
+
+    /// Heartbeat: extends every lease `owner` holds (chunks and planning).
+    pub(crate) async fn extend_leases(&self, owner: &str, lease_ms: i64) -> StoreResult<()> {
+        let until = now_ms() + lease_ms;
+        dual!(&self.backend, |p, DB| {
+            sqlx::query("UPDATE chunks SET lease_until_ms = $1 WHERE lease_owner = $2 AND status = 'leased'")
+                .bind(until)
+                .bind(owner)
+                .execute(p)
+                .await?;
+            sqlx::query(
+                "UPDATE jobs SET lease_until_ms = $1 WHERE lease_owner = $2 AND planned = 0",
+            )
+            .bind(until)
+            .bind(owner)
+            .execute(p)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Gives back every lease `owner` holds, so another worker or replica resumes at once.
+    pub(crate) async fn release_leases(&self, owner: &str) -> StoreResult<()> {
+        dual!(&self.backend, |p, DB| {
+            sqlx::query(
+                "UPDATE chunks SET status = 'ready', lease_owner = NULL, lease_until_ms = NULL \
+                 WHERE lease_owner = $1 AND status = 'leased'",
+            )
+            .bind(owner)
+            .execute(p)
+            .await?;
+            sqlx::query(
+                "UPDATE jobs SET lease_owner = NULL, lease_until_ms = NULL WHERE lease_owner = $1",
+            )
+            .bind(owner)
+            .execute(p)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Gives back one chunk without results (e.g. the target is down).
+    pub(crate) async fn release_chunk(&self, claim: &ChunkClaim, owner: &str) -> StoreResult<()> {
+        dual!(&self.backend, |p, DB| {
+            sqlx::query(
+                "UPDATE chunks SET status = 'ready', lease_owner = NULL, lease_until_ms = NULL \
+                 WHERE job_id = $1 AND chunk_no = $2 AND lease_owner = $3 AND status = 'leased'",
+            )
+            .bind(&claim.job_id)
+            .bind(claim.chunk_no)
+            .bind(owner)
+            .execute(p)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Commits a chunk's outcomes, the job's counters and the audit events in one transaction,
+    /// provided `owner` still holds the chunk's lease. Returns false if the lease was lost.
+    pub(crate) async fn complete_chunk(
+        &self,
+        claim: &ChunkClaim,
+        owner: &str,
+        done: &ChunkDone,
+    ) -> StoreResult<bool> {
+        let now = now_ms();
+        dual!(&self.backend, |p, DB| {
+            let mut tx = begin_write(p).await?;
+            let held = sqlx::query(
+                "UPDATE chunks SET status = 'done', lease_owner = NULL, lease_until_ms = NULL \
+                 WHERE job_id = $1 AND chunk_no = $2 AND lease_owner = $3 AND status = 'leased'",
+            )
+            .bind(&claim.job_id)
+            .bind(claim.chunk_no)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if held == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let mut counts = crate::domain::Counts::default();
+            for r in &done.results {
+                if apply_result!(tx, &claim.job_id, r) {
+                    counts.add(r.outcome, 1);
+                }
+            }
+            add_counts!(tx, &claim.job_id, &counts, &done.deltas, now);
+            insert_events!(tx, &done.events);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Adds SCIM call counters to a job outside a chunk commit (reads spent on a released chunk).
+    pub(crate) async fn add_job_deltas(&self, job_id: &str, deltas: &JobDeltas) -> StoreResult<()> {
+        let now = now_ms();
+        dual!(&self.backend, |p, DB| {
+            let mut tx = begin_write(p).await?;
+            add_counts!(tx, job_id, &crate::domain::Counts::default(), deltas, now);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}
