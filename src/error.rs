@@ -72,7 +72,7 @@ pub type ApiResult<T, E = ApiError> = Result<T, E>;
 /// Anything else is a `500`.
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
-        if is_transient(&e) {
+        if e.is_transient() {
             tracing::warn!(error = %e, "the store is unavailable for now; answering 503");
             ApiError::Unavailable {
                 detail: "the store is busy or unreachable; try again shortly".into(),
@@ -86,35 +86,6 @@ impl From<crate::store::StoreError> for ApiError {
 
 /// How long a client is asked to wait after a transient store failure.
 const STORE_RETRY_AFTER_SECS: u64 = 5;
-
-/// SQLite busy/locked, PostgreSQL connection exceptions (class 08), server shutdown or start-up
-/// (57P01-57P03), serialization failures and deadlocks (40001, 40P01), too many connections
-/// (53300), lock not available (55P03); and pool time-outs and I/O errors on either.
-pub fn is_transient(e: &crate::store::StoreError) -> bool {
-    let crate::store::StoreError::Sqlx(e) = e else {
-        return false;
-    };
-    match e {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            let code = code.as_ref();
-            // SQLite's primary result code is the low byte of the extended one.
-            let sqlite_busy = code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
-            sqlite_busy
-                || code.starts_with("08")
-                || matches!(
-                    code,
-                    "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "53300" | "55P03"
-                )
-        }
-        _ => false,
-    }
-}
 
 impl ApiError {
     pub fn bad_request(detail: impl Into<String>) -> ApiError {
@@ -256,7 +227,7 @@ mod tests {
             Some(&b"5"[..])
         );
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
-        assert!(is_transient(&StoreError::Sqlx(sqlx::Error::Io(io))));
+        assert!(StoreError::Sqlx(sqlx::Error::Io(io)).is_transient());
         let corrupt: ApiError = StoreError::Corrupt("x".into()).into();
         assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let missing: ApiError = StoreError::Sqlx(sqlx::Error::RowNotFound).into();

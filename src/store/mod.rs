@@ -55,6 +55,38 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// A failure that passes by itself, so the API answers 503 with `Retry-After`: SQLite busy or
+    /// locked, PostgreSQL connection exceptions (class 08), server shutdown or start-up
+    /// (57P01-57P03), serialization failures and deadlocks (40001, 40P01), too many connections
+    /// (53300), lock not available (55P03); and pool time-outs and I/O errors on either.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Sqlx(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                let code = code.as_ref();
+                // SQLite's primary result code is the low byte of the extended one.
+                let sqlite_busy = code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+                sqlite_busy
+                    || code.starts_with("08")
+                    || matches!(
+                        code,
+                        "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "53300" | "55P03"
+                    )
+            }
+            _ => false,
+        }
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// One value per backend: a `Store`'s pool (`Pools`) or an open transaction (`ingest::Tx`).
