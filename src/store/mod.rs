@@ -31,8 +31,8 @@ mod records;
 mod syncing;
 
 pub(crate) use records::{
-    ChunkClaim, ChunkDone, CreateJob, DeliveryResult, IdempotencyClaim, JobDeltas, JobPlan, NewJob,
-    OutboxRecord, PlanPage,
+    ChunkClaim, ChunkDone, CreateJob, DeliveryResult, IdempotencyClaim, JobDeltas, JobPlan,
+    LeaseRenewal, NewJob, OutboxRecord, PlanPage,
 };
 // Public: read outside the crate (`get_job`, `list_items` in tests/) or named by public
 // functions of other modules (`job_view`, `validate_rows`, `EventFactory::event`).

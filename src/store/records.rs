@@ -181,6 +181,7 @@ pub(super) struct ItemRow {
     permissions_removed: Option<String>,
     chunk_no: Option<i64>,
     intent: i64,
+    attempts: i64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -211,6 +212,9 @@ pub struct ItemRecord {
     /// A write for this row's user was sent by an earlier attempt of its chunk.
     #[serde(skip)]
     pub intent: bool,
+    /// Chunk runs in which this row's user failed for a reason that may pass.
+    #[serde(skip)]
+    pub attempts: i64,
 }
 
 impl TryFrom<ItemRow> for ItemRecord {
@@ -238,6 +242,7 @@ impl TryFrom<ItemRow> for ItemRecord {
             permissions_removed: list(r.permissions_removed),
             chunk_no: r.chunk_no,
             intent: r.intent != 0,
+            attempts: r.attempts,
         })
     }
 }
@@ -307,11 +312,24 @@ pub(crate) struct JobDeltas {
     pub scim_rate_limited: i64,
 }
 
+/// What a heartbeat learnt (`Store::renew_leases`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LeaseRenewal {
+    /// Chunks whose lease this process no longer holds: their runs must not commit.
+    pub lost: Vec<(String, i64)>,
+    /// Jobs no longer running (cancelled, failed): their runs stop sending.
+    pub stopped_jobs: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ChunkDone {
     pub results: Vec<RowResult>,
     pub deltas: JobDeltas,
     pub events: Vec<OutboxEvent>,
+    /// Rows left pending because their user failed for a reason that may pass: their
+    /// `attempts` go up by one and the chunk is claimable again at `retry_at_ms`, not done.
+    pub retry_lines: Vec<i64>,
+    pub retry_at_ms: Option<i64>,
 }
 
 /// An audit event to deliver to each of `endpoints`.

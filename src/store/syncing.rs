@@ -2,13 +2,15 @@
 //! and commit a chunk's outcomes while they still hold its lease.
 
 use super::{
-    Backend, ChunkClaim, ChunkDone, ItemRecord, ItemRow, JobDeltas, Store, StoreResult, add_counts,
-    apply_result, begin_write, dual, insert_events, now_ms,
+    Backend, ChunkClaim, ChunkDone, ItemRecord, ItemRow, JobDeltas, LeaseRenewal, Store,
+    StoreResult, add_counts, apply_result, begin_write, dual, insert_events, now_ms,
 };
 use sqlx::{QueryBuilder, Row};
 
 impl Store {
-    /// Claims one chunk that is ready, or whose lease expired (its owner died), of a running job.
+    /// Claims one chunk that is ready, or whose lease expired (its owner died), of a running job
+    /// (not before its backoff, `not_before_ms`). A cancelled job's chunk whose lease expired
+    /// is claimed too: its owner died mid-run, and what it wrote must still be recorded.
     pub(crate) async fn claim_chunk(
         &self,
         owner: &str,
@@ -21,13 +23,17 @@ impl Store {
                 Backend::Postgres(_) => {
                     "UPDATE chunks SET status = 'leased', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
                      WHERE (job_id, chunk_no) = (SELECT c.job_id, c.chunk_no FROM chunks c JOIN jobs j ON j.id = c.job_id \
-                     WHERE j.status = 'running' AND (c.status = 'ready' OR (c.status = 'leased' AND c.lease_until_ms < $3)) \
+                     WHERE ((j.status = 'running' AND (c.status = 'ready' OR (c.status = 'leased' AND c.lease_until_ms < $3))) \
+                     OR (j.status = 'cancelled' AND c.status = 'leased' AND c.lease_until_ms < $3)) \
+                     AND COALESCE(c.not_before_ms, 0) <= $3 \
                      ORDER BY c.job_id, c.chunk_no LIMIT 1 FOR UPDATE OF c SKIP LOCKED) RETURNING job_id, chunk_no, attempts"
                 }
                 Backend::Sqlite(_) => {
                     "UPDATE chunks SET status = 'leased', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
                      WHERE rowid = (SELECT c.rowid FROM chunks c JOIN jobs j ON j.id = c.job_id \
-                     WHERE j.status = 'running' AND (c.status = 'ready' OR (c.status = 'leased' AND c.lease_until_ms < $3)) \
+                     WHERE ((j.status = 'running' AND (c.status = 'ready' OR (c.status = 'leased' AND c.lease_until_ms < $3))) \
+                     OR (j.status = 'cancelled' AND c.status = 'leased' AND c.lease_until_ms < $3)) \
+                     AND COALESCE(c.not_before_ms, 0) <= $3 \
                      ORDER BY c.job_id, c.chunk_no LIMIT 1) RETURNING job_id, chunk_no, attempts"
                 }
             };
@@ -104,6 +110,58 @@ impl Store {
         Ok(())
     }
 
+    /// Heartbeat for live work only: extends the leases of the chunks `owner` is running now
+    /// (`chunks`) and of the jobs it is planning now (`plans`). Returns the chunks whose lease
+    /// was lost (someone else holds it now) and the jobs among `chunks` that are no longer
+    /// running (cancelled or failed), whose runs should stop.
+    pub(crate) async fn renew_leases(
+        &self,
+        owner: &str,
+        chunks: &[(String, i64)],
+        plans: &[String],
+        lease_ms: i64,
+    ) -> StoreResult<LeaseRenewal> {
+        let until = now_ms() + lease_ms;
+        let mut out = LeaseRenewal::default();
+        dual!(&self.backend, |p, DB| {
+            for (job_id, chunk_no) in chunks {
+                let held = sqlx::query(
+                    "UPDATE chunks SET lease_until_ms = $1 WHERE job_id = $2 AND chunk_no = $3 \
+                     AND lease_owner = $4 AND status = 'leased'",
+                )
+                .bind(until)
+                .bind(job_id)
+                .bind(*chunk_no)
+                .bind(owner)
+                .execute(p)
+                .await?
+                .rows_affected();
+                if held == 0 {
+                    out.lost.push((job_id.clone(), *chunk_no));
+                }
+                let status: Option<String> =
+                    sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
+                        .bind(job_id)
+                        .fetch_optional(p)
+                        .await?;
+                if status.as_deref() != Some("running") && !out.stopped_jobs.contains(job_id) {
+                    out.stopped_jobs.push(job_id.clone());
+                }
+            }
+            for job_id in plans {
+                sqlx::query(
+                    "UPDATE jobs SET lease_until_ms = $1 WHERE id = $2 AND lease_owner = $3 AND planned = 0",
+                )
+                .bind(until)
+                .bind(job_id)
+                .bind(owner)
+                .execute(p)
+                .await?;
+            }
+        });
+        Ok(out)
+    }
+
     /// Heartbeat: extends every lease `owner` holds (chunks and planning).
     pub(crate) async fn extend_leases(&self, owner: &str, lease_ms: i64) -> StoreResult<()> {
         let until = now_ms() + lease_ms;
@@ -144,16 +202,31 @@ impl Store {
         Ok(())
     }
 
-    /// Gives back one chunk without results (e.g. the target is down).
+    /// Gives back one chunk without results. `retry_at_ms`: not claimable before then (a
+    /// backoff after an error). `counted`: whether this run counts towards the chunk's attempts
+    /// (a pause of the whole target does not).
     pub(crate) async fn release_chunk(&self, claim: &ChunkClaim, owner: &str) -> StoreResult<()> {
+        self.release_chunk_after(claim, owner, None, true).await
+    }
+
+    pub(crate) async fn release_chunk_after(
+        &self,
+        claim: &ChunkClaim,
+        owner: &str,
+        retry_at_ms: Option<i64>,
+        counted: bool,
+    ) -> StoreResult<()> {
         dual!(&self.backend, |p, DB| {
             sqlx::query(
-                "UPDATE chunks SET status = 'ready', lease_owner = NULL, lease_until_ms = NULL \
+                "UPDATE chunks SET status = 'ready', lease_owner = NULL, lease_until_ms = NULL, \
+                 not_before_ms = $4, attempts = attempts - $5 \
                  WHERE job_id = $1 AND chunk_no = $2 AND lease_owner = $3 AND status = 'leased'",
             )
             .bind(&claim.job_id)
             .bind(claim.chunk_no)
             .bind(owner)
+            .bind(retry_at_ms)
+            .bind(i64::from(!counted))
             .execute(p)
             .await?;
         });
@@ -171,13 +244,21 @@ impl Store {
         let now = now_ms();
         dual!(&self.backend, |p, DB| {
             let mut tx = begin_write(p).await?;
+            // Rows left pending for a retry keep the chunk claimable (after its backoff).
+            let status = if done.retry_lines.is_empty() {
+                "done"
+            } else {
+                "ready"
+            };
             let held = sqlx::query(
-                "UPDATE chunks SET status = 'done', lease_owner = NULL, lease_until_ms = NULL \
+                "UPDATE chunks SET status = $4, lease_owner = NULL, lease_until_ms = NULL, not_before_ms = $5 \
                  WHERE job_id = $1 AND chunk_no = $2 AND lease_owner = $3 AND status = 'leased'",
             )
             .bind(&claim.job_id)
             .bind(claim.chunk_no)
             .bind(owner)
+            .bind(status)
+            .bind(done.retry_at_ms)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -190,6 +271,15 @@ impl Store {
                 if apply_result!(tx, &claim.job_id, r) {
                     counts.add(r.outcome, 1);
                 }
+            }
+            for line in &done.retry_lines {
+                sqlx::query(
+                    "UPDATE items SET attempts = attempts + 1 WHERE job_id = $1 AND line = $2 AND outcome = 'pending'",
+                )
+                .bind(&claim.job_id)
+                .bind(*line)
+                .execute(&mut *tx)
+                .await?;
             }
             add_counts!(tx, &claim.job_id, &counts, &done.deltas, now);
             insert_events!(tx, &done.events);
