@@ -1,10 +1,11 @@
-//! The sync pipeline (SPEC §2): tokio tasks joined by bounded `mpsc` channels.
+//! The sync pipeline: tokio tasks joined by bounded `mpsc` channels.
 //!
 //! ```text
-//! intake ─► validate ─► resolve ─► plan ══store══► claim ─► sync workers ─► results
-//! (claims    (rows vs    (group per  (chunks,        (leases   (read, diff,     (commit
-//!  jobs)      policy)     user,       estimate)       chunks)   PATCH)           outcomes)
-//!                         expand)
+//! intake ─► validate ─► plan ══store══► claim ─► sync workers ─► results
+//! (claims    (rows vs     (chunks,        (leases   (per user:       (commit outcomes;
+//!  jobs)      policy,      reads,          chunks)   find, decide,    end finished
+//!             grouped      estimate,                 PATCH)           jobs)
+//!             per user)    approval)
 //! ```
 //!
 //! Planning and syncing meet in the store, not in memory: a plan is committed as chunks, and
@@ -12,21 +13,25 @@
 //! or an expired chunk lease is claimed again) and lets several replicas share one job.
 //! Each stage exits when its input channel closes; the sources (`intake`, `claim`) stop on
 //! shutdown, so the stages drain in order.
+//!
+//! Validation, planning and syncing group rows per user the same way (`users`); what to do with
+//! a user is a pure function of what the target holds (`decide`); how a job ends, from any stage
+//! or from `POST /v1/jobs/{id}/cancel`, is `lifecycle`.
 
 mod circuit;
+mod decide;
 mod intake;
+pub(crate) mod lifecycle;
 mod plan;
 pub mod reads;
-mod resolve;
 mod results;
 pub mod stops;
 mod sync;
+mod users;
 mod validate;
 
 pub use circuit::Circuit;
-pub use plan::job_finished_data;
-pub use sync::final_roles;
-pub use validate::validate_rows;
+pub(crate) use validate::validate_rows;
 
 use crate::audit::EventFactory;
 use crate::configuration::Settings;
@@ -129,11 +134,9 @@ impl Pipeline {
         let stop_all = CancellationToken::new();
 
         let (to_validate, validate_rx) = mpsc::channel(JOBS_IN_FLIGHT);
-        let (to_resolve, resolve_rx) = mpsc::channel(JOBS_IN_FLIGHT);
         let (to_plan, plan_rx) = mpsc::channel(JOBS_IN_FLIGHT);
         tracker.spawn(intake::run(deps.clone(), to_validate, stop_sources.clone()));
-        tracker.spawn(validate::run(deps.clone(), validate_rx, to_resolve));
-        tracker.spawn(resolve::run(deps.clone(), resolve_rx, to_plan));
+        tracker.spawn(validate::run(deps.clone(), validate_rx, to_plan));
         tracker.spawn(plan::run(deps.clone(), plan_rx));
 
         let workers = deps.settings.target.max_concurrency.clamp(1, 4);

@@ -224,7 +224,8 @@ impl ErrorRatios {
             return;
         };
         if !m.contains_key(job_id) {
-            // Finished jobs are not told here (the planner finishes them): idle entries go.
+            // Jobs that end in this process are forgotten (`lifecycle`); entries of jobs that
+            // ended elsewhere go once idle.
             m.retain(|_, w| w.touched.elapsed() < IDLE);
             if m.len() >= MAX_JOBS
                 && let Some(oldest) = m
