@@ -1,28 +1,38 @@
-//! Builds audit events (SPEC §7) as outbox entries, one delivery per interested endpoint.
+//! Audit events as outbox entries, one delivery per interested endpoint, and the typed `data`
+//! of each event type.
+//!
+//! The wire shape of every payload is a contract with webhook consumers (docs/webhooks.md):
+//! a field is renamed or removed only with them. Payloads go through `serde_json::Value` before
+//! they are written, so an object's keys come out sorted, whatever the order of a struct's
+//! fields: the bytes stay those of the `json!` payloads that came before the structs.
 
 use crate::configuration::WebhookSettings;
-use crate::store::OutboxEvent;
+use crate::domain::{Counts, EventType, JobStatus, Outcome, ReasonCode};
+use crate::policy::{PermissionSet, Policy, RoleChange, RoleSet};
+use crate::store::{JobRecord, OutboxEvent};
+use serde::Serialize;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
-pub const ROLE_SYNC_COMPLETED: &str = "role_sync.completed";
-pub const ROLE_SYNC_REJECTED: &str = "role_sync.rejected";
-pub const ROLE_SYNC_FAILED: &str = "role_sync.failed";
-pub const JOB_FINISHED: &str = "job.finished";
+/// `role_sync.rejected`, for callers still naming event types by constant (`POST /v1/jobs`);
+/// everything else names `EventType::RoleSyncRejected`.
+pub const ROLE_SYNC_REJECTED: EventType = EventType::RoleSyncRejected;
 /// The type of a batch body; never the type of an event, so an outbox row of this type is a
 /// batch of other rows.
 pub const BATCH: &str = "batch";
 
-/// Every event type an endpoint may subscribe to.
+/// Every event type an endpoint may subscribe to, as written in the configuration: the words of
+/// `EventType` (a test keeps the two lists equal).
 pub const ALL_TYPES: [&str; 4] = [
-    ROLE_SYNC_COMPLETED,
-    ROLE_SYNC_REJECTED,
-    ROLE_SYNC_FAILED,
-    JOB_FINISHED,
+    "role_sync.completed",
+    "role_sync.rejected",
+    "role_sync.failed",
+    "job.finished",
 ];
 
 #[derive(Clone, Debug, Default)]
 pub struct EventFactory {
-    /// (endpoint name, event types it wants; all when empty)
+    /// (endpoint name, event types it wants as written; all when empty)
     endpoints: Vec<(String, Vec<String>)>,
 }
 
@@ -32,6 +42,8 @@ impl EventFactory {
             endpoints: settings
                 .endpoints
                 .iter()
+                // `as_str` reads the configured types as words, whether the configuration
+                // holds them as strings or as `EventType`s.
                 .map(|e| {
                     let types = e.events.iter().map(|t| t.as_str().to_owned()).collect();
                     (e.display_name(), types)
@@ -41,7 +53,10 @@ impl EventFactory {
     }
 
     /// An event for every endpoint that wants `event_type`; None when no endpoint does.
-    pub fn event(&self, event_type: &str, data: Value) -> Option<OutboxEvent> {
+    ///
+    /// `data` is one of the payload types below (a reference to one does too).
+    pub fn event(&self, event_type: EventType, data: impl Serialize) -> Option<OutboxEvent> {
+        let event_type = event_type.as_str();
         let endpoints: Vec<String> = self
             .endpoints
             .iter()
@@ -51,6 +66,14 @@ impl EventFactory {
         if endpoints.is_empty() {
             return None;
         }
+        let data = match serde_json::to_value(data) {
+            Ok(data) => data,
+            // Only a map with non-string keys fails, and no payload type has one.
+            Err(e) => {
+                tracing::error!(event.type = event_type, error = %e, "cannot serialise an audit event");
+                return None;
+            }
+        };
         let payload =
             json!({"type": event_type, "timestamp": now_rfc3339(), "data": data}).to_string();
         Some(OutboxEvent {
@@ -62,23 +85,211 @@ impl EventFactory {
     }
 }
 
-/// `role_sync.rejected` data: one row the policy (or the ingest) refused; nothing was written.
-pub fn rejected_data(
-    job_id: &str,
+/// Why a row or a user did not succeed: `{"code", "message"}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reason<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+/// `role_sync.completed`: a user's roles were written, by this job.
+#[derive(Debug, Serialize)]
+pub struct RoleSyncCompleted<'a> {
+    pub job_id: &'a str,
+    pub external_id: &'a str,
+    pub user_id: &'a str,
+    pub roles_before: &'a RoleSet,
+    pub roles_after: &'a RoleSet,
+    pub roles_added: &'a [String],
+    pub roles_removed: &'a [String],
+    /// Of `roles_after`, normalised (see `Policy::effective_permissions`); shared with the
+    /// policy's memo.
+    #[serde(serialize_with = "shared_set")]
+    pub effective_permissions: Arc<PermissionSet>,
+    /// Plain set differences of the effective permissions before and after.
+    pub permissions_added: Vec<String>,
+    pub permissions_removed: Vec<String>,
+}
+
+impl<'a> RoleSyncCompleted<'a> {
+    /// The change of `external_id` (target id `user_id`), with the permissions it grants and
+    /// takes away under `policy`.
+    pub(crate) fn new(
+        policy: &Policy,
+        job_id: &'a str,
+        external_id: &'a str,
+        user_id: &'a str,
+        change: &'a RoleChange,
+    ) -> RoleSyncCompleted<'a> {
+        let before = policy.effective_permissions(&change.before);
+        let after = policy.effective_permissions(&change.after);
+        RoleSyncCompleted {
+            job_id,
+            external_id,
+            user_id,
+            roles_before: &change.before,
+            roles_after: &change.after,
+            roles_added: &change.added,
+            roles_removed: &change.removed,
+            permissions_added: after.difference(&before).cloned().collect(),
+            permissions_removed: before.difference(&after).cloned().collect(),
+            effective_permissions: after,
+        }
+    }
+}
+
+/// Serialises the set behind the `Arc` (serde's own `Arc` support needs its `rc` feature).
+fn shared_set<S: serde::Serializer>(set: &Arc<PermissionSet>, s: S) -> Result<S::Ok, S::Error> {
+    set.as_ref().serialize(s)
+}
+
+/// `role_sync.failed`: a user could not be synced. One event per user: the rows of a user are
+/// synced, and fail, together.
+#[derive(Debug, Serialize)]
+pub struct RoleSyncFailed<'a> {
+    pub job_id: &'a str,
+    pub external_id: &'a str,
+    pub lines: Vec<i64>,
+    pub outcome: Outcome,
+    pub reason: Reason<'a>,
+}
+
+impl<'a> RoleSyncFailed<'a> {
+    pub fn new(
+        job_id: &'a str,
+        external_id: &'a str,
+        lines: Vec<i64>,
+        outcome: Outcome,
+        code: ReasonCode,
+        message: &'a str,
+    ) -> RoleSyncFailed<'a> {
+        RoleSyncFailed {
+            job_id,
+            external_id,
+            lines,
+            outcome,
+            reason: Reason {
+                code: code.as_str(),
+                message,
+            },
+        }
+    }
+}
+
+/// `role_sync.rejected`: one row refused by the policy or the ingest; nothing was written.
+/// The row's fields are empty strings when the row itself is not at hand.
+#[derive(Debug, Serialize)]
+pub struct RoleSyncRejected<'a> {
+    pub job_id: &'a str,
+    pub line: i64,
+    pub external_id: &'a str,
+    pub role_template: &'a str,
+    pub license_tier: &'a str,
+    pub reason: Reason<'a>,
+}
+
+impl<'a> RoleSyncRejected<'a> {
+    pub fn new(
+        job_id: &'a str,
+        line: i64,
+        code: ReasonCode,
+        message: &'a str,
+    ) -> RoleSyncRejected<'a> {
+        RoleSyncRejected {
+            job_id,
+            line,
+            external_id: "",
+            role_template: "",
+            license_tier: "",
+            reason: Reason {
+                code: code.as_str(),
+                message,
+            },
+        }
+    }
+
+    /// The row as it was submitted.
+    pub fn of_row(
+        self,
+        external_id: &'a str,
+        role_template: &'a str,
+        license_tier: &'a str,
+    ) -> RoleSyncRejected<'a> {
+        RoleSyncRejected {
+            external_id,
+            role_template,
+            license_tier,
+            ..self
+        }
+    }
+}
+
+/// `role_sync.rejected` data from strings, for `POST /v1/jobs` until it builds a
+/// [`RoleSyncRejected`] itself.
+pub fn rejected_data<'a>(
+    job_id: &'a str,
     line: i64,
-    row: Option<(&str, &str, &str)>,
-    code: &str,
-    message: &str,
-) -> Value {
+    row: Option<(&'a str, &'a str, &'a str)>,
+    code: &'a str,
+    message: &'a str,
+) -> RoleSyncRejected<'a> {
     let (external_id, role_template, license_tier) = row.unwrap_or(("", "", ""));
-    json!({
-        "job_id": job_id,
-        "line": line,
-        "external_id": external_id,
-        "role_template": role_template,
-        "license_tier": license_tier,
-        "reason": {"code": code, "message": message},
-    })
+    RoleSyncRejected {
+        job_id,
+        line,
+        external_id,
+        role_template,
+        license_tier,
+        reason: Reason { code, message },
+    }
+}
+
+/// `job.finished`: a job reached a final status.
+#[derive(Debug, Serialize)]
+pub struct JobFinished<'a> {
+    pub job_id: &'a str,
+    pub status: JobStatus,
+    pub counts: &'a Counts,
+    pub users: JobUsers,
+    pub scim: JobScim,
+}
+
+/// The users of a finished job.
+#[derive(Debug, Serialize)]
+pub struct JobUsers {
+    pub total: i64,
+    pub changed: i64,
+    pub unchanged: i64,
+}
+
+/// The calls a finished job spent on the target.
+#[derive(Debug, Serialize)]
+pub struct JobScim {
+    pub requests: i64,
+    pub retries: i64,
+    pub rate_limited: i64,
+}
+
+impl<'a> JobFinished<'a> {
+    /// `job` as it ends with `status`. The record may have been read before the transition
+    /// (failed, cancelled): the status is the one it moves to.
+    pub fn new(job: &'a JobRecord, status: JobStatus) -> JobFinished<'a> {
+        JobFinished {
+            job_id: &job.id,
+            status,
+            counts: &job.counts,
+            users: JobUsers {
+                total: job.users_total,
+                changed: job.users_changed,
+                unchanged: job.users_unchanged,
+            },
+            scim: JobScim {
+                requests: job.scim_requests,
+                retries: job.scim_retries,
+                rate_limited: job.scim_rate_limited,
+            },
+        }
+    }
 }
 
 fn now_rfc3339() -> String {
@@ -116,10 +327,17 @@ pub fn new_message_id() -> String {
 mod tests {
     use super::*;
 
+    /// The `data` of an event as the factory writes it.
+    fn written(data: impl Serialize) -> String {
+        serde_json::to_value(data)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    }
+
     #[test]
     fn a_batch_carries_each_event_with_its_id() {
         let a =
-            json!({"type": JOB_FINISHED, "timestamp": "t", "data": {"job_id": "j"}}).to_string();
+            json!({"type": "job.finished", "timestamp": "t", "data": {"job_id": "j"}}).to_string();
         let body = batch_body(&[("msg_a", &a), ("msg_b", "not json")]);
         let v: Value = serde_json::from_str(&body).unwrap_or_default();
         assert_eq!(v["type"], BATCH);
@@ -132,26 +350,203 @@ mod tests {
     #[test]
     fn endpoints_get_only_the_types_they_asked_for() {
         let settings: WebhookSettings = WebhookSettings {
-            endpoints: vec![endpoint("all", &[]), endpoint("jobs", &[JOB_FINISHED])],
+            endpoints: vec![
+                endpoint("all", &[]),
+                endpoint("jobs", &[EventType::JobFinished]),
+            ],
             ..Default::default()
         };
         let f = EventFactory::new(&settings);
-        let e = f.event(JOB_FINISHED, json!({})).map(|e| e.endpoints);
+        let e = f
+            .event(EventType::JobFinished, json!({}))
+            .map(|e| e.endpoints);
         assert_eq!(e, Some(vec!["all".to_owned(), "jobs".to_owned()]));
-        let e = f.event(ROLE_SYNC_FAILED, json!({})).map(|e| e.endpoints);
+        let e = f
+            .event(EventType::RoleSyncFailed, json!({}))
+            .map(|e| e.endpoints);
         assert_eq!(e, Some(vec!["all".to_owned()]));
+        let e = f.event(EventType::RoleSyncFailed, json!({}));
+        assert_eq!(e.map(|e| e.event_type), Some("role_sync.failed".to_owned()));
     }
 
-    fn endpoint(name: &str, events: &[&str]) -> crate::configuration::WebhookEndpointSettings {
+    #[test]
+    fn no_endpoint_no_event() {
+        let f = EventFactory::new(&WebhookSettings::default());
+        assert!(f.event(EventType::JobFinished, json!({})).is_none());
+    }
+
+    #[test]
+    fn the_configurable_types_are_the_event_types() {
+        let words: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(words, ALL_TYPES);
+    }
+
+    #[test]
+    fn the_envelope_is_type_timestamp_and_data() {
+        let f = EventFactory::new(&WebhookSettings {
+            endpoints: vec![endpoint("all", &[])],
+            ..Default::default()
+        });
+        let payload = f
+            .event(
+                EventType::RoleSyncRejected,
+                RoleSyncRejected::new("j", 3, ReasonCode::UnknownRole, "m"),
+            )
+            .map(|e| e.payload)
+            .unwrap_or_default();
+        let v: Value = serde_json::from_str(&payload).unwrap_or_default();
+        assert_eq!(v["type"], "role_sync.rejected");
+        assert!(v["timestamp"].is_string());
+        assert_eq!(v["data"]["line"], 3);
+        // Keys sorted, as `json!` always wrote them.
+        assert!(
+            payload.starts_with(r#"{"data":{"external_id":"","job_id":"j","#),
+            "{payload}"
+        );
+    }
+
+    // The payloads below are compared, byte for byte, with the `json!` they replaced.
+
+    #[test]
+    fn completed_has_the_shape_it_always_had() {
+        let policy = match Policy::from_toml_str(include_str!("../../config/policy.toml")) {
+            Ok(p) => p,
+            Err(e) => panic!("default policy must load: {e}"),
+        };
+        let set = |r: &[&str]| -> RoleSet { r.iter().map(|s| (*s).to_owned()).collect() };
+        let change = RoleChange::new(
+            set(&["Employee", "Supervisor"]),
+            set(&["Agent", "Employee"]),
+        );
+        let data = RoleSyncCompleted::new(&policy, "j", "e1", "u1", &change);
+        let before = policy.effective_permissions(&change.before);
+        let after = policy.effective_permissions(&change.after);
+        let perms_added: Vec<String> = after.difference(&before).cloned().collect();
+        let perms_removed: Vec<String> = before.difference(&after).cloned().collect();
+        let old = json!({
+            "job_id": "j",
+            "external_id": "e1",
+            "user_id": "u1",
+            "roles_before": change.before,
+            "roles_after": change.after,
+            "roles_added": change.added,
+            "roles_removed": change.removed,
+            "effective_permissions": *after,
+            "permissions_added": perms_added,
+            "permissions_removed": perms_removed,
+        });
+        assert_eq!(written(&data), old.to_string());
+        assert_eq!(data.roles_added, ["Agent".to_owned()]);
+        assert_eq!(data.roles_removed, ["Supervisor".to_owned()]);
+    }
+
+    #[test]
+    fn failed_has_the_shape_it_always_had() {
+        let data = RoleSyncFailed::new(
+            "j",
+            "e1",
+            vec![2, 5],
+            Outcome::NotFound,
+            ReasonCode::UserNotFound,
+            "gone",
+        );
+        let old = json!({
+            "job_id": "j",
+            "external_id": "e1",
+            "lines": [2, 5],
+            "outcome": "not_found",
+            "reason": {"code": "user_not_found", "message": "gone"},
+        });
+        assert_eq!(written(&data), old.to_string());
+    }
+
+    #[test]
+    fn rejected_has_the_shape_it_always_had() {
+        let data = RoleSyncRejected::new("j", 7, ReasonCode::SodConflict, "no").of_row(
+            "e1",
+            "Agent",
+            "Standard Agent",
+        );
+        let old = json!({
+            "job_id": "j",
+            "line": 7,
+            "external_id": "e1",
+            "role_template": "Agent",
+            "license_tier": "Standard Agent",
+            "reason": {"code": "sod_conflict", "message": "no"},
+        });
+        assert_eq!(written(&data), old.to_string());
+        let shim = rejected_data(
+            "j",
+            7,
+            Some(("e1", "Agent", "Standard Agent")),
+            "sod_conflict",
+            "no",
+        );
+        assert_eq!(written(&shim), old.to_string());
+        let bare = RoleSyncRejected::new("j", 7, ReasonCode::MalformedRow, "no");
+        assert_eq!(
+            written(&bare),
+            written(rejected_data("j", 7, None, "malformed_row", "no"))
+        );
+    }
+
+    #[test]
+    fn job_finished_has_the_shape_it_always_had() {
+        let job = JobRecord {
+            id: "j".to_owned(),
+            status: JobStatus::Running,
+            mode: crate::domain::Mode::Replace,
+            dry_run: false,
+            created_at_ms: 1,
+            started_at_ms: Some(2),
+            finished_at_ms: None,
+            updated_at_ms: 3,
+            planned: true,
+            counts: Counts {
+                total: 10,
+                pending: 1,
+                applied: 5,
+                ..Default::default()
+            },
+            users_total: 4,
+            users_changed: 3,
+            users_unchanged: 1,
+            scim_requests: 12,
+            scim_retries: 2,
+            scim_rate_limited: 1,
+            paused_reason: None,
+            error: None,
+            estimate: None,
+            approval: None,
+            policy_fingerprint: None,
+            request_id: None,
+        };
+        let old = json!({
+            "job_id": job.id,
+            "status": "cancelled",
+            "counts": job.counts,
+            "users": {"total": job.users_total, "changed": job.users_changed, "unchanged": job.users_unchanged},
+            "scim": {"requests": job.scim_requests, "retries": job.scim_retries, "rate_limited": job.scim_rate_limited},
+        });
+        assert_eq!(
+            written(JobFinished::new(&job, JobStatus::Cancelled)),
+            old.to_string()
+        );
+    }
+
+    fn endpoint(name: &str, events: &[EventType]) -> crate::configuration::WebhookEndpointSettings {
         crate::configuration::WebhookEndpointSettings {
             name: Some(name.to_owned()),
             url: "http://127.0.0.1:1/".to_owned(),
             secret: None,
             secret_file: None,
             previous_secrets: Vec::new(),
+            // Parsed back from the words, so this reads the same whether the configuration
+            // holds event types as strings or as `EventType`s.
             events: events
                 .iter()
-                .filter_map(|s| crate::domain::EventType::parse(s))
+                .filter_map(|t| t.as_str().parse().ok())
                 .collect(),
         }
     }

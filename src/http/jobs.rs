@@ -3,7 +3,7 @@
 use super::AppState;
 use super::auth::{Caller, Scope};
 use super::views::{ItemList, ItemView, JobList, JobView};
-use crate::audit::events::{JOB_FINISHED, ROLE_SYNC_REJECTED, rejected_data};
+use crate::audit::events::{ROLE_SYNC_REJECTED, rejected_data};
 use crate::domain::Assignment;
 use crate::domain::{JobStatus, Outcome, ReasonCode};
 use crate::error::{ApiError, ApiResult};
@@ -298,27 +298,14 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
     caller.require(Scope::JobsWrite)?;
-    let mut job = find(&state, &id).await?;
+    let job = find(&state, &id).await?;
     if job.status.is_terminal() {
         return Err(ApiError::Conflict(format!(
             "job {id} is already {}",
             job.status.as_str()
         )));
     }
-    job.status = JobStatus::Cancelled;
-    let events: Vec<_> = state
-        .events
-        .event(JOB_FINISHED, pipeline::job_finished_data(&job))
-        .into_iter()
-        .collect();
-    if state.store.cancel_job(&id, &events).await? {
-        state
-            .metrics
-            .jobs_total
-            .with_label_values(&["cancelled"])
-            .inc();
-        tracing::info!(job.id = %id, key = %caller.key_name, "job cancelled");
-    }
+    pipeline::lifecycle::cancel(state.pipeline.deps(), &job, &caller.key_name).await?;
     let job = find(&state, &id).await?;
     Ok(Json(JobView::new(&job)))
 }

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetState {
+pub(crate) enum TargetState {
     Up,
     Down,
 }
@@ -36,7 +36,7 @@ struct Open {
 }
 
 impl Circuit {
-    pub fn state(&self) -> TargetState {
+    pub(crate) fn state(&self) -> TargetState {
         match self.down.lock() {
             Ok(d) if d.is_some() => TargetState::Down,
             Ok(_) => TargetState::Up,
@@ -45,7 +45,7 @@ impl Circuit {
     }
 
     /// The machine-readable reason while open.
-    pub fn reason(&self) -> Option<&'static str> {
+    pub(crate) fn reason(&self) -> Option<&'static str> {
         self.down.lock().ok().and_then(|d| d.map(|o| o.reason))
     }
 
@@ -56,12 +56,12 @@ impl Circuit {
 
     /// Opens until a probe is answered. Returns false if it was open already (the first reason
     /// stays).
-    pub fn open(&self, reason: &'static str) -> bool {
+    pub(crate) fn open(&self, reason: &'static str) -> bool {
         self.open_with(reason, None)
     }
 
     /// Opens for `cool_down`, then closes without a probe. Returns false if it was open already.
-    pub fn open_for(&self, reason: &'static str, cool_down: Duration) -> bool {
+    pub(crate) fn open_for(&self, reason: &'static str, cool_down: Duration) -> bool {
         self.open_with(reason, Some(Instant::now() + cool_down))
     }
 
@@ -86,7 +86,7 @@ impl Circuit {
         }
     }
 
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         if let Ok(mut d) = self.down.lock()
             && d.take().is_some()
         {
@@ -95,13 +95,13 @@ impl Circuit {
         }
     }
 
-    pub async fn changed(&self) {
+    pub(crate) async fn changed(&self) {
         self.changed.notified().await;
     }
 }
 
 /// The `paused_reason` for an error that concerns the whole target.
-pub fn paused_reason(e: &ScimError) -> &'static str {
+pub(crate) fn paused_reason(e: &ScimError) -> &'static str {
     match e {
         ScimError::RateLimited => "rate_limited",
         ScimError::AuthFailed { .. } | ScimError::Forbidden { .. } => "auth_failed",
@@ -111,7 +111,7 @@ pub fn paused_reason(e: &ScimError) -> &'static str {
 
 /// While the circuit is open, probes the target; closes it when the target answers, or when
 /// the cool-down of a circuit opened with `open_for` ends.
-pub async fn probe(deps: Deps, stop: CancellationToken) {
+pub(crate) async fn probe(deps: Deps, stop: CancellationToken) {
     let mut pause = Duration::from_millis(500);
     loop {
         if deps.circuit.state() == TargetState::Up {

@@ -10,12 +10,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// A job on its way through planning, with the policy it is planned under.
-pub struct PlanJob {
-    pub job: JobRecord,
-    pub policy: Arc<Policy>,
+pub(crate) struct PlanJob {
+    pub(crate) job: JobRecord,
+    pub(crate) policy: Arc<Policy>,
 }
 
-pub async fn run(deps: Deps, tx: mpsc::Sender<PlanJob>, stop: CancellationToken) {
+pub(crate) async fn run(deps: Deps, tx: mpsc::Sender<PlanJob>, stop: CancellationToken) {
     loop {
         let claimed = match deps
             .store

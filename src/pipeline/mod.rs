@@ -1,10 +1,11 @@
-//! The sync pipeline (SPEC §2): tokio tasks joined by bounded `mpsc` channels.
+//! The sync pipeline: tokio tasks joined by bounded `mpsc` channels.
 //!
 //! ```text
-//! intake ─► validate ─► resolve ─► plan ══store══► claim ─► sync workers ─► results
-//! (claims    (rows vs    (group per  (chunks,        (leases   (read, diff,     (commit
-//!  jobs)      policy)     user,       estimate)       chunks)   PATCH)           outcomes)
-//!                         expand)
+//! intake ─► validate ─► plan ══store══► claim ─► sync workers ─► results
+//! (claims    (rows vs     (chunks,        (leases   (per user:       (commit outcomes;
+//!  jobs)      policy,      reads,          chunks)   find, decide,    end finished
+//!             grouped      estimate,                 PATCH)           jobs)
+//!             per user)    approval)
 //! ```
 //!
 //! Planning and syncing meet in the store, not in memory: a plan is committed as chunks, and
@@ -12,21 +13,25 @@
 //! or an expired chunk lease is claimed again) and lets several replicas share one job.
 //! Each stage exits when its input channel closes; the sources (`intake`, `claim`) stop on
 //! shutdown, so the stages drain in order.
+//!
+//! Validation, planning and syncing group rows per user the same way (`users`); what to do with
+//! a user is a pure function of what the target holds (`decide`); how a job ends, from any stage
+//! or from `POST /v1/jobs/{id}/cancel`, is `lifecycle`.
 
 mod circuit;
+mod decide;
 mod intake;
+pub(crate) mod lifecycle;
 mod plan;
-pub mod reads;
-mod resolve;
+pub(crate) mod reads;
 mod results;
-pub mod stops;
+pub(crate) mod stops;
 mod sync;
+mod users;
 mod validate;
 
 pub use circuit::Circuit;
-pub use plan::job_finished_data;
-pub use sync::final_roles;
-pub use validate::validate_rows;
+pub(crate) use validate::validate_rows;
 
 use crate::audit::EventFactory;
 use crate::configuration::Settings;
@@ -42,35 +47,35 @@ use tokio_util::task::TaskTracker;
 
 /// What every stage may use.
 #[derive(Clone)]
-pub struct Deps {
-    pub store: Store,
-    pub policy: Arc<LivePolicy>,
-    pub scim: Arc<ScimClient>,
-    pub metrics: Metrics,
-    pub events: EventFactory,
-    pub settings: Arc<Settings>,
+pub(crate) struct Deps {
+    pub(crate) store: Store,
+    pub(crate) policy: Arc<LivePolicy>,
+    pub(crate) scim: Arc<ScimClient>,
+    pub(crate) metrics: Metrics,
+    pub(crate) events: EventFactory,
+    pub(crate) settings: Arc<Settings>,
     /// This process's identity in leases.
-    pub owner: String,
-    pub wake_planner: Arc<Notify>,
-    pub wake_claimer: Arc<Notify>,
-    pub wake_dispatcher: Arc<Notify>,
-    pub circuit: Arc<Circuit>,
+    pub(crate) owner: String,
+    pub(crate) wake_planner: Arc<Notify>,
+    pub(crate) wake_claimer: Arc<Notify>,
+    pub(crate) wake_dispatcher: Arc<Notify>,
+    pub(crate) circuit: Arc<Circuit>,
     /// The policy each job was planned under: a reload does not change a running job. After a
     /// restart, a resumed job uses the policy in force.
-    pub job_policies:
+    pub(crate) job_policies:
         Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<crate::policy::Policy>>>>,
     /// Directory snapshots of the jobs this process planned, the target's page size and the
     /// last org size (see `reads`).
-    pub reads: Arc<reads::Reads>,
+    pub(crate) reads: Arc<reads::Reads>,
     /// The chunk runs in progress, so that a target-wide failure stops a job's other chunks.
-    pub chunk_runs: Arc<stops::ChunkRuns>,
+    pub(crate) chunk_runs: Arc<stops::ChunkRuns>,
     /// Each job's latest user outcomes and `error_ratio` pauses.
-    pub error_ratios: Arc<stops::ErrorRatios>,
+    pub(crate) error_ratios: Arc<stops::ErrorRatios>,
 }
 
 impl Deps {
     /// The policy `job_id` was planned under, else the one in force.
-    pub fn policy_for(&self, job_id: &str) -> Arc<crate::policy::Policy> {
+    pub(crate) fn policy_for(&self, job_id: &str) -> Arc<crate::policy::Policy> {
         match self.job_policies.lock() {
             Ok(m) => m
                 .get(job_id)
@@ -80,28 +85,28 @@ impl Deps {
         }
     }
 
-    pub fn pin_policy(&self, job_id: &str, policy: Arc<crate::policy::Policy>) {
+    pub(crate) fn pin_policy(&self, job_id: &str, policy: Arc<crate::policy::Policy>) {
         if let Ok(mut m) = self.job_policies.lock() {
             m.insert(job_id.to_owned(), policy);
         }
     }
 
-    pub fn unpin_policy(&self, job_id: &str) {
+    pub(crate) fn unpin_policy(&self, job_id: &str) {
         if let Ok(mut m) = self.job_policies.lock() {
             m.remove(job_id);
         }
     }
 
     /// The job's directory snapshot, if this process holds a fresh one.
-    pub fn snapshot_for(&self, job_id: &str) -> Option<Arc<reads::Snapshot>> {
+    pub(crate) fn snapshot_for(&self, job_id: &str) -> Option<Arc<reads::Snapshot>> {
         self.reads.get(job_id, self.snapshot_max_age())
     }
 
-    pub fn snapshot_max_age(&self) -> Duration {
+    pub(crate) fn snapshot_max_age(&self) -> Duration {
         Duration::from_secs(self.settings.sync.snapshot_max_age_secs)
     }
 
-    pub fn lease_ms(&self) -> i64 {
+    pub(crate) fn lease_ms(&self) -> i64 {
         self.settings.store.lease_secs as i64 * 1000
     }
 }
@@ -123,17 +128,15 @@ pub struct Pipeline {
 const JOBS_IN_FLIGHT: usize = 2;
 
 impl Pipeline {
-    pub fn spawn(deps: Deps) -> Pipeline {
+    pub(crate) fn spawn(deps: Deps) -> Pipeline {
         let tracker = TaskTracker::new();
         let stop_sources = CancellationToken::new();
         let stop_all = CancellationToken::new();
 
         let (to_validate, validate_rx) = mpsc::channel(JOBS_IN_FLIGHT);
-        let (to_resolve, resolve_rx) = mpsc::channel(JOBS_IN_FLIGHT);
         let (to_plan, plan_rx) = mpsc::channel(JOBS_IN_FLIGHT);
         tracker.spawn(intake::run(deps.clone(), to_validate, stop_sources.clone()));
-        tracker.spawn(validate::run(deps.clone(), validate_rx, to_resolve));
-        tracker.spawn(resolve::run(deps.clone(), resolve_rx, to_plan));
+        tracker.spawn(validate::run(deps.clone(), validate_rx, to_plan));
         tracker.spawn(plan::run(deps.clone(), plan_rx));
 
         let workers = deps.settings.target.max_concurrency.clamp(1, 4);
@@ -165,18 +168,18 @@ impl Pipeline {
         }
     }
 
-    pub fn deps(&self) -> &Deps {
+    pub(crate) fn deps(&self) -> &Deps {
         &self.deps
     }
 
     /// A new job was stored: plan it now rather than at the next poll.
-    pub fn job_submitted(&self) {
+    pub(crate) fn job_submitted(&self) {
         self.deps.wake_planner.notify_one();
     }
 
     /// Graceful stop: no new work is claimed; work in flight may finish within `grace`, then
     /// whatever is still leased is released so another replica (or the next start) resumes it.
-    pub async fn shutdown(&self, grace: Duration) {
+    pub(crate) async fn shutdown(&self, grace: Duration) {
         self.stop_sources.cancel();
         if tokio::time::timeout(grace, self.tracker.wait())
             .await

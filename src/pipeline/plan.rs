@@ -1,4 +1,4 @@
-//! Stage 3: cuts the users into chunks of `sync.chunk_size` page by page (each page's rejected
+//! Stage 2: cuts the users into chunks of `sync.chunk_size` page by page (each page's rejected
 //! rows and chunk numbers committed as it comes, the chunks not yet claimable), then chooses
 //! how to read the users (per-user lookups or one directory scan, see `reads`), estimates the
 //! calls the job will spend, checks the approval bounds, and makes the chunks claimable in one
@@ -6,12 +6,12 @@
 //! may claim them. A planner that dies midway leaves chunks no one can claim; the next
 //! planning of the job clears them and starts over.
 
-use super::Deps;
 use super::reads::{ReadPlan, find_user, plan_reads};
-use super::sync::{final_roles, group_users};
+use super::users::group_users;
 use super::validate::{Page, Validated};
-use crate::audit::events::{JOB_FINISHED, ROLE_SYNC_REJECTED, rejected_data};
-use crate::domain::{JobStatus, Mode, Outcome};
+use super::{Deps, lifecycle};
+use crate::audit::events::RoleSyncRejected;
+use crate::domain::{EventType, JobStatus, Mode, Outcome};
 use crate::policy::Policy;
 use crate::scim::{CallTally, ScimError};
 use crate::store::{JobDeltas, JobPlan, JobRecord, OutboxEvent, PlanPage};
@@ -34,7 +34,7 @@ struct Planning {
     rejected: u64,
 }
 
-pub async fn run(deps: Deps, mut rx: mpsc::Receiver<Validated>) {
+pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<Validated>) {
     let mut current: Option<Planning> = None;
     // A job whose planning was abandoned: its remaining pages are skipped.
     let mut abandoned: Option<String> = None;
@@ -100,8 +100,8 @@ fn plan_page(deps: &Deps, state: &mut Planning, r: &Validated) -> PlanPage {
         }
         let chunk_no = state.chunks - 1;
         match chunks.last_mut() {
-            Some((n, lines)) if *n == chunk_no => lines.extend(u.lines.iter().copied()),
-            _ => chunks.push((chunk_no, u.lines.clone())),
+            Some((n, lines)) if *n == chunk_no => lines.extend(u.lines()),
+            _ => chunks.push((chunk_no, u.lines().collect())),
         }
         state.in_last_chunk += 1;
         state.users += 1;
@@ -113,23 +113,11 @@ fn plan_page(deps: &Deps, state: &mut Planning, r: &Validated) -> PlanPage {
         .iter()
         .filter_map(|row| {
             let (code, message) = row.reason.as_ref()?;
-            let a = r.rejected_rows.get(&row.line);
-            deps.events.event(
-                ROLE_SYNC_REJECTED,
-                rejected_data(
-                    &r.job.id,
-                    row.line,
-                    a.map(|a| {
-                        (
-                            a.external_id.as_str(),
-                            a.role_template.as_str(),
-                            a.license_tier.as_str(),
-                        )
-                    }),
-                    code.as_str(),
-                    message,
-                ),
-            )
+            let mut data = RoleSyncRejected::new(&r.job.id, row.line, *code, message);
+            if let Some(a) = r.rejected_rows.get(&row.line) {
+                data = data.of_row(&a.external_id, &a.role_template, &a.license_tier);
+            }
+            deps.events.event(EventType::RoleSyncRejected, data)
         })
         .collect();
     PlanPage {
@@ -185,7 +173,7 @@ async fn finish(deps: &Deps, state: Planning) {
                 reads = reads.reads,
                 "job planned"
             );
-            finish_if_done(deps, &job_id).await;
+            lifecycle::finish_if_done(deps, &job_id).await;
             deps.wake_claimer.notify_waiters();
             deps.wake_dispatcher.notify_one();
         }
@@ -233,9 +221,9 @@ fn build_plan(deps: &Deps, state: &Planning, reads: &ReadPlan) -> JobPlan {
     }
 }
 
-/// The approval bounds of a `replace` job (SPEC §4 `[approval]`): a job that would remove roles
-/// from more users than `max_removed_users`, or than `max_removal_fraction` of the org, waits
-/// in `awaiting_approval` before any write.
+/// The approval bounds of a `replace` job (the policy's `[approval]`): a job that would remove
+/// roles from more users than `max_removed_users`, or than `max_removal_fraction` of the org,
+/// waits in `awaiting_approval` before any write.
 ///
 /// The org size comes from the read planning's probe, else costs one call (`count=0`). A job
 /// with fewer users than the bound cannot exceed it and is not read ahead. A larger one is read
@@ -269,7 +257,7 @@ async fn approval_check(
         // Chunk by chunk from the store, so memory holds one chunk's users at a time.
         for chunk_no in 0..state.chunks {
             let items = deps.store.chunk_items(&state.job.id, chunk_no).await?;
-            let wanted = group_users(&state.policy, items);
+            let wanted = group_users(items);
             let results: Vec<Result<bool, ScimError>> = futures::stream::iter(wanted)
                 .map(|u| {
                     let policy = state.policy.clone();
@@ -281,9 +269,9 @@ async fn approval_check(
                         Ok(match found.as_slice() {
                             [user] => {
                                 let current = user.role_names();
-                                let target =
-                                    final_roles(&policy, Mode::Replace, &current, &u.desired);
-                                current.difference(&target).next().is_some()
+                                let desired = u.desired(&policy);
+                                let after = policy.final_roles(Mode::Replace, &current, &desired);
+                                current.difference(&after).next().is_some()
                             }
                             _ => false,
                         })
@@ -316,56 +304,4 @@ async fn approval_check(
         ..Default::default()
     };
     Ok(Some((held, approval, deltas)))
-}
-
-/// Moves a job with nothing left to sync to its final status and counts it.
-pub async fn finish_if_done(deps: &Deps, job_id: &str) {
-    let events = deps.events.clone();
-    // After the last chunk nothing else would call this again: a passing store error (busy,
-    // pool timeout) is retried here, a few times, rather than leaving the job running.
-    let mut attempt = 0u64;
-    let finished = loop {
-        attempt += 1;
-        let r = deps
-            .store
-            .finish_job_if_done(job_id, |job: &JobRecord| {
-                events
-                    .event(JOB_FINISHED, job_finished_data(job))
-                    .into_iter()
-                    .collect()
-            })
-            .await;
-        match r {
-            Err(_) if attempt < 5 => {
-                tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await
-            }
-            r => break r,
-        }
-    };
-    match finished {
-        Ok(Some(job)) => {
-            deps.unpin_policy(&job.id);
-            deps.reads.drop_job(&job.id);
-            deps.metrics
-                .jobs_total
-                .with_label_values(&[job.status.as_str()])
-                .inc();
-            tracing::info!(job.id = %job.id, job.status = job.status.as_str(), scim.requests = job.scim_requests, "job finished");
-            deps.wake_dispatcher.notify_one();
-        }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::error!(job.id = %job_id, error = %e, "cannot finish the job after 5 attempts; the idle sweep finishes it later")
-        }
-    }
-}
-
-pub fn job_finished_data(job: &JobRecord) -> serde_json::Value {
-    json!({
-        "job_id": job.id,
-        "status": job.status.as_str(),
-        "counts": job.counts,
-        "users": {"total": job.users_total, "changed": job.users_changed, "unchanged": job.users_unchanged},
-        "scim": {"requests": job.scim_requests, "retries": job.scim_retries, "rate_limited": job.scim_rate_limited},
-    })
 }

@@ -1,4 +1,4 @@
-//! How a job reads the users' current roles, chosen by counting calls (SPEC §2).
+//! How a job reads the users' current roles, chosen by counting calls.
 //!
 //! - **lookup**: one `filter=externalId eq "…"` per user: `users` reads.
 //! - **scan**: page through the whole directory once (`attributes=id,externalId,roles,
@@ -37,14 +37,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// The page size when the target does not say (`count` default of Genesys).
-pub const DEFAULT_PAGE: u64 = 25;
+pub(crate) const DEFAULT_PAGE: u64 = 25;
 /// An org size learnt this recently is trusted to skip the probe of a small job.
 const ORG_SIZE_TTL: Duration = Duration::from_secs(3600);
 
 /// The users of one job as one directory scan saw them, kept compact: a job of 250 000 users
 /// holds its snapshot in tens of MB, since users share a handful of distinct role sets.
-pub struct Snapshot {
-    pub taken_at: Instant,
+pub(crate) struct Snapshot {
+    pub(crate) taken_at: Instant,
     /// externalId → every user carrying it (only the job's externalIds are kept).
     users: HashMap<Box<str>, Vec<SnapUser>>,
 }
@@ -73,7 +73,7 @@ impl RoleSets {
 
 impl Snapshot {
     /// The users with this externalId, or `None` when the scan did not see it (look it up).
-    pub fn get(&self, external_id: &str) -> Option<Vec<ScimUser>> {
+    pub(crate) fn get(&self, external_id: &str) -> Option<Vec<ScimUser>> {
         let found = self.users.get(external_id)?;
         Some(
             found
@@ -91,26 +91,18 @@ impl Snapshot {
                 .collect(),
         )
     }
-
-    pub fn len(&self) -> usize {
-        self.users.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
-    }
 }
 
 /// Process-wide read state: snapshots by job, the target's page size, the last org size.
 #[derive(Default)]
-pub struct Reads {
+pub(crate) struct Reads {
     snapshots: Mutex<HashMap<String, Arc<Snapshot>>>,
     page_size: OnceLock<u64>,
     org_size: Mutex<Option<(u64, Instant)>>,
 }
 
 impl Reads {
-    pub fn put(&self, job_id: &str, snapshot: Arc<Snapshot>, max_age: Duration) {
+    pub(crate) fn put(&self, job_id: &str, snapshot: Arc<Snapshot>, max_age: Duration) {
         if let Ok(mut m) = self.snapshots.lock() {
             m.retain(|_, s| s.taken_at.elapsed() <= max_age);
             m.insert(job_id.to_owned(), snapshot);
@@ -118,21 +110,17 @@ impl Reads {
     }
 
     /// The job's snapshot if this process holds one younger than `max_age`.
-    pub fn get(&self, job_id: &str, max_age: Duration) -> Option<Arc<Snapshot>> {
+    pub(crate) fn get(&self, job_id: &str, max_age: Duration) -> Option<Arc<Snapshot>> {
         let m = self.snapshots.lock().ok()?;
         m.get(job_id)
             .filter(|s| s.taken_at.elapsed() <= max_age)
             .cloned()
     }
 
-    pub fn drop_job(&self, job_id: &str) {
+    pub(crate) fn drop_job(&self, job_id: &str) {
         if let Ok(mut m) = self.snapshots.lock() {
             m.remove(job_id);
         }
-    }
-
-    pub fn held(&self) -> usize {
-        self.snapshots.lock().map(|m| m.len()).unwrap_or(0)
     }
 
     fn known_org_size(&self) -> Option<u64> {
@@ -141,7 +129,7 @@ impl Reads {
             .map(|(n, _)| n)
     }
 
-    pub fn remember_org_size(&self, n: u64) {
+    pub(crate) fn remember_org_size(&self, n: u64) {
         if let Ok(mut g) = self.org_size.lock() {
             *g = Some((n, Instant::now()));
         }
@@ -169,19 +157,19 @@ impl Reads {
 }
 
 /// What the planner decided, and what it cost.
-pub struct ReadPlan {
-    pub strategy: &'static str,
+pub(crate) struct ReadPlan {
+    pub(crate) strategy: &'static str,
     /// Read calls the job spends in total: planning (page size, probe, scan) plus the lookups
     /// its chunks will make.
-    pub reads: i64,
+    pub(crate) reads: i64,
     /// Lookups the chunks will make.
-    pub lookups: i64,
-    pub org_users: Option<u64>,
-    pub page_size: Option<u64>,
-    pub scan_pages: Option<u64>,
-    pub snapshot: Option<Arc<Snapshot>>,
+    pub(crate) lookups: i64,
+    pub(crate) org_users: Option<u64>,
+    pub(crate) page_size: Option<u64>,
+    pub(crate) scan_pages: Option<u64>,
+    pub(crate) snapshot: Option<Arc<Snapshot>>,
     /// Calls spent while planning.
-    pub tally: CallTally,
+    pub(crate) tally: CallTally,
 }
 
 fn pages(org: u64, page: u64) -> u64 {
@@ -189,7 +177,7 @@ fn pages(org: u64, page: u64) -> u64 {
 }
 
 /// Chooses lookup or scan for a job of `wanted` users and, for a scan, reads the directory.
-pub async fn plan_reads(deps: &Deps, job_id: &str, wanted: &HashSet<String>) -> ReadPlan {
+pub(crate) async fn plan_reads(deps: &Deps, job_id: &str, wanted: &HashSet<String>) -> ReadPlan {
     let users = wanted.len() as u64;
     let tally = CallTally::default();
     let setting = deps.settings.sync.read_strategy;
@@ -341,7 +329,7 @@ async fn read_range(
 }
 
 /// The users with `external_id`: from the snapshot when it saw them, else one lookup.
-pub async fn find_user(
+pub(crate) async fn find_user(
     deps: &Deps,
     snapshot: Option<&Snapshot>,
     external_id: &str,

@@ -1,18 +1,15 @@
-//! Stage 5: commits each chunk's outcomes (rows, counters, audit events) in one transaction,
+//! Stage 4: commits each chunk's outcomes (rows, counters, audit events) in one transaction,
 //! finishes jobs whose last chunk is done, and turns a chunk that stopped early into a paused
 //! or failed job.
 
-use super::Deps;
 use super::circuit::paused_reason;
-use super::plan::{finish_if_done, job_finished_data};
 use super::stops::Stop;
 use super::sync::ChunkOutcome;
-use crate::audit::events::JOB_FINISHED;
-use crate::domain::JobStatus;
+use super::{Deps, lifecycle};
 use crate::scim::ScimError;
 use tokio::sync::mpsc;
 
-pub async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
+pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
     while let Some(outcome) = rx.recv().await {
         match outcome {
             ChunkOutcome::Done(claim, done) => {
@@ -26,7 +23,7 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
                                 .inc();
                         }
                         deps.wake_dispatcher.notify_one();
-                        finish_if_done(&deps, &claim.job_id).await;
+                        lifecycle::finish_if_done(&deps, &claim.job_id).await;
                     }
                     Ok(false) => tracing::warn!(
                         job.id = %claim.job_id,
@@ -51,32 +48,7 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
                     ) => {
                         // Every row would fail the same way: fail the job once, with the reason.
                         let reason = format!("auth_failed: {error}");
-                        let events = match deps.store.get_job(&claim.job_id).await {
-                            Ok(Some(mut job)) => {
-                                job.status = JobStatus::Failed;
-                                deps.events
-                                    .event(JOB_FINISHED, job_finished_data(&job))
-                                    .into_iter()
-                                    .collect()
-                            }
-                            _ => Vec::new(),
-                        };
-                        match deps.store.fail_job(&claim.job_id, &reason, &events).await {
-                            Ok(true) => {
-                                deps.reads.drop_job(&claim.job_id);
-                                deps.error_ratios.forget(&claim.job_id);
-                                tracing::error!(job.id = %claim.job_id, reason = %reason, "job failed");
-                                deps.metrics
-                                    .jobs_total
-                                    .with_label_values(&[JobStatus::Failed.as_str()])
-                                    .inc();
-                                deps.wake_dispatcher.notify_one();
-                            }
-                            Ok(false) => {}
-                            Err(e) => {
-                                tracing::error!(job.id = %claim.job_id, error = %e, "cannot fail the job")
-                            }
-                        }
+                        lifecycle::fail(&deps, &claim.job_id, &reason).await;
                     }
                     Stop::ErrorRatio { failed, sample } => {
                         // The target answers but refuses most users: the chunk's rows stay

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 /// Why a chunk run stopped early.
 #[derive(Debug, Clone)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// A call failed for the whole target.
     Target(ScimError),
     /// The circuit was open (with this reason) when a user was about to start.
@@ -44,19 +44,19 @@ impl std::fmt::Display for Stop {
 
 /// One run of one chunk: the calls it spends, and why it stopped, if it did.
 #[derive(Default)]
-pub struct ChunkRun {
-    pub tally: CallTally,
+pub(crate) struct ChunkRun {
+    pub(crate) tally: CallTally,
     why: OnceLock<Stop>,
 }
 
 impl ChunkRun {
     /// Stops the run: no new user starts, queued calls are not sent. The first reason stays.
-    pub fn stop(&self, why: Stop) {
+    pub(crate) fn stop(&self, why: Stop) {
         let _ = self.why.set(why);
         self.tally.stop();
     }
 
-    pub fn stopped(&self) -> Option<&Stop> {
+    pub(crate) fn stopped(&self) -> Option<&Stop> {
         self.why.get()
     }
 }
@@ -65,7 +65,7 @@ impl ChunkRun {
 /// results stage has not handled yet. A poisoned lock is recovered: each update leaves the
 /// maps consistent, and a stop must never be lost (a stopped chunk must not be committed).
 #[derive(Default)]
-pub struct ChunkRuns {
+pub(crate) struct ChunkRuns {
     inner: Mutex<RunsInner>,
 }
 
@@ -80,7 +80,7 @@ struct RunsInner {
 impl ChunkRuns {
     /// Registers a run until it is dropped. A run of a job stopped and not yet settled starts
     /// stopped.
-    pub fn register(&self, job_id: &str, run: &Arc<ChunkRun>) {
+    pub(crate) fn register(&self, job_id: &str, run: &Arc<ChunkRun>) {
         let mut m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         // Runs end by being dropped: forget them here, so the map holds live runs only.
         m.runs.retain(|_, runs| {
@@ -97,7 +97,7 @@ impl ChunkRuns {
     }
 
     /// Stops every run of the job in this process, and the runs that start until `settle`.
-    pub fn stop_job(&self, job_id: &str, why: &Stop) {
+    pub(crate) fn stop_job(&self, job_id: &str, why: &Stop) {
         let runs: Vec<Arc<ChunkRun>> = {
             let mut m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
             m.stopped
@@ -118,7 +118,7 @@ impl ChunkRuns {
     /// The results stage handled a stop of the job (failed it, or paused it and opened the
     /// circuit): chunks claimed from now on are judged afresh (a failed job has no pending
     /// row left; a paused one is not claimed until it resumes).
-    pub fn settle(&self, job_id: &str) {
+    pub(crate) fn settle(&self, job_id: &str) {
         let mut m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         m.stopped.remove(job_id);
     }
@@ -126,7 +126,7 @@ impl ChunkRuns {
 
 /// Is this a per-user failure that the target, not the data, caused? `Rejected` (a 4xx other
 /// than 401, 403, 404 and the version conflicts, which have their own variants) and `Protocol`.
-pub fn is_per_user_target_error(e: &ScimError) -> bool {
+pub(crate) fn is_per_user_target_error(e: &ScimError) -> bool {
     matches!(e, ScimError::Rejected { .. } | ScimError::Protocol(_))
 }
 
@@ -138,7 +138,7 @@ const IDLE: Duration = Duration::from_secs(24 * 3600);
 /// many `error_ratio` pauses each job had. In memory: after a restart a job starts a fresh
 /// window and a fresh pause count (still bounded per process lifetime).
 #[derive(Default)]
-pub struct ErrorRatios {
+pub(crate) struct ErrorRatios {
     jobs: Mutex<HashMap<String, JobWindow>>,
 }
 
@@ -161,7 +161,7 @@ impl JobWindow {
 
 impl ErrorRatios {
     /// A judge for one chunk run of the job, with the job's latest committed outcomes.
-    pub fn judge(&self, job_id: &str, s: &SyncSettings) -> Judge {
+    pub(crate) fn judge(&self, job_id: &str, s: &SyncSettings) -> Judge {
         let (history, pauses) = match self.jobs.lock() {
             Ok(m) => m.get(job_id).map_or((Vec::new(), 0), |w| {
                 (w.recent.iter().copied().collect(), w.pauses)
@@ -180,7 +180,7 @@ impl ErrorRatios {
     }
 
     /// Adds the outcomes of a committed chunk to the job's window.
-    pub fn commit(&self, job_id: &str, outcomes: &[bool], window: usize) {
+    pub(crate) fn commit(&self, job_id: &str, outcomes: &[bool], window: usize) {
         if outcomes.is_empty() {
             return;
         }
@@ -194,7 +194,7 @@ impl ErrorRatios {
 
     /// The cool-down of the job's next `error_ratio` pause: the base, doubled at each further
     /// pause of the job, up to the max.
-    pub fn next_cool_down(&self, job_id: &str, s: &SyncSettings) -> Duration {
+    pub(crate) fn next_cool_down(&self, job_id: &str, s: &SyncSettings) -> Duration {
         let pauses = match self.jobs.lock() {
             Ok(m) => m.get(job_id).map_or(0, |w| w.pauses),
             Err(_) => 0,
@@ -203,7 +203,7 @@ impl ErrorRatios {
     }
 
     /// Counts an `error_ratio` pause of the job; returns how many it had.
-    pub fn count_pause(&self, job_id: &str) -> u32 {
+    pub(crate) fn count_pause(&self, job_id: &str) -> u32 {
         let mut pauses = 1;
         self.with_job(job_id, |w| {
             w.pauses = w.pauses.saturating_add(1);
@@ -213,7 +213,7 @@ impl ErrorRatios {
     }
 
     /// Forgets a job that ended.
-    pub fn forget(&self, job_id: &str) {
+    pub(crate) fn forget(&self, job_id: &str) {
         if let Ok(mut m) = self.jobs.lock() {
             m.remove(job_id);
         }
@@ -224,7 +224,8 @@ impl ErrorRatios {
             return;
         };
         if !m.contains_key(job_id) {
-            // Finished jobs are not told here (the planner finishes them): idle entries go.
+            // Jobs that end in this process are forgotten (`lifecycle`); entries of jobs that
+            // ended elsewhere go once idle.
             m.retain(|_, w| w.touched.elapsed() < IDLE);
             if m.len() >= MAX_JOBS
                 && let Some(oldest) = m
@@ -242,7 +243,7 @@ impl ErrorRatios {
 }
 
 /// `error_ratio_cooldown_secs × 2^(pauses − 1)`, at most `error_ratio_cooldown_max_secs`.
-pub fn cool_down(pauses: u32, s: &SyncSettings) -> Duration {
+pub(crate) fn cool_down(pauses: u32, s: &SyncSettings) -> Duration {
     let base = s.error_ratio_cooldown_secs.max(1);
     let factor = 1u64 << pauses.saturating_sub(1).min(20);
     Duration::from_secs(
@@ -253,7 +254,7 @@ pub fn cool_down(pauses: u32, s: &SyncSettings) -> Duration {
 
 /// Judges one chunk run: its users' outcomes as they complete, completed by the job's latest
 /// committed ones up to the window.
-pub struct Judge {
+pub(crate) struct Judge {
     max_ratio: f64,
     window: usize,
     enabled: bool,
@@ -264,18 +265,18 @@ pub struct Judge {
 }
 
 impl Judge {
-    pub fn record(&mut self, failed: bool) {
+    pub(crate) fn record(&mut self, failed: bool) {
         self.own.push(failed);
     }
 
     /// This run's outcomes, for `ErrorRatios::commit` once the chunk is committed.
-    pub fn outcomes(&self) -> &[bool] {
+    pub(crate) fn outcomes(&self) -> &[bool] {
         &self.own
     }
 
     /// `Some((failed, sample))` when the latest `sample ≥ window` users (this run's, then the
     /// job's latest committed ones) hold more than `max_ratio` failures.
-    pub fn tripped(&self) -> Option<(usize, usize)> {
+    pub(crate) fn tripped(&self) -> Option<(usize, usize)> {
         if !self.enabled {
             return None;
         }

@@ -1,36 +1,36 @@
-//! Stage 4: SCIM workers. `claim` leases chunks from the store; each `worker` reads its users'
-//! current roles, skips those already right, and PATCHes the rest with `If-Match`.
+//! Stage 3: SCIM workers. `claim` leases chunks from the store; each `worker` syncs the users
+//! of its chunk: find the user, decide (`decide`), act.
 //!
 //! Calls per user: one lookup (`externalId eq`), or none when the job scanned the directory and
 //! this process holds the snapshot (`reads`); plus one PATCH if the roles differ, plus one
-//! re-read and PATCH per ETag conflict. The final role set is computed against what the target
-//! holds at that moment, so a concurrent change by someone else is never overwritten blindly.
+//! re-read and PATCH per ETag conflict. Every PATCH carries `If-Match` with the version the
+//! decision was made on, so a concurrent change by someone else is never overwritten blindly:
+//! it answers 409/412, and the user is re-read and decided again.
 //!
 //! A chunk stops early, and is released uncommitted, on a target-wide failure or when most of
 //! the job's latest users were refused by the target (`stops`).
 
 use super::circuit::TargetState;
+use super::decide::{Decision, Intent, decide};
 use super::reads::{Snapshot, find_user};
 use super::stops::{ChunkRun, Stop, is_per_user_target_error};
-use super::{Deps, record_depth};
-use crate::audit::events::{
-    ROLE_SYNC_COMPLETED, ROLE_SYNC_FAILED, ROLE_SYNC_REJECTED, rejected_data,
-};
-use crate::domain::{Mode, Outcome, ReasonCode};
-use crate::policy::{Policy, RoleSet};
+use super::users::{UserRows, group_users};
+use super::{Deps, lifecycle, record_depth};
+use crate::audit::events::{RoleSyncCompleted, RoleSyncFailed, RoleSyncRejected};
+use crate::domain::{EventType, Outcome, ReasonCode};
+use crate::policy::{Policy, RoleChange};
 use crate::scim::{CallTally, ScimError, ScimUser};
 use crate::store::{
     ChunkClaim, ChunkDone, ItemRecord, JobDeltas, JobRecord, OutboxEvent, RowResult,
 };
 use futures::StreamExt;
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// What a worker hands to the results stage.
-pub enum ChunkOutcome {
+pub(crate) enum ChunkOutcome {
     /// Every row of the chunk has an outcome.
     Done(ChunkClaim, ChunkDone),
     /// The chunk stopped early (`stops`): give it back, keep the calls spent.
@@ -38,7 +38,7 @@ pub enum ChunkOutcome {
 }
 
 /// Source of the sync stages: leases ready chunks while the circuit is closed.
-pub async fn claim(deps: Deps, tx: mpsc::Sender<ChunkClaim>, stop: CancellationToken) {
+pub(crate) async fn claim(deps: Deps, tx: mpsc::Sender<ChunkClaim>, stop: CancellationToken) {
     loop {
         if deps.circuit.state() != TargetState::Up {
             tokio::select! {
@@ -81,14 +81,14 @@ async fn finish_orphans(deps: &Deps) {
     match deps.store.jobs_to_finish().await {
         Ok(ids) => {
             for id in ids {
-                super::plan::finish_if_done(deps, &id).await;
+                lifecycle::finish_if_done(deps, &id).await;
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot look for jobs to finish"),
     }
 }
 
-pub async fn worker(
+pub(crate) async fn worker(
     deps: Deps,
     rx: Arc<Mutex<mpsc::Receiver<ChunkClaim>>>,
     tx: mpsc::Sender<ChunkOutcome>,
@@ -111,14 +111,9 @@ pub async fn worker(
     }
 }
 
-/// One user of a chunk, with everything needed to sync it.
-pub(super) struct UserWork {
-    pub(super) external_id: String,
-    rows: Vec<ItemRecord>,
-    pub(super) desired: RoleSet,
-}
-
+/// What became of one user of a chunk.
 enum UserResult {
+    /// Every row of the user has an outcome.
     Rows {
         results: Vec<RowResult>,
         events: Vec<OutboxEvent>,
@@ -144,7 +139,7 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
         }
     };
     let policy = deps.policy_for(&job.id);
-    let users = group_users(&policy, items);
+    let users = group_users(items);
     let run = Arc::new(ChunkRun::default());
     deps.chunk_runs.register(&job.id, &run);
     let mut judge = deps.error_ratios.judge(&job.id, &deps.settings.sync);
@@ -222,81 +217,213 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
     }
 }
 
-/// The rows of a chunk (ordered by user) as users with their desired roles.
-pub(super) fn group_users(policy: &Policy, items: Vec<ItemRecord>) -> Vec<UserWork> {
-    let mut users: Vec<UserWork> = Vec::new();
-    for item in items {
-        match users.last_mut() {
-            Some(u) if u.external_id == item.external_id => {
-                u.desired.insert(item.role_template.clone());
-                u.rows.push(item);
-            }
-            _ => {
-                let mut desired = RoleSet::new();
-                desired.insert(item.role_template.clone());
-                users.push(UserWork {
-                    external_id: item.external_id.clone(),
-                    rows: vec![item],
-                    desired,
-                });
-            }
-        }
-    }
-    for u in &mut users {
-        u.desired = policy.expand(&u.desired);
-    }
-    users
-}
-
-/// The role set a user should end with (SPEC §2).
-///
-/// - `merge`: current ∪ desired.
-/// - `replace`: desired ∪ every current role the policy does not manage (hand-granted ones)
-///   ∪ protected roles the user holds. `Employee` and unmanaged roles are never removed.
-pub fn final_roles(policy: &Policy, mode: Mode, current: &RoleSet, desired: &RoleSet) -> RoleSet {
-    match mode {
-        Mode::Merge => current.union(desired).cloned().collect(),
-        Mode::Replace => {
-            let mut out = desired.clone();
-            for r in current {
-                if !policy.is_managed(r) || policy.protected_roles().contains(r) {
-                    out.insert(r.clone());
-                }
-            }
-            out
-        }
-    }
-}
-
+/// Syncs one user: find them, decide, act; on a version conflict, read again and decide again,
+/// up to `sync.max_conflict_retries` times.
 async fn sync_user(
     deps: &Deps,
     policy: &Policy,
     job: &JobRecord,
     snapshot: Option<&Snapshot>,
-    u: UserWork,
+    u: UserRows<ItemRecord>,
     tally: &CallTally,
 ) -> UserResult {
-    let fail_rows = |outcome: Outcome, code: ReasonCode, message: String| -> UserResult {
+    let report = Report {
+        deps,
+        policy,
+        job,
+        user: &u,
+    };
+    let mut user = match report.find_one(snapshot, tally).await {
+        Ok(user) => user,
+        Err(r) => return r,
+    };
+    // The rows of a user are written together: one of them carries the intent of all.
+    let prior = u.rows.iter().find(|r| r.intent).map(|r| Intent {
+        added: r.roles_added.as_deref().unwrap_or_default(),
+        removed: r.roles_removed.as_deref().unwrap_or_default(),
+    });
+    let desired = u.desired(policy);
+    let max_rounds = deps.settings.sync.max_conflict_retries + 1;
+    for _round in 0..max_rounds {
+        let current = user.role_names();
+        let change = match decide(policy, job.mode, &current, &desired, job.dry_run, prior) {
+            Decision::Write(change) => change,
+            Decision::Unchanged => return report.unwritten(&user.id, Outcome::Unchanged, None),
+            Decision::Planned(change) => {
+                return report.unwritten(&user.id, Outcome::Planned, Some(&change));
+            }
+            Decision::AlreadyApplied(change) => return report.applied(&user.id, &change),
+            Decision::Reject { reason, message } => return report.rejected(reason, &message),
+        };
+        if tally.is_stopped() {
+            // Not even the intent: no write will be sent for this user in this run.
+            return UserResult::Skipped;
+        }
+        let lines: Vec<i64> = u.lines().collect();
+        if let Err(e) = deps
+            .store
+            .mark_intent(&job.id, &lines, &change.added, &change.removed)
+            .await
+        {
+            // Only the report after a crash depends on it; the write itself is safe.
+            tracing::warn!(job.id = %job.id, error = %e, "cannot record the write intent");
+        }
+        let roles: Vec<String> = change.after.iter().cloned().collect();
+        let written = deps
+            .scim
+            .patch_roles(&user.id, user.version().as_deref(), &roles, tally)
+            .await;
+        user = match written {
+            Ok(_) => return report.applied(&user.id, &change),
+            // Someone changed the user since we read it: read again and decide again.
+            Err(ScimError::Conflict) => match deps.scim.get_user(&user.id, tally).await {
+                Ok(fresh) => fresh,
+                Err(ScimError::NotFound) => return report.deleted(),
+                Err(e) => return report.call_failed(e),
+            },
+            Err(ScimError::NotFound) => return report.deleted(),
+            Err(e) => return report.call_failed(e),
+        };
+    }
+    report.failed(
+        Outcome::Failed,
+        ReasonCode::RetriesExhausted,
+        &format!("the user kept changing: {max_rounds} version conflicts in a row"),
+    )
+}
+
+/// Turns what happened to one user into its rows' results and audit events.
+struct Report<'a> {
+    deps: &'a Deps,
+    policy: &'a Policy,
+    job: &'a JobRecord,
+    user: &'a UserRows<ItemRecord>,
+}
+
+impl Report<'_> {
+    /// The one user of the target with the user's external id; else the user's result.
+    async fn find_one(
+        &self,
+        snapshot: Option<&Snapshot>,
+        tally: &CallTally,
+    ) -> Result<ScimUser, UserResult> {
+        let external_id = self.user.external_id.as_str();
+        let found = find_user(self.deps, snapshot, external_id, tally)
+            .await
+            .map_err(|e| self.call_failed(e))?;
+        let n = found.len();
+        let mut found = found.into_iter();
+        match (found.next(), found.next()) {
+            (Some(user), None) => Ok(user),
+            (None, _) => Err(self.failed(
+                Outcome::NotFound,
+                ReasonCode::UserNotFound,
+                &format!("no user with externalId \"{external_id}\" in the target"),
+            )),
+            (Some(_), Some(_)) => Err(self.failed(
+                Outcome::Failed,
+                ReasonCode::AmbiguousUser,
+                &format!("{n} users have externalId \"{external_id}\"; nothing was written"),
+            )),
+        }
+    }
+
+    /// The rows of a user this job wrote, or found written by an earlier attempt of its
+    /// chunk: `applied`, with the `role_sync.completed` event and the audit log line.
+    fn applied(&self, user_id: &str, change: &RoleChange) -> UserResult {
+        let (job, u) = (self.job, self.user);
+        audit_log(job, &u.external_id, user_id, change);
+        let event = self.deps.events.event(
+            EventType::RoleSyncCompleted,
+            RoleSyncCompleted::new(self.policy, &job.id, &u.external_id, user_id, change),
+        );
         let results = u
             .rows
             .iter()
-            .map(|r| RowResult::outcome(r.line, outcome, Some((code, message.clone()))))
+            .map(|r| RowResult {
+                line: r.line,
+                outcome: Outcome::Applied,
+                reason: None,
+                user_id: Some(user_id.to_owned()),
+                roles_added: Some(change.added.clone()),
+                roles_removed: Some(change.removed.clone()),
+                permissions_added: None,
+                permissions_removed: None,
+            })
             .collect();
-        // One event per user: the rows of a user are synced (and fail) together.
-        let lines: Vec<i64> = u.rows.iter().map(|r| r.line).collect();
-        let events = deps
-            .events
-            .event(
-                ROLE_SYNC_FAILED,
-                json!({
-                    "job_id": job.id,
-                    "external_id": u.external_id,
-                    "lines": lines,
-                    "outcome": outcome.as_str(),
-                    "reason": {"code": code.as_str(), "message": message},
-                }),
-            )
-            .into_iter()
+        UserResult::Rows {
+            results,
+            events: event.into_iter().collect(),
+            changed: Some(true),
+            target_error: false,
+        }
+    }
+
+    /// The rows of a user nothing was written for: `unchanged` (no change) or `planned` (the
+    /// change a dry run would write). A dry run also reports the permissions the change grants
+    /// and takes away. No event.
+    fn unwritten(
+        &self,
+        user_id: &str,
+        outcome: Outcome,
+        change: Option<&RoleChange>,
+    ) -> UserResult {
+        let (added, removed) = change.map_or((Vec::new(), Vec::new()), |c| {
+            (c.added.clone(), c.removed.clone())
+        });
+        let permissions = self.job.dry_run.then(|| match change {
+            Some(c) => {
+                let before = self.policy.effective_permissions(&c.before);
+                let after = self.policy.effective_permissions(&c.after);
+                (
+                    after.difference(&before).cloned().collect(),
+                    before.difference(&after).cloned().collect(),
+                )
+            }
+            None => (Vec::new(), Vec::new()),
+        });
+        let (perms_added, perms_removed) = permissions.unzip();
+        let results = self
+            .user
+            .rows
+            .iter()
+            .map(|r| RowResult {
+                line: r.line,
+                outcome,
+                reason: None,
+                user_id: Some(user_id.to_owned()),
+                roles_added: Some(added.clone()),
+                roles_removed: Some(removed.clone()),
+                permissions_added: perms_added.clone(),
+                permissions_removed: perms_removed.clone(),
+            })
+            .collect();
+        UserResult::Rows {
+            results,
+            events: Vec::new(),
+            changed: Some(outcome == Outcome::Planned),
+            target_error: false,
+        }
+    }
+
+    /// Every row of the user `rejected` with `reason`, one `role_sync.rejected` event per row.
+    fn rejected(&self, reason: ReasonCode, message: &str) -> UserResult {
+        let job_id = self.job.id.as_str();
+        let rows = &self.user.rows;
+        let results = rows
+            .iter()
+            .map(|r| RowResult::rejected(r.line, reason, message))
+            .collect();
+        let events = rows
+            .iter()
+            .filter_map(|r| {
+                let data = RoleSyncRejected::new(job_id, r.line, reason, message).of_row(
+                    &r.external_id,
+                    &r.role_template,
+                    &r.license_tier,
+                );
+                self.deps.events.event(EventType::RoleSyncRejected, data)
+            })
             .collect();
         UserResult::Rows {
             results,
@@ -304,211 +431,80 @@ async fn sync_user(
             changed: None,
             target_error: false,
         }
-    };
-    // A call about this user failed for this user only (`scim_rejected`).
-    let refused = |e: ScimError| -> UserResult {
-        let mut r = fail_rows(Outcome::Failed, ReasonCode::ScimRejected, e.to_string());
-        if let UserResult::Rows { target_error, .. } = &mut r {
-            *target_error = is_per_user_target_error(&e);
-        }
-        r
-    };
+    }
 
-    let found = match find_user(deps, snapshot, &u.external_id, tally).await {
-        Ok(found) => found,
-        Err(ScimError::Stopped) => return UserResult::Skipped,
-        Err(e) if e.is_target_wide() => return UserResult::TargetWide(e),
-        Err(e) => return refused(e),
-    };
-    let n = found.len();
-    let mut found = found.into_iter();
-    let mut user: ScimUser = match (found.next(), found.next()) {
-        (None, _) => {
-            return fail_rows(
-                Outcome::NotFound,
-                ReasonCode::UserNotFound,
-                format!(
-                    "no user with externalId \"{}\" in the target",
-                    u.external_id
-                ),
-            );
-        }
-        (Some(user), None) => user,
-        (Some(_), Some(_)) => {
-            return fail_rows(
-                Outcome::Failed,
-                ReasonCode::AmbiguousUser,
-                format!(
-                    "{n} users have externalId \"{}\"; nothing was written",
-                    u.external_id
-                ),
-            );
-        }
-    };
+    /// Every row of the user with `outcome` and the reason, and one `role_sync.failed` event:
+    /// the rows of a user are synced, and fail, together.
+    fn failed(&self, outcome: Outcome, code: ReasonCode, message: &str) -> UserResult {
+        self.fail_rows(outcome, code, message, false)
+    }
 
-    let max_rounds = deps.settings.sync.max_conflict_retries + 1;
-    for _round in 0..max_rounds {
-        let current = user.role_names();
-        let target = final_roles(policy, job.mode, &current, &u.desired);
-        if let Some(rule) = policy.sod_violation(&target) {
-            let message = format!(
-                "separation of duties \"{}\": {} ({})",
-                rule.name,
-                rule.roles.iter().cloned().collect::<Vec<_>>().join(" + "),
-                rule.reason
-            );
-            let results = u
-                .rows
-                .iter()
-                .map(|r| RowResult::rejected(r.line, ReasonCode::SodConflict, message.clone()))
-                .collect();
-            let events = u
-                .rows
-                .iter()
-                .filter_map(|r| {
-                    deps.events.event(
-                        ROLE_SYNC_REJECTED,
-                        rejected_data(
-                            &job.id,
-                            r.line,
-                            Some((&r.external_id, &r.role_template, &r.license_tier)),
-                            ReasonCode::SodConflict.as_str(),
-                            &message,
-                        ),
-                    )
-                })
-                .collect();
-            return UserResult::Rows {
-                results,
-                events,
-                changed: None,
-                target_error: false,
-            };
-        }
-        let added: Vec<String> = target.difference(&current).cloned().collect();
-        let removed: Vec<String> = current.difference(&target).cloned().collect();
-        let before_perms = policy.effective_permissions(&current);
-        let after_perms = policy.effective_permissions(&target);
-        let perms_added: Vec<String> = after_perms.difference(&before_perms).cloned().collect();
-        let perms_removed: Vec<String> = before_perms.difference(&after_perms).cloned().collect();
-        let row = |line: i64, outcome: Outcome| RowResult {
-            line,
+    /// `failed`, telling whether the target refused this user (counts towards `error_ratio`).
+    fn fail_rows(
+        &self,
+        outcome: Outcome,
+        code: ReasonCode,
+        message: &str,
+        target_error: bool,
+    ) -> UserResult {
+        let u = self.user;
+        let results = u
+            .rows
+            .iter()
+            .map(|r| RowResult::outcome(r.line, outcome, Some((code, message.to_owned()))))
+            .collect();
+        let data = RoleSyncFailed::new(
+            &self.job.id,
+            &u.external_id,
+            u.lines().collect(),
             outcome,
-            reason: None,
-            user_id: Some(user.id.clone()),
-            roles_added: Some(added.clone()),
-            roles_removed: Some(removed.clone()),
-            permissions_added: (job.dry_run).then(|| perms_added.clone()),
-            permissions_removed: (job.dry_run).then(|| perms_removed.clone()),
-        };
-        if added.is_empty() && removed.is_empty() {
-            if let Some(prior) = u.rows.iter().find(|r| r.intent) {
-                // An earlier attempt of this chunk wrote the user, then died before recording
-                // it: the write was this job's, so the rows are `applied`, with its diff.
-                let added = prior.roles_added.clone().unwrap_or_default();
-                let removed = prior.roles_removed.clone().unwrap_or_default();
-                let mut before: RoleSet = current
-                    .difference(&added.iter().cloned().collect())
-                    .cloned()
-                    .collect();
-                before.extend(removed.iter().cloned());
-                return applied(deps, policy, job, &u, &user.id, &before, &current);
-            }
-            let results = u
-                .rows
-                .iter()
-                .map(|r| row(r.line, Outcome::Unchanged))
-                .collect();
-            return UserResult::Rows {
-                results,
-                events: Vec::new(),
-                changed: Some(false),
-                target_error: false,
-            };
-        }
-        if job.dry_run {
-            let results = u
-                .rows
-                .iter()
-                .map(|r| row(r.line, Outcome::Planned))
-                .collect();
-            return UserResult::Rows {
-                results,
-                events: Vec::new(),
-                changed: Some(true),
-                target_error: false,
-            };
-        }
-        if tally.is_stopped() {
-            // Not even the intent: no write will be sent for this user in this run.
-            return UserResult::Skipped;
-        }
-        let roles: Vec<String> = target.iter().cloned().collect();
-        let lines: Vec<i64> = u.rows.iter().map(|r| r.line).collect();
-        if let Err(e) = deps
-            .store
-            .mark_intent(&job.id, &lines, &added, &removed)
-            .await
-        {
-            // Only the report after a crash depends on it; the write itself is safe.
-            tracing::warn!(job.id = %job.id, error = %e, "cannot record the write intent");
-        }
-        match deps
-            .scim
-            .patch_roles(&user.id, user.version().as_deref(), &roles, tally)
-            .await
-        {
-            Ok(_) => return applied(deps, policy, job, &u, &user.id, &current, &target),
-            Err(ScimError::Conflict) => {
-                // Someone changed the user since we read it: read again and recompute.
-                match deps.scim.get_user(&user.id, tally).await {
-                    Ok(fresh) => user = fresh,
-                    Err(ScimError::Stopped) => return UserResult::Skipped,
-                    Err(ScimError::NotFound) => {
-                        return fail_rows(
-                            Outcome::NotFound,
-                            ReasonCode::UserNotFound,
-                            "the user was deleted during the sync".into(),
-                        );
-                    }
-                    Err(e) if e.is_target_wide() => return UserResult::TargetWide(e),
-                    Err(e) => {
-                        return refused(e);
-                    }
-                }
-            }
-            Err(ScimError::NotFound) => {
-                return fail_rows(
-                    Outcome::NotFound,
-                    ReasonCode::UserNotFound,
-                    "the user was deleted during the sync".into(),
-                );
-            }
-            Err(ScimError::Stopped) => return UserResult::Skipped,
-            Err(e) if e.is_target_wide() => return UserResult::TargetWide(e),
-            Err(e) => return refused(e),
+            code,
+            message,
+        );
+        UserResult::Rows {
+            results,
+            events: self
+                .deps
+                .events
+                .event(EventType::RoleSyncFailed, data)
+                .into_iter()
+                .collect(),
+            changed: None,
+            target_error,
         }
     }
-    fail_rows(
-        Outcome::Failed,
-        ReasonCode::RetriesExhausted,
-        format!("the user kept changing: {max_rounds} version conflicts in a row"),
-    )
+
+    /// The user vanished between the read and the write.
+    fn deleted(&self) -> UserResult {
+        self.failed(
+            Outcome::NotFound,
+            ReasonCode::UserNotFound,
+            "the user was deleted during the sync",
+        )
+    }
+
+    /// A call about the user failed: the chunk stopped (no result), the whole target failed
+    /// (the chunk stops), or the target refused this user only (`scim_rejected`, which counts
+    /// towards `error_ratio` when the target itself refused).
+    fn call_failed(&self, e: ScimError) -> UserResult {
+        match e {
+            ScimError::Stopped => UserResult::Skipped,
+            e if e.is_target_wide() => UserResult::TargetWide(e),
+            e => self.fail_rows(
+                Outcome::Failed,
+                ReasonCode::ScimRejected,
+                &e.to_string(),
+                is_per_user_target_error(&e),
+            ),
+        }
+    }
 }
 
 /// One structured line per role change written to the target, under the `audit` target, at
 /// `info`. Role lists are JSON arrays as text (`["Agent","Employee"]`), since a log field holds
 /// one value. `request.id` is the `x-request-id` of the POST that submitted the job. Nothing
 /// else is logged: no tokens, secrets or bodies.
-fn audit_log(
-    job: &JobRecord,
-    external_id: &str,
-    user_id: &str,
-    before: &RoleSet,
-    after: &RoleSet,
-    added: &[String],
-    removed: &[String],
-) {
+fn audit_log(job: &JobRecord, external_id: &str, user_id: &str, change: &RoleChange) {
     let request_id = job.request_id.as_deref().unwrap_or("");
     tracing::info!(
         target: "audit",
@@ -517,77 +513,14 @@ fn audit_log(
             request.id = %request_id,
             user.external_id = %external_id,
             user.id = %user_id,
-            roles.before = %json_text(before),
-            roles.after = %json_text(after),
-            roles.added = %json_text(added),
-            roles.removed = %json_text(removed),
+            roles.before = %json_text(&change.before),
+            roles.after = %json_text(&change.after),
+            roles.added = %json_text(&change.added),
+            roles.removed = %json_text(&change.removed),
             job.mode = job.mode.as_str(),
         },
         "roles changed"
     );
-}
-
-/// The rows of a user whose roles this job changed from `before` to `after`, with the
-/// `role_sync.completed` event and the audit log line.
-fn applied(
-    deps: &Deps,
-    policy: &Policy,
-    job: &JobRecord,
-    u: &UserWork,
-    user_id: &str,
-    before: &RoleSet,
-    after: &RoleSet,
-) -> UserResult {
-    let added: Vec<String> = after.difference(before).cloned().collect();
-    let removed: Vec<String> = before.difference(after).cloned().collect();
-    audit_log(
-        job,
-        &u.external_id,
-        user_id,
-        before,
-        after,
-        &added,
-        &removed,
-    );
-    let before_perms = policy.effective_permissions(before);
-    let after_perms = policy.effective_permissions(after);
-    let perms_added: Vec<String> = after_perms.difference(&before_perms).cloned().collect();
-    let perms_removed: Vec<String> = before_perms.difference(&after_perms).cloned().collect();
-    let event = deps.events.event(
-        ROLE_SYNC_COMPLETED,
-        json!({
-            "job_id": job.id,
-            "external_id": u.external_id,
-            "user_id": user_id,
-            "roles_before": before,
-            "roles_after": after,
-            "roles_added": added,
-            "roles_removed": removed,
-            "effective_permissions": *after_perms,
-            "permissions_added": perms_added,
-            "permissions_removed": perms_removed,
-        }),
-    );
-    let results = u
-        .rows
-        .iter()
-        .map(|r| RowResult {
-            line: r.line,
-            outcome: Outcome::Applied,
-            reason: None,
-            user_id: Some(user_id.to_owned()),
-            roles_added: Some(added.clone()),
-            roles_removed: Some(removed.clone()),
-            permissions_added: None,
-            permissions_removed: None,
-        })
-        .collect();
-    UserResult::Rows {
-        results,
-        events: event.into_iter().collect(),
-        changed: Some(true),
-        target_error: false,
-    }
 }
 
 fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> String {

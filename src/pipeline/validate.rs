@@ -1,28 +1,21 @@
-//! Stage 1: each row against the policy, without calling the target. Shared with
-//! `POST /v1/validate` and `rolesync validate`, so a batch is judged the same way everywhere.
+//! Stage 1: each row against the policy, without calling the target, and the valid rows grouped
+//! per user. Shared with `POST /v1/validate` and `rolesync
+//! validate`, so a batch is judged the same way everywhere.
 
 use super::Deps;
 use super::intake::PlanJob;
 use super::record_depth;
+use super::users::{UserRows, runs_by_user};
 use crate::domain::{Assignment, ExternalId, ReasonCode};
-use crate::policy::{Policy, RoleSet};
+use crate::policy::Policy;
 use crate::store::{JobRecord, RowResult};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// The valid rows of one user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserRows {
-    pub external_id: String,
-    pub tier: String,
-    pub lines: Vec<i64>,
-    pub roles: RoleSet,
-}
-
 /// Where a page stands in its job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Page {
+pub(crate) enum Page {
     /// More pages of this job follow.
     More,
     /// The job's last page.
@@ -33,22 +26,23 @@ pub enum Page {
 }
 
 /// One page of a job's users, validated. A user's rows are always in one page.
-pub struct Validated {
-    pub job: JobRecord,
-    pub policy: Arc<Policy>,
-    pub page: Page,
+pub(crate) struct Validated {
+    pub(crate) job: JobRecord,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) page: Page,
     /// The first page of the job.
-    pub first: bool,
-    pub rejected: Vec<RowResult>,
+    pub(crate) first: bool,
+    pub(crate) rejected: Vec<RowResult>,
     /// The rejected rows by line, for their audit events.
-    pub rejected_rows: HashMap<i64, Assignment>,
-    pub users: Vec<UserRows>,
+    pub(crate) rejected_rows: HashMap<i64, Assignment>,
+    /// The users with at least one valid row, each with only its valid rows.
+    pub(crate) users: Vec<UserRows<Assignment>>,
 }
 
 /// Pending rows read and judged at a time: a job of any size is planned in bounded memory.
-pub const PAGE_ROWS: usize = 5000;
+const PAGE_ROWS: usize = 5000;
 
-pub async fn run(deps: Deps, mut rx: mpsc::Receiver<PlanJob>, tx: mpsc::Sender<Validated>) {
+pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<PlanJob>, tx: mpsc::Sender<Validated>) {
     while let Some(PlanJob { job, policy }) = rx.recv().await {
         let mut after: Option<String> = None;
         let mut first = true;
@@ -97,7 +91,7 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<PlanJob>, tx: mpsc::Sender<V
             if tx.send(msg).await.is_err() {
                 return;
             }
-            record_depth(&deps.metrics, "resolve", &tx);
+            record_depth(&deps.metrics, "plan", &tx);
             if last {
                 break;
             }
@@ -106,43 +100,33 @@ pub async fn run(deps: Deps, mut rx: mpsc::Receiver<PlanJob>, tx: mpsc::Sender<V
     }
 }
 
-/// Judges every row: the rejected ones with their reason, the others grouped per user.
+/// Judges every row: the rejected ones with their reason (by line), the others grouped per user
+/// (by external id).
 ///
 /// Order of checks per row: external id, license tier, role, exact duplicate, then per user:
 /// several tiers (every row of that user is rejected), and entitlement of the role with all
 /// the roles it inherits.
-pub fn validate_rows(policy: &Policy, rows: &[Assignment]) -> (Vec<RowResult>, Vec<UserRows>) {
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    order.sort_by(|&a, &b| {
-        (rows[a].external_id.as_str(), rows[a].line)
-            .cmp(&(rows[b].external_id.as_str(), rows[b].line))
-    });
+pub(crate) fn validate_rows(
+    policy: &Policy,
+    rows: &[Assignment],
+) -> (Vec<RowResult>, Vec<UserRows<Assignment>>) {
+    let mut sorted: Vec<&Assignment> = rows.iter().collect();
+    sorted.sort_by(|a, b| (a.external_id.as_str(), a.line).cmp(&(b.external_id.as_str(), b.line)));
     let mut rejected = Vec::new();
     let mut users = Vec::new();
-    let mut i = 0;
-    while i < order.len() {
-        let ext = rows[order[i]].external_id.as_str();
-        let mut j = i;
-        while j < order.len() && rows[order[j]].external_id == ext {
-            j += 1;
-        }
-        validate_user(
-            policy,
-            order[i..j].iter().map(|&k| &rows[k]),
-            &mut rejected,
-            &mut users,
-        );
-        i = j;
+    for run in runs_by_user(sorted) {
+        validate_user(policy, run, &mut rejected, &mut users);
     }
     rejected.sort_by_key(|r| r.line);
     (rejected, users)
 }
 
-fn validate_user<'a>(
+/// Judges the rows of one user, in line order.
+fn validate_user(
     policy: &Policy,
-    rows: impl Iterator<Item = &'a Assignment>,
+    rows: Vec<&Assignment>,
     rejected: &mut Vec<RowResult>,
-    users: &mut Vec<UserRows>,
+    users: &mut Vec<UserRows<Assignment>>,
 ) {
     let mut seen: HashSet<(&str, &str)> = HashSet::new();
     let mut valid: Vec<&Assignment> = Vec::new();
@@ -208,18 +192,12 @@ fn validate_user<'a>(
     let Some(tier) = policy.tier(&first.license_tier) else {
         return;
     };
-    let mut user = UserRows {
-        external_id: first.external_id.trim().to_owned(),
-        tier: first.license_tier.clone(),
-        lines: Vec::new(),
-        roles: RoleSet::new(),
-    };
+    let mut entitled: Vec<Assignment> = Vec::new();
     for r in valid {
         let closure = policy.closure(&r.role_template);
         let missing = policy.not_entitled(tier, &closure);
         if missing.is_empty() {
-            user.lines.push(r.line as i64);
-            user.roles.insert(r.role_template.clone());
+            entitled.push(r.clone());
         } else {
             rejected.push(RowResult::rejected(
                 r.line as i64,
@@ -237,7 +215,5 @@ fn validate_user<'a>(
             ));
         }
     }
-    if !user.lines.is_empty() {
-        users.push(user);
-    }
+    users.extend(UserRows::new(entitled));
 }

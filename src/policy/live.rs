@@ -25,7 +25,7 @@ fn digest(path: &std::path::Path) -> Option<Vec<u8>> {
 }
 
 impl LivePolicy {
-    pub fn new(policy: Policy, path: Option<PathBuf>) -> LivePolicy {
+    pub(crate) fn new(policy: Policy, path: Option<PathBuf>) -> LivePolicy {
         let seen = std::sync::Mutex::new(path.as_deref().and_then(digest));
         LivePolicy {
             seen,
@@ -36,18 +36,14 @@ impl LivePolicy {
         }
     }
 
-    pub fn current(&self) -> Arc<Policy> {
+    pub(crate) fn current(&self) -> Arc<Policy> {
         match self.current.read() {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    pub fn path(&self) -> Option<&PathBuf> {
-        self.path.as_ref()
-    }
-
-    pub fn last_error(&self) -> Option<String> {
+    pub(crate) fn last_error(&self) -> Option<String> {
         match self.last_error.read() {
             Ok(e) => e.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -55,7 +51,7 @@ impl LivePolicy {
     }
 
     /// True once each time the file's content differs from when it was last looked at.
-    pub fn file_changed(&self) -> bool {
+    pub(crate) fn file_changed(&self) -> bool {
         let Some(path) = &self.path else { return false };
         let now = digest(path);
         match self.seen.lock() {
@@ -68,7 +64,7 @@ impl LivePolicy {
     }
 
     /// Loads the file again; an invalid policy is refused and the old one stays in force.
-    pub fn reload(&self) -> Result<(), String> {
+    pub(crate) fn reload(&self) -> Result<(), String> {
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -91,12 +87,12 @@ impl LivePolicy {
         Ok(())
     }
 
-    pub fn import_notes(&self) -> Option<Vec<String>> {
+    pub(crate) fn import_notes(&self) -> Option<Vec<String>> {
         self.import_notes.read().ok().and_then(|n| n.clone())
     }
 
     /// Puts in force a policy merged with the target's role catalog, with the import's notes.
-    pub fn replace_imported(&self, policy: Policy, notes: Vec<String>) {
+    pub(crate) fn replace_imported(&self, policy: Policy, notes: Vec<String>) {
         if let Ok(mut slot) = self.import_notes.write() {
             *slot = Some(notes);
         }
@@ -104,7 +100,7 @@ impl LivePolicy {
     }
 
     /// Replaces the policy in force.
-    pub fn replace(&self, policy: Policy) {
+    pub(crate) fn replace(&self, policy: Policy) {
         if let Ok(mut slot) = self.current.write() {
             *slot = Arc::new(policy);
         }

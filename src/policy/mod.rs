@@ -1,5 +1,6 @@
-//! The access policy (SPEC §4, `policy.file`): license tiers, the role catalog with inheritance,
-//! separation-of-duties rules and approval thresholds.
+//! The access policy (`policy.file`): license tiers, the role catalog with inheritance,
+//! separation-of-duties rules and approval thresholds, and the rule that decides the role set a
+//! user ends with (`Policy::final_roles`).
 //!
 //! INTERFACE CONTRACT (the pipeline and the HTTP API depend on these names; the policy module may
 //! add more but must keep these):
@@ -10,7 +11,7 @@
 //!
 //!
 //! Additions beyond the contract: `Policy::{fingerprint, summary, role_detail, ancestors,
-//! merge_imported_catalog, clear_permission_cache, permission_cache_len}`, `ImportedRole` (with
+//! merge_imported_catalog, final_roles}`, `RoleChange`, `ImportedRole` (with
 //! `from_permission_policies`), `PermissionPolicy`, the free functions `permission_matches`,
 //! `permission_diff`, `validate_permission`, and `check_report` for `rolesync policy check`.
 //!
@@ -27,6 +28,7 @@ pub mod live;
 mod load;
 mod resolve;
 
+use crate::domain::Mode;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -40,6 +42,36 @@ pub type RoleSet = BTreeSet<String>;
 /// Effective permissions, `domain:entity:action` strings (may contain `*`).
 pub type PermissionSet = BTreeSet<String>;
 
+/// A user's roles before and after a change, with the two differences computed once, here.
+///
+/// Invariant: `added` is exactly `after − before` and `removed` exactly `before − after`, both
+/// sorted; the change is empty exactly when `before == after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RoleChange {
+    pub(crate) before: RoleSet,
+    pub(crate) after: RoleSet,
+    pub(crate) added: Vec<String>,
+    pub(crate) removed: Vec<String>,
+}
+
+impl RoleChange {
+    pub(crate) fn new(before: RoleSet, after: RoleSet) -> RoleChange {
+        let added = after.difference(&before).cloned().collect();
+        let removed = before.difference(&after).cloned().collect();
+        RoleChange {
+            before,
+            after,
+            added,
+            removed,
+        }
+    }
+
+    /// True when nothing would change.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
 /// The policy file could not be loaded; `problems` lists every problem found, one sentence each,
 /// in document order (a TOML syntax or schema error stops the parse, so it comes alone).
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +83,7 @@ pub struct PolicyError {
 
 /// A license tier: the catalog roles a user on that license may hold.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Tier {
+pub(crate) struct Tier {
     /// Tier name, as sent in `license_tier`.
     pub name: String,
     /// Roles the tier allows (protected roles need not be listed).
@@ -71,7 +103,7 @@ pub struct Role {
 
 /// A separation-of-duties rule: no user may end up holding all of `roles`.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct SodRule {
+pub(crate) struct SodRule {
     /// Rule name, reported with `sod_conflict`.
     pub name: String,
     /// At least two catalog roles that must not be held together.
@@ -82,7 +114,7 @@ pub struct SodRule {
 
 /// Thresholds above which a `replace` job waits for approval.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Approval {
+pub(crate) struct Approval {
     /// Fraction (0..=1) of the org's users (as the target counts them) losing a role above
     /// which a `replace` job is held for approval.
     pub max_removal_fraction: f64,
@@ -188,27 +220,27 @@ impl Policy {
     }
 
     /// Whether inherited roles are pushed to Genesys too (default true).
-    pub fn expand_inherited(&self) -> bool {
+    pub(crate) fn expand_inherited(&self) -> bool {
         self.expand_inherited
     }
 
     /// Roles never removed, whatever the mode (`Employee`).
-    pub fn protected_roles(&self) -> &RoleSet {
+    pub(crate) fn protected_roles(&self) -> &RoleSet {
         &self.protected_roles
     }
 
     /// The tier called `name`, if any.
-    pub fn tier(&self, name: &str) -> Option<&Tier> {
+    pub(crate) fn tier(&self, name: &str) -> Option<&Tier> {
         self.tier_index.get(name).and_then(|&i| self.tiers.get(i))
     }
 
     /// Every tier, in file order.
-    pub fn tiers(&self) -> Vec<&Tier> {
+    pub(crate) fn tiers(&self) -> Vec<&Tier> {
         self.tiers.iter().collect()
     }
 
     /// The catalog role called `name`, if any.
-    pub fn role(&self, name: &str) -> Option<&Role> {
+    pub(crate) fn role(&self, name: &str) -> Option<&Role> {
         self.resolver.index_of(name).and_then(|i| self.roles.get(i))
     }
 
@@ -218,24 +250,24 @@ impl Policy {
     }
 
     /// Every SoD rule, in file order (`sod_violation` reports the first that matches).
-    pub fn sod_rules(&self) -> &[SodRule] {
+    pub(crate) fn sod_rules(&self) -> &[SodRule] {
         &self.sod
     }
 
     /// Approval thresholds for `replace` jobs.
-    pub fn approval(&self) -> &Approval {
+    pub(crate) fn approval(&self) -> &Approval {
         &self.approval
     }
 
     /// Hex SHA-256 of the policy source text, so a job can record which policy it ran with.
     /// For a policy returned by `merge_imported_catalog` it also covers the imported
     /// permissions (see there).
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         self.fingerprint.clone()
     }
 
     /// True when the role is in the catalog: only managed roles are ever removed by `replace`.
-    pub fn is_managed(&self, role: &str) -> bool {
+    pub(crate) fn is_managed(&self, role: &str) -> bool {
         self.role(role).is_some()
     }
 
@@ -246,7 +278,7 @@ impl Policy {
     }
 
     /// The role's ancestors (transitively), excluding itself; empty outside the catalog.
-    pub fn ancestors(&self, role: &str) -> RoleSet {
+    pub(crate) fn ancestors(&self, role: &str) -> RoleSet {
         let mut set = self.closure(role);
         set.remove(role);
         set
@@ -254,7 +286,7 @@ impl Policy {
 
     /// The roles to push for a desired set: with every ancestor when `expand_inherited`,
     /// otherwise the set itself. Roles outside the catalog pass through unchanged.
-    pub fn expand(&self, roles: &RoleSet) -> RoleSet {
+    pub(crate) fn expand(&self, roles: &RoleSet) -> RoleSet {
         if self.expand_inherited {
             self.resolver.close(roles)
         } else {
@@ -267,7 +299,7 @@ impl Policy {
     ///
     /// The set is closed even when `expand_inherited` is false: holding a role means holding
     /// what it inherits, and a tier must not be a way around that.
-    pub fn not_entitled(&self, tier: &Tier, roles: &RoleSet) -> Vec<String> {
+    pub(crate) fn not_entitled(&self, tier: &Tier, roles: &RoleSet) -> Vec<String> {
         self.resolver
             .close(roles)
             .into_iter()
@@ -279,7 +311,7 @@ impl Policy {
 
     /// The first SoD rule whose roles are all in `final_roles` (closed under inheritance).
     /// The caller passes the final set, after the merge with the user's current roles.
-    pub fn sod_violation(&self, final_roles: &RoleSet) -> Option<&SodRule> {
+    pub(crate) fn sod_violation(&self, final_roles: &RoleSet) -> Option<&SodRule> {
         let closed = self.resolver.close(final_roles);
         self.sod
             .iter()
@@ -293,19 +325,45 @@ impl Policy {
         self.resolver.effective_permissions(roles)
     }
 
-    /// Empties the `effective_permissions` memo (benchmarks, tests, memory pressure).
-    pub fn clear_permission_cache(&self) {
+    /// The role set a user holding `current` ends with when a job of `mode` wants `desired`:
+    ///
+    /// - `merge`: current ∪ desired. A merge never removes a role.
+    /// - `replace`: desired ∪ every current role the policy does not manage (granted by hand in
+    ///   the target) ∪ every protected role the user holds (`Employee`). A replace removes only
+    ///   managed, unprotected roles the job does not want.
+    ///
+    /// `desired` is taken as given: the caller expands it (`expand`) first.
+    pub(crate) fn final_roles(&self, mode: Mode, current: &RoleSet, desired: &RoleSet) -> RoleSet {
+        match mode {
+            Mode::Merge => current.union(desired).cloned().collect(),
+            Mode::Replace => {
+                let mut out = desired.clone();
+                out.extend(
+                    current
+                        .iter()
+                        .filter(|r| !self.is_managed(r) || self.protected_roles.contains(*r))
+                        .cloned(),
+                );
+                out
+            }
+        }
+    }
+
+    /// Empties the `effective_permissions` memo.
+    #[cfg(test)]
+    fn clear_permission_cache(&self) {
         self.resolver.clear_memo();
     }
 
     /// Number of role sets currently memoised by `effective_permissions`.
-    pub fn permission_cache_len(&self) -> usize {
+    #[cfg(test)]
+    fn permission_cache_len(&self) -> usize {
         self.resolver.memo_len()
     }
 
     /// The policy as `GET /v1/policy` shows it: `expand_inherited`, `protected_roles`, `tiers`,
     /// `roles` (`name`, `inherits`, `permissions`), `sod`, `approval`, plus `fingerprint`.
-    pub fn summary(&self) -> serde_json::Value {
+    pub(crate) fn summary(&self) -> serde_json::Value {
         serde_json::json!({
             "fingerprint": self.fingerprint,
             "expand_inherited": self.expand_inherited,
@@ -321,7 +379,7 @@ impl Policy {
     /// `ancestors` (transitive, excluding itself), `permissions` (own), `effective_permissions`
     /// (of the role with its ancestors, normalised), `tiers` allowing it (names, file order) and
     /// the `sod` rules naming it. `None` outside the catalog.
-    pub fn role_detail(&self, name: &str) -> Option<serde_json::Value> {
+    pub(crate) fn role_detail(&self, name: &str) -> Option<serde_json::Value> {
         let role = self.role(name)?;
         let tiers: Vec<&str> = self
             .tiers
@@ -350,7 +408,10 @@ impl Policy {
     ///
     /// The copy's fingerprint hashes this policy's fingerprint together with the imported
     /// permissions actually used, so it changes exactly when the effective catalog does.
-    pub fn merge_imported_catalog(&self, imported: &[ImportedRole]) -> (Policy, Vec<String>) {
+    pub(crate) fn merge_imported_catalog(
+        &self,
+        imported: &[ImportedRole],
+    ) -> (Policy, Vec<String>) {
         load::merge_imported(self, imported)
     }
 }

@@ -329,6 +329,7 @@ impl Resolver {
         }
     }
 
+    #[cfg(test)]
     pub(super) fn clear_memo(&self) {
         self.memo
             .write()
@@ -336,6 +337,7 @@ impl Resolver {
             .clear();
     }
 
+    #[cfg(test)]
     pub(super) fn memo_len(&self) -> usize {
         self.memo
             .read()

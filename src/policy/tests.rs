@@ -926,3 +926,84 @@ fn policy_can_be_shared_across_tasks() {
     assert_send_sync::<Policy>();
     assert_send_sync::<Arc<Policy>>();
 }
+
+#[test]
+fn merge_keeps_every_current_role_and_adds_the_desired_ones() {
+    let p = default_policy();
+    let current = set(&["Employee", "Supervisor", "Hand Granted"]);
+    let desired = set(&["Agent", "Queue Member"]);
+    assert_eq!(
+        p.final_roles(Mode::Merge, &current, &desired),
+        set(&[
+            "Agent",
+            "Employee",
+            "Hand Granted",
+            "Queue Member",
+            "Supervisor"
+        ])
+    );
+    assert_eq!(
+        p.final_roles(Mode::Merge, &current, &RoleSet::new()),
+        current
+    );
+}
+
+#[test]
+fn replace_drops_only_managed_unprotected_roles_the_job_does_not_want() {
+    let p = default_policy();
+    // `Supervisor` is managed and not wanted: removed. `Hand Granted` is outside the catalog
+    // and `Employee` is protected: both kept.
+    let current = set(&["Employee", "Supervisor", "Hand Granted"]);
+    let desired = set(&["Agent", "Queue Member"]);
+    assert_eq!(
+        p.final_roles(Mode::Replace, &current, &desired),
+        set(&["Agent", "Employee", "Hand Granted", "Queue Member"])
+    );
+}
+
+#[test]
+fn replace_keeps_a_protected_role_even_from_the_catalog() {
+    let toml = DEFAULT.replace(
+        r#"protected_roles = ["Employee"]"#,
+        r#"protected_roles = ["Employee", "Reporting"]"#,
+    );
+    let p = match Policy::from_toml_str(&toml) {
+        Ok(p) => p,
+        Err(e) => panic!("policy must load: {e}"),
+    };
+    assert!(p.is_managed("Reporting"));
+    let current = set(&["Employee", "Reporting", "Supervisor"]);
+    assert_eq!(
+        p.final_roles(Mode::Replace, &current, &set(&["Agent"])),
+        set(&["Agent", "Employee", "Reporting"])
+    );
+}
+
+#[test]
+fn replace_with_nothing_desired_keeps_unmanaged_and_protected_roles() {
+    let p = default_policy();
+    let current = set(&["Employee", "Agent", "Reporting", "Hand Granted"]);
+    assert_eq!(
+        p.final_roles(Mode::Replace, &current, &RoleSet::new()),
+        set(&["Employee", "Hand Granted"])
+    );
+}
+
+#[test]
+fn replace_of_a_user_without_roles_is_the_desired_set() {
+    let p = default_policy();
+    let desired = set(&["Agent", "Employee"]);
+    assert_eq!(
+        p.final_roles(Mode::Replace, &RoleSet::new(), &desired),
+        desired
+    );
+}
+
+#[test]
+fn a_role_change_holds_exactly_the_differences() {
+    let c = RoleChange::new(set(&["A", "B", "C"]), set(&["B", "C", "D", "E"]));
+    assert_eq!(c.added, vec!["D".to_owned(), "E".to_owned()]);
+    assert_eq!(c.removed, vec!["A".to_owned()]);
+    assert!(!c.is_empty());
+    assert!(RoleChange::new(set(&["A"]), set(&["A"])).is_empty());
+}
