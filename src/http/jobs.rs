@@ -3,9 +3,9 @@
 use super::AppState;
 use super::auth::{Caller, Scope};
 use super::views::{ItemList, ItemView, JobList, JobView};
-use crate::audit::events::{ROLE_SYNC_REJECTED, rejected_data};
+use crate::audit::events::rejected_data;
 use crate::domain::Assignment;
-use crate::domain::{JobStatus, Outcome, ReasonCode};
+use crate::domain::{EventType, JobStatus, Outcome, ReasonCode};
 use crate::error::{ApiError, ApiResult};
 use crate::ingest::{self, BatchQuery, Format, spool::spool};
 use crate::pipeline;
@@ -124,7 +124,7 @@ pub async fn submit(
             .filter_map(|r| {
                 let defect = r.defect.as_deref()?;
                 state.events.event(
-                    ROLE_SYNC_REJECTED,
+                    EventType::RoleSyncRejected,
                     rejected_data(
                         &job_id,
                         r.line as i64,
