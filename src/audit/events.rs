@@ -57,7 +57,8 @@ impl EventFactory {
             }
         };
         let payload =
-            json!({"type": event_type.as_str(), "timestamp": now_rfc3339(), "data": data}).to_string();
+            json!({"type": event_type.as_str(), "timestamp": now_rfc3339(), "data": data})
+                .to_string();
         Some(OutboxEvent {
             event_id: new_message_id(),
             event_type: event_type.as_str().to_owned(),

@@ -1,7 +1,7 @@
 //! The bodies the API answers with, as typed structs: what a client reads is declared here, once,
 //! and built from the store's records by constructors. (Problem bodies are `error::Problem`.)
 
-use crate::domain::{Counts, JobStatus, Mode, Outcome};
+use crate::domain::{Counts, JobStatus, Mode, Outcome, PausedReason};
 use crate::store::{ItemRecord, JobRecord, Reason, now_ms};
 use serde::Serialize;
 use serde_json::Value;
@@ -25,7 +25,7 @@ pub struct JobView {
     /// Why a job is held in `awaiting_approval`, and the bounds it crossed.
     pub approval: Option<Value>,
     /// Set while the job is `paused`.
-    pub paused_reason: Option<String>,
+    pub paused_reason: Option<PausedReason>,
     /// Why a job `failed`.
     pub error: Option<String>,
     pub policy_fingerprint: Option<String>,
@@ -82,7 +82,7 @@ impl JobView {
             },
             estimate: job.estimate.clone(),
             approval: job.approval.clone(),
-            paused_reason: job.paused_reason.clone(),
+            paused_reason: job.paused_reason,
             error: job.error.clone(),
             policy_fingerprint: job.policy_fingerprint.clone(),
             elapsed_secs: (elapsed * 10.0).round() / 10.0,

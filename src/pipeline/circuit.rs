@@ -9,6 +9,7 @@
 //! when it ends (if the refusals go on, the next chunk trips it again, for a longer cool-down).
 
 use super::Deps;
+use crate::domain::PausedReason;
 use crate::scim::{CallTally, ScimError};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -30,7 +31,7 @@ pub struct Circuit {
 
 #[derive(Clone, Copy)]
 struct Open {
-    reason: &'static str,
+    reason: PausedReason,
     /// Closes at this time without a probe (`error_ratio`); `None`: when a probe is answered.
     until: Option<Instant>,
 }
@@ -45,7 +46,7 @@ impl Circuit {
     }
 
     /// The machine-readable reason while open.
-    pub(crate) fn reason(&self) -> Option<&'static str> {
+    pub(crate) fn reason(&self) -> Option<PausedReason> {
         self.down.lock().ok().and_then(|d| d.map(|o| o.reason))
     }
 
@@ -56,26 +57,29 @@ impl Circuit {
 
     /// Opens until a probe is answered. Returns false if it was open already (the first reason
     /// stays).
-    pub(crate) fn open(&self, reason: &'static str) -> bool {
+    pub(crate) fn open(&self, reason: PausedReason) -> bool {
         self.open_with(reason, None)
     }
 
     /// Opens for `cool_down`, then closes without a probe. Returns false if it was open already.
-    pub(crate) fn open_for(&self, reason: &'static str, cool_down: Duration) -> bool {
+    pub(crate) fn open_for(&self, reason: PausedReason, cool_down: Duration) -> bool {
         self.open_with(reason, Some(Instant::now() + cool_down))
     }
 
-    fn open_with(&self, reason: &'static str, until: Option<Instant>) -> bool {
+    fn open_with(&self, reason: PausedReason, until: Option<Instant>) -> bool {
         match self.down.lock() {
             Ok(mut d) if d.is_none() => {
                 match until {
                     Some(t) => tracing::warn!(
-                        paused_reason = reason,
+                        paused_reason = reason.as_str(),
                         cool_down_secs = t.saturating_duration_since(Instant::now()).as_secs_f64(),
                         "pausing work for a cool-down"
                     ),
                     None => {
-                        tracing::warn!(paused_reason = reason, "target unavailable: pausing work")
+                        tracing::warn!(
+                            paused_reason = reason.as_str(),
+                            "target unavailable: pausing work"
+                        )
                     }
                 }
                 *d = Some(Open { reason, until });
@@ -101,11 +105,11 @@ impl Circuit {
 }
 
 /// The `paused_reason` for an error that concerns the whole target.
-pub(crate) fn paused_reason(e: &ScimError) -> &'static str {
+pub(crate) fn paused_reason(e: &ScimError) -> PausedReason {
     match e {
-        ScimError::RateLimited => "rate_limited",
-        ScimError::AuthFailed { .. } | ScimError::Forbidden { .. } => "auth_failed",
-        _ => "target_unavailable",
+        ScimError::RateLimited => PausedReason::RateLimited,
+        ScimError::AuthFailed { .. } | ScimError::Forbidden { .. } => PausedReason::AuthFailed,
+        _ => PausedReason::TargetUnavailable,
     }
 }
 

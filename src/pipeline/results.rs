@@ -6,6 +6,7 @@ use super::circuit::paused_reason;
 use super::stops::Stop;
 use super::sync::ChunkOutcome;
 use super::{Deps, lifecycle};
+use crate::domain::PausedReason;
 use crate::scim::ScimError;
 use tokio::sync::mpsc;
 
@@ -53,13 +54,13 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
                     Stop::ErrorRatio { failed, sample } => {
                         // The target answers but refuses most users: the chunk's rows stay
                         // pending, and the job waits out a cool-down rather than failing them.
-                        pause(&deps, &claim.job_id, "error_ratio").await;
+                        pause(&deps, &claim.job_id, PausedReason::ErrorRatio).await;
                         // One pause per opening of the circuit: the job's other chunks stopped
                         // with it do not count again. (This stage is one task: no race between
                         // the look-ahead and the count.)
                         let sync = &deps.settings.sync;
                         let cool_down = deps.error_ratios.next_cool_down(&claim.job_id, sync);
-                        if deps.circuit.open_for("error_ratio", cool_down) {
+                        if deps.circuit.open_for(PausedReason::ErrorRatio, cool_down) {
                             let pauses = deps.error_ratios.count_pause(&claim.job_id);
                             tracing::warn!(
                                 job.id = %claim.job_id,
@@ -74,10 +75,10 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
                         release(&deps, &claim).await;
                     }
                     Stop::CircuitOpen(reason) => {
-                        pause(&deps, &claim.job_id, reason).await;
+                        pause(&deps, &claim.job_id, *reason).await;
                         // Open again in case the circuit closed since the chunk saw it open:
                         // the job must not stay paused with nothing to resume it.
-                        deps.circuit.open(reason);
+                        deps.circuit.open(*reason);
                         release(&deps, &claim).await;
                     }
                     Stop::Target(error) => {
@@ -95,7 +96,7 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
     }
 }
 
-async fn pause(deps: &Deps, job_id: &str, reason: &str) {
+async fn pause(deps: &Deps, job_id: &str, reason: PausedReason) {
     if let Err(e) = deps.store.set_paused(job_id, Some(reason)).await {
         tracing::warn!(job.id = %job_id, error = %e, "cannot mark the job paused");
     }

@@ -12,6 +12,7 @@
 //! right. Chunks of the same job running in this process are stopped together (`ChunkRuns`).
 
 use crate::configuration::SyncSettings;
+use crate::domain::PausedReason;
 use crate::scim::{CallTally, ScimError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
@@ -24,7 +25,7 @@ pub(crate) enum Stop {
     /// A call failed for the whole target.
     Target(ScimError),
     /// The circuit was open (with this reason) when a user was about to start.
-    CircuitOpen(&'static str),
+    CircuitOpen(PausedReason),
     /// `failed` of the job's latest `sample` users failed on per-user target errors.
     ErrorRatio { failed: usize, sample: usize },
 }
@@ -386,7 +387,7 @@ mod tests {
         assert!(a2.stopped().is_some());
         assert!(b.stopped().is_none() && !b.tally.is_stopped());
         // The first reason stays.
-        a1.stop(Stop::CircuitOpen("target_unavailable"));
+        a1.stop(Stop::CircuitOpen(PausedReason::TargetUnavailable));
         assert!(matches!(a1.stopped(), Some(Stop::Target(_))));
         // A run that starts before the stop is settled starts stopped; after, it does not.
         let a3 = Arc::new(ChunkRun::default());

@@ -17,7 +17,7 @@ use super::stops::{ChunkRun, Stop, is_per_user_target_error};
 use super::users::{UserRows, group_users};
 use super::{Deps, lifecycle, record_depth};
 use crate::audit::events::{RoleSyncCompleted, RoleSyncFailed, RoleSyncRejected};
-use crate::domain::{EventType, Outcome, ReasonCode};
+use crate::domain::{EventType, Outcome, PausedReason, ReasonCode};
 use crate::policy::{Policy, RoleChange};
 use crate::scim::{CallTally, ScimError, ScimUser};
 use crate::store::{
@@ -157,7 +157,10 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
                         return UserResult::Skipped;
                     }
                     if deps.circuit.state() != TargetState::Up {
-                        let reason = deps.circuit.reason().unwrap_or("target_unavailable");
+                        let reason = deps
+                            .circuit
+                            .reason()
+                            .unwrap_or(PausedReason::TargetUnavailable);
                         run.stop(Stop::CircuitOpen(reason));
                         return UserResult::Skipped;
                     }

@@ -5,6 +5,7 @@ use super::{
     ItemRecord, ItemRow, JobRecord, JobRow, OutboxEvent, Store, StoreError, StoreResult,
     begin_write, dual, insert_events, now_ms,
 };
+use crate::domain::PausedReason;
 use crate::domain::{JobStatus, Outcome};
 use sqlx::Row;
 
@@ -161,7 +162,12 @@ impl Store {
     }
 
     /// Marks a job `paused` (with a reason) or back to `running` (`None`).
-    pub(crate) async fn set_paused(&self, job_id: &str, reason: Option<&str>) -> StoreResult<()> {
+    pub(crate) async fn set_paused(
+        &self,
+        job_id: &str,
+        reason: Option<PausedReason>,
+    ) -> StoreResult<()> {
+        let reason = reason.map(PausedReason::as_str);
         let now = now_ms();
         dual!(&self.backend, |p, DB| {
             match reason {

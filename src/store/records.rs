@@ -2,7 +2,7 @@
 //! the validated domain view of them.
 
 use super::StoreError;
-use crate::domain::{Counts, JobStatus, Mode, Outcome, ReasonCode};
+use crate::domain::{Counts, JobStatus, Mode, Outcome, PausedReason, ReasonCode};
 
 /// A job to store (`Ingest::commit`): what it needs besides its rows.
 #[derive(Debug, Clone)]
@@ -110,7 +110,7 @@ pub struct JobRecord {
     pub scim_requests: i64,
     pub scim_retries: i64,
     pub scim_rate_limited: i64,
-    pub paused_reason: Option<String>,
+    pub paused_reason: Option<PausedReason>,
     pub error: Option<String>,
     pub estimate: Option<serde_json::Value>,
     pub approval: Option<serde_json::Value>,
@@ -152,7 +152,7 @@ impl TryFrom<JobRow> for JobRecord {
             scim_requests: r.scim_requests,
             scim_retries: r.scim_retries,
             scim_rate_limited: r.scim_rate_limited,
-            paused_reason: r.paused_reason,
+            paused_reason: r.paused_reason.as_deref().and_then(PausedReason::parse),
             error: r.error,
             estimate: r.estimate.and_then(|s| serde_json::from_str(&s).ok()),
             approval: r.approval.and_then(|s| serde_json::from_str(&s).ok()),
