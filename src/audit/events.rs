@@ -207,26 +207,6 @@ impl<'a> RoleSyncRejected<'a> {
     }
 }
 
-/// `role_sync.rejected` data from strings, for `POST /v1/jobs` until it builds a
-/// [`RoleSyncRejected`] itself.
-pub fn rejected_data<'a>(
-    job_id: &'a str,
-    line: i64,
-    row: Option<(&'a str, &'a str, &'a str)>,
-    code: &'a str,
-    message: &'a str,
-) -> RoleSyncRejected<'a> {
-    let (external_id, role_template, license_tier) = row.unwrap_or(("", "", ""));
-    RoleSyncRejected {
-        job_id,
-        line,
-        external_id,
-        role_template,
-        license_tier,
-        reason: Reason { code, message },
-    }
-}
-
 /// `job.finished`: a job reached a final status.
 #[derive(Debug, Serialize)]
 pub struct JobFinished<'a> {
@@ -453,19 +433,16 @@ mod tests {
             "reason": {"code": "sod_conflict", "message": "no"},
         });
         assert_eq!(written(&data), old.to_string());
-        let shim = rejected_data(
-            "j",
-            7,
-            Some(("e1", "Agent", "Standard Agent")),
-            "sod_conflict",
-            "no",
-        );
-        assert_eq!(written(&shim), old.to_string());
         let bare = RoleSyncRejected::new("j", 7, ReasonCode::MalformedRow, "no");
-        assert_eq!(
-            written(&bare),
-            written(rejected_data("j", 7, None, "malformed_row", "no"))
-        );
+        let old_bare = json!({
+            "job_id": "j",
+            "line": 7,
+            "external_id": "",
+            "role_template": "",
+            "license_tier": "",
+            "reason": {"code": "malformed_row", "message": "no"},
+        });
+        assert_eq!(written(&bare), old_bare.to_string());
     }
 
     #[test]

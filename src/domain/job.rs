@@ -1,3 +1,4 @@
+use super::vocabulary::ReadMethod;
 use serde::{Deserialize, Serialize};
 
 vocabulary! {
@@ -111,4 +112,38 @@ impl Counts {
             JobStatus::Succeeded
         }
     }
+}
+
+/// What the planner expects a job to cost (`estimate` in the API), fixed when it is planned.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// How the users are read.
+    pub strategy: ReadMethod,
+    /// Read calls in total: planning (page size, probe, scan) plus the chunks' lookups.
+    pub reads: i64,
+    /// At most one write per user (0 for a dry run).
+    pub writes_max: i64,
+    /// Seconds the remaining calls take at the configured rate.
+    pub eta_secs: i64,
+    /// Lookups the chunks will make.
+    pub lookups: i64,
+    /// Users in the target's directory, when probed.
+    pub org_users: Option<u64>,
+    pub page_size: Option<u64>,
+    pub scan_pages: Option<u64>,
+    pub requests_per_minute: u32,
+}
+
+/// Why a `replace` job waits in `awaiting_approval`, or why it did not have to (`approval`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub required: bool,
+    /// Users who would lose roles, when read ahead (null when the job is too small to cross
+    /// the bound and was not read ahead).
+    pub users_losing_roles: Option<u64>,
+    /// The bound in users: the smaller of the two below, for this org.
+    pub threshold_users: u64,
+    pub org_users: u64,
+    pub max_removed_users: u64,
+    pub max_removal_fraction: f64,
 }

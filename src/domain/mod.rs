@@ -7,6 +7,6 @@ mod job;
 mod webhook_secret;
 
 pub use assignment::{Assignment, ExternalId, Mode};
-pub use job::{Counts, JobStatus, Outcome, ReasonCode};
-pub use vocabulary::{EventType, LogFormat, PausedReason, Scope};
+pub use job::{Approval, Counts, Estimate, JobStatus, Outcome, ReasonCode};
+pub use vocabulary::{EventType, LogFormat, PausedReason, ReadMethod, Scope};
 pub use webhook_secret::WebhookSecret;

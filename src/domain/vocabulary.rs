@@ -108,6 +108,16 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// How a job reads its users' current roles (chosen by counting calls).
+    pub enum ReadMethod {
+        /// One `externalId eq` lookup per user.
+        Lookup = "lookup",
+        /// One paged scan of the whole directory.
+        Scan = "scan",
+    }
+}
+
+vocabulary! {
     /// The shape of log lines (`log.format`).
     #[derive(Default)]
     pub enum LogFormat {

@@ -3,7 +3,7 @@
 use super::AppState;
 use super::auth::{Caller, Scope};
 use super::views::{ItemList, ItemView, JobList, JobView};
-use crate::audit::events::rejected_data;
+use crate::audit::events::RoleSyncRejected;
 use crate::domain::Assignment;
 use crate::domain::{EventType, JobStatus, Outcome, ReasonCode};
 use crate::error::{ApiError, ApiResult};
@@ -125,13 +125,8 @@ pub async fn submit(
                 let defect = r.defect.as_deref()?;
                 state.events.event(
                     EventType::RoleSyncRejected,
-                    rejected_data(
-                        &job_id,
-                        r.line as i64,
-                        Some((&r.external_id, &r.role_template, &r.license_tier)),
-                        ReasonCode::MalformedRow.as_str(),
-                        defect,
-                    ),
+                    RoleSyncRejected::new(&job_id, r.line as i64, ReasonCode::MalformedRow, defect)
+                        .of_row(&r.external_id, &r.role_template, &r.license_tier),
                 )
             })
             .collect();

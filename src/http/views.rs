@@ -1,10 +1,9 @@
 //! The bodies the API answers with, as typed structs: what a client reads is declared here, once,
 //! and built from the store's records by constructors. (Problem bodies are `error::Problem`.)
 
-use crate::domain::{Counts, JobStatus, Mode, Outcome, PausedReason};
+use crate::domain::{Approval, Counts, Estimate, JobStatus, Mode, Outcome, PausedReason};
 use crate::store::{ItemRecord, JobRecord, Reason, now_ms};
 use serde::Serialize;
-use serde_json::Value;
 
 /// A job: `GET /v1/jobs/{id}`, the answer to a submission, a cancel or an approval.
 #[derive(Debug, Clone, Serialize)]
@@ -21,9 +20,9 @@ pub struct JobView {
     pub users: UsersView,
     pub scim: ScimView,
     /// The plan's figures: users, read strategy and calls expected (set once planned).
-    pub estimate: Option<Value>,
+    pub estimate: Option<Estimate>,
     /// Why a job is held in `awaiting_approval`, and the bounds it crossed.
-    pub approval: Option<Value>,
+    pub approval: Option<Approval>,
     /// Set while the job is `paused`.
     pub paused_reason: Option<PausedReason>,
     /// Why a job `failed`.

@@ -11,12 +11,11 @@ use super::users::group_users;
 use super::validate::{Page, Validated};
 use super::{Deps, lifecycle};
 use crate::audit::events::RoleSyncRejected;
-use crate::domain::{EventType, JobStatus, Mode, Outcome};
+use crate::domain::{Approval, Estimate, EventType, JobStatus, Mode, Outcome};
 use crate::policy::Policy;
 use crate::scim::{CallTally, ScimError};
 use crate::store::{JobDeltas, JobPlan, JobRecord, OutboxEvent, PlanPage};
 use futures::StreamExt;
-use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -139,9 +138,9 @@ async fn finish(deps: &Deps, state: Planning) {
         Ok(Some((held, approval, deltas))) => {
             if held {
                 plan.status = JobStatus::AwaitingApproval;
-                tracing::warn!(job.id = %job_id, approval = %approval, "replace job held for approval");
+                tracing::warn!(job.id = %job_id, approval = ?approval, "replace job held for approval");
             }
-            plan.approval = Some(approval.to_string());
+            plan.approval = Some(approval);
             plan.deltas.scim_requests += deltas.scim_requests;
             plan.deltas.scim_retries += deltas.scim_retries;
             plan.deltas.scim_rate_limited += deltas.scim_rate_limited;
@@ -169,7 +168,7 @@ async fn finish(deps: &Deps, state: Planning) {
                 users = plan.users_total,
                 chunks = state.chunks,
                 rejected = state.rejected,
-                strategy = reads.strategy,
+                strategy = reads.strategy.as_str(),
                 reads = reads.reads,
                 "job planned"
             );
@@ -196,21 +195,21 @@ fn build_plan(deps: &Deps, state: &Planning, reads: &ReadPlan) -> JobPlan {
     let (spent, retries, rate_limited) = reads.tally.snapshot();
     // What is left to spend once the plan is saved: the chunks' lookups and writes.
     let remaining = reads.lookups + writes_max;
-    let estimate = json!({
-        "strategy": reads.strategy,
-        "reads": reads.reads,
-        "writes_max": writes_max,
-        "eta_secs": (remaining as f64 * interval).ceil() as i64,
-        "lookups": reads.lookups,
-        "org_users": reads.org_users,
-        "page_size": reads.page_size,
-        "scan_pages": reads.scan_pages,
-        "requests_per_minute": deps.settings.target.requests_per_minute,
-    });
+    let estimate = Estimate {
+        strategy: reads.strategy,
+        reads: reads.reads,
+        writes_max,
+        eta_secs: (remaining as f64 * interval).ceil() as i64,
+        lookups: reads.lookups,
+        org_users: reads.org_users,
+        page_size: reads.page_size,
+        scan_pages: reads.scan_pages,
+        requests_per_minute: deps.settings.target.requests_per_minute,
+    };
     JobPlan {
         status: JobStatus::Running,
         users_total: users,
-        estimate: Some(estimate.to_string()),
+        estimate: Some(estimate),
         approval: None,
         deltas: JobDeltas {
             scim_requests: spent,
@@ -234,7 +233,7 @@ async fn approval_check(
     deps: &Deps,
     state: &Planning,
     reads: &ReadPlan,
-) -> anyhow::Result<Option<(bool, serde_json::Value, JobDeltas)>> {
+) -> anyhow::Result<Option<(bool, Approval, JobDeltas)>> {
     if state.job.mode != Mode::Replace || state.job.dry_run || state.users == 0 {
         return Ok(None);
     }
@@ -289,14 +288,14 @@ async fn approval_check(
     }
     let held = removing > threshold;
     let (requests, retries, rate_limited) = tally.snapshot();
-    let approval = json!({
-        "required": held,
-        "users_losing_roles": if read_ahead { json!(removing) } else { json!(null) },
-        "threshold_users": threshold,
-        "org_users": org_users,
-        "max_removed_users": bounds.max_removed_users,
-        "max_removal_fraction": bounds.max_removal_fraction,
-    });
+    let approval = Approval {
+        required: held,
+        users_losing_roles: read_ahead.then_some(removing),
+        threshold_users: threshold,
+        org_users,
+        max_removed_users: bounds.max_removed_users,
+        max_removal_fraction: bounds.max_removal_fraction,
+    };
     let deltas = JobDeltas {
         scim_requests: requests,
         scim_retries: retries,

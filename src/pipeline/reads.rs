@@ -27,6 +27,7 @@
 
 use super::Deps;
 use crate::configuration::ReadStrategy;
+use crate::domain::ReadMethod;
 use crate::scim::model::{ListResponse, Meta, RoleRef};
 use crate::scim::{CallTally, ScimClient, ScimError, ScimUser};
 use futures::StreamExt;
@@ -158,7 +159,7 @@ impl Reads {
 
 /// What the planner decided, and what it cost.
 pub(crate) struct ReadPlan {
-    pub(crate) strategy: &'static str,
+    pub(crate) strategy: ReadMethod,
     /// Read calls the job spends in total: planning (page size, probe, scan) plus the lookups
     /// its chunks will make.
     pub(crate) reads: i64,
@@ -184,7 +185,7 @@ pub(crate) async fn plan_reads(deps: &Deps, job_id: &str, wanted: &HashSet<Strin
     let lookup = |tally: CallTally, org: Option<u64>, page: Option<u64>| {
         let (spent, _, _) = tally.snapshot();
         ReadPlan {
-            strategy: "lookup",
+            strategy: ReadMethod::Lookup,
             reads: spent + users as i64,
             lookups: users as i64,
             org_users: org,
@@ -233,7 +234,7 @@ pub(crate) async fn plan_reads(deps: &Deps, job_id: &str, wanted: &HashSet<Strin
                 .count() as i64;
             let (spent, _, _) = tally.snapshot();
             ReadPlan {
-                strategy: "scan",
+                strategy: ReadMethod::Scan,
                 reads: spent + absent,
                 lookups: absent,
                 org_users: Some(org),

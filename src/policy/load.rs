@@ -1,4 +1,4 @@
-//! Parsing and validation of the policy file (SPEC §4).
+//! Parsing and validation of the policy file (`config/policy.toml` documents every key).
 //!
 //! Validation never stops at the first problem: every check runs on what could be parsed and
 //! all problems are returned together, so one `rolesync policy check` shows everything to fix.

@@ -2,7 +2,9 @@
 //! the validated domain view of them.
 
 use super::StoreError;
-use crate::domain::{Counts, JobStatus, Mode, Outcome, PausedReason, ReasonCode};
+use crate::domain::{
+    Approval, Counts, Estimate, JobStatus, Mode, Outcome, PausedReason, ReasonCode,
+};
 
 /// A job to store (`Ingest::commit`): what it needs besides its rows.
 #[derive(Debug, Clone)]
@@ -112,8 +114,8 @@ pub struct JobRecord {
     pub scim_rate_limited: i64,
     pub paused_reason: Option<PausedReason>,
     pub error: Option<String>,
-    pub estimate: Option<serde_json::Value>,
-    pub approval: Option<serde_json::Value>,
+    pub estimate: Option<Estimate>,
+    pub approval: Option<Approval>,
     pub policy_fingerprint: Option<String>,
     pub request_id: Option<String>,
 }
@@ -289,8 +291,8 @@ pub(crate) struct JobPlan {
     /// `running`, or `awaiting_approval` to hold the chunks.
     pub status: JobStatus,
     pub users_total: i64,
-    pub estimate: Option<String>,
-    pub approval: Option<String>,
+    pub estimate: Option<Estimate>,
+    pub approval: Option<Approval>,
     /// Calls the planner spent (org size, approval pre-flight reads).
     pub deltas: JobDeltas,
 }
