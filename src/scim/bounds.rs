@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `Retry-After` (seconds or HTTP date) | 0 to `target.max_server_delay_secs` (120 s) | clamped |
 //! | `inin-ratelimit-reset` (seconds) | 1 to `target.max_server_delay_secs` (120 s) | clamped |
-//! | token `expires_in` (seconds) | `MIN_TOKEN_TTL` (10 s) to `MAX_TOKEN_TTL` (24 h) | clamped; absent or not a number: 3600 s |
+//! | token `expires_in` (seconds) | `MIN_TOKEN_TTL` (1 s) to `MAX_TOKEN_TTL` (24 h) | clamped; absent or not a number: 3600 s |
 //! | `inin-ratelimit-allowed` / `-count` | 0 to 2^53 | ignored |
 //!
 //! Genesys' rate-limit window is one minute, so no honest `Retry-After` or reset exceeds it; 120 s
@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 /// The default of `target.max_server_delay_secs`: the cap on `Retry-After` and
 /// `inin-ratelimit-reset`.
 pub const MAX_SERVER_DELAY: Duration = Duration::from_secs(120);
-pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(10);
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(1);
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Counts above this are not believable (and not exact in an f64).
