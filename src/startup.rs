@@ -75,6 +75,7 @@ impl Application {
             job_policies: Default::default(),
             reads: Default::default(),
             chunk_runs: Default::default(),
+            live: Default::default(),
             error_ratios: Default::default(),
         };
         let dispatcher = Dispatcher::new(

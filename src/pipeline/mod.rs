@@ -22,6 +22,7 @@ mod circuit;
 mod decide;
 mod intake;
 pub(crate) mod lifecycle;
+mod live;
 mod plan;
 pub(crate) mod reads;
 mod results;
@@ -69,6 +70,8 @@ pub(crate) struct Deps {
     pub(crate) reads: Arc<reads::Reads>,
     /// The chunk runs in progress, so that a target-wide failure stops a job's other chunks.
     pub(crate) chunk_runs: Arc<stops::ChunkRuns>,
+    /// The chunks and plans this process is working on now: the only leases it renews.
+    pub(crate) live: Arc<live::LiveWork>,
     /// Each job's latest user outcomes and `error_ratio` pauses.
     pub(crate) error_ratios: Arc<stops::ErrorRatios>,
 }
@@ -200,7 +203,7 @@ impl Pipeline {
     }
 }
 
-/// Keeps this process's leases alive while it works.
+/// Keeps alive the leases of the work this process is doing now (`live`), and only those.
 async fn heartbeat(deps: Deps, stop: CancellationToken) {
     let every = Duration::from_millis((deps.lease_ms() / 3).max(1000) as u64);
     loop {
@@ -208,8 +211,22 @@ async fn heartbeat(deps: Deps, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        if let Err(e) = deps.store.extend_leases(&deps.owner, deps.lease_ms()).await {
-            tracing::warn!(error = %e, "cannot extend leases");
+        let (chunks, plans) = deps.live.snapshot();
+        if chunks.is_empty() && plans.is_empty() {
+            continue;
+        }
+        match deps
+            .store
+            .renew_leases(&deps.owner, &chunks, &plans, deps.lease_ms())
+            .await
+        {
+            Ok(renewal) => {
+                for (job_id, chunk_no) in &renewal.lost {
+                    // Its commit will be refused (`complete_chunk` checks the lease); say why.
+                    tracing::warn!(job.id = %job_id, chunk = chunk_no, "chunk lease lost to another worker");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew leases"),
         }
     }
 }

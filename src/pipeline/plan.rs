@@ -31,6 +31,8 @@ struct Planning {
     in_last_chunk: usize,
     wanted: HashSet<String>,
     rejected: u64,
+    /// Keeps the planning lease renewed while this planning lives (`live`).
+    _live: super::live::LivePlan,
 }
 
 pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<Validated>) {
@@ -59,6 +61,7 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<Validated>) {
             in_last_chunk: 0,
             wanted: HashSet::new(),
             rejected: 0,
+            _live: deps.live.plan(&r.job.id),
         });
         let page = plan_page(&deps, state, &r);
         match deps

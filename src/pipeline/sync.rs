@@ -29,6 +29,9 @@ use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
+/// How long a chunk given back after a store error waits before it is claimed again.
+const CHUNK_ERROR_BACKOFF_MS: i64 = 5_000;
+
 /// What a worker hands to the results stage.
 pub(crate) enum ChunkOutcome {
     /// Every row of the chunk has an outcome.
@@ -134,12 +137,24 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
         Ok((Some(job), items)) => (job, items),
         Ok((None, _)) => return None,
         Err(e) => {
-            tracing::warn!(job.id = %claim.job_id, error = %e, "cannot read a chunk; its lease will expire");
+            // Given back now, claimable again after a backoff: never left leased on an error.
+            let retry_at = crate::store::now_ms() + CHUNK_ERROR_BACKOFF_MS;
+            tracing::warn!(job.id = %claim.job_id, chunk = claim.chunk_no, error = %e, "cannot read a chunk; released, retried in 5 s");
+            if let Err(e) = deps
+                .store
+                .release_chunk_after(&claim, &deps.owner, Some(retry_at), true)
+                .await
+            {
+                tracing::warn!(job.id = %claim.job_id, error = %e, "cannot release the chunk either; its lease runs out");
+            }
             return None;
         }
     };
     let policy = deps.policy_for(&job.id);
     let users = group_users(items);
+    // Renewed by the heartbeat while this run holds it, and not after: a run that ends or
+    // panics lets its lease run out.
+    let _live = deps.live.chunk(&claim.job_id, claim.chunk_no);
     let run = Arc::new(ChunkRun::default());
     deps.chunk_runs.register(&job.id, &run);
     let mut judge = deps.error_ratios.judge(&job.id, &deps.settings.sync);

@@ -162,26 +162,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Heartbeat: extends every lease `owner` holds (chunks and planning).
-    pub(crate) async fn extend_leases(&self, owner: &str, lease_ms: i64) -> StoreResult<()> {
-        let until = now_ms() + lease_ms;
-        dual!(&self.backend, |p, DB| {
-            sqlx::query("UPDATE chunks SET lease_until_ms = $1 WHERE lease_owner = $2 AND status = 'leased'")
-                .bind(until)
-                .bind(owner)
-                .execute(p)
-                .await?;
-            sqlx::query(
-                "UPDATE jobs SET lease_until_ms = $1 WHERE lease_owner = $2 AND planned = 0",
-            )
-            .bind(until)
-            .bind(owner)
-            .execute(p)
-            .await?;
-        });
-        Ok(())
-    }
-
     /// Gives back every lease `owner` holds, so another worker or replica resumes at once.
     pub(crate) async fn release_leases(&self, owner: &str) -> StoreResult<()> {
         dual!(&self.backend, |p, DB| {
