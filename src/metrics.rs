@@ -24,6 +24,7 @@ pub struct Metrics {
     pub http_request_duration_seconds: HistogramVec,
     pub policy_reload_errors_total: IntCounter,
     pub policy_valid: IntGauge,
+    pub pipeline_restarts_total: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -105,6 +106,13 @@ impl Metrics {
                 "policy_valid",
                 "1 when the policy file on disk is the one in force, 0 when it failed to load",
             ))?,
+            pipeline_restarts_total: IntCounterVec::new(
+                opts(
+                    "pipeline_restarts_total",
+                    "Times a pipeline stage ended unexpectedly (panicked or returned) and the pipeline was restarted",
+                ),
+                &["stage"],
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -123,6 +131,7 @@ impl Metrics {
         r.register(Box::new(m.http_request_duration_seconds.clone()))?;
         r.register(Box::new(m.policy_reload_errors_total.clone()))?;
         r.register(Box::new(m.policy_valid.clone()))?;
+        r.register(Box::new(m.pipeline_restarts_total.clone()))?;
         m.policy_valid.set(1);
         Ok(m)
     }

@@ -76,6 +76,7 @@ impl Application {
             reads: Default::default(),
             chunk_runs: Default::default(),
             live: Default::default(),
+            health: Default::default(),
             error_ratios: Default::default(),
         };
         let dispatcher = Dispatcher::new(

@@ -8,9 +8,16 @@ use axum::response::IntoResponse;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 
-/// `GET /healthz`: the process answers.
-pub async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+/// `GET /healthz`: the process answers and its sync pipeline can run (503 with the reason
+/// while no pipeline runs, or in a crash loop: see `pipeline/supervisor.rs`).
+pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.pipeline.health().problem() {
+        None => (StatusCode::OK, Json(json!({"status": "ok"}))),
+        Some(problem) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unhealthy", "error": problem})),
+        ),
+    }
 }
 
 /// `GET /readyz`: the store answers, a policy is loaded, and the service is not shutting down.

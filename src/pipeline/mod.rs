@@ -27,6 +27,7 @@ mod plan;
 pub(crate) mod reads;
 mod results;
 pub(crate) mod stops;
+mod supervisor;
 mod sync;
 mod users;
 mod validate;
@@ -72,6 +73,8 @@ pub(crate) struct Deps {
     pub(crate) chunk_runs: Arc<stops::ChunkRuns>,
     /// The chunks and plans this process is working on now: the only leases it renews.
     pub(crate) live: Arc<live::LiveWork>,
+    /// Whether the stages run, and how often they were restarted (`/healthz`).
+    pub(crate) health: Arc<supervisor::PipelineHealth>,
     /// Each job's latest user outcomes and `error_ratio` pauses.
     pub(crate) error_ratios: Arc<stops::ErrorRatios>,
 }
@@ -135,28 +138,11 @@ impl Pipeline {
         let tracker = TaskTracker::new();
         let stop_sources = CancellationToken::new();
         let stop_all = CancellationToken::new();
-
-        let (to_validate, validate_rx) = mpsc::channel(JOBS_IN_FLIGHT);
-        let (to_plan, plan_rx) = mpsc::channel(JOBS_IN_FLIGHT);
-        tracker.spawn(intake::run(deps.clone(), to_validate, stop_sources.clone()));
-        tracker.spawn(validate::run(deps.clone(), validate_rx, to_plan));
-        tracker.spawn(plan::run(deps.clone(), plan_rx));
-
-        let workers = deps.settings.target.max_concurrency.clamp(1, 4);
-        let (to_workers, workers_rx) = mpsc::channel(workers);
-        let (to_results, results_rx) = mpsc::channel(workers * 2);
-        tracker.spawn(sync::claim(deps.clone(), to_workers, stop_sources.clone()));
-        let workers_rx = Arc::new(tokio::sync::Mutex::new(workers_rx));
-        for _ in 0..workers {
-            tracker.spawn(sync::worker(
-                deps.clone(),
-                workers_rx.clone(),
-                to_results.clone(),
-                stop_all.clone(),
-            ));
-        }
-        drop(to_results);
-        tracker.spawn(results::run(deps.clone(), results_rx));
+        tracker.spawn(supervisor::run(
+            deps.clone(),
+            stop_sources.clone(),
+            stop_all.clone(),
+        ));
         tracker.close();
         let background = TaskTracker::new();
         background.spawn(heartbeat(deps.clone(), stop_all.clone()));
@@ -173,6 +159,11 @@ impl Pipeline {
 
     pub(crate) fn deps(&self) -> &Deps {
         &self.deps
+    }
+
+    /// Whether the stages run (`/healthz`).
+    pub(crate) fn health(&self) -> &supervisor::PipelineHealth {
+        &self.deps.health
     }
 
     /// A new job was stored: plan it now rather than at the next poll.
@@ -201,6 +192,52 @@ impl Pipeline {
             tracing::warn!(error = %e, "cannot release leases; they expire by themselves");
         }
     }
+}
+
+/// The stages, joined by their channels, each named for the supervisor. They end by themselves
+/// once the sources stop (`stop_sources`); workers also on `stop_all`.
+fn stages(
+    deps: &Deps,
+    stop_sources: &CancellationToken,
+    stop_all: &CancellationToken,
+) -> Vec<(&'static str, futures::future::BoxFuture<'static, ()>)> {
+    use futures::FutureExt;
+    let (to_validate, validate_rx) = mpsc::channel(JOBS_IN_FLIGHT);
+    let (to_plan, plan_rx) = mpsc::channel(JOBS_IN_FLIGHT);
+    let workers = deps.settings.target.max_concurrency.clamp(1, 4);
+    let (to_workers, workers_rx) = mpsc::channel(workers);
+    let (to_results, results_rx) = mpsc::channel(workers * 2);
+    let workers_rx = Arc::new(tokio::sync::Mutex::new(workers_rx));
+    let mut out: Vec<(&'static str, futures::future::BoxFuture<'static, ()>)> = vec![
+        (
+            "intake",
+            intake::run(deps.clone(), to_validate, stop_sources.clone()).boxed(),
+        ),
+        (
+            "validate",
+            validate::run(deps.clone(), validate_rx, to_plan).boxed(),
+        ),
+        ("plan", plan::run(deps.clone(), plan_rx).boxed()),
+        (
+            "claim",
+            sync::claim(deps.clone(), to_workers, stop_sources.clone()).boxed(),
+        ),
+    ];
+    for _ in 0..workers {
+        out.push((
+            "worker",
+            sync::worker(
+                deps.clone(),
+                workers_rx.clone(),
+                to_results.clone(),
+                stop_all.clone(),
+            )
+            .boxed(),
+        ));
+    }
+    drop(to_results);
+    out.push(("results", results::run(deps.clone(), results_rx).boxed()));
+    out
 }
 
 /// Keeps alive the leases of the work this process is doing now (`live`), and only those.
