@@ -132,10 +132,40 @@ pub struct SyncSettings {
     /// 0 never pauses.
     #[serde(default = "default_error_ratio_max_pauses")]
     pub error_ratio_max_pauses: u32,
+    /// Chunk runs in which one user may fail for a reason that may pass (5xx, time-outs after
+    /// the call's own retries) before the user is `failed` with `retries_exhausted`.
+    #[serde(default = "default_max_user_attempts")]
+    pub max_user_attempts: u32,
+    /// Runs of one chunk before its still-pending rows are `failed` with `retries_exhausted`
+    /// (pauses of the whole target do not count).
+    #[serde(default = "default_max_chunk_attempts")]
+    pub max_chunk_attempts: u32,
+    /// The target is declared unavailable (jobs pause) only when this many distinct users
+    /// failed for a reason that may pass within `outage_window_secs`, with no success between.
+    #[serde(default = "default_outage_min_users")]
+    pub outage_min_users: usize,
+    #[serde(default = "default_outage_window_secs")]
+    pub outage_window_secs: u64,
 }
 
 fn default_snapshot_max_age_secs() -> u64 {
     900
+}
+
+fn default_max_user_attempts() -> u32 {
+    3
+}
+
+fn default_max_chunk_attempts() -> u32 {
+    10
+}
+
+fn default_outage_min_users() -> usize {
+    3
+}
+
+fn default_outage_window_secs() -> u64 {
+    60
 }
 
 fn default_max_error_ratio() -> f64 {
@@ -483,6 +513,32 @@ impl Settings {
             return Err(invalid(
                 "sync.error_ratio_cooldown_max_secs",
                 "must be between error_ratio_cooldown_secs and 86400",
+            ));
+        }
+        if !(1..=20).contains(&self.sync.max_user_attempts) {
+            return Err(invalid(
+                "sync.max_user_attempts",
+                "must be between 1 and 20",
+            ));
+        }
+        if self.sync.max_chunk_attempts < self.sync.max_user_attempts
+            || self.sync.max_chunk_attempts > 100
+        {
+            return Err(invalid(
+                "sync.max_chunk_attempts",
+                "must be between sync.max_user_attempts and 100",
+            ));
+        }
+        if !(1..=1000).contains(&self.sync.outage_min_users) {
+            return Err(invalid(
+                "sync.outage_min_users",
+                "must be between 1 and 1000",
+            ));
+        }
+        if !(1..=3600).contains(&self.sync.outage_window_secs) {
+            return Err(invalid(
+                "sync.outage_window_secs",
+                "must be between 1 and 3600",
             ));
         }
         if self.sync.error_ratio_max_pauses > 100 {

@@ -4,6 +4,13 @@
 //! `paused` with a `paused_reason`. A probe calls the target with growing pauses; when it
 //! answers, the circuit closes and paused jobs resume.
 //!
+//! **Evidence first.** A 5xx or a time-out that outlived a call's retries is, on its own, one
+//! user's failure: the target may be failing for that user only (a broken record behind a
+//! proxy, say). The target is declared down only when `sync.outage_min_users` distinct users
+//! failed that way within `sync.outage_window_secs` with no success between (`Evidence`), or
+//! when a 429 outlived its budget, or the credentials are refused. So one user that always
+//! fails ends `failed` after its own attempts and never pauses its job, nor anyone else's.
+//!
 //! `error_ratio` is different: the target answers, but refuses most of a job's users. An
 //! answering probe proves nothing then, so that circuit opens for a fixed cool-down and closes
 //! when it ends (if the refusals go on, the next chunk trips it again, for a longer cool-down).
@@ -27,6 +34,14 @@ pub(crate) enum TargetState {
 pub struct Circuit {
     down: Mutex<Option<Open>>,
     changed: Notify,
+    evidence: Mutex<Evidence>,
+}
+
+/// Recent per-user failures that may mean the target is down: (when, which user), oldest
+/// first, cleared by any success. Bounded by `outage_min_users` entries.
+#[derive(Default)]
+struct Evidence {
+    failures: std::collections::VecDeque<(Instant, String)>,
 }
 
 #[derive(Clone, Copy)]
@@ -102,6 +117,32 @@ impl Circuit {
     pub(crate) async fn changed(&self) {
         self.changed.notified().await;
     }
+
+    /// A call about `user` failed for a reason that may pass. True when that makes enough
+    /// distinct users within `window` to call the target down (`min_users`).
+    pub(crate) fn user_failed(&self, user: &str, min_users: usize, window: Duration) -> bool {
+        let mut e = self
+            .evidence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        e.failures
+            .retain(|(t, u)| now.duration_since(*t) <= window && u != user);
+        e.failures.push_back((now, user.to_owned()));
+        while e.failures.len() > min_users.max(1) {
+            e.failures.pop_front();
+        }
+        e.failures.len() >= min_users
+    }
+
+    /// A call answered: the target is up, the evidence so far is void.
+    pub(crate) fn call_succeeded(&self) {
+        if let Ok(mut e) = self.evidence.lock()
+            && !e.failures.is_empty()
+        {
+            e.failures.clear();
+        }
+    }
 }
 
 /// The `paused_reason` for an error that concerns the whole target.
@@ -157,4 +198,35 @@ async fn resume(deps: &Deps) {
         Err(e) => tracing::warn!(error = %e, "cannot resume paused jobs"),
     }
     deps.wake_claimer.notify_waiters();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_user_failing_again_and_again_is_no_outage() {
+        let c = Circuit::default();
+        let w = Duration::from_secs(60);
+        for _ in 0..50 {
+            assert!(!c.user_failed("EMP-7", 3, w));
+        }
+        assert!(!c.user_failed("EMP-8", 3, w));
+        assert!(
+            c.user_failed("EMP-9", 3, w),
+            "three distinct users within the window"
+        );
+    }
+
+    #[test]
+    fn a_success_voids_the_evidence() {
+        let c = Circuit::default();
+        let w = Duration::from_secs(60);
+        assert!(!c.user_failed("a", 3, w));
+        assert!(!c.user_failed("b", 3, w));
+        c.call_succeeded();
+        assert!(!c.user_failed("c", 3, w));
+        assert!(!c.user_failed("d", 3, w));
+        assert!(c.user_failed("e", 3, w));
+    }
 }

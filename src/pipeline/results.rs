@@ -102,8 +102,14 @@ async fn pause(deps: &Deps, job_id: &str, reason: PausedReason) {
     }
 }
 
+/// Gives the chunk back for a pause of the target: the run does not count towards the chunk's
+/// attempts (an outage must not exhaust them).
 async fn release(deps: &Deps, claim: &crate::store::ChunkClaim) {
-    if let Err(e) = deps.store.release_chunk(claim, &deps.owner).await {
+    if let Err(e) = deps
+        .store
+        .release_chunk(claim, &deps.owner, None, false)
+        .await
+    {
         tracing::warn!(job.id = %claim.job_id, error = %e, "cannot release the chunk; its lease expires");
     }
 }

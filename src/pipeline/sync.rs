@@ -125,6 +125,11 @@ enum UserResult {
         target_error: bool,
     },
     TargetWide(ScimError),
+    /// A call failed for a reason that may pass: the rows stay pending, tried again in a later
+    /// run of the chunk (after a backoff).
+    Retry {
+        lines: Vec<i64>,
+    },
     /// Not synced: the chunk was stopped before or during this user (no write was sent).
     Skipped,
 }
@@ -142,7 +147,7 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
             tracing::warn!(job.id = %claim.job_id, chunk = claim.chunk_no, error = %e, "cannot read a chunk; released, retried in 5 s");
             if let Err(e) = deps
                 .store
-                .release_chunk_after(&claim, &deps.owner, Some(retry_at), true)
+                .release_chunk(&claim, &deps.owner, Some(retry_at), true)
                 .await
             {
                 tracing::warn!(job.id = %claim.job_id, error = %e, "cannot release the chunk either; its lease runs out");
@@ -161,11 +166,24 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
     let concurrency = deps.settings.target.max_concurrency;
     let snapshot = deps.snapshot_for(&job.id);
     let mut done = ChunkDone::default();
+    // Runs of this chunk are bounded: past the bound its users fail without a call.
+    let max_runs = i64::from(deps.settings.sync.max_chunk_attempts);
+    let exhausted = claim.attempts > max_runs;
     {
         let mut outcomes = futures::stream::iter(users)
             .map(|u| {
                 let (run, policy, job, snapshot) = (&run, &policy, &job, snapshot.as_deref());
                 async move {
+                    if exhausted {
+                        let report = Report {
+                            deps,
+                            policy,
+                            job,
+                            user: &u,
+                        };
+                        let why = format!("the user's chunk was run {max_runs} times");
+                        return report.failed(Outcome::Failed, ReasonCode::RetriesExhausted, &why);
+                    }
                     // Checked before the user's first call: once the chunk is stopped no new
                     // user starts (calls of users already started are dropped by the tally).
                     if run.stopped().is_some() {
@@ -212,6 +230,7 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
                     run.stop(why.clone());
                     deps.chunk_runs.stop_job(&job.id, &why);
                 }
+                UserResult::Retry { lines } => done.retry_lines.extend(lines),
                 UserResult::Skipped => {}
             }
         }
@@ -230,9 +249,21 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
                 judge.outcomes(),
                 deps.settings.sync.error_ratio_window,
             );
+            if !done.retry_lines.is_empty() {
+                done.retry_at_ms = Some(crate::store::now_ms() + retry_backoff_ms(claim.attempts));
+            }
             Some(ChunkOutcome::Done(claim, done))
         }
     }
+}
+
+/// The wait before a chunk with users to retry runs again: full jitter up to 2 s × 2^(run - 1),
+/// at most 60 s.
+fn retry_backoff_ms(attempts: i64) -> i64 {
+    let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 5)).unwrap_or(5);
+    let cap = (2_000u64 << exp).min(60_000);
+    let d = crate::scim::retry::backoff(0, Duration::from_millis(cap), Duration::from_millis(cap));
+    i64::try_from(d.as_millis()).unwrap_or(60_000).max(500)
 }
 
 /// Syncs one user: find them, decide, act; on a version conflict, read again and decide again,
@@ -255,6 +286,8 @@ async fn sync_user(
         Ok(user) => user,
         Err(r) => return r,
     };
+    // The target answered: failures seen so far are no evidence of an outage.
+    deps.circuit.call_succeeded();
     // The rows of a user are written together: one of them carries the intent of all.
     let prior = u.rows.iter().find(|r| r.intent).map(|r| Intent {
         added: r.roles_added.as_deref().unwrap_or_default(),
@@ -502,11 +535,39 @@ impl Report<'_> {
     }
 
     /// A call about the user failed: the chunk stopped (no result), the whole target failed
-    /// (the chunk stops), or the target refused this user only (`scim_rejected`, which counts
-    /// towards `error_ratio` when the target itself refused).
+    /// (the chunk stops), the call failed for a reason that may pass (the user is retried in a
+    /// later run of the chunk, up to `sync.max_user_attempts`, unless enough other users fail
+    /// too: then the target is down), or the target refused this user only (`scim_rejected`,
+    /// which counts towards `error_ratio` when the target itself refused).
     fn call_failed(&self, e: ScimError) -> UserResult {
+        let sync = &self.deps.settings.sync;
         match e {
             ScimError::Stopped => UserResult::Skipped,
+            ScimError::Unavailable { .. } => {
+                let window = Duration::from_secs(sync.outage_window_secs);
+                let user = self.user.external_id.as_str();
+                if self
+                    .deps
+                    .circuit
+                    .user_failed(user, sync.outage_min_users, window)
+                {
+                    return UserResult::TargetWide(e);
+                }
+                // Attempts across runs of the chunk: the most any of the user's rows recorded.
+                let attempts = self.user.rows.iter().map(|r| r.attempts).max().unwrap_or(0) + 1;
+                if attempts >= i64::from(sync.max_user_attempts) {
+                    self.fail_rows(
+                        Outcome::Failed,
+                        ReasonCode::RetriesExhausted,
+                        &format!("{e} (in {attempts} attempts)"),
+                        true,
+                    )
+                } else {
+                    UserResult::Retry {
+                        lines: self.user.lines().collect(),
+                    }
+                }
+            }
             e if e.is_target_wide() => UserResult::TargetWide(e),
             e => self.fail_rows(
                 Outcome::Failed,

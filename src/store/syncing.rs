@@ -185,11 +185,7 @@ impl Store {
     /// Gives back one chunk without results. `retry_at_ms`: not claimable before then (a
     /// backoff after an error). `counted`: whether this run counts towards the chunk's attempts
     /// (a pause of the whole target does not).
-    pub(crate) async fn release_chunk(&self, claim: &ChunkClaim, owner: &str) -> StoreResult<()> {
-        self.release_chunk_after(claim, owner, None, true).await
-    }
-
-    pub(crate) async fn release_chunk_after(
+    pub(crate) async fn release_chunk(
         &self,
         claim: &ChunkClaim,
         owner: &str,

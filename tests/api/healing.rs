@@ -81,3 +81,113 @@ async fn numbers_from_the_target_are_clamped_and_the_job_finishes() {
         );
     }
 }
+
+/// PATCHes answering 503 (`status`) in the emulator's stats.
+async fn patches_with_status(app: &TestApp, status: u64) -> u64 {
+    let stats = app.emulator_stats().await;
+    stats["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["method"] == "PATCH" && r["status"] == status)
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum()
+}
+
+/// One user whose every PATCH answers 503: that user ends `failed` with `retries_exhausted`
+/// after `sync.max_user_attempts` chunk runs, its job finishes `completed_with_errors`, nobody
+/// else is held up, the job is never paused, and the user's calls stay within
+/// `max_user_attempts × target.max_attempts` PATCHes.
+#[tokio::test]
+async fn a_user_that_always_fails_fails_alone_within_a_bounded_number_of_calls() {
+    let app = spawn_app_with(TestOptions {
+        emulator: EmulatorArgs {
+            rate_limit_per_minute: 0,
+            ..Default::default()
+        },
+        config: "[target]\nmax_attempts = 2\nmax_retry_secs = 2\n\
+                 [sync]\nmax_user_attempts = 3\nchunk_size = 10\n"
+            .into(),
+        ..Default::default()
+    })
+    .await;
+    let users = seed_n(&app, "U", 30).await;
+    let bad = users[7].clone();
+    app.set_faults(json!({"failing_users": [{"external_id": bad, "writes": true, "status": 503}]}))
+        .await;
+    let job = app
+        .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    // Polled by hand so that a pause, however short, is seen.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let done = loop {
+        let j = app.job(&id).await;
+        assert_ne!(
+            j["status"], "paused",
+            "one user's failures paused the job: {j}"
+        );
+        if j["finished_at"].is_string() {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "job stuck: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(done["status"], "completed_with_errors", "{done}");
+    assert_eq!(done["counts"]["applied"], 29, "{done}");
+    assert_eq!(done["counts"]["failed"], 1, "{done}");
+    let items = app.items(&id).await;
+    let failed: Vec<_> = items.iter().filter(|i| i["outcome"] == "failed").collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["external_id"], bad.as_str());
+    assert_eq!(
+        failed[0]["reason"]["code"], "retries_exhausted",
+        "{}",
+        failed[0]
+    );
+    let refused = patches_with_status(&app, 503).await;
+    assert!(
+        (3..=3 * 2).contains(&refused),
+        "the failing user cost {refused} PATCHes (bound: 3 runs × 2 attempts)"
+    );
+    for u in users.iter().filter(|u| **u != bad) {
+        assert_eq!(
+            app.roles_of(u).await,
+            vec![vec!["Agent", "Employee"]],
+            "{u}"
+        );
+    }
+}
+
+/// Several distinct users failing that way within the window is evidence of an outage: the
+/// job pauses with `target_unavailable` instead of failing them, and resumes once they answer.
+#[tokio::test]
+async fn several_users_failing_together_pause_the_job_and_it_resumes() {
+    let app = spawn_app_with(TestOptions {
+        emulator: EmulatorArgs {
+            rate_limit_per_minute: 0,
+            ..Default::default()
+        },
+        config: "[target]\nmax_attempts = 1\nmax_retry_secs = 1\n\
+                 [sync]\nmax_user_attempts = 2\noutage_min_users = 3\n"
+            .into(),
+        ..Default::default()
+    })
+    .await;
+    let users = seed_n(&app, "P", 20).await;
+    let failing: Vec<_> = users[..6]
+        .iter()
+        .map(|u| json!({"external_id": u, "writes": true, "reads": true, "status": 503}))
+        .collect();
+    app.set_faults(json!({"failing_users": failing})).await;
+    let job = app
+        .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let paused = app.wait_for(&id, &["paused"]).await;
+    assert_eq!(paused["paused_reason"], "target_unavailable", "{paused}");
+    app.set_faults(json!({"failing_users": []})).await;
+    let done = app.wait_finished(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["applied"], 20, "{done}");
+}
