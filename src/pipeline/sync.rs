@@ -310,6 +310,25 @@ async fn sync_user(
             // Not even the intent: no write will be sent for this user in this run.
             return UserResult::Skipped;
         }
+        // Never a blind write: without a version to put in `If-Match`, read the user again
+        // (and decide again on what that read says); a target that gives none is refused.
+        let Some(version) = user.version() else {
+            match deps.scim.get_user(&user.id, tally).await {
+                Ok(fresh) if fresh.version().is_some() => {
+                    user = fresh;
+                    continue;
+                }
+                Ok(_) => {
+                    return report.failed(
+                        Outcome::Failed,
+                        ReasonCode::ScimRejected,
+                        "the target gives no version for this user; rolesync never writes without If-Match",
+                    );
+                }
+                Err(ScimError::NotFound) => return report.deleted(),
+                Err(e) => return report.call_failed(e),
+            }
+        };
         let lines: Vec<i64> = u.lines().collect();
         if let Err(e) = deps
             .store
@@ -322,7 +341,7 @@ async fn sync_user(
         let roles: Vec<String> = change.after.iter().cloned().collect();
         let written = deps
             .scim
-            .patch_roles(&user.id, user.version().as_deref(), &roles, tally)
+            .patch_roles(&user.id, &version, &roles, tally)
             .await;
         user = match written {
             Ok(_) => return report.applied(&user.id, &change),

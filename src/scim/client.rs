@@ -183,7 +183,7 @@ impl ScimClient {
     pub async fn patch_roles(
         &self,
         id: &str,
-        version: Option<&str>,
+        version: &str,
         roles: &[String],
         tally: &CallTally,
     ) -> Result<Option<String>, ScimError> {
@@ -203,7 +203,8 @@ impl ScimClient {
                     url: format!("{}/users/{}", self.base, path_segment(id)),
                     query: &[],
                     body: Some(body),
-                    if_match: version.map(str::to_owned),
+                    // Required: a PATCH never goes out without `If-Match`.
+                    if_match: Some(version.to_owned()),
                 },
                 tally,
             )
