@@ -8,6 +8,7 @@ use super::sync::ChunkOutcome;
 use super::{Deps, lifecycle};
 use crate::domain::PausedReason;
 use crate::scim::ScimError;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
@@ -15,7 +16,7 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
         match outcome {
             ChunkOutcome::Done(claim, done) => {
                 let results: Vec<_> = done.results.iter().map(|r| r.outcome).collect();
-                match deps.store.complete_chunk(&claim, &deps.owner, &done).await {
+                match commit(&deps, &claim, &done).await {
                     Ok(true) => {
                         for o in results {
                             deps.metrics
@@ -92,6 +93,29 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
                 }
                 deps.chunk_runs.settle(&claim.job_id);
             }
+        }
+    }
+}
+
+/// Commits a chunk, retrying a failure that passes (a store restarting, a lost connection) for
+/// about half a lease: the writes were made, and committing them now is cheaper than running
+/// the chunk again once its lease runs out.
+async fn commit(
+    deps: &Deps,
+    claim: &crate::store::ChunkClaim,
+    done: &crate::store::ChunkDone,
+) -> crate::store::StoreResult<bool> {
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(deps.lease_ms().max(2) as u64 / 2);
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match deps.store.complete_chunk(claim, &deps.owner, done).await {
+            Err(e) if e.is_transient() && tokio::time::Instant::now() + wait < deadline => {
+                tracing::warn!(job.id = %claim.job_id, chunk = claim.chunk_no, error = %e, "cannot commit the chunk yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            r => return r,
         }
     }
 }

@@ -10,6 +10,7 @@ mod ingest;
 mod layout;
 mod policy;
 mod process;
+mod proxy;
 mod reads;
 mod resilience;
 mod sync;
