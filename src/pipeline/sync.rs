@@ -335,8 +335,11 @@ async fn sync_user(
             .mark_intent(&job.id, &lines, &change.added, &change.removed)
             .await
         {
-            // Only the report after a crash depends on it; the write itself is safe.
-            tracing::warn!(job.id = %job.id, error = %e, "cannot record the write intent");
+            // No write without its intent on record: should this run's commit be lost, the
+            // intent is what lets the re-run report the write as `applied` rather than
+            // `unchanged`. The user is tried again in a later run.
+            tracing::warn!(job.id = %job.id, error = %e, "cannot record the write intent; the user is retried");
+            return UserResult::Retry { lines };
         }
         let roles: Vec<String> = change.after.iter().cloned().collect();
         let written = deps

@@ -59,16 +59,20 @@ impl StoreError {
     /// A failure that passes by itself, so the API answers 503 with `Retry-After`: SQLite busy or
     /// locked, PostgreSQL connection exceptions (class 08), server shutdown or start-up
     /// (57P01-57P03), serialization failures and deadlocks (40001, 40P01), too many connections
-    /// (53300), lock not available (55P03); and pool time-outs and I/O errors on either.
+    /// (53300), lock not available (55P03); and pool time-outs, I/O and protocol errors (a
+    /// connection cut mid-message) on either.
     pub fn is_transient(&self) -> bool {
         let StoreError::Sqlx(e) = self else {
             return false;
         };
         match e {
+            // `Protocol`: a connection cut during its handshake or a message (seen when a
+            // PostgreSQL server goes away: "unexpected response from SSLRequest").
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => true,
             sqlx::Error::Database(db) => {
                 let code = db.code().unwrap_or_default();
