@@ -146,6 +146,11 @@ async fn a_user_that_always_fails_fails_alone_within_a_bounded_number_of_calls()
         failed[0]
     );
     let refused = patches_with_status(&app, 503).await;
+    let stats = app.emulator_stats().await;
+    eprintln!(
+        "one always-failing user: {refused} refused PATCHes; the whole job: {} calls for 30 users",
+        stats["total"]
+    );
     assert!(
         (3..=3 * 2).contains(&refused),
         "the failing user cost {refused} PATCHes (bound: 3 runs × 2 attempts)"
