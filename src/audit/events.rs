@@ -234,12 +234,12 @@ pub struct JobScim {
 }
 
 impl<'a> JobFinished<'a> {
-    /// `job` as it ends with `status`. The record may have been read before the transition
-    /// (failed, cancelled): the status is the one it moves to.
-    pub fn new(job: &'a JobRecord, status: JobStatus) -> JobFinished<'a> {
+    /// `job` as its final transition left it: read inside the transition's transaction, so
+    /// status and counts are the final ones.
+    pub fn new(job: &'a JobRecord) -> JobFinished<'a> {
         JobFinished {
             job_id: &job.id,
-            status,
+            status: job.status,
             counts: &job.counts,
             users: JobUsers {
                 total: job.users_total,
@@ -449,7 +449,7 @@ mod tests {
     fn job_finished_has_the_shape_it_always_had() {
         let job = JobRecord {
             id: "j".to_owned(),
-            status: JobStatus::Running,
+            status: JobStatus::Cancelled,
             mode: crate::domain::Mode::Replace,
             dry_run: false,
             created_at_ms: 1,
@@ -483,10 +483,7 @@ mod tests {
             "users": {"total": job.users_total, "changed": job.users_changed, "unchanged": job.users_unchanged},
             "scim": {"requests": job.scim_requests, "retries": job.scim_retries, "rate_limited": job.scim_rate_limited},
         });
-        assert_eq!(
-            written(JobFinished::new(&job, JobStatus::Cancelled)),
-            old.to_string()
-        );
+        assert_eq!(written(JobFinished::new(&job)), old.to_string());
     }
 
     fn endpoint(name: &str, events: &[EventType]) -> crate::configuration::WebhookEndpointSettings {

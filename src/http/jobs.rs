@@ -286,7 +286,10 @@ pub async fn items(
     }))
 }
 
-/// `POST /v1/jobs/{id}/cancel`: rows not yet written become `cancelled`.
+/// `POST /v1/jobs/{id}/cancel`: the job is `cancelled` at once and, before this answers, no
+/// call of it that is still queued in this process is sent any more. Rows no write was sent for
+/// become `cancelled`; rows whose write is in flight keep `pending` until the write is recorded
+/// (the answer's `finished_at` is null until then, see `lifecycle::cancel`).
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -300,9 +303,17 @@ pub async fn cancel(
             job.status.as_str()
         )));
     }
-    pipeline::lifecycle::cancel(state.pipeline.deps(), &job, &caller.key_name).await?;
-    let job = find(&state, &id).await?;
-    Ok(Json(JobView::new(&job)))
+    match pipeline::lifecycle::cancel(state.pipeline.deps(), &id, &caller.key_name).await? {
+        Some(job) => Ok(Json(JobView::new(&job))),
+        // It ended between the read above and the cancel.
+        None => {
+            let job = find(&state, &id).await?;
+            Err(ApiError::Conflict(format!(
+                "job {id} is already {}",
+                job.status.as_str()
+            )))
+        }
+    }
 }
 
 /// `POST /v1/jobs/{id}/approve` (`admin`): releases a job held in `awaiting_approval`.

@@ -2,14 +2,22 @@
 //! itself) or cancelled (by a caller). Every end goes through here, so each one does the same
 //! three things:
 //!
-//! 1. the status transition, with the `job.finished` event in the same store transaction (the
-//!    event is never lost nor sent for a transition that did not happen);
+//! 1. the status transition, with the `job.finished` event in the same store transaction, built
+//!    from the job as the transition left it (final status, final counts): the event is never
+//!    lost, never sent for a transition that did not happen, and never disagrees with the job;
 //! 2. `jobs_total{status}`, counted only by the call whose transition happened, so a job is
 //!    counted once however many tasks race to end it;
-//! 3. this process forgets the job (pinned policy, directory snapshot, error-ratio window) and
-//!    wakes the dispatcher so the event leaves now rather than at its next poll.
+//! 3. this process forgets the job (pinned policy, directory snapshot, error-ratio window, chunk
+//!    stops) and wakes the dispatcher so the event leaves now rather than at its next poll.
+//!
+//! A cancel ends a job in two steps when chunks of it are being run: `cancel` makes it
+//! `cancelled` at once and stops its runs in this process (`Stop::Cancelled`); each run then
+//! records what it wrote and cancels the rest, and the last one to settle finishes the job
+//! (`finish_if_done`: `finished_at`, `job.finished`, the metric). Other replicas learn it at
+//! their next lease renewal (`stop_runs_of_ended_jobs`).
 
 use super::Deps;
+use super::stops::Stop;
 use crate::audit::events::JobFinished;
 use crate::domain::{EventType, JobStatus};
 use crate::store::{JobRecord, OutboxEvent, StoreResult};
@@ -19,8 +27,9 @@ use std::time::Duration;
 const FINISH_ATTEMPTS: u64 = 5;
 
 /// Moves a job with nothing left to sync to its final status (`succeeded`, `partial`, …, as the
-/// store judges it from the rows). Does nothing while rows are pending or if another task
-/// finished the job first.
+/// store judges it from the rows; a cancelled one stays `cancelled` and gets its
+/// `finished_at`). Does nothing while rows are pending or if another task finished the job
+/// first.
 pub(crate) async fn finish_if_done(deps: &Deps, job_id: &str) {
     // After the last chunk nothing else would call this again: a passing store error (busy,
     // pool timeout) is retried here, a few times, rather than leaving the job running. The
@@ -30,9 +39,7 @@ pub(crate) async fn finish_if_done(deps: &Deps, job_id: &str) {
         attempt += 1;
         let r = deps
             .store
-            .finish_job_if_done(job_id, |job: &JobRecord| {
-                job_finished_event(deps, job, job.status)
-            })
+            .finish_job_if_done(job_id, |job: &JobRecord| job_finished_event(deps, job))
             .await;
         match r {
             Err(_) if attempt < FINISH_ATTEMPTS => {
@@ -56,12 +63,13 @@ pub(crate) async fn finish_if_done(deps: &Deps, job_id: &str) {
 /// Fails a job whose every row would fail the same way (the target refuses rolesync's
 /// credentials): its pending rows become `failed` with `reason`.
 pub(crate) async fn fail(deps: &Deps, job_id: &str, reason: &str) {
-    // The event carries the job as read just before the transition, with the status it moves to.
-    let events = match deps.store.get_job(job_id).await {
-        Ok(Some(job)) => job_finished_event(deps, &job, JobStatus::Failed),
-        _ => Vec::new(),
-    };
-    match deps.store.fail_job(job_id, reason, &events).await {
+    let failed = deps
+        .store
+        .fail_job(job_id, reason, |job: &JobRecord| {
+            job_finished_event(deps, job)
+        })
+        .await;
+    match failed {
         Ok(true) => {
             tracing::error!(job.id = %job_id, reason = %reason, "job failed");
             ended(deps, job_id, JobStatus::Failed);
@@ -71,22 +79,68 @@ pub(crate) async fn fail(deps: &Deps, job_id: &str, reason: &str) {
     }
 }
 
-/// Cancels `job` (read by the caller, not terminal): rows not yet written become `cancelled`.
-/// Returns whether this call made the transition (false: the job ended meanwhile). `by` names
-/// who asked, for the log.
-pub(crate) async fn cancel(deps: &Deps, job: &JobRecord, by: &str) -> StoreResult<bool> {
-    let events = job_finished_event(deps, job, JobStatus::Cancelled);
-    let cancelled = deps.store.cancel_job(&job.id, &events).await?;
-    if cancelled {
-        tracing::info!(job.id = %job.id, key = %by, "job cancelled");
-        ended(deps, &job.id, JobStatus::Cancelled);
+/// Cancels a job that has not ended (`Store::cancel_job`): rows no write was sent for become
+/// `cancelled` now; chunks being run keep their rows until the run records them. Then, before
+/// the caller answers, every run of the job in this process is stopped: no call of theirs that
+/// is still queued is sent, no user starts; a call already sent completes and is recorded.
+/// Returns the job as the cancel left it (`finished_at` set if it is final already), or None if
+/// it had ended meanwhile. `by` names who asked, for the log.
+pub(crate) async fn cancel(deps: &Deps, job_id: &str, by: &str) -> StoreResult<Option<JobRecord>> {
+    let cancelled = deps
+        .store
+        .cancel_job(job_id, |job: &JobRecord| job_finished_event(deps, job))
+        .await?;
+    let Some(job) = cancelled else {
+        return Ok(None);
+    };
+    // After the commit, not before: a run stopped by a cancel commits what it did and cancels
+    // its other rows, which must only happen to a job that is cancelled.
+    deps.chunk_runs.stop_job(job_id, &Stop::Cancelled);
+    tracing::info!(
+        job.id = %job_id,
+        key = %by,
+        rows.pending = job.counts.pending,
+        "job cancelled"
+    );
+    if job.finished_at_ms.is_some() {
+        ended(deps, job_id, JobStatus::Cancelled);
+    } else {
+        // Open chunks of a dead owner or kept for their intents are settled by a claim.
+        deps.wake_claimer.notify_one();
     }
-    Ok(cancelled)
+    Ok(Some(job))
 }
 
-fn job_finished_event(deps: &Deps, job: &JobRecord, status: JobStatus) -> Vec<OutboxEvent> {
+/// For the lease heartbeat: `jobs` had chunk runs in this process and are no longer running
+/// (`Store::renew_leases`, `stopped_jobs`). The runs of a job cancelled elsewhere stop as a
+/// cancel here stops them (`Stop::Cancelled`: they record what they wrote, cancel the rest and
+/// finish the job if they are its last); the runs of a job that ended otherwise (failed,
+/// finished by another replica) stop without committing (`Stop::JobEnded`). A paused job has
+/// not ended: its runs are left alone.
+pub(crate) async fn stop_runs_of_ended_jobs(deps: &Deps, jobs: &[String]) {
+    for job_id in jobs {
+        let status = match deps.store.get_job(job_id).await {
+            Ok(Some(job)) => job.status,
+            // Pruned: nothing of it may be committed anyway.
+            Ok(None) => JobStatus::Failed,
+            Err(e) => {
+                tracing::warn!(job.id = %job_id, error = %e, "cannot read a job whose runs may have to stop; the next heartbeat tries again");
+                continue;
+            }
+        };
+        let why = match status {
+            JobStatus::Cancelled => Stop::Cancelled,
+            s if s.is_terminal() => Stop::JobEnded(s),
+            _ => continue,
+        };
+        tracing::info!(job.id = %job_id, job.status = status.as_str(), "the job ended elsewhere: stopping its runs here");
+        deps.chunk_runs.stop_job(job_id, &why);
+    }
+}
+
+fn job_finished_event(deps: &Deps, job: &JobRecord) -> Vec<OutboxEvent> {
     deps.events
-        .event(EventType::JobFinished, JobFinished::new(job, status))
+        .event(EventType::JobFinished, JobFinished::new(job))
         .into_iter()
         .collect()
 }
@@ -100,5 +154,6 @@ fn ended(deps: &Deps, job_id: &str, status: JobStatus) {
     deps.unpin_policy(job_id);
     deps.reads.drop_job(job_id);
     deps.error_ratios.forget(job_id);
+    deps.chunk_runs.forget(job_id);
     deps.wake_dispatcher.notify_one();
 }

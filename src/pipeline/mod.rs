@@ -262,6 +262,9 @@ async fn heartbeat(deps: Deps, stop: CancellationToken) {
                     // Its commit will be refused (`complete_chunk` checks the lease); say why.
                     tracing::warn!(job.id = %job_id, chunk = chunk_no, "chunk lease lost to another worker");
                 }
+                // A job cancelled (or failed) through another replica: its runs here stop
+                // sending within one heartbeat.
+                lifecycle::stop_runs_of_ended_jobs(&deps, &renewal.stopped_jobs).await;
             }
             Err(e) => tracing::warn!(error = %e, "cannot renew leases"),
         }

@@ -82,6 +82,11 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
                         deps.circuit.open(*reason);
                         release(&deps, &claim).await;
                     }
+                    // A cancelled run is committed by `sync`, never released; were one
+                    // released, its chunk goes back `ready`, where the next claim settles it. A
+                    // job that ended elsewhere has its chunks `done` already: the release finds
+                    // nothing of this owner's to give back.
+                    Stop::Cancelled | Stop::JobEnded(_) => release(&deps, &claim).await,
                     Stop::Target(error) => {
                         let reason = paused_reason(error);
                         // Paused before the circuit opens, so that the resume cannot run

@@ -7,12 +7,17 @@
 //! - the circuit opened while it ran (another chunk found the target down);
 //! - too many of the job's latest users failed on per-user target errors (`error_ratio`).
 //!
+//! - the job was cancelled (`POST /v1/jobs/{id}/cancel` here, or another replica's cancel seen
+//!   at a lease renewal), or ended elsewhere.
+//!
 //! A stopped chunk is released uncommitted (`ChunkOutcome::Release`): the users it did not start
 //! are simply not part of any outcome, and the re-run reads the users it did write as already
-//! right. Chunks of the same job running in this process are stopped together (`ChunkRuns`).
+//! right. Except after a cancel: there is no re-run then, so the chunk commits what its users
+//! came to and cancels the others (`sync`). Chunks of the same job running in this process are
+//! stopped together (`ChunkRuns`).
 
 use crate::configuration::SyncSettings;
-use crate::domain::PausedReason;
+use crate::domain::{JobStatus, PausedReason};
 use crate::scim::{CallTally, ScimError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
@@ -28,6 +33,12 @@ pub(crate) enum Stop {
     CircuitOpen(PausedReason),
     /// `failed` of the job's latest `sample` users failed on per-user target errors.
     ErrorRatio { failed: usize, sample: usize },
+    /// The job was cancelled. Unlike the stops above, the run is not released: it commits
+    /// what its users came to (a write sent is recorded as what it did) and cancels the rest.
+    Cancelled,
+    /// The job ended elsewhere with this status (failed, or finished by another replica):
+    /// nothing of the run may be committed any more.
+    JobEnded(JobStatus),
 }
 
 impl std::fmt::Display for Stop {
@@ -39,6 +50,8 @@ impl std::fmt::Display for Stop {
                 f,
                 "{failed} of the job's latest {sample} users were refused by the target"
             ),
+            Stop::Cancelled => write!(f, "the job was cancelled"),
+            Stop::JobEnded(status) => write!(f, "the job ended elsewhere ({status})"),
         }
     }
 }
@@ -97,13 +110,19 @@ impl ChunkRuns {
             .push(Arc::downgrade(run));
     }
 
-    /// Stops every run of the job in this process, and the runs that start until `settle`.
+    /// Stops every run of the job in this process, and the runs that start until `settle`
+    /// (until `forget` for a cancel, which is final: a run that read the job as running just
+    /// before the cancel must still start stopped).
     pub(crate) fn stop_job(&self, job_id: &str, why: &Stop) {
         let runs: Vec<Arc<ChunkRun>> = {
             let mut m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            m.stopped
+            let stopped = m
+                .stopped
                 .entry(job_id.to_owned())
                 .or_insert_with(|| why.clone());
+            if matches!(why, Stop::Cancelled) {
+                *stopped = Stop::Cancelled;
+            }
             m.runs
                 .get(job_id)
                 .into_iter()
@@ -120,6 +139,14 @@ impl ChunkRuns {
     /// circuit): chunks claimed from now on are judged afresh (a failed job has no pending
     /// row left; a paused one is not claimed until it resumes).
     pub(crate) fn settle(&self, job_id: &str) {
+        let mut m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if !matches!(m.stopped.get(job_id), Some(Stop::Cancelled)) {
+            m.stopped.remove(job_id);
+        }
+    }
+
+    /// The job ended: its stop, whatever it was, is no longer needed.
+    pub(crate) fn forget(&self, job_id: &str) {
         let mut m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         m.stopped.remove(job_id);
     }
@@ -394,6 +421,30 @@ mod tests {
         runs.register("a", &a3);
         assert!(matches!(a3.stopped(), Some(Stop::Target(_))));
         runs.settle("a");
+        let a4 = Arc::new(ChunkRun::default());
+        runs.register("a", &a4);
+        assert!(a4.stopped().is_none());
+    }
+
+    #[test]
+    fn a_cancel_outlasts_other_stops_until_the_job_is_forgotten() {
+        let runs = ChunkRuns::default();
+        let a1 = Arc::new(ChunkRun::default());
+        runs.register("a", &a1);
+        runs.stop_job("a", &Stop::Target(ScimError::RateLimited));
+        runs.stop_job("a", &Stop::Cancelled);
+        // A run keeps its first reason; runs that start from now on start cancelled.
+        assert!(matches!(a1.stopped(), Some(Stop::Target(_))));
+        let a2 = Arc::new(ChunkRun::default());
+        runs.register("a", &a2);
+        assert!(matches!(a2.stopped(), Some(Stop::Cancelled)));
+        assert!(a2.tally.is_stopped());
+        // Handling the earlier stop does not lift the cancel; the job's end does.
+        runs.settle("a");
+        let a3 = Arc::new(ChunkRun::default());
+        runs.register("a", &a3);
+        assert!(matches!(a3.stopped(), Some(Stop::Cancelled)));
+        runs.forget("a");
         let a4 = Arc::new(ChunkRun::default());
         runs.register("a", &a4);
         assert!(a4.stopped().is_none());

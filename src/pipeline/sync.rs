@@ -9,6 +9,13 @@
 //!
 //! A chunk stops early, and is released uncommitted, on a target-wide failure or when most of
 //! the job's latest users were refused by the target (`stops`).
+//!
+//! A cancel stops a chunk too, but it is never re-run, so what its users came to is committed:
+//! a user whose write was sent is recorded as what the write did (`applied`, or `failed`), and
+//! the users no write was sent for become `cancelled`. A user whose write may have been sent
+//! without this run learning its result (its call dropped after a timeout, its chunk's owner
+//! dead) is read back once, never written: `applied` if the user holds what the write would
+//! have made, else `cancelled` (`settle`).
 
 use super::circuit::TargetState;
 use super::decide::{Decision, Intent, decide};
@@ -17,11 +24,12 @@ use super::stops::{ChunkRun, Stop, is_per_user_target_error};
 use super::users::{UserRows, group_users};
 use super::{Deps, lifecycle, record_depth};
 use crate::audit::events::{RoleSyncCompleted, RoleSyncFailed, RoleSyncRejected};
-use crate::domain::{EventType, Outcome, PausedReason, ReasonCode};
+use crate::domain::{EventType, JobStatus, Outcome, PausedReason, ReasonCode};
 use crate::policy::{Policy, RoleChange};
 use crate::scim::{CallTally, ScimError, ScimUser};
 use crate::store::{
-    ChunkClaim, ChunkDone, ItemRecord, JobDeltas, JobRecord, OutboxEvent, RowResult,
+    CANCELLED_MESSAGE, ChunkClaim, ChunkDone, ItemRecord, JobDeltas, JobRecord, OutboxEvent,
+    RowResult,
 };
 use futures::StreamExt;
 use std::sync::Arc;
@@ -130,9 +138,21 @@ enum UserResult {
     Retry {
         lines: Vec<i64>,
     },
-    /// Not synced: the chunk was stopped before or during this user (no write was sent).
+    /// Not synced: the chunk was stopped before or during this user. A write this run sent
+    /// for the user, if any, is in `UserRun::sent`.
     Skipped,
 }
+
+/// One user of a chunk run: what became of them, and the change this run sent them, if it
+/// sent a PATCH (whatever its answer, or none).
+struct UserRun {
+    user: UserRows<ItemRecord>,
+    result: UserResult,
+    sent: Option<RoleChange>,
+}
+
+/// A user left without an outcome by a stopped run, and the change the run sent them, if any.
+type Unsettled = (UserRows<ItemRecord>, Option<RoleChange>);
 
 async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
     let (job, items) = match tokio::try_join!(
@@ -160,6 +180,14 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
     // Renewed by the heartbeat while this run holds it, and not after: a run that ends or
     // panics lets its lease run out.
     let _live = deps.live.chunk(&claim.job_id, claim.chunk_no);
+    if job.status == JobStatus::Cancelled {
+        // Claimed only to be settled (`Store::claim_chunk`): its owner died mid-run, or it was
+        // kept open for rows whose write may have been sent. Nothing is written.
+        let mut done = ChunkDone::default();
+        let users = users.into_iter().map(|u| (u, None)).collect();
+        settle(deps, &policy, &job, users, &mut done).await;
+        return Some(ChunkOutcome::Done(claim, done));
+    }
     let run = Arc::new(ChunkRun::default());
     deps.chunk_runs.register(&job.id, &run);
     let mut judge = deps.error_ratios.judge(&job.id, &deps.settings.sync);
@@ -169,12 +197,14 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
     // Runs of this chunk are bounded: past the bound its users fail without a call.
     let max_runs = i64::from(deps.settings.sync.max_chunk_attempts);
     let exhausted = claim.attempts > max_runs;
+    let mut unsettled: Vec<Unsettled> = Vec::new();
     {
         let mut outcomes = futures::stream::iter(users)
             .map(|u| {
                 let (run, policy, job, snapshot) = (&run, &policy, &job, snapshot.as_deref());
                 async move {
-                    if exhausted {
+                    let mut sent = None;
+                    let result = if exhausted {
                         let report = Report {
                             deps,
                             policy,
@@ -182,40 +212,27 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
                             user: &u,
                         };
                         let why = format!("the user's chunk was run {max_runs} times");
-                        return report.failed(Outcome::Failed, ReasonCode::RetriesExhausted, &why);
+                        report.failed(Outcome::Failed, ReasonCode::RetriesExhausted, &why)
+                    } else {
+                        start_user(deps, policy, job, snapshot, &u, run, &mut sent).await
+                    };
+                    UserRun {
+                        user: u,
+                        result,
+                        sent,
                     }
-                    // Checked before the user's first call: once the chunk is stopped no new
-                    // user starts (calls of users already started are dropped by the tally).
-                    if run.stopped().is_some() {
-                        return UserResult::Skipped;
-                    }
-                    if deps.circuit.state() != TargetState::Up {
-                        let reason = deps
-                            .circuit
-                            .reason()
-                            .unwrap_or(PausedReason::TargetUnavailable);
-                        run.stop(Stop::CircuitOpen(reason));
-                        return UserResult::Skipped;
-                    }
-                    sync_user(deps, policy, job, snapshot, u, &run.tally).await
                 }
             })
             .buffer_unordered(concurrency);
-        while let Some(o) = outcomes.next().await {
-            match o {
+        while let Some(UserRun { user, result, sent }) = outcomes.next().await {
+            match result {
                 UserResult::Rows {
                     results,
                     events,
                     changed,
                     target_error,
                 } => {
-                    match changed {
-                        Some(true) => done.deltas.users_changed += 1,
-                        Some(false) => done.deltas.users_unchanged += 1,
-                        None => {}
-                    }
-                    done.results.extend(results);
-                    done.events.extend(events);
+                    record(&mut done, results, events, changed);
                     judge.record(target_error);
                     if let Some((failed, sample)) = judge.tripped() {
                         let why = Stop::ErrorRatio { failed, sample };
@@ -229,17 +246,28 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
                     let why = Stop::Target(e);
                     run.stop(why.clone());
                     deps.chunk_runs.stop_job(&job.id, &why);
+                    unsettled.push((user, sent));
+                }
+                // A cancel settles the user (no re-run follows); otherwise a later run retries.
+                UserResult::Retry { .. } if matches!(run.stopped(), Some(Stop::Cancelled)) => {
+                    unsettled.push((user, sent))
                 }
                 UserResult::Retry { lines } => done.retry_lines.extend(lines),
-                UserResult::Skipped => {}
+                UserResult::Skipped => unsettled.push((user, sent)),
             }
         }
     }
     let (requests, retries, rate_limited) = run.tally.snapshot();
-    done.deltas.scim_requests = requests;
-    done.deltas.scim_retries = retries;
-    done.deltas.scim_rate_limited = rate_limited;
+    done.deltas.scim_requests += requests;
+    done.deltas.scim_retries += retries;
+    done.deltas.scim_rate_limited += rate_limited;
     match run.stopped() {
+        // No re-run follows a cancel: the users done are committed as they came out, the
+        // others settled (read back if a write may have reached them, else cancelled).
+        Some(Stop::Cancelled) => {
+            settle(deps, &policy, &job, unsettled, &mut done).await;
+            Some(ChunkOutcome::Done(claim, done))
+        }
         // Outcomes reached before the stop are discarded with the chunk: the re-run reads
         // them back as already right, at the cost of one read each.
         Some(why) => Some(ChunkOutcome::Release(claim, done.deltas, why.clone())),
@@ -266,6 +294,158 @@ fn retry_backoff_ms(attempts: i64) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(60_000).max(500)
 }
 
+/// Syncs one user of a run unless the run is stopped. Checked before the user's first call:
+/// once the chunk is stopped no new user starts (calls of users already started are dropped by
+/// the tally).
+async fn start_user(
+    deps: &Deps,
+    policy: &Policy,
+    job: &JobRecord,
+    snapshot: Option<&Snapshot>,
+    u: &UserRows<ItemRecord>,
+    run: &ChunkRun,
+    sent: &mut Option<RoleChange>,
+) -> UserResult {
+    if run.stopped().is_some() {
+        return UserResult::Skipped;
+    }
+    if deps.circuit.state() != TargetState::Up {
+        let reason = deps
+            .circuit
+            .reason()
+            .unwrap_or(PausedReason::TargetUnavailable);
+        run.stop(Stop::CircuitOpen(reason));
+        return UserResult::Skipped;
+    }
+    sync_user(deps, policy, job, snapshot, u, &run.tally, sent).await
+}
+
+/// Adds a user's rows, events and change to a chunk's outcomes.
+fn record(
+    done: &mut ChunkDone,
+    results: Vec<RowResult>,
+    events: Vec<OutboxEvent>,
+    changed: Option<bool>,
+) {
+    match changed {
+        Some(true) => done.deltas.users_changed += 1,
+        Some(false) => done.deltas.users_unchanged += 1,
+        None => {}
+    }
+    done.results.extend(results);
+    done.events.extend(events);
+}
+
+/// Gives each user of a cancelled job left without an outcome the outcome that is true in the
+/// target, sending no write: a user no write may have reached (none sent by this run, no intent
+/// recorded by an earlier one) is `cancelled` without a call; the others are read back once
+/// (`settle_user`).
+async fn settle(
+    deps: &Deps,
+    policy: &Policy,
+    job: &JobRecord,
+    users: Vec<Unsettled>,
+    done: &mut ChunkDone,
+) {
+    // A tally of its own: the run's was stopped by the cancel, and these reads are how the
+    // cancel learns what was written. It is never stopped; a shutdown drops the whole chunk
+    // (its lease is released and the next claim settles it).
+    let tally = CallTally::default();
+    {
+        let mut settled = futures::stream::iter(users)
+            .map(|(u, sent)| {
+                let tally = &tally;
+                async move { settle_user(deps, policy, job, &u, sent.as_ref(), tally).await }
+            })
+            .buffer_unordered(deps.settings.target.max_concurrency);
+        while let Some(r) = settled.next().await {
+            if let UserResult::Rows {
+                results,
+                events,
+                changed,
+                ..
+            } = r
+            {
+                record(done, results, events, changed);
+            }
+        }
+    }
+    let (requests, retries, rate_limited) = tally.snapshot();
+    done.deltas.scim_requests += requests;
+    done.deltas.scim_retries += retries;
+    done.deltas.scim_rate_limited += rate_limited;
+}
+
+/// One user of a cancelled job whose write may have been sent: by this run (`sent`), or by an
+/// earlier run of the chunk that recorded its intent. Read once, fresh (a snapshot predates the
+/// write): `applied` with that write's diff if the user holds the roles it would have made
+/// (`Decision::AlreadyApplied`), else `cancelled`. If the read fails, the rows are `failed`:
+/// the write's fate is unknown, and `cancelled` would claim nothing was written.
+async fn settle_user(
+    deps: &Deps,
+    policy: &Policy,
+    job: &JobRecord,
+    u: &UserRows<ItemRecord>,
+    sent: Option<&RoleChange>,
+    tally: &CallTally,
+) -> UserResult {
+    let report = Report {
+        deps,
+        policy,
+        job,
+        user: u,
+    };
+    let prior = sent
+        .map(|c| Intent {
+            added: &c.added,
+            removed: &c.removed,
+        })
+        .or_else(|| stored_intent(u));
+    let Some(prior) = prior else {
+        return report.cancelled();
+    };
+    let found = match find_user(deps, None, &u.external_id, tally).await {
+        Ok(found) => found,
+        Err(e) => {
+            return report.failed(
+                Outcome::Failed,
+                ReasonCode::ScimRejected,
+                &format!(
+                    "the job was cancelled while a write to this user may have been in flight, \
+                     and reading the user back failed: {e}"
+                ),
+            );
+        }
+    };
+    let user = match report.one_user(found) {
+        Ok(user) => user,
+        Err(r) => return r,
+    };
+    let desired = u.desired(policy);
+    let current = user.role_names();
+    match decide(
+        policy,
+        job.mode,
+        &current,
+        &desired,
+        job.dry_run,
+        Some(prior),
+    ) {
+        Decision::AlreadyApplied(change) => report.applied(&user.id, &change),
+        // The user does not hold what the write would have made: it did not land.
+        _ => report.cancelled(),
+    }
+}
+
+/// The intent an earlier run of the chunk recorded for the user before writing them. The rows
+/// of a user are written together: one of them carries the intent of all.
+fn stored_intent(u: &UserRows<ItemRecord>) -> Option<Intent<'_>> {
+    u.rows.iter().find(|r| r.intent).map(|r| Intent {
+        added: r.roles_added.as_deref().unwrap_or_default(),
+        removed: r.roles_removed.as_deref().unwrap_or_default(),
+    })
+}
+
 /// Syncs one user: find them, decide, act; on a version conflict, read again and decide again,
 /// up to `sync.max_conflict_retries` times.
 async fn sync_user(
@@ -273,14 +453,15 @@ async fn sync_user(
     policy: &Policy,
     job: &JobRecord,
     snapshot: Option<&Snapshot>,
-    u: UserRows<ItemRecord>,
+    u: &UserRows<ItemRecord>,
     tally: &CallTally,
+    sent: &mut Option<RoleChange>,
 ) -> UserResult {
     let report = Report {
         deps,
         policy,
         job,
-        user: &u,
+        user: u,
     };
     let mut user = match report.find_one(snapshot, tally).await {
         Ok(user) => user,
@@ -288,11 +469,7 @@ async fn sync_user(
     };
     // The target answered: failures seen so far are no evidence of an outage.
     deps.circuit.call_succeeded();
-    // The rows of a user are written together: one of them carries the intent of all.
-    let prior = u.rows.iter().find(|r| r.intent).map(|r| Intent {
-        added: r.roles_added.as_deref().unwrap_or_default(),
-        removed: r.roles_removed.as_deref().unwrap_or_default(),
-    });
+    let prior = stored_intent(u);
     let desired = u.desired(policy);
     let max_rounds = deps.settings.sync.max_conflict_retries + 1;
     for _round in 0..max_rounds {
@@ -342,6 +519,9 @@ async fn sync_user(
             return UserResult::Retry { lines };
         }
         let roles: Vec<String> = change.after.iter().cloned().collect();
+        // From here the write may reach the target, whatever the call answers (a timeout, a
+        // retry dropped by a stop): a cancel then reads the user back rather than guess.
+        *sent = Some(change.clone());
         let written = deps
             .scim
             .patch_roles(&user.id, &version, &roles, tally)
@@ -384,6 +564,12 @@ impl Report<'_> {
         let found = find_user(self.deps, snapshot, external_id, tally)
             .await
             .map_err(|e| self.call_failed(e))?;
+        self.one_user(found)
+    }
+
+    /// The one user found; else the user's result (`not_found`, or `failed` as ambiguous).
+    fn one_user(&self, found: Vec<ScimUser>) -> Result<ScimUser, UserResult> {
+        let external_id = self.user.external_id.as_str();
         let n = found.len();
         let mut found = found.into_iter();
         match (found.next(), found.next()) {
@@ -544,6 +730,25 @@ impl Report<'_> {
                 .collect(),
             changed: None,
             target_error,
+        }
+    }
+
+    /// Every row of the user `cancelled`: nothing of this job reached the user. No event.
+    fn cancelled(&self) -> UserResult {
+        let results = self
+            .user
+            .rows
+            .iter()
+            .map(|r| {
+                let reason = (ReasonCode::Cancelled, CANCELLED_MESSAGE.to_owned());
+                RowResult::outcome(r.line, Outcome::Cancelled, Some(reason))
+            })
+            .collect();
+        UserResult::Rows {
+            results,
+            events: Vec::new(),
+            changed: None,
+            target_error: false,
         }
     }
 

@@ -443,6 +443,11 @@ impl ScimClient {
             Ok(t) => t,
             Err(e) => return SendOutcome::Token(e),
         };
+        // Again: fetching a token can take a round trip, and a stop (a cancel) that came
+        // meanwhile must still keep the call from leaving. From here to the send nothing waits.
+        if tally.is_stopped() {
+            return SendOutcome::Stopped;
+        }
         let mut req = self
             .http
             .request(call.method.clone(), &call.url)

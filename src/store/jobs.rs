@@ -3,7 +3,7 @@
 
 use super::{
     ItemRecord, ItemRow, JobRecord, JobRow, OutboxEvent, Store, StoreError, StoreResult,
-    begin_write, dual, insert_events, now_ms,
+    begin_write, dual, insert_events, now_ms, read_job,
 };
 use crate::domain::PausedReason;
 use crate::domain::{JobStatus, Outcome};
@@ -86,8 +86,12 @@ impl Store {
         })
     }
 
-    /// If no chunk of a running job remains, moves it to its final status and queues its
-    /// `job.finished` event. Returns the finished job only to the caller that finished it.
+    /// If no chunk of the job remains open and no row is pending, moves it to its final status
+    /// and queues its `job.finished` event: a running or paused job to the status its rows
+    /// imply (`succeeded`, `completed_with_errors`), a cancelled one whose last chunk just
+    /// settled stays `cancelled` and gets its `finished_at`. The event is built from the job as
+    /// the transition left it, read in the same transaction. Returns the finished job only to
+    /// the caller that finished it.
     pub(crate) async fn finish_job_if_done(
         &self,
         job_id: &str,
@@ -115,43 +119,49 @@ impl Store {
                 return Ok(None);
             };
             let job = JobRecord::try_from(row)?;
-            if !job.planned
-                || !matches!(job.status, JobStatus::Running | JobStatus::Paused)
-                || job.counts.pending > 0
-            {
+            let status = match job.status {
+                _ if job.counts.pending > 0 => None,
+                JobStatus::Running | JobStatus::Paused if job.planned => {
+                    Some(job.counts.final_status())
+                }
+                JobStatus::Cancelled if job.finished_at_ms.is_none() => Some(JobStatus::Cancelled),
+                _ => None,
+            };
+            let Some(status) = status else {
                 tx.rollback().await?;
                 return Ok(None);
-            }
-            let status = job.counts.final_status();
-            let n = sqlx::query(
+            };
+            // `status = $4`: the status read above, so a transition made meanwhile by another
+            // transaction (a cancel of a running job) is never overwritten.
+            let row = sqlx::query_as::<_, JobRow>(
                 "UPDATE jobs SET status = $1, finished_at_ms = $2, updated_at_ms = $2, paused_reason = NULL \
-                 WHERE id = $3 AND status IN ('running', 'paused')",
+                 WHERE id = $3 AND status = $4 AND finished_at_ms IS NULL RETURNING *",
             )
             .bind(status.as_str())
             .bind(now)
             .bind(job_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n == 0 {
+            .bind(job.status.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
                 tx.rollback().await?;
                 return Ok(None);
-            }
-            let mut finished = job;
-            finished.status = status;
-            finished.finished_at_ms = Some(now);
+            };
+            let finished = JobRecord::try_from(row)?;
             insert_events!(tx, &event(&finished));
             tx.commit().await?;
             Ok(Some(finished))
         })
     }
 
-    /// Running jobs with no row left pending: their last chunk was committed by a process that
-    /// died before finishing the job. `finish_job_if_done` finishes them.
+    /// Jobs with no row left pending that are not finished yet: running ones whose last chunk
+    /// was committed by a process that died before finishing them, and cancelled ones whose
+    /// last chunk settled that way. `finish_job_if_done` finishes them.
     pub(crate) async fn jobs_to_finish(&self) -> StoreResult<Vec<String>> {
         dual!(&self.backend, |p, DB| {
             let rows = sqlx::query(
-                "SELECT id FROM jobs WHERE status IN ('running', 'paused') AND planned = 1 AND c_pending = 0 LIMIT 100",
+                "SELECT id FROM jobs WHERE c_pending = 0 AND ((status IN ('running', 'paused') AND planned = 1) \
+                 OR (status = 'cancelled' AND finished_at_ms IS NULL)) LIMIT 100",
             )
             .fetch_all(p)
             .await?;
@@ -209,65 +219,28 @@ impl Store {
         })
     }
 
-    /// Ends a job that cannot run at all: its pending rows become `failed` with `reason`.
+    /// Ends a job that cannot run at all: its pending rows become `failed` with `error`, its
+    /// chunks `done`. `event` builds `job.finished` from the job as the transition left it
+    /// (final status and counts), read in the same transaction. Returns whether this call made
+    /// the transition.
     pub(crate) async fn fail_job(
         &self,
         job_id: &str,
         error: &str,
-        events: &[OutboxEvent],
-    ) -> StoreResult<bool> {
-        self.end_job(
-            job_id,
-            JobStatus::Failed,
-            Outcome::Failed,
-            "job_failed",
-            error,
-            events,
-        )
-        .await
-    }
-
-    /// Cancels a job at any point before it finished: pending rows become `cancelled`.
-    pub(crate) async fn cancel_job(
-        &self,
-        job_id: &str,
-        events: &[OutboxEvent],
-    ) -> StoreResult<bool> {
-        self.end_job(
-            job_id,
-            JobStatus::Cancelled,
-            Outcome::Cancelled,
-            "cancelled",
-            "the job was cancelled",
-            events,
-        )
-        .await
-    }
-
-    async fn end_job(
-        &self,
-        job_id: &str,
-        status: JobStatus,
-        outcome: Outcome,
-        code: &str,
-        message: &str,
-        events: &[OutboxEvent],
+        event: impl Fn(&JobRecord) -> Vec<OutboxEvent>,
     ) -> StoreResult<bool> {
         let now = now_ms();
         dual!(&self.backend, |p, DB| {
             let mut tx = begin_write(p).await?;
+            // The job row first, as every transition does (planning, approval, cancel): one
+            // lock order, so two transitions of a job wait for each other instead of deadlocking.
             let n = sqlx::query(
-                "UPDATE jobs SET status = $1, finished_at_ms = $2, updated_at_ms = $2, error = $3, \
-                 lease_owner = NULL, lease_until_ms = NULL, planned = 1 \
-                 WHERE id = $4 AND status IN ('queued', 'running', 'paused', 'awaiting_approval')",
+                "UPDATE jobs SET status = 'failed', finished_at_ms = $1, updated_at_ms = $1, error = $2, \
+                 lease_owner = NULL, lease_until_ms = NULL, planned = 1, paused_reason = NULL \
+                 WHERE id = $3 AND status IN ('queued', 'running', 'paused', 'awaiting_approval')",
             )
-            .bind(status.as_str())
             .bind(now)
-            .bind(if status == JobStatus::Failed {
-                Some(message)
-            } else {
-                None
-            })
+            .bind(error)
             .bind(job_id)
             .execute(&mut *tx)
             .await?
@@ -277,36 +250,128 @@ impl Store {
                 return Ok(false);
             }
             let moved = sqlx::query(
-                "UPDATE items SET outcome = $1, reason_code = $2, reason_message = $3 \
-                 WHERE job_id = $4 AND outcome = 'pending'",
+                "UPDATE items SET outcome = 'failed', reason_code = 'job_failed', reason_message = $1 \
+                 WHERE job_id = $2 AND outcome = 'pending'",
             )
-            .bind(outcome.as_str())
-            .bind(code)
-            .bind(message)
+            .bind(error)
             .bind(job_id)
             .execute(&mut *tx)
             .await?
             .rows_affected() as i64;
-            let column = match outcome {
-                Outcome::Cancelled => {
-                    "UPDATE jobs SET c_pending = c_pending - $1, c_cancelled = c_cancelled + $1 WHERE id = $2"
-                }
-                _ => {
-                    "UPDATE jobs SET c_pending = c_pending - $1, c_failed = c_failed + $1 WHERE id = $2"
-                }
-            };
-            sqlx::query(column)
-                .bind(moved)
-                .bind(job_id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE jobs SET c_pending = c_pending - $1, c_failed = c_failed + $1 WHERE id = $2",
+            )
+            .bind(moved)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("UPDATE chunks SET status = 'done', lease_owner = NULL WHERE job_id = $1")
                 .bind(job_id)
                 .execute(&mut *tx)
                 .await?;
-            insert_events!(tx, events);
+            let job = read_job!(tx, job_id);
+            insert_events!(tx, &event(&job));
             tx.commit().await?;
             Ok(true)
+        })
+    }
+
+    /// Cancels a job before it finished, in one transaction that never cancels a row whose
+    /// write may have been sent:
+    /// - the job becomes `cancelled` (no chunk of it is claimed for writing any more);
+    /// - its chunks no one holds (`ready`, `held`, `planning`) become `done`, unless a row of
+    ///   theirs carries an intent (an earlier run sent, or was about to send, its write): such
+    ///   a chunk stays `ready`, for a run that reads those users back (`pipeline::sync`);
+    /// - its pending rows outside the chunks still open (leased ones, and the ones kept above)
+    ///   become `cancelled`: rows never planned, and rows of the chunks just closed.
+    ///
+    /// A leased chunk is left to its run: the run records what it wrote and cancels the rest
+    /// (`pipeline::sync`), or, if its owner died, the chunk is claimed again once the lease
+    /// expires and settled without a write. When no chunk stays open the job is final now:
+    /// `finished_at` is set and `event` (`job.finished`, built from the job as this
+    /// transaction left it) is queued. Otherwise `finished_at` stays NULL until the last open
+    /// chunk settles (`finish_job_if_done`).
+    ///
+    /// Returns the job as the transaction left it, or None if it had ended already.
+    pub(crate) async fn cancel_job(
+        &self,
+        job_id: &str,
+        event: impl Fn(&JobRecord) -> Vec<OutboxEvent>,
+    ) -> StoreResult<Option<JobRecord>> {
+        let now = now_ms();
+        dual!(&self.backend, |p, DB| {
+            let mut tx = begin_write(p).await?;
+            // The job row first (see `fail_job`). From its commit on, no chunk of the job is
+            // claimed for writing: `claim_chunk` takes cancelled jobs' chunks to settle only.
+            let n = sqlx::query(
+                "UPDATE jobs SET status = 'cancelled', updated_at_ms = $1, lease_owner = NULL, \
+                 lease_until_ms = NULL, planned = 1, paused_reason = NULL \
+                 WHERE id = $2 AND status IN ('queued', 'running', 'paused', 'awaiting_approval')",
+            )
+            .bind(now)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            // Only chunks not leased are closed. On PostgreSQL a chunk being claimed right now
+            // is locked by the claim: this UPDATE waits for it, then sees it `leased` and leaves
+            // it (and its rows) to the run.
+            sqlx::query(
+                "UPDATE chunks SET status = 'done', lease_owner = NULL, lease_until_ms = NULL \
+                 WHERE job_id = $1 AND status IN ('ready', 'held', 'planning') AND NOT EXISTS ( \
+                 SELECT 1 FROM items i WHERE i.job_id = $1 AND i.chunk_no = chunks.chunk_no \
+                 AND i.outcome = 'pending' AND i.intent = 1)",
+            )
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE chunks SET status = 'ready' WHERE job_id = $1 AND status IN ('held', 'planning')",
+            )
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+            let moved = sqlx::query(
+                "UPDATE items SET outcome = 'cancelled', reason_code = 'cancelled', reason_message = $2 \
+                 WHERE job_id = $1 AND outcome = 'pending' AND (chunk_no IS NULL OR NOT EXISTS ( \
+                 SELECT 1 FROM chunks c WHERE c.job_id = $1 AND c.chunk_no = items.chunk_no AND c.status <> 'done'))",
+            )
+            .bind(job_id)
+            .bind(super::CANCELLED_MESSAGE)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as i64;
+            sqlx::query(
+                "UPDATE jobs SET c_pending = c_pending - $1, c_cancelled = c_cancelled + $1 WHERE id = $2",
+            )
+            .bind(moved)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+            let open: i64 =
+                sqlx::query("SELECT COUNT(*) FROM chunks WHERE job_id = $1 AND status <> 'done'")
+                    .bind(job_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get(0)?;
+            if open == 0 {
+                // Every pending row was in a chunk still open: none is left.
+                sqlx::query("UPDATE jobs SET finished_at_ms = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(job_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let job = read_job!(tx, job_id);
+            if open == 0 {
+                insert_events!(tx, &event(&job));
+            }
+            tx.commit().await?;
+            Ok(Some(job))
         })
     }
 
@@ -349,5 +414,200 @@ impl Store {
             tx.commit().await?;
             Ok(n)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Assignment, Counts};
+    use crate::store::test_support::{ok, store_with_job};
+    use crate::store::{ChunkClaim, ChunkDone, JobDeltas, JobPlan, PlanPage, RowResult};
+
+    fn row(line: u64, user: &str) -> Assignment {
+        Assignment {
+            line,
+            external_id: user.into(),
+            role_template: "Agent".into(),
+            license_tier: "Standard Agent".into(),
+            defect: None,
+        }
+    }
+
+    /// `job.finished` as the tests read it back: the status and counts it was built from.
+    fn event(job: &JobRecord) -> Vec<OutboxEvent> {
+        vec![OutboxEvent {
+            event_id: format!("finished-{}", job.id),
+            event_type: "job.finished".into(),
+            payload: serde_json::json!({"status": job.status, "counts": job.counts, "finished": job.finished_at_ms.is_some()})
+                .to_string(),
+            endpoints: vec!["audit".into()],
+        }]
+    }
+
+    async fn finished_events(store: &Store) -> Vec<serde_json::Value> {
+        ok(store.list_deliveries(None, 100).await)
+            .iter()
+            .filter(|d| d.event_type == "job.finished")
+            .filter_map(|d| serde_json::from_str(&d.payload).ok())
+            .collect()
+    }
+
+    /// job-1: users A (lines 2, 3), B (4), C (5), D (6) in chunks 0 (A), 1 (B), 2 (C), 3 (D),
+    /// planned and running.
+    async fn running_job() -> (Store, tempfile::TempDir) {
+        let rows = [
+            row(2, "A"),
+            row(3, "A"),
+            row(4, "B"),
+            row(5, "C"),
+            row(6, "D"),
+        ];
+        let (store, dir) = store_with_job(&rows, Vec::new()).await;
+        assert!(ok(store.claim_job_to_plan("planner", 60_000).await).is_some());
+        let page = PlanPage {
+            first: true,
+            chunks: vec![(0, vec![2, 3]), (1, vec![4]), (2, vec![5]), (3, vec![6])],
+            ..Default::default()
+        };
+        assert!(ok(store
+            .save_plan_page("job-1", "planner", 60_000, &page)
+            .await));
+        let plan = JobPlan {
+            status: JobStatus::Running,
+            users_total: 4,
+            estimate: None,
+            approval: None,
+            deltas: JobDeltas::default(),
+        };
+        assert!(ok(store.finish_plan("job-1", "planner", &plan).await));
+        (store, dir)
+    }
+
+    fn claim(chunk_no: i64) -> ChunkClaim {
+        ChunkClaim {
+            job_id: "job-1".into(),
+            chunk_no,
+            attempts: 1,
+        }
+    }
+
+    fn outcomes(items: &[ItemRecord]) -> Vec<(i64, Outcome)> {
+        items.iter().map(|i| (i.line, i.outcome)).collect()
+    }
+
+    /// A cancel never cancels a row whose write may have been sent: the rows of a leased chunk
+    /// wait for its run, and a chunk given back with an intent recorded stays open to be read
+    /// back. The job is final, with `job.finished` carrying the final counts, only once the
+    /// last of them settles.
+    #[tokio::test]
+    async fn a_cancel_leaves_rows_in_flight_to_their_run_and_finishes_with_the_last_one() {
+        let (store, _dir) = running_job().await;
+        // Chunk 0 is being run; chunk 3 was run, its write to D sent, then given back.
+        assert_eq!(ok(store.claim_chunk("w", 60_000).await), Some(claim(0)));
+        assert_eq!(
+            ok(store.claim_chunk("x", 60_000).await).map(|c| c.chunk_no),
+            Some(1)
+        );
+        ok(store.release_chunk(&claim(1), "x", None, true).await);
+        ok(store
+            .mark_intent("job-1", &[6], &["Agent".into()], &[])
+            .await);
+
+        let job = ok(store.cancel_job("job-1", event).await).unwrap_or_else(|| panic!("cancel"));
+        assert_eq!(job.status, JobStatus::Cancelled);
+        assert_eq!(job.finished_at_ms, None, "chunk 0 is still being run");
+        assert_eq!((job.counts.pending, job.counts.cancelled), (3, 2));
+        assert!(finished_events(&store).await.is_empty());
+        let items = ok(store.list_items("job-1", None, 100, None).await);
+        assert_eq!(
+            outcomes(&items),
+            [
+                (2, Outcome::Pending),
+                (3, Outcome::Pending),
+                (4, Outcome::Cancelled),
+                (5, Outcome::Cancelled),
+                (6, Outcome::Pending),
+            ]
+        );
+        assert_eq!(
+            items[2].reason.as_ref().map(|r| r.code.as_str()),
+            Some("cancelled")
+        );
+        assert!(
+            ok(store.cancel_job("job-1", event).await).is_none(),
+            "cancelled once"
+        );
+
+        // The kept chunk is claimed to be settled; no other chunk is.
+        assert_eq!(ok(store.claim_chunk("y", 60_000).await), Some(claim(3)));
+        assert_eq!(ok(store.claim_chunk("y", 60_000).await), None);
+        let applied = |line| RowResult {
+            user_id: Some("u".into()),
+            roles_added: Some(vec!["Agent".into()]),
+            roles_removed: Some(Vec::new()),
+            ..RowResult::outcome(line, Outcome::Applied, None)
+        };
+        // D was read back without the roles: the write did not land.
+        let reason = Some((crate::domain::ReasonCode::Cancelled, "cancelled".to_owned()));
+        let d = ChunkDone {
+            results: vec![RowResult::outcome(6, Outcome::Cancelled, reason)],
+            ..Default::default()
+        };
+        assert!(ok(store.complete_chunk(&claim(3), "y", &d).await));
+        assert!(ok(store.finish_job_if_done("job-1", event).await).is_none());
+
+        // The run of chunk 0 wrote A's line 2 and 3 before it stopped.
+        let d = ChunkDone {
+            results: vec![applied(2), applied(3)],
+            ..Default::default()
+        };
+        assert!(ok(store.complete_chunk(&claim(0), "w", &d).await));
+        assert_eq!(ok(store.jobs_to_finish().await), ["job-1"]);
+        let done = ok(store.finish_job_if_done("job-1", event).await)
+            .unwrap_or_else(|| panic!("finished"));
+        assert_eq!(done.status, JobStatus::Cancelled);
+        assert!(done.finished_at_ms.is_some());
+        let want = Counts {
+            total: 5,
+            applied: 2,
+            cancelled: 3,
+            ..Default::default()
+        };
+        assert_eq!(done.counts, want);
+        assert!(ok(store.finish_job_if_done("job-1", event).await).is_none());
+        assert!(ok(store.jobs_to_finish().await).is_empty());
+        let events = finished_events(&store).await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["status"], "cancelled");
+        assert_eq!(events[0]["finished"], true);
+        assert_eq!(events[0]["counts"], serde_json::json!(want));
+    }
+
+    /// Nothing leased: the cancel is the job's end, and its event carries the final counts.
+    #[tokio::test]
+    async fn a_cancel_with_nothing_in_flight_is_final_at_once() {
+        let (store, _dir) = running_job().await;
+        let job = ok(store.cancel_job("job-1", event).await).unwrap_or_else(|| panic!("cancel"));
+        assert!(job.finished_at_ms.is_some());
+        assert_eq!((job.counts.pending, job.counts.cancelled), (0, 5));
+        assert_eq!(ok(store.claim_chunk("w", 60_000).await), None);
+        let events = finished_events(&store).await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["status"], "cancelled");
+        assert_eq!(events[0]["counts"], serde_json::json!(job.counts));
+    }
+
+    /// A failed job's event is built after its rows failed: pending 0, failed all.
+    #[tokio::test]
+    async fn a_failed_jobs_event_carries_its_final_counts() {
+        let (store, _dir) = running_job().await;
+        assert!(ok(store.fail_job("job-1", "auth_failed: no", event).await));
+        assert!(!ok(store.fail_job("job-1", "again", event).await));
+        let events = finished_events(&store).await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["status"], "failed");
+        assert_eq!(events[0]["counts"]["pending"], 0);
+        assert_eq!(events[0]["counts"]["failed"], 5);
     }
 }

@@ -93,6 +93,10 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The reason message of a row cancelled with its job (reason code `cancelled`), wherever the
+/// row is cancelled: by the cancel itself or by the run that settles its chunk.
+pub(crate) const CANCELLED_MESSAGE: &str = "the job was cancelled";
+
 /// One value per backend: a `Store`'s pool (`Pools`) or an open transaction (`ingest::Tx`).
 /// `dual!` opens it.
 #[derive(Clone, Debug)]
@@ -200,7 +204,8 @@ macro_rules! add_counts {
              c_unchanged = c_unchanged + $4, c_not_found = c_not_found + $5, c_failed = c_failed + $6, \
              c_planned = c_planned + $7, users_changed = users_changed + $8, users_unchanged = users_unchanged + $9, \
              scim_requests = scim_requests + $10, scim_retries = scim_retries + $11, \
-             scim_rate_limited = scim_rate_limited + $12, updated_at_ms = $13 WHERE id = $14",
+             scim_rate_limited = scim_rate_limited + $12, updated_at_ms = $13, c_cancelled = c_cancelled + $15 \
+             WHERE id = $14",
         )
         .bind(c.total)
         .bind(c.rejected)
@@ -216,6 +221,7 @@ macro_rules! add_counts {
         .bind(d.scim_rate_limited)
         .bind($now)
         .bind($job_id)
+        .bind(c.cancelled)
         .execute(&mut *$tx)
         .await?;
     }};
@@ -244,9 +250,23 @@ macro_rules! insert_events {
     }};
 }
 
+/// The job as it stands inside a transaction (after the transaction's own updates), as a
+/// `JobRecord`; a job that vanished is a corrupt store.
+macro_rules! read_job {
+    ($tx:expr, $job_id:expr) => {{
+        let job_id: &str = $job_id;
+        let row = sqlx::query_as::<_, $crate::store::JobRow>("SELECT * FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_optional(&mut *$tx)
+            .await?
+            .ok_or_else(|| $crate::store::StoreError::Corrupt(format!("job {job_id} vanished")))?;
+        $crate::store::JobRecord::try_from(row)?
+    }};
+}
+
 // The files of this module import these by path (`use super::{dual, insert_events}`), so the
 // order of the `mod` lines above does not matter.
-use {add_counts, apply_result, dual, insert_events};
+use {add_counts, apply_result, dual, insert_events, read_job};
 
 pub fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000

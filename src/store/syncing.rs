@@ -9,8 +9,10 @@ use sqlx::{QueryBuilder, Row};
 
 impl Store {
     /// Claims one chunk that is ready, or whose lease expired (its owner died), of a running job
-    /// (not before its backoff, `not_before_ms`). A cancelled job's chunk whose lease expired
-    /// is claimed too: its owner died mid-run, and what it wrote must still be recorded.
+    /// (not before its backoff, `not_before_ms`). A cancelled job's open chunk is claimed too,
+    /// to be settled without a write (`pipeline::sync`): its owner died mid-run (lease
+    /// expired), or it holds rows whose write may have been sent (`cancel_job` kept it
+    /// `ready`), and what was written must still be recorded.
     pub(crate) async fn claim_chunk(
         &self,
         owner: &str,
@@ -23,16 +25,16 @@ impl Store {
                 Backend::Postgres(_) => {
                     "UPDATE chunks SET status = 'leased', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
                      WHERE (job_id, chunk_no) = (SELECT c.job_id, c.chunk_no FROM chunks c JOIN jobs j ON j.id = c.job_id \
-                     WHERE ((j.status = 'running' AND (c.status = 'ready' OR (c.status = 'leased' AND c.lease_until_ms < $3))) \
-                     OR (j.status = 'cancelled' AND c.status = 'leased' AND c.lease_until_ms < $3)) \
+                     WHERE j.status IN ('running', 'cancelled') \
+                     AND (c.status = 'ready' OR (c.status = 'leased' AND c.lease_until_ms < $3)) \
                      AND COALESCE(c.not_before_ms, 0) <= $3 \
                      ORDER BY c.job_id, c.chunk_no LIMIT 1 FOR UPDATE OF c SKIP LOCKED) RETURNING job_id, chunk_no, attempts"
                 }
                 Backend::Sqlite(_) => {
                     "UPDATE chunks SET status = 'leased', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
                      WHERE rowid = (SELECT c.rowid FROM chunks c JOIN jobs j ON j.id = c.job_id \
-                     WHERE ((j.status = 'running' AND (c.status = 'ready' OR (c.status = 'leased' AND c.lease_until_ms < $3))) \
-                     OR (j.status = 'cancelled' AND c.status = 'leased' AND c.lease_until_ms < $3)) \
+                     WHERE j.status IN ('running', 'cancelled') \
+                     AND (c.status = 'ready' OR (c.status = 'leased' AND c.lease_until_ms < $3)) \
                      AND COALESCE(c.not_before_ms, 0) <= $3 \
                      ORDER BY c.job_id, c.chunk_no LIMIT 1) RETURNING job_id, chunk_no, attempts"
                 }

@@ -2,8 +2,12 @@
 //! reason, users that always fail, cancels mid-write, leases, store outages.
 
 use crate::helpers::*;
+use crate::process::*;
+use axum::http::HeaderMap;
 use genesys_cloud_emulator::EmulatorArgs;
-use serde_json::json;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn csv_for(users: &[String], role: &str, tier: &str) -> String {
@@ -195,4 +199,446 @@ async fn several_users_failing_together_pause_the_job_and_it_resumes() {
     let done = app.wait_finished(&id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["counts"]["applied"], 20, "{done}");
+}
+
+// ----- cancels mid-write -------------------------------------------------------------------
+
+/// Every webhook a receiver got, de-duplicated by `webhook-id`: id → (type, data).
+type Hooks = Arc<Mutex<BTreeMap<String, (String, Value)>>>;
+
+async fn start_hooks() -> (String, Hooks) {
+    let got: Hooks = Arc::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let sink = sink.clone();
+            async move {
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                let kind = v["type"].as_str().unwrap_or("").to_owned();
+                sink.lock().unwrap().insert(id, (kind, v["data"].clone()));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), got)
+}
+
+fn hook_toml(url: &str) -> String {
+    format!(
+        "[[webhooks.endpoints]]\nname = \"audit\"\nurl = \"{url}\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"
+    )
+}
+
+/// PATCHes the emulator answered, whatever the status: every write that reached it.
+async fn patches_sent(emulator: &str) -> u64 {
+    let stats: Value = reqwest::get(format!("{emulator}/emulator/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["method"] == "PATCH")
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum()
+}
+
+/// Each user's roles in the emulator, sorted, by external id.
+async fn roles_by_user(emulator: &str) -> BTreeMap<String, Vec<String>> {
+    let users: Value = reqwest::get(format!("{emulator}/emulator/users"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    users
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["externalId"].as_str().unwrap_or("").to_owned(),
+                strs(&u["roles"]),
+            )
+        })
+        .collect()
+}
+
+/// Watches the emulator's PATCH count every few milliseconds, from before a cancel is sent
+/// until `finish`: when each write landed.
+struct PatchWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(Instant, u64)>>,
+}
+
+impl PatchWatch {
+    async fn start(emulator: &str) -> PatchWatch {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, emulator) = (stop.clone(), emulator.to_owned());
+        let first = patches_sent(&emulator).await;
+        let task = tokio::spawn(async move {
+            let mut seen = vec![(Instant::now(), first)];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let n = patches_sent(&emulator).await;
+                if seen.last().is_some_and(|(_, last)| *last != n) {
+                    seen.push((Instant::now(), n));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seen
+        });
+        PatchWatch { stop, task }
+    }
+
+    /// Once `finished` holds, watches `quiet` more, then tells: the PATCH count when the cancel
+    /// answered, the count in the end, and when the last write seen landed relative to the
+    /// answer (negative: before it), in milliseconds; None if none landed while watching.
+    async fn finish(
+        self,
+        answered: Instant,
+        quiet: Duration,
+        mut finished: impl AsyncFnMut() -> bool,
+    ) -> (u64, u64, Option<i128>) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !finished().await {
+            assert!(Instant::now() < deadline, "the job never finished");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Not a wait for anything: the window in which no write may appear.
+        tokio::time::sleep(quiet).await;
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = self.task.await.unwrap();
+        let at_answer = seen
+            .iter()
+            .take_while(|(t, _)| *t <= answered)
+            .last()
+            .map_or(0, |(_, n)| *n);
+        let (last_at, at_end) = seen[seen.len() - 1];
+        let after = if last_at >= answered {
+            (last_at - answered).as_millis() as i128
+        } else {
+            -((answered - last_at).as_millis() as i128)
+        };
+        (at_answer, at_end, (seen.len() > 1).then_some(after))
+    }
+}
+
+fn landed(ms: Option<i128>) -> String {
+    ms.map_or("(none while watching)".to_owned(), |ms| format!("{ms} ms"))
+}
+
+/// The job's record against the target, user by user: a user whose roles changed is
+/// `applied` with the roles added, and its `role_sync.completed` went out; every other user is
+/// `cancelled`, with no such event. `job.finished` went out once, with the job's final counts.
+async fn assert_record_matches_target(
+    job: &Value,
+    items: &[Value],
+    roles: &BTreeMap<String, Vec<String>>,
+    hooks: &Hooks,
+    wanted: &str,
+) {
+    let id = job["job_id"].as_str().unwrap();
+    let c = &job["counts"];
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(c["pending"], 0, "{job}");
+    let mut changed = BTreeSet::new();
+    for item in items {
+        let user = item["external_id"].as_str().unwrap();
+        if roles[user].iter().any(|r| r == wanted) {
+            assert_eq!(item["outcome"], "applied", "{user} was written: {item}");
+            assert!(
+                strs(&item["roles_added"]).contains(&wanted.to_owned()),
+                "{item}"
+            );
+            changed.insert(user.to_owned());
+        } else {
+            assert_eq!(
+                item["outcome"], "cancelled",
+                "{user} was not written: {item}"
+            );
+            assert_eq!(item["reason"]["code"], "cancelled", "{item}");
+        }
+    }
+    assert_eq!(
+        c["applied"].as_u64().unwrap(),
+        changed.len() as u64,
+        "{job}"
+    );
+    assert_eq!(
+        c["cancelled"].as_u64().unwrap(),
+        (items.len() - changed.len()) as u64,
+        "{job}"
+    );
+
+    // Every change's event, and the job's, arrive.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = hooks.lock().unwrap().clone();
+        let completed: BTreeSet<String> = got
+            .values()
+            .filter(|(t, d)| t == "role_sync.completed" && d["job_id"] == id)
+            .map(|(_, d)| d["external_id"].as_str().unwrap().to_owned())
+            .collect();
+        let finished: Vec<&Value> = got
+            .values()
+            .filter(|(t, d)| t == "job.finished" && d["job_id"] == id)
+            .map(|(_, d)| d)
+            .collect();
+        if completed.len() >= changed.len() && !finished.is_empty() {
+            assert_eq!(
+                completed, changed,
+                "one role_sync.completed per user written, no other"
+            );
+            assert_eq!(finished.len(), 1, "one job.finished: {finished:?}");
+            assert_eq!(finished[0]["status"], "cancelled");
+            assert_eq!(
+                finished[0]["counts"], *c,
+                "job.finished carries the final counts"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events missing: {} of {} role_sync.completed, job.finished {}",
+            completed.len(),
+            changed.len(),
+            finished.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A cancel while users are being written: every write sent is recorded as what it did, with
+/// its webhook; every other user is cancelled; no write reaches the target once the cancel has
+/// answered (but for the PATCHes already on the wire, answered within the emulator's latency).
+#[tokio::test]
+async fn a_cancel_mid_write_records_every_write_sent_and_sends_none_after_it() {
+    let (hook, hooks) = start_hooks().await;
+    let app = spawn_app_with(TestOptions {
+        emulator: EmulatorArgs {
+            rate_limit_per_minute: 0,
+            latency_ms: 30,
+            ..Default::default()
+        },
+        config: format!("[target]\nmax_concurrency = 4\n{}", hook_toml(&hook)),
+        ..Default::default()
+    })
+    .await;
+    let users = seed_n(&app, "Q", 300).await;
+    let job = app
+        .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = app.job(&id).await;
+        if j["counts"]["applied"].as_u64().unwrap_or(0) >= 40 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job does not move: {j}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let emulator = app.emulator_url();
+    let watch = PatchWatch::start(&emulator).await;
+    let resp = app.post(&format!("/v1/jobs/{id}/cancel"), WRITER_KEY).await;
+    let answered = Instant::now();
+    assert_eq!(resp.status(), 200);
+    let at_cancel: Value = resp.json().await.unwrap();
+    assert_eq!(at_cancel["status"], "cancelled", "{at_cancel}");
+    let (at_answer, at_end, last_ms) = watch
+        .finish(answered, Duration::from_millis(500), async || {
+            !app.job(&id).await["finished_at"].is_null()
+        })
+        .await;
+    eprintln!(
+        "cancel: {at_answer} PATCHes when the cancel answered (applied {} then), {at_end} in the \
+         end; the last write landed {} after the answer",
+        at_cancel["counts"]["applied"],
+        landed(last_ms)
+    );
+    // The PATCHes on the wire at the answer land within the emulator's latency (30 ms); none
+    // leaves later. The bound leaves room for a loaded machine.
+    assert!(
+        last_ms.is_none_or(|ms| ms < 1000),
+        "a write reached the target {last_ms:?} ms after the cancel answered"
+    );
+
+    let done = app.wait_finished(&id).await;
+    let items = app.items(&id).await;
+    assert_eq!(items.len(), 300);
+    let roles = roles_by_user(&emulator).await;
+    assert_record_matches_target(&done, &items, &roles, &hooks, "Agent").await;
+    // The writes in flight when the cancel came were recorded after it (the measured bug lost
+    // exactly those), and the job is counted once.
+    let applied_at_cancel = at_cancel["counts"]["applied"].as_u64().unwrap();
+    assert!(
+        done["counts"]["applied"].as_u64().unwrap() > applied_at_cancel,
+        "no write was in flight at the cancel: {at_cancel}"
+    );
+    assert_eq!(
+        done["counts"]["applied"].as_u64().unwrap(),
+        at_end,
+        "every PATCH sent is an applied row"
+    );
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("rolesync_jobs_total{status=\"cancelled\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// Every row of a job, through the API of the service at `url`.
+async fn items_at(url: &str, id: &str) -> Vec<Value> {
+    let v = api(
+        url,
+        reqwest::Method::GET,
+        &format!("/v1/jobs/{id}/items?limit=1000"),
+        None,
+    )
+    .await;
+    assert!(v["next_cursor"].is_null(), "one page holds the job");
+    v["items"].as_array().unwrap().clone()
+}
+
+/// A replica dies (`kill -9`) with writes sent and not committed; the job is then cancelled
+/// through another replica. The dead owner's chunks, claimed once their lease expires, are
+/// settled without a write: each user whose write was sent (its intent recorded) is read back
+/// and recorded `applied`, with its webhook, and every other user `cancelled`.
+#[tokio::test]
+async fn a_cancelled_jobs_chunks_whose_owner_died_are_settled_by_reading_back() {
+    let emu = emulator_with(EmulatorArgs {
+        rate_limit_per_minute: 0,
+        latency_ms: 20,
+        ..Default::default()
+    })
+    .await;
+    let base = emu.base_url();
+    let users = seed_users(&base, "D", 600).await;
+    let (hook, hooks) = start_hooks().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = fresh_store_url(dir.path()).await;
+    let extra = hook_toml(&hook);
+    let mut a = start_service(dir.path(), &store, &base, &extra).await;
+    let job = api(
+        &a.url,
+        reqwest::Method::POST,
+        "/v1/jobs",
+        Some(("text/csv", csv_for(&users, "Agent", "Standard Agent"))),
+    )
+    .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    // Kill once at least 20 writes reached the target that no committed chunk records.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = api(
+            &a.url,
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{id}"),
+            None,
+        )
+        .await;
+        let committed = j["counts"]["applied"].as_u64().unwrap_or(0);
+        if patches_sent(&base).await >= committed + 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job does not move: {j}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    signal(&a.child, "-KILL");
+    wait_exit(&mut a.child, 10).await;
+    // Whatever the dead process had on the wire has landed or never will.
+    let mut last = patches_sent(&base).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = patches_sent(&base).await;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let recorded = {
+        let s = rolesync::store::Store::connect(&store, 2).await.unwrap();
+        let j = s.get_job(&id).await.unwrap().unwrap();
+        s.close().await;
+        j.counts.applied as usize
+    };
+    let written = roles_by_user(&base)
+        .await
+        .values()
+        .filter(|r| r.iter().any(|r| r == "Agent"))
+        .count();
+    assert!(
+        written > recorded,
+        "staged: writes sent and not recorded ({written} written, {recorded} recorded)"
+    );
+
+    let b = start_service(dir.path(), &store, &base, &extra).await;
+    let watch = PatchWatch::start(&base).await;
+    let at_cancel = api(
+        &b.url,
+        reqwest::Method::POST,
+        &format!("/v1/jobs/{id}/cancel"),
+        None,
+    )
+    .await;
+    let answered = Instant::now();
+    assert_eq!(at_cancel["status"], "cancelled", "{at_cancel}");
+    let (at_answer, at_end, last_ms) = watch
+        .finish(answered, Duration::from_millis(500), async || {
+            let j = api(
+                &b.url,
+                reqwest::Method::GET,
+                &format!("/v1/jobs/{id}"),
+                None,
+            )
+            .await;
+            !j["finished_at"].is_null()
+        })
+        .await;
+    eprintln!(
+        "dead owner: {written} written, {recorded} recorded at the kill; the cancel answered with \
+         pending {} (finished_at {}); PATCHes {at_answer} at the answer, {at_end} in the end; the \
+         last write landed {} after the answer",
+        at_cancel["counts"]["pending"],
+        at_cancel["finished_at"],
+        landed(last_ms)
+    );
+    assert!(
+        last_ms.is_none_or(|ms| ms < 1000),
+        "a write reached the target {last_ms:?} ms after the cancel answered"
+    );
+
+    let done = api(
+        &b.url,
+        reqwest::Method::GET,
+        &format!("/v1/jobs/{id}"),
+        None,
+    )
+    .await;
+    let items = items_at(&b.url, &id).await;
+    assert_eq!(items.len(), 600);
+    let roles = roles_by_user(&base).await;
+    assert_record_matches_target(&done, &items, &roles, &hooks, "Agent").await;
+    assert!(done["counts"]["applied"].as_u64().unwrap() >= written as u64);
 }

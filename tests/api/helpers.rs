@@ -255,12 +255,26 @@ impl TestApp {
         }
     }
 
+    /// Polls until the job has ended: a final status and `finished_at` (a cancelled job gets
+    /// it once the writes that were in flight are recorded).
     pub async fn wait_finished(&self, id: &str) -> Value {
-        self.wait_for(
-            id,
-            &["succeeded", "completed_with_errors", "failed", "cancelled"],
-        )
-        .await
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let job = self
+                .wait_for(
+                    id,
+                    &["succeeded", "completed_with_errors", "failed", "cancelled"],
+                )
+                .await;
+            if !job["finished_at"].is_null() {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} never finished: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Every row of a job, by line.

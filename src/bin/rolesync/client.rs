@@ -119,14 +119,14 @@ impl Client {
             bar.set_length(total);
             bar.set_position(total - pending);
             bar.set_message(format!("{status}, {calls} SCIM calls"));
+            // A cancelled job is over once `finished_at` is set: until then, the writes that
+            // were in flight when it was cancelled are being recorded.
+            let finished = job.get("finished_at").is_some_and(|v| !v.is_null());
             if matches!(
                 status.as_str(),
-                "succeeded"
-                    | "completed_with_errors"
-                    | "failed"
-                    | "cancelled"
-                    | "awaiting_approval"
-            ) {
+                "succeeded" | "completed_with_errors" | "failed" | "awaiting_approval"
+            ) || (status == "cancelled" && finished)
+            {
                 bar.finish();
                 return Ok(job);
             }
