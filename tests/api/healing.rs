@@ -10,20 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn csv_for(users: &[String], role: &str, tier: &str) -> String {
-    std::iter::once("external_id,role_template,license_tier".to_owned())
-        .chain(users.iter().map(|u| format!("{u},{role},{tier}")))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-async fn seed_n(app: &TestApp, prefix: &str, n: usize) -> Vec<String> {
-    let users: Vec<String> = (0..n).map(|i| format!("{prefix}{i:04}")).collect();
-    let seeds: Vec<(&str, &[&str])> = users.iter().map(|u| (u.as_str(), &[][..])).collect();
-    app.seed(&seeds).await;
-    users
-}
-
 /// `inin-ratelimit-reset: 18446744073709551615` with a spent window, a 429 asking for
 /// 99999999999 s, and a token whose `expires_in` is u64::MAX: the job still finishes, each
 /// wait clamped to `target.max_server_delay_secs`.

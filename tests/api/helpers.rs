@@ -399,3 +399,19 @@ pub fn strs(v: &Value) -> Vec<String> {
     out.sort();
     out
 }
+
+/// A CSV body giving each of `users` the role `role` in tier `tier`.
+pub fn csv_for(users: &[String], role: &str, tier: &str) -> String {
+    std::iter::once("external_id,role_template,license_tier".to_owned())
+        .chain(users.iter().map(|u| format!("{u},{role},{tier}")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Seeds `n` users `{prefix}0000`… with no roles but `Employee`; returns their external ids.
+pub async fn seed_n(app: &TestApp, prefix: &str, n: usize) -> Vec<String> {
+    let users: Vec<String> = (0..n).map(|i| format!("{prefix}{i:04}")).collect();
+    let seeds: Vec<(&str, &[&str])> = users.iter().map(|u| (u.as_str(), &[][..])).collect();
+    app.seed(&seeds).await;
+    users
+}

@@ -144,13 +144,6 @@ pub async fn seed_users(base: &str, prefix: &str, n: usize) -> Vec<String> {
     users
 }
 
-pub fn csv_for(users: &[String], role: &str, tier: &str) -> String {
-    std::iter::once("external_id,role_template,license_tier".to_owned())
-        .chain(users.iter().map(|u| format!("{u},{role},{tier}")))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[tokio::test]
 async fn sigterm_mid_job_exits_0_within_the_grace_period_and_the_job_finishes_after_restart() {
     let emu = emulator_with(EmulatorArgs {

@@ -4,20 +4,6 @@ use crate::helpers::*;
 use genesys_cloud_emulator::EmulatorArgs;
 use serde_json::json;
 
-fn csv_for(users: &[String], role: &str, tier: &str) -> String {
-    std::iter::once("external_id,role_template,license_tier".to_owned())
-        .chain(users.iter().map(|u| format!("{u},{role},{tier}")))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-async fn seed_n(app: &TestApp, prefix: &str, n: usize) -> Vec<String> {
-    let users: Vec<String> = (0..n).map(|i| format!("{prefix}{i:04}")).collect();
-    let seeds: Vec<(&str, &[&str])> = users.iter().map(|u| (u.as_str(), &[][..])).collect();
-    app.seed(&seeds).await;
-    users
-}
-
 #[tokio::test]
 async fn errors_and_rate_limits_never_leave_a_user_wrong_or_a_row_failed() {
     let app = spawn_app_with(TestOptions {
