@@ -6,7 +6,7 @@ use super::model::{ErrorBody, ListResponse, PATCH_OP_SCHEMA, ScimUser, escape_fi
 use super::rate::RateLimiter;
 use super::retry::{Verdict, backoff, classify, parse_retry_after};
 use super::token::{TokenManager, TokenSource};
-use crate::configuration::{Settings, TargetProfile};
+use crate::configuration::Settings;
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -60,7 +60,6 @@ pub struct ScimClient {
     http: reqwest::Client,
     base: String,
     api_base: String,
-    profile: TargetProfile,
     tokens: TokenSource,
     limiter: RateLimiter,
     metrics: Metrics,
@@ -120,7 +119,6 @@ impl ScimClient {
             http,
             base: t.scim_base.trim_end_matches('/').to_owned(),
             api_base: settings.api_base(),
-            profile: t.profile,
             tokens,
             limiter: RateLimiter::new(t.requests_per_minute),
             metrics,
@@ -129,10 +127,6 @@ impl ScimClient {
             max_retry: Duration::from_secs(t.max_retry_secs),
             max_server_delay: Duration::from_secs(t.max_server_delay_secs),
         })
-    }
-
-    pub fn profile(&self) -> TargetProfile {
-        self.profile
     }
 
     /// Seconds between two calls at the configured rate.

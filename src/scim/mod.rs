@@ -16,7 +16,7 @@ pub mod retry;
 pub mod token;
 
 pub use client::{CallTally, ScimClient};
-pub use model::{ScimUser, escape_filter_value};
+pub use model::ScimUser;
 
 /// Why a SCIM call failed, after retries. Each variant says what the caller should do.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -52,10 +52,6 @@ pub struct Meta {
 pub struct ListResponse {
     #[serde(default)]
     pub total_results: u64,
-    #[serde(default)]
-    pub items_per_page: Option<u64>,
-    #[serde(default)]
-    pub start_index: Option<u64>,
     #[serde(default, rename = "Resources")]
     pub resources: Vec<ScimUser>,
 }
