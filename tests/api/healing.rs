@@ -628,3 +628,63 @@ async fn a_cancelled_jobs_chunks_whose_owner_died_are_settled_by_reading_back() 
     assert_record_matches_target(&done, &items, &roles, &hooks, "Agent").await;
     assert!(done["counts"]["applied"].as_u64().unwrap() >= written as u64);
 }
+
+/// A target that answers without versions (no `ETag`, no `meta.version`): rolesync reads the
+/// user once more, and still without a version refuses to write: no PATCH leaves without
+/// `If-Match`. With versions back, the same job applies.
+#[tokio::test]
+async fn no_write_goes_out_without_if_match() {
+    let app = spawn_app_with(TestOptions {
+        emulator: EmulatorArgs {
+            rate_limit_per_minute: 0,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let users = seed_n(&app, "V", 5).await;
+    app.set_faults(json!({"omit_versions": true})).await;
+    let job = app
+        .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
+        .await;
+    let done = app.wait_finished(job["job_id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed_with_errors", "{done}");
+    assert_eq!(done["counts"]["failed"], 5, "{done}");
+    let items = app.items(done["job_id"].as_str().unwrap()).await;
+    for i in &items {
+        assert_eq!(i["reason"]["code"], "scim_rejected", "{i}");
+        assert!(
+            i["reason"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("If-Match"),
+            "{i}"
+        );
+    }
+    let stats = app.emulator_stats().await;
+    let count = |method: &str, route: &str| -> u64 {
+        stats["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["method"] == method && r["route"].as_str().unwrap_or("").ends_with(route))
+            .map(|r| r["count"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(count("PATCH", "/users/{id}"), 0, "no blind write: {stats}");
+    assert_eq!(
+        count("GET", "/users/{id}"),
+        5,
+        "one re-read per user: {stats}"
+    );
+    for u in &users {
+        assert_eq!(app.roles_of(u).await, vec![vec!["Employee"]], "{u}");
+    }
+    app.set_faults(json!({"omit_versions": false})).await;
+    let job = app
+        .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
+        .await;
+    let done = app.wait_finished(job["job_id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["applied"], 5, "{done}");
+}

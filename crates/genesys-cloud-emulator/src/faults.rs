@@ -49,6 +49,7 @@ pub struct Faults {
     rate_limit_per_minute: AtomicU64,
     reject_patch: AtomicU64,
     forbid: AtomicBool,
+    omit_versions: AtomicBool,
     staged: Staged,
     initial: FaultSettings,
     rng: Mutex<StdRng>,
@@ -86,6 +87,9 @@ pub struct FaultUpdate {
     pub reject_patch: Option<f64>,
     /// Every API call answers 403 `missing.permissions` while true.
     pub forbid: Option<bool>,
+    /// SCIM answers carry no version (no `ETag`, no `meta.version`) while true: a target a
+    /// client must never write to blindly.
+    pub omit_versions: Option<bool>,
     /// Replaces the named failing users (`[]` clears them).
     pub failing_users: Option<Vec<FailingUser>>,
     /// The next `count` API responses carry these headers (`null` or `count: 0` clears).
@@ -129,6 +133,7 @@ impl Faults {
             rate_limit_per_minute: AtomicU64::new(0),
             reject_patch: AtomicU64::new(0),
             forbid: AtomicBool::new(false),
+            omit_versions: AtomicBool::new(false),
             staged: Staged::default(),
             initial: initial.clone(),
             rng: Mutex::new(rng),
@@ -180,6 +185,10 @@ impl Faults {
 
     pub fn forbid(&self) -> bool {
         self.forbid.load(Ordering::Relaxed)
+    }
+
+    pub fn omit_versions(&self) -> bool {
+        self.omit_versions.load(Ordering::Relaxed)
     }
 
     pub fn seed(&self) -> Option<u64> {
@@ -243,6 +252,9 @@ impl Faults {
         if let Some(v) = u.forbid {
             self.forbid.store(v, Ordering::Relaxed);
         }
+        if let Some(v) = u.omit_versions {
+            self.omit_versions.store(v, Ordering::Relaxed);
+        }
         if let Some(secs) = u.outage_secs {
             let until = if secs == 0 {
                 0
@@ -264,6 +276,7 @@ impl Faults {
         });
         self.outage_until_ms.store(0, Ordering::Relaxed);
         self.forbid.store(false, Ordering::Relaxed);
+        self.omit_versions.store(false, Ordering::Relaxed);
     }
 }
 
@@ -321,6 +334,7 @@ pub async fn inject(f: &Faults, req: Request, next: Next) -> Response {
         return ApiError::service_unavailable(Some(left.as_secs().max(1))).into_response();
     }
     match verdict {
+        Verdict::Pass if f.omit_versions() => without_versions(next.run(req).await).await,
         Verdict::Pass => next.run(req).await,
         Verdict::Drop => dropped(),
         Verdict::Fail5xx => ApiError::service_unavailable(None).into_response(),
@@ -330,6 +344,32 @@ pub async fn inject(f: &Faults, req: Request, next: Next) -> Response {
                 .into_response()
         }
     }
+}
+
+/// `omit_versions`: the answer without `ETag` and without `meta.version` (in a user, or in
+/// each of a list's `Resources`). Test-only, so the body is simply re-encoded; an answer
+/// over 16 MiB or not JSON passes unchanged but for the header.
+async fn without_versions(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    parts.headers.remove(axum::http::header::ETAG);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
+        return ApiError::service_unavailable(None).into_response();
+    };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let strip = |u: &mut serde_json::Value| {
+        if let Some(meta) = u.get_mut("meta").and_then(|m| m.as_object_mut()) {
+            meta.remove("version");
+        }
+    };
+    strip(&mut v);
+    if let Some(list) = v.get_mut("Resources").and_then(|r| r.as_array_mut()) {
+        list.iter_mut().for_each(strip);
+    }
+    let body = serde_json::to_vec(&v).unwrap_or_else(|_| bytes.to_vec());
+    Response::from_parts(parts, Body::from(body))
 }
 
 /// A response whose body fails at once: hyper closes the connection without answering.

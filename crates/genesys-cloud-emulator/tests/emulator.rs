@@ -1785,3 +1785,45 @@ async fn every_response_has_a_correlation_id() {
     }
     emu.stop().await;
 }
+
+#[tokio::test]
+async fn omit_versions_strips_etag_and_meta_version_until_turned_off() {
+    let emu = Emu::start(args()).await;
+    let u = emu.create(user_body("nov@example.com", "EMP-NOV")).await;
+    let id = u["id"].as_str().unwrap().to_owned();
+    let post = |on: bool| {
+        let emu = &emu;
+        async move {
+            let res = emu
+                .client
+                .post(emu.url("/emulator/faults"))
+                .json(&json!({"omit_versions": on}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+        }
+    };
+    post(true).await;
+    let res = emu.get(&format!("{SCIM}/users/{id}"), &[]).await;
+    assert!(res.headers().get("etag").is_none());
+    let body: Value = res.json().await.unwrap();
+    assert!(body["meta"].get("version").is_none(), "{body}");
+    let list: Value = emu
+        .get(
+            &format!("{SCIM}/users"),
+            &[("filter", "externalId eq \"EMP-NOV\"")],
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        list["Resources"][0]["meta"].get("version").is_none(),
+        "{list}"
+    );
+    post(false).await;
+    let res = emu.get(&format!("{SCIM}/users/{id}"), &[]).await;
+    assert!(res.headers().get("etag").is_some());
+    emu.stop().await;
+}
