@@ -77,7 +77,8 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<Validated>) {
                 continue;
             }
             Err(e) => {
-                tracing::error!(job.id = %job_id, error = %e, "cannot save a page of the job's plan; it will be planned again");
+                tracing::error!(job.id = %job_id, error = %e, "cannot save a page of the job's plan; it will be planned again after a backoff");
+                release_plan(&deps, &job_id).await;
                 current = None;
                 abandoned = Some(job_id);
                 continue;
@@ -88,6 +89,17 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<Validated>) {
         {
             finish(&deps, state).await;
         }
+    }
+}
+
+/// How long a planning given back after an error waits before it is claimed again.
+const PLAN_ERROR_BACKOFF_MS: i64 = 5_000;
+
+/// Gives the job's planning back with a backoff (never left leased on an error).
+async fn release_plan(deps: &Deps, job_id: &str) {
+    let retry_at = crate::store::now_ms() + PLAN_ERROR_BACKOFF_MS;
+    if let Err(e) = deps.store.release_plan(job_id, &deps.owner, retry_at).await {
+        tracing::warn!(job.id = %job_id, error = %e, "cannot give the planning back; its lease runs out");
     }
 }
 
@@ -149,8 +161,9 @@ async fn finish(deps: &Deps, state: Planning) {
             plan.deltas.scim_rate_limited += deltas.scim_rate_limited;
         }
         Err(e) => {
-            // The planning lease expires and the job is planned again, when the target answers.
+            // Planned again after a backoff, when the target answers.
             tracing::warn!(job.id = %job_id, error = %e, "cannot check the approval bounds; planning later");
+            release_plan(deps, &job_id).await;
             return;
         }
     }
@@ -185,7 +198,8 @@ async fn finish(deps: &Deps, state: Planning) {
         }
         Err(e) => {
             deps.reads.drop_job(&job_id);
-            tracing::error!(job.id = %job_id, error = %e, "cannot save the job's plan; it will be planned again")
+            tracing::error!(job.id = %job_id, error = %e, "cannot save the job's plan; it will be planned again after a backoff");
+            release_plan(deps, &job_id).await;
         }
     }
 }

@@ -10,6 +10,28 @@ use crate::domain::{Assignment, JobStatus};
 use sqlx::QueryBuilder;
 
 impl Store {
+    /// Gives back a planning that hit an error: the job may be planned again (by any
+    /// planner) from `retry_at_ms`, a backoff, not at once and not only when the lease runs out.
+    pub(crate) async fn release_plan(
+        &self,
+        job_id: &str,
+        owner: &str,
+        retry_at_ms: i64,
+    ) -> StoreResult<()> {
+        dual!(&self.backend, |p, DB| {
+            sqlx::query(
+                "UPDATE jobs SET lease_owner = NULL, lease_until_ms = $3 \
+                     WHERE id = $1 AND lease_owner = $2 AND planned = 0",
+            )
+            .bind(job_id)
+            .bind(owner)
+            .bind(retry_at_ms)
+            .execute(p)
+            .await?;
+        });
+        Ok(())
+    }
+
     /// Claims one job that needs planning: a new one, or one whose planner died (lease expired).
     pub(crate) async fn claim_job_to_plan(
         &self,
