@@ -521,12 +521,10 @@ impl Settings {
                 "must be between 1 and 20",
             ));
         }
-        if self.sync.max_chunk_attempts < self.sync.max_user_attempts
-            || self.sync.max_chunk_attempts > 100
-        {
+        if !(1..=100).contains(&self.sync.max_chunk_attempts) {
             return Err(invalid(
                 "sync.max_chunk_attempts",
-                "must be between sync.max_user_attempts and 100",
+                "must be between 1 and 100",
             ));
         }
         if !(1..=1000).contains(&self.sync.outage_min_users) {

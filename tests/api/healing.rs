@@ -688,3 +688,39 @@ async fn no_write_goes_out_without_if_match() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["counts"]["applied"], 5, "{done}");
 }
+
+/// Runs of one chunk are bounded too (`sync.max_chunk_attempts`): past the bound, the users
+/// still pending fail with `retries_exhausted` without another call, and the job finishes.
+#[tokio::test]
+async fn a_chunk_is_run_a_bounded_number_of_times() {
+    let app = spawn_app_with(TestOptions {
+        emulator: EmulatorArgs {
+            rate_limit_per_minute: 0,
+            ..Default::default()
+        },
+        config: "[target]\nmax_attempts = 1\nmax_retry_secs = 1\n\
+                 [sync]\nmax_user_attempts = 10\nmax_chunk_attempts = 2\n"
+            .into(),
+        ..Default::default()
+    })
+    .await;
+    let users = seed_n(&app, "K", 4).await;
+    let bad = users[1].clone();
+    app.set_faults(json!({"failing_users": [{"external_id": bad, "writes": true}]}))
+        .await;
+    let job = app
+        .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
+        .await;
+    let done = app.wait_finished(job["job_id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed_with_errors", "{done}");
+    assert_eq!(done["counts"]["applied"], 3, "{done}");
+    let items = app.items(done["job_id"].as_str().unwrap()).await;
+    let failed: Vec<_> = items.iter().filter(|i| i["outcome"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{items:?}");
+    assert_eq!(failed[0]["external_id"], bad.as_str());
+    assert_eq!(failed[0]["reason"]["code"], "retries_exhausted");
+    let message = failed[0]["reason"]["message"].as_str().unwrap();
+    assert!(message.contains("run 2 times"), "{message}");
+    // Two runs, one PATCH each (max_attempts = 1); none in the third, exhausted run.
+    assert_eq!(patches_with_status(&app, 503).await, 2);
+}
