@@ -118,6 +118,17 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// Where a webhook delivery stands (`GET /v1/webhooks/deliveries?status=`).
+    pub enum DeliveryStatus {
+        /// Not delivered yet; retried on its schedule.
+        Pending = "pending",
+        Delivered = "delivered",
+        /// The retries ran out; `POST …/redeliver` sends it again.
+        Dead = "dead",
+    }
+}
+
+vocabulary! {
     /// The shape of log lines (`log.format`).
     #[derive(Default)]
     pub enum LogFormat {

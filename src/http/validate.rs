@@ -3,6 +3,7 @@
 use super::AppState;
 use super::auth::{Caller, Scope};
 use super::views::{RowError, ValidationReport};
+use crate::domain::ReasonCode;
 use crate::error::{ApiError, ApiResult};
 use crate::ingest::{self, BatchQuery, Format};
 use crate::pipeline::validate_rows;
@@ -45,20 +46,17 @@ pub fn report(policy: &crate::policy::Policy, batch: &ingest::Batch) -> Validati
         .iter()
         .map(|r| {
             let row = by_line.get(&r.line);
+            // Every rejected row carries its reason; `MalformedRow` stands in should one not.
             let (code, message) = r
                 .reason
                 .clone()
-                .map(|(c, m)| (c.as_str(), m))
-                .unwrap_or(("", String::new()));
+                .unwrap_or((ReasonCode::MalformedRow, String::new()));
             RowError {
                 line: r.line,
                 external_id: row.map(|a| a.external_id.clone()),
                 role_template: row.map(|a| a.role_template.clone()),
                 license_tier: row.map(|a| a.license_tier.clone()),
-                reason: Reason {
-                    code: code.to_owned(),
-                    message,
-                },
+                reason: Reason { code, message },
             }
         })
         .collect();

@@ -2,6 +2,7 @@
 
 use super::AppState;
 use super::auth::{Caller, Scope};
+use crate::domain::DeliveryStatus;
 use crate::error::{ApiError, ApiResult};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -21,15 +22,16 @@ pub async fn list(
     Query(q): Query<DeliveriesQuery>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Scope::JobsRead)?;
-    if let Some(s) = &q.status
-        && !matches!(s.as_str(), "pending" | "delivered" | "dead")
-    {
-        return Err(ApiError::field("status", "pending, delivered or dead"));
-    }
+    let status = match &q.status {
+        None => None,
+        Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
+            ApiError::field("status", format!("one of {}", DeliveryStatus::expected()))
+        })?),
+    };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let deliveries = state
         .store
-        .list_deliveries(q.status.as_deref(), limit)
+        .list_deliveries(status.map(DeliveryStatus::as_str), limit)
         .await?;
     Ok(Json(json!({"deliveries": deliveries})))
 }

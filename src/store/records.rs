@@ -188,7 +188,7 @@ pub(super) struct ItemRow {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Reason {
-    pub code: String,
+    pub code: ReasonCode,
     pub message: String,
 }
 
@@ -233,10 +233,15 @@ impl TryFrom<ItemRow> for ItemRecord {
             role_template: r.role_template,
             license_tier: r.license_tier,
             outcome,
-            reason: r.reason_code.map(|code| Reason {
-                code,
-                message: r.reason_message.unwrap_or_default(),
-            }),
+            reason: match r.reason_code {
+                None => None,
+                Some(code) => Some(Reason {
+                    code: ReasonCode::parse(&code).ok_or_else(|| {
+                        StoreError::Corrupt(format!("item line {}: reason {code}", r.line))
+                    })?,
+                    message: r.reason_message.unwrap_or_default(),
+                }),
+            },
             user_id: r.user_id,
             roles_added: list(r.roles_added),
             roles_removed: list(r.roles_removed),
