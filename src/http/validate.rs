@@ -5,11 +5,12 @@ use super::auth::{Caller, Scope};
 use super::views::{RowError, ValidationReport};
 use crate::domain::ReasonCode;
 use crate::error::{ApiError, ApiResult};
+use crate::ingest::spool::read_bounded;
 use crate::ingest::{self, BatchQuery, Format};
 use crate::pipeline::validate_rows;
 use crate::store::Reason;
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 
@@ -18,8 +19,9 @@ pub async fn validate(
     caller: Caller,
     Query(query): Query<BatchQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Json<ValidationReport>> {
+    // The scope is checked before a byte of the body is read.
     caller.require(Scope::JobsWrite)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -28,6 +30,7 @@ pub async fn validate(
     let format = Format::from_content_type(content_type).ok_or_else(|| {
         ApiError::UnsupportedMediaType(format!("Content-Type \"{content_type}\" is not supported"))
     })?;
+    let body = read_bounded(body, state.settings.server.max_body_bytes).await?;
     let batch = ingest::parse(
         format,
         &body,

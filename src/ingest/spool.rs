@@ -70,6 +70,23 @@ pub async fn spool(body: Body, max_bytes: u64, prefix: &[u8]) -> Result<Spooled,
     })
 }
 
+/// Reads `body` into memory, at most `max_bytes` (`413` beyond), with the same error answers
+/// as `spool` (a broken gzip stream is `400`).
+pub async fn read_bounded(body: Body, max_bytes: u64) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    let mut stream = body.into_data_stream();
+    while let Some(frame) = stream.next().await {
+        let frame = frame.map_err(body_error)?;
+        if (out.len() + frame.len()) as u64 > max_bytes {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the body is larger than server.max_body_bytes ({max_bytes} bytes)"
+            )));
+        }
+        out.extend_from_slice(&frame);
+    }
+    Ok(out)
+}
+
 async fn write_chunk(mut f: std::fs::File, chunk: Vec<u8>) -> Result<std::fs::File, ApiError> {
     tokio::task::spawn_blocking(move || f.write_all(&chunk).map(|_| f))
         .await

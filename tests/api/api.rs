@@ -361,3 +361,27 @@ async fn finished_jobs_are_pruned_after_retention() {
             .is_empty()
     );
 }
+
+/// `/v1/validate` checks the caller's scope before it reads the body: a key without
+/// `jobs:write` gets its 403 while the body is still arriving (here: never finishing).
+#[tokio::test]
+async fn validate_refuses_a_key_without_the_scope_before_reading_the_body() {
+    let app = spawn_app().await;
+    use futures::StreamExt;
+    let first = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+        b"external_id,role_template,license_tier\n",
+    ))]);
+    let endless = first.chain(futures::stream::pending());
+    let sent = app
+        .client
+        .post(format!("{}/v1/validate", app.address))
+        .bearer_auth(READER_KEY)
+        .header("content-type", "text/csv")
+        .body(reqwest::Body::wrap_stream(endless))
+        .send();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), sent)
+        .await
+        .expect("answered before the body ended")
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+}
