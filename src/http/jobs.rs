@@ -62,7 +62,9 @@ pub async fn submit(
                     "must be 1 to 255 characters",
                 ));
             }
-            Some(k.to_owned())
+            // Scoped to the API key that sent it: one client's key never answers for another
+            // (nor tells it which jobs exist). The unit separator cannot occur in either part.
+            Some(format!("{}\u{1f}{k}", caller.key_name))
         }
     };
     let max_pending = i64::try_from(state.settings.server.max_pending_rows).unwrap_or(i64::MAX);

@@ -167,6 +167,22 @@ async fn an_idempotency_key_returns_the_original_job() {
     assert_problem(other, 422, "different body").await;
     let list: Value = app.get("/v1/jobs", READER_KEY).await.json().await.unwrap();
     assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+
+    // Idempotency keys are scoped to the API key that used them: another key sending the same
+    // Idempotency-Key starts its own job and learns nothing of the first.
+    let theirs = app
+        .client
+        .post(format!("{}/v1/jobs", app.address))
+        .bearer_auth(ADMIN_KEY)
+        .header("content-type", "text/csv")
+        .header("idempotency-key", "nightly-2026-11-28")
+        .body("external_id,role_template,license_tier\nQ2,Agent,Standard Agent\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), 202);
+    let theirs: Value = theirs.json().await.unwrap();
+    assert_ne!(theirs["job_id"], first["job_id"]);
 }
 
 #[tokio::test]
