@@ -176,6 +176,43 @@ pub(crate) struct RowSink<'a> {
 /// Field problems collected before the body is refused.
 const MAX_FIELD_ERRORS: usize = 100;
 
+/// The text rules, the same whatever the store: a control character (NUL included) in any
+/// field, or an `external_id` longer than `ExternalId::MAX_LEN`, rejects the row
+/// (`malformed_row`, with the reason) before it is stored. What is stored is made safe for
+/// every store and bounded: control characters become U+FFFD and the id is cut to its limit
+/// plus one character (so it still reads as too long).
+fn text_rules(row: &mut Assignment) {
+    use crate::domain::ExternalId;
+    let mut problems: Vec<String> = Vec::new();
+    for (name, value) in [
+        ("external_id", &mut row.external_id),
+        ("role_template", &mut row.role_template),
+        ("license_tier", &mut row.license_tier),
+    ] {
+        if value.chars().any(char::is_control) {
+            *value = value
+                .chars()
+                .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+                .collect();
+            problems.push(format!("{name} contains a control character"));
+        }
+    }
+    if row.external_id.chars().count() > ExternalId::MAX_LEN {
+        row.external_id = row
+            .external_id
+            .chars()
+            .take(ExternalId::MAX_LEN + 1)
+            .collect();
+        problems.push(format!(
+            "external_id is longer than {} characters",
+            ExternalId::MAX_LEN
+        ));
+    }
+    if !problems.is_empty() && row.defect.is_none() {
+        row.defect = Some(problems.join("; "));
+    }
+}
+
 impl<'a> RowSink<'a> {
     fn new(
         max_rows: u64,
@@ -192,7 +229,8 @@ impl<'a> RowSink<'a> {
     }
 
     /// Takes one row. Err stops the read: too many rows, or the receiver went away.
-    pub(crate) fn push(&mut self, row: Assignment) -> Result<(), ApiError> {
+    pub(crate) fn push(&mut self, mut row: Assignment) -> Result<(), ApiError> {
+        text_rules(&mut row);
         self.rows += 1;
         if self.rows > self.max_rows {
             return Err(ApiError::PayloadTooLarge(format!(

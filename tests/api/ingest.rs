@@ -267,3 +267,65 @@ async fn a_job_larger_than_a_planning_page_is_planned_whole() {
         .sum();
     assert_eq!(patches, 0);
 }
+
+/// A NUL (or any control character) in an id, a role or a tier, as JSON `\u0000` or raw in a
+/// CSV, and an over-long `external_id`: each row is rejected (`malformed_row`, naming the
+/// field), the others applied, never a 5xx, on SQLite and on PostgreSQL alike.
+#[tokio::test]
+async fn control_characters_and_long_ids_reject_the_row_on_every_store() {
+    let app = spawn_app().await;
+    app.seed(&[("OK1", &[]), ("OK2", &[])]).await;
+    let long = "L".repeat(300);
+    let json_body = serde_json::json!({"assignments": [
+        {"external_id": "OK1", "role_template": "Agent", "license_tier": "Standard Agent"},
+        {"external_id": "BAD\u{0}1", "role_template": "Agent", "license_tier": "Standard Agent"},
+        {"external_id": "OK1", "role_template": "Agent\u{7}", "license_tier": "Standard Agent"},
+        {"external_id": long, "role_template": "Agent", "license_tier": "Standard Agent"},
+    ]});
+    let job = app.submit_json(json_body).await;
+    let done = app.wait_finished(job["job_id"].as_str().unwrap()).await;
+    assert_eq!(done["counts"]["applied"], 1, "{done}");
+    assert_eq!(done["counts"]["rejected"], 3, "{done}");
+    let items = app.items(done["job_id"].as_str().unwrap()).await;
+    let reasons: Vec<(String, String)> = items
+        .iter()
+        .filter(|i| i["outcome"] == "rejected")
+        .map(|i| {
+            (
+                i["reason"]["code"].as_str().unwrap().to_owned(),
+                i["reason"]["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons.len(), 3);
+    assert!(
+        reasons.iter().all(|(c, _)| c == "malformed_row"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[0]
+            .1
+            .contains("external_id contains a control character")
+    );
+    assert!(
+        reasons[1]
+            .1
+            .contains("role_template contains a control character")
+    );
+    assert!(reasons[2].1.contains("external_id is longer than 256"));
+    // Nothing oversized was stored: the id is cut to its limit plus one.
+    assert!(
+        items
+            .iter()
+            .all(|i| i["external_id"].as_str().unwrap().chars().count() <= 257)
+    );
+
+    // Raw NUL in a CSV.
+    let csv = "external_id,role_template,license_tier\nOK2,Agent,Standard Agent\nX\u{0}Y,Agent,Standard Agent\n";
+    let resp = app.submit("text/csv", "", csv.as_bytes().to_vec()).await;
+    assert_eq!(resp.status(), 202);
+    let job: serde_json::Value = resp.json().await.unwrap();
+    let done = app.wait_finished(job["job_id"].as_str().unwrap()).await;
+    assert_eq!(done["counts"]["applied"], 1, "{done}");
+    assert_eq!(done["counts"]["rejected"], 1, "{done}");
+}
