@@ -42,6 +42,20 @@ pub struct ServerSettings {
     /// How long SIGTERM waits for in-flight chunks before releasing them.
     pub shutdown_grace_secs: u64,
     pub request_timeout_secs: u64,
+    /// Uploads (`POST /v1/jobs`) one API key may have in progress at once; beyond, 429.
+    #[serde(default = "default_max_ingests_per_key")]
+    pub max_ingests_per_key: usize,
+    /// Uploads in progress at once over all keys; beyond, 503.
+    #[serde(default = "default_max_ingests")]
+    pub max_ingests: usize,
+}
+
+fn default_max_ingests_per_key() -> usize {
+    2
+}
+
+fn default_max_ingests() -> usize {
+    8
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -423,6 +437,17 @@ impl Settings {
         }
         if self.store.lease_secs < 5 {
             return Err(invalid("store.lease_secs", "must be at least 5"));
+        }
+        if !(1..=1000).contains(&self.server.max_ingests) {
+            return Err(invalid("server.max_ingests", "must be between 1 and 1000"));
+        }
+        if self.server.max_ingests_per_key == 0
+            || self.server.max_ingests_per_key > self.server.max_ingests
+        {
+            return Err(invalid(
+                "server.max_ingests_per_key",
+                "must be between 1 and server.max_ingests",
+            ));
         }
         if self.server.max_rows_per_job == 0 {
             return Err(invalid("server.max_rows_per_job", "must be at least 1"));

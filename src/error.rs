@@ -50,6 +50,12 @@ pub enum ApiError {
         detail: String,
         errors: Vec<FieldError>,
     },
+    /// `429 Too Many Requests` with `Retry-After`: this API key has too much in progress.
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: String,
+        retry_after_secs: u64,
+    },
     /// `503 Service Unavailable` with `Retry-After`: backpressure or shutting down.
     #[error("{detail}")]
     Unavailable {
@@ -119,6 +125,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -134,6 +141,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload-too-large",
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
             ApiError::Unprocessable { .. } => "unprocessable",
+            ApiError::TooManyRequests { .. } => "too-many-requests",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Store(_) | ApiError::Internal(_) => "internal",
         }
@@ -192,6 +200,9 @@ impl IntoResponse for ApiError {
                 (errors, None)
             }
             ApiError::Unavailable {
+                retry_after_secs, ..
+            }
+            | ApiError::TooManyRequests {
                 retry_after_secs, ..
             } => (Vec::new(), Some(retry_after_secs)),
             _ => (Vec::new(), None),

@@ -95,6 +95,10 @@ impl Application {
         if keys.is_empty() {
             tracing::warn!("no API keys configured (auth.keys): every /v1 call will answer 401");
         }
+        let ingests = Arc::new(crate::http::IngestSlots::new(
+            settings.server.max_ingests,
+            settings.server.max_ingests_per_key,
+        ));
         let state = AppState {
             store,
             policy: live,
@@ -105,6 +109,7 @@ impl Application {
             pipeline: pipeline.clone(),
             circuit,
             shutting_down: Arc::new(AtomicBool::new(false)),
+            ingests,
         };
         Ok(Application {
             listener,

@@ -31,6 +31,8 @@ pub async fn submit(
     body: Body,
 ) -> ApiResult<Response> {
     caller.require(Scope::JobsWrite)?;
+    // Held until the answer: before a byte of the body is read.
+    let _slot = state.ingests.take(&caller.key_name)?;
     if state
         .shutting_down
         .load(std::sync::atomic::Ordering::Relaxed)

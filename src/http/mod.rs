@@ -6,6 +6,8 @@ mod docs;
 mod health;
 mod jobs;
 mod policy;
+mod slots;
+pub use slots::IngestSlots;
 mod validate;
 pub mod views;
 mod webhooks;
@@ -48,6 +50,8 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     pub circuit: Arc<Circuit>,
     pub shutting_down: Arc<AtomicBool>,
+    /// Uploads in progress, per API key and in all.
+    pub ingests: Arc<slots::IngestSlots>,
 }
 
 pub fn router(state: AppState) -> Router {

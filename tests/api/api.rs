@@ -401,3 +401,108 @@ async fn validate_refuses_a_key_without_the_scope_before_reading_the_body() {
         .unwrap();
     assert_eq!(resp.status(), 403);
 }
+
+/// Uploads in progress are bounded per API key (429) and in all (503), with `Retry-After`; a
+/// slot is free again once its upload ends.
+#[tokio::test]
+async fn concurrent_uploads_are_bounded_per_key_and_in_all() {
+    use futures::StreamExt;
+    let app = spawn_app_with(TestOptions {
+        config: "[server]\nmax_ingests_per_key = 2\nmax_ingests = 3\n".into(),
+        ..Default::default()
+    })
+    .await;
+    // An upload whose body never ends holds its slot.
+    let hold = |key: &'static str| {
+        let first = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+            b"external_id,role_template,license_tier\n",
+        ))]);
+        let body = reqwest::Body::wrap_stream(first.chain(futures::stream::pending()));
+        let req = app
+            .client
+            .post(format!("{}/v1/jobs", app.address))
+            .bearer_auth(key)
+            .header("content-type", "text/csv")
+            .body(body)
+            .send();
+        tokio::spawn(req)
+    };
+    let post = |key: &'static str| {
+        app.client
+            .post(format!("{}/v1/jobs", app.address))
+            .bearer_auth(key)
+            .header("content-type", "text/csv")
+            .body("external_id,role_template,license_tier\n")
+            .send()
+    };
+    let mut w1 = hold(WRITER_KEY);
+    let mut w2 = hold(WRITER_KEY);
+    // Wait until both hold their slot: a third from the same key is refused.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let refused = loop {
+        let r = post(WRITER_KEY).await.unwrap();
+        if r.status() == 429 {
+            break r;
+        }
+        // A probe can take a slot just as a holder arrives: then hold again.
+        if w1.is_finished() {
+            w1 = hold(WRITER_KEY);
+        }
+        if w2.is_finished() {
+            w2 = hold(WRITER_KEY);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never refused: {}",
+            r.status()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused.headers()["retry-after"], "5");
+    assert_problem(refused, 429, "max_ingests_per_key").await;
+    // Another key still gets a slot, until the total (3) is reached.
+    let mut a1 = hold(ADMIN_KEY);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let full = loop {
+        let r = post(ADMIN_KEY).await.unwrap();
+        if r.status() == 503 {
+            break r;
+        }
+        // A probe can take the last slot just as the holder arrives: then hold again.
+        if a1.is_finished() {
+            a1 = hold(ADMIN_KEY);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never full: {}",
+            r.status()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_problem(full, 503, "max_ingests").await;
+    // Uploads that end free their slots.
+    for h in [w1, w2, a1] {
+        h.abort();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = app
+            .client
+            .post(format!("{}/v1/jobs", app.address))
+            .bearer_auth(WRITER_KEY)
+            .header("content-type", "text/csv")
+            .body("external_id,role_template,license_tier\nS1,Agent,Standard Agent\n")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 202 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slots never freed: {}",
+            r.status()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
