@@ -164,8 +164,8 @@ pub async fn submit(
         CreateJob::KeyConflict { job_id } => return Err(key_conflict(&job_id)),
         CreateJob::Backpressure { queued } => return Err(backpressure(queued)),
     };
-    // The planner is woken only once the job is read back, so a new job is answered as
-    // `queued`, not in whatever state the planner has moved it to meanwhile.
+    // The planner is woken only once the job is read back, so a new job is usually answered
+    // `queued` (its once-a-second poll may still have picked it up: then `running`).
     existing_job(&state, &job_id, status).await
 }
 

@@ -36,7 +36,11 @@ async fn every_kind_of_row_ends_with_the_right_outcome_and_the_right_roles() {
             row("A1", "Agent", "Standard Agent"),              // 12 exact duplicate of 1
         ]}))
         .await;
-    assert_eq!(job["status"], "queued");
+    // Answered as stored; the planner's poll may already have picked it up.
+    assert!(
+        job["status"] == "queued" || job["status"] == "running",
+        "{job}"
+    );
     let id = job["job_id"].as_str().unwrap().to_owned();
     let done = app.wait_finished(&id).await;
     assert_eq!(done["status"], "completed_with_errors", "{done}");

@@ -426,7 +426,9 @@ async fn signatures_verify_with_the_reference_library_with_either_secret_during_
             .as_ref()
             .is_err_and(|e| e.contains("No matching signature"))
     );
-    let mut tampered = got[0].clone();
+    // A message that names a user, so the edit changes the body whatever the arrival order.
+    let victim = got.iter().find(|r| r.body.contains("SIG")).unwrap();
+    let mut tampered = victim.clone();
     tampered.body = tampered.body.replacen("SIG", "SIH", 1);
     let mut other_id = got[0].clone();
     other_id
