@@ -10,6 +10,14 @@ use std::collections::VecDeque;
 use std::io::{BufRead, Read};
 use std::rc::Rc;
 
+/// The largest CSV record (one row, quoted line breaks included). Far above any real row (three
+/// short fields); it bounds what the reader holds for one record, and the line marks with it:
+/// a body of one quoted field of 300 MB of newlines is refused at this size, not buffered.
+pub(super) const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
+/// Bytes the CSV reader reads ahead of the record it is on (its buffer).
+const READ_AHEAD: u64 = 64 * 1024;
+
 pub(super) fn read<R: BufRead>(input: R, sink: &mut RowSink<'_>) -> Result<(), ApiError> {
     let marks = Rc::new(RefCell::new(LineMarks::default()));
     let tracked = Tracked {
@@ -20,7 +28,7 @@ pub(super) fn read<R: BufRead>(input: R, sink: &mut RowSink<'_>) -> Result<(), A
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
-        .buffer_capacity(64 * 1024)
+        .buffer_capacity(READ_AHEAD as usize)
         .from_reader(tracked);
     let headers = reader
         .headers()
@@ -53,10 +61,19 @@ pub(super) fn read<R: BufRead>(input: R, sink: &mut RowSink<'_>) -> Result<(), A
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => {
+                if let Some(line) = marks.borrow().too_large_at {
+                    return Err(shape_error(
+                        line,
+                        None,
+                        format!("a record is larger than {MAX_RECORD_BYTES} bytes"),
+                    ));
+                }
                 let line = e.position().map_or(0, |p| p.line());
                 return Err(shape_error(line, None, format!("unreadable CSV: {e}")));
             }
         }
+        // The next record starts where this one ended: the bound counts from there.
+        marks.borrow_mut().record_start = reader.position().byte();
         let start = record.position().map_or(0, |p| p.byte());
         let line = marks.borrow_mut().line_of(start);
         if record.iter().all(|f| f.trim().is_empty()) {
@@ -89,6 +106,10 @@ struct LineMarks {
     ahead: VecDeque<(u64, u8)>,
     /// `\n` bytes before the last record start.
     newlines: u64,
+    /// Where the record being read starts (the end of the last one returned).
+    record_start: u64,
+    /// Set when a record outgrew `MAX_RECORD_BYTES`: the line it starts on.
+    too_large_at: Option<u64>,
 }
 
 impl LineMarks {
@@ -128,6 +149,15 @@ impl<R: Read> Read for Tracked<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         let mut marks = self.marks.borrow_mut();
+        // Invariant: the reader never holds more than one record plus its read-ahead.
+        if (self.offset + n as u64).saturating_sub(marks.record_start)
+            > MAX_RECORD_BYTES + READ_AHEAD
+        {
+            let start = marks.record_start;
+            let line = marks.line_of(start);
+            marks.too_large_at = Some(line);
+            return Err(std::io::Error::other("record too large"));
+        }
         for (i, &b) in buf[..n].iter().enumerate() {
             if b == b'\n' || b == b'\r' {
                 marks.ahead.push_back((self.offset + i as u64, b));

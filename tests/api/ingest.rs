@@ -329,3 +329,33 @@ async fn control_characters_and_long_ids_reject_the_row_on_every_store() {
     assert_eq!(done["counts"]["applied"], 1, "{done}");
     assert_eq!(done["counts"]["rejected"], 1, "{done}");
 }
+
+/// A CSV record is bounded (64 KiB): one quoted field of 20 MB of line breaks, gzipped to a
+/// few KiB, is refused with a 400 naming the line it starts on, not buffered, and nothing is
+/// stored.
+#[tokio::test]
+async fn a_csv_record_larger_than_its_bound_is_refused_naming_its_line() {
+    let app = spawn_app().await;
+    let mut body = b"external_id,role_template,license_tier\nOK,Agent,Standard Agent\n\"".to_vec();
+    body.extend(std::iter::repeat_n(b'\n', 20 << 20));
+    body.extend_from_slice(b"\",Agent,Standard Agent\n");
+    let resp = app
+        .client
+        .post(format!("{}/v1/jobs", app.address))
+        .bearer_auth(WRITER_KEY)
+        .header("content-type", "text/csv")
+        .header("content-encoding", "gzip")
+        .body(gzip(&body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let problem: serde_json::Value = resp.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("line 3") && detail.contains("65536"),
+        "{problem}"
+    );
+    let list: serde_json::Value = app.get("/v1/jobs", READER_KEY).await.json().await.unwrap();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 0, "nothing stored");
+}
