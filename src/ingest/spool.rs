@@ -41,9 +41,7 @@ pub async fn spool(body: Body, max_bytes: u64, prefix: &[u8]) -> Result<Spooled,
         let frame = frame.map_err(body_error)?;
         total += frame.len() as u64;
         if total > max_bytes {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "the body is larger than server.max_body_bytes ({max_bytes} bytes)"
-            )));
+            return Err(too_large(max_bytes));
         }
         hasher.update(&frame);
         utf8.feed(&frame)?;
@@ -78,13 +76,17 @@ pub async fn read_bounded(body: Body, max_bytes: u64) -> Result<Vec<u8>, ApiErro
     while let Some(frame) = stream.next().await {
         let frame = frame.map_err(body_error)?;
         if (out.len() + frame.len()) as u64 > max_bytes {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "the body is larger than server.max_body_bytes ({max_bytes} bytes)"
-            )));
+            return Err(too_large(max_bytes));
         }
         out.extend_from_slice(&frame);
     }
     Ok(out)
+}
+
+fn too_large(max_bytes: u64) -> ApiError {
+    ApiError::PayloadTooLarge(format!(
+        "the body is larger than server.max_body_bytes ({max_bytes} bytes)"
+    ))
 }
 
 async fn write_chunk(mut f: std::fs::File, chunk: Vec<u8>) -> Result<std::fs::File, ApiError> {

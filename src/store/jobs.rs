@@ -420,19 +420,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Assignment, Counts};
-    use crate::store::test_support::{ok, store_with_job};
+    use crate::domain::Counts;
+    use crate::store::test_support::{ok, row, store_with_job};
     use crate::store::{ChunkClaim, ChunkDone, JobDeltas, JobPlan, PlanPage, RowResult};
-
-    fn row(line: u64, user: &str) -> Assignment {
-        Assignment {
-            line,
-            external_id: user.into(),
-            role_template: "Agent".into(),
-            license_tier: "Standard Agent".into(),
-            defect: None,
-        }
-    }
 
     /// `job.finished` as the tests read it back: the status and counts it was built from.
     fn event(job: &JobRecord) -> Vec<OutboxEvent> {

@@ -346,6 +346,17 @@ mod test_support {
     use super::*;
     use crate::domain::{Assignment, Mode};
 
+    /// One valid row: `user` asks for `Agent` as a `Standard Agent`.
+    pub(super) fn row(line: u64, user: &str) -> Assignment {
+        Assignment {
+            line,
+            external_id: user.into(),
+            role_template: "Agent".into(),
+            license_tier: "Standard Agent".into(),
+            defect: None,
+        }
+    }
+
     pub(super) fn ok<T>(r: StoreResult<T>) -> T {
         r.unwrap_or_else(|e| panic!("{e}"))
     }

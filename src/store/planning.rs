@@ -265,18 +265,8 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::JobDeltas;
-    use crate::store::test_support::{ok, store_with_job};
+    use crate::store::test_support::{ok, row, store_with_job};
     use std::time::Duration;
-
-    fn row(line: u64, user: &str) -> Assignment {
-        Assignment {
-            line,
-            external_id: user.into(),
-            role_template: "Agent".into(),
-            license_tier: "Standard Agent".into(),
-            defect: None,
-        }
-    }
 
     fn plan() -> JobPlan {
         JobPlan {

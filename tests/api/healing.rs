@@ -555,12 +555,17 @@ async fn a_cancelled_jobs_chunks_whose_owner_died_are_settled_by_reading_back() 
     wait_exit(&mut a.child, 10).await;
     // Whatever the dead process had on the wire has landed or never will.
     let mut last = patches_sent(&base).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let now = patches_sent(&base).await;
         if now == last {
             break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "writes of a dead process keep landing"
+        );
         last = now;
     }
     let recorded = {
