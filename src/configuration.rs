@@ -27,6 +27,8 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub ingest: IngestSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -336,6 +338,41 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
+/// `[ingest]`: how much one record of a batch may hold, and how far a compressed body may
+/// expand. A record or field beyond a bound is rejected as that row (`malformed_row`) or, when
+/// the reader cannot find where the record ends without buffering it, refused with a 400 that
+/// names its line. Either way what the reader holds is bounded by these figures, not by the body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// The largest record: a CSV record (quoted line breaks included), an NDJSON line, one
+    /// element of a JSON envelope's `assignments`.
+    pub max_record_bytes: u64,
+    /// The largest `role_template` or `license_tier` (bytes); `external_id` has its own limit
+    /// (256 characters).
+    pub max_field_bytes: usize,
+    /// The most fields in one record (CSV columns, keys of a JSON object).
+    pub max_fields: usize,
+    /// A gzip body may expand at most this many times its compressed size (checked once the
+    /// expanded body passes 1 MiB); beyond, 413.
+    pub max_expansion_ratio: u64,
+    /// The most rows one user may have in one batch; the rows beyond (in line order) are
+    /// rejected with `too_many_rows_for_user`.
+    pub max_rows_per_user: usize,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            max_record_bytes: 64 * 1024,
+            max_field_bytes: 1024,
+            max_fields: 64,
+            max_expansion_ratio: 100,
+            max_rows_per_user: 1000,
+        }
+    }
+}
+
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -420,6 +457,40 @@ impl Settings {
         self.check_sync()?;
         self.check_auth()?;
         self.check_webhooks()?;
+        self.check_ingest()?;
+        Ok(())
+    }
+
+    /// `ingest.*`: every bound at least big enough for a real row, none unbounded.
+    fn check_ingest(&self) -> Result<(), ConfigError> {
+        let i = &self.ingest;
+        if !(1024..=16 * 1024 * 1024).contains(&i.max_record_bytes) {
+            return Err(invalid(
+                "ingest.max_record_bytes",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        if !(64..=65536).contains(&i.max_field_bytes) {
+            return Err(invalid(
+                "ingest.max_field_bytes",
+                "must be between 64 and 65536",
+            ));
+        }
+        if !(3..=4096).contains(&i.max_fields) {
+            return Err(invalid("ingest.max_fields", "must be between 3 and 4096"));
+        }
+        if !(2..=100_000).contains(&i.max_expansion_ratio) {
+            return Err(invalid(
+                "ingest.max_expansion_ratio",
+                "must be between 2 and 100000",
+            ));
+        }
+        if !(1..=1_000_000).contains(&i.max_rows_per_user) {
+            return Err(invalid(
+                "ingest.max_rows_per_user",
+                "must be between 1 and 1000000",
+            ));
+        }
         Ok(())
     }
 

@@ -475,6 +475,7 @@ mod tests {
             approval: None,
             policy_fingerprint: None,
             request_id: None,
+            privileged_allowed: false,
         };
         let old = json!({
             "job_id": job.id,

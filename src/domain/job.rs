@@ -1,4 +1,4 @@
-use super::vocabulary::ReadMethod;
+use super::vocabulary::{ApprovalReason, ReadMethod};
 use serde::{Deserialize, Serialize};
 
 vocabulary! {
@@ -69,6 +69,7 @@ vocabulary! {
         ScimRejected = "scim_rejected",
         RetriesExhausted = "retries_exhausted",
         MalformedRow = "malformed_row",
+        TooManyRowsForUser = "too_many_rows_for_user",
         JobFailed = "job_failed",
         Cancelled = "cancelled",
     }
@@ -132,18 +133,42 @@ pub struct Estimate {
     pub page_size: Option<u64>,
     pub scan_pages: Option<u64>,
     pub requests_per_minute: u32,
+    /// The policy's privileged roles this job grants, when it grants any.
+    #[serde(default)]
+    pub privileged: Option<PrivilegedGrants>,
 }
 
-/// Why a `replace` job waits in `awaiting_approval`, or why it did not have to (`approval`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Privileged roles (the policy's `privileged_roles`, with the roles that inherit them) that a
+/// job's rows ask for. A job that grants them waits for approval unless the key that submitted
+/// it carries the `roles:privileged` scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivilegedGrants {
+    /// The privileged roles asked for (inherited ones included), sorted.
+    pub roles: Vec<String>,
+    /// Users who would be given one of them.
+    pub users: u64,
+    /// Whether the submitting key may grant them without approval (`roles:privileged`).
+    pub allowed_by_key: bool,
+}
+
+/// Why a job waits in `awaiting_approval`, or why it did not have to (`approval`): the
+/// removal bounds of a `replace` job, and privileged grants in any mode.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Approval {
     pub required: bool,
+    /// What requires it (empty when nothing does).
+    #[serde(default)]
+    pub reasons: Vec<ApprovalReason>,
     /// Users who would lose roles, when read ahead (null when the job is too small to cross
-    /// the bound and was not read ahead).
+    /// the bound and was not read ahead, or is not a `replace` job).
     pub users_losing_roles: Option<u64>,
-    /// The bound in users: the smaller of the two below, for this org.
-    pub threshold_users: u64,
-    pub org_users: u64,
-    pub max_removed_users: u64,
-    pub max_removal_fraction: f64,
+    /// The removal bound in users: the smaller of the two below, for this org (null unless
+    /// the job is a `replace` job).
+    pub threshold_users: Option<u64>,
+    pub org_users: Option<u64>,
+    pub max_removed_users: Option<u64>,
+    pub max_removal_fraction: Option<f64>,
+    /// The privileged roles the job grants, if any.
+    #[serde(default)]
+    pub privileged: Option<PrivilegedGrants>,
 }

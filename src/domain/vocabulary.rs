@@ -73,8 +73,21 @@ vocabulary! {
     pub enum Scope {
         JobsWrite = "jobs:write",
         JobsRead = "jobs:read",
+        /// Submit jobs that grant the policy's privileged roles without waiting for approval.
+        RolesPrivileged = "roles:privileged",
         /// Implies every other scope.
         Admin = "admin",
+    }
+}
+
+vocabulary! {
+    /// What puts a job in `awaiting_approval`.
+    pub enum ApprovalReason {
+        /// A `replace` job would remove roles from more users than the policy's `[approval]`
+        /// bounds allow.
+        Removals = "removals",
+        /// The job grants privileged roles and its key lacks `roles:privileged`.
+        PrivilegedRoles = "privileged_roles",
     }
 }
 
@@ -167,7 +180,7 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(
-            err.contains("jobs:delete") && err.contains("jobs:write, jobs:read, admin"),
+            err.contains("jobs:delete") && err.contains("jobs:write, jobs:read, roles:privileged, admin"),
             "{err}"
         );
         assert_eq!(LogFormat::parse("xml"), None);

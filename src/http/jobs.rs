@@ -7,7 +7,8 @@ use crate::audit::events::RoleSyncRejected;
 use crate::domain::Assignment;
 use crate::domain::{EventType, JobStatus, Outcome, ReasonCode};
 use crate::error::{ApiError, ApiResult};
-use crate::ingest::{self, BatchQuery, Format, spool::spool};
+use crate::ingest::spool::{Compressed, spool};
+use crate::ingest::{self, BatchQuery, Format};
 use crate::pipeline;
 use crate::store::{CreateJob, IdempotencyClaim, ItemRecord, JobRecord, NewJob, now_ms};
 use axum::Extension;
@@ -27,6 +28,7 @@ pub async fn submit(
     caller: Caller,
     Query(query): Query<BatchQuery>,
     request_id: Option<Extension<RequestId>>,
+    compressed: Option<Extension<Compressed>>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -85,7 +87,7 @@ pub async fn submit(
         None => 2,
         Some(d) => u8::from(d),
     });
-    let spooled = spool(body, state.settings.server.max_body_bytes, &prefix).await?;
+    let spooled = spool(body, &super::body_bounds(&state.settings, compressed), &prefix).await?;
     let body_sha256 = hex::encode(spooled.sha256);
     if let Some(key) = &idempotency_key
         && let Some((hash, job_id)) = state.store.find_idempotency_key(key).await?
@@ -107,23 +109,9 @@ pub async fn submit(
         .map(str::to_owned);
     let job_id = uuid::Uuid::now_v7().to_string();
 
-    // The parser runs on a blocking thread and hands batches over a short queue: parsing
-    // waits for the store, so memory holds a few batches at most.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Assignment>>(2);
-    let max_rows = state.settings.server.max_rows_per_job;
-    let file = spooled.file;
-    let parser = tokio::task::spawn_blocking(move || {
-        let input = std::io::BufReader::with_capacity(256 * 1024, file);
-        ingest::read_rows(format, input, &query, max_rows, &mut |batch| {
-            tx.blocking_send(batch).map_err(|_| ApiError::Unavailable {
-                detail: "the store stopped taking rows".into(),
-                retry_after_secs: 5,
-            })
-        })
-    });
     let mut ingest = state.store.begin_ingest(&job_id).await?;
-    while let Some(batch) = rx.recv().await {
-        let events: Vec<_> = batch
+    let events = |batch: &[Assignment]| -> Vec<_> {
+        batch
             .iter()
             .filter_map(|r| {
                 let defect = r.defect.as_deref()?;
@@ -133,14 +121,11 @@ pub async fn submit(
                         .of_row(&r.external_id, &r.role_template, &r.license_tier),
                 )
             })
-            .collect();
-        // On error the transaction is dropped (rolled back) and `rx` with it, which stops
-        // the parser.
-        ingest.add_rows(&batch, &events).await?;
-    }
-    let summary = parser
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("parser task: {e}")))??;
+            .collect()
+    };
+    let limits = ingest::Limits::from_settings(&state.settings);
+    let summary =
+        ingest::receive(&mut ingest, spooled.file, format, query, limits, &events).await?;
     let rows = ingest.rows();
     let new = NewJob {
         id: job_id,
@@ -149,6 +134,7 @@ pub async fn submit(
         dry_run: summary.dry_run,
         request_id,
         policy_fingerprint: Some(state.policy.current().fingerprint()),
+        privileged_allowed: caller.require(Scope::RolesPrivileged).is_ok(),
         idempotency: idempotency_key.map(|key| IdempotencyClaim {
             key,
             body_sha256,

@@ -12,11 +12,13 @@ mod validate;
 pub mod views;
 mod webhooks;
 
-pub use validate::report as validation_report;
+pub use validate::judge_file;
 
 use crate::audit::EventFactory;
 use crate::configuration::Settings;
 use crate::error::{ApiError, problem_response};
+use crate::ingest::spool::{BodyBounds, Compressed};
+use futures::StreamExt;
 use crate::metrics::Metrics;
 use crate::pipeline::{Circuit, Pipeline};
 use crate::policy::live::LivePolicy;
@@ -72,7 +74,8 @@ pub fn router(state: AppState) -> Router {
             post(webhooks::redeliver),
         )
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(RequestDecompressionLayer::new().gzip(true));
+        .layer(RequestDecompressionLayer::new().gzip(true))
+        .layer(middleware::from_fn(meter_compressed));
     Router::new()
         .merge(v1)
         .route("/healthz", get(health::healthz))
@@ -101,6 +104,39 @@ pub fn router(state: AppState) -> Router {
             axum::http::header::AUTHORIZATION,
         ]))
         .with_state(state)
+}
+
+/// Counts the bytes of a compressed body as the decoder (the next layer in) reads them, for
+/// `ingest.max_expansion_ratio` (see `ingest::spool::BodyBounds`).
+async fn meter_compressed(req: Request, next: Next) -> Response {
+    if !req
+        .headers()
+        .contains_key(axum::http::header::CONTENT_ENCODING)
+    {
+        return next.run(req).await;
+    }
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = counter.clone();
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.insert(Compressed(counter));
+    let body = axum::body::Body::from_stream(body.into_data_stream().inspect(move |frame| {
+        if let Ok(bytes) = frame {
+            seen.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }));
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// What a batch body may cost (`server.max_body_bytes`, `ingest.max_expansion_ratio`).
+fn body_bounds(
+    settings: &Settings,
+    compressed: Option<axum::Extension<Compressed>>,
+) -> BodyBounds {
+    BodyBounds {
+        max_bytes: settings.server.max_body_bytes,
+        max_expansion_ratio: settings.ingest.max_expansion_ratio,
+        compressed: compressed.map(|axum::Extension(c)| c),
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -1,76 +1,145 @@
 //! `POST /v1/validate`: judges a batch against the live policy; no job, no SCIM calls.
+//!
+//! Received like `POST /v1/jobs` (scope checked and an upload slot taken before a byte of the
+//! body is read; spooled, streamed, the same per-record bounds), then judged like a job's
+//! planning, page by page, from a scratch store deleted with the answer: memory stays bounded
+//! whatever the body, and conflicts between rows of one user (tiers, separation of duties)
+//! are found as they are for a job.
 
 use super::AppState;
 use super::auth::{Caller, Scope};
 use super::views::{RowError, ValidationReport};
-use crate::domain::ReasonCode;
+use crate::domain::{Assignment, Outcome, ReasonCode};
 use crate::error::{ApiError, ApiResult};
-use crate::ingest::spool::read_bounded;
-use crate::ingest::{self, BatchQuery, Format};
-use crate::pipeline::validate_rows;
-use crate::store::Reason;
-use axum::Json;
+use crate::ingest::spool::{Compressed, spool};
+use crate::ingest::{self, BatchQuery, Format, Limits};
+use crate::pipeline::judge_stored;
+use crate::policy::Policy;
+use crate::store::{NewJob, Reason, Store};
+use axum::{Extension, Json};
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
+
+/// Rejected rows listed in a report (the first ones by line); the counts cover them all.
+pub const MAX_LISTED_ERRORS: usize = 1000;
 
 pub async fn validate(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<BatchQuery>,
+    compressed: Option<Extension<Compressed>>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<ValidationReport>> {
-    // The scope is checked before a byte of the body is read.
+    // The scope is checked, and a slot taken, before a byte of the body is read.
     caller.require(Scope::JobsWrite)?;
+    let _slot = state.ingests.take(&caller.key_name)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let format = Format::from_content_type(content_type).ok_or_else(|| {
-        ApiError::UnsupportedMediaType(format!("Content-Type \"{content_type}\" is not supported"))
+        ApiError::UnsupportedMediaType(format!(
+            "Content-Type \"{content_type}\" is not supported; use application/json, application/x-ndjson or text/csv"
+        ))
     })?;
-    let body = read_bounded(body, state.settings.server.max_body_bytes).await?;
-    let batch = ingest::parse(
+    let spooled = spool(body, &super::body_bounds(&state.settings, compressed), &[]).await?;
+    let report = judge_file(
+        &state.policy.current(),
         format,
-        &body,
-        &query,
-        state.settings.server.max_rows_per_job,
-    )?;
-    Ok(Json(report(&state.policy.current(), &batch)))
+        spooled.file,
+        query,
+        Limits::from_settings(&state.settings),
+        state.settings.ingest.max_rows_per_user,
+    )
+    .await?;
+    Ok(Json(report))
 }
 
-/// The validation report shared by the API and `rolesync validate`.
-pub fn report(policy: &crate::policy::Policy, batch: &ingest::Batch) -> ValidationReport {
-    let (rejected, users) = validate_rows(policy, &batch.rows);
-    let by_line: std::collections::HashMap<i64, &crate::domain::Assignment> =
-        batch.rows.iter().map(|r| (r.line as i64, r)).collect();
-    let errors: Vec<RowError> = rejected
-        .iter()
-        .map(|r| {
-            let row = by_line.get(&r.line);
+/// Receives a batch into a scratch store (a SQLite file in a temporary directory, gone when
+/// this returns) and judges it as a job's planning would. Shared by `POST /v1/validate` and
+/// `rolesync validate`.
+pub async fn judge_file(
+    policy: &Policy,
+    format: Format,
+    file: std::fs::File,
+    query: BatchQuery,
+    limits: Limits,
+    max_rows_per_user: usize,
+) -> Result<ValidationReport, ApiError> {
+    let dir = tempfile::tempdir()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot create a scratch dir: {e}")))?;
+    let url = format!("sqlite://{}", dir.path().join("validate.db").display());
+    let store = Store::connect(&url, 2).await?;
+    let result = judge_in(&store, policy, format, file, query, limits, max_rows_per_user).await;
+    store.close().await;
+    result
+}
+
+async fn judge_in(
+    store: &Store,
+    policy: &Policy,
+    format: Format,
+    file: std::fs::File,
+    query: BatchQuery,
+    limits: Limits,
+    max_rows_per_user: usize,
+) -> Result<ValidationReport, ApiError> {
+    const JOB: &str = "validation";
+    let mut ingest = store.begin_ingest(JOB).await?;
+    let no_events = |_: &[Assignment]| Vec::new();
+    let summary = ingest::receive(&mut ingest, file, format, query, limits, &no_events).await?;
+    let new = NewJob {
+        id: JOB.to_owned(),
+        events: Vec::new(),
+        mode: summary.mode,
+        dry_run: summary.dry_run,
+        request_id: None,
+        policy_fingerprint: None,
+        idempotency: None,
+        privileged_allowed: false,
+    };
+    ingest.commit(&new, None).await?;
+    let users = judge_stored(store, JOB, policy, max_rows_per_user).await?;
+    let counts = store
+        .get_job(JOB)
+        .await?
+        .map(|j| j.counts)
+        .unwrap_or_default();
+    let listed = store
+        .list_items(
+            JOB,
+            Some(Outcome::Rejected),
+            MAX_LISTED_ERRORS as i64,
+            None,
+        )
+        .await?;
+    let errors: Vec<RowError> = listed
+        .into_iter()
+        .map(|item| RowError {
+            line: item.line,
+            external_id: Some(item.external_id),
+            role_template: Some(item.role_template),
+            license_tier: Some(item.license_tier),
             // Every rejected row carries its reason; `MalformedRow` stands in should one not.
-            let (code, message) = r
-                .reason
-                .clone()
-                .unwrap_or((ReasonCode::MalformedRow, String::new()));
-            RowError {
-                line: r.line,
-                external_id: row.map(|a| a.external_id.clone()),
-                role_template: row.map(|a| a.role_template.clone()),
-                license_tier: row.map(|a| a.license_tier.clone()),
-                reason: Reason { code, message },
-            }
+            reason: item.reason.unwrap_or(Reason {
+                code: ReasonCode::MalformedRow,
+                message: String::new(),
+            }),
         })
         .collect();
-    ValidationReport {
-        valid: errors.is_empty(),
-        mode: batch.mode,
-        dry_run: batch.dry_run,
-        rows: batch.rows.len(),
-        accepted_rows: batch.rows.len() - errors.len(),
-        rejected_rows: errors.len(),
-        users: users.len(),
+    let rejected = counts.rejected.max(0) as u64;
+    let rows = counts.total.max(0) as u64;
+    Ok(ValidationReport {
+        valid: rejected == 0,
+        mode: summary.mode,
+        dry_run: summary.dry_run,
+        rows,
+        accepted_rows: rows - rejected.min(rows),
+        rejected_rows: rejected,
+        users,
+        errors_truncated: rejected > errors.len() as u64,
         errors,
-    }
+    })
 }

@@ -148,11 +148,13 @@ pub struct ValidationReport {
     pub valid: bool,
     pub mode: Mode,
     pub dry_run: bool,
-    pub rows: usize,
-    pub accepted_rows: usize,
-    pub rejected_rows: usize,
-    pub users: usize,
+    pub rows: u64,
+    pub accepted_rows: u64,
+    pub rejected_rows: u64,
+    pub users: u64,
+    /// The first rejected rows by line (at most 1000); `errors_truncated` when there are more.
     pub errors: Vec<RowError>,
+    pub errors_truncated: bool,
 }
 
 /// A row the policy refused, echoed with its reason.

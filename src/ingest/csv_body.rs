@@ -10,19 +10,21 @@ use std::collections::VecDeque;
 use std::io::{BufRead, Read};
 use std::rc::Rc;
 
-/// The largest CSV record (one row, quoted line breaks included). Far above any real row (three
-/// short fields); it bounds what the reader holds for one record, and the line marks with it:
-/// a body of one quoted field of 300 MB of newlines is refused at this size, not buffered.
-pub(super) const MAX_RECORD_BYTES: u64 = 64 * 1024;
-
 /// Bytes the CSV reader reads ahead of the record it is on (its buffer).
 const READ_AHEAD: u64 = 64 * 1024;
 
+/// Reads the records. `ingest.max_record_bytes` (one row, quoted line breaks included) bounds
+/// what the reader holds for one record, and the line marks with it: a body of one quoted field
+/// of 300 MB of newlines is refused at that size with a 400 naming its line, not buffered. A
+/// record of more than `ingest.max_fields` fields is that row's rejection.
 pub(super) fn read<R: BufRead>(input: R, sink: &mut RowSink<'_>) -> Result<(), ApiError> {
+    let max_record = sink.limits.max_record_bytes;
+    let max_fields = sink.limits.max_fields;
     let marks = Rc::new(RefCell::new(LineMarks::default()));
     let tracked = Tracked {
         inner: input,
         offset: 0,
+        max_record,
         marks: marks.clone(),
     };
     let mut reader = csv::ReaderBuilder::new()
@@ -55,6 +57,13 @@ pub(super) fn read<R: BufRead>(input: R, sink: &mut RowSink<'_>) -> Result<(), A
         ));
     };
     let width = headers.len();
+    if width > max_fields {
+        return Err(shape_error(
+            1,
+            None,
+            format!("the header has {width} columns; at most ingest.max_fields ({max_fields})"),
+        ));
+    }
     let mut record = csv::StringRecord::new();
     loop {
         match reader.read_record(&mut record) {
@@ -65,7 +74,9 @@ pub(super) fn read<R: BufRead>(input: R, sink: &mut RowSink<'_>) -> Result<(), A
                     return Err(shape_error(
                         line,
                         None,
-                        format!("a record is larger than {MAX_RECORD_BYTES} bytes"),
+                        format!(
+                            "a record is larger than ingest.max_record_bytes ({max_record} bytes)"
+                        ),
                     ));
                 }
                 let line = e.position().map_or(0, |p| p.line());
@@ -108,7 +119,7 @@ struct LineMarks {
     newlines: u64,
     /// Where the record being read starts (the end of the last one returned).
     record_start: u64,
-    /// Set when a record outgrew `MAX_RECORD_BYTES`: the line it starts on.
+    /// Set when a record outgrew `ingest.max_record_bytes`: the line it starts on.
     too_large_at: Option<u64>,
 }
 
@@ -142,6 +153,7 @@ impl LineMarks {
 struct Tracked<R> {
     inner: R,
     offset: u64,
+    max_record: u64,
     marks: Rc<RefCell<LineMarks>>,
 }
 
@@ -151,7 +163,7 @@ impl<R: Read> Read for Tracked<R> {
         let mut marks = self.marks.borrow_mut();
         // Invariant: the reader never holds more than one record plus its read-ahead.
         if (self.offset + n as u64).saturating_sub(marks.record_start)
-            > MAX_RECORD_BYTES + READ_AHEAD
+            > self.max_record + READ_AHEAD
         {
             let start = marks.record_start;
             let line = marks.line_of(start);

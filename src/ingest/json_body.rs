@@ -6,23 +6,62 @@ use crate::domain::{Assignment, Mode};
 use crate::error::{ApiError, FieldError};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::cell::Cell;
 use std::fmt;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
+use std::rc::Rc;
 
-/// One row as sent: each field a string, or absent, or of another type (reported as missing).
-#[derive(Deserialize)]
+/// One row as sent: each field a string, or absent, or of another type (reported as missing),
+/// and how many keys the object had (`ingest.max_fields`).
+#[derive(Default)]
 struct RowFields {
-    #[serde(default)]
     external_id: Loose,
-    #[serde(default)]
     role_template: Loose,
-    #[serde(default)]
     license_tier: Loose,
+    keys: usize,
 }
 
-/// A string, or anything else (skipped without building it).
+/// A key of a row object; the others are skipped without being kept.
+enum Key {
+    ExternalId,
+    RoleTemplate,
+    LicenseTier,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "external_id" => Key::ExternalId,
+                    "role_template" => Key::RoleTemplate,
+                    "license_tier" => Key::LicenseTier,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+/// A string, or anything else (skipped without building it); `seen` once its key was read.
 #[derive(Default)]
-struct Loose(Option<String>);
+struct Loose {
+    value: Option<String>,
+    seen: bool,
+}
+
+impl Loose {
+    fn of(value: Option<String>) -> Loose {
+        Loose { value, seen: false }
+    }
+}
 
 impl<'de> Deserialize<'de> for Loose {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Loose, D::Error> {
@@ -33,39 +72,39 @@ impl<'de> Deserialize<'de> for Loose {
                 f.write_str("any JSON value")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Loose, E> {
-                Ok(Loose(Some(v.to_owned())))
+                Ok(Loose::of(Some(v.to_owned())))
             }
             fn visit_string<E: de::Error>(self, v: String) -> Result<Loose, E> {
-                Ok(Loose(Some(v)))
+                Ok(Loose::of(Some(v)))
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Loose, E> {
-                Ok(Loose(None))
+                Ok(Loose::of(None))
             }
             fn visit_i64<E: de::Error>(self, _: i64) -> Result<Loose, E> {
-                Ok(Loose(None))
+                Ok(Loose::of(None))
             }
             fn visit_u64<E: de::Error>(self, _: u64) -> Result<Loose, E> {
-                Ok(Loose(None))
+                Ok(Loose::of(None))
             }
             fn visit_f64<E: de::Error>(self, _: f64) -> Result<Loose, E> {
-                Ok(Loose(None))
+                Ok(Loose::of(None))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Loose, E> {
-                Ok(Loose(None))
+                Ok(Loose::of(None))
             }
             fn visit_none<E: de::Error>(self) -> Result<Loose, E> {
-                Ok(Loose(None))
+                Ok(Loose::of(None))
             }
             fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Loose, D::Error> {
                 Loose::deserialize(d)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Loose, A::Error> {
                 while a.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Loose(None))
+                Ok(Loose::of(None))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Loose, A::Error> {
                 while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Loose(None))
+                Ok(Loose::of(None))
             }
         }
         d.deserialize_any(V)
@@ -87,8 +126,26 @@ impl<'de> Deserialize<'de> for Element {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an assignment object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Element, A::Error> {
-                RowFields::deserialize(de::value::MapAccessDeserializer::new(a)).map(Element::Row)
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Element, A::Error> {
+                let mut f = RowFields::default();
+                while let Some(key) = a.next_key::<Key>()? {
+                    f.keys += 1;
+                    let slot = match key {
+                        Key::ExternalId => &mut f.external_id,
+                        Key::RoleTemplate => &mut f.role_template,
+                        Key::LicenseTier => &mut f.license_tier,
+                        Key::Other => {
+                            a.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if slot.seen {
+                        return Err(de::Error::custom("a field appears twice in one object"));
+                    }
+                    *slot = a.next_value()?;
+                    slot.seen = true;
+                }
+                Ok(Element::Row(f))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Element, A::Error> {
                 while a.next_element::<IgnoredAny>()?.is_some() {}
@@ -118,21 +175,23 @@ impl<'de> Deserialize<'de> for Element {
 }
 
 /// The row, or the names of its missing or non-string fields.
-fn row(e: Element, line: u64) -> Result<Assignment, Vec<&'static str>> {
+fn row(e: Element, line: u64, max_fields: usize) -> Result<Assignment, Vec<&'static str>> {
     let Element::Row(fields) = e else {
         return Err(vec!["external_id", "role_template", "license_tier"]);
     };
+    let keys = fields.keys;
     match (
-        fields.external_id.0,
-        fields.role_template.0,
-        fields.license_tier.0,
+        fields.external_id.value,
+        fields.role_template.value,
+        fields.license_tier.value,
     ) {
         (Some(e), Some(r), Some(t)) => Ok(Assignment {
             line,
             external_id: e.trim().to_owned(),
             role_template: r.trim().to_owned(),
             license_tier: t.trim().to_owned(),
-            defect: None,
+            defect: (keys > max_fields)
+                .then(|| format!("the object has {keys} keys; at most ingest.max_fields ({max_fields})")),
         }),
         (e, r, t) => {
             let mut missing = Vec::new();
@@ -159,7 +218,7 @@ fn take(
     ndjson_line: Option<u64>,
     name: impl Fn(&str) -> String,
 ) -> Result<bool, ApiError> {
-    match row(e, line) {
+    match row(e, line, sink.limits.max_fields) {
         Ok(a) => sink.push(a).map(|_| true),
         Err(missing) => {
             let mut more = true;
@@ -178,14 +237,28 @@ fn take(
 
 /// The envelope `{"mode", "dry_run", "assignments": [...]}`; the envelope's `mode` and
 /// `dry_run` win over the query's.
+///
+/// `ingest.max_record_bytes` bounds each element of `assignments` (and what comes before the
+/// array or after an element): the reader is metered, so a string of any length is refused
+/// with a 400 naming its line once it passes the bound, never built whole.
 pub(super) fn read_envelope<R: BufRead>(
     input: R,
     query_mode: Option<Mode>,
     query_dry_run: Option<bool>,
     sink: &mut RowSink<'_>,
 ) -> Result<(Mode, bool), ApiError> {
-    let mut de = serde_json::Deserializer::from_reader(input);
-    let seed = EnvelopeSeed { sink };
+    let used = Rc::new(Cell::new(0u64));
+    let limit = sink.limits.max_record_bytes;
+    let metered = Metered {
+        inner: input,
+        used: used.clone(),
+        limit,
+    };
+    let mut de = serde_json::Deserializer::from_reader(metered);
+    let seed = EnvelopeSeed {
+        sink,
+        used: used.clone(),
+    };
     let parsed = seed.deserialize(&mut de).and_then(|env| {
         de.end()?;
         Ok(env)
@@ -199,6 +272,16 @@ pub(super) fn read_envelope<R: BufRead>(
             if sink.has_errors() && e.to_string().starts_with(STOP) {
                 // Enough field problems to refuse the body: `finish` reports them.
                 return Ok((Mode::default(), false));
+            }
+            if e.is_io() && used.get() > limit {
+                return Err(shape_error(
+                    e.line() as u64,
+                    None,
+                    format!(
+                        "an element of assignments (or the envelope around it) is larger than \
+                         ingest.max_record_bytes ({limit} bytes)"
+                    ),
+                ));
             }
             return Err(json_error(&e));
         }
@@ -220,8 +303,29 @@ pub(super) fn read_envelope<R: BufRead>(
 /// Marks an early stop of the envelope's visit (not a JSON error).
 const STOP: &str = "rolesync: stop reading";
 
+/// Counts the bytes read since the count was last reset (at each element of `assignments`),
+/// and fails the read once they pass `limit`.
+struct Metered<R> {
+    inner: R,
+    used: Rc<Cell<u64>>,
+    limit: u64,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let used = self.used.get() + n as u64;
+        self.used.set(used);
+        if used > self.limit {
+            return Err(std::io::Error::other("record too large"));
+        }
+        Ok(n)
+    }
+}
+
 struct EnvelopeSeed<'s, 'a> {
     sink: &'s mut RowSink<'a>,
+    used: Rc<Cell<u64>>,
 }
 
 impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_, '_> {
@@ -251,6 +355,7 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_, '_> {
                     had_assignments = true;
                     map.next_value_seed(AssignmentsSeed {
                         sink: &mut *self.sink,
+                        used: self.used.clone(),
                     })?;
                 }
                 other => {
@@ -267,6 +372,7 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_, '_> {
 
 struct AssignmentsSeed<'s, 'a> {
     sink: &'s mut RowSink<'a>,
+    used: Rc<Cell<u64>>,
 }
 
 impl<'de> DeserializeSeed<'de> for AssignmentsSeed<'_, '_> {
@@ -286,7 +392,12 @@ impl<'de> Visitor<'de> for AssignmentsSeed<'_, '_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut i = 0u64;
-        while let Some(e) = seq.next_element::<Element>()? {
+        loop {
+            // Each element gets the whole budget.
+            self.used.set(0);
+            let Some(e) = seq.next_element::<Element>()? else {
+                break;
+            };
             let index = i;
             match take(self.sink, e, i + 1, None, |f| {
                 format!("assignments[{index}].{f}")
@@ -304,30 +415,91 @@ impl<'de> Visitor<'de> for AssignmentsSeed<'_, '_> {
     }
 }
 
-/// One assignment object per line; blank lines are skipped; lines are numbered physically.
+/// One assignment object per line; blank lines are skipped; lines are numbered physically. A
+/// line longer than `ingest.max_record_bytes` is that row's rejection (`malformed_row`): the
+/// rest of it is skipped without being kept.
 pub(super) fn read_ndjson<R: BufRead>(
     mut input: R,
     sink: &mut RowSink<'_>,
 ) -> Result<(), ApiError> {
+    let limit = sink.limits.max_record_bytes;
     let mut buf = Vec::with_capacity(256);
     let mut n = 0u64;
     loop {
         buf.clear();
-        let read = input
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| ApiError::bad_request(format!("the body could not be read: {e}")))?;
-        if read == 0 {
-            return Ok(());
-        }
-        n += 1;
+        let line = match read_line(&mut input, &mut buf, limit)? {
+            Line::End => return Ok(()),
+            Line::Whole => {
+                n += 1;
+                n
+            }
+            Line::TooLong => {
+                n += 1;
+                sink.push(Assignment {
+                    line: n,
+                    external_id: String::new(),
+                    role_template: String::new(),
+                    license_tier: String::new(),
+                    defect: Some(format!(
+                        "the line is longer than ingest.max_record_bytes ({limit} bytes)"
+                    )),
+                })?;
+                continue;
+            }
+        };
         if buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let e: Element = serde_json::from_slice(&buf)
-            .map_err(|e| shape_error(n, Some(e.column() as u64), format!("invalid JSON: {e}")))?;
-        let line = n;
-        if !take(sink, e, n, Some(n), |f| format!("line {line}: {f}"))? {
+        let e: Element = serde_json::from_slice(&buf).map_err(|e| {
+            shape_error(line, Some(e.column() as u64), format!("invalid JSON: {e}"))
+        })?;
+        if !take(sink, e, line, Some(line), |f| format!("line {line}: {f}"))? {
             return Ok(());
+        }
+    }
+}
+
+/// What `read_line` found.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A line (or the last bytes of the body) is in the buffer.
+    Whole,
+    /// A line longer than the limit was passed over; the buffer holds its start only.
+    TooLong,
+    /// No bytes were left.
+    End,
+}
+
+/// Reads up to the next `\n` into `buf`, keeping at most `limit` bytes of it.
+fn read_line<R: BufRead>(input: &mut R, buf: &mut Vec<u8>, limit: u64) -> Result<Line, ApiError> {
+    let mut read_any = false;
+    let mut too_long = false;
+    loop {
+        let available = input
+            .fill_buf()
+            .map_err(|e| ApiError::bad_request(format!("the body could not be read: {e}")))?;
+        if available.is_empty() {
+            return Ok(match (read_any, too_long) {
+                (false, _) => Line::End,
+                (true, false) => Line::Whole,
+                (true, true) => Line::TooLong,
+            });
+        }
+        read_any = true;
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        if !too_long {
+            if (buf.len() + take) as u64 > limit {
+                too_long = true;
+            } else {
+                buf.extend_from_slice(&available[..take]);
+            }
+        }
+        input.consume(take);
+        if done {
+            return Ok(if too_long { Line::TooLong } else { Line::Whole });
         }
     }
 }

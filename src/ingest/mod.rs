@@ -10,9 +10,46 @@ mod csv_body;
 mod json_body;
 pub mod spool;
 
+use crate::configuration::Settings;
 use crate::domain::{Assignment, Mode};
 use crate::error::{ApiError, FieldError};
 use std::io::BufRead;
+
+/// The bounds a batch is read under (`server.max_rows_per_job` and `[ingest]`). What a reader
+/// holds at once is bounded by these figures and `BATCH_ROWS`, never by the body.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Rows in one batch; beyond, 413.
+    pub max_rows: u64,
+    /// One record (CSV record, NDJSON line, JSON element).
+    pub max_record_bytes: u64,
+    /// `role_template` and `license_tier`, in bytes.
+    pub max_field_bytes: usize,
+    /// Fields in one record.
+    pub max_fields: usize,
+}
+
+impl Limits {
+    pub fn from_settings(s: &Settings) -> Limits {
+        Limits {
+            max_rows: s.server.max_rows_per_job,
+            max_record_bytes: s.ingest.max_record_bytes,
+            max_field_bytes: s.ingest.max_field_bytes,
+            max_fields: s.ingest.max_fields,
+        }
+    }
+
+    /// The built-in bounds with another row limit.
+    pub fn with_max_rows(max_rows: u64) -> Limits {
+        let d = crate::configuration::IngestSettings::default();
+        Limits {
+            max_rows,
+            max_record_bytes: d.max_record_bytes,
+            max_field_bytes: d.max_field_bytes,
+            max_fields: d.max_fields,
+        }
+    }
+}
 
 /// A parsed batch, before any policy check.
 #[derive(Debug, Clone)]
@@ -81,11 +118,11 @@ pub fn parse(
     format: Format,
     body: &[u8],
     query: &BatchQuery,
-    max_rows: u64,
+    limits: &Limits,
 ) -> Result<Batch, ApiError> {
     utf8(body)?;
     let mut rows = Vec::new();
-    let summary = read_rows(format, body, query, max_rows, &mut |batch| {
+    let summary = read_rows(format, body, query, limits, &mut |batch| {
         rows.extend(batch);
         Ok(())
     })?;
@@ -104,6 +141,42 @@ pub struct ReadSummary {
     pub rows: u64,
 }
 
+/// Reads a spooled body (`spool`) into an open store `Ingest`: the parser runs on a blocking
+/// thread and hands batches over a short queue, so memory holds a few batches at most whatever
+/// the body. `events` gives the outbox events that go with a batch (its rejected rows). On
+/// error the caller drops the `Ingest` (rolled back), which also stops the parser.
+pub(crate) async fn receive(
+    ingest: &mut crate::store::Ingest,
+    file: std::fs::File,
+    format: Format,
+    query: BatchQuery,
+    limits: Limits,
+    events: &(dyn Fn(&[Assignment]) -> Vec<crate::store::OutboxEvent> + Sync),
+) -> Result<ReadSummary, ApiError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Assignment>>(2);
+    let parser = tokio::task::spawn_blocking(move || {
+        let input = std::io::BufReader::with_capacity(256 * 1024, file);
+        read_rows(format, input, &query, &limits, &mut |batch| {
+            tx.blocking_send(batch).map_err(|_| ApiError::Unavailable {
+                detail: "the store stopped taking rows".into(),
+                retry_after_secs: 5,
+            })
+        })
+    });
+    while let Some(batch) = rx.recv().await {
+        let batch_events = events(&batch);
+        if let Err(e) = ingest.add_rows(&batch, &batch_events).await {
+            // Dropping the receiver stops the parser at its next batch.
+            drop(rx);
+            let _ = parser.await;
+            return Err(e.into());
+        }
+    }
+    parser
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("parser task: {e}")))?
+}
+
 /// Rows handed to the sink at a time.
 pub const BATCH_ROWS: usize = 2000;
 
@@ -115,7 +188,7 @@ pub fn read_rows<R: BufRead>(
     format: Format,
     mut input: R,
     query: &BatchQuery,
-    max_rows: u64,
+    limits: &Limits,
     emit: &mut dyn FnMut(Vec<Assignment>) -> Result<(), ApiError>,
 ) -> Result<ReadSummary, ApiError> {
     let query_mode = match &query.mode {
@@ -126,7 +199,7 @@ pub fn read_rows<R: BufRead>(
         ),
     };
     skip_bom(&mut input)?;
-    let mut sink = RowSink::new(max_rows, emit);
+    let mut sink = RowSink::new(*limits, emit);
     let (mode, dry_run) = match format {
         Format::Json => json_body::read_envelope(input, query_mode, query.dry_run, &mut sink)?,
         Format::Ndjson => {
@@ -166,7 +239,7 @@ fn skip_bom<R: BufRead>(input: &mut R) -> Result<(), ApiError> {
 pub(crate) struct RowSink<'a> {
     batch: Vec<Assignment>,
     rows: u64,
-    max_rows: u64,
+    pub(crate) limits: Limits,
     emit: &'a mut dyn FnMut(Vec<Assignment>) -> Result<(), ApiError>,
     errors: Vec<FieldError>,
     /// A failure that is not the body's (the receiver went away): stops the read.
@@ -177,13 +250,26 @@ pub(crate) struct RowSink<'a> {
 const MAX_FIELD_ERRORS: usize = 100;
 
 /// The text rules, the same whatever the store: a control character (NUL included) in any
-/// field, or an `external_id` longer than `ExternalId::MAX_LEN`, rejects the row
-/// (`malformed_row`, with the reason) before it is stored. What is stored is made safe for
-/// every store and bounded: control characters become U+FFFD and the id is cut to its limit
-/// plus one character (so it still reads as too long).
-fn text_rules(row: &mut Assignment) {
+/// field, an `external_id` longer than `ExternalId::MAX_LEN`, or another field longer than
+/// `max_field_bytes` rejects the row (`malformed_row`, with the reason) before it is stored.
+/// What is stored is made safe for every store and bounded: control characters become U+FFFD
+/// and a field too long is cut to its limit plus one character (so it still reads as too long).
+fn text_rules(row: &mut Assignment, max_field_bytes: usize) {
     use crate::domain::ExternalId;
     let mut problems: Vec<String> = Vec::new();
+    for (name, value) in [
+        ("role_template", &mut row.role_template),
+        ("license_tier", &mut row.license_tier),
+    ] {
+        if value.len() > max_field_bytes {
+            let mut cut = max_field_bytes + 1;
+            while !value.is_char_boundary(cut) {
+                cut += 1;
+            }
+            value.truncate(cut);
+            problems.push(format!("{name} is longer than {max_field_bytes} bytes"));
+        }
+    }
     for (name, value) in [
         ("external_id", &mut row.external_id),
         ("role_template", &mut row.role_template),
@@ -215,13 +301,13 @@ fn text_rules(row: &mut Assignment) {
 
 impl<'a> RowSink<'a> {
     fn new(
-        max_rows: u64,
+        limits: Limits,
         emit: &'a mut dyn FnMut(Vec<Assignment>) -> Result<(), ApiError>,
     ) -> RowSink<'a> {
         RowSink {
             batch: Vec::with_capacity(BATCH_ROWS),
             rows: 0,
-            max_rows,
+            limits,
             emit,
             errors: Vec::new(),
             failed: None,
@@ -230,12 +316,12 @@ impl<'a> RowSink<'a> {
 
     /// Takes one row. Err stops the read: too many rows, or the receiver went away.
     pub(crate) fn push(&mut self, mut row: Assignment) -> Result<(), ApiError> {
-        text_rules(&mut row);
+        text_rules(&mut row, self.limits.max_field_bytes);
         self.rows += 1;
-        if self.rows > self.max_rows {
+        if self.rows > self.limits.max_rows {
             return Err(ApiError::PayloadTooLarge(format!(
                 "the batch has more than {} rows (line {}); at most {} are accepted in one job",
-                self.max_rows, row.line, self.max_rows
+                self.limits.max_rows, row.line, self.limits.max_rows
             )));
         }
         if !self.errors.is_empty() {
@@ -327,7 +413,7 @@ mod tests {
     #[test]
     fn csv_with_bom_crlf_quotes_and_shuffled_columns() {
         let body = "\u{feff}license_tier,extra,external_id,role_template\r\n\"Standard Agent\",x,EMP-1,Agent\r\nSupervisor,\"a,b\",\"EMP-\"\"2\",\"Supervisor\"\r\n";
-        let b = parse(Format::Csv, body.as_bytes(), &q(), 10).unwrap_or_else(|e| panic!("{e}"));
+        let b = parse(Format::Csv, body.as_bytes(), &q(), &Limits::with_max_rows(10)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(b.rows.len(), 2);
         assert_eq!(b.rows[0].external_id, "EMP-1");
         assert_eq!(b.rows[0].license_tier, "Standard Agent");
@@ -340,7 +426,7 @@ mod tests {
     fn csv_row_with_wrong_field_count_is_that_rows_error() {
         let body =
             "external_id,role_template,license_tier\nEMP-1,Agent\nEMP-2,Agent,Standard Agent\n";
-        let b = parse(Format::Csv, body.as_bytes(), &q(), 10).unwrap_or_else(|e| panic!("{e}"));
+        let b = parse(Format::Csv, body.as_bytes(), &q(), &Limits::with_max_rows(10)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(b.rows.len(), 2);
         assert!(
             b.rows[0]
@@ -358,7 +444,7 @@ mod tests {
             Format::Csv,
             b"external_id,role_template\nEMP-1,Agent\n",
             &q(),
-            10,
+            &Limits::with_max_rows(10),
         )
         .err();
         assert!(matches!(e, Some(ApiError::BadRequest { .. })));
@@ -375,7 +461,7 @@ mod tests {
             Format::Csv,
             b"external_id,role_template,license_tier\nEMP-\xff,Agent,X\n",
             &q(),
-            10,
+            &Limits::with_max_rows(10),
         )
         .err();
         assert_eq!(
@@ -387,7 +473,7 @@ mod tests {
     #[test]
     fn json_missing_field_names_the_row() {
         let body = r#"{"assignments":[{"external_id":"A","role_template":"Agent","license_tier":"Standard Agent"},{"external_id":"B","role_template":"Agent"}]}"#;
-        let e = parse(Format::Json, body.as_bytes(), &q(), 10)
+        let e = parse(Format::Json, body.as_bytes(), &q(), &Limits::with_max_rows(10))
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -403,7 +489,7 @@ mod tests {
             Format::Json,
             b"{\"assignments\": [\n  {\"external_id\": }\n]}",
             &q(),
-            10,
+            &Limits::with_max_rows(10),
         )
         .err();
         assert!(
@@ -416,7 +502,7 @@ mod tests {
     #[test]
     fn ndjson_lines_are_numbered_physically() {
         let body = "{\"external_id\":\"A\",\"role_template\":\"Agent\",\"license_tier\":\"Standard Agent\"}\n\n{\"external_id\":\"B\",\"role_template\":\"Agent\",\"license_tier\":\"Standard Agent\"}\n";
-        let b = parse(Format::Ndjson, body.as_bytes(), &q(), 10).unwrap_or_else(|e| panic!("{e}"));
+        let b = parse(Format::Ndjson, body.as_bytes(), &q(), &Limits::with_max_rows(10)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             b.rows.iter().map(|r| r.line).collect::<Vec<_>>(),
             vec![1, 3]
@@ -427,7 +513,7 @@ mod tests {
     fn too_many_rows_is_413() {
         let body = "external_id,role_template,license_tier\nA,Agent,X\nB,Agent,X\n";
         assert!(matches!(
-            parse(Format::Csv, body.as_bytes(), &q(), 1),
+            parse(Format::Csv, body.as_bytes(), &q(), &Limits::with_max_rows(1)),
             Err(ApiError::PayloadTooLarge(_))
         ));
     }
@@ -435,7 +521,7 @@ mod tests {
     #[test]
     fn ndjson_fields_of_another_type_are_missing_and_named_by_line() {
         let body = "{\"external_id\":\"A\",\"role_template\":\"Agent\",\"license_tier\":\"Standard Agent\"}\n[1,2]\n{\"external_id\":5,\"role_template\":\"Agent\",\"license_tier\":\"X\"}\n";
-        let e = parse(Format::Ndjson, body.as_bytes(), &q(), 10).err();
+        let e = parse(Format::Ndjson, body.as_bytes(), &q(), &Limits::with_max_rows(10)).err();
         let Some(ApiError::BadRequest { errors, .. }) = e else {
             panic!("{e:?}")
         };
@@ -454,17 +540,17 @@ mod tests {
 
     #[test]
     fn an_envelope_without_assignments_or_with_unknown_fields_is_refused() {
-        let missing = parse(Format::Json, br#"{"mode":"merge"}"#, &q(), 10)
+        let missing = parse(Format::Json, br#"{"mode":"merge"}"#, &q(), &Limits::with_max_rows(10))
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(missing.contains("assignments"), "{missing}");
-        let unknown = parse(Format::Json, br#"{"assignments":[],"colour":1}"#, &q(), 10)
+        let unknown = parse(Format::Json, br#"{"assignments":[],"colour":1}"#, &q(), &Limits::with_max_rows(10))
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(unknown.contains("colour"), "{unknown}");
-        let trailing = parse(Format::Json, br#"{"assignments":[]} x"#, &q(), 10)
+        let trailing = parse(Format::Json, br#"{"assignments":[]} x"#, &q(), &Limits::with_max_rows(10))
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -478,7 +564,7 @@ mod tests {
             body.push_str("{\"external_id\":\"A\"},");
         }
         body.push_str("{}]}");
-        let e = parse(Format::Json, body.as_bytes(), &q(), 10_000).err();
+        let e = parse(Format::Json, body.as_bytes(), &q(), &Limits::with_max_rows(10_000)).err();
         let Some(ApiError::BadRequest { errors, .. }) = e else {
             panic!("{e:?}")
         };
@@ -493,7 +579,7 @@ mod tests {
         }
         let mut sizes = Vec::new();
         let mut lines = Vec::new();
-        let summary = read_rows(Format::Csv, body.as_bytes(), &q(), u64::MAX, &mut |b| {
+        let summary = read_rows(Format::Csv, body.as_bytes(), &q(), &Limits::with_max_rows(u64::MAX), &mut |b| {
             sizes.push(b.len());
             lines.extend(b.iter().map(|r| r.line));
             Ok(())

@@ -13,6 +13,8 @@ use axum::body::Body;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::io::{Seek, SeekFrom, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A received body, checked, rewound to its start.
 pub struct Spooled {
@@ -24,9 +26,48 @@ pub struct Spooled {
 /// Bytes written to the temporary file per blocking write.
 const WRITE_BUFFER: usize = 1 << 20;
 
+/// Expanded bytes before the expansion ratio is checked: a small body may compress very well.
+const RATIO_GRACE: u64 = 1 << 20;
+
+/// The bytes of a body as sent, before its gzip decoding, counted as the decoder reads them
+/// (set on the request by the HTTP layer when the body has a `Content-Encoding`).
+#[derive(Clone, Debug, Default)]
+pub struct Compressed(pub Arc<AtomicU64>);
+
+/// What a body may cost: `server.max_body_bytes` after decoding, and for a compressed body
+/// `ingest.max_expansion_ratio` (a decompression bomb is refused as it expands, with a 413,
+/// not once it has filled the disk).
+#[derive(Clone, Debug)]
+pub struct BodyBounds {
+    pub max_bytes: u64,
+    pub max_expansion_ratio: u64,
+    pub compressed: Option<Compressed>,
+}
+
+impl BodyBounds {
+    fn check(&self, total: u64) -> Result<(), ApiError> {
+        if total > self.max_bytes {
+            return Err(too_large(self.max_bytes));
+        }
+        if let Some(Compressed(sent)) = &self.compressed
+            && total > RATIO_GRACE
+        {
+            let sent = sent.load(Ordering::Relaxed).max(1);
+            if total > sent.saturating_mul(self.max_expansion_ratio) {
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "the compressed body expands more than {} times (ingest.max_expansion_ratio): \
+                     {sent} bytes sent became more than {total}",
+                    self.max_expansion_ratio
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Streams `body` into a temporary file. `prefix` is hashed before the body (what else makes
 /// two submissions the same: content type, query options).
-pub async fn spool(body: Body, max_bytes: u64, prefix: &[u8]) -> Result<Spooled, ApiError> {
+pub async fn spool(body: Body, bounds: &BodyBounds, prefix: &[u8]) -> Result<Spooled, ApiError> {
     let mut file = tokio::task::spawn_blocking(tempfile::tempfile)
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("spool task: {e}")))?
@@ -40,9 +81,7 @@ pub async fn spool(body: Body, max_bytes: u64, prefix: &[u8]) -> Result<Spooled,
     while let Some(frame) = stream.next().await {
         let frame = frame.map_err(body_error)?;
         total += frame.len() as u64;
-        if total > max_bytes {
-            return Err(too_large(max_bytes));
-        }
+        bounds.check(total)?;
         hasher.update(&frame);
         utf8.feed(&frame)?;
         pending.extend_from_slice(&frame);
@@ -66,21 +105,6 @@ pub async fn spool(body: Body, max_bytes: u64, prefix: &[u8]) -> Result<Spooled,
         bytes: total,
         sha256: hasher.finalize().into(),
     })
-}
-
-/// Reads `body` into memory, at most `max_bytes` (`413` beyond), with the same error answers
-/// as `spool` (a broken gzip stream is `400`).
-pub async fn read_bounded(body: Body, max_bytes: u64) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::new();
-    let mut stream = body.into_data_stream();
-    while let Some(frame) = stream.next().await {
-        let frame = frame.map_err(body_error)?;
-        if (out.len() + frame.len()) as u64 > max_bytes {
-            return Err(too_large(max_bytes));
-        }
-        out.extend_from_slice(&frame);
-    }
-    Ok(out)
 }
 
 fn too_large(max_bytes: u64) -> ApiError {

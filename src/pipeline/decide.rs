@@ -49,15 +49,9 @@ pub(crate) fn decide(
 ) -> Decision {
     let after = policy.final_roles(mode, current, desired);
     if let Some(rule) = policy.sod_violation(&after) {
-        let roles: Vec<&str> = rule.roles.iter().map(String::as_str).collect();
         return Decision::Reject {
             reason: ReasonCode::SodConflict,
-            message: format!(
-                "separation of duties \"{}\": {} ({})",
-                rule.name,
-                roles.join(" + "),
-                rule.reason
-            ),
+            message: rule.conflict_message(),
         };
     }
     let change = RoleChange::new(current.clone(), after);

@@ -33,7 +33,7 @@ mod users;
 mod validate;
 
 pub use circuit::Circuit;
-pub(crate) use validate::validate_rows;
+pub(crate) use validate::judge_stored;
 
 use crate::audit::EventFactory;
 use crate::configuration::Settings;

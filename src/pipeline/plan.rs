@@ -11,7 +11,9 @@ use super::users::group_users;
 use super::validate::{Page, Validated};
 use super::{Deps, lifecycle};
 use crate::audit::events::RoleSyncRejected;
-use crate::domain::{Approval, Estimate, EventType, JobStatus, Mode, Outcome};
+use crate::domain::{
+    Approval, ApprovalReason, Estimate, EventType, JobStatus, Mode, Outcome, PrivilegedGrants,
+};
 use crate::policy::Policy;
 use crate::scim::{CallTally, ScimError};
 use crate::store::{JobDeltas, JobPlan, JobRecord, OutboxEvent, PlanPage};
@@ -31,6 +33,9 @@ struct Planning {
     in_last_chunk: usize,
     wanted: HashSet<String>,
     rejected: u64,
+    /// Privileged roles the job's users ask for, and how many users ask for one.
+    privileged_roles: std::collections::BTreeSet<String>,
+    privileged_users: u64,
     /// Keeps the planning lease renewed while this planning lives (`live`).
     _live: super::live::LivePlan,
 }
@@ -61,6 +66,8 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<Validated>) {
             in_last_chunk: 0,
             wanted: HashSet::new(),
             rejected: 0,
+            privileged_roles: Default::default(),
+            privileged_users: 0,
             _live: deps.live.plan(&r.job.id),
         });
         let page = plan_page(&deps, state, &r);
@@ -120,6 +127,11 @@ fn plan_page(deps: &Deps, state: &mut Planning, r: &Validated) -> PlanPage {
         state.in_last_chunk += 1;
         state.users += 1;
         state.wanted.insert(u.external_id.clone());
+        let privileged = state.policy.privileged_in(&u.desired(&state.policy));
+        if !privileged.is_empty() {
+            state.privileged_users += 1;
+            state.privileged_roles.extend(privileged);
+        }
     }
     state.rejected += r.rejected.len() as u64;
     let events: Vec<OutboxEvent> = r
@@ -148,12 +160,15 @@ async fn finish(deps: &Deps, state: Planning) {
     let job_id = state.job.id.clone();
     let reads = plan_reads(deps, &job_id, &state.wanted).await;
     let mut plan = build_plan(deps, &state, &reads);
+    let privileged = privileged_grants(&state);
     match approval_check(deps, &state, &reads).await {
-        Ok(None) => {}
-        Ok(Some((held, approval, deltas))) => {
-            if held {
+        Ok(removals) => {
+            let Some((approval, deltas)) = approval_of(&state, removals, privileged) else {
+                return finish_plan(deps, state, reads, plan).await;
+            };
+            if approval.required {
                 plan.status = JobStatus::AwaitingApproval;
-                tracing::warn!(job.id = %job_id, approval = ?approval, "replace job held for approval");
+                tracing::warn!(job.id = %job_id, approval = ?approval, "job held for approval");
             }
             plan.approval = Some(approval);
             plan.deltas.scim_requests += deltas.scim_requests;
@@ -167,6 +182,12 @@ async fn finish(deps: &Deps, state: Planning) {
             return;
         }
     }
+    finish_plan(deps, state, reads, plan).await;
+}
+
+/// Makes the plan claimable (the last step of `finish`).
+async fn finish_plan(deps: &Deps, state: Planning, reads: ReadPlan, plan: JobPlan) {
+    let job_id = state.job.id.clone();
     if let Some(snapshot) = &reads.snapshot {
         // Before the chunks are claimable, so that every worker of this process finds it.
         deps.reads
@@ -204,6 +225,45 @@ async fn finish(deps: &Deps, state: Planning) {
     }
 }
 
+/// The privileged roles the job's users ask for, if any.
+fn privileged_grants(state: &Planning) -> Option<PrivilegedGrants> {
+    (state.privileged_users > 0).then(|| PrivilegedGrants {
+        roles: state.privileged_roles.iter().cloned().collect(),
+        users: state.privileged_users,
+        allowed_by_key: state.job.privileged_allowed,
+    })
+}
+
+/// Whether the job waits for approval, and why: the removal bounds (a `replace` job,
+/// `approval_check`) and privileged grants in any mode, unless the submitting key carries
+/// `roles:privileged`. A dry run writes nothing and never waits. None when neither applies.
+fn approval_of(
+    state: &Planning,
+    removals: Option<(bool, Approval, JobDeltas)>,
+    privileged: Option<PrivilegedGrants>,
+) -> Option<(Approval, JobDeltas)> {
+    let (mut approval, deltas) = match removals {
+        Some((held, mut a, d)) => {
+            if held {
+                a.reasons.push(ApprovalReason::Removals);
+            }
+            (a, d)
+        }
+        None => (Approval::default(), JobDeltas::default()),
+    };
+    if let Some(p) = privileged {
+        if !p.allowed_by_key && !state.job.dry_run {
+            approval.reasons.push(ApprovalReason::PrivilegedRoles);
+        }
+        approval.privileged = Some(p);
+    }
+    if approval.reasons.is_empty() && approval.threshold_users.is_none() && approval.privileged.is_none() {
+        return None;
+    }
+    approval.required = !approval.reasons.is_empty();
+    Some((approval, deltas))
+}
+
 fn build_plan(deps: &Deps, state: &Planning, reads: &ReadPlan) -> JobPlan {
     let users = state.users;
     // At most one write per user (plus re-reads and rewrites on version conflicts).
@@ -222,6 +282,7 @@ fn build_plan(deps: &Deps, state: &Planning, reads: &ReadPlan) -> JobPlan {
         page_size: reads.page_size,
         scan_pages: reads.scan_pages,
         requests_per_minute: deps.settings.target.requests_per_minute,
+        privileged: privileged_grants(state),
     };
     JobPlan {
         status: JobStatus::Running,
@@ -307,11 +368,13 @@ async fn approval_check(
     let (requests, retries, rate_limited) = tally.snapshot();
     let approval = Approval {
         required: held,
+        reasons: Vec::new(),
         users_losing_roles: read_ahead.then_some(removing),
-        threshold_users: threshold,
-        org_users,
-        max_removed_users: bounds.max_removed_users,
-        max_removal_fraction: bounds.max_removal_fraction,
+        threshold_users: Some(threshold),
+        org_users: Some(org_users),
+        max_removed_users: Some(bounds.max_removed_users),
+        max_removal_fraction: Some(bounds.max_removal_fraction),
+        privileged: None,
     };
     let deltas = JobDeltas {
         scim_requests: requests,

@@ -8,7 +8,9 @@ use super::record_depth;
 use super::users::{UserRows, runs_by_user};
 use crate::domain::{Assignment, ExternalId, ReasonCode};
 use crate::policy::Policy;
-use crate::store::{JobRecord, RowResult};
+use crate::audit::events::RoleSyncRejected;
+use crate::domain::EventType;
+use crate::store::{JobRecord, Overflow, RowResult, Store, StoreError};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -47,14 +49,28 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<PlanJob>, tx: mpsc::S
         let mut after: Option<String> = None;
         let mut first = true;
         loop {
-            let (rows, more) = match deps
+            let cap = deps.settings.ingest.max_rows_per_user;
+            let page = match deps
                 .store
-                .pending_rows_page(&job.id, after.as_deref(), PAGE_ROWS)
+                .pending_rows_page(&job.id, after.as_deref(), PAGE_ROWS, cap)
                 .await
             {
-                Ok(page) => page,
+                Ok(page) => Some(page),
                 Err(e) => {
                     tracing::error!(job.id = %job.id, error = %e, "cannot read the job's rows; planning it later");
+                    None
+                }
+            };
+            let page = match page {
+                Some(page) => match &page.overflow {
+                    None => Ok(page),
+                    Some(o) => reject_overflow(&deps, &job.id, o, cap).await.map(|_| page),
+                },
+                None => Err(()),
+            };
+            let (rows, more) = match page {
+                Ok(page) => (page.rows, page.more),
+                Err(()) => {
                     let abandon = Validated {
                         job: job.clone(),
                         policy: policy.clone(),
@@ -96,6 +112,74 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<PlanJob>, tx: mpsc::S
                 break;
             }
             first = false;
+        }
+    }
+}
+
+/// Judges the rows a store holds for a job, page by page exactly as planning does (so in the
+/// same bounded memory), and stores the rejections there; returns the number of users with at
+/// least one valid row. For a batch judged without a job: `/v1/validate` and `rolesync
+/// validate` receive it into a scratch store first.
+pub(crate) async fn judge_stored(
+    store: &Store,
+    job_id: &str,
+    policy: &Policy,
+    cap: usize,
+) -> Result<u64, StoreError> {
+    let mut after: Option<String> = None;
+    let mut users = 0u64;
+    loop {
+        let page = store
+            .pending_rows_page(job_id, after.as_deref(), PAGE_ROWS, cap)
+            .await?;
+        if let Some(o) = &page.overflow {
+            let message = overflow_message(o, cap);
+            store
+                .reject_rows_beyond(job_id, o, &message, &|_, _| None, 1)
+                .await?;
+        }
+        let (rejected, valid) = validate_rows(policy, &page.rows);
+        store.reject_rows(job_id, &rejected).await?;
+        users += valid.len() as u64;
+        after = page.rows.last().map(|r| r.external_id.clone());
+        if !page.more {
+            return Ok(users);
+        }
+    }
+}
+
+/// How a row beyond `ingest.max_rows_per_user` is rejected.
+fn overflow_message(o: &Overflow, cap: usize) -> String {
+    format!(
+        "user {} has more than {cap} rows in this batch (ingest.max_rows_per_user); its rows \
+         after line {} are rejected",
+        o.external_id, o.last_kept_line
+    )
+}
+
+/// Rejects the rows of a user beyond the cap, with one audit event for them all.
+async fn reject_overflow(deps: &Deps, job_id: &str, o: &Overflow, cap: usize) -> Result<(), ()> {
+    let message = overflow_message(o, cap);
+    let event = |first: i64, rows: u64| {
+        let detail = format!("{message} ({rows} rows)");
+        deps.events.event(
+            EventType::RoleSyncRejected,
+            RoleSyncRejected::new(job_id, first, ReasonCode::TooManyRowsForUser, &detail)
+                .of_row(&o.external_id, "", ""),
+        )
+    };
+    match deps
+        .store
+        .reject_rows_beyond(job_id, o, &message, &event, 1)
+        .await
+    {
+        Ok((rows, _)) => {
+            tracing::warn!(job.id = %job_id, external_id = %o.external_id, rows, "rows beyond ingest.max_rows_per_user rejected");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(job.id = %job_id, error = %e, "cannot reject the rows beyond the cap; planning it later");
+            Err(())
         }
     }
 }
@@ -214,6 +298,25 @@ fn validate_user(
                 ),
             ));
         }
+    }
+    // Separation of duties within the batch: whatever the user holds now, a batch that gives
+    // them every role of a rule would end in a conflict in either mode (merge keeps what the
+    // batch gives, replace gives exactly that), so it is rejected here, before any call.
+    let asked: crate::policy::RoleSet = entitled.iter().map(|r| r.role_template.clone()).collect();
+    if let Some(rule) = policy.sod_violation(&asked) {
+        let message = format!(
+            "{}; this batch gives user {} all of them",
+            rule.conflict_message(),
+            entitled.first().map_or("", |r| r.external_id.as_str())
+        );
+        for r in &entitled {
+            rejected.push(RowResult::rejected(
+                r.line as i64,
+                ReasonCode::SodConflict,
+                message.clone(),
+            ));
+        }
+        return;
     }
     users.extend(UserRows::new(entitled));
 }

@@ -27,6 +27,8 @@ struct RawPolicy {
     #[serde(default)]
     sod: Vec<RawSod>,
     #[serde(default)]
+    privileged_roles: Vec<String>,
+    #[serde(default)]
     approval: RawApproval,
 }
 
@@ -285,6 +287,14 @@ fn build(raw: RawPolicy, fingerprint: String) -> Result<Policy, PolicyError> {
         sod.push(rule);
     }
 
+    let mut privileged = RoleSet::new();
+    for role in raw.privileged_roles {
+        if !index.contains_key(role.as_str()) {
+            problems.push(format!("privileged_roles names unknown role \"{role}\""));
+        }
+        privileged.insert(role);
+    }
+
     let fraction = raw.approval.max_removal_fraction;
     // Written as a negated range test so that NaN is refused too.
     if !(0.0..=1.0).contains(&fraction) {
@@ -315,6 +325,7 @@ fn build(raw: RawPolicy, fingerprint: String) -> Result<Policy, PolicyError> {
                 tier_index,
                 roles,
                 sod,
+                privileged,
                 approval: Approval {
                     max_removal_fraction: fraction,
                     max_removed_users: raw.approval.max_removed_users,
@@ -512,6 +523,7 @@ pub(super) fn merge_imported(policy: &Policy, imported: &[ImportedRole]) -> (Pol
         tier_index: policy.tier_index.clone(),
         roles,
         sod: policy.sod.clone(),
+        privileged: policy.privileged.clone(),
         approval: policy.approval.clone(),
         fingerprint: hex::encode(hasher.finalize()),
         resolver: policy.resolver.with_permissions(&own),

@@ -112,6 +112,19 @@ pub(crate) struct SodRule {
     pub reason: String,
 }
 
+impl SodRule {
+    /// How a `sod_conflict` rejection names the rule.
+    pub(crate) fn conflict_message(&self) -> String {
+        let roles: Vec<&str> = self.roles.iter().map(String::as_str).collect();
+        format!(
+            "separation of duties \"{}\": {} ({})",
+            self.name,
+            roles.join(" + "),
+            self.reason
+        )
+    }
+}
+
 /// Thresholds above which a `replace` job waits for approval.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct Approval {
@@ -181,6 +194,9 @@ pub struct Policy {
     tier_index: HashMap<String, usize>,
     roles: Vec<Role>,
     sod: Vec<SodRule>,
+    /// Roles whose grant needs a second look (`privileged_roles`): a job granting one waits
+    /// for approval unless its key carries `roles:privileged`.
+    privileged: RoleSet,
     approval: Approval,
     fingerprint: String,
     resolver: resolve::Resolver,
@@ -309,6 +325,19 @@ impl Policy {
             .collect()
     }
 
+    /// The privileged roles a user asking for `roles` would be given: those of `roles` and of
+    /// what they inherit (holding a role means holding its ancestors), sorted.
+    pub(crate) fn privileged_in(&self, roles: &RoleSet) -> Vec<String> {
+        if self.privileged.is_empty() {
+            return Vec::new();
+        }
+        self.resolver
+            .close(roles)
+            .into_iter()
+            .filter(|r| self.privileged.contains(r))
+            .collect()
+    }
+
     /// The first SoD rule whose roles are all in `final_roles` (closed under inheritance).
     /// The caller passes the final set, after the merge with the user's current roles.
     pub(crate) fn sod_violation(&self, final_roles: &RoleSet) -> Option<&SodRule> {
@@ -371,6 +400,7 @@ impl Policy {
             "tiers": self.tiers,
             "roles": self.roles,
             "sod": self.sod,
+            "privileged_roles": self.privileged,
             "approval": self.approval,
         })
     }
@@ -397,6 +427,7 @@ impl Policy {
             "effective_permissions": *self.effective_permissions(&single),
             "tiers": tiers,
             "sod": sod,
+            "privileged": !self.privileged_in(&single).is_empty(),
         }))
     }
 

@@ -38,6 +38,8 @@ pub(crate) use records::{
 // functions of other modules (`job_view`, `validate_rows`, `EventFactory::event`).
 pub use records::{ItemRecord, JobRecord, OutboxEvent, Reason, RowResult};
 use records::{ItemRow, JobRow, OutboxRow};
+pub(crate) use ingest::Ingest;
+pub(crate) use planning::Overflow;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -377,6 +379,7 @@ mod test_support {
             request_id: None,
             policy_fingerprint: None,
             idempotency: None,
+            privileged_allowed: false,
             events,
         };
         let mut ingest = ok(store.begin_ingest(&job.id).await);

@@ -6,8 +6,27 @@ use super::{
     Backend, INSERT_BATCH, JobPlan, JobRecord, JobRow, PlanPage, Store, StoreResult, add_counts,
     apply_result, begin_write, dual, insert_events, now_ms,
 };
-use crate::domain::{Assignment, JobStatus};
+use super::{OutboxEvent, RowResult};
+use crate::domain::{Assignment, JobStatus, ReasonCode};
 use sqlx::QueryBuilder;
+
+/// A page of a job's pending rows (`pending_rows_page`).
+#[derive(Debug)]
+pub(crate) struct RowsPage {
+    /// Whole users, by external id then line.
+    pub(crate) rows: Vec<Assignment>,
+    /// Whether rows may follow.
+    pub(crate) more: bool,
+    /// A user with more pending rows than `max_user_rows`: the page holds its first ones.
+    pub(crate) overflow: Option<Overflow>,
+}
+
+/// The user whose rows beyond a line are too many.
+#[derive(Debug, Clone)]
+pub(crate) struct Overflow {
+    pub(crate) external_id: String,
+    pub(crate) last_kept_line: i64,
+}
 
 impl Store {
     /// Gives back a planning that hit an error: the job may be planned again (by any
@@ -68,13 +87,18 @@ impl Store {
     /// One page of a job's pending rows, by user then line, of the users after `after`
     /// (keyset paging on `items_user_idx`). Never splits a user: when the page is full, the
     /// last user's rows are left for the next page, unless the page holds one user only, in
-    /// which case it grows until that user is whole. The flag says whether rows may follow.
+    /// which case it grows until that user is whole, or until it holds `max_user_rows` rows of
+    /// that user: then the page stops there and `overflow` names the user and its last row
+    /// kept; the caller rejects the rest (`reject_rows_beyond`). A page holds at most
+    /// `max(limit, max_user_rows)` rows, whatever one user sent.
     pub(crate) async fn pending_rows_page(
         &self,
         job_id: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> StoreResult<(Vec<Assignment>, bool)> {
+        max_user_rows: usize,
+    ) -> StoreResult<RowsPage> {
+        let max_user_rows = max_user_rows.max(1);
         let mut limit = limit.max(2);
         loop {
             // The first page has no lower bound: an empty external id (rejected when
@@ -110,21 +134,117 @@ impl Store {
                 )
                 .collect();
             if !full {
-                return Ok((rows, false));
+                return Ok(RowsPage {
+                    rows,
+                    more: false,
+                    overflow: None,
+                });
             }
             let last = rows
                 .last()
                 .map(|r| r.external_id.clone())
                 .unwrap_or_default();
-            let keep = rows.iter().rposition(|r| r.external_id != last);
-            match keep {
+            match rows.iter().rposition(|r| r.external_id != last) {
                 Some(i) => {
                     rows.truncate(i + 1);
-                    return Ok((rows, true));
+                    return Ok(RowsPage {
+                        rows,
+                        more: true,
+                        overflow: None,
+                    });
                 }
-                None => limit *= 4,
+                None if rows.len() > max_user_rows => {
+                    rows.truncate(max_user_rows);
+                    let kept = rows.last().map_or(0, |r| r.line as i64);
+                    return Ok(RowsPage {
+                        rows,
+                        more: true,
+                        overflow: Some(Overflow {
+                            external_id: last,
+                            last_kept_line: kept,
+                        }),
+                    });
+                }
+                None => limit = (limit * 4).min(max_user_rows + 1).max(limit + 1),
             }
         }
+    }
+
+    /// Rejects the pending rows of one user of a job after `last_kept_line`
+    /// (`too_many_rows_for_user`), with the job's counters, in one transaction, and the event
+    /// `event(first line, rows)` gives (one for them all, so the cost does not grow with what
+    /// one user sent). Returns how many rows it rejected and the first `list` (at least one) of
+    /// their lines. Doing it twice is harmless.
+    pub(crate) async fn reject_rows_beyond(
+        &self,
+        job_id: &str,
+        overflow: &Overflow,
+        message: &str,
+        event: &(dyn Fn(i64, u64) -> Option<OutboxEvent> + Sync),
+        list: usize,
+    ) -> StoreResult<(u64, Vec<i64>)> {
+        let list = list.max(1);
+        dual!(&self.backend, |p, DB| {
+            let mut tx = begin_write(p).await?;
+            let lines: Vec<(i64,)> = sqlx::query_as(
+                "SELECT line FROM items WHERE job_id = $1 AND external_id = $2 AND line > $3 \
+                 AND outcome = 'pending' ORDER BY line LIMIT $4",
+            )
+            .bind(job_id)
+            .bind(&overflow.external_id)
+            .bind(overflow.last_kept_line)
+            .bind(list as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            let moved = sqlx::query(
+                "UPDATE items SET outcome = 'rejected', reason_code = $1, reason_message = $2 \
+                 WHERE job_id = $3 AND external_id = $4 AND line > $5 AND outcome = 'pending'",
+            )
+            .bind(ReasonCode::TooManyRowsForUser.as_str())
+            .bind(message)
+            .bind(job_id)
+            .bind(&overflow.external_id)
+            .bind(overflow.last_kept_line)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if moved > 0 {
+                sqlx::query(
+                    "UPDATE jobs SET c_pending = c_pending - $1, c_rejected = c_rejected + $1 WHERE id = $2",
+                )
+                .bind(moved as i64)
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+                let first = lines.first().map_or(overflow.last_kept_line + 1, |(l,)| *l);
+                if let Some(e) = event(first, moved) {
+                    insert_events!(tx, std::slice::from_ref(&e));
+                }
+            }
+            tx.commit().await?;
+            Ok((moved, lines.into_iter().map(|(l,)| l).collect()))
+        })
+    }
+
+    /// Stores rows found invalid, with the job's counters, outside any planning: for a batch
+    /// judged without a job (`/v1/validate` keeps its rows in a scratch store).
+    pub(crate) async fn reject_rows(&self, job_id: &str, rows: &[RowResult]) -> StoreResult<()> {
+        dual!(&self.backend, |p, DB| {
+            let mut tx = begin_write(p).await?;
+            let mut moved = 0i64;
+            for r in rows {
+                moved += i64::from(apply_result!(tx, job_id, r));
+            }
+            sqlx::query(
+                "UPDATE jobs SET c_pending = c_pending - $1, c_rejected = c_rejected + $1 WHERE id = $2",
+            )
+            .bind(moved)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(())
     }
 
     /// Commits one page of a job's plan: its rejected rows (with counters and events), the
@@ -286,15 +406,20 @@ mod tests {
         let (store, _dir) = store_with_job(&rows, Vec::new()).await;
 
         // Pages: users never split, and the flag says more may follow.
-        let (page, more) = ok(store.pending_rows_page("job-1", None, 3).await);
-        assert_eq!(page.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 3]);
-        assert!(more);
-        let (page, more) = ok(store.pending_rows_page("job-1", Some("A"), 3).await);
-        assert_eq!(page.iter().map(|r| r.line).collect::<Vec<_>>(), vec![4, 5]);
-        assert!(!more);
+        let page = ok(store.pending_rows_page("job-1", None, 3, 100).await);
+        assert_eq!(page.rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(page.more);
+        let page = ok(store.pending_rows_page("job-1", Some("A"), 3, 100).await);
+        assert_eq!(page.rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![4, 5]);
+        assert!(!page.more);
         // A page too small for one user grows until the user is whole.
-        let (page, _) = ok(store.pending_rows_page("job-1", None, 1).await);
-        assert!(page.iter().filter(|r| r.external_id == "A").count() == 2);
+        let page = ok(store.pending_rows_page("job-1", None, 1, 100).await);
+        assert!(page.rows.iter().filter(|r| r.external_id == "A").count() == 2);
+        assert!(page.overflow.is_none());
+        // ... but not beyond the cap per user: the rest is named for rejection.
+        let page = ok(store.pending_rows_page("job-1", None, 1, 1).await);
+        assert_eq!(page.rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(page.overflow.as_ref().map(|o| o.last_kept_line), Some(2));
 
         // Planner `a` writes a first page of three chunks, then stops answering.
         assert!(ok(store.claim_job_to_plan("a", 1).await).is_some());

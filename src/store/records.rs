@@ -15,6 +15,8 @@ pub(crate) struct NewJob {
     pub request_id: Option<String>,
     pub policy_fingerprint: Option<String>,
     pub idempotency: Option<IdempotencyClaim>,
+    /// The submitting key carries `roles:privileged`.
+    pub privileged_allowed: bool,
     /// `role_sync.rejected` of the rows that could not be read, stored with the job.
     pub events: Vec<OutboxEvent>,
 }
@@ -92,6 +94,7 @@ pub(super) struct JobRow {
     approval: Option<String>,
     policy_fingerprint: Option<String>,
     request_id: Option<String>,
+    privileged_allowed: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +121,8 @@ pub struct JobRecord {
     pub approval: Option<Approval>,
     pub policy_fingerprint: Option<String>,
     pub request_id: Option<String>,
+    /// The submitting key carried `roles:privileged`.
+    pub privileged_allowed: bool,
 }
 
 impl TryFrom<JobRow> for JobRecord {
@@ -160,6 +165,7 @@ impl TryFrom<JobRow> for JobRecord {
             approval: r.approval.and_then(|s| serde_json::from_str(&s).ok()),
             policy_fingerprint: r.policy_fingerprint,
             request_id: r.request_id,
+            privileged_allowed: r.privileged_allowed != 0,
             id: r.id,
         })
     }

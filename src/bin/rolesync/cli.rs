@@ -132,7 +132,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let job = client.job(&args.job).await?;
             println!("{}", serde_json::to_string_pretty(&job)?);
         }
-        Command::Validate(args) => return validate(args),
+        Command::Validate(args) => return validate(args).await,
         Command::Policy {
             command: PolicyCommand::Check(args),
         } => {
@@ -150,21 +150,24 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+async fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(args.config.config.as_deref())?;
     let policy = rolesync::policy::Policy::load(&settings.policy.file)?;
     let format = Format::from_path(&args.file)
         .context("the file must end in .csv, .ndjson, .jsonl or .json")?;
-    let body = std::fs::read(&args.file)
+    let file = std::fs::File::open(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let batch = ingest::parse(
+    // The same reading and judging as `POST /v1/validate`, in the same bounded memory.
+    let report = rolesync::http::judge_file(
+        &policy,
         format,
-        &body,
-        &BatchQuery::default(),
-        settings.server.max_rows_per_job,
+        file,
+        BatchQuery::default(),
+        ingest::Limits::from_settings(&settings),
+        settings.ingest.max_rows_per_user,
     )
+    .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let report = rolesync::http::validation_report(&policy, &batch);
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(if report.valid {
         ExitCode::SUCCESS
