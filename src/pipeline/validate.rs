@@ -62,10 +62,13 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<PlanJob>, tx: mpsc::S
                 }
             };
             let page = match page {
-                Some(page) => match &page.overflow {
-                    None => Ok(page),
-                    Some(o) => reject_overflow(&deps, &job.id, o, cap).await.map(|_| page),
-                },
+                Some(page) => {
+                    let mut rejected = Ok(());
+                    for o in &page.overflow {
+                        rejected = rejected.and(reject_overflow(&deps, &job.id, o, cap).await);
+                    }
+                    rejected.map(|_| page)
+                }
                 None => Err(()),
             };
             let (rows, more) = match page {
@@ -132,7 +135,7 @@ pub(crate) async fn judge_stored(
         let page = store
             .pending_rows_page(job_id, after.as_deref(), PAGE_ROWS, cap)
             .await?;
-        if let Some(o) = &page.overflow {
+        for o in &page.overflow {
             let message = overflow_message(o, cap);
             store
                 .reject_rows_beyond(job_id, o, &message, &|_, _| None, 1)

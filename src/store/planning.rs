@@ -17,8 +17,32 @@ pub(crate) struct RowsPage {
     pub(crate) rows: Vec<Assignment>,
     /// Whether rows may follow.
     pub(crate) more: bool,
-    /// A user with more pending rows than `max_user_rows`: the page holds its first ones.
-    pub(crate) overflow: Option<Overflow>,
+    /// Users with more pending rows than `max_user_rows`: the page holds their first ones.
+    pub(crate) overflow: Vec<Overflow>,
+}
+
+/// Keeps at most `cap` rows of each user of a page (rows by user then line); names each user
+/// cut short with the last line kept.
+fn cap_users(rows: Vec<Assignment>, cap: usize) -> (Vec<Assignment>, Vec<Overflow>) {
+    let mut kept: Vec<Assignment> = Vec::with_capacity(rows.len());
+    let mut overflow: Vec<Overflow> = Vec::new();
+    let mut run = 0usize;
+    for row in rows {
+        let same = kept.last().is_some_and(|k| k.external_id == row.external_id)
+            || overflow
+                .last()
+                .is_some_and(|o| o.external_id == row.external_id && run >= cap);
+        run = if same { run + 1 } else { 1 };
+        if run <= cap {
+            kept.push(row);
+        } else if run == cap + 1 {
+            overflow.push(Overflow {
+                external_id: row.external_id.clone(),
+                last_kept_line: kept.last().map_or(0, |k| k.line as i64),
+            });
+        }
+    }
+    (kept, overflow)
 }
 
 /// The user whose rows beyond a line are too many.
@@ -133,40 +157,28 @@ impl Store {
                     },
                 )
                 .collect();
-            if !full {
-                return Ok(RowsPage {
-                    rows,
-                    more: false,
-                    overflow: None,
-                });
-            }
-            let last = rows
-                .last()
-                .map(|r| r.external_id.clone())
-                .unwrap_or_default();
-            match rows.iter().rposition(|r| r.external_id != last) {
-                Some(i) => {
-                    rows.truncate(i + 1);
-                    return Ok(RowsPage {
-                        rows,
-                        more: true,
-                        overflow: None,
-                    });
+            if full {
+                let last = rows
+                    .last()
+                    .map(|r| r.external_id.clone())
+                    .unwrap_or_default();
+                match rows.iter().rposition(|r| r.external_id != last) {
+                    // The last user may go on in the next page: left for it.
+                    Some(i) => rows.truncate(i + 1),
+                    // One user only, already over the cap: capped below.
+                    None if rows.len() > max_user_rows => {}
+                    None => {
+                        limit = (limit * 4).min(max_user_rows + 1).max(limit + 1);
+                        continue;
+                    }
                 }
-                None if rows.len() > max_user_rows => {
-                    rows.truncate(max_user_rows);
-                    let kept = rows.last().map_or(0, |r| r.line as i64);
-                    return Ok(RowsPage {
-                        rows,
-                        more: true,
-                        overflow: Some(Overflow {
-                            external_id: last,
-                            last_kept_line: kept,
-                        }),
-                    });
-                }
-                None => limit = (limit * 4).min(max_user_rows + 1).max(limit + 1),
             }
+            let (rows, overflow) = cap_users(rows, max_user_rows);
+            return Ok(RowsPage {
+                rows,
+                more: full,
+                overflow,
+            });
         }
     }
 
@@ -415,11 +427,16 @@ mod tests {
         // A page too small for one user grows until the user is whole.
         let page = ok(store.pending_rows_page("job-1", None, 1, 100).await);
         assert!(page.rows.iter().filter(|r| r.external_id == "A").count() == 2);
-        assert!(page.overflow.is_none());
+        assert!(page.overflow.is_empty());
         // ... but not beyond the cap per user: the rest is named for rejection.
         let page = ok(store.pending_rows_page("job-1", None, 1, 1).await);
         assert_eq!(page.rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2]);
-        assert_eq!(page.overflow.as_ref().map(|o| o.last_kept_line), Some(2));
+        assert_eq!(page.overflow.first().map(|o| o.last_kept_line), Some(2));
+        // The cap holds for every user of a page, not only one that fills it.
+        let page = ok(store.pending_rows_page("job-1", None, 100, 1).await);
+        let users: Vec<&str> = page.overflow.iter().map(|o| o.external_id.as_str()).collect();
+        assert_eq!(users, vec!["A"]);
+        assert_eq!(page.rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 4, 5]);
 
         // Planner `a` writes a first page of three chunks, then stops answering.
         assert!(ok(store.claim_job_to_plan("a", 1).await).is_some());

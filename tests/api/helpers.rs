@@ -13,7 +13,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const ADMIN_KEY: &str = "test-admin-key";
+/// The HR system's key: writes jobs, and may grant the policy's privileged roles.
 pub const WRITER_KEY: &str = "test-writer-key";
+/// A key that writes jobs but whose grants of privileged roles wait for approval.
+pub const PLAIN_WRITER_KEY: &str = "test-plain-writer-key";
 pub const READER_KEY: &str = "test-reader-key";
 
 static TRACING: LazyLock<()> = LazyLock::new(|| {
@@ -122,6 +125,10 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         [[auth.keys]]
         name = "writer"
         key_sha256 = "{writer}"
+        scopes = ["jobs:write", "jobs:read", "roles:privileged"]
+        [[auth.keys]]
+        name = "plain-writer"
+        key_sha256 = "{plain_writer}"
         scopes = ["jobs:write", "jobs:read"]
         [[auth.keys]]
         name = "reader"
@@ -130,6 +137,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         "#,
         admin = key_digest_hex(ADMIN_KEY),
         writer = key_digest_hex(WRITER_KEY),
+        plain_writer = key_digest_hex(PLAIN_WRITER_KEY),
         reader = key_digest_hex(READER_KEY),
     );
     let mut app = TestApp {

@@ -6,6 +6,7 @@ mod api;
 mod durability;
 mod healing;
 mod helpers;
+mod hostile;
 mod ingest;
 mod layout;
 mod policy;
