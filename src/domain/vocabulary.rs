@@ -180,7 +180,8 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(
-            err.contains("jobs:delete") && err.contains("jobs:write, jobs:read, roles:privileged, admin"),
+            err.contains("jobs:delete")
+                && err.contains("jobs:write, jobs:read, roles:privileged, admin"),
             "{err}"
         );
         assert_eq!(LogFormat::parse("xml"), None);

@@ -87,7 +87,12 @@ pub async fn submit(
         None => 2,
         Some(d) => u8::from(d),
     });
-    let spooled = spool(body, &super::body_bounds(&state.settings, compressed), &prefix).await?;
+    let spooled = spool(
+        body,
+        &super::body_bounds(&state.settings, compressed),
+        &prefix,
+    )
+    .await?;
     let body_sha256 = hex::encode(spooled.sha256);
     if let Some(key) = &idempotency_key
         && let Some((hash, job_id)) = state.store.find_idempotency_key(key).await?

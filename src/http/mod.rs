@@ -18,7 +18,6 @@ use crate::audit::EventFactory;
 use crate::configuration::Settings;
 use crate::error::{ApiError, problem_response};
 use crate::ingest::spool::{BodyBounds, Compressed};
-use futures::StreamExt;
 use crate::metrics::Metrics;
 use crate::pipeline::{Circuit, Pipeline};
 use crate::policy::live::LivePolicy;
@@ -30,6 +29,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -128,10 +128,7 @@ async fn meter_compressed(req: Request, next: Next) -> Response {
 }
 
 /// What a batch body may cost (`server.max_body_bytes`, `ingest.max_expansion_ratio`).
-fn body_bounds(
-    settings: &Settings,
-    compressed: Option<axum::Extension<Compressed>>,
-) -> BodyBounds {
+fn body_bounds(settings: &Settings, compressed: Option<axum::Extension<Compressed>>) -> BodyBounds {
     BodyBounds {
         max_bytes: settings.server.max_body_bytes,
         max_expansion_ratio: settings.ingest.max_expansion_ratio,

@@ -16,10 +16,10 @@ use crate::ingest::{self, BatchQuery, Format, Limits};
 use crate::pipeline::judge_stored;
 use crate::policy::Policy;
 use crate::store::{NewJob, Reason, Store};
-use axum::{Extension, Json};
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
+use axum::{Extension, Json};
 
 /// Rejected rows listed in a report (the first ones by line); the counts cover them all.
 pub const MAX_LISTED_ERRORS: usize = 1000;
@@ -72,7 +72,16 @@ pub async fn judge_file(
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot create a scratch dir: {e}")))?;
     let url = format!("sqlite://{}", dir.path().join("validate.db").display());
     let store = Store::connect(&url, 2).await?;
-    let result = judge_in(&store, policy, format, file, query, limits, max_rows_per_user).await;
+    let result = judge_in(
+        &store,
+        policy,
+        format,
+        file,
+        query,
+        limits,
+        max_rows_per_user,
+    )
+    .await;
     store.close().await;
     result
 }
@@ -108,12 +117,7 @@ async fn judge_in(
         .map(|j| j.counts)
         .unwrap_or_default();
     let listed = store
-        .list_items(
-            JOB,
-            Some(Outcome::Rejected),
-            MAX_LISTED_ERRORS as i64,
-            None,
-        )
+        .list_items(JOB, Some(Outcome::Rejected), MAX_LISTED_ERRORS as i64, None)
         .await?;
     let errors: Vec<RowError> = listed
         .into_iter()

@@ -56,6 +56,8 @@ pub(super) fn read<R: BufRead>(input: R, sink: &mut RowSink<'_>) -> Result<(), A
             format!("the header lacks the column(s) {}", missing.join(", ")),
         ));
     };
+    // The first record starts where the header ended: the record bound counts from there.
+    marks.borrow_mut().record_start = reader.position().byte();
     let width = headers.len();
     if width > max_fields {
         return Err(shape_error(

@@ -190,8 +190,9 @@ fn row(e: Element, line: u64, max_fields: usize) -> Result<Assignment, Vec<&'sta
             external_id: e.trim().to_owned(),
             role_template: r.trim().to_owned(),
             license_tier: t.trim().to_owned(),
-            defect: (keys > max_fields)
-                .then(|| format!("the object has {keys} keys; at most ingest.max_fields ({max_fields})")),
+            defect: (keys > max_fields).then(|| {
+                format!("the object has {keys} keys; at most ingest.max_fields ({max_fields})")
+            }),
         }),
         (e, r, t) => {
             let mut missing = Vec::new();

@@ -413,7 +413,13 @@ mod tests {
     #[test]
     fn csv_with_bom_crlf_quotes_and_shuffled_columns() {
         let body = "\u{feff}license_tier,extra,external_id,role_template\r\n\"Standard Agent\",x,EMP-1,Agent\r\nSupervisor,\"a,b\",\"EMP-\"\"2\",\"Supervisor\"\r\n";
-        let b = parse(Format::Csv, body.as_bytes(), &q(), &Limits::with_max_rows(10)).unwrap_or_else(|e| panic!("{e}"));
+        let b = parse(
+            Format::Csv,
+            body.as_bytes(),
+            &q(),
+            &Limits::with_max_rows(10),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(b.rows.len(), 2);
         assert_eq!(b.rows[0].external_id, "EMP-1");
         assert_eq!(b.rows[0].license_tier, "Standard Agent");
@@ -426,7 +432,13 @@ mod tests {
     fn csv_row_with_wrong_field_count_is_that_rows_error() {
         let body =
             "external_id,role_template,license_tier\nEMP-1,Agent\nEMP-2,Agent,Standard Agent\n";
-        let b = parse(Format::Csv, body.as_bytes(), &q(), &Limits::with_max_rows(10)).unwrap_or_else(|e| panic!("{e}"));
+        let b = parse(
+            Format::Csv,
+            body.as_bytes(),
+            &q(),
+            &Limits::with_max_rows(10),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(b.rows.len(), 2);
         assert!(
             b.rows[0]
@@ -473,10 +485,15 @@ mod tests {
     #[test]
     fn json_missing_field_names_the_row() {
         let body = r#"{"assignments":[{"external_id":"A","role_template":"Agent","license_tier":"Standard Agent"},{"external_id":"B","role_template":"Agent"}]}"#;
-        let e = parse(Format::Json, body.as_bytes(), &q(), &Limits::with_max_rows(10))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = parse(
+            Format::Json,
+            body.as_bytes(),
+            &q(),
+            &Limits::with_max_rows(10),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(
             e.contains("assignments[1]") && e.contains("license_tier"),
             "{e}"
@@ -502,7 +519,13 @@ mod tests {
     #[test]
     fn ndjson_lines_are_numbered_physically() {
         let body = "{\"external_id\":\"A\",\"role_template\":\"Agent\",\"license_tier\":\"Standard Agent\"}\n\n{\"external_id\":\"B\",\"role_template\":\"Agent\",\"license_tier\":\"Standard Agent\"}\n";
-        let b = parse(Format::Ndjson, body.as_bytes(), &q(), &Limits::with_max_rows(10)).unwrap_or_else(|e| panic!("{e}"));
+        let b = parse(
+            Format::Ndjson,
+            body.as_bytes(),
+            &q(),
+            &Limits::with_max_rows(10),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             b.rows.iter().map(|r| r.line).collect::<Vec<_>>(),
             vec![1, 3]
@@ -513,7 +536,12 @@ mod tests {
     fn too_many_rows_is_413() {
         let body = "external_id,role_template,license_tier\nA,Agent,X\nB,Agent,X\n";
         assert!(matches!(
-            parse(Format::Csv, body.as_bytes(), &q(), &Limits::with_max_rows(1)),
+            parse(
+                Format::Csv,
+                body.as_bytes(),
+                &q(),
+                &Limits::with_max_rows(1)
+            ),
             Err(ApiError::PayloadTooLarge(_))
         ));
     }
@@ -521,7 +549,13 @@ mod tests {
     #[test]
     fn ndjson_fields_of_another_type_are_missing_and_named_by_line() {
         let body = "{\"external_id\":\"A\",\"role_template\":\"Agent\",\"license_tier\":\"Standard Agent\"}\n[1,2]\n{\"external_id\":5,\"role_template\":\"Agent\",\"license_tier\":\"X\"}\n";
-        let e = parse(Format::Ndjson, body.as_bytes(), &q(), &Limits::with_max_rows(10)).err();
+        let e = parse(
+            Format::Ndjson,
+            body.as_bytes(),
+            &q(),
+            &Limits::with_max_rows(10),
+        )
+        .err();
         let Some(ApiError::BadRequest { errors, .. }) = e else {
             panic!("{e:?}")
         };
@@ -540,20 +574,35 @@ mod tests {
 
     #[test]
     fn an_envelope_without_assignments_or_with_unknown_fields_is_refused() {
-        let missing = parse(Format::Json, br#"{"mode":"merge"}"#, &q(), &Limits::with_max_rows(10))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let missing = parse(
+            Format::Json,
+            br#"{"mode":"merge"}"#,
+            &q(),
+            &Limits::with_max_rows(10),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(missing.contains("assignments"), "{missing}");
-        let unknown = parse(Format::Json, br#"{"assignments":[],"colour":1}"#, &q(), &Limits::with_max_rows(10))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let unknown = parse(
+            Format::Json,
+            br#"{"assignments":[],"colour":1}"#,
+            &q(),
+            &Limits::with_max_rows(10),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(unknown.contains("colour"), "{unknown}");
-        let trailing = parse(Format::Json, br#"{"assignments":[]} x"#, &q(), &Limits::with_max_rows(10))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let trailing = parse(
+            Format::Json,
+            br#"{"assignments":[]} x"#,
+            &q(),
+            &Limits::with_max_rows(10),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(trailing.starts_with("line 1, column"), "{trailing}");
     }
 
@@ -564,7 +613,13 @@ mod tests {
             body.push_str("{\"external_id\":\"A\"},");
         }
         body.push_str("{}]}");
-        let e = parse(Format::Json, body.as_bytes(), &q(), &Limits::with_max_rows(10_000)).err();
+        let e = parse(
+            Format::Json,
+            body.as_bytes(),
+            &q(),
+            &Limits::with_max_rows(10_000),
+        )
+        .err();
         let Some(ApiError::BadRequest { errors, .. }) = e else {
             panic!("{e:?}")
         };
@@ -579,11 +634,17 @@ mod tests {
         }
         let mut sizes = Vec::new();
         let mut lines = Vec::new();
-        let summary = read_rows(Format::Csv, body.as_bytes(), &q(), &Limits::with_max_rows(u64::MAX), &mut |b| {
-            sizes.push(b.len());
-            lines.extend(b.iter().map(|r| r.line));
-            Ok(())
-        })
+        let summary = read_rows(
+            Format::Csv,
+            body.as_bytes(),
+            &q(),
+            &Limits::with_max_rows(u64::MAX),
+            &mut |b| {
+                sizes.push(b.len());
+                lines.extend(b.iter().map(|r| r.line));
+                Ok(())
+            },
+        )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sizes, vec![BATCH_ROWS, BATCH_ROWS, 7]);
         assert_eq!(summary.rows, (BATCH_ROWS * 2 + 7) as u64);

@@ -257,7 +257,10 @@ fn approval_of(
         }
         approval.privileged = Some(p);
     }
-    if approval.reasons.is_empty() && approval.threshold_users.is_none() && approval.privileged.is_none() {
+    if approval.reasons.is_empty()
+        && approval.threshold_users.is_none()
+        && approval.privileged.is_none()
+    {
         return None;
     }
     approval.required = !approval.reasons.is_empty();

@@ -6,10 +6,10 @@ use super::Deps;
 use super::intake::PlanJob;
 use super::record_depth;
 use super::users::{UserRows, runs_by_user};
-use crate::domain::{Assignment, ExternalId, ReasonCode};
-use crate::policy::Policy;
 use crate::audit::events::RoleSyncRejected;
 use crate::domain::EventType;
+use crate::domain::{Assignment, ExternalId, ReasonCode};
+use crate::policy::Policy;
 use crate::store::{JobRecord, Overflow, RowResult, Store, StoreError};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -163,14 +163,15 @@ fn overflow_message(o: &Overflow, cap: usize) -> String {
 /// Rejects the rows of a user beyond the cap, with one audit event for them all.
 async fn reject_overflow(deps: &Deps, job_id: &str, o: &Overflow, cap: usize) -> Result<(), ()> {
     let message = overflow_message(o, cap);
-    let event = |first: i64, rows: u64| {
-        let detail = format!("{message} ({rows} rows)");
-        deps.events.event(
-            EventType::RoleSyncRejected,
-            RoleSyncRejected::new(job_id, first, ReasonCode::TooManyRowsForUser, &detail)
-                .of_row(&o.external_id, "", ""),
-        )
-    };
+    let event =
+        |first: i64, rows: u64| {
+            let detail = format!("{message} ({rows} rows)");
+            deps.events.event(
+                EventType::RoleSyncRejected,
+                RoleSyncRejected::new(job_id, first, ReasonCode::TooManyRowsForUser, &detail)
+                    .of_row(&o.external_id, "", ""),
+            )
+        };
     match deps
         .store
         .reject_rows_beyond(job_id, o, &message, &event, 1)

@@ -36,10 +36,10 @@ pub(crate) use records::{
 };
 // Public: read outside the crate (`get_job`, `list_items` in tests/) or named by public
 // functions of other modules (`job_view`, `validate_rows`, `EventFactory::event`).
-pub use records::{ItemRecord, JobRecord, OutboxEvent, Reason, RowResult};
-use records::{ItemRow, JobRow, OutboxRow};
 pub(crate) use ingest::Ingest;
 pub(crate) use planning::Overflow;
+pub use records::{ItemRecord, JobRecord, OutboxEvent, Reason, RowResult};
+use records::{ItemRow, JobRow, OutboxRow};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

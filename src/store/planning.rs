@@ -28,7 +28,9 @@ fn cap_users(rows: Vec<Assignment>, cap: usize) -> (Vec<Assignment>, Vec<Overflo
     let mut overflow: Vec<Overflow> = Vec::new();
     let mut run = 0usize;
     for row in rows {
-        let same = kept.last().is_some_and(|k| k.external_id == row.external_id)
+        let same = kept
+            .last()
+            .is_some_and(|k| k.external_id == row.external_id)
             || overflow
                 .last()
                 .is_some_and(|o| o.external_id == row.external_id && run >= cap);
@@ -419,10 +421,16 @@ mod tests {
 
         // Pages: users never split, and the flag says more may follow.
         let page = ok(store.pending_rows_page("job-1", None, 3, 100).await);
-        assert_eq!(page.rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            page.rows.iter().map(|r| r.line).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         assert!(page.more);
         let page = ok(store.pending_rows_page("job-1", Some("A"), 3, 100).await);
-        assert_eq!(page.rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(
+            page.rows.iter().map(|r| r.line).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
         assert!(!page.more);
         // A page too small for one user grows until the user is whole.
         let page = ok(store.pending_rows_page("job-1", None, 1, 100).await);
@@ -430,13 +438,23 @@ mod tests {
         assert!(page.overflow.is_empty());
         // ... but not beyond the cap per user: the rest is named for rejection.
         let page = ok(store.pending_rows_page("job-1", None, 1, 1).await);
-        assert_eq!(page.rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            page.rows.iter().map(|r| r.line).collect::<Vec<_>>(),
+            vec![2]
+        );
         assert_eq!(page.overflow.first().map(|o| o.last_kept_line), Some(2));
         // The cap holds for every user of a page, not only one that fills it.
         let page = ok(store.pending_rows_page("job-1", None, 100, 1).await);
-        let users: Vec<&str> = page.overflow.iter().map(|o| o.external_id.as_str()).collect();
+        let users: Vec<&str> = page
+            .overflow
+            .iter()
+            .map(|o| o.external_id.as_str())
+            .collect();
         assert_eq!(users, vec!["A"]);
-        assert_eq!(page.rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 4, 5]);
+        assert_eq!(
+            page.rows.iter().map(|r| r.line).collect::<Vec<_>>(),
+            vec![2, 4, 5]
+        );
 
         // Planner `a` writes a first page of three chunks, then stops answering.
         assert!(ok(store.claim_job_to_plan("a", 1).await).is_some());

@@ -6,8 +6,8 @@
 use crate::helpers::*;
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use serde_json::{Value, json};
 use futures::StreamExt;
+use serde_json::{Value, json};
 use std::io::Write;
 use std::time::Duration;
 
@@ -95,11 +95,9 @@ async fn a_gzip_body_expanding_beyond_the_ratio_is_413_on_jobs_and_validate() {
 }
 
 #[tokio::test]
-async fn records_and_fields_beyond_their_bounds_are_that_rows_rejection_or_a_400_naming_the_line()
-{
+async fn records_and_fields_beyond_their_bounds_are_that_rows_rejection_or_a_400_naming_the_line() {
     let app = spawn_app_with(TestOptions {
-        config: "[ingest]\nmax_record_bytes = 2048\nmax_field_bytes = 100\nmax_fields = 8\n"
-            .into(),
+        config: "[ingest]\nmax_record_bytes = 2048\nmax_field_bytes = 100\nmax_fields = 8\n".into(),
         ..TestOptions::default()
     })
     .await;
@@ -140,7 +138,10 @@ async fn records_and_fields_beyond_their_bounds_are_that_rows_rejection_or_a_400
         let msg = item["reason"]["message"].as_str().unwrap();
         assert!(msg.contains(needle), "line {line}: {msg}");
         // What is stored is bounded too.
-        assert!(item["role_template"].as_str().unwrap().len() <= 101, "{item}");
+        assert!(
+            item["role_template"].as_str().unwrap().len() <= 101,
+            "{item}"
+        );
     }
 
     // CSV: a field too long is that row's rejection.
@@ -257,8 +258,7 @@ reason = "who works the queue does not audit it"
 }
 
 #[tokio::test]
-async fn validate_reports_sod_conflicts_inside_the_batch_and_a_job_rejects_them_without_a_write()
-{
+async fn validate_reports_sod_conflicts_inside_the_batch_and_a_job_rejects_them_without_a_write() {
     let app = spawn_app_with(TestOptions {
         policy: sod_policy(),
         ..TestOptions::default()
@@ -307,16 +307,19 @@ async fn validate_reports_sod_conflicts_inside_the_batch_and_a_job_rejects_them_
     assert_eq!(done["counts"]["rejected"], 2, "{done}");
     assert_eq!(done["counts"]["applied"], 1, "{done}");
     assert_eq!(patches(&app).await - before, 1, "only EMP-2 is written");
-    assert_eq!(app.roles_of("EMP-1").await, vec![vec!["Employee".to_owned()]]);
+    assert_eq!(
+        app.roles_of("EMP-1").await,
+        vec![vec!["Employee".to_owned()]]
+    );
 }
 
 #[tokio::test]
 async fn validate_checks_the_scope_before_reading_the_body() {
     let app = spawn_app().await;
     // A body that never ends: an answer proves it was not waited for.
-    let endless = futures::stream::iter(vec![Ok::<_, std::io::Error>(
-        bytes::Bytes::from_static(b"external_id,role_template,license_tier\n"),
-    )])
+    let endless = futures::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+        b"external_id,role_template,license_tier\n",
+    ))])
     .chain(futures::stream::pending());
     let resp = tokio::time::timeout(
         Duration::from_secs(20),
@@ -452,15 +455,8 @@ async fn a_corpus_of_hostile_bodies_gets_4xx_or_row_rejections_never_a_5xx() {
     let mut accepted = Vec::new();
     for (name, content_type, encoding, body) in corpus() {
         for path in ["/v1/validate", "/v1/jobs"] {
-            let resp = post_body(
-                &app,
-                path,
-                WRITER_KEY,
-                content_type,
-                encoding,
-                body.clone(),
-            )
-            .await;
+            let resp =
+                post_body(&app, path, WRITER_KEY, content_type, encoding, body.clone()).await;
             let status = resp.status().as_u16();
             let text = resp.text().await.unwrap();
             assert!(

@@ -76,11 +76,19 @@ impl std::fmt::Display for FilterError {
     }
 }
 
+/// How deep groups (parentheses, `not`, value paths) may nest, and how many comparisons one
+/// filter may hold. The parser and the evaluator recurse: without these bounds a filter of a
+/// few kilobytes of `(` would overflow the stack.
+pub const MAX_DEPTH: usize = 32;
+pub const MAX_TERMS: usize = 256;
+
 /// Parses a complete filter expression.
 pub fn parse(input: &str) -> Result<Filter, FilterError> {
     let mut p = Parser {
         chars: input.chars().collect(),
         pos: 0,
+        depth: 0,
+        terms: 0,
     };
     let filter = p.parse_or()?;
     p.skip_ws();
@@ -102,6 +110,10 @@ pub fn parse_value_filter(input: &str) -> Result<Filter, FilterError> {
 struct Parser {
     chars: Vec<char>,
     pos: usize,
+    /// Groups open now (`MAX_DEPTH`).
+    depth: usize,
+    /// Comparisons read so far (`MAX_TERMS`).
+    terms: usize,
 }
 
 impl Parser {
@@ -183,13 +195,35 @@ impl Parser {
         }
     }
 
+    /// Runs `f` one group deeper, refusing beyond `MAX_DEPTH`.
+    fn nested<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, FilterError>,
+    ) -> Result<T, FilterError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(FilterError(format!(
+                "the filter nests more than {MAX_DEPTH} groups"
+            )));
+        }
+        self.depth += 1;
+        let out = f(self);
+        self.depth -= 1;
+        out
+    }
+
     fn parse_unary(&mut self) -> Result<Filter, FilterError> {
+        self.terms += 1;
+        if self.terms > MAX_TERMS {
+            return Err(FilterError(format!(
+                "the filter has more than {MAX_TERMS} terms"
+            )));
+        }
         self.skip_ws();
         match self.peek() {
             None => return Err(FilterError("unexpected end of filter".into())),
             Some('(') => {
                 self.pos += 1;
-                let inner = self.parse_or()?;
+                let inner = self.nested(Self::parse_or)?;
                 self.expect(')')?;
                 return Ok(inner);
             }
@@ -201,7 +235,7 @@ impl Parser {
             self.skip_ws();
             if self.peek() == Some('(') {
                 self.pos += 1;
-                let inner = self.parse_or()?;
+                let inner = self.nested(Self::parse_or)?;
                 self.expect(')')?;
                 return Ok(Filter::Not(Box::new(inner)));
             }
@@ -221,7 +255,7 @@ impl Parser {
         }
         if self.peek() == Some('[') {
             self.pos += 1;
-            let inner = self.parse_or()?;
+            let inner = self.nested(Self::parse_or)?;
             self.expect(']')?;
             return Ok(Filter::ValuePath {
                 attr,

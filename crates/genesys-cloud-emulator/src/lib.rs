@@ -28,6 +28,8 @@ mod errors;
 mod faults;
 mod filter;
 mod oauth;
+#[cfg(test)]
+mod parser_props;
 mod patch;
 mod ratelimit;
 mod roles;
@@ -173,3 +175,8 @@ pub async fn spawn(args: EmulatorArgs) -> anyhow::Result<EmulatorHandle> {
         task,
     })
 }
+
+// The parsers' tests measure what they allocate (`parser_props`).
+#[cfg(test)]
+#[global_allocator]
+static METER: alloc_meter::Meter = alloc_meter::Meter;
