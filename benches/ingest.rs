@@ -16,13 +16,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
+use support::*;
+
 use serde_json::{Value, json};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const KEY: &str = "bench-admin-key";
 const ROLES: [&str; 4] = ["Agent", "Queue Member", "Wrap Up", "Reporting"];
 const TIER: &str = "Supervisor";
 /// Rows per user in the generated bodies.
@@ -35,14 +37,6 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn ext_id(user: u64) -> String {
@@ -77,94 +71,6 @@ fn body_file(dir: &Path, format: &str, rows: u64) -> PathBuf {
     path
 }
 
-struct Proc {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    /// Peak resident set size in MiB (Linux).
-    fn peak_rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
-    }
-}
-
-async fn wait_ready(http: &reqwest::Client, url: &str, path: &str) {
-    for _ in 0..600 {
-        if let Ok(r) = http.get(format!("{url}{path}")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{url} did not become ready");
-}
-
-async fn start_emulator(http: &reqwest::Client, users: u64) -> Proc {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_rolesync"))
-        .args(["emulator", "--bind"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--rate-limit-per-minute", "0", "--users"])
-        .arg(users.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    wait_ready(http, &url, "/emulator/faults").await;
-    Proc { child, url }
-}
-
-async fn start_server(http: &reqwest::Client, dir: &Path, store_url: &str, emulator: &str) -> Proc {
-    let port = free_port();
-    let config = format!(
-        r#"
-[server]
-bind = "127.0.0.1:{port}"
-[store]
-url = "{store_url}"
-[target]
-scim_base = "{emulator}/api/v2/scim/v2"
-token_url = "{emulator}/oauth/token"
-requests_per_minute = 6000000
-max_concurrency = 16
-[policy]
-file = "{policy}"
-[[auth.keys]]
-name = "bench"
-key_sha256 = "{digest}"
-scopes = ["admin"]
-"#,
-        policy = concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.toml"),
-        digest = rolesync::http::auth::key_digest_hex(KEY),
-    );
-    let path = dir.join(format!("rolesync-{port}.toml"));
-    std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_rolesync"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    wait_ready(http, &url, "/readyz").await;
-    Proc { child, url }
-}
-
 /// POSTs the file as a stream; returns the job and the seconds to the answer.
 async fn submit(http: &reqwest::Client, server: &str, body: &Path, format: &str) -> (Value, f64) {
     let content_type = if format == "csv" {
@@ -192,64 +98,9 @@ async fn submit(http: &reqwest::Client, server: &str, body: &Path, format: &str)
     (job, secs)
 }
 
-/// A store for one run: a fresh SQLite file, or a fresh PostgreSQL database.
-async fn fresh_store(backend: &str, dir: &Path, pg_admin: &str, n: usize) -> String {
-    if backend == "sqlite" {
-        let path = dir.join(format!("run-{n}.db"));
-        return format!("sqlite://{}", path.display());
-    }
-    let name = format!("rolesync_bench_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::PgPool::connect(pg_admin).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let base = pg_admin
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(pg_admin);
-    format!("{base}/{name}")
-}
-
-async fn drop_store(backend: &str, store_url: &str, pg_admin: &str) {
-    if backend != "postgres" {
-        return;
-    }
-    let Some((_, name)) = store_url.rsplit_once('/') else {
-        return;
-    };
-    if let Ok(pool) = sqlx::PgPool::connect(pg_admin).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&pool)
-        .await;
-        pool.close().await;
-    }
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-async fn wait_finished(http: &reqwest::Client, server: &str, job_id: &str) -> Value {
-    loop {
-        let job: Value = http
-            .get(format!("{server}/v1/jobs/{job_id}"))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if job["finished_at"].is_string() {
-            return job;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 async fn scim_calls(http: &reqwest::Client, emulator: &str) -> (u64, u64) {
@@ -358,7 +209,7 @@ async fn main() {
                 for _ in 0..runs {
                     n += 1;
                     let store = fresh_store(backend, dir.path(), &pg_admin, n).await;
-                    let server = start_server(&http, dir.path(), &store, &emulator.url).await;
+                    let server = start_server(&http, dir.path(), &store, &emulator.url, "").await;
                     let (_, s) = submit(&http, &server.url, &body, format).await;
                     secs.push(s);
                     rss.push(server.peak_rss_mib().unwrap_or(f64::NAN));
@@ -391,7 +242,7 @@ async fn main() {
         n += 1;
         prepare_nightly(&http, &emulator.url, users).await;
         let store = fresh_store(backend, dir.path(), &pg_admin, n).await;
-        let server = start_server(&http, dir.path(), &store, &emulator.url).await;
+        let server = start_server(&http, dir.path(), &store, &emulator.url, "").await;
         let started = Instant::now();
         let (job, to_202) = submit(&http, &server.url, &body, "csv").await;
         let done = wait_finished(&http, &server.url, job["job_id"].as_str().unwrap()).await;
