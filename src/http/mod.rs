@@ -8,6 +8,7 @@ mod jobs;
 mod policy;
 mod slots;
 pub use slots::IngestSlots;
+mod ui;
 mod validate;
 pub mod views;
 mod webhooks;
@@ -78,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(meter_compressed));
     Router::new()
         .merge(v1)
+        .merge(ui::routes())
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
