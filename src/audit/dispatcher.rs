@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The longest `Retry-After` a webhook receiver may ask for.
 const RECEIVER_MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -139,7 +140,9 @@ impl Dispatcher {
                     let key = (d.event_id.clone(), d.endpoint.clone());
                     *per_endpoint.entry(name.clone()).or_default() += 1;
                     let shared = self.shared.clone();
-                    let handle = tasks.spawn(async move { shared.deliver(d).await });
+                    let span = delivery_span(&d);
+                    let handle =
+                        tasks.spawn(async move { shared.deliver(d).await }.instrument(span));
                     flying.insert(handle.id(), key);
                 }
             }
@@ -261,6 +264,24 @@ impl Dispatcher {
     }
 }
 
+/// `webhook`: one delivery attempt, a child of the span the event was made in (its job's
+/// chunk or planning, or the request that submitted it) when traces were on then.
+fn delivery_span(d: &OutboxRecord) -> tracing::Span {
+    let span = tracing::info_span!(
+        "webhook",
+        otel.name = %format!("POST webhook {}", d.event_type),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        webhook.id = %d.event_id,
+        webhook.endpoint = %d.endpoint,
+        webhook.type = %d.event_type,
+        webhook.attempt = d.attempts + 1,
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::set_parent(&span, d.traceparent.as_deref());
+    span
+}
+
 impl Shared {
     /// One attempt, recorded in the outbox.
     async fn deliver(&self, d: OutboxRecord) {
@@ -311,6 +332,8 @@ impl Shared {
         let sent = self
             .http
             .post(&ep.url)
+            // `traceparent` of the delivery's span, when traces are on.
+            .headers(crate::telemetry::trace_headers())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("webhook-id", &d.event_id)
             .header("webhook-timestamp", timestamp.to_string())
@@ -321,6 +344,11 @@ impl Shared {
         let (verdict, error, retry_after) = match sent {
             Ok(resp) => {
                 let status = resp.status();
+                let span = tracing::Span::current();
+                span.record("http.response.status_code", status.as_u16());
+                if !status.is_success() {
+                    span.record("otel.status_code", "ERROR");
+                }
                 let retry_after = resp
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)

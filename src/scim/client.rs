@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Calls spent on behalf of one job, added to the job's `scim` counts; and the stop signal of
 /// the work they are spent for.
@@ -340,7 +341,32 @@ impl ScimClient {
         let mut refreshed = false;
         let mut rate_limited = 0u32;
         loop {
-            let outcome = self.send_once(&call, tally).await;
+            // One client span per attempt (a resend is a span of its own, as OpenTelemetry's
+            // HTTP conventions have it); it includes the wait for the limiter, which is where
+            // pacing shows in a trace.
+            let span = tracing::info_span!(
+                "scim",
+                otel.name = %format!("{} {}", call.method, call.route),
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                http.request.method = %call.method,
+                url.template = call.route,
+                http.resend_count = attempt + u32::from(refreshed) + rate_limited,
+                http.response.status_code = tracing::field::Empty,
+            );
+            let outcome = self.send_once(&call, tally).instrument(span.clone()).await;
+            match &outcome {
+                SendOutcome::Answer(a) => {
+                    span.record("http.response.status_code", a.status.as_u16());
+                    if !a.status.is_success() {
+                        span.record("otel.status_code", "ERROR");
+                    }
+                }
+                SendOutcome::Transport(_) | SendOutcome::Token(_) => {
+                    span.record("otel.status_code", "ERROR");
+                }
+                SendOutcome::Stopped => {}
+            }
             let now = Instant::now();
             let (delay, detail) = match outcome {
                 SendOutcome::Answer(a) if a.status.is_success() => return Ok(a),
@@ -445,6 +471,8 @@ impl ScimClient {
         let mut req = self
             .http
             .request(call.method.clone(), &call.url)
+            // `traceparent` of this attempt's span, when traces are on.
+            .headers(crate::telemetry::trace_headers())
             .bearer_auth(token.expose_secret())
             .header(
                 reqwest::header::ACCEPT,

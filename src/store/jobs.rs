@@ -432,6 +432,7 @@ mod tests {
             payload: serde_json::json!({"status": job.status, "counts": job.counts, "finished": job.finished_at_ms.is_some()})
                 .to_string(),
             endpoints: vec!["audit".into()],
+            traceparent: None,
         }]
     }
 

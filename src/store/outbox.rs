@@ -100,13 +100,15 @@ impl Store {
                 (a.created_at_ms, &a.event_id).cmp(&(b.created_at_ms, &b.event_id))
             });
             sqlx::query(
-                "INSERT INTO webhook_outbox (event_id, endpoint, event_type, payload, status, next_attempt_at_ms, created_at_ms) \
-                 VALUES ($1, $2, 'batch', $3, 'pending', $4, $4)",
+                "INSERT INTO webhook_outbox (event_id, endpoint, event_type, payload, status, next_attempt_at_ms, created_at_ms, traceparent) \
+                 VALUES ($1, $2, 'batch', $3, 'pending', $4, $4, $5)",
             )
             .bind(batch_id)
             .bind(endpoint)
             .bind(body(&members))
             .bind(now)
+            // A batch joins the trace of its oldest event.
+            .bind(members.first().and_then(|m| m.traceparent.as_deref()))
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -259,6 +261,7 @@ mod tests {
             event_type: "job.finished".to_owned(),
             payload: format!(r#"{{"type":"job.finished","data":{{"n":"{id}"}}}}"#),
             endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
+            traceparent: None,
         }
     }
 

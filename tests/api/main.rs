@@ -15,4 +15,5 @@ mod proxy;
 mod reads;
 mod resilience;
 mod sync;
+mod traces;
 mod webhooks;

@@ -113,10 +113,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => {
             let settings = Settings::load(args.config.as_deref())?;
-            rolesync::telemetry::init(settings.log.format, "info");
+            let telemetry = rolesync::telemetry::init_with_traces(
+                settings.log.format,
+                "info",
+                &settings.telemetry,
+            )?;
             let app = rolesync::startup::Application::build(settings).await?;
-            app.run_until_stopped(rolesync::startup::shutdown_signal())
-                .await?;
+            let served = app
+                .run_until_stopped(rolesync::startup::shutdown_signal())
+                .await;
+            // Last: the spans of the shutdown itself are flushed too, within the export bound.
+            telemetry.shutdown().await;
+            served?;
         }
         Command::Emulator(args) => {
             rolesync::telemetry::init(rolesync::domain::LogFormat::Pretty, "info");

@@ -26,10 +26,22 @@ pub struct DemoArgs {
     /// A batch file to submit instead of the built-in sample.
     #[arg(long)]
     pub file: Option<std::path::PathBuf>,
+    /// Export the demo's traces over OTLP/HTTP to this URL (`telemetry.otlp_endpoint`), e.g.
+    /// `http://127.0.0.1:4318`.
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    rolesync::telemetry::init(rolesync::domain::LogFormat::Pretty, "warn");
+    let traces = rolesync::configuration::TelemetrySettings {
+        otlp_endpoint: args.otlp_endpoint.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let telemetry = rolesync::telemetry::init_with_traces(
+        rolesync::domain::LogFormat::Pretty,
+        "warn",
+        &traces,
+    )?;
     let emulator = emulator::spawn(EmulatorArgs {
         rate_limit_per_minute: u64::from(args.requests_per_minute),
         latency_ms: args.latency_ms,
@@ -133,6 +145,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     stop.cancel();
     let _ = server.await;
+    telemetry.shutdown().await;
     emulator.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     let ok = matches!(
