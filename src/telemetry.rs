@@ -9,8 +9,8 @@
 //!
 //! Traces: when `telemetry.otlp_endpoint` is set, the same spans are exported as OpenTelemetry
 //! spans over OTLP/HTTP (protobuf), and outgoing SCIM calls and webhook deliveries carry a W3C
-//! `traceparent`. Traces have their own filter (rolesync's spans at `info`, events at `warn`
-//! and above), so `RUST_LOG` tunes the logs without emptying the traces.
+//! `traceparent`. `RUST_LOG` filters both: rolesync's spans are at `info`, so a filter that
+//! drops rolesync's `info` (e.g. `RUST_LOG=warn`) empties the traces too.
 
 use crate::configuration::TelemetrySettings;
 use crate::domain::LogFormat;
@@ -28,15 +28,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{Layer, Registry};
 
-/// The target of rolesync's own spans and events (the crate name).
+/// The instrumentation scope of rolesync's spans (the crate name).
 const OWN_TARGET: &str = "rolesync";
 
 /// Spans waiting for export; beyond, new spans are dropped (never memory without bound).
@@ -85,7 +84,7 @@ pub enum TelemetryError {
     NoRuntime,
 }
 
-/// Logs only (tests, the emulator, the demo): installs the global subscriber once; later calls
+/// Logs only (tests, other commands): installs the global subscriber once; later calls
 /// are no-ops.
 pub fn init(format: LogFormat, default_filter: &str) {
     install(format, default_filter, None);
@@ -123,45 +122,39 @@ pub fn init_with_traces(
 }
 
 /// Returns whether this call installed the global subscriber.
+///
+/// One filter for everything, set on the registry: logs and traces see the same spans. (Filters
+/// per layer were tried: their per-thread state goes stale when a library asks `enabled!`
+/// without logging after, which disabled some of rolesync's spans at random.)
 fn install(format: LogFormat, default_filter: &str, provider: Option<&SdkTracerProvider>) -> bool {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let logs = if format == LogFormat::Json {
-        tracing_subscriber::fmt::layer()
-            .fmt_fields(JsonFields::new())
-            .event_format(FlatJson)
-            .with_writer(std::io::stderr)
-            .with_filter(filter)
-            .boxed()
-    } else {
-        tracing_subscriber::fmt::layer()
-            .compact()
-            .with_writer(std::io::stderr)
-            .with_filter(filter)
-            .boxed()
-    };
-    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![logs];
-    if let Some(provider) = provider {
-        let otel = tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(OWN_TARGET))
+    let traces = provider.map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(OWN_TARGET))
             .with_tracked_inactivity(false)
-            .with_filter(filter_fn(|meta| {
-                let own = meta.target() == OWN_TARGET || meta.target().starts_with("rolesync::");
-                // Spans down to `info`; events (span events in the trace) only from `warn`.
-                let floor = if meta.is_span() {
-                    tracing::Level::INFO
-                } else {
-                    tracing::Level::WARN
-                };
-                own && *meta.level() <= floor
-            }))
-            .boxed();
-        layers.push(otel);
+    });
+    let registry = tracing_subscriber::registry().with(filter).with(traces);
+    if format == LogFormat::Json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(JsonFields::new())
+                    .event_format(FlatJson)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
+            .is_ok()
+    } else {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
+            .is_ok()
     }
-    tracing_subscriber::registry()
-        .with(layers)
-        .try_init()
-        .is_ok()
 }
 
 fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
