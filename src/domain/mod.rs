@@ -8,5 +8,8 @@ mod webhook_secret;
 
 pub use assignment::{Assignment, ExternalId, Mode};
 pub use job::{Approval, Counts, Estimate, JobStatus, Outcome, ReasonCode};
-pub use vocabulary::{DeliveryStatus, EventType, LogFormat, PausedReason, ReadMethod, Scope};
+pub use vocabulary::{
+    DeliveryStatus, EventType, LogFormat, PausedReason, ReadMethod, ScimCallOutcome,
+    ScimRetryReason, Scope,
+};
 pub use webhook_secret::WebhookSecret;

@@ -36,7 +36,7 @@ pub(crate) use records::{
 };
 // Public: read outside the crate (`get_job`, `list_items` in tests/) or named by public
 // functions of other modules (`job_view`, `validate_rows`, `EventFactory::event`).
-pub use records::{ItemRecord, JobRecord, OutboxEvent, Reason, RowResult};
+pub use records::{ItemRecord, JobGroup, JobRecord, OutboxEvent, Reason, RowResult, StoreGauges};
 use records::{ItemRow, JobRow, OutboxRow};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -8,6 +8,7 @@ mod healing;
 mod helpers;
 mod ingest;
 mod layout;
+mod observability;
 mod policy;
 mod process;
 mod proxy;
