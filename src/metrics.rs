@@ -13,7 +13,7 @@
 //!   every replica reports the same values: aggregate them with `max`, never `sum`.
 
 use crate::domain::{JobStatus, Outcome, PausedReason, ScimRetryReason};
-use crate::store::{JobGroup, StoreGauges};
+use crate::store::StoreGauges;
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -204,10 +204,7 @@ impl Metrics {
                 &["status"],
             )?,
             jobs_paused: IntGaugeVec::new(
-                opts(
-                    "jobs_paused",
-                    "Paused jobs by reason (read from the store)",
-                ),
+                opts("jobs_paused", "Paused jobs by reason (read from the store)"),
                 &["reason"],
             )?,
             rows_pending: IntGauge::with_opts(opts(
@@ -355,7 +352,9 @@ impl Metrics {
                 .filter(|j| j.status == JobStatus::Paused && j.paused_reason == Some(*reason))
                 .map(|j| j.count)
                 .sum();
-            self.jobs_paused.with_label_values(&[reason.as_str()]).set(n);
+            self.jobs_paused
+                .with_label_values(&[reason.as_str()])
+                .set(n);
         }
         self.rows_pending
             .set(g.jobs.iter().map(|j| j.rows_pending).sum());
@@ -389,6 +388,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::JobGroup;
 
     fn metrics() -> Metrics {
         Metrics::new().unwrap_or_else(|e| panic!("{e}"))

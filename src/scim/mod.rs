@@ -15,8 +15,8 @@ pub mod rate;
 pub mod retry;
 pub mod token;
 
-pub use client::{CallTally, ScimClient};
 use crate::domain::ScimCallOutcome;
+pub use client::{CallTally, ScimClient};
 pub use model::ScimUser;
 
 /// Why a SCIM call failed, after retries. Each variant says what the caller should do.

@@ -2,8 +2,8 @@
 //! finish) and retention.
 
 use super::{
-    ItemRecord, ItemRow, JobGroup, JobRecord, JobRow, StoreGauges, OutboxEvent, Store, StoreError, StoreResult,
-    begin_write, dual, insert_events, now_ms, read_job,
+    ItemRecord, ItemRow, JobGroup, JobRecord, JobRow, OutboxEvent, Store, StoreError, StoreGauges,
+    StoreResult, begin_write, dual, insert_events, now_ms, read_job,
 };
 use crate::domain::PausedReason;
 use crate::domain::{JobStatus, Outcome};
@@ -15,32 +15,33 @@ impl Store {
     /// webhook backlog. Two aggregate queries; the jobs one reads every job row, whose number
     /// `store.retention_days` bounds, and the outbox one only pending and dead rows.
     pub(crate) async fn gauges(&self) -> StoreResult<StoreGauges> {
-        let rows = dual!(&self.backend, |p, DB| {
-            sqlx::query(
+        let jobs = dual!(&self.backend, |p, DB| {
+            let rows = sqlx::query(
                 "SELECT status, paused_reason, COUNT(*), CAST(COALESCE(SUM(c_pending), 0) AS BIGINT), \
                  MIN(created_at_ms) FROM jobs GROUP BY status, paused_reason",
             )
             .fetch_all(p)
-            .await?
+            .await?;
+            let mut jobs = Vec::with_capacity(rows.len());
+            for row in rows {
+                let status: String = row.try_get(0)?;
+                let status = JobStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("job status `{status}`")))?;
+                // A reason is kept only for paused jobs; a word this version does not know is
+                // not a reason to fail the scrape.
+                let paused_reason = row
+                    .try_get::<Option<String>, _>(1)?
+                    .and_then(|r| PausedReason::parse(r.as_str()));
+                jobs.push(JobGroup {
+                    status,
+                    paused_reason,
+                    count: row.try_get(2)?,
+                    rows_pending: row.try_get(3)?,
+                    oldest_created_ms: row.try_get(4)?,
+                });
+            }
+            jobs
         });
-        let mut jobs = Vec::with_capacity(rows.len());
-        for row in rows {
-            let status: String = row.try_get(0)?;
-            let status = JobStatus::parse(&status)
-                .ok_or_else(|| StoreError::Corrupt(format!("job status `{status}`")))?;
-            // A reason is kept only for paused jobs; one left on a job that moved on, or a word
-            // this version does not know, is not a reason to fail the scrape.
-            let paused_reason = row
-                .try_get::<Option<String>, _>(1)?
-                .and_then(|r| PausedReason::parse(&r));
-            jobs.push(JobGroup {
-                status,
-                paused_reason,
-                count: row.try_get(2)?,
-                rows_pending: row.try_get(3)?,
-                oldest_created_ms: row.try_get(4)?,
-            });
-        }
         let outbox = self.outbox_backlog().await?;
         Ok(StoreGauges {
             jobs,

@@ -230,26 +230,26 @@ impl Store {
     /// oldest of them, and dead events. Batch rows are not events: their events are counted
     /// instead. One aggregate over the `status` index (delivered rows are not read).
     pub(crate) async fn outbox_backlog(&self) -> StoreResult<OutboxBacklog> {
-        let rows = dual!(&self.backend, |p, DB| {
-            sqlx::query(
+        dual!(&self.backend, |p, DB| {
+            let rows = sqlx::query(
                 "SELECT status, COUNT(*), MIN(created_at_ms) FROM webhook_outbox \
                  WHERE status IN ('pending', 'dead') AND event_type <> 'batch' GROUP BY status",
             )
             .fetch_all(p)
-            .await?
-        });
-        let mut backlog = OutboxBacklog::default();
-        for row in rows {
-            let (status, n): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
-            match status.as_str() {
-                "pending" => {
-                    backlog.pending = n;
-                    backlog.oldest_pending_created_ms = row.try_get::<Option<i64>, _>(2)?;
+            .await?;
+            let mut backlog = OutboxBacklog::default();
+            for row in rows {
+                let (status, n): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+                match status.as_str() {
+                    "pending" => {
+                        backlog.pending = n;
+                        backlog.oldest_pending_created_ms = row.try_get::<Option<i64>, _>(2)?;
+                    }
+                    _ => backlog.dead = n,
                 }
-                _ => backlog.dead = n,
             }
-        }
-        Ok(backlog)
+            Ok(backlog)
+        })
     }
 
     /// Pending deliveries per endpoint name, to find those whose endpoint is not configured.

@@ -136,8 +136,15 @@ async fn metrics_after_a_job_show_every_family_with_its_values() {
         .filter_map(|i| i["user_id"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(user_ids.len(), 3);
-    for needle in user_ids.iter().map(String::as_str).chain([id.as_str(), "OBS0"]) {
-        assert!(!text.contains(needle), "{needle} in a metric label:\n{text}");
+    for needle in user_ids
+        .iter()
+        .map(String::as_str)
+        .chain([id.as_str(), "OBS0"])
+    {
+        assert!(
+            !text.contains(needle),
+            "{needle} in a metric label:\n{text}"
+        );
     }
 }
 
@@ -398,7 +405,9 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
     let dash: Value = serde_json::from_str(&text).expect("dashboard JSON");
     let mut out = Vec::new();
     let mut panels: Vec<Value> = dash["panels"].as_array().cloned().unwrap_or_default();
-    while let Some(p) = panels.pop() {
+    let mut i = 0;
+    while let Some(p) = panels.get(i).cloned() {
+        i += 1;
         // Rows nest their panels.
         panels.extend(p["panels"].as_array().cloned().unwrap_or_default());
         for t in p["targets"].as_array().into_iter().flatten() {
@@ -417,7 +426,6 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
             ));
         }
     }
-    out.reverse();
     out
 }
 
@@ -447,7 +455,12 @@ fn summarize(result: &[Value]) -> String {
             let value = s["value"][1].as_str().unwrap_or("?");
             let value = value
                 .parse::<f64>()
-                .map(|v| format!("{v:.4}").trim_end_matches('0').trim_end_matches('.').to_owned())
+                .map(|v| {
+                    format!("{v:.4}")
+                        .trim_end_matches('0')
+                        .trim_end_matches('.')
+                        .to_owned()
+                })
                 .unwrap_or_else(|_| value.to_owned());
             if labels.is_empty() {
                 value
@@ -468,7 +481,21 @@ async fn prometheus_evaluates_every_dashboard_query_and_rule() {
     let target = app.address.trim_start_matches("http://").to_owned();
     let prometheus = Prometheus::start(&binary, &target).await;
 
-    // A job while Prometheus watches, so that rates and latencies have something to show.
+    // Two jobs while Prometheus watches: the first makes the counters' series appear (a rate
+    // sees no increase in a series' first sample), the second moves them, so that rates and
+    // latencies have something to show.
+    let first = seed_n(&app, "PRE", 2).await;
+    let job = app
+        .submit_csv(&csv_for(&first, "Agent", "Standard Agent"))
+        .await;
+    app.wait_finished(job["job_id"].as_str().expect("job id"))
+        .await;
+    prometheus
+        .wait_for_data(
+            "the first job's calls scraped",
+            "rolesync_scim_requests_total{method=\"PATCH\"}",
+        )
+        .await;
     let users = seed_n(&app, "PROM", 40).await;
     let csv = format!(
         "{}\nPROM9999,Agent,No Such Tier\n",
@@ -481,6 +508,18 @@ async fn prometheus_evaluates_every_dashboard_query_and_rule() {
         .wait_for_data(
             "the finished job is scraped",
             "max(rolesync_jobs{status=\"completed_with_errors\"}) == 1",
+        )
+        .await;
+    prometheus
+        .wait_for_data(
+            "the second job's calls in a rate",
+            "sum(rate(rolesync_scim_requests_total[1m])) > 0",
+        )
+        .await;
+    prometheus
+        .wait_for_data(
+            "the latency recorded",
+            "rolesync:scim_request_duration_seconds:p99_5m",
         )
         .await;
 
@@ -534,7 +573,10 @@ async fn prometheus_evaluates_every_dashboard_query_and_rule() {
         let name = r["name"].as_str().unwrap_or_default();
         let expr = r["query"].as_str().unwrap_or_default();
         if r["health"] != "ok" {
-            failures.push(format!("rule {name}: health {} ({})", r["health"], r["lastError"]));
+            failures.push(format!(
+                "rule {name}: health {} ({})",
+                r["health"], r["lastError"]
+            ));
         }
         failures.extend(unknown_names(&format!("rule {name}"), expr));
         if let Err(e) = prometheus.query(expr).await {
@@ -545,7 +587,11 @@ async fn prometheus_evaluates_every_dashboard_query_and_rule() {
     // Every dashboard query evaluates without error and returns data; the summary is printed.
     let queries = dashboard_queries();
     assert!(queries.len() >= 8, "{} dashboard queries", queries.len());
-    println!("Dashboard queries after a job of {} rows:", users.len() + 1);
+    println!(
+        "Dashboard queries after a job of {} rows ({} users, 1 row rejected):",
+        users.len() + 1,
+        users.len()
+    );
     for (title, legend, expr) in &queries {
         failures.extend(unknown_names(&format!("panel {title:?}"), expr));
         match prometheus.query(expr).await {
@@ -568,6 +614,10 @@ fn metric_names_skip_label_values_and_keep_recording_rules() {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     assert_eq!(
         names,
-        vec!["process_open_fds", "rolesync:p95_5m", "rolesync_http_requests_total"]
+        vec![
+            "process_open_fds",
+            "rolesync:p95_5m",
+            "rolesync_http_requests_total"
+        ]
     );
 }
