@@ -123,13 +123,8 @@ impl Dispatcher {
         // frees its slot like one that finished.
         let mut flying: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
         let mut per_endpoint: HashMap<String, usize> = HashMap::new();
-        let mut last_gauge = 0i64;
+        // The backlog gauges are read from the store at scrape time (`GET /metrics`).
         loop {
-            let now = now_ms();
-            if now - last_gauge >= 1_000 {
-                last_gauge = now;
-                self.update_gauges(now).await;
-            }
             for name in &self.names {
                 let busy = per_endpoint.get(name).copied().unwrap_or(0);
                 let free = self.per_endpoint.saturating_sub(busy);
@@ -236,18 +231,6 @@ impl Dispatcher {
                 tracing::warn!(webhook.endpoint = %endpoint, error = %e, "cannot read the webhook outbox");
                 Vec::new()
             }
-        }
-    }
-
-    async fn update_gauges(&self, now: i64) {
-        match self.shared.store.outbox_backlog().await {
-            Ok((pending, oldest)) => {
-                let m = &self.shared.metrics;
-                m.webhook_outbox_pending.set(pending);
-                m.webhook_outbox_oldest_pending_seconds
-                    .set(oldest.map(|o| (now - o).max(0) / 1000).unwrap_or(0));
-            }
-            Err(e) => tracing::debug!(error = %e, "cannot read the webhook backlog"),
         }
     }
 

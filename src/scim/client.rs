@@ -7,6 +7,7 @@ use super::rate::RateLimiter;
 use super::retry::{Verdict, backoff, classify, parse_retry_after};
 use super::token::{TokenManager, TokenSource};
 use crate::configuration::Settings;
+use crate::domain::{ScimCallOutcome, ScimRetryReason};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -116,6 +117,9 @@ impl ScimClient {
             }
             _ => anyhow::bail!("target: no credentials configured"),
         };
+        metrics
+            .scim_rate_limit_per_minute
+            .set(i64::from(t.requests_per_minute));
         Ok(ScimClient {
             http,
             base: t.scim_base.trim_end_matches('/').to_owned(),
@@ -334,8 +338,27 @@ impl ScimClient {
     }
 
     /// Sends one call: paced by the shared limiter, bounded in flight, retried per policy.
-    /// Returns the 2xx answer, or the error its final answer means.
+    /// Returns the 2xx answer, or the error its final answer means; counted by how it ended
+    /// (`rolesync_scim_calls_total`).
     async fn call(&self, call: Call<'_>, tally: &CallTally) -> Result<Answer, ScimError> {
+        let (method, route) = (call.method.clone(), call.route);
+        let result = self.call_with_retries(call, tally).await;
+        let outcome = match &result {
+            Ok(_) => ScimCallOutcome::Ok,
+            Err(e) => e.outcome(),
+        };
+        self.metrics
+            .scim_calls_total
+            .with_label_values(&[method.as_str(), route, outcome.as_str()])
+            .inc();
+        result
+    }
+
+    async fn call_with_retries(
+        &self,
+        call: Call<'_>,
+        tally: &CallTally,
+    ) -> Result<Answer, ScimError> {
         let deadline = Instant::now() + self.max_retry;
         let mut attempt = 0u32;
         let mut refreshed = false;
@@ -380,7 +403,7 @@ impl ScimClient {
                     tally.retries.fetch_add(1, Ordering::Relaxed);
                     self.metrics
                         .scim_retries_total
-                        .with_label_values(&["unauthorized"])
+                        .with_label_values(&[ScimRetryReason::Unauthorized.as_str()])
                         .inc();
                     continue;
                 }
@@ -410,7 +433,7 @@ impl ScimClient {
                         tally.retries.fetch_add(1, Ordering::Relaxed);
                         self.metrics
                             .scim_retries_total
-                            .with_label_values(&["rate_limited"])
+                            .with_label_values(&[ScimRetryReason::RateLimited.as_str()])
                             .inc();
                         tokio::time::sleep(delay).await;
                         continue;
@@ -434,7 +457,7 @@ impl ScimClient {
             tally.retries.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .scim_retries_total
-                .with_label_values(&["transient"])
+                .with_label_values(&[ScimRetryReason::Transient.as_str()])
                 .inc();
             tokio::time::sleep(delay).await;
         }
@@ -514,12 +537,14 @@ impl ScimClient {
                     .inc();
                 let headers = resp.headers().clone();
                 let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-                self.limiter.observe(
+                let (allowed, count, reset) = (
                     header("inin-ratelimit-allowed").and_then(bounds::ratelimit_count),
                     header("inin-ratelimit-count").and_then(bounds::ratelimit_count),
                     header("inin-ratelimit-reset")
                         .and_then(|v| bounds::ratelimit_reset(v, self.max_server_delay)),
                 );
+                self.limiter.observe(allowed, count, reset);
+                self.metrics.observe_ratelimit(allowed, count, reset);
                 if status == StatusCode::UNAUTHORIZED {
                     self.tokens.invalidate(&token).await;
                 }

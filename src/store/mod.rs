@@ -38,7 +38,7 @@ pub(crate) use records::{
 // functions of other modules (`job_view`, `validate_rows`, `EventFactory::event`).
 pub(crate) use ingest::Ingest;
 pub(crate) use planning::Overflow;
-pub use records::{ItemRecord, JobRecord, OutboxEvent, Reason, RowResult};
+pub use records::{ItemRecord, JobGroup, JobRecord, OutboxEvent, Reason, RowResult, StoreGauges};
 use records::{ItemRow, JobRow, OutboxRow};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

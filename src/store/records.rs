@@ -432,3 +432,24 @@ pub(crate) enum DeliveryResult {
         error: String,
     },
 }
+
+/// What the store holds now, for the gauges; read by `Store::gauges` in cheap aggregate
+/// queries, shown by the metrics gauges.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StoreGauges {
+    /// Jobs by status and, for paused jobs, the reason; with the sum of their pending rows and
+    /// the creation time of the oldest.
+    pub jobs: Vec<JobGroup>,
+    pub outbox_pending: i64,
+    pub outbox_oldest_pending_created_ms: Option<i64>,
+    pub outbox_dead: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobGroup {
+    pub status: JobStatus,
+    pub paused_reason: Option<PausedReason>,
+    pub count: i64,
+    pub rows_pending: i64,
+    pub oldest_created_ms: Option<i64>,
+}

@@ -9,6 +9,7 @@ mod helpers;
 mod hostile;
 mod ingest;
 mod layout;
+mod observability;
 mod policy;
 mod process;
 mod proxy;
