@@ -4,6 +4,7 @@
 pub mod auth;
 mod docs;
 mod health;
+mod items_csv;
 mod jobs;
 mod policy;
 mod slots;

@@ -3,10 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod cli;
 mod durability;
 mod healing;
 mod helpers;
 mod ingest;
+mod items_csv;
 mod layout;
 mod policy;
 mod process;
