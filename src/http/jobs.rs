@@ -2,6 +2,7 @@
 
 use super::AppState;
 use super::auth::{Caller, Scope};
+use super::items_csv;
 use super::views::{ItemList, ItemView, JobList, JobView};
 use crate::audit::events::RoleSyncRejected;
 use crate::domain::Assignment;
@@ -260,15 +261,18 @@ pub async fn get(
     Ok(Json(JobView::new(&job)))
 }
 
-/// `GET /v1/jobs/{id}/items`: rows by line; filter by `outcome`.
+/// `GET /v1/jobs/{id}/items`: rows by line; filter by `outcome`. With `Accept: text/csv`, every
+/// row (of that outcome) as one streamed CSV file (`items_csv`); `limit` and `cursor` page the
+/// JSON answer only.
 pub async fn items(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<ItemList>> {
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     caller.require(Scope::JobsRead)?;
-    let _ = find(&state, &id).await?;
+    let job = find(&state, &id).await?;
     let outcome = match &q.outcome {
         None => None,
         Some(s) => Some(
@@ -284,6 +288,9 @@ pub async fn items(
         ),
     };
     let limit = limit(&q)?;
+    if items_csv::wants_csv(&headers) {
+        return Ok(items_csv::response(state.store.clone(), job.id, outcome));
+    }
     let items: Vec<ItemRecord> = state.store.list_items(&id, outcome, limit, cursor).await?;
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|i| i.line.to_string()))
@@ -291,7 +298,8 @@ pub async fn items(
     Ok(Json(ItemList {
         items: items.into_iter().map(ItemView::new).collect(),
         next_cursor: next,
-    }))
+    })
+    .into_response())
 }
 
 /// `POST /v1/jobs/{id}/cancel`: the job is `cancelled` at once and, before this answers, no

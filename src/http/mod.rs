@@ -5,6 +5,7 @@ mod access;
 pub mod auth;
 mod docs;
 mod health;
+mod items_csv;
 mod jobs;
 mod policy;
 mod slots;

@@ -3,11 +3,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod cli;
 mod durability;
 mod healing;
 mod helpers;
 mod hostile;
 mod ingest;
+mod items_csv;
 mod layout;
 mod observability;
 mod policy;
