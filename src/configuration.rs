@@ -29,6 +29,8 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub ingest: IngestSettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -373,6 +375,56 @@ impl Default for IngestSettings {
     }
 }
 
+/// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP (protobuf). Off while `otlp_endpoint`
+/// is empty.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Where spans are POSTed, e.g. `http://otel-collector:4318/v1/traces`; a URL with no path
+    /// gets `/v1/traces`. Empty: no traces, and no `traceparent` on outgoing calls.
+    #[serde(default)]
+    pub otlp_endpoint: String,
+    /// `service.name` of the spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Share of new traces kept, 0 to 1; a trace started upstream keeps the caller's decision.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// Bound on one export, retries included, and on the flush at shutdown: an unreachable
+    /// collector never holds up the service or its shutdown longer.
+    #[serde(default = "default_export_timeout_secs")]
+    pub export_timeout_secs: u64,
+}
+
+fn default_service_name() -> String {
+    "rolesync".to_owned()
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+fn default_export_timeout_secs() -> u64 {
+    5
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            otlp_endpoint: String::new(),
+            service_name: default_service_name(),
+            sample_ratio: default_sample_ratio(),
+            export_timeout_secs: default_export_timeout_secs(),
+        }
+    }
+}
+
+impl TelemetrySettings {
+    pub fn enabled(&self) -> bool {
+        !self.otlp_endpoint.trim().is_empty()
+    }
+}
+
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -458,6 +510,7 @@ impl Settings {
         self.check_auth()?;
         self.check_webhooks()?;
         self.check_ingest()?;
+        self.check_telemetry()?;
         Ok(())
     }
 
@@ -489,6 +542,31 @@ impl Settings {
             return Err(invalid(
                 "ingest.max_rows_per_user",
                 "must be between 1 and 1000000",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `telemetry.*`: checked whether or not traces are on, so a typo waits for no one.
+    fn check_telemetry(&self) -> Result<(), ConfigError> {
+        let t = &self.telemetry;
+        if t.enabled() {
+            check_url("telemetry.otlp_endpoint", t.otlp_endpoint.trim())?;
+        }
+        if t.service_name.trim().is_empty() || t.service_name.len() > 255 {
+            return Err(invalid(
+                "telemetry.service_name",
+                "must be 1 to 255 characters",
+            ));
+        }
+        let ratio = t.sample_ratio;
+        if ratio.is_nan() || !(0.0..=1.0).contains(&ratio) {
+            return Err(invalid("telemetry.sample_ratio", "must be between 0 and 1"));
+        }
+        if !(1..=60).contains(&t.export_timeout_secs) {
+            return Err(invalid(
+                "telemetry.export_timeout_secs",
+                "must be between 1 and 60",
             ));
         }
         Ok(())
@@ -820,6 +898,39 @@ mod tests {
             )),
             "sync.error_ratio_cooldown_max_secs"
         );
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_its_keys_are_checked() {
+        let s = with_webhooks("").unwrap_or_else(|e| panic!("{e}"));
+        assert!(!s.telemetry.enabled());
+        assert_eq!(s.telemetry.service_name, "rolesync");
+        assert_eq!(s.telemetry.sample_ratio, 1.0);
+        let on = with_webhooks(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 0.25\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(on.telemetry.enabled());
+        for (toml, key) in [
+            (
+                "otlp_endpoint = \"collector:4318\"",
+                "telemetry.otlp_endpoint",
+            ),
+            ("sample_ratio = 1.5", "telemetry.sample_ratio"),
+            ("sample_ratio = -0.1", "telemetry.sample_ratio"),
+            ("service_name = \" \"", "telemetry.service_name"),
+            ("export_timeout_secs = 0", "telemetry.export_timeout_secs"),
+            ("export_timeout_secs = 61", "telemetry.export_timeout_secs"),
+        ] {
+            assert_eq!(
+                key_of(with_webhooks(&format!("[telemetry]\n{toml}\n"))),
+                key
+            );
+        }
+        assert!(matches!(
+            with_webhooks("[telemetry]\notlp_endpont = \"x\"\n"),
+            Err(ConfigError::Load(_))
+        ));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The longest `Retry-After` a webhook receiver may ask for.
 const RECEIVER_MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -122,13 +123,8 @@ impl Dispatcher {
         // frees its slot like one that finished.
         let mut flying: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
         let mut per_endpoint: HashMap<String, usize> = HashMap::new();
-        let mut last_gauge = 0i64;
+        // The backlog gauges are read from the store at scrape time (`GET /metrics`).
         loop {
-            let now = now_ms();
-            if now - last_gauge >= 1_000 {
-                last_gauge = now;
-                self.update_gauges(now).await;
-            }
             for name in &self.names {
                 let busy = per_endpoint.get(name).copied().unwrap_or(0);
                 let free = self.per_endpoint.saturating_sub(busy);
@@ -139,7 +135,9 @@ impl Dispatcher {
                     let key = (d.event_id.clone(), d.endpoint.clone());
                     *per_endpoint.entry(name.clone()).or_default() += 1;
                     let shared = self.shared.clone();
-                    let handle = tasks.spawn(async move { shared.deliver(d).await });
+                    let span = delivery_span(&d);
+                    let handle =
+                        tasks.spawn(async move { shared.deliver(d).await }.instrument(span));
                     flying.insert(handle.id(), key);
                 }
             }
@@ -236,18 +234,6 @@ impl Dispatcher {
         }
     }
 
-    async fn update_gauges(&self, now: i64) {
-        match self.shared.store.outbox_backlog().await {
-            Ok((pending, oldest)) => {
-                let m = &self.shared.metrics;
-                m.webhook_outbox_pending.set(pending);
-                m.webhook_outbox_oldest_pending_seconds
-                    .set(oldest.map(|o| (now - o).max(0) / 1000).unwrap_or(0));
-            }
-            Err(e) => tracing::debug!(error = %e, "cannot read the webhook backlog"),
-        }
-    }
-
     /// Deliveries to an endpoint no longer configured stay pending (the endpoint may come
     /// back, e.g. a replica with an older configuration): say so once at start.
     async fn warn_unconfigured(&self) {
@@ -259,6 +245,24 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// `webhook`: one delivery attempt, a child of the span the event was made in (its job's
+/// chunk or planning, or the request that submitted it) when traces were on then.
+fn delivery_span(d: &OutboxRecord) -> tracing::Span {
+    let span = tracing::info_span!(
+        "webhook",
+        otel.name = %format!("POST webhook {}", d.event_type),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        webhook.id = %d.event_id,
+        webhook.endpoint = %d.endpoint,
+        webhook.type = %d.event_type,
+        webhook.attempt = d.attempts + 1,
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::set_parent(&span, d.traceparent.as_deref());
+    span
 }
 
 impl Shared {
@@ -311,6 +315,8 @@ impl Shared {
         let sent = self
             .http
             .post(&ep.url)
+            // `traceparent` of the delivery's span, when traces are on.
+            .headers(crate::telemetry::trace_headers())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("webhook-id", &d.event_id)
             .header("webhook-timestamp", timestamp.to_string())
@@ -321,6 +327,11 @@ impl Shared {
         let (verdict, error, retry_after) = match sent {
             Ok(resp) => {
                 let status = resp.status();
+                let span = tracing::Span::current();
+                span.record("http.response.status_code", status.as_u16());
+                if !status.is_success() {
+                    span.record("otel.status_code", "ERROR");
+                }
                 let retry_after = resp
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)

@@ -64,6 +64,8 @@ impl EventFactory {
             event_type: event_type.as_str().to_owned(),
             payload,
             endpoints,
+            // Its delivery joins the trace of the work that made it.
+            traceparent: crate::telemetry::current_traceparent(),
         })
     }
 }
@@ -476,6 +478,7 @@ mod tests {
             policy_fingerprint: None,
             request_id: None,
             privileged_allowed: false,
+            traceparent: None,
         };
         let old = json!({
             "job_id": job.id,

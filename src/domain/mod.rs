@@ -9,6 +9,7 @@ mod webhook_secret;
 pub use assignment::{Assignment, ExternalId, Mode};
 pub use job::{Approval, Counts, Estimate, JobStatus, Outcome, PrivilegedGrants, ReasonCode};
 pub use vocabulary::{
-    ApprovalReason, DeliveryStatus, EventType, LogFormat, PausedReason, ReadMethod, Scope,
+    ApprovalReason, DeliveryStatus, EventType, LogFormat, PausedReason, ReadMethod,
+    ScimCallOutcome, ScimRetryReason, Scope,
 };
 pub use webhook_secret::WebhookSecret;

@@ -131,6 +131,44 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// How one SCIM call ended, after its retries (`rolesync_scim_calls_total{outcome}`).
+    pub enum ScimCallOutcome {
+        /// A 2xx answer.
+        Ok = "ok",
+        /// A stale version (409, 412, or 400 `invalidVers`): the caller re-reads.
+        Conflict = "conflict",
+        /// 404.
+        NotFound = "not_found",
+        /// Another 4xx: the target refused this request.
+        Rejected = "rejected",
+        /// 403: the OAuth client lacks a permission.
+        Forbidden = "forbidden",
+        /// The credentials were refused.
+        AuthFailed = "auth_failed",
+        /// 5xx, 408, time-outs or connection errors outlived the retries.
+        Unavailable = "unavailable",
+        /// 429s outlived the retry budget.
+        RateLimited = "rate_limited",
+        /// The answer could not be understood.
+        Protocol = "protocol",
+        /// Not sent: the work it was for was stopped (a cancel, a 403 on a sibling call).
+        Stopped = "stopped",
+    }
+}
+
+vocabulary! {
+    /// Why a SCIM call was sent again (`rolesync_scim_retries_total{reason}`).
+    pub enum ScimRetryReason {
+        /// A 401 with a token the target no longer accepts: a new token, one resend.
+        Unauthorized = "unauthorized",
+        /// A 429: the wait the target named, without using up an attempt.
+        RateLimited = "rate_limited",
+        /// 5xx, 408, a time-out or a connection error: backoff with jitter.
+        Transient = "transient",
+    }
+}
+
+vocabulary! {
     /// Where a webhook delivery stands (`GET /v1/webhooks/deliveries?status=`).
     pub enum DeliveryStatus {
         /// Not delivered yet; retried on its schedule.

@@ -2,6 +2,7 @@
 
 use super::AppState;
 use super::auth::{Caller, Scope};
+use super::items_csv;
 use super::views::{ItemList, ItemView, JobList, JobView};
 use crate::audit::events::RoleSyncRejected;
 use crate::domain::Assignment;
@@ -18,6 +19,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use tracing::Instrument;
 
 use tower_http::request_id::RequestId;
 
@@ -105,7 +107,7 @@ pub async fn submit(
         };
     }
 
-    // The id `SetRequestIdLayer` gave this request (the client's `x-request-id` if it sent
+    // The id the access layer gave this request (the client's `x-request-id` if it sent
     // one, else a generated one), the same the response carries: audit lines quote it.
     let request_id = request_id
         .as_ref()
@@ -113,44 +115,56 @@ pub async fn submit(
         .or_else(|| headers.get("x-request-id").and_then(|v| v.to_str().ok()))
         .map(str::to_owned);
     let job_id = uuid::Uuid::now_v7().to_string();
-
-    let mut ingest = state.store.begin_ingest(&job_id).await?;
-    let events = |batch: &[Assignment]| -> Vec<_> {
-        batch
-            .iter()
-            .filter_map(|r| {
-                let defect = r.defect.as_deref()?;
-                state.events.event(
-                    EventType::RoleSyncRejected,
-                    RoleSyncRejected::new(&job_id, r.line as i64, ReasonCode::MalformedRow, defect)
-                        .of_row(&r.external_id, &r.role_template, &r.license_tier),
-                )
-            })
-            .collect()
-    };
-    let limits = ingest::Limits::from_settings(&state.settings);
-    let summary =
-        ingest::receive(&mut ingest, spooled.file, format, query, limits, &events).await?;
-    let rows = ingest.rows();
-    let new = NewJob {
-        id: job_id,
-        events: Vec::new(),
-        mode: summary.mode,
-        dry_run: summary.dry_run,
-        request_id,
-        policy_fingerprint: Some(state.policy.current().fingerprint()),
-        privileged_allowed: caller.require(Scope::RolesPrivileged).is_ok(),
-        idempotency: idempotency_key.map(|key| IdempotencyClaim {
-            key,
-            body_sha256,
-            expires_at_ms: now_ms() + state.settings.store.idempotency_ttl_hours as i64 * 3_600_000,
-        }),
-    };
-    let (status, job_id) = match ingest.commit(&new, Some(max_pending)).await? {
-        CreateJob::Created => {
-            tracing::info!(job.id = %new.id, rows, body_bytes = spooled.bytes, mode = new.mode.as_str(), key = %caller.key_name, "job accepted");
-            (StatusCode::ACCEPTED, new.id)
+    let span = tracing::info_span!("ingest", job.id = %job_id, rows = tracing::field::Empty);
+    // The job's later work (planning, chunks, their SCIM calls) joins the trace as children
+    // of this span, whichever replica does it.
+    let traceparent = crate::telemetry::traceparent_of(&span);
+    let created = async {
+        let mut ingest = state.store.begin_ingest(&job_id).await?;
+        let events = |batch: &[Assignment]| -> Vec<_> {
+            batch
+                .iter()
+                .filter_map(|r| {
+                    let defect = r.defect.as_deref()?;
+                    state.events.event(
+                        EventType::RoleSyncRejected,
+                        RoleSyncRejected::new(&job_id, r.line as i64, ReasonCode::MalformedRow, defect)
+                            .of_row(&r.external_id, &r.role_template, &r.license_tier),
+                    )
+                })
+                .collect()
+        };
+        let limits = ingest::Limits::from_settings(&state.settings);
+        let summary =
+            ingest::receive(&mut ingest, spooled.file, format, query, limits, &events).await?;
+        let rows = ingest.rows();
+        tracing::Span::current().record("rows", rows);
+        let new = NewJob {
+            id: job_id.clone(),
+            events: Vec::new(),
+            mode: summary.mode,
+            dry_run: summary.dry_run,
+            request_id,
+            traceparent,
+            policy_fingerprint: Some(state.policy.current().fingerprint()),
+            privileged_allowed: caller.require(Scope::RolesPrivileged).is_ok(),
+            idempotency: idempotency_key.map(|key| IdempotencyClaim {
+                key,
+                body_sha256,
+                expires_at_ms: now_ms()
+                    + state.settings.store.idempotency_ttl_hours as i64 * 3_600_000,
+            }),
+        };
+        let created = ingest.commit(&new, Some(max_pending)).await?;
+        if created == CreateJob::Created {
+            tracing::info!(rows, body_bytes = spooled.bytes, mode = new.mode.as_str(), key = %caller.key_name, "job accepted");
         }
+        Ok::<_, ApiError>(created)
+    }
+    .instrument(span)
+    .await?;
+    let (status, job_id) = match created {
+        CreateJob::Created => (StatusCode::ACCEPTED, job_id),
         CreateJob::Existing { job_id } => (StatusCode::OK, job_id),
         CreateJob::KeyConflict { job_id } => return Err(key_conflict(&job_id)),
         CreateJob::Backpressure { queued } => return Err(backpressure(queued)),
@@ -247,15 +261,18 @@ pub async fn get(
     Ok(Json(JobView::new(&job)))
 }
 
-/// `GET /v1/jobs/{id}/items`: rows by line; filter by `outcome`.
+/// `GET /v1/jobs/{id}/items`: rows by line; filter by `outcome`. With `Accept: text/csv`, every
+/// row (of that outcome) as one streamed CSV file (`items_csv`); `limit` and `cursor` page the
+/// JSON answer only.
 pub async fn items(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<ItemList>> {
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     caller.require(Scope::JobsRead)?;
-    let _ = find(&state, &id).await?;
+    let job = find(&state, &id).await?;
     let outcome = match &q.outcome {
         None => None,
         Some(s) => Some(
@@ -271,6 +288,9 @@ pub async fn items(
         ),
     };
     let limit = limit(&q)?;
+    if items_csv::wants_csv(&headers) {
+        return Ok(items_csv::response(state.store.clone(), job.id, outcome));
+    }
     let items: Vec<ItemRecord> = state.store.list_items(&id, outcome, limit, cursor).await?;
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|i| i.line.to_string()))
@@ -278,7 +298,8 @@ pub async fn items(
     Ok(Json(ItemList {
         items: items.into_iter().map(ItemView::new).collect(),
         next_cursor: next,
-    }))
+    })
+    .into_response())
 }
 
 /// `POST /v1/jobs/{id}/cancel`: the job is `cancelled` at once and, before this answers, no

@@ -1,9 +1,11 @@
 //! The HTTP API (described by `/openapi.json`, summarised in the README): handlers only. Each handler checks the caller's scope, calls the
 //! store or the pipeline, and maps the result; the work happens elsewhere.
 
+mod access;
 pub mod auth;
 mod docs;
 mod health;
+mod items_csv;
 mod jobs;
 mod policy;
 mod slots;
@@ -36,10 +38,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::decompression::RequestDecompressionLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
@@ -99,9 +99,9 @@ pub fn router(state: AppState) -> Router {
                 Vec::new(),
             )
         }))
-        .layer(TraceLayer::new_for_http())
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // The request span and the access line, around everything that can answer (a panic
+        // turned 500 and a time-out included); it also sets and echoes `x-request-id`.
+        .layer(middleware::from_fn(access::access_log))
         .layer(SetSensitiveRequestHeadersLayer::new([
             axum::http::header::AUTHORIZATION,
         ]))

@@ -105,6 +105,7 @@ async fn judge_in(
         mode: summary.mode,
         dry_run: summary.dry_run,
         request_id: None,
+        traceparent: None,
         policy_fingerprint: None,
         idempotency: None,
         privileged_allowed: false,

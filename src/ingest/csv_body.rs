@@ -1,8 +1,10 @@
 //! CSV with a header (`external_id,role_template,license_tier` in any order; extra columns are
-//! ignored), quoted fields (with commas and line breaks inside), CRLF line ends; the BOM is
-//! skipped before. Read as a stream: one record at a time.
+//! ignored, so a job's rows downloaded as CSV can be sent back as they are), quoted fields (with
+//! commas and line breaks inside), CRLF line ends; the BOM is skipped before. Cells guarded
+//! against formulas (`csv_cell`) are read as the values they stand for. Read as a stream: one
+//! record at a time.
 
-use super::{RowSink, shape_error};
+use super::{RowSink, csv_cell, shape_error};
 use crate::domain::Assignment;
 use crate::error::ApiError;
 use std::cell::RefCell;
@@ -92,7 +94,8 @@ pub(super) fn read<R: BufRead>(input: R, sink: &mut RowSink<'_>) -> Result<(), A
         if record.iter().all(|f| f.trim().is_empty()) {
             continue;
         }
-        let field = |i: usize| record.get(i).unwrap_or("").trim().to_owned();
+        // A cell rolesync wrote with a guard against formulas reads as the value it stands for.
+        let field = |i: usize| csv_cell::restore(record.get(i).unwrap_or("").trim()).to_owned();
         let defect = (record.len() != width).then(|| {
             format!(
                 "the row has {} fields; the header has {width}",

@@ -1,7 +1,7 @@
 //! JSON envelope and NDJSON rows, read as streams: the `assignments` array is visited element
 //! by element (never built as one value), NDJSON one line at a time.
 
-use super::{RowSink, shape_error};
+use super::{BodyOptions, RowSink, shape_error};
 use crate::domain::{Assignment, Mode};
 use crate::error::{ApiError, FieldError};
 use serde::Deserialize;
@@ -236,18 +236,17 @@ fn take(
     }
 }
 
-/// The envelope `{"mode", "dry_run", "assignments": [...]}`; the envelope's `mode` and
-/// `dry_run` win over the query's.
+/// The envelope `{"mode", "dry_run", "assignments": [...]}`, or a bare array of assignments
+/// (which states no options). Returns the options the body states; how they meet the query's
+/// is decided once, in `super::settle_options`.
 ///
 /// `ingest.max_record_bytes` bounds each element of `assignments` (and what comes before the
 /// array or after an element): the reader is metered, so a string of any length is refused
 /// with a 400 naming its line once it passes the bound, never built whole.
 pub(super) fn read_envelope<R: BufRead>(
     input: R,
-    query_mode: Option<Mode>,
-    query_dry_run: Option<bool>,
     sink: &mut RowSink<'_>,
-) -> Result<(Mode, bool), ApiError> {
+) -> Result<BodyOptions, ApiError> {
     let used = Rc::new(Cell::new(0u64));
     let limit = sink.limits.max_record_bytes;
     let metered = Metered {
@@ -272,7 +271,7 @@ pub(super) fn read_envelope<R: BufRead>(
             }
             if sink.has_errors() && e.to_string().starts_with(STOP) {
                 // Enough field problems to refuse the body: `finish` reports them.
-                return Ok((Mode::default(), false));
+                return Ok(BodyOptions::default());
             }
             if e.is_io() && used.get() > limit {
                 return Err(shape_error(
@@ -294,11 +293,13 @@ pub(super) fn read_envelope<R: BufRead>(
         ));
     }
     let mode = match mode.as_deref() {
-        None => query_mode.unwrap_or_default(),
-        Some(m) => Mode::parse(m)
-            .ok_or_else(|| ApiError::field("mode", "must be \"merge\" or \"replace\""))?,
+        None => None,
+        Some(m) => Some(
+            Mode::parse(m)
+                .ok_or_else(|| ApiError::field("mode", "must be \"merge\" or \"replace\""))?,
+        ),
     };
-    Ok((mode, dry_run.or(query_dry_run).unwrap_or(false)))
+    Ok(BodyOptions { mode, dry_run })
 }
 
 /// Marks an early stop of the envelope's visit (not a JSON error).
@@ -333,7 +334,7 @@ impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_, '_> {
     type Value = (Option<String>, Option<bool>, bool);
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
+        d.deserialize_any(self)
     }
 }
 
@@ -341,7 +342,18 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_, '_> {
     type Value = (Option<String>, Option<bool>, bool);
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object with \"assignments\"")
+        f.write_str("an object with \"assignments\", or an array of assignments")
+    }
+
+    /// A bare array: the rows, no options (they come from the query).
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        AssignmentsSeed {
+            sink: self.sink,
+            used: self.used,
+            path: "",
+        }
+        .visit_seq(seq)?;
+        Ok((None, None, true))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
@@ -357,6 +369,7 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_, '_> {
                     map.next_value_seed(AssignmentsSeed {
                         sink: &mut *self.sink,
                         used: self.used.clone(),
+                        path: "assignments",
                     })?;
                 }
                 other => {
@@ -374,6 +387,8 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_, '_> {
 struct AssignmentsSeed<'s, 'a> {
     sink: &'s mut RowSink<'a>,
     used: Rc<Cell<u64>>,
+    /// How a field problem names the array: `assignments[3].role_template`, or `[3].…`.
+    path: &'static str,
 }
 
 impl<'de> DeserializeSeed<'de> for AssignmentsSeed<'_, '_> {
@@ -400,8 +415,9 @@ impl<'de> Visitor<'de> for AssignmentsSeed<'_, '_> {
                 break;
             };
             let index = i;
+            let path = self.path;
             match take(self.sink, e, i + 1, None, |f| {
-                format!("assignments[{index}].{f}")
+                format!("{path}[{index}].{f}")
             }) {
                 Ok(true) => {}
                 Ok(false) => return Err(de::Error::custom(STOP)),

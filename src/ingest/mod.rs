@@ -7,6 +7,7 @@
 //!   rejected with its reason, and the rest of the batch goes on.
 
 mod csv_body;
+pub mod csv_cell;
 mod json_body;
 pub mod spool;
 
@@ -105,11 +106,53 @@ impl Format {
     }
 }
 
-/// Options given as query parameters (NDJSON and CSV carry no envelope).
+/// Options given as query parameters, for every format; how they meet the options a JSON
+/// envelope states is `settle_options`.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct BatchQuery {
     pub mode: Option<String>,
     pub dry_run: Option<bool>,
+}
+
+/// The options a body states itself (the JSON envelope's `mode` and `dry_run`); NDJSON, CSV and
+/// a bare JSON array state none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct BodyOptions {
+    pub mode: Option<Mode>,
+    pub dry_run: Option<bool>,
+}
+
+/// The one rule for a batch's options, whatever its format. A dry run asked for anywhere (query
+/// or body) is a dry run: a write is never made because one of the two said nothing or `false`.
+/// `mode` given in both places must agree: a disagreement is a 400 naming both, since either
+/// choice could remove roles the caller meant to keep. Unstated, a batch is `merge`.
+pub(crate) fn settle_options(
+    query_mode: Option<Mode>,
+    query_dry_run: Option<bool>,
+    body: BodyOptions,
+) -> Result<(Mode, bool), ApiError> {
+    let mode = match (query_mode, body.mode) {
+        (Some(q), Some(b)) if q != b => {
+            let message = format!(
+                "the query says mode={q} and the body says \"mode\": \"{b}\"; state it once or make them agree"
+            );
+            return Err(ApiError::BadRequest {
+                detail: format!("mode: {message}"),
+                errors: ["query.mode", "body.mode"]
+                    .into_iter()
+                    .map(|field| FieldError {
+                        field: field.into(),
+                        message: message.clone(),
+                        line: None,
+                        column: None,
+                    })
+                    .collect(),
+            });
+        }
+        (q, b) => q.or(b).unwrap_or_default(),
+    };
+    let dry_run = query_dry_run == Some(true) || body.dry_run == Some(true);
+    Ok((mode, dry_run))
 }
 
 /// Parses a whole body held in memory (`/v1/validate`, the CLI). Same reader as the streamed
@@ -200,23 +243,18 @@ pub fn read_rows<R: BufRead>(
     };
     skip_bom(&mut input)?;
     let mut sink = RowSink::new(*limits, emit);
-    let (mode, dry_run) = match format {
-        Format::Json => json_body::read_envelope(input, query_mode, query.dry_run, &mut sink)?,
+    let body = match format {
+        Format::Json => json_body::read_envelope(input, &mut sink)?,
         Format::Ndjson => {
             json_body::read_ndjson(input, &mut sink)?;
-            (
-                query_mode.unwrap_or_default(),
-                query.dry_run.unwrap_or(false),
-            )
+            BodyOptions::default()
         }
         Format::Csv => {
             csv_body::read(input, &mut sink)?;
-            (
-                query_mode.unwrap_or_default(),
-                query.dry_run.unwrap_or(false),
-            )
+            BodyOptions::default()
         }
     };
+    let (mode, dry_run) = settle_options(query_mode, query.dry_run, body)?;
     let rows = sink.finish()?;
     Ok(ReadSummary {
         mode,

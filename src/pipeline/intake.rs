@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct PlanJob {
     pub(crate) job: JobRecord,
     pub(crate) policy: Arc<Policy>,
+    /// `plan`: the whole planning of the job, from its claim to its last page; the stages run
+    /// each page inside it, so their lines carry `job.id`. It ends when its last handle drops.
+    pub(crate) span: tracing::Span,
 }
 
 pub(crate) async fn run(deps: Deps, tx: mpsc::Sender<PlanJob>, stop: CancellationToken) {
@@ -30,10 +33,14 @@ pub(crate) async fn run(deps: Deps, tx: mpsc::Sender<PlanJob>, stop: Cancellatio
         };
         match claimed {
             Some(job) => {
-                tracing::info!(job.id = %job.id, rows = job.counts.total, "planning job");
+                let span = tracing::info_span!("plan", job.id = %job.id, rows = job.counts.total);
+                // A child of the request that submitted the job, when traces were on then.
+                crate::telemetry::set_parent(&span, job.traceparent.as_deref());
+                span.in_scope(|| tracing::info!("planning job"));
                 let msg = PlanJob {
                     job,
                     policy: deps.policy.current(),
+                    span,
                 };
                 tokio::select! {
                     _ = stop.cancelled() => return,

@@ -21,6 +21,7 @@ use futures::StreamExt;
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 /// A job being planned, page by page. Holds per user only its external id (for the scan's
 /// snapshot), so planning a job of any size takes bounded memory in rows.
@@ -45,57 +46,70 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<Validated>) {
     // A job whose planning was abandoned: its remaining pages are skipped.
     let mut abandoned: Option<String> = None;
     while let Some(r) = rx.recv().await {
-        let job_id = r.job.id.clone();
-        if r.first {
-            current = None;
-            abandoned = None;
+        let span = r.span.clone();
+        plan_one_page(&deps, &mut current, &mut abandoned, r)
+            .instrument(span)
+            .await;
+    }
+}
+
+/// One page of a job, inside the job's `plan` span; after its last page, the plan is finished.
+async fn plan_one_page(
+    deps: &Deps,
+    current: &mut Option<Planning>,
+    abandoned: &mut Option<String>,
+    r: Validated,
+) {
+    let job_id = r.job.id.clone();
+    if r.first {
+        *current = None;
+        *abandoned = None;
+    }
+    if abandoned.as_deref() == Some(job_id.as_str()) {
+        return;
+    }
+    if r.page == Page::Abandon {
+        *current = None;
+        *abandoned = Some(job_id);
+        return;
+    }
+    let state = current.get_or_insert_with(|| Planning {
+        job: r.job.clone(),
+        policy: r.policy.clone(),
+        users: 0,
+        chunks: 0,
+        in_last_chunk: 0,
+        wanted: HashSet::new(),
+        rejected: 0,
+        privileged_roles: Default::default(),
+        privileged_users: 0,
+        _live: deps.live.plan(&r.job.id),
+    });
+    let page = plan_page(deps, state, &r);
+    match deps
+        .store
+        .save_plan_page(&job_id, &deps.owner, deps.lease_ms(), &page)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!("lost the planning lease; another planner has the job");
+            *current = None;
+            *abandoned = Some(job_id);
+            return;
         }
-        if abandoned.as_deref() == Some(job_id.as_str()) {
-            continue;
+        Err(e) => {
+            tracing::error!(error = %e, "cannot save a page of the job's plan; it will be planned again after a backoff");
+            release_plan(deps, &job_id).await;
+            *current = None;
+            *abandoned = Some(job_id);
+            return;
         }
-        if r.page == Page::Abandon {
-            current = None;
-            abandoned = Some(job_id);
-            continue;
-        }
-        let state = current.get_or_insert_with(|| Planning {
-            job: r.job.clone(),
-            policy: r.policy.clone(),
-            users: 0,
-            chunks: 0,
-            in_last_chunk: 0,
-            wanted: HashSet::new(),
-            rejected: 0,
-            privileged_roles: Default::default(),
-            privileged_users: 0,
-            _live: deps.live.plan(&r.job.id),
-        });
-        let page = plan_page(&deps, state, &r);
-        match deps
-            .store
-            .save_plan_page(&job_id, &deps.owner, deps.lease_ms(), &page)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(job.id = %job_id, "lost the planning lease; another planner has the job");
-                current = None;
-                abandoned = Some(job_id);
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(job.id = %job_id, error = %e, "cannot save a page of the job's plan; it will be planned again after a backoff");
-                release_plan(&deps, &job_id).await;
-                current = None;
-                abandoned = Some(job_id);
-                continue;
-            }
-        }
-        if r.page == Page::Last
-            && let Some(state) = current.take()
-        {
-            finish(&deps, state).await;
-        }
+    }
+    if r.page == Page::Last
+        && let Some(state) = current.take()
+    {
+        finish(deps, state).await;
     }
 }
 
@@ -106,7 +120,7 @@ const PLAN_ERROR_BACKOFF_MS: i64 = 5_000;
 async fn release_plan(deps: &Deps, job_id: &str) {
     let retry_at = crate::store::now_ms() + PLAN_ERROR_BACKOFF_MS;
     if let Err(e) = deps.store.release_plan(job_id, &deps.owner, retry_at).await {
-        tracing::warn!(job.id = %job_id, error = %e, "cannot give the planning back; its lease runs out");
+        tracing::warn!(error = %e, "cannot give the planning back; its lease runs out");
     }
 }
 
@@ -158,7 +172,7 @@ fn plan_page(deps: &Deps, state: &mut Planning, r: &Validated) -> PlanPage {
 /// claimable.
 async fn finish(deps: &Deps, state: Planning) {
     let job_id = state.job.id.clone();
-    let reads = plan_reads(deps, &job_id, &state.wanted).await;
+    let reads = plan_reads(deps, &state.wanted).await;
     let mut plan = build_plan(deps, &state, &reads);
     let privileged = privileged_grants(&state);
     match approval_check(deps, &state, &reads).await {
@@ -168,7 +182,7 @@ async fn finish(deps: &Deps, state: Planning) {
             };
             if approval.required {
                 plan.status = JobStatus::AwaitingApproval;
-                tracing::warn!(job.id = %job_id, approval = ?approval, "job held for approval");
+                tracing::warn!(approval = ?approval, "job held for approval");
             }
             plan.approval = Some(approval);
             plan.deltas.scim_requests += deltas.scim_requests;
@@ -177,7 +191,7 @@ async fn finish(deps: &Deps, state: Planning) {
         }
         Err(e) => {
             // Planned again after a backoff, when the target answers.
-            tracing::warn!(job.id = %job_id, error = %e, "cannot check the approval bounds; planning later");
+            tracing::warn!(error = %e, "cannot check the approval bounds; planning later");
             release_plan(deps, &job_id).await;
             return;
         }
@@ -201,7 +215,6 @@ async fn finish_plan(deps: &Deps, state: Planning, reads: ReadPlan, plan: JobPla
                 .with_label_values(&[Outcome::Rejected.as_str()])
                 .inc_by(state.rejected);
             tracing::info!(
-                job.id = %job_id,
                 users = plan.users_total,
                 chunks = state.chunks,
                 rejected = state.rejected,
@@ -215,11 +228,11 @@ async fn finish_plan(deps: &Deps, state: Planning, reads: ReadPlan, plan: JobPla
         }
         Ok(false) => {
             deps.reads.drop_job(&job_id);
-            tracing::warn!(job.id = %job_id, "lost the planning lease; another planner has the job")
+            tracing::warn!("lost the planning lease; another planner has the job")
         }
         Err(e) => {
             deps.reads.drop_job(&job_id);
-            tracing::error!(job.id = %job_id, error = %e, "cannot save the job's plan; it will be planned again after a backoff");
+            tracing::error!(error = %e, "cannot save the job's plan; it will be planned again after a backoff");
             release_plan(deps, &job_id).await;
         }
     }

@@ -178,7 +178,7 @@ fn pages(org: u64, page: u64) -> u64 {
 }
 
 /// Chooses lookup or scan for a job of `wanted` users and, for a scan, reads the directory.
-pub(crate) async fn plan_reads(deps: &Deps, job_id: &str, wanted: &HashSet<String>) -> ReadPlan {
+pub(crate) async fn plan_reads(deps: &Deps, wanted: &HashSet<String>) -> ReadPlan {
     let users = wanted.len() as u64;
     let tally = CallTally::default();
     let setting = deps.settings.sync.read_strategy;
@@ -214,7 +214,7 @@ pub(crate) async fn plan_reads(deps: &Deps, job_id: &str, wanted: &HashSet<Strin
     let first = match deps.scim.list_users(1, page, &tally).await {
         Ok(first) => first,
         Err(e) => {
-            tracing::warn!(job.id = %job_id, error = %e, "cannot size the directory; looking users up");
+            tracing::warn!(error = %e, "cannot size the directory; looking users up");
             return lookup(tally, None, Some(page));
         }
     };
@@ -246,7 +246,7 @@ pub(crate) async fn plan_reads(deps: &Deps, job_id: &str, wanted: &HashSet<Strin
         }
         Err(e) => {
             // The chunks look users up; if the target is down they pause the job.
-            tracing::warn!(job.id = %job_id, error = %e, "directory scan failed; looking users up");
+            tracing::warn!(error = %e, "directory scan failed; looking users up");
             lookup(tally, Some(org), Some(page))
         }
     }

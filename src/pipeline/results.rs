@@ -1,6 +1,7 @@
 //! Stage 4: commits each chunk's outcomes (rows, counters, audit events) in one transaction,
 //! finishes jobs whose last chunk is done, and turns a chunk that stopped early into a paused
-//! or failed job.
+//! or failed job. Each chunk's outcome is settled inside the chunk's span, so every line here
+//! carries `job.id`, `chunk` and `attempt`.
 
 use super::circuit::paused_reason;
 use super::stops::Stop;
@@ -10,94 +11,95 @@ use crate::domain::PausedReason;
 use crate::scim::ScimError;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
-pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<ChunkOutcome>) {
-    while let Some(outcome) = rx.recv().await {
-        match outcome {
-            ChunkOutcome::Done(claim, done) => {
-                let results: Vec<_> = done.results.iter().map(|r| r.outcome).collect();
-                match commit(&deps, &claim, &done).await {
-                    Ok(true) => {
-                        for o in results {
-                            deps.metrics
-                                .assignments_total
-                                .with_label_values(&[o.as_str()])
-                                .inc();
-                        }
-                        deps.wake_dispatcher.notify_one();
-                        lifecycle::finish_if_done(&deps, &claim.job_id).await;
+pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<(ChunkOutcome, tracing::Span)>) {
+    while let Some((outcome, chunk)) = rx.recv().await {
+        // Inside the chunk's span: the commit's lines carry `job.id`, `chunk` and `attempt`.
+        settle(&deps, outcome).instrument(chunk).await;
+    }
+}
+
+async fn settle(deps: &Deps, outcome: ChunkOutcome) {
+    match outcome {
+        ChunkOutcome::Done(claim, done) => {
+            let results: Vec<_> = done.results.iter().map(|r| r.outcome).collect();
+            match commit(deps, &claim, &done).await {
+                Ok(true) => {
+                    for o in results {
+                        deps.metrics
+                            .assignments_total
+                            .with_label_values(&[o.as_str()])
+                            .inc();
                     }
-                    Ok(false) => tracing::warn!(
-                        job.id = %claim.job_id,
-                        chunk = claim.chunk_no,
-                        "chunk lease lost before commit; its new owner re-runs it"
-                    ),
-                    Err(e) => tracing::error!(
-                        job.id = %claim.job_id,
-                        chunk = claim.chunk_no,
-                        error = %e,
-                        "cannot commit a chunk; it is re-run when its lease expires"
-                    ),
+                    deps.wake_dispatcher.notify_one();
+                    lifecycle::finish_if_done(deps, &claim.job_id).await;
+                }
+                Ok(false) => {
+                    tracing::warn!("chunk lease lost before commit; its new owner re-runs it")
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "cannot commit a chunk; it is re-run when its lease expires"
+                ),
+            }
+        }
+        ChunkOutcome::Release(claim, deltas, stop) => {
+            if let Err(e) = deps.store.add_job_deltas(&claim.job_id, &deltas).await {
+                tracing::warn!(error = %e, "cannot record calls spent");
+            }
+            match &stop {
+                Stop::Target(
+                    error @ (ScimError::Forbidden { .. } | ScimError::AuthFailed { .. }),
+                ) => {
+                    // Every row would fail the same way: fail the job once, with the reason.
+                    let reason = format!("auth_failed: {error}");
+                    lifecycle::fail(deps, &claim.job_id, &reason).await;
+                }
+                Stop::ErrorRatio { failed, sample } => {
+                    // The target answers but refuses most users: the chunk's rows stay
+                    // pending, and the job waits out a cool-down rather than failing them.
+                    pause(deps, &claim.job_id, PausedReason::ErrorRatio).await;
+                    // One pause per opening of the circuit: the job's other chunks stopped
+                    // with it do not count again. (This stage is one task: no race between
+                    // the look-ahead and the count.)
+                    let sync = &deps.settings.sync;
+                    let cool_down = deps.error_ratios.next_cool_down(&claim.job_id, sync);
+                    if deps.circuit.open_for(PausedReason::ErrorRatio, cool_down) {
+                        let pauses = deps.error_ratios.count_pause(&claim.job_id);
+                        tracing::warn!(
+                            failed,
+                            sample,
+                            pauses,
+                            max_pauses = sync.error_ratio_max_pauses,
+                            cool_down_secs = cool_down.as_secs(),
+                            "most of the job's latest users were refused by the target: pausing"
+                        );
+                    }
+                    release(deps, &claim).await;
+                }
+                Stop::CircuitOpen(reason) => {
+                    pause(deps, &claim.job_id, *reason).await;
+                    // Open again in case the circuit closed since the chunk saw it open:
+                    // the job must not stay paused with nothing to resume it.
+                    deps.circuit.open(*reason);
+                    release(deps, &claim).await;
+                }
+                // A cancelled run is committed by `sync`, never released; were one
+                // released, its chunk goes back `ready`, where the next claim settles it. A
+                // job that ended elsewhere has its chunks `done` already: the release finds
+                // nothing of this owner's to give back.
+                Stop::Cancelled | Stop::JobEnded(_) => release(deps, &claim).await,
+                Stop::Target(error) => {
+                    let reason = paused_reason(error);
+                    // Paused before the circuit opens, so that the resume cannot run
+                    // between the two and miss this job.
+                    pause(deps, &claim.job_id, reason).await;
+                    deps.circuit.open(reason);
+                    release(deps, &claim).await;
                 }
             }
-            ChunkOutcome::Release(claim, deltas, stop) => {
-                if let Err(e) = deps.store.add_job_deltas(&claim.job_id, &deltas).await {
-                    tracing::warn!(job.id = %claim.job_id, error = %e, "cannot record calls spent");
-                }
-                match &stop {
-                    Stop::Target(
-                        error @ (ScimError::Forbidden { .. } | ScimError::AuthFailed { .. }),
-                    ) => {
-                        // Every row would fail the same way: fail the job once, with the reason.
-                        let reason = format!("auth_failed: {error}");
-                        lifecycle::fail(&deps, &claim.job_id, &reason).await;
-                    }
-                    Stop::ErrorRatio { failed, sample } => {
-                        // The target answers but refuses most users: the chunk's rows stay
-                        // pending, and the job waits out a cool-down rather than failing them.
-                        pause(&deps, &claim.job_id, PausedReason::ErrorRatio).await;
-                        // One pause per opening of the circuit: the job's other chunks stopped
-                        // with it do not count again. (This stage is one task: no race between
-                        // the look-ahead and the count.)
-                        let sync = &deps.settings.sync;
-                        let cool_down = deps.error_ratios.next_cool_down(&claim.job_id, sync);
-                        if deps.circuit.open_for(PausedReason::ErrorRatio, cool_down) {
-                            let pauses = deps.error_ratios.count_pause(&claim.job_id);
-                            tracing::warn!(
-                                job.id = %claim.job_id,
-                                failed,
-                                sample,
-                                pauses,
-                                max_pauses = sync.error_ratio_max_pauses,
-                                cool_down_secs = cool_down.as_secs(),
-                                "most of the job's latest users were refused by the target: pausing"
-                            );
-                        }
-                        release(&deps, &claim).await;
-                    }
-                    Stop::CircuitOpen(reason) => {
-                        pause(&deps, &claim.job_id, *reason).await;
-                        // Open again in case the circuit closed since the chunk saw it open:
-                        // the job must not stay paused with nothing to resume it.
-                        deps.circuit.open(*reason);
-                        release(&deps, &claim).await;
-                    }
-                    // A cancelled run is committed by `sync`, never released; were one
-                    // released, its chunk goes back `ready`, where the next claim settles it. A
-                    // job that ended elsewhere has its chunks `done` already: the release finds
-                    // nothing of this owner's to give back.
-                    Stop::Cancelled | Stop::JobEnded(_) => release(&deps, &claim).await,
-                    Stop::Target(error) => {
-                        let reason = paused_reason(error);
-                        // Paused before the circuit opens, so that the resume cannot run
-                        // between the two and miss this job.
-                        pause(&deps, &claim.job_id, reason).await;
-                        deps.circuit.open(reason);
-                        release(&deps, &claim).await;
-                    }
-                }
-                deps.chunk_runs.settle(&claim.job_id);
-            }
+            deps.chunk_runs.settle(&claim.job_id);
         }
     }
 }
@@ -116,7 +118,7 @@ async fn commit(
     loop {
         match deps.store.complete_chunk(claim, &deps.owner, done).await {
             Err(e) if e.is_transient() && tokio::time::Instant::now() + wait < deadline => {
-                tracing::warn!(job.id = %claim.job_id, chunk = claim.chunk_no, error = %e, "cannot commit the chunk yet; retrying");
+                tracing::warn!(error = %e, "cannot commit the chunk yet; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
@@ -127,7 +129,7 @@ async fn commit(
 
 async fn pause(deps: &Deps, job_id: &str, reason: PausedReason) {
     if let Err(e) = deps.store.set_paused(job_id, Some(reason)).await {
-        tracing::warn!(job.id = %job_id, error = %e, "cannot mark the job paused");
+        tracing::warn!(error = %e, "cannot mark the job paused");
     }
 }
 
@@ -139,6 +141,6 @@ async fn release(deps: &Deps, claim: &crate::store::ChunkClaim) {
         .release_chunk(claim, &deps.owner, None, false)
         .await
     {
-        tracing::warn!(job.id = %claim.job_id, error = %e, "cannot release the chunk; its lease expires");
+        tracing::warn!(error = %e, "cannot release the chunk; its lease expires");
     }
 }

@@ -100,6 +100,9 @@ async fn supervise(
         let mut set = JoinSet::new();
         let mut names = std::collections::HashMap::new();
         for (name, fut) in make() {
+            // The stage's counter exists from its start (at 0), so that `increase()` sees the
+            // first restart and the series is there for dashboards before any fault.
+            metrics.pipeline_restarts_total.with_label_values(&[name]);
             let handle = set.spawn(fut);
             names.insert(handle.id(), name);
         }

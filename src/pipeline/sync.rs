@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How long a chunk given back after a store error waits before it is claimed again.
 const CHUNK_ERROR_BACKOFF_MS: i64 = 5_000;
@@ -102,7 +103,7 @@ async fn finish_orphans(deps: &Deps) {
 pub(crate) async fn worker(
     deps: Deps,
     rx: Arc<Mutex<mpsc::Receiver<ChunkClaim>>>,
-    tx: mpsc::Sender<ChunkOutcome>,
+    tx: mpsc::Sender<(ChunkOutcome, tracing::Span)>,
     stop: CancellationToken,
 ) {
     loop {
@@ -154,7 +155,10 @@ struct UserRun {
 /// A user left without an outcome by a stopped run, and the change the run sent them, if any.
 type Unsettled = (UserRows<ItemRecord>, Option<RoleChange>);
 
-async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
+/// Reads the chunk's job and rows, then runs the chunk inside its `chunk` span (`job.id`,
+/// `chunk`, `attempt`), a child of the request that submitted the job when traces were on
+/// then. The span goes on with the outcome to the results stage.
+async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<(ChunkOutcome, tracing::Span)> {
     let (job, items) = match tokio::try_join!(
         deps.store.get_job(&claim.job_id),
         deps.store.chunk_items(&claim.job_id, claim.chunk_no)
@@ -175,6 +179,25 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
             return None;
         }
     };
+    let span = tracing::info_span!(
+        "chunk",
+        job.id = %job.id,
+        chunk = claim.chunk_no,
+        attempt = claim.attempts
+    );
+    crate::telemetry::set_parent(&span, job.traceparent.as_deref());
+    let outcome = run_chunk(deps, claim, job, items)
+        .instrument(span.clone())
+        .await;
+    Some((outcome, span))
+}
+
+async fn run_chunk(
+    deps: &Deps,
+    claim: ChunkClaim,
+    job: JobRecord,
+    items: Vec<ItemRecord>,
+) -> ChunkOutcome {
     let policy = deps.policy_for(&job.id);
     let users = group_users(items);
     // Renewed by the heartbeat while this run holds it, and not after: a run that ends or
@@ -186,7 +209,7 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
         let mut done = ChunkDone::default();
         let users = users.into_iter().map(|u| (u, None)).collect();
         settle(deps, &policy, &job, users, &mut done).await;
-        return Some(ChunkOutcome::Done(claim, done));
+        return ChunkOutcome::Done(claim, done);
     }
     let run = Arc::new(ChunkRun::default());
     deps.chunk_runs.register(&job.id, &run);
@@ -266,11 +289,11 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
         // others settled (read back if a write may have reached them, else cancelled).
         Some(Stop::Cancelled) => {
             settle(deps, &policy, &job, unsettled, &mut done).await;
-            Some(ChunkOutcome::Done(claim, done))
+            ChunkOutcome::Done(claim, done)
         }
         // Outcomes reached before the stop are discarded with the chunk: the re-run reads
         // them back as already right, at the cost of one read each.
-        Some(why) => Some(ChunkOutcome::Release(claim, done.deltas, why.clone())),
+        Some(why) => ChunkOutcome::Release(claim, done.deltas, why.clone()),
         None => {
             deps.error_ratios.commit(
                 &job.id,
@@ -280,7 +303,7 @@ async fn sync_chunk(deps: &Deps, claim: ChunkClaim) -> Option<ChunkOutcome> {
             if !done.retry_lines.is_empty() {
                 done.retry_at_ms = Some(crate::store::now_ms() + retry_backoff_ms(claim.attempts));
             }
-            Some(ChunkOutcome::Done(claim, done))
+            ChunkOutcome::Done(claim, done)
         }
     }
 }
@@ -515,7 +538,7 @@ async fn sync_user(
             // No write without its intent on record: should this run's commit be lost, the
             // intent is what lets the re-run report the write as `applied` rather than
             // `unchanged`. The user is tried again in a later run.
-            tracing::warn!(job.id = %job.id, error = %e, "cannot record the write intent; the user is retried");
+            tracing::warn!(error = %e, "cannot record the write intent; the user is retried");
             return UserResult::Retry { lines };
         }
         let roles: Vec<String> = change.after.iter().cloned().collect();

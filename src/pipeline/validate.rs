@@ -14,6 +14,7 @@ use crate::store::{JobRecord, Overflow, RowResult, Store, StoreError};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 /// Where a page stands in its job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,38 +40,45 @@ pub(crate) struct Validated {
     pub(crate) rejected_rows: HashMap<i64, Assignment>,
     /// The users with at least one valid row, each with only its valid rows.
     pub(crate) users: Vec<UserRows<Assignment>>,
+    /// The job's `plan` span (`PlanJob::span`).
+    pub(crate) span: tracing::Span,
 }
 
 /// Pending rows read and judged at a time: a job of any size is planned in bounded memory.
 const PAGE_ROWS: usize = 5000;
 
 pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<PlanJob>, tx: mpsc::Sender<Validated>) {
-    while let Some(PlanJob { job, policy }) = rx.recv().await {
+    while let Some(PlanJob { job, policy, span }) = rx.recv().await {
         let mut after: Option<String> = None;
         let mut first = true;
         loop {
+            let page_span = tracing::info_span!(parent: &span, "validate", first);
             let cap = deps.settings.ingest.max_rows_per_user;
-            let page = match deps
-                .store
-                .pending_rows_page(&job.id, after.as_deref(), PAGE_ROWS, cap)
-                .await
-            {
-                Ok(page) => Some(page),
-                Err(e) => {
-                    tracing::error!(job.id = %job.id, error = %e, "cannot read the job's rows; planning it later");
-                    None
-                }
-            };
-            let page = match page {
-                Some(page) => {
-                    let mut rejected = Ok(());
-                    for o in &page.overflow {
-                        rejected = rejected.and(reject_overflow(&deps, &job.id, o, cap).await);
+            let page = async {
+                let page = match deps
+                    .store
+                    .pending_rows_page(&job.id, after.as_deref(), PAGE_ROWS, cap)
+                    .await
+                {
+                    Ok(page) => Some(page),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the job's rows; planning it later");
+                        None
                     }
-                    rejected.map(|_| page)
+                };
+                match page {
+                    Some(page) => {
+                        let mut rejected = Ok(());
+                        for o in &page.overflow {
+                            rejected = rejected.and(reject_overflow(&deps, &job.id, o, cap).await);
+                        }
+                        rejected.map(|_| page)
+                    }
+                    None => Err(()),
                 }
-                None => Err(()),
-            };
+            }
+            .instrument(page_span.clone())
+            .await;
             let (rows, more) = match page {
                 Ok(page) => (page.rows, page.more),
                 Err(()) => {
@@ -82,6 +90,7 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<PlanJob>, tx: mpsc::S
                         rejected: Vec::new(),
                         rejected_rows: HashMap::new(),
                         users: Vec::new(),
+                        span: span.clone(),
                     };
                     if tx.send(abandon).await.is_err() {
                         return;
@@ -106,6 +115,7 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<PlanJob>, tx: mpsc::S
                 rejected,
                 rejected_rows,
                 users,
+                span: span.clone(),
             };
             if tx.send(msg).await.is_err() {
                 return;

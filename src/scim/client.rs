@@ -7,6 +7,7 @@ use super::rate::RateLimiter;
 use super::retry::{Verdict, backoff, classify, parse_retry_after};
 use super::token::{TokenManager, TokenSource};
 use crate::configuration::Settings;
+use crate::domain::{ScimCallOutcome, ScimRetryReason};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -17,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Calls spent on behalf of one job, added to the job's `scim` counts; and the stop signal of
 /// the work they are spent for.
@@ -115,6 +117,9 @@ impl ScimClient {
             }
             _ => anyhow::bail!("target: no credentials configured"),
         };
+        metrics
+            .scim_rate_limit_per_minute
+            .set(i64::from(t.requests_per_minute));
         Ok(ScimClient {
             http,
             base: t.scim_base.trim_end_matches('/').to_owned(),
@@ -333,14 +338,58 @@ impl ScimClient {
     }
 
     /// Sends one call: paced by the shared limiter, bounded in flight, retried per policy.
-    /// Returns the 2xx answer, or the error its final answer means.
+    /// Returns the 2xx answer, or the error its final answer means; counted by how it ended
+    /// (`rolesync_scim_calls_total`).
     async fn call(&self, call: Call<'_>, tally: &CallTally) -> Result<Answer, ScimError> {
+        let (method, route) = (call.method.clone(), call.route);
+        let result = self.call_with_retries(call, tally).await;
+        let outcome = match &result {
+            Ok(_) => ScimCallOutcome::Ok,
+            Err(e) => e.outcome(),
+        };
+        self.metrics
+            .scim_calls_total
+            .with_label_values(&[method.as_str(), route, outcome.as_str()])
+            .inc();
+        result
+    }
+
+    async fn call_with_retries(
+        &self,
+        call: Call<'_>,
+        tally: &CallTally,
+    ) -> Result<Answer, ScimError> {
         let deadline = Instant::now() + self.max_retry;
         let mut attempt = 0u32;
         let mut refreshed = false;
         let mut rate_limited = 0u32;
         loop {
-            let outcome = self.send_once(&call, tally).await;
+            // One client span per attempt (a resend is a span of its own, as OpenTelemetry's
+            // HTTP conventions have it); it includes the wait for the limiter, which is where
+            // pacing shows in a trace.
+            let span = tracing::info_span!(
+                "scim",
+                otel.name = %format!("{} {}", call.method, call.route),
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                http.request.method = %call.method,
+                url.template = call.route,
+                http.resend_count = attempt + u32::from(refreshed) + rate_limited,
+                http.response.status_code = tracing::field::Empty,
+            );
+            let outcome = self.send_once(&call, tally).instrument(span.clone()).await;
+            match &outcome {
+                SendOutcome::Answer(a) => {
+                    span.record("http.response.status_code", a.status.as_u16());
+                    if !a.status.is_success() {
+                        span.record("otel.status_code", "ERROR");
+                    }
+                }
+                SendOutcome::Transport(_) | SendOutcome::Token(_) => {
+                    span.record("otel.status_code", "ERROR");
+                }
+                SendOutcome::Stopped => {}
+            }
             let now = Instant::now();
             let (delay, detail) = match outcome {
                 SendOutcome::Answer(a) if a.status.is_success() => return Ok(a),
@@ -354,7 +403,7 @@ impl ScimClient {
                     tally.retries.fetch_add(1, Ordering::Relaxed);
                     self.metrics
                         .scim_retries_total
-                        .with_label_values(&["unauthorized"])
+                        .with_label_values(&[ScimRetryReason::Unauthorized.as_str()])
                         .inc();
                     continue;
                 }
@@ -384,7 +433,7 @@ impl ScimClient {
                         tally.retries.fetch_add(1, Ordering::Relaxed);
                         self.metrics
                             .scim_retries_total
-                            .with_label_values(&["rate_limited"])
+                            .with_label_values(&[ScimRetryReason::RateLimited.as_str()])
                             .inc();
                         tokio::time::sleep(delay).await;
                         continue;
@@ -408,7 +457,7 @@ impl ScimClient {
             tally.retries.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .scim_retries_total
-                .with_label_values(&["transient"])
+                .with_label_values(&[ScimRetryReason::Transient.as_str()])
                 .inc();
             tokio::time::sleep(delay).await;
         }
@@ -445,6 +494,8 @@ impl ScimClient {
         let mut req = self
             .http
             .request(call.method.clone(), &call.url)
+            // `traceparent` of this attempt's span, when traces are on.
+            .headers(crate::telemetry::trace_headers())
             .bearer_auth(token.expose_secret())
             .header(
                 reqwest::header::ACCEPT,
@@ -486,12 +537,14 @@ impl ScimClient {
                     .inc();
                 let headers = resp.headers().clone();
                 let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-                self.limiter.observe(
+                let (allowed, count, reset) = (
                     header("inin-ratelimit-allowed").and_then(bounds::ratelimit_count),
                     header("inin-ratelimit-count").and_then(bounds::ratelimit_count),
                     header("inin-ratelimit-reset")
                         .and_then(|v| bounds::ratelimit_reset(v, self.max_server_delay)),
                 );
+                self.limiter.observe(allowed, count, reset);
+                self.metrics.observe_ratelimit(allowed, count, reset);
                 if status == StatusCode::UNAUTHORIZED {
                     self.tokens.invalidate(&token).await;
                 }

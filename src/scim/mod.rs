@@ -15,6 +15,7 @@ pub mod rate;
 pub mod retry;
 pub mod token;
 
+use crate::domain::ScimCallOutcome;
 pub use client::{CallTally, ScimClient};
 pub use model::ScimUser;
 
@@ -51,6 +52,21 @@ pub enum ScimError {
 }
 
 impl ScimError {
+    /// How a call that ended with this error is counted (`rolesync_scim_calls_total`).
+    pub fn outcome(&self) -> ScimCallOutcome {
+        match self {
+            ScimError::Conflict => ScimCallOutcome::Conflict,
+            ScimError::NotFound => ScimCallOutcome::NotFound,
+            ScimError::Rejected { .. } => ScimCallOutcome::Rejected,
+            ScimError::Forbidden { .. } => ScimCallOutcome::Forbidden,
+            ScimError::AuthFailed { .. } => ScimCallOutcome::AuthFailed,
+            ScimError::Unavailable { .. } => ScimCallOutcome::Unavailable,
+            ScimError::RateLimited => ScimCallOutcome::RateLimited,
+            ScimError::Protocol(_) => ScimCallOutcome::Protocol,
+            ScimError::Stopped => ScimCallOutcome::Stopped,
+        }
+    }
+
     /// Errors that concern the whole target rather than one user: the job pauses or fails.
     pub fn is_target_wide(&self) -> bool {
         matches!(

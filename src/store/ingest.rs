@@ -209,8 +209,8 @@ impl Ingest {
         dual!(&mut self.tx, |tx, DB| {
             sqlx::query(
                 "INSERT INTO jobs (id, status, mode, dry_run, created_at_ms, updated_at_ms, c_total, c_pending, \
-                 c_rejected, policy_fingerprint, request_id, privileged_allowed) \
-                 VALUES ($1, 'queued', $2, $3, $4, $4, $5, $8, $9, $6, $7, $10)",
+                 c_rejected, policy_fingerprint, request_id, privileged_allowed, traceparent) \
+                 VALUES ($1, 'queued', $2, $3, $4, $4, $5, $8, $9, $6, $7, $10, $11)",
             )
             .bind(&job.id)
             .bind(job.mode.as_str())
@@ -222,6 +222,7 @@ impl Ingest {
             .bind(total - defective)
             .bind(defective)
             .bind(i64::from(job.privileged_allowed))
+            .bind(&job.traceparent)
             .execute(&mut **tx)
             .await?;
             let conn = &mut **tx;

@@ -38,7 +38,7 @@ pub(crate) use records::{
 // functions of other modules (`job_view`, `validate_rows`, `EventFactory::event`).
 pub(crate) use ingest::Ingest;
 pub(crate) use planning::Overflow;
-pub use records::{ItemRecord, JobRecord, OutboxEvent, Reason, RowResult};
+pub use records::{ItemRecord, JobGroup, JobRecord, OutboxEvent, Reason, RowResult, StoreGauges};
 use records::{ItemRow, JobRow, OutboxRow};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -237,14 +237,15 @@ macro_rules! insert_events {
         for e in events {
             for endpoint in &e.endpoints {
                 sqlx::query(
-                    "INSERT INTO webhook_outbox (event_id, endpoint, event_type, payload, status, next_attempt_at_ms, created_at_ms) \
-                     VALUES ($1, $2, $3, $4, 'pending', $5, $5) ON CONFLICT (event_id, endpoint) DO NOTHING",
+                    "INSERT INTO webhook_outbox (event_id, endpoint, event_type, payload, status, next_attempt_at_ms, created_at_ms, traceparent) \
+                     VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6) ON CONFLICT (event_id, endpoint) DO NOTHING",
                 )
                 .bind(e.event_id.as_str())
                 .bind(endpoint.as_str())
                 .bind(e.event_type.as_str())
                 .bind(e.payload.as_str())
                 .bind(now)
+                .bind(e.traceparent.as_deref())
                 .execute(&mut *$tx)
                 .await?;
             }
@@ -377,6 +378,7 @@ mod test_support {
             mode: Mode::Merge,
             dry_run: false,
             request_id: None,
+            traceparent: None,
             policy_fingerprint: None,
             idempotency: None,
             privileged_allowed: false,

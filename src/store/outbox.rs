@@ -11,6 +11,14 @@ use super::{
 };
 use sqlx::Row;
 
+/// What `outbox_backlog` counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OutboxBacklog {
+    pub pending: i64,
+    pub oldest_pending_created_ms: Option<i64>,
+    pub dead: i64,
+}
+
 impl Store {
     /// Claims up to `limit` deliveries to `endpoint` that are due, leasing them so that a second
     /// dispatcher (another replica) does not send them at the same time. With `batches_only`,
@@ -100,13 +108,15 @@ impl Store {
                 (a.created_at_ms, &a.event_id).cmp(&(b.created_at_ms, &b.event_id))
             });
             sqlx::query(
-                "INSERT INTO webhook_outbox (event_id, endpoint, event_type, payload, status, next_attempt_at_ms, created_at_ms) \
-                 VALUES ($1, $2, 'batch', $3, 'pending', $4, $4)",
+                "INSERT INTO webhook_outbox (event_id, endpoint, event_type, payload, status, next_attempt_at_ms, created_at_ms, traceparent) \
+                 VALUES ($1, $2, 'batch', $3, 'pending', $4, $4, $5)",
             )
             .bind(batch_id)
             .bind(endpoint)
             .bind(body(&members))
             .bind(now)
+            // A batch joins the trace of its oldest event.
+            .bind(members.first().and_then(|m| m.traceparent.as_deref()))
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -218,17 +228,29 @@ impl Store {
         })
     }
 
-    /// (events waiting for delivery, creation time of the oldest one). Batch rows are not
-    /// events: their events are counted instead.
-    pub(crate) async fn outbox_backlog(&self) -> StoreResult<(i64, Option<i64>)> {
+    /// The webhook backlog for the gauges: events waiting for delivery, the creation time of the
+    /// oldest of them, and dead events. Batch rows are not events: their events are counted
+    /// instead. One aggregate over the `status` index (delivered rows are not read).
+    pub(crate) async fn outbox_backlog(&self) -> StoreResult<OutboxBacklog> {
         dual!(&self.backend, |p, DB| {
-            let row = sqlx::query(
-                "SELECT COUNT(*), MIN(created_at_ms) FROM webhook_outbox WHERE status = 'pending' \
-                 AND event_type <> 'batch'",
+            let rows = sqlx::query(
+                "SELECT status, COUNT(*), MIN(created_at_ms) FROM webhook_outbox \
+                 WHERE status IN ('pending', 'dead') AND event_type <> 'batch' GROUP BY status",
             )
-            .fetch_one(p)
+            .fetch_all(p)
             .await?;
-            Ok((row.try_get::<i64, _>(0)?, row.try_get::<Option<i64>, _>(1)?))
+            let mut backlog = OutboxBacklog::default();
+            for row in rows {
+                let (status, n): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+                match status.as_str() {
+                    "pending" => {
+                        backlog.pending = n;
+                        backlog.oldest_pending_created_ms = row.try_get::<Option<i64>, _>(2)?;
+                    }
+                    _ => backlog.dead = n,
+                }
+            }
+            Ok(backlog)
         })
     }
 
@@ -259,6 +281,7 @@ mod tests {
             event_type: "job.finished".to_owned(),
             payload: format!(r#"{{"type":"job.finished","data":{{"n":"{id}"}}}}"#),
             endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
+            traceparent: None,
         }
     }
 
@@ -269,7 +292,7 @@ mod tests {
             .collect();
         // Outbox rows enter with a job (as the rows of an unreadable line's events do).
         let (store, _dir) = store_with_job(&[], events).await;
-        assert_eq!(ok(store.outbox_backlog().await).0, 6);
+        assert_eq!(ok(store.outbox_backlog().await).pending, 6);
 
         let n = ok(store
             .form_batch("a", 2, "msg_batch1", |m| format!("{}", m.len()))
@@ -283,7 +306,7 @@ mod tests {
         // Leased: not claimed twice.
         assert!(ok(store.claim_due_deliveries("a", 10, 60_000, true).await).is_empty());
         // Batch rows are not events: the backlog still counts 6 events.
-        assert_eq!(ok(store.outbox_backlog().await).0, 6);
+        assert_eq!(ok(store.outbox_backlog().await).pending, 6);
 
         let dead = DeliveryResult::Dead {
             error: "receiver answered 400".into(),
@@ -298,6 +321,10 @@ mod tests {
             "endpoint b untouched"
         );
         assert!(rows.iter().all(|r| r.attempts == 1));
+        // Dead letters are the batch's two events (the batch row is not an event); the rest
+        // of endpoint b's events and a's third one still wait.
+        let backlog = ok(store.outbox_backlog().await);
+        assert_eq!((backlog.dead, backlog.pending), (2, 4));
 
         // Redelivering one event of the batch requeues the whole batch on that endpoint.
         assert_eq!(ok(store.redeliver("msg_1", Some("a")).await), 3);

@@ -13,6 +13,8 @@ pub(crate) struct NewJob {
     pub mode: Mode,
     pub dry_run: bool,
     pub request_id: Option<String>,
+    /// The W3C `traceparent` of the submitting request's ingest span, if traces are on.
+    pub traceparent: Option<String>,
     pub policy_fingerprint: Option<String>,
     pub idempotency: Option<IdempotencyClaim>,
     /// The submitting key carries `roles:privileged`.
@@ -95,6 +97,7 @@ pub(super) struct JobRow {
     policy_fingerprint: Option<String>,
     request_id: Option<String>,
     privileged_allowed: i64,
+    traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +126,8 @@ pub struct JobRecord {
     pub request_id: Option<String>,
     /// The submitting key carried `roles:privileged`.
     pub privileged_allowed: bool,
+    /// Where the job's work joins the submitting request's trace (`telemetry::parent`).
+    pub traceparent: Option<String>,
 }
 
 impl TryFrom<JobRow> for JobRecord {
@@ -166,6 +171,7 @@ impl TryFrom<JobRow> for JobRecord {
             policy_fingerprint: r.policy_fingerprint,
             request_id: r.request_id,
             privileged_allowed: r.privileged_allowed != 0,
+            traceparent: r.traceparent,
             id: r.id,
         })
     }
@@ -354,6 +360,9 @@ pub struct OutboxEvent {
     /// The exact body to sign and send.
     pub payload: String,
     pub endpoints: Vec<String>,
+    /// The W3C `traceparent` of the span the event was made in, if traces are on: its
+    /// delivery joins that trace.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -371,6 +380,7 @@ pub(super) struct OutboxRow {
     #[allow(dead_code)]
     lease_until_ms: Option<i64>,
     batch_id: Option<String>,
+    traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -388,6 +398,8 @@ pub(crate) struct OutboxRecord {
     pub delivered_at_ms: Option<i64>,
     /// The batch this event was sent in (its `webhook-id`), when batching is on.
     pub batch_id: Option<String>,
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 impl From<OutboxRow> for OutboxRecord {
@@ -404,6 +416,7 @@ impl From<OutboxRow> for OutboxRecord {
             created_at_ms: r.created_at_ms,
             delivered_at_ms: r.delivered_at_ms,
             batch_id: r.batch_id,
+            traceparent: r.traceparent,
         }
     }
 }
@@ -418,4 +431,25 @@ pub(crate) enum DeliveryResult {
     Dead {
         error: String,
     },
+}
+
+/// What the store holds now, for the gauges; read by `Store::gauges` in cheap aggregate
+/// queries, shown by the metrics gauges.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StoreGauges {
+    /// Jobs by status and, for paused jobs, the reason; with the sum of their pending rows and
+    /// the creation time of the oldest.
+    pub jobs: Vec<JobGroup>,
+    pub outbox_pending: i64,
+    pub outbox_oldest_pending_created_ms: Option<i64>,
+    pub outbox_dead: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobGroup {
+    pub status: JobStatus,
+    pub paused_reason: Option<PausedReason>,
+    pub count: i64,
+    pub rows_pending: i64,
+    pub oldest_created_ms: Option<i64>,
 }

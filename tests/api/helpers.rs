@@ -423,3 +423,14 @@ pub async fn seed_n(app: &TestApp, prefix: &str, n: usize) -> Vec<String> {
     app.seed(&seeds).await;
     users
 }
+
+/// PATCH calls in an emulator's stats (`GET /emulator/stats`): the writes it received.
+pub fn patches(stats: &Value) -> u64 {
+    stats["requests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["method"] == "PATCH")
+        .map(|r| r["count"].as_u64().unwrap_or(0))
+        .sum()
+}

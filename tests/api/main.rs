@@ -3,16 +3,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod cli;
 mod durability;
 mod healing;
 mod helpers;
 mod hostile;
 mod ingest;
+mod items_csv;
 mod layout;
+mod observability;
 mod policy;
 mod process;
 mod proxy;
 mod reads;
 mod resilience;
 mod sync;
+mod traces;
 mod webhooks;

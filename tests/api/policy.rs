@@ -4,16 +4,6 @@ use crate::helpers::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-fn patches(stats: &Value) -> u64 {
-    stats["requests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["method"] == "PATCH")
-        .map(|r| r["count"].as_u64().unwrap())
-        .sum()
-}
-
 #[tokio::test]
 async fn a_dry_run_plans_every_row_and_writes_nothing() {
     let app = spawn_app().await;

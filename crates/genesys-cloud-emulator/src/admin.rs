@@ -12,7 +12,7 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -44,9 +44,14 @@ const STAT_SHARDS: usize = 16;
 /// Per route pattern: (method, status, count).
 type StatShard = Mutex<HashMap<String, Vec<(Method, u16, u64)>>>;
 
-/// Request counts by (method, route pattern, status), sharded per thread.
+/// Request counts by (method, route pattern, status), sharded per thread; and the W3C trace
+/// context the counted requests carried.
 pub struct Stats {
     shards: Box<[StatShard]>,
+    /// Counted requests with a well-formed `traceparent`.
+    traced: AtomicU64,
+    /// The last well-formed `traceparent` seen.
+    last_traceparent: Mutex<Option<String>>,
 }
 
 impl Default for Stats {
@@ -55,8 +60,28 @@ impl Default for Stats {
             shards: (0..STAT_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
+            traced: AtomicU64::new(0),
+            last_traceparent: Mutex::new(None),
         }
     }
+}
+
+/// `version-traceid-parentid-flags` as W3C Trace Context writes it: `00`, 32 and 16 lowercase
+/// hex digits, neither all zeros, and two hex digits of flags.
+fn well_formed_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && parts[1].bytes().any(|b| b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].bytes().any(|b| b != b'0')
+        && hex(parts[3], 2)
 }
 
 fn thread_shard() -> usize {
@@ -88,10 +113,23 @@ impl Stats {
         }
     }
 
+    /// Counts a request's `traceparent` if it has a well-formed one.
+    pub fn record_traceparent(&self, value: Option<&HeaderValue>) {
+        let Some(v) = value.and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        if well_formed_traceparent(v) {
+            self.traced.fetch_add(1, Ordering::Relaxed);
+            *lock(&self.last_traceparent) = Some(v.to_owned());
+        }
+    }
+
     pub fn reset(&self) {
         for s in self.shards.iter() {
             lock(s).clear();
         }
+        self.traced.store(0, Ordering::Relaxed);
+        *lock(&self.last_traceparent) = None;
     }
 
     pub fn snapshot(&self) -> Value {
@@ -112,7 +150,11 @@ impl Stats {
                 json!({"method": method, "route": route, "status": status, "count": count})
             })
             .collect();
-        json!({"total": total, "requests": requests})
+        let traceparent = json!({
+            "count": self.traced.load(Ordering::Relaxed),
+            "last": *lock(&self.last_traceparent),
+        });
+        json!({"total": total, "requests": requests, "traceparent": traceparent})
     }
 }
 
@@ -123,6 +165,7 @@ impl Stats {
 pub async fn observe(State(shared): State<Shared>, req: Request, next: Next) -> Response {
     let id = errors::random_uuid();
     let method = req.method().clone();
+    let traceparent = req.headers().get("traceparent").cloned();
     let route = req.extensions().get::<MatchedPath>().cloned();
     let counted = match &route {
         Some(r) => !r.as_str().starts_with("/emulator/"),
@@ -148,6 +191,7 @@ pub async fn observe(State(shared): State<Shared>, req: Request, next: Next) -> 
         };
         let route = route.as_ref().map_or("(unmatched)", MatchedPath::as_str);
         shared.stats.record(&method, route, status);
+        shared.stats.record_traceparent(traceparent.as_ref());
     }
     if let Some(v) = errors::uuid_header(&id) {
         response.headers_mut().insert(errors::CORRELATION_HEADER, v);

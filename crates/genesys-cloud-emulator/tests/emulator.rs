@@ -1147,6 +1147,47 @@ async fn stats_count_requests_by_route_pattern() {
 }
 
 #[tokio::test]
+async fn stats_count_and_keep_the_last_well_formed_traceparent() {
+    let emu = Emu::start(args()).await;
+    emu.admin(Method::POST, "/emulator/stats/reset", None).await;
+    let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for tp in [
+        Some(good),
+        Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+        Some("not a traceparent"),
+        None,
+    ] {
+        let mut req = emu.req(Method::GET, emu.url_q(&format!("{SCIM}/users"), &[]));
+        if let Some(tp) = tp {
+            req = req.header("traceparent", tp);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 200);
+    }
+    let stats: Value = emu
+        .admin(Method::GET, "/emulator/stats", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["total"], 5, "{stats}");
+    assert_eq!(
+        stats["traceparent"]["count"], 1,
+        "only the well-formed one: {stats}"
+    );
+    assert_eq!(stats["traceparent"]["last"], good);
+    let stats: Value = emu
+        .admin(Method::POST, "/emulator/stats/reset", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["traceparent"]["count"], 0);
+    assert!(stats["traceparent"]["last"].is_null());
+    emu.stop().await;
+}
+
+#[tokio::test]
 async fn reset_clears_users_stats_and_tokens() {
     let emu = Emu::start(EmulatorArgs { users: 3, ..args() }).await;
     let (_, body) = emu

@@ -1,22 +1,36 @@
-//! The command line: `rolesync serve | emulator | demo | submit | status | validate | policy
-//! check | hash-key` (`rolesync --help`).
+//! The command line (`rolesync --help`): the service and its tools (`serve`, `emulator`,
+//! `demo`, `validate`, `policy check`, `hash-key`, `completions`) and a client of a running
+//! service (`submit`, `jobs list | show | items | cancel | approve | watch`). What each command
+//! exits with is `exit::Exit`; how it prints is `output`.
 
-use crate::client::{Client, ClientArgs};
+use crate::client::{Client, ClientArgs, SubmitOptions};
+use crate::exit::Exit;
+use crate::output::{self, Output};
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{CommandFactory, Parser, Subcommand};
 use genesys_cloud_emulator::EmulatorArgs;
 use rolesync::configuration::Settings;
+use rolesync::domain::{JobStatus, Mode, Outcome};
 use rolesync::ingest::{self, BatchQuery, Format};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "rolesync",
     version,
-    about = "Keeps Genesys Cloud user roles in step with an HR system"
+    about = "Keeps Genesys Cloud user roles in step with an HR system",
+    after_help = "Exit codes: 0 succeeded (or done), 1 usage, connection or service error, \
+                  2 completed with errors (validate: invalid rows), 3 awaiting approval, \
+                  4 failed or cancelled, 5 not finished yet (--timeout ran out)."
 )]
 pub struct Cli {
+    /// How results are printed: aligned text, or the API's JSON for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -29,10 +43,16 @@ pub enum Command {
     Emulator(EmulatorArgs),
     /// Run the emulator and the service in one process, sync a sample batch, print the summary.
     Demo(crate::demo::DemoArgs),
-    /// Submit a batch file (CSV, NDJSON or JSON) to a running service.
+    /// Submit a batch file (CSV, NDJSON, a JSON array or envelope) to a running service.
     Submit(SubmitArgs),
-    /// Show a job of a running service.
-    Status(StatusArgs),
+    /// Read and steer the jobs of a running service.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// The same as `jobs show`.
+    #[command(hide = true)]
+    Status(JobArgs),
     /// Validate a batch file against the policy, offline: no service, no SCIM calls.
     Validate(ValidateArgs),
     /// Policy tools.
@@ -40,8 +60,31 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Print the SHA-256 of an API key, for `auth.keys.key_sha256`.
-    HashKey { key: String },
+    /// Print the SHA-256 of an API key, for `auth.keys.key_sha256`. The key is read from
+    /// standard input (its first line), never from the command line, where other users and the
+    /// shell history would see it.
+    HashKey,
+    /// Print a shell completion script: `rolesync completions bash > /etc/bash_completion.d/rolesync`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCommand {
+    /// Jobs, newest first.
+    List(ListArgs),
+    /// One job: status, counts, users, SCIM calls, estimate. Exits with the job's status code.
+    Show(JobArgs),
+    /// A job's rows with their outcomes and reasons.
+    Items(ItemsArgs),
+    /// Stop a job: nothing more is written (what was written is reported).
+    Cancel(JobArgs),
+    /// Release a job held in `awaiting_approval` (needs the `admin` scope).
+    Approve(JobArgs),
+    /// Follow a job with a progress bar until it ends; exits with its status code.
+    Watch(WatchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -57,28 +100,84 @@ pub struct ConfigArgs {
     pub config: Option<PathBuf>,
 }
 
+/// A closed vocabulary of the domain as a clap value: the accepted words are listed in `--help`
+/// and in the shell completions, and anything else is a usage error naming them.
+fn vocabulary<T>(all: &'static [T], word: fn(T) -> &'static str) -> impl TypedValueParser<Value = T>
+where
+    T: FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(all.iter().cloned().map(word)).try_map(|s| s.parse::<T>())
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct SubmitArgs {
+    /// The batch: .csv, .ndjson (or .jsonl), or .json (an array of assignments, or
+    /// {"mode", "dry_run", "assignments"}).
     pub file: PathBuf,
     #[command(flatten)]
     pub client: ClientArgs,
-    /// merge or replace
-    #[arg(long, default_value = "merge")]
-    pub mode: String,
+    /// How the roles meet the ones users hold. Unset: the file's own `mode`, else merge. A file
+    /// that says otherwise is refused.
+    #[arg(long, value_parser = vocabulary(Mode::ALL, Mode::as_str))]
+    pub mode: Option<Mode>,
+    /// Plan every row and write nothing, whatever the file says.
     #[arg(long)]
     pub dry_run: bool,
-    /// Wait for the job to finish, with a progress bar.
+    /// Wait for the job to end (or to wait for approval), with a progress bar; exit with its
+    /// status code.
     #[arg(long)]
     pub wait: bool,
+    /// With --wait: stop waiting after this many seconds (exit 5; the job goes on).
+    #[arg(long, value_name = "SECS", requires = "wait")]
+    pub timeout: Option<u64>,
+    /// Sent as `Idempotency-Key`: the same key and file give the same job, never a second one.
+    /// Unset, a new key is made and printed on standard error, to retry with.
     #[arg(long)]
     pub idempotency_key: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
-pub struct StatusArgs {
+pub struct JobArgs {
     pub job: String,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Stop watching after this many seconds (exit 5; the job goes on).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only jobs in this status.
+    #[arg(long, value_parser = vocabulary(JobStatus::ALL, JobStatus::as_str))]
+    pub status: Option<JobStatus>,
+    /// Jobs per page.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// The page after this one (the `next_cursor` of the previous page).
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ItemsArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Only rows with this outcome.
+    #[arg(long, value_parser = vocabulary(Outcome::ALL, Outcome::as_str))]
+    pub outcome: Option<Outcome>,
+    /// The service's CSV file (line, external_id, role_template, license_tier, outcome, reason,
+    /// detail): fix the rows in a spreadsheet and submit the file again as it is.
+    #[arg(long)]
+    pub csv: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -89,7 +188,19 @@ pub struct ValidateArgs {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // `--help` and `--version` are answers; anything else is a usage error, exit 1
+            // like every other error (clap's own code would be 2, which means something else here).
+            return if e.use_stderr() {
+                Exit::Error.into()
+            } else {
+                Exit::Success.into()
+            };
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,26 +208,34 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Error.into();
         }
     };
-    match runtime.block_on(run(cli.command)) {
-        Ok(code) => code,
+    match runtime.block_on(run(cli.command, cli.output)) {
+        Ok(exit) => exit.into(),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            Exit::Error.into()
         }
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<ExitCode> {
+async fn run(command: Command, output: Output) -> anyhow::Result<Exit> {
     match command {
         Command::Serve(args) => {
             let settings = Settings::load(args.config.as_deref())?;
-            rolesync::telemetry::init(settings.log.format, "info");
+            let telemetry = rolesync::telemetry::init_with_traces(
+                settings.log.format,
+                "info",
+                &settings.telemetry,
+            )?;
             let app = rolesync::startup::Application::build(settings).await?;
-            app.run_until_stopped(rolesync::startup::shutdown_signal())
-                .await?;
+            let served = app
+                .run_until_stopped(rolesync::startup::shutdown_signal())
+                .await;
+            // Last: the spans of the shutdown itself are flushed too, within the export bound.
+            telemetry.shutdown().await;
+            served?;
         }
         Command::Emulator(args) => {
             rolesync::telemetry::init(rolesync::domain::LogFormat::Pretty, "info");
@@ -126,12 +245,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             handle.shutdown().await;
         }
         Command::Demo(args) => return crate::demo::run(args).await,
-        Command::Submit(args) => return submit(args).await,
-        Command::Status(args) => {
-            let client = Client::new(&args.client)?;
-            let job = client.job(&args.job).await?;
-            println!("{}", serde_json::to_string_pretty(&job)?);
-        }
+        Command::Submit(args) => return submit(args, output).await,
+        Command::Jobs { command } => return jobs(command, output).await,
+        Command::Status(args) => return jobs(JobsCommand::Show(args), output).await,
         Command::Validate(args) => return validate(args).await,
         Command::Policy {
             command: PolicyCommand::Check(args),
@@ -139,18 +255,111 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let settings = Settings::load(args.config.as_deref())?;
             let (report, ok) = rolesync::policy::check_report(&settings.policy.file);
             println!("{report}");
-            return Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+            return Ok(if ok { Exit::Success } else { Exit::Error });
         }
-        Command::HashKey { key } => println!("{}", rolesync::http::auth::key_digest_hex(&key)),
+        Command::HashKey => {
+            let key = read_key(std::io::stdin().lock())?;
+            println!("{}", rolesync::http::auth::key_digest_hex(&key));
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "rolesync",
+                &mut std::io::stdout(),
+            );
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
-async fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+/// The API key on standard input: its first line without the line end. Bounded: a key is short.
+fn read_key(input: impl Read) -> anyhow::Result<String> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprint!("API key (then Enter): ");
+    }
+    let mut text = String::new();
+    input
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .context("standard input is not UTF-8 text")?;
+    let key = text.lines().next().unwrap_or("");
+    anyhow::ensure!(
+        !key.trim().is_empty(),
+        "no key on standard input: `printf %s \"$KEY\" | rolesync hash-key`"
+    );
+    anyhow::ensure!(
+        text.lines().skip(1).all(|l| l.trim().is_empty()),
+        "standard input holds more than one line; give one key"
+    );
+    Ok(key.to_owned())
+}
+
+async fn jobs(command: JobsCommand, output: Output) -> anyhow::Result<Exit> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        JobsCommand::List(args) => {
+            let client = Client::new(&args.client)?;
+            let list = client
+                .jobs(args.status, args.limit, args.cursor.as_deref())
+                .await?;
+            output::jobs(&mut out, &list, output)?;
+        }
+        JobsCommand::Show(args) => {
+            let job = Client::new(&args.client)?.job(&args.job).await?;
+            output::job(&mut out, &job, output)?;
+            return Ok(Exit::of_job(&job));
+        }
+        JobsCommand::Items(args) => {
+            let client = Client::new(&args.job.client)?;
+            if args.csv {
+                // Copied as it arrives: a job of any size is never held here.
+                let mut resp = client.items_csv(&args.job.job, args.outcome).await?;
+                while let Some(chunk) = resp.chunk().await.context("the CSV was cut short")? {
+                    out.write_all(&chunk)?;
+                }
+                out.flush()?;
+                return Ok(Exit::Success);
+            }
+            let mut printer = output::Items::start(&mut out, output)?;
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = client
+                    .items(&args.job.job, args.outcome, 1000, cursor.as_deref())
+                    .await?;
+                let items = page["items"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+                printer.page(&mut out, items)?;
+                match page["next_cursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_owned()),
+                    None => break,
+                }
+            }
+            printer.finish(&mut out)?;
+        }
+        JobsCommand::Cancel(args) => {
+            let job = Client::new(&args.client)?.cancel(&args.job).await?;
+            output::job(&mut out, &job, output)?;
+        }
+        JobsCommand::Approve(args) => {
+            let job = Client::new(&args.client)?.approve(&args.job).await?;
+            output::job(&mut out, &job, output)?;
+        }
+        JobsCommand::Watch(args) => {
+            let client = Client::new(&args.job.client)?;
+            let job = client.wait(&args.job.job, deadline(args.timeout)).await?;
+            output::job(&mut out, &job, output)?;
+            return Ok(Exit::of_job(&job));
+        }
+    }
+    Ok(Exit::Success)
+}
+
+fn deadline(timeout_secs: Option<u64>) -> Option<tokio::time::Instant> {
+    timeout_secs.map(|s| tokio::time::Instant::now() + std::time::Duration::from_secs(s))
+}
+
+/// Exits 0 when every row would be accepted, 2 when some would be rejected.
+async fn validate(args: ValidateArgs) -> anyhow::Result<Exit> {
     let settings = Settings::load(args.config.config.as_deref())?;
     let policy = rolesync::policy::Policy::load(&settings.policy.file)?;
     let format = Format::from_path(&args.file)
@@ -170,13 +379,15 @@ async fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(if report.valid {
-        ExitCode::SUCCESS
+        Exit::Success
     } else {
-        ExitCode::FAILURE
+        Exit::CompletedWithErrors
     })
 }
 
-async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+/// Streams the file to `POST /v1/jobs` with an Idempotency-Key (printed on standard error, so
+/// standard output stays the job), then waits for the job if asked.
+async fn submit(args: SubmitArgs, output: Output) -> anyhow::Result<Exit> {
     let client = Client::new(&args.client)?;
     let format = Format::from_path(&args.file)
         .context("the file must end in .csv, .ndjson, .jsonl or .json")?;
@@ -188,30 +399,48 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         file,
         256 * 1024,
     ));
-    let job = client
-        .submit(
-            format,
-            body,
-            &args.mode,
-            args.dry_run,
-            args.idempotency_key.as_deref(),
-        )
-        .await?;
+    let key = args
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    eprintln!("Idempotency-Key: {key}  (to retry safely: --idempotency-key {key})");
+    let options = SubmitOptions {
+        mode: args.mode,
+        dry_run: args.dry_run,
+    };
+    let job = client.submit(format, body, options, &key).await?;
+    let mut out = std::io::stdout().lock();
+    if !args.wait {
+        output::job(&mut out, &job, output)?;
+        return Ok(Exit::Success);
+    }
     let id = job
         .get("job_id")
         .and_then(|v| v.as_str())
-        .unwrap_or_default()
+        .context("the service answered a job without job_id")?
         .to_owned();
-    if !args.wait {
-        println!("{}", serde_json::to_string_pretty(&job)?);
-        return Ok(ExitCode::SUCCESS);
+    let job = client.wait(&id, deadline(args.timeout)).await?;
+    output::job(&mut out, &job, output)?;
+    Ok(Exit::of_job(&job))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
-    let job = client.wait_with_progress(&id).await?;
-    println!("{}", serde_json::to_string_pretty(&job)?);
-    let ok = job.get("status").and_then(|s| s.as_str()) == Some("succeeded");
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+
+    #[test]
+    fn the_key_is_the_first_line_without_its_end() {
+        let key = |s: &str| read_key(s.as_bytes()).map_err(|e| e.to_string());
+        assert_eq!(key("secret\n"), Ok("secret".to_owned()));
+        assert_eq!(key("secret\r\n\n"), Ok("secret".to_owned()));
+        assert_eq!(key("secret"), Ok("secret".to_owned()));
+        assert!(key("").is_err());
+        assert!(key("\n").is_err());
+        assert!(key("one\ntwo\n").is_err());
+    }
 }

@@ -3,6 +3,8 @@
 mod cli;
 mod client;
 mod demo;
+mod exit;
+mod output;
 
 use std::process::ExitCode;
 
