@@ -102,8 +102,10 @@ pub fn router(state: AppState) -> Router {
         // The request span and the access line, around everything that can answer (a panic
         // turned 500 and a time-out included); it also sets and echoes `x-request-id`.
         .layer(middleware::from_fn(access::access_log))
+        // Both carry an API key: `Authorization` for `/v1`, the console's cookie for `/ui`.
         .layer(SetSensitiveRequestHeadersLayer::new([
             axum::http::header::AUTHORIZATION,
+            axum::http::header::COOKIE,
         ]))
         .with_state(state)
 }

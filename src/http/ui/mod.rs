@@ -1,74 +1,89 @@
-//! `/ui`: a read-only console for operators, server-rendered HTML, no JavaScript.
+//! `/ui`: a read-only console for operators, server-rendered HTML; no script at all (a page of a
+//! job still running reloads itself with `<meta http-equiv="refresh">`).
 //!
 //! Sign-in: `/ui/login` takes an API key, checks it exactly as the API does
-//! (`auth::authenticate`) and requires `jobs:read`; the browser then holds only a random session
-//! id in a cookie that is `HttpOnly; Secure; SameSite=Strict; Path=/ui` (`session`). Browsers
-//! send `Secure` cookies over plain http only to localhost, so behind anything else the console
-//! needs TLS in front of it. CSRF: the only state-changing requests are the sign-in and sign-out
-//! form posts; a `SameSite=Strict` cookie is not sent on cross-site requests, so another site can
-//! neither act with a session nor see a page (and forcing a sign-in needs the key).
-//! The pages read through the same store calls and views as `/v1`, so their numbers match.
+//! (`auth::authenticate`) and requires `jobs:read`; the browser then keeps it in an `HttpOnly;
+//! Secure; SameSite=Strict; Path=/ui` cookie, checked again on every page (`cookie`). CSRF: the
+//! only posts are the sign-in and the sign-out, refused when the browser says they come from
+//! another site (`cookie::cross_site`); every other route only reads. The pages read through
+//! the same store calls and views as `/v1`, so their numbers are the API's; the CSV of rejected
+//! rows is `GET /v1/jobs/{id}/items`'s CSV (`items_csv`).
 
-mod csv_export;
+mod cookie;
 mod html;
 mod pages;
-mod session;
 
 use super::AppState;
 use super::auth::{Caller, Scope, authenticate};
+use super::items_csv;
 use super::views::{ItemView, JobView};
 use crate::domain::Outcome;
 use crate::error::ApiError;
-use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Form, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Router, middleware};
+use axum::{Router, middleware};
 use html::Html;
 use serde::Deserialize;
-use session::{MAX_SESSIONS, SESSION_TTL, Sessions, cookie_value};
-use std::sync::Arc;
 
-const COOKIE: &str = "rolesync_session";
 /// Jobs on a page of `/ui/jobs`, and rejected rows on a page of `/ui/jobs/{id}`.
 const PAGE: i64 = 50;
 /// A sign-in form is one short field: anything bigger is refused before it is read.
 const MAX_FORM_BYTES: usize = 4096;
+/// Seconds between reloads of a page that shows a job still going.
+const REFRESH_SECS: u32 = 5;
+/// The one stylesheet (`style-src 'self'`: no inline style).
+const STYLESHEET: &str = include_str!("console.css");
 
-/// The console's routes, with their own session table (one per router, so per service).
+/// The policy every console answer carries: nothing but this origin's stylesheet and forms,
+/// no script of any kind, no framing.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'none'; object-src 'none'; \
+     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// The console's routes.
 pub fn routes() -> Router<AppState> {
-    let sessions = Arc::new(Sessions::new(MAX_SESSIONS, SESSION_TTL));
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/jobs") }))
+        .route("/ui/", get(|| async { Redirect::to("/ui/jobs") }))
+        .route("/ui/console.css", get(stylesheet))
         .route("/ui/login", get(login_form).post(login))
         .route("/ui/logout", post(logout))
         .route("/ui/jobs", get(jobs))
         .route("/ui/jobs/{id}", get(job))
         .route("/ui/jobs/{id}/rejected.csv", get(rejected_csv))
         .route("/ui/policy", get(policy))
-        .layer(Extension(sessions))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(middleware::map_response(harden))
 }
 
-/// Every console answer: no caching of what a signed-in operator saw, no framing, no scripts.
+/// Every console answer: the CSP, no caching of what a signed-in operator saw, no sniffing,
+/// no referrer (a job id in a URL stays here).
 async fn harden(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     resp
+}
+
+async fn stylesheet() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        STYLESHEET,
+    )
+        .into_response()
 }
 
 fn html(status: StatusCode, body: String) -> Response {
@@ -99,35 +114,40 @@ impl IntoResponse for UiError {
     fn into_response(self) -> Response {
         let status = self.0.status();
         let text = if status.is_server_error() {
-            // Logged by the API error's own answer, which is then dropped.
+            // The API error's own answer logs the cause; its body is dropped.
             let _ = self.0.into_response();
             "an internal error occurred".to_owned()
         } else {
             self.0.to_string()
         };
         let title = status.canonical_reason().unwrap_or("Error");
-        html(status, pages::page(title, None, pages::message(&text)))
+        html(
+            status,
+            pages::page(title, None, None, pages::message(&text)),
+        )
     }
 }
 
-/// A signed-in operator whose key may read jobs. Without a valid session: a redirect to the
-/// sign-in form.
+/// A signed-in operator whose key may read jobs. Without a valid sign-in: a redirect to the
+/// sign-in form; with a key that lacks `jobs:read` (its scopes changed since): 403.
 struct Operator(Caller);
 
 impl FromRequestParts<AppState> for Operator {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Operator, Response> {
-        let sessions = parts.extensions.get::<Arc<Sessions>>();
-        let caller = parts
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|v| cookie_value(v, COOKIE))
-            .and_then(|id| sessions?.get(id));
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Operator, Response> {
+        let caller =
+            cookie::presented_key(&parts.headers).and_then(|key| authenticate(&state.keys, &key));
         let Some(caller) = caller else {
-            return Err(Redirect::to("/ui/login").into_response());
+            // Right after a sign-in the cookie must be there: if it is not, the browser refused
+            // it (a `Secure` cookie over plain http to a host other than localhost).
+            let just_signed_in = parts.uri.query() == Some("signed_in");
+            let to = if just_signed_in {
+                "/ui/login?cookie_refused"
+            } else {
+                "/ui/login"
+            };
+            return Err(Redirect::to(to).into_response());
         };
         caller
             .require(Scope::JobsRead)
@@ -136,10 +156,14 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
-async fn login_form() -> Response {
+async fn login_form(uri: axum::http::Uri) -> Response {
+    let why = (uri.query() == Some("cookie_refused")).then_some(
+        "Your browser did not keep the sign-in: its cookie is Secure, so browsers keep it only \
+         over https (or on localhost). Open the console over https.",
+    );
     html(
         StatusCode::OK,
-        pages::page("Sign in", None, pages::login(None)),
+        pages::page("Sign in", None, None, pages::login(why)),
     )
 }
 
@@ -150,11 +174,26 @@ struct LoginForm {
 
 async fn login(
     State(state): State<AppState>,
-    Extension(sessions): Extension<Arc<Sessions>>,
-    Form(form): Form<LoginForm>,
+    headers: HeaderMap,
+    form: Form<LoginForm>,
 ) -> Response {
-    let refuse = |status, why: &str| html(status, pages::page("Sign in", None, pages::login(Some(why))));
-    let Some(caller) = authenticate(&state.keys, form.key.trim()) else {
+    let refuse = |status, why: &str| {
+        html(
+            status,
+            pages::page("Sign in", None, None, pages::login(Some(why))),
+        )
+    };
+    if cookie::cross_site(&headers) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "Sign in from the console's own page.",
+        );
+    }
+    let key = form.0.key.trim();
+    let caller = (key.len() <= cookie::MAX_KEY_BYTES)
+        .then(|| authenticate(&state.keys, key))
+        .flatten();
+    let Some(caller) = caller else {
         return refuse(StatusCode::UNAUTHORIZED, "That API key is not valid.");
     };
     if caller.require(Scope::JobsRead).is_err() {
@@ -164,34 +203,21 @@ async fn login(
         );
     }
     tracing::info!(key = %caller.key_name, "console sign-in");
-    let id = sessions.open(caller);
-    let cookie = format!(
-        "{COOKIE}={id}; HttpOnly; Secure; SameSite=Strict; Path=/ui; Max-Age={}",
-        SESSION_TTL.as_secs()
-    );
-    let mut resp = Redirect::to("/ui/jobs").into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
+    let mut resp = Redirect::to("/ui/jobs?signed_in").into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie::sign_in(key)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     resp
 }
 
-async fn logout(
-    Extension(sessions): Extension<Arc<Sessions>>,
-    headers: axum::http::HeaderMap,
-) -> Response {
-    for v in headers.get_all(header::COOKIE) {
-        if let Some(id) = v.to_str().ok().and_then(|v| cookie_value(v, COOKIE)) {
-            sessions.close(id);
-        }
+async fn logout(headers: HeaderMap) -> Response {
+    if cookie::cross_site(&headers) {
+        return UiError(ApiError::Forbidden(Scope::JobsRead)).into_response();
     }
     let mut resp = Redirect::to("/ui/login").into_response();
-    resp.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static(
-            "rolesync_session=; HttpOnly; Secure; SameSite=Strict; Path=/ui; Max-Age=0",
-        ),
-    );
+    if let Ok(v) = HeaderValue::from_str(&cookie::sign_out()) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
     resp
 }
 
@@ -214,10 +240,16 @@ async fn jobs(
         .then(|| jobs.last().map(|j| j.id.clone()))
         .flatten();
     let views: Vec<JobView> = jobs.iter().map(JobView::new).collect();
+    let going = views.iter().any(|j| !j.status.is_terminal());
     let body = pages::jobs(&views, next.as_deref());
     Ok(html(
         StatusCode::OK,
-        pages::page("Jobs", Some(&who.key_name), body),
+        pages::page(
+            "Jobs",
+            Some(&who.key_name),
+            going.then_some(REFRESH_SECS),
+            body,
+        ),
     ))
 }
 
@@ -238,7 +270,10 @@ async fn job(
     let after = match q.after.as_deref() {
         None => None,
         Some(a) => Some(a.parse::<i64>().map_err(|_| {
-            UiError(ApiError::field("after", "not a line number from a previous page"))
+            UiError(ApiError::field(
+                "after",
+                "not a line number from a previous page",
+            ))
         })?),
     };
     let record = find(&state, &id).await?;
@@ -255,14 +290,17 @@ async fn job(
         &view,
         pages::RejectedPage {
             items: &items,
+            first_page: after.is_none(),
             next_after,
         },
         state.settings.target.requests_per_minute,
     );
     let title = format!("Job {}", view.job_id);
+    // A later page of rejected rows is being read: no reload under the reader.
+    let refresh = (!view.status.is_terminal() && after.is_none()).then_some(REFRESH_SECS);
     Ok(html(
         StatusCode::OK,
-        pages::page(&title, Some(&who.key_name), body),
+        pages::page(&title, Some(&who.key_name), refresh, body),
     ))
 }
 
@@ -286,18 +324,21 @@ async fn policy(State(state): State<AppState>, Operator(who): Operator) -> Respo
     body.append(pages::policy(&policy, &privileged));
     html(
         StatusCode::OK,
-        pages::page("Policy", Some(&who.key_name), body),
+        pages::page("Policy", Some(&who.key_name), None, body),
     )
 }
 
-/// `/ui/jobs/{id}/rejected.csv`: the job's rejected rows, streamed a page at a time, in the
-/// columns of `GET /v1/jobs/{id}/items` as CSV, which a batch upload reads back as it is.
+/// `/ui/jobs/{id}/rejected.csv`: what `GET /v1/jobs/{id}/items?outcome=rejected` answers with
+/// `Accept: text/csv` (a link cannot send that header, nor the API's `Authorization`).
 async fn rejected_csv(
     State(state): State<AppState>,
     Operator(_): Operator,
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
     let job = find(&state, &id).await?;
-    Ok(csv_export::rejected(state.store.clone(), job.id))
+    Ok(items_csv::response(
+        state.store.clone(),
+        job.id,
+        Some(Outcome::Rejected),
+    ))
 }
-

@@ -7,19 +7,24 @@ use crate::domain::JobStatus;
 use crate::http::views::{ItemView, JobView};
 use crate::policy::Policy;
 
-/// A whole page: head, navigation (when signed in) and `body`.
-pub fn page(title: &str, signed_in_as: Option<&str>, body: Html) -> String {
+/// A whole page: head, navigation (when signed in) and `body`; `refresh` reloads it every so
+/// many seconds (a job still going), with no script.
+pub fn page(title: &str, signed_in_as: Option<&str>, refresh: Option<u32>, body: Html) -> String {
     let mut h = Html::new();
     h.raw("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">")
-        .raw("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">")
-        .raw("<title>")
+        .raw("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">");
+    if let Some(secs) = refresh {
+        h.raw("<meta http-equiv=\"refresh\" content=\"")
+            .text(secs)
+            .raw("\">");
+    }
+    h.raw("<title>")
         .text(title)
-        .raw(" · rolesync</title><style>")
-        .raw(STYLE)
-        .raw("</style></head><body><header><strong>rolesync</strong>");
+        .raw(" · rolesync</title><link rel=\"stylesheet\" href=\"/ui/console.css\">")
+        .raw("</head><body><header><strong>rolesync</strong>");
     if let Some(name) = signed_in_as {
         h.raw(" <nav><a href=\"/ui/jobs\">Jobs</a> <a href=\"/ui/policy\">Policy</a></nav>")
-            .raw("<form method=\"post\" action=\"/ui/logout\" class=\"signout\"><span>")
+            .raw("<form method=\"post\" action=\"/ui/logout\" class=\"signout\"><span id=\"signed-in-as\">")
             .text(name)
             .raw("</span> <button type=\"submit\">Sign out</button></form>");
     }
@@ -31,18 +36,13 @@ pub fn page(title: &str, signed_in_as: Option<&str>, body: Html) -> String {
     h.into_string()
 }
 
-const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222}\
-header{display:flex;gap:1.5em;align-items:center;padding:.6em 1em;background:#24364b;color:#fff}\
-header a{color:#fff;margin-right:1em}.signout{margin-left:auto}main{padding:1em}\
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}\
-th{background:#f0f3f6}td.n{text-align:right;font-variant-numeric:tabular-nums}\
-progress{width:8em}.err{color:#a00000}.muted{color:#666}code{font-size:12px}";
-
 /// The sign-in form, with why the last attempt failed.
 pub fn login(message: Option<&str>) -> Html {
     let mut h = Html::new();
     if let Some(m) = message {
-        h.raw("<p class=\"err\" role=\"alert\">").text(m).raw("</p>");
+        h.raw("<p class=\"err\" role=\"alert\">")
+            .text(m)
+            .raw("</p>");
     }
     h.raw("<form method=\"post\" action=\"/ui/login\">")
         .raw("<label>API key <input type=\"password\" name=\"key\" autocomplete=\"off\" required autofocus></label> ")
@@ -99,7 +99,9 @@ fn progress(h: &mut Html, job: &JobView) {
 }
 
 fn status_cell(h: &mut Html, status: JobStatus) {
-    h.raw("<td data-field=\"status\">").text(status).raw("</td>");
+    h.raw("<td data-field=\"status\">")
+        .text(status)
+        .raw("</td>");
 }
 
 fn num(h: &mut Html, field: &'static str, value: impl std::fmt::Display) {
@@ -124,10 +126,12 @@ pub fn jobs(jobs: &[JobView], next_cursor: Option<&str>) -> Html {
         h.raw("<p>No jobs.</p>");
         return h;
     }
-    h.raw("<table id=\"jobs\"><thead><tr><th>Job</th><th>Status</th><th>Mode</th><th>Progress</th>")
-        .raw("<th>Rows</th><th>Applied</th><th>Unchanged</th><th>Rejected</th><th>Not found</th>")
-        .raw("<th>Failed</th><th>Cancelled</th><th>Pending</th><th>Rows/s</th><th>ETA</th>")
-        .raw("<th>Created</th><th>Finished</th></tr></thead><tbody>");
+    h.raw(
+        "<table id=\"jobs\"><thead><tr><th>Job</th><th>Status</th><th>Mode</th><th>Progress</th>",
+    )
+    .raw("<th>Rows</th><th>Applied</th><th>Unchanged</th><th>Rejected</th><th>Not found</th>")
+    .raw("<th>Failed</th><th>Cancelled</th><th>Pending</th><th>Rows/s</th><th>ETA</th>")
+    .raw("<th>Created</th><th>Finished</th></tr></thead><tbody>");
     for j in jobs {
         h.raw("<tr data-job=\"")
             .text(&j.job_id)
@@ -173,6 +177,8 @@ pub fn jobs(jobs: &[JobView], next_cursor: Option<&str>) -> Html {
 /// What `/ui/jobs/{id}` shows besides the job: one page of its rejected rows.
 pub struct RejectedPage<'a> {
     pub items: &'a [ItemView],
+    /// Whether this is the first page (else it links back to it).
+    pub first_page: bool,
     /// The line after which the next page starts, if there is one.
     pub next_after: Option<i64>,
 }
@@ -232,15 +238,25 @@ pub fn job(j: &JobView, rejected: RejectedPage<'_>, requests_per_minute: u32) ->
     num(&mut h, "users.unchanged", j.users.unchanged);
     h.raw("</tr></tbody></table>");
 
-    // Calls against the limit: the average rate so far beside the configured ceiling.
+    // Calls against the limits: the calls made beside the plan's (reads, and one write per user
+    // at most), and the average rate so far beside the ceiling rolesync holds to.
     let per_minute = if j.elapsed_secs > 0.0 {
         (j.scim.requests as f64 / j.elapsed_secs * 60.0).round() as i64
     } else {
         0
     };
-    h.raw("<h2>SCIM calls</h2><table id=\"scim\"><thead><tr><th>Requests</th><th>Retries</th>")
-        .raw("<th>Rate limited (429)</th><th>Average per minute</th><th>Limit per minute</th></tr></thead><tbody><tr>");
+    h.raw("<h2>SCIM calls</h2><table id=\"scim\"><thead><tr><th>Requests</th><th>Planned (at most)</th>")
+        .raw("<th>Retries</th><th>Rate limited (429)</th><th>Average per minute</th><th>Limit per minute</th></tr></thead><tbody><tr>");
     num(&mut h, "scim.requests", j.scim.requests);
+    h.raw("<td class=\"n\">");
+    opt(
+        &mut h,
+        j.estimate
+            .as_ref()
+            .map(|e| (e.reads + e.writes_max).to_string())
+            .as_deref(),
+    );
+    h.raw("</td>");
     num(&mut h, "scim.retries", j.scim.retries);
     num(&mut h, "scim.rate_limited", j.scim.rate_limited);
     num(&mut h, "scim.per_minute", per_minute);
@@ -261,10 +277,16 @@ pub fn job(j: &JobView, rejected: RejectedPage<'_>, requests_per_minute: u32) ->
             num(&mut h, "estimate.reads", e.reads);
             num(&mut h, "estimate.lookups", e.lookups);
             num(&mut h, "estimate.writes_max", e.writes_max);
-            h.raw("<td>").text(duration(e.eta_secs)).raw("</td><td class=\"n\">");
+            h.raw("<td>")
+                .text(duration(e.eta_secs))
+                .raw("</td><td class=\"n\">");
             opt(&mut h, e.org_users.map(|n| n.to_string()).as_deref());
             h.raw("</td>");
-            num(&mut h, "estimate.requests_per_minute", e.requests_per_minute);
+            num(
+                &mut h,
+                "estimate.requests_per_minute",
+                e.requests_per_minute,
+            );
             h.raw("</tr></tbody></table>");
             if let Some(p) = &e.privileged {
                 h.raw("<p>Grants privileged roles: <code>")
@@ -294,7 +316,7 @@ pub fn job(j: &JobView, rejected: RejectedPage<'_>, requests_per_minute: u32) ->
         .text(&j.job_id)
         .raw("/rejected.csv\">Download all rejected rows (CSV)</a></p>");
     if rejected.items.is_empty() {
-        h.raw("<p class=\"muted\">None on this page.</p>");
+        h.raw("<p class=\"muted\">No rejected rows.</p>");
     } else {
         h.raw("<table id=\"rejected\"><thead><tr><th>Line</th><th>External id</th><th>Role template</th>")
             .raw("<th>License tier</th><th>Reason</th><th>Detail</th></tr></thead><tbody>");
@@ -319,6 +341,11 @@ pub fn job(j: &JobView, rejected: RejectedPage<'_>, requests_per_minute: u32) ->
             h.raw("</td></tr>");
         }
         h.raw("</tbody></table>");
+    }
+    if !rejected.first_page {
+        h.raw("<p><a id=\"first-rejected\" href=\"/ui/jobs/")
+            .text(&j.job_id)
+            .raw("\">← First rejected rows</a></p>");
     }
     if let Some(after) = rejected.next_after {
         h.raw("<p><a id=\"more-rejected\" href=\"/ui/jobs/")
