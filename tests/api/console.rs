@@ -140,10 +140,35 @@ async fn a_good_key_signs_in_with_a_locked_down_cookie_and_a_bad_one_does_not() 
         assert!(resp.headers().get("set-cookie").is_none(), "{key}");
         assert!(resp.text().await.unwrap().contains(why), "{key}");
     }
+    // A cookie made by hand for that key opens nothing either.
+    let handmade = format!("rolesync_console={}", base64_url("upload-only-key"));
+    let resp = visit(&app, &handmade, "/ui/jobs").await;
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("jobs:read"));
     // A key far beyond any real one is refused without being hashed, and a form beyond the
     // bound is refused before it is read.
     assert_eq!(sign_in(&app, &"k".repeat(2000)).await.status(), 401);
     assert_eq!(sign_in(&app, &"k".repeat(10_000)).await.status(), 413);
+    // Posts that are not the form: their 4xx, on the sign-in page.
+    for (content_type, body, status) in [
+        ("application/x-www-form-urlencoded", "other=1", 422),
+        ("application/json", "{\"key\": \"x\"}", 415),
+    ] {
+        let resp = browserless()
+            .post(format!("{}/ui/login", app.address))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{content_type}");
+        assert!(resp.headers().get("set-cookie").is_none());
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.contains("The sign-in form could not be read"),
+            "{text}"
+        );
+    }
 }
 
 #[tokio::test]

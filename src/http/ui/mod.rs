@@ -19,6 +19,7 @@ use super::items_csv;
 use super::views::{ItemView, JobView};
 use crate::domain::Outcome;
 use crate::error::ApiError;
+use axum::extract::rejection::FormRejection;
 use axum::extract::{DefaultBodyLimit, Form, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -175,7 +176,7 @@ struct LoginForm {
 async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
-    form: Form<LoginForm>,
+    form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
     let refuse = |status, why: &str| {
         html(
@@ -189,7 +190,20 @@ async fn login(
             "Sign in from the console's own page.",
         );
     }
-    let key = form.0.key.trim();
+    // A post that is not the form (no `key`, another content type, too big): its 4xx, shown.
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(rejection) => {
+            return refuse(
+                rejection.status(),
+                &format!(
+                    "The sign-in form could not be read: {}",
+                    rejection.body_text()
+                ),
+            );
+        }
+    };
+    let key = form.key.trim();
     let caller = (key.len() <= cookie::MAX_KEY_BYTES)
         .then(|| authenticate(&state.keys, key))
         .flatten();
