@@ -556,7 +556,10 @@ fn browser() -> Option<(PathBuf, PathBuf)> {
                 "`{} -c \"import playwright.sync_api\"` failed ({}); run .ci/run or pip install \
                  playwright==1.65.2 and set ROLESYNC_TEST_PYTHON",
                 python.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
             ));
         }
         Err(e) => return skip(format!("cannot run {}: {e}", python.display())),
