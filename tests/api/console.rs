@@ -526,6 +526,35 @@ async fn a_job_not_over_reloads_its_page_and_shows_why_it_waits() {
     assert!(!later.contains("http-equiv=\"refresh\""));
 }
 
+#[tokio::test]
+async fn a_paused_job_shows_why_as_the_api_does() {
+    let app = spawn_app_with(TestOptions {
+        config: "[target]\nmax_attempts = 2\nmax_retry_secs = 1\n".into(),
+        ..TestOptions::default()
+    })
+    .await;
+    let users = seed_n(&app, "Q", 5).await;
+    // The target is down for longer than the test: the job pauses and stays paused.
+    app.set_faults(serde_json::json!({"outage_secs": 120}))
+        .await;
+    let job = app
+        .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let api_job = app.wait_for(&id, &["paused"]).await;
+    let cookie = signed_in(&app, READER_KEY).await;
+    let page = html(&app, &cookie, &format!("/ui/jobs/{id}")).await;
+    assert_eq!(field(&page, "status"), "paused");
+    assert_eq!(field(&page, "paused_reason"), "target_unavailable");
+    assert_eq!(
+        field(&page, "paused_reason"),
+        api(&api_job, "paused_reason")
+    );
+    assert!(page.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
+    let list = html(&app, &cookie, "/ui/jobs").await;
+    assert!(list.contains("<td data-field=\"status\">paused</td>"));
+}
+
 // ----- in a real browser --------------------------------------------------------------------
 
 /// A Python with playwright (`ROLESYNC_TEST_PYTHON`, set by `.ci/run`; else the venv it makes
