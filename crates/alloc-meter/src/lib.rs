@@ -2,12 +2,13 @@
 //! the system allocator and counts, per thread, the bytes live and their peak since the last
 //! `reset`. Per thread, so tests running in parallel on other threads do not disturb a count.
 //!
-//! ```ignore
+//! ```
 //! #[global_allocator]
 //! static METER: alloc_meter::Meter = alloc_meter::Meter;
-//! alloc_meter::reset();
-//! parse(input);
-//! assert!(alloc_meter::peak() < 4 << 20);
+//!
+//! let (len, peak) = alloc_meter::measure(|| vec![0u8; 1 << 20].len());
+//! assert_eq!(len, 1 << 20);
+//! assert!(peak >= 1 << 20 && peak < 2 << 20, "the megabyte is counted: {peak}");
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
