@@ -69,6 +69,7 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
 #[utoipa::path(
     get,
     path = "/openapi.json",
+    operation_id = "openapi",
     tag = "operations",
     security(()),
     responses(

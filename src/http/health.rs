@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 #[utoipa::path(
     get,
     path = "/healthz",
+    operation_id = "healthz",
     tag = "operations",
     security(()),
     responses(
@@ -53,6 +54,7 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Health>
 #[utoipa::path(
     get,
     path = "/readyz",
+    operation_id = "readyz",
     tag = "operations",
     security(()),
     responses(
@@ -109,6 +111,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
 #[utoipa::path(
     get,
     path = "/metrics",
+    operation_id = "metrics",
     tag = "operations",
     security(()),
     responses(

@@ -59,6 +59,7 @@ pub(super) const CSV_EXAMPLE: &str = "external_id,role_template,license_tier\nEM
 #[utoipa::path(
     post,
     path = "/v1/jobs",
+    operation_id = "submitJob",
     tag = "jobs",
     params(
         BatchQuery,
@@ -314,6 +315,7 @@ fn limit(limit: Option<i64>) -> ApiResult<i64> {
 #[utoipa::path(
     get,
     path = "/v1/jobs",
+    operation_id = "listJobs",
     tag = "jobs",
     params(JobsQuery),
     responses(
@@ -357,6 +359,7 @@ pub async fn list(
 #[utoipa::path(
     get,
     path = "/v1/jobs/{id}",
+    operation_id = "getJob",
     tag = "jobs",
     params(("id" = String, Path, description = "The job's id (`job_id`)")),
     responses(
@@ -389,6 +392,7 @@ pub async fn get(
 #[utoipa::path(
     get,
     path = "/v1/jobs/{id}/items",
+    operation_id = "listJobItems",
     tag = "jobs",
     params(("id" = String, Path, description = "The job's id (`job_id`)"), ItemsQuery),
     responses(
@@ -453,6 +457,7 @@ pub async fn items(
 #[utoipa::path(
     post,
     path = "/v1/jobs/{id}/cancel",
+    operation_id = "cancelJob",
     tag = "jobs",
     params(("id" = String, Path, description = "The job's id (`job_id`)")),
     responses(
@@ -497,6 +502,7 @@ pub async fn cancel(
 #[utoipa::path(
     post,
     path = "/v1/jobs/{id}/approve",
+    operation_id = "approveJob",
     tag = "jobs",
     params(("id" = String, Path, description = "The job's id (`job_id`)")),
     responses(

@@ -16,6 +16,7 @@ use axum::extract::{Path, State};
 #[utoipa::path(
     get,
     path = "/v1/policy",
+    operation_id = "getPolicy",
     tag = "policy",
     responses(
         (status = 200, description = "The policy in force", body = PolicySummary),
@@ -41,6 +42,7 @@ pub async fn get(State(state): State<AppState>, caller: Caller) -> ApiResult<Jso
 #[utoipa::path(
     get,
     path = "/v1/policy/roles/{name}",
+    operation_id = "getRole",
     tag = "policy",
     params(("name" = String, Path, description = "The role's name, as in the catalog", example = "Supervisor")),
     responses(

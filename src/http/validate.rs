@@ -33,6 +33,7 @@ pub const MAX_LISTED_ERRORS: usize = 1000;
 #[utoipa::path(
     post,
     path = "/v1/validate",
+    operation_id = "validateBatch",
     tag = "jobs",
     params(BatchQuery),
     request_body(

@@ -28,6 +28,7 @@ pub struct DeliveriesQuery {
 #[utoipa::path(
     get,
     path = "/v1/webhooks/deliveries",
+    operation_id = "listDeliveries",
     tag = "webhooks",
     params(DeliveriesQuery),
     responses(
@@ -68,6 +69,7 @@ pub async fn list(
 #[utoipa::path(
     post,
     path = "/v1/webhooks/deliveries/{id}/redeliver",
+    operation_id = "redeliverEvent",
     tag = "webhooks",
     params(("id" = String, Path, description = "The event's id (`event_id`)")),
     responses(

@@ -142,10 +142,16 @@ async fn the_document_describes_every_operation_with_its_errors_and_bodies() {
         "bearer"
     );
 
+    let mut operation_ids = BTreeSet::new();
     for (method, path) in documented(&doc) {
         let op = &doc["paths"][&path][method.to_lowercase()];
         let name = format!("{method} {path}");
         assert!(op["summary"].is_string(), "{name}: no summary");
+        assert!(
+            operation_ids.insert(op["operationId"].as_str().unwrap().to_owned()),
+            "{name}: operationId {} is not unique",
+            op["operationId"]
+        );
         let responses = op["responses"].as_object().unwrap();
         if path.starts_with("/v1/") {
             assert_eq!(
