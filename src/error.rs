@@ -7,14 +7,17 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 /// A per-field or per-line problem.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FieldError {
     /// The field (`assignments[3].external_id`, `mode`) or `line 7`.
     pub field: String,
     pub message: String,
+    /// The line of the body, when the problem is on one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false)]
     pub line: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false)]
     pub column: Option<u64>,
 }
 
@@ -132,31 +135,54 @@ impl ApiError {
     }
 
     fn type_slug(&self) -> &'static str {
-        match self {
-            ApiError::BadRequest { .. } => "bad-request",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound(_) => "not-found",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::PayloadTooLarge(_) => "payload-too-large",
-            ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
-            ApiError::Unprocessable { .. } => "unprocessable",
-            ApiError::TooManyRequests { .. } => "too-many-requests",
-            ApiError::Unavailable { .. } => "unavailable",
-            ApiError::Store(_) | ApiError::Internal(_) => "internal",
-        }
+        slug_of(self.status())
     }
 }
 
-/// The problem+json body.
-#[derive(Debug, Serialize)]
+/// The `type` slug of a problem of this status (`https://rolesync.dev/problems/<slug>`): one
+/// per status code, used by the errors themselves and by the examples of the API document.
+pub fn slug_of(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad-request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        StatusCode::TOO_MANY_REQUESTS => "too-many-requests",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::INTERNAL_SERVER_ERROR => "internal",
+        s if s.is_server_error() => "internal",
+        _ => "bad-request",
+    }
+}
+
+/// The problem+json body (RFC 9457).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "https://rolesync.dev/problems/bad-request",
+    "title": "Bad Request",
+    "status": 400,
+    "detail": "assignments[0].role_template: required string field is missing",
+    "errors": [{"field": "assignments[0].role_template", "message": "required string field is missing"}]
+}))]
 pub struct Problem {
+    /// `https://rolesync.dev/problems/<slug>`, one slug per status code.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The status code's reason phrase.
     pub title: String,
     pub status: u16,
+    /// What went wrong, for people; names the field or line when there is one.
     pub detail: String,
+    /// Per-field or per-line problems (a malformed body, a refused parameter); absent when
+    /// there are none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
     pub errors: Vec<FieldError>,
 }
 

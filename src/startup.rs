@@ -127,6 +127,11 @@ impl Application {
         &self.state.store
     }
 
+    /// The HTTP routes `run_until_stopped` serves.
+    pub fn router(&self) -> axum::Router {
+        router(self.state.clone())
+    }
+
     /// Serves until `shutdown` resolves, then stops in order: stop accepting, let in-flight
     /// chunks finish (or release them) within `server.shutdown_grace_secs`, stop delivering.
     pub async fn run_until_stopped(

@@ -76,7 +76,7 @@ vocabulary! {
 }
 
 /// Per-outcome row counts of a job (`counts` in the API); they always add up to `total`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Counts {
     pub total: i64,
     pub pending: i64,
@@ -116,7 +116,7 @@ impl Counts {
 }
 
 /// What the planner expects a job to cost (`estimate` in the API), fixed when it is planned.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Estimate {
     /// How the users are read.
     pub strategy: ReadMethod,
@@ -141,7 +141,7 @@ pub struct Estimate {
 /// Privileged roles (the policy's `privileged_roles`, with the roles that inherit them) that a
 /// job's rows ask for. A job that grants them waits for approval unless the key that submitted
 /// it carries the `roles:privileged` scope.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PrivilegedGrants {
     /// The privileged roles asked for (inherited ones included), sorted.
     pub roles: Vec<String>,
@@ -153,7 +153,7 @@ pub struct PrivilegedGrants {
 
 /// Why a job waits in `awaiting_approval`, or why it did not have to (`approval`): the
 /// removal bounds of a `replace` job, and privileged grants in any mode.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Approval {
     pub required: bool,
     /// What requires it (empty when nothing does).

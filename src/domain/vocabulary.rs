@@ -1,6 +1,7 @@
 //! Closed vocabularies: every set of words the API, the store, the configuration or a webhook
 //! uses is an enum here, spelt once. `vocabulary!` gives each its wire form (`as_str`, serde,
-//! `Display`), the list of its values (`ALL`) and a parser that names the accepted words.
+//! `Display`), the list of its values (`ALL`), a parser that names the accepted words, and its
+//! schema in the OpenAPI document (a string enum of the same words).
 
 /// Declares an enum whose values are written as the given strings everywhere.
 macro_rules! vocabulary {
@@ -56,6 +57,22 @@ macro_rules! vocabulary {
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(self.as_str())
+            }
+        }
+
+        /// In the OpenAPI document: a string, one of the words.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($text),+]))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed(stringify!($name))
             }
         }
 

@@ -1,45 +1,101 @@
 //! Liveness, readiness and metrics: no authentication.
 
 use super::AppState;
+use super::views::{
+    Health, HealthStatus, PolicyCheck, PolicyReload, Readiness, ReadinessChecks, ReadyStatus,
+    StoreCheck, TargetCheck, TargetOk,
+};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use serde_json::json;
 use std::sync::atomic::Ordering;
 
-/// `GET /healthz`: the process answers and its sync pipeline can run (503 with the reason
-/// while no pipeline runs, or in a crash loop: see `pipeline/supervisor.rs`).
-pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+/// Liveness
+///
+/// The process answers and its sync pipeline can run: 503 with the reason while no pipeline
+/// runs, or while it is in a crash loop. No API key.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Alive", body = Health),
+        (status = 503, description = "Unhealthy, with the reason", body = Health,
+            example = json!({"status": "unhealthy", "error": "the sync pipeline is not running"})),
+    )
+)]
+pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     match state.pipeline.health().problem() {
-        None => (StatusCode::OK, Json(json!({"status": "ok"}))),
+        None => (
+            StatusCode::OK,
+            Json(Health {
+                status: HealthStatus::Ok,
+                error: None,
+            }),
+        ),
         Some(problem) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unhealthy", "error": problem})),
+            Json(Health {
+                status: HealthStatus::Unhealthy,
+                error: Some(problem),
+            }),
         ),
     }
 }
 
-/// `GET /readyz`: the store answers, a policy is loaded, and the service is not shutting down.
-pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+/// Readiness: store reachable, policy loaded, not shutting down
+///
+/// Ready when the store answers and the service is not shutting down. A failed policy reload
+/// (the previous policy stays in force) and a paused target are shown but do not make it
+/// unready. No API key.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: the store is unreachable, or the service is shutting down", body = Readiness),
+    )
+)]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let store_ok = state.store.ping().await.is_ok();
     let shutting_down = state.shutting_down.load(Ordering::Relaxed);
-    let policy_error = state.policy.last_error();
-    let target = state.circuit.reason();
     let ready = store_ok && !shutting_down;
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "checks": {
-            "store": if store_ok { "ok" } else { "unreachable" },
-            "policy": match &policy_error {
-                None => json!({"status": "ok"}),
-                // The previous policy stays in force; the error shows what to fix.
-                Some(e) => json!({"status": "reload_failed", "error": e}),
+    let body = Readiness {
+        status: if ready {
+            ReadyStatus::Ready
+        } else {
+            ReadyStatus::NotReady
+        },
+        checks: ReadinessChecks {
+            store: if store_ok {
+                StoreCheck::Ok
+            } else {
+                StoreCheck::Unreachable
             },
-            "shutting_down": shutting_down,
-            "target": match target { None => json!("ok"), Some(r) => json!(r) },
-        }
-    });
+            // The previous policy stays in force; the error shows what to fix.
+            policy: match state.policy.last_error() {
+                None => PolicyCheck {
+                    status: PolicyReload::Ok,
+                    error: None,
+                },
+                Some(e) => PolicyCheck {
+                    status: PolicyReload::ReloadFailed,
+                    error: Some(e),
+                },
+            },
+            shutting_down,
+            target: match state.circuit.reason() {
+                None => TargetCheck::Ok(TargetOk::Ok),
+                Some(r) => TargetCheck::Paused(r),
+            },
+        },
+    };
     let status = if ready {
         StatusCode::OK
     } else {
@@ -48,8 +104,21 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-/// `GET /metrics`: Prometheus text format. The gauges read from the store are refreshed first
-/// (bounded: see `Metrics::refresh_store_gauges`).
+/// Prometheus metrics
+///
+/// The Prometheus text format (0.0.4); the gauges read from the store are refreshed first
+/// (bounded: see docs/metrics.md). No API key.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Metrics", body = String, content_type = "text/plain",
+            example = "# TYPE rolesync_jobs gauge\nrolesync_jobs{status=\"running\"} 1\n"),
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state
         .metrics

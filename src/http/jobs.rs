@@ -3,7 +3,7 @@
 use super::AppState;
 use super::auth::{Caller, Scope};
 use super::items_csv;
-use super::views::{ItemList, ItemView, JobList, JobView};
+use super::views::{Batch, ItemList, ItemView, JobList, JobView};
 use crate::audit::events::RoleSyncRejected;
 use crate::domain::Assignment;
 use crate::domain::{EventType, JobStatus, Outcome, ReasonCode};
@@ -20,11 +20,76 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tracing::Instrument;
+use utoipa::IntoParams;
 
 use tower_http::request_id::RequestId;
 
-/// `POST /v1/jobs`: receives the body into a spool file (bounded memory, any size), then
-/// parses it as a stream into one store transaction, and answers 202 once it is committed.
+/// An NDJSON batch, for the document's examples.
+pub(super) const NDJSON_EXAMPLE: &str = "{\"external_id\":\"EMP-1\",\"role_template\":\"Supervisor\",\"license_tier\":\"Supervisor\"}\n{\"external_id\":\"EMP-2\",\"role_template\":\"Agent\",\"license_tier\":\"Standard Agent\"}\n";
+/// A CSV batch, for the document's examples.
+pub(super) const CSV_EXAMPLE: &str = "external_id,role_template,license_tier\nEMP-1,Supervisor,Supervisor\nEMP-2,Agent,Standard Agent\n";
+
+/// Submit a batch
+///
+/// The body by `Content-Type`: `application/json` (an envelope, or a bare array of assignments),
+/// `application/x-ndjson` (one assignment per line) or `text/csv` (a header naming
+/// `external_id`, `role_template`, `license_tier` in any order; other columns are ignored, so a
+/// CSV of `GET /v1/jobs/{id}/items` can be sent back as it is). gzip `Content-Encoding` is
+/// accepted (`server.max_body_bytes` applies to the decoded body).
+///
+/// The body is received into a temporary file and parsed as a stream into one store
+/// transaction: the whole batch is committed before the 202, or nothing is. A CSV row with the
+/// wrong number of fields is that row's error (`malformed_row`), not the body's.
+///
+/// Options: `mode` and `dry_run` may be given as query parameters for every format, and in a
+/// JSON envelope; a dry run asked for in either place is a dry run, and a mode given in both
+/// places must be the same (else 400 naming `query.mode` and `body.mode`).
+///
+/// Per record (config `[ingest]`): an NDJSON line over `max_record_bytes`, a role or tier over
+/// `max_field_bytes`, a record of more than `max_fields` fields, a control character in any
+/// field or an `external_id` over 256 characters is that row's rejection (`malformed_row`).
+/// Rows of one user beyond `ingest.max_rows_per_user` are rejected with
+/// `too_many_rows_for_user`. A job granting a role of the policy's `privileged_roles` waits in
+/// `awaiting_approval` unless the key carries `roles:privileged`; a `replace` job removing roles
+/// from more users than the policy's approval bounds waits there too.
+///
+/// With an `Idempotency-Key` (scoped to the API key), the same key and body answer the job they
+/// created (200) for `store.idempotency_ttl_hours`; the same key with another body is a 422.
+/// Scope `jobs:write`.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    operation_id = "submitJob",
+    tag = "jobs",
+    params(
+        BatchQuery,
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+            description = "Makes a retry safe: the same key and body answer the job they created. Visible ASCII, 1 to 255 characters.",
+            example = "hr-export-2026-03-02"),
+    ),
+    request_body(
+        description = "The batch, in one of three formats; gzip `Content-Encoding` accepted.",
+        content(
+            (Batch = "application/json"),
+            (String = "application/x-ndjson", example = json!(NDJSON_EXAMPLE)),
+            (String = "text/csv", example = json!(CSV_EXAMPLE)),
+        )
+    ),
+    responses(
+        (status = 202, description = "Accepted: the job, queued (or already running)", body = JobView,
+            headers(("Location" = String, description = "`/v1/jobs/{id}`"))),
+        (status = 200, description = "The job this `Idempotency-Key` created before, with the same body", body = JobView,
+            headers(("Location" = String, description = "`/v1/jobs/{id}`"))),
+        (status = 400, description = "Malformed body, naming line and column or field; a CSV record or JSON element over `ingest.max_record_bytes` (named by its line); a CSV header of more than `ingest.max_fields` columns; `mode` given in the query and the body with different values; a bad query parameter or `Idempotency-Key`"),
+        (status = 403, description = "The key lacks `jobs:write`"),
+        (status = 408, description = "The body took longer than `server.request_timeout_secs` to arrive"),
+        (status = 413, description = "Body over `server.max_body_bytes` after decoding, more rows than `server.max_rows_per_job`, or a gzip body expanding more than `ingest.max_expansion_ratio` times (past its first MiB)"),
+        (status = 415, description = "A `Content-Type` other than the three formats"),
+        (status = 422, description = "This `Idempotency-Key` was used with another body"),
+        (status = 429, description = "This API key already has `server.max_ingests_per_key` uploads in progress"),
+        (status = 503, description = "Too many rows waiting to be synced (`server.max_pending_rows`), `server.max_ingests` uploads in progress, the service is shutting down, or the store is busy or unreachable"),
+    )
+)]
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
@@ -206,27 +271,64 @@ fn backpressure(queued: i64) -> ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
+/// `GET /v1/jobs`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobsQuery {
+    /// Only the jobs in this status.
+    #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
-    outcome: Option<String>,
+    /// Jobs per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000, example = 100)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-fn limit(q: &ListQuery) -> ApiResult<i64> {
-    match q.limit {
+/// `GET /v1/jobs/{id}/items`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ItemsQuery {
+    /// Only the rows with this outcome (`rejected`: the rows to fix and send again).
+    #[param(value_type = Option<Outcome>)]
+    outcome: Option<String>,
+    /// Rows per page, 1 to 1000 (default 100); JSON only.
+    #[param(minimum = 1, maximum = 1000, example = 100)]
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page; JSON only.
+    cursor: Option<String>,
+}
+
+/// A page's size: 1 to 1000, 100 when unstated.
+fn limit(limit: Option<i64>) -> ApiResult<i64> {
+    match limit {
         None => Ok(100),
         Some(l) if (1..=1000).contains(&l) => Ok(l),
         Some(_) => Err(ApiError::field("limit", "must be between 1 and 1000")),
     }
 }
 
-/// `GET /v1/jobs`: newest first.
+/// List jobs, newest first
+///
+/// A page of jobs, newest first; follow `next_cursor` for the next page (null on the last).
+/// Scope `jobs:read`.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    operation_id = "listJobs",
+    tag = "jobs",
+    params(JobsQuery),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobList),
+        (status = 400, description = "An unknown `status`, or a `limit` that is not an integer from 1 to 1000"),
+        (status = 403, description = "The key lacks `jobs:read`"),
+        (status = 503, description = "The store is busy or unreachable"),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<JobsQuery>,
 ) -> ApiResult<Json<JobList>> {
     caller.require(Scope::JobsRead)?;
     let status = match &q.status {
@@ -236,7 +338,7 @@ pub async fn list(
                 .ok_or_else(|| ApiError::field("status", format!("unknown status \"{s}\"")))?,
         ),
     };
-    let limit = limit(&q)?;
+    let limit = limit(q.limit)?;
     let jobs = state
         .store
         .list_jobs(status, limit, q.cursor.as_deref())
@@ -250,7 +352,24 @@ pub async fn list(
     }))
 }
 
-/// `GET /v1/jobs/{id}`
+/// A job
+///
+/// Its status, counts per outcome, users, SCIM calls spent, the plan's estimate, why it waits
+/// for approval or is paused, and the policy it was judged against. Scope `jobs:read`.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    operation_id = "getJob",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id (`job_id`)")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 400, description = "The id is not valid UTF-8 once decoded"),
+        (status = 403, description = "The key lacks `jobs:read`"),
+        (status = 404, description = "No such job"),
+        (status = 503, description = "The store is busy or unreachable"),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -261,14 +380,39 @@ pub async fn get(
     Ok(Json(JobView::new(&job)))
 }
 
-/// `GET /v1/jobs/{id}/items`: rows by line; filter by `outcome`. With `Accept: text/csv`, every
-/// row (of that outcome) as one streamed CSV file (`items_csv`); `limit` and `cursor` page the
-/// JSON answer only.
+/// Per-row results by line
+///
+/// JSON pages by default. With `Accept: text/csv` (preferred to `application/json`), every row
+/// (of the outcome asked for) as one streamed CSV file with the columns `line, external_id,
+/// role_template, license_tier, outcome, reason, detail`; `limit` and `cursor` page the JSON
+/// answer only. A cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return is written
+/// with a `'` in front so a spreadsheet shows it as text; the batch reader takes that `'` off
+/// again and ignores the extra columns, so the file can be fixed and submitted to
+/// `POST /v1/jobs` as it is. Scope `jobs:read`.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/items",
+    operation_id = "listJobItems",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id (`job_id`)"), ItemsQuery),
+    responses(
+        (status = 200, description = "Rows by line (JSON), or every row as CSV (`Accept: text/csv`)",
+            content(
+                (ItemList = "application/json"),
+                (String = "text/csv", example = json!("line,external_id,role_template,license_tier,outcome,reason,detail\n3,EMP-2,Astronaut,Standard Agent,rejected,unknown_role,\"unknown role \"\"Astronaut\"\"\"\n")),
+            ),
+            headers(("Content-Disposition" = String, description = "CSV only: `attachment; filename=\"job-<id>-items.csv\"` (or `job-<id>-<outcome>.csv`)"))),
+        (status = 400, description = "An unknown `outcome`, a `limit` that is not an integer from 1 to 1000, a `cursor` not from a previous page, or an id that is not valid UTF-8 once decoded"),
+        (status = 403, description = "The key lacks `jobs:read`"),
+        (status = 404, description = "No such job"),
+        (status = 503, description = "The store is busy or unreachable"),
+    )
+)]
 pub async fn items(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<ItemsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     caller.require(Scope::JobsRead)?;
@@ -287,7 +431,7 @@ pub async fn items(
                 .map_err(|_| ApiError::field("cursor", "not a cursor from a previous page"))?,
         ),
     };
-    let limit = limit(&q)?;
+    let limit = limit(q.limit)?;
     if items_csv::wants_csv(&headers) {
         return Ok(items_csv::response(state.store.clone(), job.id, outcome));
     }
@@ -302,10 +446,29 @@ pub async fn items(
     .into_response())
 }
 
-/// `POST /v1/jobs/{id}/cancel`: the job is `cancelled` at once and, before this answers, no
-/// call of it that is still queued in this process is sent any more. Rows no write was sent for
-/// become `cancelled`; rows whose write is in flight keep `pending` until the write is recorded
-/// (the answer's `finished_at` is null until then, see `lifecycle::cancel`).
+/// Cancel a job; rows not yet written become cancelled
+///
+/// The job is `cancelled` when this answers, and no call of it still queued in the process that
+/// answered is sent any more: only PATCHes already on the wire can still reach the target, and
+/// each is recorded as what it did (`applied` or `failed`, with its webhook). Rows of chunks in
+/// flight stay `pending` until their run records them; other replicas stop at their next lease
+/// renewal (`store.lease_secs` / 3). `finished_at` is null until then; once it is set, the
+/// counts are final and `job.finished` carries them. Scope `jobs:write`.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/cancel",
+    operation_id = "cancelJob",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id (`job_id`)")),
+    responses(
+        (status = 200, description = "The job, `cancelled`", body = JobView),
+        (status = 400, description = "The id is not valid UTF-8 once decoded"),
+        (status = 403, description = "The key lacks `jobs:write`"),
+        (status = 404, description = "No such job"),
+        (status = 409, description = "The job has already ended"),
+        (status = 503, description = "The store is busy or unreachable"),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -332,7 +495,25 @@ pub async fn cancel(
     }
 }
 
-/// `POST /v1/jobs/{id}/approve` (`admin`): releases a job held in `awaiting_approval`.
+/// Release a job held in awaiting_approval (scope admin)
+///
+/// The job's `approval` says why it waits (removals beyond the policy's bounds, privileged
+/// roles). Released, it is queued to run as planned. Scope `admin`.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/approve",
+    operation_id = "approveJob",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id (`job_id`)")),
+    responses(
+        (status = 200, description = "The job, released", body = JobView),
+        (status = 400, description = "The id is not valid UTF-8 once decoded"),
+        (status = 403, description = "The key lacks `admin`"),
+        (status = 404, description = "No such job"),
+        (status = 409, description = "The job is not `awaiting_approval`"),
+        (status = 503, description = "The store is busy or unreachable"),
+    )
+)]
 pub async fn approve(
     State(state): State<AppState>,
     caller: Caller,

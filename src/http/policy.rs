@@ -3,38 +3,60 @@
 use super::AppState;
 use super::auth::{Caller, Scope};
 use crate::error::{ApiError, ApiResult};
+use crate::policy::{PolicyImport, PolicySummary, RoleDetail};
 use axum::Json;
 use axum::extract::{Path, State};
-use serde_json::Value;
 
-/// `GET /v1/policy`: license tiers, role catalog, SoD rules.
-pub async fn get(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+/// License tiers, role catalog, SoD rules
+///
+/// The policy in force: tiers, roles with their inheritance and permissions, separation-of-duties
+/// rules, protected and privileged roles, approval bounds and the fingerprint jobs record. After
+/// a failed reload of the policy file, `reload_error` says why and the previous policy stays in
+/// force. Scope `jobs:read`.
+#[utoipa::path(
+    get,
+    path = "/v1/policy",
+    operation_id = "getPolicy",
+    tag = "policy",
+    responses(
+        (status = 200, description = "The policy in force", body = PolicySummary),
+        (status = 403, description = "The key lacks `jobs:read`"),
+    )
+)]
+pub async fn get(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<PolicySummary>> {
     caller.require(Scope::JobsRead)?;
-    let mut summary = state.policy.current().summary();
-    if let Some(obj) = summary.as_object_mut() {
-        obj.insert(
-            "fingerprint".into(),
-            Value::String(state.policy.current().fingerprint()),
-        );
-        if let Some(notes) = state.policy.import_notes() {
-            obj.insert(
-                "import".into(),
-                serde_json::json!({"from_target": true, "notes": notes}),
-            );
-        }
-        if let Some(e) = state.policy.last_error() {
-            obj.insert("reload_error".into(), Value::String(e));
-        }
-    }
+    let policy = state.policy.current();
+    let mut summary = policy.summary();
+    summary.import = state.policy.import_notes().map(|notes| PolicyImport {
+        from_target: true,
+        notes,
+    });
+    summary.reload_error = state.policy.last_error();
     Ok(Json(summary))
 }
 
-/// `GET /v1/policy/roles/{name}`: a role with its inherited roles and effective permissions.
+/// A role with its inherited roles and effective permissions
+///
+/// The role's direct parents and all its ancestors, its own and its effective permissions, the
+/// tiers allowing it, the SoD rules naming it, and whether it is privileged. Scope `jobs:read`.
+#[utoipa::path(
+    get,
+    path = "/v1/policy/roles/{name}",
+    operation_id = "getRole",
+    tag = "policy",
+    params(("name" = String, Path, description = "The role's name, as in the catalog", example = "Supervisor")),
+    responses(
+        (status = 200, description = "The role", body = RoleDetail),
+        (status = 400, description = "The name is not valid UTF-8 once decoded"),
+        (status = 403, description = "The key lacks `jobs:read`"),
+        (status = 404, description = "No such role in the policy (protected roles that are not in the catalog included)"),
+    )
+)]
 pub async fn role(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RoleDetail>> {
     caller.require(Scope::JobsRead)?;
     state
         .policy

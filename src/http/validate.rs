@@ -8,7 +8,7 @@
 
 use super::AppState;
 use super::auth::{Caller, Scope};
-use super::views::{RowError, ValidationReport};
+use super::views::{Batch, RowError, ValidationReport};
 use crate::domain::{Assignment, Outcome, ReasonCode};
 use crate::error::{ApiError, ApiResult};
 use crate::ingest::spool::{Compressed, spool};
@@ -24,6 +24,37 @@ use axum::{Extension, Json};
 /// Rejected rows listed in a report (the first ones by line); the counts cover them all.
 pub const MAX_LISTED_ERRORS: usize = 1000;
 
+/// Validate a batch against the live policy; no job, no SCIM calls
+///
+/// Received like `POST /v1/jobs` (scope `jobs:write` checked and an upload slot taken before
+/// the body is read; the same formats, options and limits), then judged page by page as a job's
+/// planning would, separation of duties between rows of one user included. Lists the first
+/// 1000 rejected rows by line; counts them all.
+#[utoipa::path(
+    post,
+    path = "/v1/validate",
+    operation_id = "validateBatch",
+    tag = "jobs",
+    params(BatchQuery),
+    request_body(
+        description = "The batch, in one of three formats (see `POST /v1/jobs`); gzip `Content-Encoding` accepted.",
+        content(
+            (Batch = "application/json"),
+            (String = "application/x-ndjson", example = json!(super::jobs::NDJSON_EXAMPLE)),
+            (String = "text/csv", example = json!(super::jobs::CSV_EXAMPLE)),
+        )
+    ),
+    responses(
+        (status = 200, description = "The report", body = ValidationReport),
+        (status = 400, description = "Malformed body, naming line and column or field; a CSV record or JSON element over `ingest.max_record_bytes` (named by its line); a CSV header of more than `ingest.max_fields` columns; `mode` given in the query and the body with different values; a bad query parameter"),
+        (status = 403, description = "The key lacks `jobs:write`"),
+        (status = 408, description = "The body took longer than `server.request_timeout_secs` to arrive"),
+        (status = 413, description = "Body over `server.max_body_bytes` after decoding, more rows than `server.max_rows_per_job`, or a gzip body expanding more than `ingest.max_expansion_ratio` times (past its first MiB)"),
+        (status = 415, description = "A `Content-Type` other than the three formats"),
+        (status = 429, description = "This API key already has `server.max_ingests_per_key` uploads in progress"),
+        (status = 503, description = "`server.max_ingests` uploads in progress, or the store is busy or unreachable"),
+    )
+)]
 pub async fn validate(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,20 +1,55 @@
-//! The bodies the API answers with, as typed structs: what a client reads is declared here, once,
-//! and built from the store's records by constructors. (Problem bodies are `error::Problem`.)
+//! The bodies the API takes and answers with, as typed structs: what a client sends or reads is
+//! declared here, once, built from the store's records by constructors, and described in the
+//! OpenAPI document by the same declarations (`ToSchema`). (Problem bodies are `error::Problem`;
+//! the policy's are `policy::{PolicySummary, RoleDetail}`.)
 
-use crate::domain::{Approval, Counts, Estimate, JobStatus, Mode, Outcome, PausedReason};
-use crate::store::{ItemRecord, JobRecord, Reason, now_ms};
+use crate::domain::{
+    Approval, Counts, DeliveryStatus, Estimate, JobStatus, Mode, Outcome, PausedReason,
+};
+use crate::store::{ItemRecord, JobRecord, OutboxRecord, Reason, StoreError, now_ms};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// A job: `GET /v1/jobs/{id}`, the answer to a submission, a cancel or an approval.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Job, example = json!({
+    "job_id": "01938f4e-6a1b-7c3d-9e2f-0a1b2c3d4e5f",
+    "status": "succeeded",
+    "mode": "merge",
+    "dry_run": false,
+    "created_at": "2026-03-02T09:14:07.123Z",
+    "started_at": "2026-03-02T09:14:07.480Z",
+    "finished_at": "2026-03-02T09:14:09.012Z",
+    "counts": {"total": 3, "pending": 0, "rejected": 1, "applied": 1, "unchanged": 1,
+               "not_found": 0, "failed": 0, "cancelled": 0, "planned": 0},
+    "users": {"total": 2, "changed": 1, "unchanged": 1},
+    "scim": {"requests": 3, "retries": 0, "rate_limited": 0},
+    "estimate": {"strategy": "lookup", "reads": 3, "writes_max": 2, "eta_secs": 1, "lookups": 2,
+                 "org_users": 120, "page_size": 100, "scan_pages": 2,
+                 "requests_per_minute": 300, "privileged": null},
+    "approval": {"required": false, "reasons": [], "users_losing_roles": null,
+                 "threshold_users": null, "org_users": null, "max_removed_users": null,
+                 "max_removal_fraction": null, "privileged": null},
+    "paused_reason": null,
+    "error": null,
+    "policy_fingerprint": "9f2c1a0b7e3d5c4a",
+    "elapsed_secs": 1.5,
+    "rows_per_sec": 2.0
+}))]
 pub struct JobView {
     pub job_id: String,
     pub status: JobStatus,
     pub mode: Mode,
     pub dry_run: bool,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: Option<String>,
+    #[schema(format = DateTime)]
     pub started_at: Option<String>,
+    /// Set when the job has ended and its counts are final. A cancelled job may show
+    /// `cancelled` with `finished_at` null for a moment: the writes in flight when it was
+    /// cancelled are being recorded.
+    #[schema(format = DateTime)]
     pub finished_at: Option<String>,
     pub counts: Counts,
     pub users: UsersView,
@@ -27,12 +62,15 @@ pub struct JobView {
     pub paused_reason: Option<PausedReason>,
     /// Why a job `failed`.
     pub error: Option<String>,
+    /// The policy the job was judged against (`GET /v1/policy` shows the one in force).
     pub policy_fingerprint: Option<String>,
     pub elapsed_secs: f64,
     pub rows_per_sec: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The users of a job: all, those whose roles change, those already as asked.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = JobUsers)]
 pub struct UsersView {
     pub total: i64,
     pub changed: i64,
@@ -40,7 +78,8 @@ pub struct UsersView {
 }
 
 /// SCIM calls spent by the job so far.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = JobScimCalls)]
 pub struct ScimView {
     pub requests: i64,
     pub retries: i64,
@@ -91,14 +130,25 @@ impl JobView {
 }
 
 /// `GET /v1/jobs`: newest first; `next_cursor` is null on the last page.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct JobList {
     pub jobs: Vec<JobView>,
     pub next_cursor: Option<String>,
 }
 
 /// One submitted row and what became of it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Item, example = json!({
+    "line": 3,
+    "external_id": "EMP-2",
+    "role_template": "Astronaut",
+    "license_tier": "Standard Agent",
+    "outcome": "rejected",
+    "reason": {"code": "unknown_role", "message": "unknown role \"Astronaut\""},
+    "user_id": null,
+    "roles_added": null,
+    "roles_removed": null
+}))]
 pub struct ItemView {
     pub line: i64,
     pub external_id: String,
@@ -112,8 +162,10 @@ pub struct ItemView {
     pub roles_removed: Option<Vec<String>>,
     /// Dry runs only: the permissions the change would add and remove.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false)]
     pub permissions_added: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false)]
     pub permissions_removed: Option<Vec<String>>,
 }
 
@@ -136,15 +188,24 @@ impl ItemView {
 }
 
 /// `GET /v1/jobs/{id}/items`: by line; `next_cursor` is null on the last page.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ItemList {
     pub items: Vec<ItemView>,
     pub next_cursor: Option<String>,
 }
 
 /// `POST /v1/validate` and `rolesync validate`: the batch judged against the policy.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "valid": false, "mode": "merge", "dry_run": false, "rows": 2, "accepted_rows": 1,
+    "rejected_rows": 1, "users": 2,
+    "errors": [{"line": 3, "external_id": "EMP-2", "role_template": "Astronaut",
+                "license_tier": "Standard Agent",
+                "reason": {"code": "unknown_role", "message": "unknown role \"Astronaut\""}}],
+    "errors_truncated": false
+}))]
 pub struct ValidationReport {
+    /// No row was rejected.
     pub valid: bool,
     pub mode: Mode,
     pub dry_run: bool,
@@ -153,18 +214,211 @@ pub struct ValidationReport {
     pub rejected_rows: u64,
     pub users: u64,
     /// The first rejected rows by line (at most 1000); `errors_truncated` when there are more.
+    #[schema(max_items = 1000)]
     pub errors: Vec<RowError>,
+    /// More rejected rows exist than are listed.
     pub errors_truncated: bool,
 }
 
 /// A row the policy refused, echoed with its reason.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RowError {
     pub line: i64,
     pub external_id: Option<String>,
     pub role_template: Option<String>,
     pub license_tier: Option<String>,
     pub reason: Reason,
+}
+
+/// One webhook delivery: an audit event for one endpoint, and where its sending stands.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Delivery)]
+pub struct DeliveryView {
+    /// The event's id (its `webhook-id` when sent alone).
+    pub event_id: String,
+    /// The endpoint's name (`webhooks.endpoints.name`).
+    pub endpoint: String,
+    /// An event type (`role_sync.completed`, `role_sync.rejected`, `role_sync.failed`,
+    /// `job.finished`), or `batch`: a batch of events sent under its own id.
+    #[schema(example = "role_sync.completed")]
+    pub event_type: String,
+    pub status: DeliveryStatus,
+    /// Attempts made since it was queued (or requeued).
+    pub attempts: i64,
+    /// Unix milliseconds.
+    pub next_attempt_at_ms: i64,
+    pub last_error: Option<String>,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    pub delivered_at_ms: Option<i64>,
+    /// The batch this event was sent in (its `webhook-id`), when batching is on.
+    pub batch_id: Option<String>,
+}
+
+impl DeliveryView {
+    /// A record whose status is not a known word is corrupt (as a row with an unknown outcome
+    /// is): the store writes only known words.
+    pub(crate) fn new(r: OutboxRecord) -> Result<DeliveryView, StoreError> {
+        Ok(DeliveryView {
+            status: DeliveryStatus::parse(&r.status).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "delivery of event {}: status {}",
+                    r.event_id, r.status
+                ))
+            })?,
+            event_type: r.event_type,
+            event_id: r.event_id,
+            endpoint: r.endpoint,
+            attempts: r.attempts,
+            next_attempt_at_ms: r.next_attempt_at_ms,
+            last_error: r.last_error,
+            created_at_ms: r.created_at_ms,
+            delivered_at_ms: r.delivered_at_ms,
+            batch_id: r.batch_id,
+        })
+    }
+}
+
+/// `GET /v1/webhooks/deliveries`: oldest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeliveryList {
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// `POST /v1/webhooks/deliveries/{id}/redeliver`: the deliveries queued again (the event's,
+/// and those of the batch it was sent in).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Redelivery {
+    pub event_id: String,
+    #[schema(minimum = 1)]
+    pub requeued: u64,
+}
+
+/// One row of a batch, as a client sends it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Assignment, example = json!({
+    "external_id": "EMP-1", "role_template": "Supervisor", "license_tier": "Supervisor"
+}))]
+pub struct AssignmentInput {
+    /// The user's HR id (`externalId` in the target): 1 to 256 characters, no control
+    /// characters.
+    pub external_id: String,
+    /// A catalog role of the policy.
+    pub role_template: String,
+    /// A license tier of the policy; it must allow the role.
+    pub license_tier: String,
+}
+
+/// A batch as a JSON envelope: the rows and their options. (`mode` and `dry_run` may also be
+/// given as query parameters.)
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "mode": "merge", "dry_run": true,
+    "assignments": [
+        {"external_id": "EMP-1", "role_template": "Supervisor", "license_tier": "Supervisor"},
+        {"external_id": "EMP-2", "role_template": "Agent", "license_tier": "Standard Agent"}
+    ]
+}))]
+#[serde(deny_unknown_fields)]
+pub struct BatchEnvelope {
+    /// `merge` (the default) adds the roles asked for; `replace` also removes the managed
+    /// roles not asked for.
+    pub mode: Option<Mode>,
+    /// Judge and plan, read the target, write nothing.
+    pub dry_run: Option<bool>,
+    pub assignments: Vec<AssignmentInput>,
+}
+
+/// A JSON batch: an envelope, or a bare array of assignments (its options then come from the
+/// query).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Batch {
+    Envelope(BatchEnvelope),
+    Rows(Vec<AssignmentInput>),
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"status": "ok"}))]
+pub struct Health {
+    pub status: HealthStatus,
+    /// Why the process is unhealthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Ok,
+    Unhealthy,
+}
+
+/// `GET /readyz`: each check, and the verdict.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "status": "ready",
+    "checks": {"store": "ok", "policy": {"status": "ok"}, "shutting_down": false, "target": "ok"}
+}))]
+pub struct Readiness {
+    pub status: ReadyStatus,
+    pub checks: ReadinessChecks,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyStatus {
+    Ready,
+    NotReady,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReadinessChecks {
+    pub store: StoreCheck,
+    pub policy: PolicyCheck,
+    pub shutting_down: bool,
+    /// `ok`, or why work for the target is paused (it does not make the service unready).
+    pub target: TargetCheck,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreCheck {
+    Ok,
+    Unreachable,
+}
+
+/// The policy file's last reload; when it failed, the previous policy stays in force.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PolicyCheck {
+    pub status: PolicyReload,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyReload {
+    Ok,
+    ReloadFailed,
+}
+
+/// `ok`, or the reason work for the target is paused.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TargetCheck {
+    Ok(TargetOk),
+    Paused(PausedReason),
+}
+
+/// The word `ok`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetOk {
+    Ok,
 }
 
 fn rfc3339(ms: Option<i64>) -> Option<String> {

@@ -108,9 +108,15 @@ impl Format {
 
 /// Options given as query parameters, for every format; how they meet the options a JSON
 /// envelope states is `settle_options`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BatchQuery {
+    /// `merge` (the default) adds the roles asked for; `replace` also removes the managed roles
+    /// not asked for. Given here and in a JSON envelope, the two must agree.
+    #[param(value_type = Option<Mode>)]
     pub mode: Option<String>,
+    /// Judge and plan, read the target, write nothing. A dry run asked for here or in the body
+    /// is a dry run.
     pub dry_run: Option<bool>,
 }
 

@@ -81,8 +81,64 @@ pub struct PolicyError {
     pub problems: Vec<String>,
 }
 
+/// The policy in force, as `GET /v1/policy` shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Policy)]
+pub(crate) struct PolicySummary {
+    /// Changes exactly when the effective policy does; a job records the one it was judged
+    /// against (`policy_fingerprint`).
+    pub fingerprint: String,
+    /// Whether a role is written to the target together with the roles it inherits.
+    pub expand_inherited: bool,
+    /// Roles never removed, whatever the mode.
+    pub protected_roles: RoleSet,
+    pub tiers: Vec<Tier>,
+    pub roles: Vec<Role>,
+    pub sod: Vec<SodRule>,
+    /// Roles whose grant waits for approval unless the key carries `roles:privileged`.
+    pub privileged_roles: RoleSet,
+    pub approval: Approval,
+    /// Set when the role catalog's permissions were imported from the target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false)]
+    pub import: Option<PolicyImport>,
+    /// The last reload of the policy file failed: this policy (the previous one) stays in
+    /// force until the file is fixed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false)]
+    pub reload_error: Option<String>,
+}
+
+/// What importing the target's role catalog reported.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct PolicyImport {
+    pub from_target: bool,
+    /// Roles of the policy missing in the target, imported permissions skipped.
+    pub notes: Vec<String>,
+}
+
+/// One role as `GET /v1/policy/roles/{name}` shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct RoleDetail {
+    pub name: String,
+    /// Direct parents, in file order.
+    pub inherits: Vec<String>,
+    /// Every role it inherits, directly or not (itself excluded).
+    pub ancestors: RoleSet,
+    /// Its own permissions.
+    pub permissions: Vec<String>,
+    /// The permissions of the role with its ancestors, normalised.
+    pub effective_permissions: PermissionSet,
+    /// The tiers allowing it, in file order.
+    pub tiers: Vec<String>,
+    /// The separation-of-duties rules naming it.
+    pub sod: Vec<SodRule>,
+    /// It is, or inherits, one of the policy's privileged roles.
+    pub privileged: bool,
+}
+
 /// A license tier: the catalog roles a user on that license may hold.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Tier {
     /// Tier name, as sent in `license_tier`.
     pub name: String,
@@ -91,7 +147,7 @@ pub(crate) struct Tier {
 }
 
 /// A catalog role, named as in Genesys Cloud.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Role {
     /// The Genesys role name.
     pub name: String,
@@ -102,7 +158,7 @@ pub struct Role {
 }
 
 /// A separation-of-duties rule: no user may end up holding all of `roles`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct SodRule {
     /// Rule name, reported with `sod_conflict`.
     pub name: String,
@@ -126,7 +182,8 @@ impl SodRule {
 }
 
 /// Thresholds above which a `replace` job waits for approval.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = ApprovalBounds)]
 pub(crate) struct Approval {
     /// Fraction (0..=1) of the org's users (as the target counts them) losing a role above
     /// which a `replace` job is held for approval.
@@ -390,45 +447,49 @@ impl Policy {
         self.resolver.memo_len()
     }
 
-    /// The policy as `GET /v1/policy` shows it: `expand_inherited`, `protected_roles`, `tiers`,
-    /// `roles` (`name`, `inherits`, `permissions`), `sod`, `approval`, plus `fingerprint`.
-    pub(crate) fn summary(&self) -> serde_json::Value {
-        serde_json::json!({
-            "fingerprint": self.fingerprint,
-            "expand_inherited": self.expand_inherited,
-            "protected_roles": self.protected_roles,
-            "tiers": self.tiers,
-            "roles": self.roles,
-            "sod": self.sod,
-            "privileged_roles": self.privileged,
-            "approval": self.approval,
-        })
+    /// The policy as `GET /v1/policy` shows it (without what `LivePolicy` knows: the import
+    /// notes and the last reload error).
+    pub(crate) fn summary(&self) -> PolicySummary {
+        PolicySummary {
+            fingerprint: self.fingerprint.clone(),
+            expand_inherited: self.expand_inherited,
+            protected_roles: self.protected_roles.clone(),
+            tiers: self.tiers.clone(),
+            roles: self.roles.clone(),
+            sod: self.sod.clone(),
+            privileged_roles: self.privileged.clone(),
+            approval: self.approval.clone(),
+            import: None,
+            reload_error: None,
+        }
     }
 
-    /// One role as `GET /v1/policy/roles/{name}` shows it: `name`, `inherits` (direct),
-    /// `ancestors` (transitive, excluding itself), `permissions` (own), `effective_permissions`
-    /// (of the role with its ancestors, normalised), `tiers` allowing it (names, file order) and
-    /// the `sod` rules naming it. `None` outside the catalog.
-    pub(crate) fn role_detail(&self, name: &str) -> Option<serde_json::Value> {
+    /// One role as `GET /v1/policy/roles/{name}` shows it. `None` outside the catalog.
+    pub(crate) fn role_detail(&self, name: &str) -> Option<RoleDetail> {
         let role = self.role(name)?;
-        let tiers: Vec<&str> = self
+        let tiers: Vec<String> = self
             .tiers
             .iter()
             .filter(|t| t.roles.contains(name))
-            .map(|t| t.name.as_str())
+            .map(|t| t.name.clone())
             .collect();
-        let sod: Vec<&SodRule> = self.sod.iter().filter(|r| r.roles.contains(name)).collect();
+        let sod: Vec<SodRule> = self
+            .sod
+            .iter()
+            .filter(|r| r.roles.contains(name))
+            .cloned()
+            .collect();
         let single = RoleSet::from([name.to_owned()]);
-        Some(serde_json::json!({
-            "name": role.name,
-            "inherits": role.inherits,
-            "ancestors": self.ancestors(name),
-            "permissions": role.permissions,
-            "effective_permissions": *self.effective_permissions(&single),
-            "tiers": tiers,
-            "sod": sod,
-            "privileged": !self.privileged_in(&single).is_empty(),
-        }))
+        Some(RoleDetail {
+            name: role.name.clone(),
+            inherits: role.inherits.clone(),
+            ancestors: self.ancestors(name),
+            permissions: role.permissions.clone(),
+            effective_permissions: (*self.effective_permissions(&single)).clone(),
+            tiers,
+            sod,
+            privileged: !self.privileged_in(&single).is_empty(),
+        })
     }
 
     /// A copy of this policy whose roles carry the permissions Genesys reports for them

@@ -198,14 +198,15 @@ pub(super) struct ItemRow {
     attempts: i64,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// Why a row did not succeed: a code from a closed list, and a sentence for people.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"code": "unknown_role", "message": "unknown role \"Astronaut\""}))]
 pub struct Reason {
     pub code: ReasonCode,
     pub message: String,
 }
 
-/// One row's result, as `GET /v1/jobs/{id}/items` lists it (the `Item` schema in
-/// `docs/openapi.json`).
+/// One row's result, as `GET /v1/jobs/{id}/items` lists it (through `http::views::ItemView`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ItemRecord {
     pub line: i64,

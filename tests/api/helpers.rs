@@ -58,6 +58,8 @@ pub struct TestApp {
     pub extra_toml: String,
     pub policy: String,
     pub policy_path: Option<std::path::PathBuf>,
+    /// `{:?}` of the router being served: axum prints its route paths (`tests/api/openapi.rs`).
+    pub router_debug: String,
     _dir: tempfile::TempDir,
     stop: CancellationToken,
     server: Option<JoinHandle<anyhow::Result<()>>>,
@@ -152,6 +154,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         extra_toml: opts.config,
         policy: opts.policy,
         policy_path,
+        router_debug: String::new(),
         _dir: dir,
         stop: CancellationToken::new(),
         server: None,
@@ -170,6 +173,7 @@ impl TestApp {
                 .await
                 .expect("app builds");
         self.address = format!("http://{}", application.local_addr().expect("addr"));
+        self.router_debug = format!("{:?}", application.router());
         self.stop = CancellationToken::new();
         let stop = self.stop.clone();
         self.server = Some(tokio::spawn(

@@ -13,6 +13,7 @@ mod ingest;
 mod items_csv;
 mod layout;
 mod observability;
+mod openapi;
 mod policy;
 mod process;
 mod proxy;

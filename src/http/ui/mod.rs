@@ -320,15 +320,7 @@ async fn job(
 
 async fn policy(State(state): State<AppState>, Operator(who): Operator) -> Response {
     let policy = state.policy.current();
-    let summary = policy.summary();
-    let privileged: Vec<String> = summary["privileged_roles"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let privileged: Vec<String> = policy.summary().privileged_roles.into_iter().collect();
     let mut body = Html::new();
     if let Some(e) = state.policy.last_error() {
         body.raw("<p class=\"err\">The last reload failed; this policy is still in force: ")
