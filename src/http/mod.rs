@@ -9,6 +9,7 @@ mod items_csv;
 mod jobs;
 mod policy;
 mod slots;
+mod undo;
 pub use slots::IngestSlots;
 mod validate;
 pub mod views;
@@ -65,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/items", get(jobs::items))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/approve", post(jobs::approve))
+        .route("/v1/jobs/{id}/revert", post(undo::revert))
+        .route("/v1/reconcile", post(undo::reconcile))
         .route("/v1/validate", post(validate::validate))
         .route("/v1/policy", get(policy::get))
         .route("/v1/policy/roles/{name}", get(policy::role))

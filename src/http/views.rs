@@ -1,7 +1,7 @@
 //! The bodies the API answers with, as typed structs: what a client reads is declared here, once,
 //! and built from the store's records by constructors. (Problem bodies are `error::Problem`.)
 
-use crate::domain::{Approval, Counts, Estimate, JobStatus, Mode, Outcome, PausedReason};
+use crate::domain::{Approval, Counts, Estimate, JobKind, JobStatus, Mode, Outcome, PausedReason};
 use crate::store::{ItemRecord, JobRecord, Reason, now_ms};
 use serde::Serialize;
 
@@ -9,9 +9,19 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize)]
 pub struct JobView {
     pub job_id: String,
+    /// `sync` (a submitted batch), `revert` or `reconcile`.
+    pub kind: JobKind,
     pub status: JobStatus,
+    /// For a revert, the mode of the job it reverts.
     pub mode: Mode,
     pub dry_run: bool,
+    /// A revert: the job it reverts.
+    pub original_job_id: Option<String>,
+    /// The latest real (not dry-run) revert of this job.
+    pub reverted_by: Option<String>,
+    /// A revert: whether it applies the inverse delta to users changed since.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
     /// RFC 3339.
     pub created_at: Option<String>,
     pub started_at: Option<String>,
@@ -62,9 +72,13 @@ impl JobView {
         };
         JobView {
             job_id: job.id.clone(),
+            kind: job.kind,
             status: job.status,
             mode: job.mode,
             dry_run: job.dry_run,
+            original_job_id: job.original_job_id.clone(),
+            reverted_by: job.reverted_by.clone(),
+            force: (job.kind == JobKind::Revert).then_some(job.revert_force),
             created_at: rfc3339(Some(job.created_at_ms)),
             started_at: rfc3339(job.started_at_ms),
             finished_at: rfc3339(job.finished_at_ms),
@@ -115,6 +129,12 @@ pub struct ItemView {
     pub permissions_added: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub permissions_removed: Option<Vec<String>>,
+    /// The user's whole role set before and after the write (`applied`) or the planned write
+    /// (`planned`): what a revert puts back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roles_before: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roles_after: Option<Vec<String>>,
 }
 
 impl ItemView {
@@ -131,6 +151,8 @@ impl ItemView {
             roles_removed: item.roles_removed,
             permissions_added: item.permissions_added,
             permissions_removed: item.permissions_removed,
+            roles_before: item.roles_before,
+            roles_after: item.roles_after,
         }
     }
 }

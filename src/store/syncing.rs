@@ -5,6 +5,7 @@ use super::{
     Backend, ChunkClaim, ChunkDone, ItemRecord, ItemRow, JobDeltas, LeaseRenewal, Store,
     StoreResult, add_counts, apply_result, begin_write, dual, insert_events, now_ms,
 };
+use super::undo::apply_desired;
 use sqlx::{QueryBuilder, Row};
 
 impl Store {
@@ -261,6 +262,7 @@ impl Store {
             }
             add_counts!(tx, &claim.job_id, &counts, &done.deltas, now);
             insert_events!(tx, &done.events);
+            apply_desired!(tx, &done.desired);
             tx.commit().await?;
             Ok(true)
         })
