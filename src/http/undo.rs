@@ -123,7 +123,17 @@ pub async fn reconcile(
     );
     match state.store.create_reconcile(&job).await? {
         ReconcileCreated::Created { users } => {
-            tracing::info!(target: "audit", job.id = %job.id, users, dry_run = body.dry_run, job.mode = body.mode.as_str(), key = %caller.key_name, "reconcile started");
+            tracing::info!(
+                target: "audit",
+                {
+                    job.id = %job.id,
+                    users,
+                    dry_run = body.dry_run,
+                    job.mode = body.mode.as_str(),
+                    key = %caller.key_name,
+                },
+                "reconcile started"
+            );
             accepted(&state, &job.id).await
         }
         ReconcileCreated::Running(running) if running.is_empty() => Err(ApiError::Conflict(

@@ -66,7 +66,17 @@ async fn fire(deps: &Deps, at_ms: i64) {
         .await
     {
         Ok(OccurrenceClaim::Fired { users }) => {
-            tracing::info!(target: "audit", job.id = %job.id, users, dry_run = job.dry_run, job.mode = job.mode.as_str(), occurrence_ms = at_ms, "scheduled reconcile started");
+            tracing::info!(
+                target: "audit",
+                {
+                    job.id = %job.id,
+                    users,
+                    dry_run = job.dry_run,
+                    job.mode = job.mode.as_str(),
+                    occurrence_ms = at_ms,
+                },
+                "scheduled reconcile started"
+            );
             deps.wake_planner.notify_one();
             "fired"
         }
@@ -91,12 +101,11 @@ mod tests {
     use super::*;
 
     fn cron(s: &str) -> croner::Cron {
-        match crate::configuration::ReconcileSettings {
+        let settings = crate::configuration::ReconcileSettings {
             schedule: s.to_owned(),
             ..Default::default()
-        }
-        .cron()
-        {
+        };
+        match settings.cron() {
             Ok(Some(c)) => c,
             other => panic!("{s}: {other:?}"),
         }

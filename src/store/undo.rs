@@ -74,9 +74,6 @@ pub(crate) enum OccurrenceClaim {
     Taken,
 }
 
-/// Statuses of a job that has not ended (the text of the partial unique index of migration
-/// 0006 repeats them).
-const OPEN: &str = "('queued', 'running', 'paused', 'awaiting_approval')";
 
 /// Stores a generated job row with `users` rows already inserted (inside `$tx`).
 macro_rules! insert_generated_job {
@@ -110,9 +107,11 @@ macro_rules! insert_generated_job {
 macro_rules! insert_reconcile {
     ($tx:expr, $job:expr) => {{
         let job: &NewGenerated = $job;
-        let open: Option<String> = sqlx::query_scalar(&format!(
-            "SELECT id FROM jobs WHERE kind = 'reconcile' AND status IN {OPEN} LIMIT 1"
-        ))
+        // The statuses of a job not ended, as in the partial unique index of migration 0006.
+        let open: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE kind = 'reconcile' \
+             AND status IN ('queued', 'running', 'paused', 'awaiting_approval') LIMIT 1",
+        )
         .fetch_optional(&mut *$tx)
         .await?;
         match open {
@@ -183,7 +182,10 @@ impl Store {
             }
             if let Some(by) = &original.reverted_by {
                 let status: Option<String> =
-                    sqlx::query_scalar(&format!("SELECT status FROM jobs WHERE id = $1 AND status IN {OPEN}"))
+                    sqlx::query_scalar(
+                        "SELECT status FROM jobs WHERE id = $1 \
+                         AND status IN ('queued', 'running', 'paused', 'awaiting_approval')",
+                    )
                         .bind(by)
                         .fetch_optional(&mut *tx)
                         .await?;
