@@ -44,7 +44,12 @@ struct Bench {
 }
 
 impl Bench {
-    async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.addr))
@@ -194,7 +199,8 @@ async fn run() -> anyhow::Result<()> {
     let policy = include_str!("../config/policy.toml")
         .replace("max_removal_fraction = 0.2", "max_removal_fraction = 1.0")
         .replace("max_removed_users = 500", "max_removed_users = 1000000");
-    let app = Application::build_with_policy(settings, Policy::from_toml_str(&policy)?, None).await?;
+    let app =
+        Application::build_with_policy(settings, Policy::from_toml_str(&policy)?, None).await?;
     let addr = format!("http://{}", app.local_addr()?);
     let stop = tokio_util::sync::CancellationToken::new();
     let stop_app = stop.clone();

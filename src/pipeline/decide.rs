@@ -363,7 +363,10 @@ mod tests {
         let before = set(&["Employee", "Reporting", "Supervisor", "Agent"]);
         let after = set(&["Employee", "Agent", "Queue Member"]);
         let d = decide_revert(p, &after, undo(&before, &after), false, false, None);
-        assert_eq!(d, Decision::Write(RoleChange::new(after.clone(), before.clone())));
+        assert_eq!(
+            d,
+            Decision::Write(RoleChange::new(after.clone(), before.clone()))
+        );
         let dry = decide_revert(p, &after, undo(&before, &after), false, true, None);
         assert_eq!(dry, Decision::Planned(RoleChange::new(after, before)));
     }
@@ -418,7 +421,10 @@ mod tests {
             removed: &removed,
         };
         let d = decide_revert(p, &before, undo(&before, &after), false, false, Some(prior));
-        assert_eq!(d, Decision::AlreadyApplied(change(&["Employee", "Agent"], &["Employee"])));
+        assert_eq!(
+            d,
+            Decision::AlreadyApplied(change(&["Employee", "Agent"], &["Employee"]))
+        );
     }
 
     #[test]
@@ -429,7 +435,13 @@ mod tests {
         let after = set(&["Employee", "System Administrator"]);
         let d = decide_revert(p, &after, undo(&before, &after), false, false, None);
         assert!(
-            matches!(d, Decision::Reject { reason: ReasonCode::SodConflict, .. }),
+            matches!(
+                d,
+                Decision::Reject {
+                    reason: ReasonCode::SodConflict,
+                    ..
+                }
+            ),
             "{d:?}"
         );
     }

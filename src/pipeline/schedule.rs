@@ -118,7 +118,10 @@ mod tests {
         assert_eq!(next_after(&cron("0 3 * * *"), t0), Some(t0 + 3 * 3_600_000));
         assert_eq!(next_after(&cron("*/5 * * * * *"), t0), Some(t0 + 5_000));
         // Strictly after: an occurrence is never fired twice by one replica.
-        assert_eq!(next_after(&cron("*/5 * * * * *"), t0 + 5_000), Some(t0 + 10_000));
+        assert_eq!(
+            next_after(&cron("*/5 * * * * *"), t0 + 5_000),
+            Some(t0 + 10_000)
+        );
     }
 
     #[test]

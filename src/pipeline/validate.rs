@@ -150,7 +150,10 @@ async fn next_page(
         more: page.more,
         rejected,
         rejected_rows,
-        users: users.iter().map(|u| PlanUser::of_batch(u, policy)).collect(),
+        users: users
+            .iter()
+            .map(|u| PlanUser::of_batch(u, policy))
+            .collect(),
     })
 }
 

@@ -33,16 +33,15 @@ mod undo;
 
 pub(crate) use records::{
     ChunkClaim, ChunkDone, CreateJob, DeliveryResult, DesiredUpdate, IdempotencyClaim, JobDeltas,
-    JobPlan,
-    LeaseRenewal, NewJob, OutboxRecord, PlanPage,
+    JobPlan, LeaseRenewal, NewJob, OutboxRecord, PlanPage,
 };
 // Public: read outside the crate (`get_job`, `list_items` in tests/) or named by public
 // functions of other modules (`job_view`, `validate_rows`, `EventFactory::event`).
 pub(crate) use ingest::Ingest;
 pub(crate) use planning::{GeneratedRow, Overflow};
-pub(crate) use undo::{NewGenerated, OccurrenceClaim, ReconcileCreated, RevertCreated};
 pub use records::{ItemRecord, JobGroup, JobRecord, OutboxEvent, Reason, RowResult, StoreGauges};
 use records::{ItemRow, JobRow, OutboxRow};
+pub(crate) use undo::{NewGenerated, OccurrenceClaim, ReconcileCreated, RevertCreated};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

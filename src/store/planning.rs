@@ -75,8 +75,9 @@ impl Store {
         limit: usize,
     ) -> StoreResult<(Vec<GeneratedRow>, bool)> {
         let limit = limit.max(1);
-        let rows: Vec<(i64, String, Option<String>, Option<String>)> =
-            dual!(&self.backend, |p, DB| {
+        let rows: Vec<(i64, String, Option<String>, Option<String>)> = dual!(
+            &self.backend,
+            |p, DB| {
                 sqlx::query_as(
                     "SELECT line, external_id, desired_roles, expected_roles FROM items \
                      WHERE job_id = $1 AND outcome = 'pending' AND ($2 IS NULL OR external_id > $2) \
@@ -87,7 +88,8 @@ impl Store {
                 .bind(limit as i64)
                 .fetch_all(p)
                 .await?
-            });
+            }
+        );
         let more = rows.len() == limit;
         let list = |s: Option<String>| {
             s.and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok())

@@ -1,11 +1,11 @@
 //! Syncing a planned job: workers lease chunks, record a write's intent before sending it,
 //! and commit a chunk's outcomes while they still hold its lease.
 
+use super::undo::apply_desired;
 use super::{
     Backend, ChunkClaim, ChunkDone, ItemRecord, ItemRow, JobDeltas, LeaseRenewal, Store,
     StoreResult, add_counts, apply_result, begin_write, dual, insert_events, now_ms,
 };
-use super::undo::apply_desired;
 use sqlx::{QueryBuilder, Row};
 
 impl Store {

@@ -7,7 +7,9 @@
 //! it like a submitted batch. Its rows are made by one `INSERT … SELECT` in the transaction that
 //! stores the job, so a job and its rows exist together or not at all, whatever their number.
 
-use super::{Backend, JobRecord, JobRow, Store, StoreError, StoreResult, begin_write, dual, now_ms};
+use super::{
+    Backend, JobRecord, JobRow, Store, StoreError, StoreResult, begin_write, dual, now_ms,
+};
 use crate::domain::{JobKind, JobStatus, Mode};
 use sqlx::Row;
 
@@ -41,7 +43,9 @@ impl NewGenerated {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RevertCreated {
     /// The revert job, with one row per user to put back.
-    Created { users: i64 },
+    Created {
+        users: i64,
+    },
     NotFound,
     /// The original has not ended: what it changed is not known yet.
     NotEnded(JobStatus),
@@ -50,7 +54,9 @@ pub(crate) enum RevertCreated {
     /// The original applied no change to any user.
     NothingApplied,
     /// The original applied changes before rolesync kept the roles before and after a write.
-    Unrecorded { users: i64 },
+    Unrecorded {
+        users: i64,
+    },
     /// A real revert of the original is still running.
     RevertRunning(String),
 }
@@ -58,7 +64,9 @@ pub(crate) enum RevertCreated {
 /// What `create_reconcile` (or a schedule's claim) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ReconcileCreated {
-    Created { users: i64 },
+    Created {
+        users: i64,
+    },
     /// Another reconcile has not ended: none is started while one runs.
     Running(String),
 }
@@ -73,7 +81,6 @@ pub(crate) enum OccurrenceClaim {
     /// Another replica claimed it first.
     Taken,
 }
-
 
 /// Stores a generated job row with `users` rows already inserted (inside `$tx`).
 macro_rules! insert_generated_job {
@@ -181,14 +188,13 @@ impl Store {
                 return Ok(r);
             }
             if let Some(by) = &original.reverted_by {
-                let status: Option<String> =
-                    sqlx::query_scalar(
-                        "SELECT status FROM jobs WHERE id = $1 \
+                let status: Option<String> = sqlx::query_scalar(
+                    "SELECT status FROM jobs WHERE id = $1 \
                          AND status IN ('queued', 'running', 'paused', 'awaiting_approval')",
-                    )
-                        .bind(by)
-                        .fetch_optional(&mut *tx)
-                        .await?;
+                )
+                .bind(by)
+                .fetch_optional(&mut *tx)
+                .await?;
                 if status.is_some() {
                     tx.rollback().await?;
                     return Ok(RevertCreated::RevertRunning(by.clone()));
@@ -466,16 +472,20 @@ mod tests {
         );
         // Reverting the first job that managed a user leaves no desired state.
         set_desired(&store, "b", &["Agent"], "j3").await;
-        ok(store.apply_desired_for_test(&ChunkDone {
-            desired: vec![DesiredUpdate::Revert {
-                external_id: "b".into(),
-                original_job_id: "j3".into(),
-                job_id: "r3".into(),
-            }],
-            ..Default::default()
-        })
-        .await);
-        assert_eq!(ok(store.desired_state("b").await), Some((None, "r3".into())));
+        ok(store
+            .apply_desired_for_test(&ChunkDone {
+                desired: vec![DesiredUpdate::Revert {
+                    external_id: "b".into(),
+                    original_job_id: "j3".into(),
+                    job_id: "r3".into(),
+                }],
+                ..Default::default()
+            })
+            .await);
+        assert_eq!(
+            ok(store.desired_state("b").await),
+            Some((None, "r3".into()))
+        );
     }
 
     #[tokio::test]
@@ -493,11 +503,26 @@ mod tests {
         assert_eq!(again, ReconcileCreated::Running("r1".into()));
         // The schedule's occurrence is claimed once; with r1 open it starts nothing.
         let claim = ok(store
-            .claim_occurrence("reconcile", 1000, "me", &generated("r3", JobKind::Reconcile))
+            .claim_occurrence(
+                "reconcile",
+                1000,
+                "me",
+                &generated("r3", JobKind::Reconcile),
+            )
             .await);
-        assert_eq!(claim, OccurrenceClaim::Skipped { running: "r1".into() });
+        assert_eq!(
+            claim,
+            OccurrenceClaim::Skipped {
+                running: "r1".into()
+            }
+        );
         let claim = ok(store
-            .claim_occurrence("reconcile", 1000, "other", &generated("r4", JobKind::Reconcile))
+            .claim_occurrence(
+                "reconcile",
+                1000,
+                "other",
+                &generated("r4", JobKind::Reconcile),
+            )
             .await);
         assert_eq!(claim, OccurrenceClaim::Taken);
         let job = ok(store.get_job("r1").await).map(|j| (j.kind, j.counts.total));

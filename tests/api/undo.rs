@@ -122,7 +122,12 @@ async fn scim_calls(app: &TestApp) -> u64 {
 fn items_of(items: &[Value]) -> std::collections::BTreeMap<String, Value> {
     items
         .iter()
-        .map(|i| (i["external_id"].as_str().unwrap_or("").to_owned(), i.clone()))
+        .map(|i| {
+            (
+                i["external_id"].as_str().unwrap_or("").to_owned(),
+                i.clone(),
+            )
+        })
         .collect()
 }
 
@@ -262,7 +267,14 @@ fn sorted(v: &[&str]) -> Vec<String> {
 /// hand grant.
 #[tokio::test]
 async fn revert_after_a_merge_job_with_a_user_changed_since_then_revert_of_revert_and_force() {
-    let app = spawn_app().await;
+    // Removal bounds off: each revert takes Agent from most of this 3-user org, and approval is
+    // the subject of the next test.
+    let app = spawn_app_with(TestOptions {
+        policy: include_str!("../../config/policy.toml")
+            .replace("max_removal_fraction = 0.2", "max_removal_fraction = 1.0"),
+        ..Default::default()
+    })
+    .await;
     app.seed(&[("M1", &[]), ("M2", &["Reporting"]), ("M3", &["Agent"])])
         .await;
     let job = app
@@ -279,7 +291,12 @@ async fn revert_after_a_merge_job_with_a_user_changed_since_then_revert_of_rever
         Some((Some(sorted(&["Agent"])), original.clone())),
         "a user found already right holds the job's desired set too"
     );
-    hand_set_roles(&app, "M2", &["Employee", "Reporting", "Agent", "Supervisor"]).await;
+    hand_set_roles(
+        &app,
+        "M2",
+        &["Employee", "Reporting", "Agent", "Supervisor"],
+    )
+    .await;
 
     reset_stats(&app).await;
     let (status, rev) = revert(&app, &original, "").await;
@@ -343,8 +360,14 @@ async fn revert_after_a_merge_job_with_a_user_changed_since_then_revert_of_rever
         vec![vec!["Employee", "Reporting", "Supervisor"]]
     );
     let items = items_of(&app.items(&id_of(&forced)).await);
-    assert_eq!(strs(&items["M2"]["roles_before"]), sorted(&["Agent", "Employee", "Reporting", "Supervisor"]));
-    assert_eq!(strs(&items["M2"]["roles_after"]), sorted(&["Employee", "Reporting", "Supervisor"]));
+    assert_eq!(
+        strs(&items["M2"]["roles_before"]),
+        sorted(&["Agent", "Employee", "Reporting", "Supervisor"])
+    );
+    assert_eq!(
+        strs(&items["M2"]["roles_after"]),
+        sorted(&["Employee", "Reporting", "Supervisor"])
+    );
 }
 
 /// A replace job takes three roles and gives one; it waits for approval (removals), as its
@@ -353,11 +376,8 @@ async fn revert_after_a_merge_job_with_a_user_changed_since_then_revert_of_rever
 #[tokio::test]
 async fn revert_after_a_replace_job_waits_for_approval_like_any_job_and_dry_runs() {
     let app = spawn_app().await;
-    app.seed(&[(
-        "P1",
-        &["Supervisor", "Agent", "Reporting", "Wrap Up"],
-    )])
-    .await;
+    app.seed(&[("P1", &["Supervisor", "Agent", "Reporting", "Wrap Up"])])
+        .await;
     let resp = app
         .submit(
             "text/csv",
@@ -369,7 +389,12 @@ async fn revert_after_a_replace_job_waits_for_approval_like_any_job_and_dry_runs
     let original = id_of(&resp.json::<Value>().await.unwrap());
     let held = app.wait_for(&original, &["awaiting_approval"]).await;
     assert_eq!(held["approval"]["reasons"], json!(["removals"]), "{held}");
-    assert_eq!(app.post(&format!("/v1/jobs/{original}/approve"), ADMIN_KEY).await.status(), 200);
+    assert_eq!(
+        app.post(&format!("/v1/jobs/{original}/approve"), ADMIN_KEY)
+            .await
+            .status(),
+        200
+    );
     assert_eq!(app.wait_finished(&original).await["status"], "succeeded");
     assert_eq!(
         app.roles_of("P1").await,
@@ -411,11 +436,22 @@ async fn revert_after_a_replace_job_waits_for_approval_like_any_job_and_dry_runs
     // While it runs, the job cannot be reverted again.
     let (status, problem) = revert(&app, &original, "").await;
     assert_eq!(status, 409, "{problem}");
-    assert_eq!(app.post(&format!("/v1/jobs/{rev_id}/approve"), ADMIN_KEY).await.status(), 200);
+    assert_eq!(
+        app.post(&format!("/v1/jobs/{rev_id}/approve"), ADMIN_KEY)
+            .await
+            .status(),
+        200
+    );
     assert_eq!(app.wait_finished(&rev_id).await["status"], "succeeded");
     assert_eq!(
         app.roles_of("P1").await,
-        vec![vec!["Agent", "Employee", "Reporting", "Supervisor", "Wrap Up"]]
+        vec![vec![
+            "Agent",
+            "Employee",
+            "Reporting",
+            "Supervisor",
+            "Wrap Up"
+        ]]
     );
 }
 
@@ -460,7 +496,11 @@ async fn reconcile_dry_run_names_exactly_the_drifted_users_and_a_real_one_fixes_
     for u in ["D1", "D3", "D4"] {
         assert_eq!(items[u]["outcome"], "unchanged", "{u}: {:?}", items[u]);
     }
-    assert_eq!(patches(&app.emulator_stats().await), 0, "a dry run writes nothing");
+    assert_eq!(
+        patches(&app.emulator_stats().await),
+        0,
+        "a dry run writes nothing"
+    );
     assert_eq!(done["scim"]["requests"], 1, "{done}");
     assert_eq!(scim_calls(&app).await, 1);
     let drift = hooks.wait_for("role_sync.drift_detected", 1).await;
@@ -468,7 +508,12 @@ async fn reconcile_dry_run_names_exactly_the_drifted_users_and_a_real_one_fixes_
     assert_eq!(drift[0]["fixed"], false);
     assert_eq!(drift[0]["roles_added"], json!(["Agent"]));
     assert_eq!(
-        metric(&app.address, &app.client, "rolesync_reconcile_drifted_users_total").await,
+        metric(
+            &app.address,
+            &app.client,
+            "rolesync_reconcile_drifted_users_total"
+        )
+        .await,
         1.0
     );
 
@@ -500,10 +545,18 @@ async fn reconcile_dry_run_names_exactly_the_drifted_users_and_a_real_one_fixes_
     assert_eq!(done["scim"]["requests"], 2, "{done}");
     assert_eq!(scim_calls(&app).await, 2);
     let drift = hooks.wait_for("role_sync.drift_detected", 4).await;
-    assert!(drift.iter().any(|d| d["external_id"] == "D2" && d["fixed"] == true));
+    assert!(
+        drift
+            .iter()
+            .any(|d| d["external_id"] == "D2" && d["fixed"] == true)
+    );
     // The fix is a write like any other: completed event, revertable.
     let completed = hooks.wait_for("role_sync.completed", 5).await;
-    assert!(completed.iter().any(|c| c["job_id"] == id_of(&fix).as_str()));
+    assert!(
+        completed
+            .iter()
+            .any(|c| c["job_id"] == id_of(&fix).as_str())
+    );
 }
 
 /// One reconcile at a time: a second one is refused (409) while the first waits for approval;
@@ -513,7 +566,11 @@ async fn a_second_reconcile_waits_for_the_first_and_bad_bodies_are_refused() {
     let app = spawn_app().await;
     app.seed(&[("Q1", &[]), ("Q2", &[])]).await;
     let job = app
-        .submit_csv(&csv_for(&["Q1".into(), "Q2".into()], "Agent", "Standard Agent"))
+        .submit_csv(&csv_for(
+            &["Q1".into(), "Q2".into()],
+            "Agent",
+            "Standard Agent",
+        ))
         .await;
     app.wait_finished(&id_of(&job)).await;
     hand_set_roles(&app, "Q1", &["Employee", "Agent", "Reporting"]).await;
@@ -528,10 +585,17 @@ async fn a_second_reconcile_waits_for_the_first_and_bad_bodies_are_refused() {
         problem["detail"].as_str().unwrap().contains(&id_of(&first)),
         "{problem}"
     );
-    for bad in [json!({"mode": "sideways"}), json!({"dry_run": "yes"}), json!({"extra": 1})] {
+    for bad in [
+        json!({"mode": "sideways"}),
+        json!({"dry_run": "yes"}),
+        json!({"extra": 1}),
+    ] {
         let (status, problem) = reconcile(&app, bad.clone()).await;
         assert_eq!(status, 400, "{bad}: {problem}");
-        assert!(problem["detail"].as_str().unwrap().starts_with("body:"), "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().starts_with("body:"),
+            "{problem}"
+        );
     }
     let reader = app
         .client
@@ -541,7 +605,12 @@ async fn a_second_reconcile_waits_for_the_first_and_bad_bodies_are_refused() {
         .await
         .unwrap();
     assert_eq!(reader.status(), 403);
-    assert_eq!(app.post(&format!("/v1/jobs/{}/cancel", id_of(&first)), WRITER_KEY).await.status(), 200);
+    assert_eq!(
+        app.post(&format!("/v1/jobs/{}/cancel", id_of(&first)), WRITER_KEY)
+            .await
+            .status(),
+        200
+    );
     app.wait_finished(&id_of(&first)).await;
     let (status, next) = reconcile(&app, json!({"dry_run": true})).await;
     assert_eq!(status, 202, "{next}");
@@ -583,7 +652,11 @@ async fn the_schedule_fires_once_across_two_replicas_on_postgresql() {
     let app = spawn_app().await;
     app.seed(&[("S1", &[]), ("S2", &[])]).await;
     let job = app
-        .submit_csv(&csv_for(&["S1".into(), "S2".into()], "Agent", "Standard Agent"))
+        .submit_csv(&csv_for(
+            &["S1".into(), "S2".into()],
+            "Agent",
+            "Standard Agent",
+        ))
         .await;
     app.wait_finished(&id_of(&job)).await;
     hand_set_roles(&app, "S2", &["Employee"]).await;
@@ -611,7 +684,10 @@ async fn the_schedule_fires_once_across_two_replicas_on_postgresql() {
         if seen.iter().all(|per| per.iter().sum::<f64>() >= 1.0) {
             break seen;
         }
-        assert!(Instant::now() < deadline, "the occurrence never came: {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the occurrence never came: {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let fired = seen[0][0] + seen[1][0];
