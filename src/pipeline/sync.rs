@@ -134,8 +134,9 @@ enum UserResult {
         changed: Option<bool>,
         /// The user failed on a per-user target error (counts towards `error_ratio`).
         target_error: bool,
-        /// How the user's desired state moves once these rows are committed.
-        desired: Option<DesiredUpdate>,
+        /// How the user's desired state moves once these rows are committed (boxed: most
+        /// results carry none).
+        desired: Option<Box<DesiredUpdate>>,
         /// A reconcile found the user drifted.
         drifted: bool,
     },
@@ -264,7 +265,7 @@ async fn run_chunk(
                     drifted,
                 } => {
                     record(&mut done, results, events, changed);
-                    done.desired.extend(desired);
+                    done.desired.extend(desired.map(|d| *d));
                     done.drifted += u64::from(drifted);
                     judge.record(target_error);
                     if let Some((failed, sample)) = judge.tripped() {
@@ -402,7 +403,7 @@ async fn settle(
             } = r
             {
                 record(done, results, events, changed);
-                done.desired.extend(desired);
+                done.desired.extend(desired.map(|d| *d));
                 done.drifted += u64::from(drifted);
             }
         }
@@ -706,7 +707,7 @@ impl Report<'_> {
             events: event.into_iter().chain(drifted.event).collect(),
             changed: Some(true),
             target_error: false,
-            desired: self.desired_update(),
+            desired: self.desired_update().map(Box::new),
             drifted: drifted.found,
         }
     }
@@ -835,7 +836,8 @@ impl Report<'_> {
             // A user found already right holds the desired set as much as one just written.
             desired: (outcome == Outcome::Unchanged)
                 .then(|| self.desired_update())
-                .flatten(),
+                .flatten()
+                .map(Box::new),
             drifted: drifted.found,
         }
     }
