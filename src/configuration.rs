@@ -4,7 +4,7 @@
 //! format) are typed, so an unknown word is refused at start-up. The keys are listed, with their
 //! defaults, in `config/default.toml`. This module imports nothing of rolesync but `domain`.
 
-use crate::domain::{EventType, LogFormat, Scope, WebhookSecret};
+use crate::domain::{EventType, LogFormat, Mode, Scope, WebhookSecret};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -31,6 +31,39 @@ pub struct Settings {
     pub ingest: IngestSettings,
     #[serde(default)]
     pub telemetry: TelemetrySettings,
+    #[serde(default)]
+    pub reconcile: ReconcileSettings,
+}
+
+/// `[reconcile]`: the scheduled reconcile. Off while `schedule` is empty.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// A cron expression in UTC: 5 fields, or 6 with seconds first.
+    #[serde(default)]
+    pub schedule: String,
+    /// Write the fixes; else each scheduled reconcile is a dry run.
+    #[serde(default)]
+    pub fix: bool,
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+impl ReconcileSettings {
+    /// The schedule, parsed; None when off. Checked at start-up (`Settings::load`), so a
+    /// running service only ever sees a valid one.
+    pub fn cron(&self) -> Result<Option<croner::Cron>, String> {
+        let s = self.schedule.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Optional)
+            .build()
+            .parse(s)
+            .map(Some)
+            .map_err(|e| format!("not a cron expression (5 fields, or 6 with seconds): {e}"))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -511,6 +544,9 @@ impl Settings {
         self.check_webhooks()?;
         self.check_ingest()?;
         self.check_telemetry()?;
+        self.reconcile
+            .cron()
+            .map_err(|e| invalid("reconcile.schedule", e))?;
         Ok(())
     }
 

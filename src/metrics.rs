@@ -26,6 +26,9 @@ use std::time::Duration;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_SHA: &str = env!("ROLESYNC_GIT_SHA");
 
+/// The `result` label of `rolesync_reconcile_schedule_runs_total`.
+pub(crate) const SCHEDULE_RESULTS: [&str; 4] = ["fired", "taken", "skipped", "error"];
+
 /// Store-derived gauges are read at most this often, however many scrapers ask.
 const STORE_REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// A scrape waits at most this long for the store; then the gauges keep their last values and
@@ -63,6 +66,8 @@ pub struct Metrics {
     pub rows_pending: IntGauge,
     pub oldest_unfinished_job_age_seconds: Gauge,
     pub store_up: IntGauge,
+    pub reconcile_drifted_users_total: IntCounter,
+    pub reconcile_schedule_runs_total: IntCounterVec,
     /// When the store-derived gauges were last read (`Instant`), and the lock that keeps
     /// concurrent scrapes to one store read.
     store_refreshed: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
@@ -219,6 +224,17 @@ impl Metrics {
                 "store_up",
                 "1 when the last read of the store-derived gauges succeeded, 0 when it failed or timed out",
             ))?,
+            reconcile_drifted_users_total: IntCounter::with_opts(opts(
+                "reconcile_drifted_users_total",
+                "Users a reconcile found drifted (roles not what their desired state implies), fixed or not",
+            ))?,
+            reconcile_schedule_runs_total: IntCounterVec::new(
+                opts(
+                    "reconcile_schedule_runs_total",
+                    "Occurrences of [reconcile] schedule seen by this replica, by what it did: fired (started the reconcile), taken (another replica claimed it), skipped (a reconcile was running), error",
+                ),
+                &["result"],
+            )?,
             store_refreshed: Arc::new(tokio::sync::Mutex::new(None)),
             registry,
         };
@@ -251,6 +267,8 @@ impl Metrics {
         r.register(Box::new(m.rows_pending.clone()))?;
         r.register(Box::new(m.oldest_unfinished_job_age_seconds.clone()))?;
         r.register(Box::new(m.store_up.clone()))?;
+        r.register(Box::new(m.reconcile_drifted_users_total.clone()))?;
+        r.register(Box::new(m.reconcile_schedule_runs_total.clone()))?;
         // CPU, memory, open file descriptors, threads, start time: `process_*`, unprefixed as
         // every Prometheus client names them. Linux only (read from /proc).
         #[cfg(target_os = "linux")]
@@ -276,6 +294,9 @@ impl Metrics {
         }
         for reason in ScimRetryReason::ALL {
             m.scim_retries_total.with_label_values(&[reason.as_str()]);
+        }
+        for result in SCHEDULE_RESULTS {
+            m.reconcile_schedule_runs_total.with_label_values(&[result]);
         }
         Ok(m)
     }

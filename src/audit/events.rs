@@ -128,6 +128,27 @@ fn shared_set<S: serde::Serializer>(set: &Arc<PermissionSet>, s: S) -> Result<S:
     set.as_ref().serialize(s)
 }
 
+/// `role_sync.drift_detected`: a reconcile found a user whose roles are not what their desired
+/// state (the last role set a job applied to them) implies in the reconcile's mode.
+#[derive(Debug, Serialize)]
+pub struct RoleSyncDriftDetected<'a> {
+    pub job_id: &'a str,
+    pub external_id: &'a str,
+    pub user_id: &'a str,
+    pub mode: crate::domain::Mode,
+    /// What the user holds.
+    pub roles_current: &'a RoleSet,
+    /// The user's desired state (expanded).
+    pub roles_desired: &'a RoleSet,
+    /// What the desired state implies in this mode: what the fix writes.
+    pub roles_expected: &'a RoleSet,
+    /// The fix: roles missing from the user, and roles to take away (`replace` only).
+    pub roles_added: &'a [String],
+    pub roles_removed: &'a [String],
+    /// Whether the reconcile writes the fix (false in a dry run).
+    pub fixed: bool,
+}
+
 /// `role_sync.failed`: a user could not be synced. One event per user: the rows of a user are
 /// synced, and fail, together.
 #[derive(Debug, Serialize)]
@@ -479,6 +500,10 @@ mod tests {
             request_id: None,
             privileged_allowed: false,
             traceparent: None,
+            kind: crate::domain::JobKind::Sync,
+            original_job_id: None,
+            reverted_by: None,
+            revert_force: false,
         };
         let old = json!({
             "job_id": job.id,

@@ -31,6 +31,22 @@ impl JobStatus {
 }
 
 vocabulary! {
+    /// What a job does, and where its rows come from.
+    #[derive(Default)]
+    pub enum JobKind {
+        /// A batch submitted to `POST /v1/jobs`: rows from the HR system.
+        #[default]
+        Sync = "sync",
+        /// Puts back what another job changed (`POST /v1/jobs/{id}/revert`): one row per user
+        /// that job applied, made from its recorded roles before and after.
+        Revert = "revert",
+        /// Applies the desired state again (`POST /v1/reconcile`, `[reconcile] schedule`): one
+        /// row per managed user, made from the desired-state table.
+        Reconcile = "reconcile",
+    }
+}
+
+vocabulary! {
     /// Outcome of one submitted row.
     pub enum Outcome {
         Pending = "pending",
@@ -72,6 +88,9 @@ vocabulary! {
         TooManyRowsForUser = "too_many_rows_for_user",
         JobFailed = "job_failed",
         Cancelled = "cancelled",
+        /// A revert left the user alone: their roles changed since the job being reverted
+        /// (without `force`).
+        ChangedSince = "changed_since",
     }
 }
 

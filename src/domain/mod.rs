@@ -7,7 +7,9 @@ mod job;
 mod webhook_secret;
 
 pub use assignment::{Assignment, ExternalId, Mode};
-pub use job::{Approval, Counts, Estimate, JobStatus, Outcome, PrivilegedGrants, ReasonCode};
+pub use job::{
+    Approval, Counts, Estimate, JobKind, JobStatus, Outcome, PrivilegedGrants, ReasonCode,
+};
 pub use vocabulary::{
     ApprovalReason, DeliveryStatus, EventType, LogFormat, PausedReason, ReadMethod,
     ScimCallOutcome, ScimRetryReason, Scope,

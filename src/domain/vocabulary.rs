@@ -120,6 +120,8 @@ vocabulary! {
         RoleSyncFailed = "role_sync.failed",
         /// A job reached a terminal status.
         JobFinished = "job.finished",
+        /// A reconcile found a user whose roles are not what their desired state implies.
+        DriftDetected = "role_sync.drift_detected",
     }
 }
 

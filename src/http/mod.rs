@@ -15,6 +15,7 @@ mod items_csv;
 mod jobs;
 mod policy;
 mod slots;
+mod undo;
 pub use slots::IngestSlots;
 mod ui;
 mod validate;
@@ -86,6 +87,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::items))
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::approve))
+        .routes(routes!(undo::revert))
+        .routes(routes!(undo::reconcile))
         .routes(routes!(validate::validate))
         .routes(routes!(policy::get))
         .routes(routes!(policy::role))

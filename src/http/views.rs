@@ -4,7 +4,7 @@
 //! the policy's are `policy::{PolicySummary, RoleDetail}`.)
 
 use crate::domain::{
-    Approval, Counts, DeliveryStatus, Estimate, JobStatus, Mode, Outcome, PausedReason,
+    Approval, Counts, DeliveryStatus, Estimate, JobKind, JobStatus, Mode, Outcome, PausedReason,
 };
 use crate::store::{ItemRecord, JobRecord, OutboxRecord, Reason, StoreError, now_ms};
 use serde::Serialize;
@@ -38,9 +38,20 @@ use utoipa::ToSchema;
 }))]
 pub struct JobView {
     pub job_id: String,
+    /// `sync` (a submitted batch), `revert` or `reconcile`.
+    pub kind: JobKind,
     pub status: JobStatus,
+    /// For a revert, the mode of the job it reverts.
     pub mode: Mode,
     pub dry_run: bool,
+    /// A revert: the job it reverts.
+    pub original_job_id: Option<String>,
+    /// The latest real (not dry-run) revert of this job.
+    pub reverted_by: Option<String>,
+    /// A revert: whether it applies the inverse delta to users changed since.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false)]
+    pub force: Option<bool>,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: Option<String>,
@@ -101,9 +112,13 @@ impl JobView {
         };
         JobView {
             job_id: job.id.clone(),
+            kind: job.kind,
             status: job.status,
             mode: job.mode,
             dry_run: job.dry_run,
+            original_job_id: job.original_job_id.clone(),
+            reverted_by: job.reverted_by.clone(),
+            force: (job.kind == JobKind::Revert).then_some(job.revert_force),
             created_at: rfc3339(Some(job.created_at_ms)),
             started_at: rfc3339(job.started_at_ms),
             finished_at: rfc3339(job.finished_at_ms),
@@ -167,6 +182,14 @@ pub struct ItemView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(required = false, nullable = false)]
     pub permissions_removed: Option<Vec<String>>,
+    /// The user's whole role set before and after the write (`applied`) or the planned write
+    /// (`planned`): what a revert puts back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false)]
+    pub roles_before: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false)]
+    pub roles_after: Option<Vec<String>>,
 }
 
 impl ItemView {
@@ -183,6 +206,8 @@ impl ItemView {
             roles_removed: item.roles_removed,
             permissions_added: item.permissions_added,
             permissions_removed: item.permissions_removed,
+            roles_before: item.roles_before,
+            roles_after: item.roles_after,
         }
     }
 }

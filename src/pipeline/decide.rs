@@ -56,18 +56,83 @@ pub(crate) fn decide(
     }
     let change = RoleChange::new(current.clone(), after);
     if change.is_empty() {
-        return match prior {
-            Some(intent) => {
-                // The roles before that write: undo what it recorded on what is there now.
-                let mut before: RoleSet = current
-                    .iter()
-                    .filter(|r| !intent.added.contains(r))
-                    .cloned()
-                    .collect();
-                before.extend(intent.removed.iter().cloned());
-                Decision::AlreadyApplied(RoleChange::new(before, change.after))
-            }
-            None => Decision::Unchanged,
+        return nothing_to_write(current, prior);
+    }
+    if dry_run {
+        Decision::Planned(change)
+    } else {
+        Decision::Write(change)
+    }
+}
+
+/// A user who already holds what the job leads to: `AlreadyApplied` with the diff an earlier
+/// attempt recorded (its intent), else `Unchanged`.
+fn nothing_to_write(current: &RoleSet, prior: Option<Intent<'_>>) -> Decision {
+    match prior {
+        Some(intent) => {
+            // The roles before that write: undo what it recorded on what is there now.
+            let mut before: RoleSet = current
+                .iter()
+                .filter(|r| !intent.added.contains(r))
+                .cloned()
+                .collect();
+            before.extend(intent.removed.iter().cloned());
+            Decision::AlreadyApplied(RoleChange::new(before, current.clone()))
+        }
+        None => Decision::Unchanged,
+    }
+}
+
+/// What a revert knows of one user: the roles the reverted job found them with (`before`) and
+/// left them with (`after`), as it recorded them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Undo<'a> {
+    pub(crate) before: &'a RoleSet,
+    pub(crate) after: &'a RoleSet,
+}
+
+/// Decides a revert for a user holding `current`.
+///
+/// The revert is the inverse delta of the reverted job: remove what it added, add back what it
+/// removed. Applied to a user who still holds exactly what the job left, it gives exactly the
+/// roles the job found. In order:
+/// - a user who already holds what the revert leads to (reverted by hand, or by an earlier
+///   attempt: `AlreadyApplied` with its intent) is not written;
+/// - a user whose roles changed since the job (current ≠ `after`) is left alone, `rejected`
+///   with `changed_since` and a message naming what changed, unless `force`: then the inverse
+///   delta is applied on top of what they hold now;
+/// - the result must not break a separation-of-duties rule (`sod_conflict`), as for any job;
+/// - `Planned` in a dry run, else `Write`.
+pub(crate) fn decide_revert(
+    policy: &Policy,
+    current: &RoleSet,
+    undo: Undo<'_>,
+    force: bool,
+    dry_run: bool,
+    prior: Option<Intent<'_>>,
+) -> Decision {
+    let added: RoleSet = undo.after.difference(undo.before).cloned().collect();
+    let removed: RoleSet = undo.before.difference(undo.after).cloned().collect();
+    let target: RoleSet = current
+        .iter()
+        .filter(|r| !added.contains(*r))
+        .chain(removed.iter())
+        .cloned()
+        .collect();
+    let change = RoleChange::new(current.clone(), target);
+    if change.is_empty() {
+        return nothing_to_write(current, prior);
+    }
+    if !force && current != undo.after {
+        return Decision::Reject {
+            reason: ReasonCode::ChangedSince,
+            message: changed_since_message(undo.after, current),
+        };
+    }
+    if let Some(rule) = policy.sod_violation(&change.after) {
+        return Decision::Reject {
+            reason: ReasonCode::SodConflict,
+            message: rule.conflict_message(),
         };
     }
     if dry_run {
@@ -75,6 +140,27 @@ pub(crate) fn decide(
     } else {
         Decision::Write(change)
     }
+}
+
+/// Names what changed between the roles a job left (`left`) and what the user holds now.
+fn changed_since_message(left: &RoleSet, current: &RoleSet) -> String {
+    let list = |roles: Vec<&String>| {
+        if roles.is_empty() {
+            "none".to_owned()
+        } else {
+            roles
+                .iter()
+                .map(|r| format!("\"{r}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    format!(
+        "the user's roles changed since the reverted job: added since: {}; removed since: {}; \
+         left alone (force applies the inverse delta anyway)",
+        list(current.difference(left).collect()),
+        list(left.difference(current).collect()),
+    )
 }
 
 #[cfg(test)]
@@ -266,6 +352,100 @@ mod tests {
         assert!(matches!(d, Decision::Write(_)), "{d:?}");
     }
 
+    fn undo<'a>(before: &'a RoleSet, after: &'a RoleSet) -> Undo<'a> {
+        Undo { before, after }
+    }
+
+    #[test]
+    fn a_revert_puts_back_exactly_what_the_job_found() {
+        let p = policy();
+        // A replace job took Reporting and Supervisor away and gave Queue Member.
+        let before = set(&["Employee", "Reporting", "Supervisor", "Agent"]);
+        let after = set(&["Employee", "Agent", "Queue Member"]);
+        let d = decide_revert(p, &after, undo(&before, &after), false, false, None);
+        assert_eq!(
+            d,
+            Decision::Write(RoleChange::new(after.clone(), before.clone()))
+        );
+        let dry = decide_revert(p, &after, undo(&before, &after), false, true, None);
+        assert_eq!(dry, Decision::Planned(RoleChange::new(after, before)));
+    }
+
+    #[test]
+    fn a_user_changed_since_is_left_alone_with_the_difference_named() {
+        let p = policy();
+        let before = set(&["Employee"]);
+        let after = set(&["Employee", "Agent"]);
+        // Reporting was granted by hand since the job.
+        let current = set(&["Employee", "Agent", "Reporting"]);
+        let d = decide_revert(p, &current, undo(&before, &after), false, false, None);
+        let Decision::Reject { reason, message } = d else {
+            panic!("expected a rejection, got {d:?}")
+        };
+        assert_eq!(reason, ReasonCode::ChangedSince);
+        assert!(
+            message.contains("added since: \"Reporting\"; removed since: none"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn force_applies_the_inverse_delta_on_top_of_the_current_roles() {
+        let p = policy();
+        let before = set(&["Employee", "Wrap Up"]);
+        let after = set(&["Employee", "Agent"]);
+        let current = set(&["Employee", "Agent", "Reporting"]);
+        let d = decide_revert(p, &current, undo(&before, &after), true, false, None);
+        // Agent (added by the job) goes, Wrap Up (removed by it) comes back, Reporting stays.
+        assert_eq!(
+            d,
+            Decision::Write(change(
+                &["Employee", "Agent", "Reporting"],
+                &["Employee", "Reporting", "Wrap Up"]
+            ))
+        );
+    }
+
+    #[test]
+    fn a_user_already_back_is_unchanged_or_already_applied_by_an_earlier_attempt() {
+        let p = policy();
+        let before = set(&["Employee"]);
+        let after = set(&["Employee", "Agent"]);
+        for force in [false, true] {
+            let d = decide_revert(p, &before, undo(&before, &after), force, false, None);
+            assert_eq!(d, Decision::Unchanged);
+        }
+        let removed = strings(&["Agent"]);
+        let prior = Intent {
+            added: &[],
+            removed: &removed,
+        };
+        let d = decide_revert(p, &before, undo(&before, &after), false, false, Some(prior));
+        assert_eq!(
+            d,
+            Decision::AlreadyApplied(change(&["Employee", "Agent"], &["Employee"]))
+        );
+    }
+
+    #[test]
+    fn a_revert_never_writes_a_separation_of_duties_conflict() {
+        let p = policy();
+        // The job took Reporting Auditor away from a System Administrator.
+        let before = set(&["Employee", "System Administrator", "Reporting Auditor"]);
+        let after = set(&["Employee", "System Administrator"]);
+        let d = decide_revert(p, &after, undo(&before, &after), false, false, None);
+        assert!(
+            matches!(
+                d,
+                Decision::Reject {
+                    reason: ReasonCode::SodConflict,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+    }
+
     /// Catalog roles, the protected role and two roles the policy does not manage.
     const UNIVERSE: [&str; 10] = [
         "Agent",
@@ -331,6 +511,42 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn a_revert_of_a_revert_leads_back_to_what_the_job_left(
+            (before, after, dry_run) in (roles(), roles(), any::<bool>())
+        ) {
+            let p = policy();
+            // The revert, on a user still as the job left them: back to `before`, or refused
+            // for a conflict; never anything else.
+            match decide_revert(p, &after, Undo { before: &before, after: &after }, false, dry_run, None) {
+                Decision::Write(c) | Decision::Planned(c) => {
+                    prop_assert_eq!(&c.after, &before);
+                    // Its own revert (what it found: `after`; what it left: `before`).
+                    let again = decide_revert(p, &before, Undo { before: &after, after: &before }, false, false, None);
+                    match again {
+                        Decision::Write(c) => prop_assert_eq!(&c.after, &after),
+                        Decision::Reject { reason, .. } => prop_assert_eq!(reason, ReasonCode::SodConflict),
+                        other => prop_assert!(false, "{other:?}"),
+                    }
+                }
+                Decision::Unchanged => prop_assert_eq!(&before, &after),
+                Decision::Reject { reason, .. } => prop_assert_eq!(reason, ReasonCode::SodConflict),
+                Decision::AlreadyApplied(_) => prop_assert!(false, "no intent was given"),
+            }
+        }
+
+        #[test]
+        fn without_force_a_changed_user_is_never_written(
+            (before, after, current, dry_run) in (roles(), roles(), roles(), any::<bool>())
+        ) {
+            let p = policy();
+            let d = decide_revert(p, &current, Undo { before: &before, after: &after }, false, dry_run, None);
+            if let Decision::Write(c) | Decision::Planned(c) = &d {
+                prop_assert_eq!(&current, &after);
+                prop_assert_eq!(&c.after, &before);
+            }
+        }
 
         #[test]
         fn merge_never_removes_a_role(

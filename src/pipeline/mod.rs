@@ -26,6 +26,7 @@ mod live;
 mod plan;
 pub(crate) mod reads;
 mod results;
+mod schedule;
 pub(crate) mod stops;
 mod supervisor;
 mod sync;
@@ -147,6 +148,10 @@ impl Pipeline {
         let background = TaskTracker::new();
         background.spawn(heartbeat(deps.clone(), stop_all.clone()));
         background.spawn(circuit::probe(deps.clone(), stop_all.clone()));
+        // Checked at start-up: an invalid schedule never gets this far.
+        if let Ok(Some(cron)) = deps.settings.reconcile.cron() {
+            background.spawn(schedule::run(deps.clone(), cron, stop_all.clone()));
+        }
         background.close();
         Pipeline {
             tracker,

@@ -12,7 +12,8 @@ use super::validate::{Page, Validated};
 use super::{Deps, lifecycle};
 use crate::audit::events::RoleSyncRejected;
 use crate::domain::{
-    Approval, ApprovalReason, Estimate, EventType, JobStatus, Mode, Outcome, PrivilegedGrants,
+    Approval, ApprovalReason, Estimate, EventType, JobKind, JobStatus, Mode, Outcome,
+    PrivilegedGrants,
 };
 use crate::policy::Policy;
 use crate::scim::{CallTally, ScimError};
@@ -37,6 +38,8 @@ struct Planning {
     /// Privileged roles the job's users ask for, and how many users ask for one.
     privileged_roles: std::collections::BTreeSet<String>,
     privileged_users: u64,
+    /// Users the job takes roles away from, when its rows tell without a read (a revert).
+    known_removals: u64,
     /// Keeps the planning lease renewed while this planning lives (`live`).
     _live: super::live::LivePlan,
 }
@@ -83,6 +86,7 @@ async fn plan_one_page(
         rejected: 0,
         privileged_roles: Default::default(),
         privileged_users: 0,
+        known_removals: 0,
         _live: deps.live.plan(&r.job.id),
     });
     let page = plan_page(deps, state, &r);
@@ -135,13 +139,16 @@ fn plan_page(deps: &Deps, state: &mut Planning, r: &Validated) -> PlanPage {
         }
         let chunk_no = state.chunks - 1;
         match chunks.last_mut() {
-            Some((n, lines)) if *n == chunk_no => lines.extend(u.lines()),
-            _ => chunks.push((chunk_no, u.lines().collect())),
+            Some((n, lines)) if *n == chunk_no => lines.extend(u.lines.iter().copied()),
+            _ => chunks.push((chunk_no, u.lines.clone())),
         }
         state.in_last_chunk += 1;
         state.users += 1;
         state.wanted.insert(u.external_id.clone());
-        let privileged = state.policy.privileged_in(&u.desired(&state.policy));
+        if u.removes == Some(true) {
+            state.known_removals += 1;
+        }
+        let privileged = state.policy.privileged_in(&u.grants);
         if !privileged.is_empty() {
             state.privileged_users += 1;
             state.privileged_roles.extend(privileged);
@@ -314,9 +321,11 @@ fn build_plan(deps: &Deps, state: &Planning, reads: &ReadPlan) -> JobPlan {
     }
 }
 
-/// The approval bounds of a `replace` job (the policy's `[approval]`): a job that would remove
-/// roles from more users than `max_removed_users`, or than `max_removal_fraction` of the org,
-/// waits in `awaiting_approval` before any write.
+/// The approval bounds of a job that may take roles away (the policy's `[approval]`): a
+/// `replace` job (sync or reconcile) or a revert. One that would remove roles from more users
+/// than `max_removed_users`, or than `max_removal_fraction` of the org, waits in
+/// `awaiting_approval` before any write. A revert knows whom it takes roles from without a
+/// read (its rows say what the reverted job added).
 ///
 /// The org size comes from the read planning's probe, else costs one call (`count=0`). A job
 /// with fewer users than the bound cannot exceed it and is not read ahead. A larger one is read
@@ -328,7 +337,11 @@ async fn approval_check(
     state: &Planning,
     reads: &ReadPlan,
 ) -> anyhow::Result<Option<(bool, Approval, JobDeltas)>> {
-    if state.job.mode != Mode::Replace || state.job.dry_run || state.users == 0 {
+    let may_remove = match state.job.kind {
+        JobKind::Sync | JobKind::Reconcile => state.job.mode == Mode::Replace,
+        JobKind::Revert => true,
+    };
+    if !may_remove || state.job.dry_run || state.users == 0 {
         return Ok(None);
     }
     let bounds = state.policy.approval();
@@ -346,7 +359,9 @@ async fn approval_check(
     let users = state.users as u64;
     let mut removing = 0u64;
     let read_ahead = users > threshold;
-    if read_ahead {
+    if read_ahead && state.job.kind == JobKind::Revert {
+        removing = state.known_removals;
+    } else if read_ahead {
         // Chunk by chunk from the store, so memory holds one chunk's users at a time.
         for chunk_no in 0..state.chunks {
             let items = deps.store.chunk_items(&state.job.id, chunk_no).await?;

@@ -26,6 +26,9 @@ async fn settle(deps: &Deps, outcome: ChunkOutcome) {
             let results: Vec<_> = done.results.iter().map(|r| r.outcome).collect();
             match commit(deps, &claim, &done).await {
                 Ok(true) => {
+                    deps.metrics
+                        .reconcile_drifted_users_total
+                        .inc_by(done.drifted);
                     for o in results {
                         deps.metrics
                             .assignments_total

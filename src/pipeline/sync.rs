@@ -18,18 +18,20 @@
 //! have made, else `cancelled` (`settle`).
 
 use super::circuit::TargetState;
-use super::decide::{Decision, Intent, decide};
+use super::decide::{Decision, Intent, Undo, decide, decide_revert};
 use super::reads::{Snapshot, find_user};
 use super::stops::{ChunkRun, Stop, is_per_user_target_error};
 use super::users::{UserRows, group_users};
 use super::{Deps, lifecycle, record_depth};
-use crate::audit::events::{RoleSyncCompleted, RoleSyncFailed, RoleSyncRejected};
-use crate::domain::{EventType, JobStatus, Outcome, PausedReason, ReasonCode};
-use crate::policy::{Policy, RoleChange};
+use crate::audit::events::{
+    RoleSyncCompleted, RoleSyncDriftDetected, RoleSyncFailed, RoleSyncRejected,
+};
+use crate::domain::{EventType, JobKind, JobStatus, Outcome, PausedReason, ReasonCode};
+use crate::policy::{Policy, RoleChange, RoleSet};
 use crate::scim::{CallTally, ScimError, ScimUser};
 use crate::store::{
-    CANCELLED_MESSAGE, ChunkClaim, ChunkDone, ItemRecord, JobDeltas, JobRecord, OutboxEvent,
-    RowResult,
+    CANCELLED_MESSAGE, ChunkClaim, ChunkDone, DesiredUpdate, ItemRecord, JobDeltas, JobRecord,
+    OutboxEvent, RowResult,
 };
 use futures::StreamExt;
 use std::sync::Arc;
@@ -132,6 +134,11 @@ enum UserResult {
         changed: Option<bool>,
         /// The user failed on a per-user target error (counts towards `error_ratio`).
         target_error: bool,
+        /// How the user's desired state moves once these rows are committed (boxed: most
+        /// results carry none).
+        desired: Option<Box<DesiredUpdate>>,
+        /// A reconcile found the user drifted.
+        drifted: bool,
     },
     TargetWide(ScimError),
     /// A call failed for a reason that may pass: the rows stay pending, tried again in a later
@@ -254,8 +261,12 @@ async fn run_chunk(
                     events,
                     changed,
                     target_error,
+                    desired,
+                    drifted,
                 } => {
                     record(&mut done, results, events, changed);
+                    done.desired.extend(desired.map(|d| *d));
+                    done.drifted += u64::from(drifted);
                     judge.record(target_error);
                     if let Some((failed, sample)) = judge.tripped() {
                         let why = Stop::ErrorRatio { failed, sample };
@@ -386,10 +397,14 @@ async fn settle(
                 results,
                 events,
                 changed,
+                desired,
+                drifted,
                 ..
             } = r
             {
                 record(done, results, events, changed);
+                done.desired.extend(desired.map(|d| *d));
+                done.drifted += u64::from(drifted);
             }
         }
     }
@@ -444,19 +459,61 @@ async fn settle_user(
         Ok(user) => user,
         Err(r) => return r,
     };
-    let desired = u.desired(policy);
+    let wanted = Wanted::of(policy, job, u);
     let current = user.role_names();
-    match decide(
-        policy,
-        job.mode,
-        &current,
-        &desired,
-        job.dry_run,
-        Some(prior),
-    ) {
+    match wanted.decide(policy, job, &current, Some(prior)) {
         Decision::AlreadyApplied(change) => report.applied(&user.id, &change),
         // The user does not hold what the write would have made: it did not land.
         _ => report.cancelled(),
+    }
+}
+
+/// What a job wants of one user, read once from the user's rows.
+enum Wanted {
+    /// A sync or a reconcile: the user's desired set (expanded), reached in the job's mode.
+    Desired(RoleSet),
+    /// A revert: the roles the reverted job found the user with and left them with.
+    Undo { before: RoleSet, after: RoleSet },
+}
+
+impl Wanted {
+    fn of(policy: &Policy, job: &JobRecord, u: &UserRows<ItemRecord>) -> Wanted {
+        match job.kind {
+            JobKind::Sync | JobKind::Reconcile => Wanted::Desired(u.desired(policy)),
+            JobKind::Revert => {
+                let set = |v: Option<&Vec<String>>| -> RoleSet {
+                    v.map(|v| v.iter().cloned().collect()).unwrap_or_default()
+                };
+                let first = u.rows.first();
+                Wanted::Undo {
+                    before: set(first.and_then(|r| r.desired_roles.as_ref())),
+                    after: set(first.and_then(|r| r.expected_roles.as_ref())),
+                }
+            }
+        }
+    }
+
+    /// The decision for a user holding `current`: the one pure function of the job's kind.
+    fn decide(
+        &self,
+        policy: &Policy,
+        job: &JobRecord,
+        current: &RoleSet,
+        prior: Option<Intent<'_>>,
+    ) -> Decision {
+        match self {
+            Wanted::Desired(desired) => {
+                decide(policy, job.mode, current, desired, job.dry_run, prior)
+            }
+            Wanted::Undo { before, after } => decide_revert(
+                policy,
+                current,
+                Undo { before, after },
+                job.revert_force,
+                job.dry_run,
+                prior,
+            ),
+        }
     }
 }
 
@@ -493,11 +550,11 @@ async fn sync_user(
     // The target answered: failures seen so far are no evidence of an outage.
     deps.circuit.call_succeeded();
     let prior = stored_intent(u);
-    let desired = u.desired(policy);
+    let wanted = Wanted::of(policy, job, u);
     let max_rounds = deps.settings.sync.max_conflict_retries + 1;
     for _round in 0..max_rounds {
         let current = user.role_names();
-        let change = match decide(policy, job.mode, &current, &desired, job.dry_run, prior) {
+        let change = match wanted.decide(policy, job, &current, prior) {
             Decision::Write(change) => change,
             Decision::Unchanged => return report.unwritten(&user.id, Outcome::Unchanged, None),
             Decision::Planned(change) => {
@@ -568,6 +625,13 @@ async fn sync_user(
     )
 }
 
+/// What a reconcile found of one user: drifted or not, and the event saying so.
+#[derive(Default)]
+struct Drift {
+    found: bool,
+    event: Option<OutboxEvent>,
+}
+
 /// Turns what happened to one user into its rows' results and audit events.
 struct Report<'a> {
     deps: &'a Deps,
@@ -614,11 +678,14 @@ impl Report<'_> {
     /// chunk: `applied`, with the `role_sync.completed` event and the audit log line.
     fn applied(&self, user_id: &str, change: &RoleChange) -> UserResult {
         let (job, u) = (self.job, self.user);
+        let drifted = self.drift(user_id, change);
         audit_log(job, &u.external_id, user_id, change);
         let event = self.deps.events.event(
             EventType::RoleSyncCompleted,
             RoleSyncCompleted::new(self.policy, &job.id, &u.external_id, user_id, change),
         );
+        let before: Vec<String> = change.before.iter().cloned().collect();
+        let after: Vec<String> = change.after.iter().cloned().collect();
         let results = u
             .rows
             .iter()
@@ -631,14 +698,85 @@ impl Report<'_> {
                 roles_removed: Some(change.removed.clone()),
                 permissions_added: None,
                 permissions_removed: None,
+                roles_before: Some(before.clone()),
+                roles_after: Some(after.clone()),
             })
             .collect();
         UserResult::Rows {
             results,
-            events: event.into_iter().collect(),
+            events: event.into_iter().chain(drifted.event).collect(),
             changed: Some(true),
             target_error: false,
+            desired: self.desired_update().map(Box::new),
+            drifted: drifted.found,
         }
+    }
+
+    /// How the user's desired state moves when the job applied its change or found it in
+    /// place: a sync sets it to the user's desired set; a revert swaps back the state the
+    /// reverted job set (`DesiredUpdate`); a reconcile applies it and leaves it. A dry run
+    /// never moves it.
+    fn desired_update(&self) -> Option<DesiredUpdate> {
+        let (job, u) = (self.job, self.user);
+        if job.dry_run {
+            return None;
+        }
+        match job.kind {
+            JobKind::Sync => Some(DesiredUpdate::Set {
+                external_id: u.external_id.clone(),
+                roles: u.desired(self.policy).into_iter().collect(),
+                job_id: job.id.clone(),
+            }),
+            JobKind::Revert => Some(DesiredUpdate::Revert {
+                external_id: u.external_id.clone(),
+                original_job_id: job.original_job_id.clone()?,
+                job_id: job.id.clone(),
+            }),
+            JobKind::Reconcile => None,
+        }
+    }
+
+    /// A reconcile's user whose roles are not what their desired state implies (`change` is
+    /// the fix, written or planned): the `role_sync.drift_detected` event and the audit line.
+    /// Nothing for other kinds of job.
+    fn drift(&self, user_id: &str, change: &RoleChange) -> Drift {
+        let (job, u) = (self.job, self.user);
+        if job.kind != JobKind::Reconcile || change.is_empty() {
+            return Drift::default();
+        }
+        let desired = u.desired(self.policy);
+        let fixed = !job.dry_run;
+        tracing::info!(
+            target: "audit",
+            {
+                job.id = %job.id,
+                user.external_id = %u.external_id,
+                user.id = %user_id,
+                roles.current = %json_text(&change.before),
+                roles.desired = %json_text(&desired),
+                roles.missing = %json_text(&change.added),
+                roles.extra = %json_text(&change.removed),
+                job.mode = job.mode.as_str(),
+                fixed,
+            },
+            "drift detected"
+        );
+        let event = self.deps.events.event(
+            EventType::DriftDetected,
+            RoleSyncDriftDetected {
+                job_id: &job.id,
+                external_id: &u.external_id,
+                user_id,
+                mode: job.mode,
+                roles_current: &change.before,
+                roles_desired: &desired,
+                roles_expected: &change.after,
+                roles_added: &change.added,
+                roles_removed: &change.removed,
+                fixed,
+            },
+        );
+        Drift { found: true, event }
     }
 
     /// The rows of a user nothing was written for: `unchanged` (no change) or `planned` (the
@@ -665,6 +803,13 @@ impl Report<'_> {
             None => (Vec::new(), Vec::new()),
         });
         let (perms_added, perms_removed) = permissions.unzip();
+        let sets = change.map(|c| {
+            (
+                c.before.iter().cloned().collect::<Vec<_>>(),
+                c.after.iter().cloned().collect::<Vec<_>>(),
+            )
+        });
+        let (before, after) = sets.unzip();
         let results = self
             .user
             .rows
@@ -678,13 +823,22 @@ impl Report<'_> {
                 roles_removed: Some(removed.clone()),
                 permissions_added: perms_added.clone(),
                 permissions_removed: perms_removed.clone(),
+                roles_before: before.clone(),
+                roles_after: after.clone(),
             })
             .collect();
+        let drifted = change.map(|c| self.drift(user_id, c)).unwrap_or_default();
         UserResult::Rows {
             results,
-            events: Vec::new(),
+            events: drifted.event.into_iter().collect(),
             changed: Some(outcome == Outcome::Planned),
             target_error: false,
+            // A user found already right holds the desired set as much as one just written.
+            desired: (outcome == Outcome::Unchanged)
+                .then(|| self.desired_update())
+                .flatten()
+                .map(Box::new),
+            drifted: drifted.found,
         }
     }
 
@@ -712,6 +866,8 @@ impl Report<'_> {
             events,
             changed: None,
             target_error: false,
+            desired: None,
+            drifted: false,
         }
     }
 
@@ -753,6 +909,8 @@ impl Report<'_> {
                 .collect(),
             changed: None,
             target_error,
+            desired: None,
+            drifted: false,
         }
     }
 
@@ -772,6 +930,8 @@ impl Report<'_> {
             events: Vec::new(),
             changed: None,
             target_error: false,
+            desired: None,
+            drifted: false,
         }
     }
 

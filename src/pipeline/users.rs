@@ -14,6 +14,10 @@ pub(crate) trait UserRow {
     fn external_id(&self) -> &str;
     fn role_template(&self) -> &str;
     fn line(&self) -> i64;
+    /// A generated row (revert, reconcile): the roles it asks for, instead of a template.
+    fn desired_roles(&self) -> Option<&[String]> {
+        None
+    }
 }
 
 impl UserRow for Assignment {
@@ -38,6 +42,9 @@ impl UserRow for ItemRecord {
     fn line(&self) -> i64 {
         self.line
     }
+    fn desired_roles(&self) -> Option<&[String]> {
+        self.desired_roles.as_deref()
+    }
 }
 
 impl<R: UserRow> UserRow for &R {
@@ -49,6 +56,9 @@ impl<R: UserRow> UserRow for &R {
     }
     fn line(&self) -> i64 {
         (*self).line()
+    }
+    fn desired_roles(&self) -> Option<&[String]> {
+        (*self).desired_roles()
     }
 }
 
@@ -72,15 +82,19 @@ impl<R: UserRow> UserRows<R> {
         self.rows.iter().map(UserRow::line)
     }
 
-    /// The roles to push for this user: the union of the rows' roles, expanded by `policy`
-    /// (`Policy::expand`). Computed where it is used, once per user: validation and planning
-    /// never need it.
+    /// The roles to push for this user: the union of the rows' roles (a generated row's
+    /// `desired_roles`, else its template), expanded by `policy` (`Policy::expand`). Computed
+    /// where it is used, once per user.
     pub(crate) fn desired(&self, policy: &Policy) -> RoleSet {
-        let wanted: RoleSet = self
-            .rows
-            .iter()
-            .map(|r| r.role_template().to_owned())
-            .collect();
+        let mut wanted = RoleSet::new();
+        for r in &self.rows {
+            match r.desired_roles() {
+                Some(roles) => wanted.extend(roles.iter().cloned()),
+                None => {
+                    wanted.insert(r.role_template().to_owned());
+                }
+            }
+        }
         policy.expand(&wanted)
     }
 }

@@ -8,9 +8,9 @@ use super::record_depth;
 use super::users::{UserRows, runs_by_user};
 use crate::audit::events::RoleSyncRejected;
 use crate::domain::EventType;
-use crate::domain::{Assignment, ExternalId, ReasonCode};
-use crate::policy::Policy;
-use crate::store::{JobRecord, Overflow, RowResult, Store, StoreError};
+use crate::domain::{Assignment, ExternalId, JobKind, ReasonCode};
+use crate::policy::{Policy, RoleSet};
+use crate::store::{GeneratedRow, JobRecord, Overflow, RowResult, Store, StoreError};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -39,7 +39,7 @@ pub(crate) struct Validated {
     /// The rejected rows by line, for their audit events.
     pub(crate) rejected_rows: HashMap<i64, Assignment>,
     /// The users with at least one valid row, each with only its valid rows.
-    pub(crate) users: Vec<UserRows<Assignment>>,
+    pub(crate) users: Vec<PlanUser>,
     /// The job's `plan` span (`PlanJob::span`).
     pub(crate) span: tracing::Span,
 }
@@ -47,40 +47,137 @@ pub(crate) struct Validated {
 /// Pending rows read and judged at a time: a job of any size is planned in bounded memory.
 const PAGE_ROWS: usize = 5000;
 
+/// What planning needs of one user: the lines to chunk together, the roles the job may grant
+/// them (privileged grants wait for approval) and, when the rows alone tell (a revert), whether
+/// the job takes roles away from them (the removal bounds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PlanUser {
+    pub(crate) external_id: String,
+    pub(crate) lines: Vec<i64>,
+    pub(crate) grants: RoleSet,
+    pub(crate) removes: Option<bool>,
+}
+
+impl PlanUser {
+    /// A user of a submitted batch: grants the expanded desired set.
+    fn of_batch(u: &UserRows<Assignment>, policy: &Policy) -> PlanUser {
+        PlanUser {
+            external_id: u.external_id.clone(),
+            lines: u.lines().collect(),
+            grants: u.desired(policy),
+            removes: None,
+        }
+    }
+
+    /// The user of a generated row. A reconcile grants the desired state; a revert grants
+    /// back what the reverted job removed and takes away what it added (its force applies the
+    /// same delta), so both are known without reading the user.
+    fn of_generated(kind: JobKind, r: GeneratedRow, policy: &Policy) -> PlanUser {
+        let desired: RoleSet = r.desired_roles.into_iter().collect();
+        let (grants, removes) = match kind {
+            JobKind::Revert => {
+                let expected: RoleSet = r.expected_roles.into_iter().collect();
+                let grants = desired.difference(&expected).cloned().collect();
+                (grants, Some(expected.difference(&desired).next().is_some()))
+            }
+            JobKind::Sync | JobKind::Reconcile => (policy.expand(&desired), None),
+        };
+        PlanUser {
+            external_id: r.external_id,
+            lines: vec![r.line],
+            grants,
+            removes,
+        }
+    }
+}
+
+/// One page of a job's users: a submitted batch's judged against the policy (rejected rows
+/// and users), a generated job's as they are (the store made them from what it recorded).
+async fn next_page(
+    deps: &Deps,
+    job: &JobRecord,
+    policy: &Policy,
+    after: Option<&str>,
+) -> Result<JudgedPage, ()> {
+    if job.kind != JobKind::Sync {
+        return match deps
+            .store
+            .generated_rows_page(&job.id, after, PAGE_ROWS)
+            .await
+        {
+            Ok((rows, more)) => Ok(JudgedPage {
+                last_user: rows.last().map(|r| r.external_id.clone()),
+                more,
+                rejected: Vec::new(),
+                rejected_rows: HashMap::new(),
+                users: rows
+                    .into_iter()
+                    .map(|r| PlanUser::of_generated(job.kind, r, policy))
+                    .collect(),
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the job's rows; planning it later");
+                Err(())
+            }
+        };
+    }
+    let cap = deps.settings.ingest.max_rows_per_user;
+    let page = match deps
+        .store
+        .pending_rows_page(&job.id, after, PAGE_ROWS, cap)
+        .await
+    {
+        Ok(page) => page,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the job's rows; planning it later");
+            return Err(());
+        }
+    };
+    for o in &page.overflow {
+        reject_overflow(deps, &job.id, o, cap).await?;
+    }
+    let last_user = page.rows.last().map(|r| r.external_id.clone());
+    let (rejected, users) = validate_rows(policy, &page.rows);
+    let lines: HashSet<i64> = rejected.iter().map(|r| r.line).collect();
+    let rejected_rows = page
+        .rows
+        .into_iter()
+        .filter(|a| lines.contains(&(a.line as i64)))
+        .map(|a| (a.line as i64, a))
+        .collect();
+    Ok(JudgedPage {
+        last_user,
+        more: page.more,
+        rejected,
+        rejected_rows,
+        users: users
+            .iter()
+            .map(|u| PlanUser::of_batch(u, policy))
+            .collect(),
+    })
+}
+
+/// A page of users, judged.
+struct JudgedPage {
+    /// The page's last user: the next page starts after them.
+    last_user: Option<String>,
+    more: bool,
+    rejected: Vec<RowResult>,
+    rejected_rows: HashMap<i64, Assignment>,
+    users: Vec<PlanUser>,
+}
+
 pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<PlanJob>, tx: mpsc::Sender<Validated>) {
     while let Some(PlanJob { job, policy, span }) = rx.recv().await {
         let mut after: Option<String> = None;
         let mut first = true;
         loop {
             let page_span = tracing::info_span!(parent: &span, "validate", first);
-            let cap = deps.settings.ingest.max_rows_per_user;
-            let page = async {
-                let page = match deps
-                    .store
-                    .pending_rows_page(&job.id, after.as_deref(), PAGE_ROWS, cap)
-                    .await
-                {
-                    Ok(page) => Some(page),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot read the job's rows; planning it later");
-                        None
-                    }
-                };
-                match page {
-                    Some(page) => {
-                        let mut rejected = Ok(());
-                        for o in &page.overflow {
-                            rejected = rejected.and(reject_overflow(&deps, &job.id, o, cap).await);
-                        }
-                        rejected.map(|_| page)
-                    }
-                    None => Err(()),
-                }
-            }
-            .instrument(page_span.clone())
-            .await;
-            let (rows, more) = match page {
-                Ok(page) => (page.rows, page.more),
+            let page = next_page(&deps, &job, &policy, after.as_deref())
+                .instrument(page_span.clone())
+                .await;
+            let page = match page {
+                Ok(page) => page,
                 Err(()) => {
                     let abandon = Validated {
                         job: job.clone(),
@@ -98,23 +195,16 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<PlanJob>, tx: mpsc::S
                     break;
                 }
             };
-            let last = !more;
-            after = rows.last().map(|r| r.external_id.clone());
-            let (rejected, users) = validate_rows(&policy, &rows);
-            let lines: HashSet<i64> = rejected.iter().map(|r| r.line).collect();
-            let rejected_rows = rows
-                .into_iter()
-                .filter(|a| lines.contains(&(a.line as i64)))
-                .map(|a| (a.line as i64, a))
-                .collect();
+            let last = !page.more;
+            after = page.last_user;
             let msg = Validated {
                 job: job.clone(),
                 policy: policy.clone(),
                 page: if last { Page::Last } else { Page::More },
                 first,
-                rejected,
-                rejected_rows,
-                users,
+                rejected: page.rejected,
+                rejected_rows: page.rejected_rows,
+                users: page.users,
                 span: span.clone(),
             };
             if tx.send(msg).await.is_err() {

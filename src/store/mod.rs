@@ -29,17 +29,19 @@ mod outbox;
 mod planning;
 mod records;
 mod syncing;
+mod undo;
 
 pub(crate) use records::{
-    ChunkClaim, ChunkDone, CreateJob, DeliveryResult, IdempotencyClaim, JobDeltas, JobPlan,
-    LeaseRenewal, NewJob, OutboxRecord, PlanPage,
+    ChunkClaim, ChunkDone, CreateJob, DeliveryResult, DesiredUpdate, IdempotencyClaim, JobDeltas,
+    JobPlan, LeaseRenewal, NewJob, OutboxRecord, PlanPage,
 };
 // Public: read outside the crate (`get_job`, `list_items` in tests/) or named by public
 // functions of other modules (`job_view`, `validate_rows`, `EventFactory::event`).
 pub(crate) use ingest::Ingest;
-pub(crate) use planning::Overflow;
+pub(crate) use planning::{GeneratedRow, Overflow};
 pub use records::{ItemRecord, JobGroup, JobRecord, OutboxEvent, Reason, RowResult, StoreGauges};
 use records::{ItemRow, JobRow, OutboxRow};
+pub(crate) use undo::{NewGenerated, OccurrenceClaim, ReconcileCreated, RevertCreated};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -176,8 +178,8 @@ macro_rules! apply_result {
         let r: &$crate::store::RowResult = $r;
         let n = sqlx::query(
             "UPDATE items SET outcome = $1, reason_code = $2, reason_message = $3, user_id = $4, roles_added = $5, \
-             roles_removed = $6, permissions_added = $7, permissions_removed = $8 \
-             WHERE job_id = $9 AND line = $10 AND outcome = 'pending'",
+             roles_removed = $6, permissions_added = $7, permissions_removed = $8, roles_before = $11, \
+             roles_after = $12 WHERE job_id = $9 AND line = $10 AND outcome = 'pending'",
         )
         .bind(r.outcome.as_str())
         .bind(r.reason.as_ref().map(|(c, _)| c.as_str()))
@@ -189,6 +191,8 @@ macro_rules! apply_result {
         .bind($crate::store::json_list(&r.permissions_removed))
         .bind($job_id)
         .bind(r.line)
+        .bind($crate::store::json_list(&r.roles_before))
+        .bind($crate::store::json_list(&r.roles_after))
         .execute(&mut *$tx)
         .await?
         .rows_affected();

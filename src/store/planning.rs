@@ -54,7 +54,59 @@ pub(crate) struct Overflow {
     pub(crate) last_kept_line: i64,
 }
 
+/// A pending row of a generated job (revert, reconcile): one per user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GeneratedRow {
+    pub(crate) line: i64,
+    pub(crate) external_id: String,
+    /// The roles to reach (see `ItemRecord::desired_roles`).
+    pub(crate) desired_roles: Vec<String>,
+    /// A revert: the roles the reverted job left.
+    pub(crate) expected_roles: Vec<String>,
+}
+
 impl Store {
+    /// One page of a generated job's pending rows, by external id after `after` (keyset
+    /// paging on `items_user_idx`); and whether more may follow. Its users have one row each.
+    pub(crate) async fn generated_rows_page(
+        &self,
+        job_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<(Vec<GeneratedRow>, bool)> {
+        let limit = limit.max(1);
+        let rows: Vec<(i64, String, Option<String>, Option<String>)> = dual!(
+            &self.backend,
+            |p, DB| {
+                sqlx::query_as(
+                    "SELECT line, external_id, desired_roles, expected_roles FROM items \
+                     WHERE job_id = $1 AND outcome = 'pending' AND ($2 IS NULL OR external_id > $2) \
+                     ORDER BY external_id, line LIMIT $3",
+                )
+                .bind(job_id)
+                .bind(after)
+                .bind(limit as i64)
+                .fetch_all(p)
+                .await?
+            }
+        );
+        let more = rows.len() == limit;
+        let list = |s: Option<String>| {
+            s.and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok())
+                .unwrap_or_default()
+        };
+        let rows = rows
+            .into_iter()
+            .map(|(line, external_id, desired, expected)| GeneratedRow {
+                line,
+                external_id,
+                desired_roles: list(desired),
+                expected_roles: list(expected),
+            })
+            .collect();
+        Ok((rows, more))
+    }
+
     /// Gives back a planning that hit an error: the job may be planned again (by any
     /// planner) from `retry_at_ms`, a backoff, not at once and not only when the lease runs out.
     pub(crate) async fn release_plan(

@@ -3,7 +3,7 @@
 
 use super::StoreError;
 use crate::domain::{
-    Approval, Counts, Estimate, JobStatus, Mode, Outcome, PausedReason, ReasonCode,
+    Approval, Counts, Estimate, JobKind, JobStatus, Mode, Outcome, PausedReason, ReasonCode,
 };
 
 /// A job to store (`Ingest::commit`): what it needs besides its rows.
@@ -98,6 +98,10 @@ pub(super) struct JobRow {
     request_id: Option<String>,
     privileged_allowed: i64,
     traceparent: Option<String>,
+    kind: String,
+    original_job_id: Option<String>,
+    reverted_by: Option<String>,
+    revert_force: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +132,13 @@ pub struct JobRecord {
     pub privileged_allowed: bool,
     /// Where the job's work joins the submitting request's trace (`telemetry::parent`).
     pub traceparent: Option<String>,
+    pub kind: JobKind,
+    /// A revert: the job it reverts.
+    pub original_job_id: Option<String>,
+    /// The latest real (not dry-run) revert of this job.
+    pub reverted_by: Option<String>,
+    /// A revert applies the inverse delta to users changed since (`?force=true`).
+    pub revert_force: bool,
 }
 
 impl TryFrom<JobRow> for JobRecord {
@@ -138,6 +149,8 @@ impl TryFrom<JobRow> for JobRecord {
             .ok_or_else(|| StoreError::Corrupt(format!("job {}: status {}", r.id, r.status)))?;
         let mode = Mode::parse(&r.mode)
             .ok_or_else(|| StoreError::Corrupt(format!("job {}: mode {}", r.id, r.mode)))?;
+        let kind = JobKind::parse(&r.kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("job {}: kind {}", r.id, r.kind)))?;
         Ok(JobRecord {
             status,
             mode,
@@ -172,6 +185,10 @@ impl TryFrom<JobRow> for JobRecord {
             request_id: r.request_id,
             privileged_allowed: r.privileged_allowed != 0,
             traceparent: r.traceparent,
+            kind,
+            original_job_id: r.original_job_id,
+            reverted_by: r.reverted_by,
+            revert_force: r.revert_force != 0,
             id: r.id,
         })
     }
@@ -196,6 +213,10 @@ pub(super) struct ItemRow {
     chunk_no: Option<i64>,
     intent: i64,
     attempts: i64,
+    roles_before: Option<String>,
+    roles_after: Option<String>,
+    desired_roles: Option<String>,
+    expected_roles: Option<String>,
 }
 
 /// Why a row did not succeed: a code from a closed list, and a sentence for people.
@@ -230,6 +251,16 @@ pub struct ItemRecord {
     /// Chunk runs in which this row's user failed for a reason that may pass.
     #[serde(skip)]
     pub attempts: i64,
+    /// The user's roles before and after this job's write (`applied`), or the write a dry run
+    /// plans (`planned`): what a revert puts back.
+    pub roles_before: Option<Vec<String>>,
+    pub roles_after: Option<Vec<String>>,
+    /// A generated row (revert, reconcile): the roles to reach.
+    #[serde(skip)]
+    pub desired_roles: Option<Vec<String>>,
+    /// A revert's row: the roles the reverted job left the user with.
+    #[serde(skip)]
+    pub expected_roles: Option<Vec<String>>,
 }
 
 impl TryFrom<ItemRow> for ItemRecord {
@@ -263,6 +294,10 @@ impl TryFrom<ItemRow> for ItemRecord {
             chunk_no: r.chunk_no,
             intent: r.intent != 0,
             attempts: r.attempts,
+            roles_before: list(r.roles_before),
+            roles_after: list(r.roles_after),
+            desired_roles: list(r.desired_roles),
+            expected_roles: list(r.expected_roles),
         })
     }
 }
@@ -278,6 +313,9 @@ pub struct RowResult {
     pub roles_removed: Option<Vec<String>>,
     pub permissions_added: Option<Vec<String>>,
     pub permissions_removed: Option<Vec<String>>,
+    /// The whole role sets around the write (or the planned write).
+    pub roles_before: Option<Vec<String>>,
+    pub roles_after: Option<Vec<String>>,
 }
 
 impl RowResult {
@@ -299,6 +337,8 @@ impl RowResult {
             roles_removed: None,
             permissions_added: None,
             permissions_removed: None,
+            roles_before: None,
+            roles_after: None,
         }
     }
 }
@@ -350,6 +390,31 @@ pub(crate) struct ChunkDone {
     /// `attempts` go up by one and the chunk is claimable again at `retry_at_ms`, not done.
     pub retry_lines: Vec<i64>,
     pub retry_at_ms: Option<i64>,
+    /// Desired-state changes of the chunk's users, committed with their outcomes.
+    pub desired: Vec<DesiredUpdate>,
+    /// Users a reconcile found drifted (`rolesync_reconcile_drifted_users_total`).
+    pub drifted: u64,
+}
+
+/// How a user's desired state moves with an outcome (`desired_state`): only ever in the
+/// transaction that commits the outcome, so the table never claims what was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DesiredUpdate {
+    /// A sync job applied (or found in place) `roles`, the user's expanded desired set: it
+    /// becomes the desired state, set by `job_id`, and the one it replaces is kept as previous.
+    Set {
+        external_id: String,
+        roles: Vec<String>,
+        job_id: String,
+    },
+    /// A revert of `original_job_id` put the user back: if that job set the current desired
+    /// state, the previous one comes back (set by `job_id`, the revert), and the one it
+    /// replaces becomes previous, so a revert of the revert swaps them again.
+    Revert {
+        external_id: String,
+        original_job_id: String,
+        job_id: String,
+    },
 }
 
 /// An audit event to deliver to each of `endpoints`.

@@ -1,6 +1,7 @@
 //! Syncing a planned job: workers lease chunks, record a write's intent before sending it,
 //! and commit a chunk's outcomes while they still hold its lease.
 
+use super::undo::apply_desired;
 use super::{
     Backend, ChunkClaim, ChunkDone, ItemRecord, ItemRow, JobDeltas, LeaseRenewal, Store,
     StoreResult, add_counts, apply_result, begin_write, dual, insert_events, now_ms,
@@ -261,6 +262,7 @@ impl Store {
             }
             add_counts!(tx, &claim.job_id, &counts, &done.deltas, now);
             insert_events!(tx, &done.events);
+            apply_desired!(tx, &done.desired);
             tx.commit().await?;
             Ok(true)
         })

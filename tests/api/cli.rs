@@ -434,3 +434,68 @@ async fn completions_are_printed_for_each_shell() {
     }
     assert_eq!(rolesync(&app, &["completions", "tcsh"]).await.code, 1);
 }
+
+/// `jobs revert` and `reconcile`: a dry run then the real revert, waited for, with the exit
+/// code of how each ended; a reconcile dry run that finds nobody drifted.
+#[tokio::test]
+async fn jobs_revert_and_reconcile_from_the_command_line() {
+    // Removal bounds off: the revert takes a role from half this 2-user org.
+    let app = spawn_app_with(TestOptions {
+        policy: include_str!("../../config/policy.toml")
+            .replace("max_removal_fraction = 0.2", "max_removal_fraction = 1.0"),
+        ..Default::default()
+    })
+    .await;
+    seed_two(&app).await;
+    let (_d, ok) = file(
+        "ok.csv",
+        "external_id,role_template,license_tier\nD1,Queue Member,Standard Agent\n",
+    );
+    let run = rolesync(&app, &["--output", "json", "submit", &ok, "--wait"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let id = run.json()["job_id"].as_str().unwrap().to_owned();
+
+    let dry = rolesync(
+        &app,
+        &[
+            "--output",
+            "json",
+            "jobs",
+            "revert",
+            &id,
+            "--dry-run",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(dry.code, 0, "{}\n{}", dry.stdout, dry.stderr);
+    assert_eq!(dry.json()["kind"], "revert");
+    assert_eq!(dry.json()["dry_run"], true);
+    assert_eq!(dry.json()["counts"]["planned"], 1);
+    assert_eq!(
+        app.roles_of("D1").await,
+        vec![vec!["Agent", "Employee", "Queue Member"]]
+    );
+
+    let run = rolesync(&app, &["jobs", "revert", &id, "--wait"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("revert"), "a table: {}", run.stdout);
+    assert_eq!(app.roles_of("D1").await, vec![vec!["Agent", "Employee"]]);
+    // Refused by the service (a dry run has nothing to revert): exit 1 with the reason.
+    let again = rolesync(
+        &app,
+        &["jobs", "revert", dry.json()["job_id"].as_str().unwrap()],
+    )
+    .await;
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("dry run"), "{}", again.stderr);
+
+    let rec = rolesync(
+        &app,
+        &["--output", "json", "reconcile", "--dry-run", "--wait"],
+    )
+    .await;
+    assert_eq!(rec.code, 0, "{}\n{}", rec.stdout, rec.stderr);
+    assert_eq!(rec.json()["kind"], "reconcile");
+    assert_eq!(rec.json()["users"]["changed"], 0);
+}

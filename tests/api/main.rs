@@ -21,4 +21,5 @@ mod reads;
 mod resilience;
 mod sync;
 mod traces;
+mod undo;
 mod webhooks;

@@ -1,6 +1,7 @@
 //! The command line (`rolesync --help`): the service and its tools (`serve`, `emulator`,
 //! `demo`, `validate`, `policy check`, `hash-key`, `completions`) and a client of a running
-//! service (`submit`, `jobs list | show | items | cancel | approve | watch`). What each command
+//! service (`submit`, `jobs list | show | items | cancel | approve | revert | watch`,
+//! `reconcile`). What each command
 //! exits with is `exit::Exit`; how it prints is `output`.
 
 use crate::client::{Client, ClientArgs, SubmitOptions};
@@ -13,6 +14,7 @@ use genesys_cloud_emulator::EmulatorArgs;
 use rolesync::configuration::Settings;
 use rolesync::domain::{JobStatus, Mode, Outcome};
 use rolesync::ingest::{self, BatchQuery, Format};
+use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +52,9 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// Apply every managed user's desired state again (the last role set a job gave them):
+    /// find the users whose roles drifted, and fix them unless --dry-run.
+    Reconcile(ReconcileArgs),
     /// The same as `jobs show`.
     #[command(hide = true)]
     Status(JobArgs),
@@ -83,6 +88,9 @@ pub enum JobsCommand {
     Cancel(JobArgs),
     /// Release a job held in `awaiting_approval` (needs the `admin` scope).
     Approve(JobArgs),
+    /// Undo a job: put back the roles it found, for every user it changed who still holds what
+    /// it left (the others are reported `changed_since`). Starts a job of kind `revert`.
+    Revert(RevertArgs),
     /// Follow a job with a progress bar until it ends; exits with its status code.
     Watch(WatchArgs),
 }
@@ -141,6 +149,38 @@ pub struct JobArgs {
     pub job: String,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RevertArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Plan the revert and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also revert users changed since: remove what the job added and add back what it
+    /// removed, on top of the roles they hold now.
+    #[arg(long)]
+    pub force: bool,
+    /// Wait for the revert to end, with a progress bar; exit with its status code.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Report the drifted users (items `planned`) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// merge: give back desired roles a user lost; replace: also take away managed roles
+    /// outside the desired state.
+    #[arg(long, default_value = "merge", value_parser = vocabulary(Mode::ALL, Mode::as_str))]
+    pub mode: Mode,
+    /// Wait for the reconcile to end, with a progress bar; exit with its status code.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -247,6 +287,11 @@ async fn run(command: Command, output: Output) -> anyhow::Result<Exit> {
         Command::Demo(args) => return crate::demo::run(args).await,
         Command::Submit(args) => return submit(args, output).await,
         Command::Jobs { command } => return jobs(command, output).await,
+        Command::Reconcile(args) => {
+            let client = Client::new(&args.client)?;
+            let job = client.reconcile(args.dry_run, args.mode).await?;
+            return started(&client, job, args.wait, output).await;
+        }
         Command::Status(args) => return jobs(JobsCommand::Show(args), output).await,
         Command::Validate(args) => return validate(args).await,
         Command::Policy {
@@ -344,6 +389,13 @@ async fn jobs(command: JobsCommand, output: Output) -> anyhow::Result<Exit> {
             let job = Client::new(&args.client)?.approve(&args.job).await?;
             output::job(&mut out, &job, output)?;
         }
+        JobsCommand::Revert(args) => {
+            let client = Client::new(&args.job.client)?;
+            let job = client
+                .revert(&args.job.job, args.dry_run, args.force)
+                .await?;
+            return started(&client, job, args.wait, output).await;
+        }
         JobsCommand::Watch(args) => {
             let client = Client::new(&args.job.client)?;
             let job = client.wait(&args.job.job, deadline(args.timeout)).await?;
@@ -352,6 +404,24 @@ async fn jobs(command: JobsCommand, output: Output) -> anyhow::Result<Exit> {
         }
     }
     Ok(Exit::Success)
+}
+
+/// Prints a job just started (revert, reconcile), or waits for it to end and prints it then,
+/// exiting with its status code.
+async fn started(client: &Client, job: Value, wait: bool, output: Output) -> anyhow::Result<Exit> {
+    let mut out = std::io::stdout().lock();
+    if !wait {
+        output::job(&mut out, &job, output)?;
+        return Ok(Exit::Success);
+    }
+    let id = job
+        .get("job_id")
+        .and_then(|v| v.as_str())
+        .context("the service answered a job without job_id")?
+        .to_owned();
+    let job = client.wait(&id, None).await?;
+    output::job(&mut out, &job, output)?;
+    Ok(Exit::of_job(&job))
 }
 
 fn deadline(timeout_secs: Option<u64>) -> Option<tokio::time::Instant> {

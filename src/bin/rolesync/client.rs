@@ -198,6 +198,22 @@ impl Client {
         Self::json(self.post(&format!("/v1/jobs/{}/cancel", segment(id)))).await
     }
 
+    /// `POST /v1/jobs/{id}/revert`: the new revert job.
+    pub async fn revert(&self, id: &str, dry_run: bool, force: bool) -> anyhow::Result<Value> {
+        let req = self
+            .post(&format!("/v1/jobs/{}/revert", segment(id)))
+            .query(&[("dry_run", dry_run), ("force", force)]);
+        Self::json(req).await
+    }
+
+    /// `POST /v1/reconcile`: the new reconcile job.
+    pub async fn reconcile(&self, dry_run: bool, mode: Mode) -> anyhow::Result<Value> {
+        let req = self
+            .post("/v1/reconcile")
+            .json(&serde_json::json!({"dry_run": dry_run, "mode": mode.as_str()}));
+        Self::json(req).await
+    }
+
     pub async fn approve(&self, id: &str) -> anyhow::Result<Value> {
         Self::json(self.post(&format!("/v1/jobs/{}/approve", segment(id)))).await
     }

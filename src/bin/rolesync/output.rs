@@ -38,6 +38,7 @@ pub fn job(out: &mut impl Write, job: &Value, format: Output) -> std::io::Result
         .join(", ");
     let mut lines = vec![
         ("job", s(job, "/job_id").to_owned()),
+        ("kind", s(job, "/kind").to_owned()),
         ("status", s(job, "/status").to_owned()),
         (
             "mode",
@@ -75,6 +76,8 @@ pub fn job(out: &mut impl Write, job: &Value, format: Output) -> std::io::Result
         ),
     ];
     for (label, pointer) in [
+        ("reverts", "/original_job_id"),
+        ("reverted by", "/reverted_by"),
         ("paused", "/paused_reason"),
         ("error", "/error"),
         ("created", "/created_at"),
