@@ -10,6 +10,6 @@ pub use assignment::{Assignment, ExternalId, Mode};
 pub use job::{Approval, Counts, Estimate, JobStatus, Outcome, PrivilegedGrants, ReasonCode};
 pub use vocabulary::{
     ApprovalReason, DeliveryStatus, EventType, LogFormat, PausedReason, ReadMethod,
-    ScimCallOutcome, ScimRetryReason, Scope,
+    ScimCallOutcome, ScimRetryReason, Scope, WriteApi,
 };
 pub use webhook_secret::WebhookSecret;
