@@ -115,7 +115,7 @@ async fn main() {
     let header = "external_id,role_template,license_tier\n";
     let mb = 1u64 << 20;
     println!("building bodies in a temporary directory...");
-    let cases = vec![
+    let cases = [
         Case {
             name: "gzip bomb: 300 MB of line breaks in one quoted CSV field",
             path_and_query: "/v1/jobs",

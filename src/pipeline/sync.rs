@@ -228,10 +228,6 @@ async fn run_chunk(
     let exhausted = claim.attempts > max_runs;
     let mut unsettled: Vec<Unsettled> = Vec::new();
     // The Authorization path: users decided to be written, written together after the loop.
-    let bulk = job
-        .estimate
-        .as_ref()
-        .is_some_and(|e| e.write_api == WriteApi::Authorization);
     let mut deferred: Vec<Deferred> = Vec::new();
     {
         let mut outcomes = futures::stream::iter(users)
@@ -249,7 +245,7 @@ async fn run_chunk(
                         let why = format!("the user's chunk was run {max_runs} times");
                         report.failed(Outcome::Failed, ReasonCode::RetriesExhausted, &why)
                     } else {
-                        start_user(deps, policy, job, snapshot, &u, run, bulk, &mut sent).await
+                        start_user(deps, policy, job, snapshot, &u, run, &mut sent).await
                     };
                     UserRun {
                         user: u,
@@ -340,7 +336,6 @@ async fn start_user(
     snapshot: Option<&Snapshot>,
     u: &UserRows<ItemRecord>,
     run: &ChunkRun,
-    bulk: bool,
     sent: &mut Option<RoleChange>,
 ) -> UserResult {
     if run.stopped().is_some() {
@@ -354,7 +349,14 @@ async fn start_user(
         run.stop(Stop::CircuitOpen(reason));
         return UserResult::Skipped;
     }
-    sync_user(deps, policy, job, snapshot, u, &run.tally, bulk, sent).await
+    sync_user(deps, policy, job, snapshot, u, &run.tally, sent).await
+}
+
+/// Whether the planner chose the Authorization path for the job (`estimate.write_api`).
+fn writes_in_bulk(job: &JobRecord) -> bool {
+    job.estimate
+        .as_ref()
+        .is_some_and(|e| e.write_api == WriteApi::Authorization)
 }
 
 /// A user of the Authorization path whose change waits for the chunk's bulk calls.
@@ -620,7 +622,6 @@ async fn sync_user(
     snapshot: Option<&Snapshot>,
     u: &UserRows<ItemRecord>,
     tally: &CallTally,
-    bulk: bool,
     sent: &mut Option<RoleChange>,
 ) -> UserResult {
     let report = Report {
@@ -653,7 +654,7 @@ async fn sync_user(
             // Not even the intent: no write will be sent for this user in this run.
             return UserResult::Skipped;
         }
-        if bulk {
+        if writes_in_bulk(job) {
             // The Authorization path: the intent now, the write with the chunk's other users
             // (`write_deferred`). Those calls take no `If-Match` (see `bulk`).
             let lines: Vec<i64> = u.lines().collect();

@@ -35,10 +35,7 @@ use crate::roles::{EMPLOYEE, bad_param};
 use crate::scim::read_json;
 use crate::state::Conflict;
 
-pub const ROLE_VIEW: &str = "authorization:role:view";
-pub const GRANT_ADD: &str = "authorization:grant:add";
-pub const GRANT_DELETE: &str = "authorization:grant:delete";
-pub const GRANT_VIEW: &str = "authorization:grant:view";
+use crate::permissions::{GRANT_ADD, GRANT_DELETE, GRANT_VIEW, require};
 
 /// Genesys' `request.bytes.max`: a larger body answers 413.
 const MAX_BODY: usize = 512_000;
@@ -65,22 +62,6 @@ impl Division {
             "homeDivision": true,
             "selfUri": format!("/api/v2/authorization/divisions/{}", self.id),
         })
-    }
-}
-
-/// 403 `missing.permissions` unless the OAuth client holds `permission` (see the fault
-/// `missing_permissions`).
-pub fn require(shared: &Shared, permission: &str) -> Result<(), ApiError> {
-    if shared.faults.has_permission(permission) {
-        Ok(())
-    } else {
-        Err(ApiError::genesys(
-            StatusCode::FORBIDDEN,
-            "missing.permissions",
-            format!(
-                "Unable to perform the requested action. You are missing the following permission(s): [{permission}]"
-            ),
-        ))
     }
 }
 

@@ -32,6 +32,7 @@ mod oauth;
 #[cfg(test)]
 mod parser_props;
 mod patch;
+mod permissions;
 mod ratelimit;
 mod roles;
 mod routes;

@@ -183,7 +183,7 @@ pub(super) async fn list_roles(
     State(shared): State<Shared>,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(e) = crate::authz::require(&shared, crate::authz::ROLE_VIEW) {
+    if let Err(e) = crate::permissions::require(&shared, crate::permissions::ROLE_VIEW) {
         return e.into_response();
     }
     let params = match query {
@@ -267,7 +267,7 @@ pub(super) async fn get_role(
     State(shared): State<Shared>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
-    if let Err(e) = crate::authz::require(&shared, crate::authz::ROLE_VIEW) {
+    if let Err(e) = crate::permissions::require(&shared, crate::permissions::ROLE_VIEW) {
         return e.into_response();
     }
     match shared
