@@ -4,7 +4,7 @@
 //! format) are typed, so an unknown word is refused at start-up. The keys are listed, with their
 //! defaults, in `config/default.toml`. This module imports nothing of rolesync but `domain`.
 
-use crate::domain::{EventType, LogFormat, Mode, Scope, WebhookSecret};
+use crate::domain::{EventType, LogFormat, Mode, Scope, WebhookSecret, WriteApi};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -143,7 +143,24 @@ pub struct TargetSettings {
     /// longer value is clamped to it and logged once (`scim/bounds.rs`).
     #[serde(default = "default_max_server_delay")]
     pub max_server_delay_secs: u64,
+    /// Which API writes roles: `scim` (one PATCH per user) or `authorization` (Genesys' bulk
+    /// grant endpoints, one call per role per chunk of users; docs/bulk-grants.md). With
+    /// `authorization` the planner still picks, per job, whichever path costs fewer calls.
+    /// Refused with the `rfc7644` profile, which has no such API.
+    #[serde(default)]
+    pub write_api: WriteApi,
+    /// Most user ids in one bulk grant or remove call (`write_api = "authorization"`).
+    #[serde(default = "default_bulk_max_subjects")]
+    pub bulk_max_subjects: usize,
 }
+
+fn default_bulk_max_subjects() -> usize {
+    100
+}
+
+/// The largest `target.bulk_max_subjects`: about what fits in Genesys' 512 000-byte request
+/// limit is 13 000 ids; 5 000 leaves room.
+pub const MAX_BULK_SUBJECTS: usize = 5_000;
 
 fn default_max_server_delay() -> u64 {
     120
@@ -685,6 +702,20 @@ impl Settings {
         if self.target.max_attempts == 0 || self.target.max_attempts > 20 {
             return Err(invalid("target.max_attempts", "must be between 1 and 20"));
         }
+        if self.target.write_api == WriteApi::Authorization
+            && self.target.profile == TargetProfile::Rfc7644
+        {
+            return Err(invalid(
+                "target.write_api",
+                "\"authorization\" needs the Genesys Authorization API; the rfc7644 profile has none (use \"scim\")",
+            ));
+        }
+        if !(1..=MAX_BULK_SUBJECTS).contains(&self.target.bulk_max_subjects) {
+            return Err(invalid(
+                "target.bulk_max_subjects",
+                format!("must be between 1 and {MAX_BULK_SUBJECTS}"),
+            ));
+        }
         Ok(())
     }
 
@@ -1026,6 +1057,32 @@ mod tests {
             key_of(with_webhooks("[webhooks]\ntimeout_secs = 0\n")),
             "webhooks.timeout_secs"
         );
+    }
+
+    #[test]
+    fn the_authorization_write_api_is_refused_with_the_rfc7644_profile() {
+        assert_eq!(
+            key_of(Settings::from_toml_overrides(
+                "[target]\nprofile = \"rfc7644\"\nwrite_api = \"authorization\"\n"
+            )),
+            "target.write_api"
+        );
+        let ok = Settings::from_toml_overrides("[target]\nwrite_api = \"authorization\"\n");
+        assert!(
+            ok.is_ok_and(|s| s.target.write_api == WriteApi::Authorization
+                && s.target.bulk_max_subjects == 100)
+        );
+        assert_eq!(
+            key_of(Settings::from_toml_overrides(
+                "[target]\nbulk_max_subjects = 0\n"
+            )),
+            "target.bulk_max_subjects"
+        );
+        let err = Settings::from_toml_overrides("[target]\nwrite_api = \"graph\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("write_api"), "{err}");
     }
 
     #[test]

@@ -76,6 +76,18 @@ pub async fn start_server(
     emulator: &str,
     extra: &str,
 ) -> Proc {
+    start_server_with(http, dir, store_url, emulator, "", extra).await
+}
+
+/// `start_server`, with `target` TOML lines added to its `[target]` table.
+pub async fn start_server_with(
+    http: &reqwest::Client,
+    dir: &Path,
+    store_url: &str,
+    emulator: &str,
+    target: &str,
+    extra: &str,
+) -> Proc {
     let port = free_port();
     let config = format!(
         r#"
@@ -88,6 +100,7 @@ scim_base = "{emulator}/api/v2/scim/v2"
 token_url = "{emulator}/oauth/token"
 requests_per_minute = 6000000
 max_concurrency = 16
+{target}
 [policy]
 file = "{policy}"
 [[auth.keys]]

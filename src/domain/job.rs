@@ -1,4 +1,4 @@
-use super::vocabulary::{ApprovalReason, ReadMethod};
+use super::vocabulary::{ApprovalReason, ReadMethod, WriteApi};
 use serde::{Deserialize, Serialize};
 
 vocabulary! {
@@ -155,6 +155,16 @@ pub struct Estimate {
     /// The policy's privileged roles this job grants, when it grants any.
     #[serde(default)]
     pub privileged: Option<PrivilegedGrants>,
+    /// The API that writes this job's roles, chosen by comparing the two counts below.
+    #[serde(default)]
+    pub write_api: WriteApi,
+    /// Calls (reads + writes at most) if the job is written through SCIM.
+    #[serde(default)]
+    pub scim_path_calls: Option<i64>,
+    /// Calls (reads + setup + bulk writes at most) if written through the Authorization API;
+    /// null while `target.write_api = "scim"`.
+    #[serde(default)]
+    pub authorization_path_calls: Option<i64>,
 }
 
 /// Privileged roles (the policy's `privileged_roles`, with the roles that inherit them) that a

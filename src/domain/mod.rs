@@ -12,6 +12,6 @@ pub use job::{
 };
 pub use vocabulary::{
     ApprovalReason, DeliveryStatus, EventType, LogFormat, PausedReason, ReadMethod,
-    ScimCallOutcome, ScimRetryReason, Scope,
+    ScimCallOutcome, ScimRetryReason, Scope, WriteApi,
 };
 pub use webhook_secret::WebhookSecret;

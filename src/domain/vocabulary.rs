@@ -150,6 +150,19 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// Which API writes roles to the target (`target.write_api`; a job's `estimate.write_api`).
+    #[derive(Default)]
+    pub enum WriteApi {
+        /// One SCIM `PATCH` per changed user, guarded by `If-Match`.
+        #[default]
+        Scim = "scim",
+        /// Genesys' Authorization API: one grant call per role per chunk of users
+        /// (`POST /api/v2/authorization/roles/{roleId}`), one `users/remove` per role per chunk.
+        Authorization = "authorization",
+    }
+}
+
+vocabulary! {
     /// How one SCIM call ended, after its retries (`rolesync_scim_calls_total{outcome}`).
     pub enum ScimCallOutcome {
         /// A 2xx answer.

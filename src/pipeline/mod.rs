@@ -18,6 +18,7 @@
 //! a user is a pure function of what the target holds (`decide`); how a job ends, from any stage
 //! or from `POST /v1/jobs/{id}/cancel`, is `lifecycle`.
 
+mod bulk;
 mod circuit;
 mod decide;
 mod intake;

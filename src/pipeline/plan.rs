@@ -13,7 +13,7 @@ use super::{Deps, lifecycle};
 use crate::audit::events::RoleSyncRejected;
 use crate::domain::{
     Approval, ApprovalReason, Estimate, EventType, JobKind, JobStatus, Mode, Outcome,
-    PrivilegedGrants,
+    PrivilegedGrants, WriteApi,
 };
 use crate::policy::Policy;
 use crate::scim::{CallTally, ScimError};
@@ -40,6 +40,8 @@ struct Planning {
     privileged_users: u64,
     /// Users the job takes roles away from, when its rows tell without a read (a revert).
     known_removals: u64,
+    /// Bulk calls the Authorization path would cost (`BulkCount`).
+    bulk: BulkCount,
     /// Keeps the planning lease renewed while this planning lives (`live`).
     _live: super::live::LivePlan,
 }
@@ -87,6 +89,7 @@ async fn plan_one_page(
         privileged_roles: Default::default(),
         privileged_users: 0,
         known_removals: 0,
+        bulk: BulkCount::default(),
         _live: deps.live.plan(&r.job.id),
     });
     let page = plan_page(deps, state, &r);
@@ -130,10 +133,14 @@ async fn release_plan(deps: &Deps, job_id: &str) {
 
 /// The rejected rows of a page with their events, and the chunk of each of its users.
 fn plan_page(deps: &Deps, state: &mut Planning, r: &Validated) -> PlanPage {
-    let chunk_size = deps.settings.sync.chunk_size.max(1);
+    let chunk_size = chunk_size(&deps.settings);
+    let bulk_max = deps.settings.target.bulk_max_subjects;
     let mut chunks: Vec<(i64, Vec<i64>)> = Vec::new();
     for u in &r.users {
         if state.chunks == 0 || state.in_last_chunk >= chunk_size {
+            state
+                .bulk
+                .close_chunk(&state.policy, state.job.mode, bulk_max);
             state.chunks += 1;
             state.in_last_chunk = 0;
         }
@@ -148,6 +155,9 @@ fn plan_page(deps: &Deps, state: &mut Planning, r: &Validated) -> PlanPage {
         if u.removes == Some(true) {
             state.known_removals += 1;
         }
+        // What the user may be granted: the desired set of a batch, the roles a revert gives
+        // back; the bulk count groups users by these roles.
+        state.bulk.add_user(&u.grants);
         let privileged = state.policy.privileged_in(&u.grants);
         if !privileged.is_empty() {
             state.privileged_users += 1;
@@ -175,10 +185,70 @@ fn plan_page(deps: &Deps, state: &mut Planning, r: &Validated) -> PlanPage {
     }
 }
 
+/// Users per chunk: `sync.chunk_size`, raised to `target.bulk_max_subjects` when the
+/// Authorization path is enabled, so that a chunk's users of one role fit one bulk call (the
+/// path groups writes per chunk). Chunks are units of work and leases; their size changes no
+/// call count of the SCIM path.
+fn chunk_size(settings: &crate::configuration::Settings) -> usize {
+    let size = settings.sync.chunk_size.max(1);
+    match settings.target.write_api {
+        WriteApi::Scim => size,
+        WriteApi::Authorization => size.max(settings.target.bulk_max_subjects),
+    }
+}
+
+/// Counts, chunk by chunk, the bulk calls the Authorization path would cost at most: per chunk
+/// and per role, ⌈users / bulk_max_subjects⌉ for the grants (every role a user of the chunk is
+/// to hold, as if none held it yet) and, for a `replace` job, for the removals (every managed,
+/// unprotected role, from the users not to hold it). The reads are not known here, so this is
+/// an upper bound, as the SCIM path's one write per user is.
+#[derive(Default)]
+struct BulkCount {
+    /// Closed chunks' calls.
+    calls: i64,
+    /// The open chunk: its users, and per role how many of them are to hold it.
+    users: u64,
+    roles: std::collections::HashMap<String, u64>,
+}
+
+impl BulkCount {
+    fn add_user(&mut self, desired: &crate::policy::RoleSet) {
+        self.users += 1;
+        for r in desired {
+            *self.roles.entry(r.clone()).or_default() += 1;
+        }
+    }
+
+    fn close_chunk(&mut self, policy: &Policy, mode: Mode, max: usize) {
+        if self.users == 0 {
+            return;
+        }
+        let roles = std::mem::take(&mut self.roles);
+        let mut counts: Vec<u64> = roles.values().copied().collect();
+        if mode == Mode::Replace {
+            counts.extend(
+                policy
+                    .roles()
+                    .iter()
+                    .filter(|r| !policy.protected_roles().contains(&r.name))
+                    .map(|r| self.users - roles.get(&r.name).copied().unwrap_or(0))
+                    .filter(|n| *n > 0),
+            );
+        }
+        self.calls += super::bulk::calls_for(counts, max);
+        self.users = 0;
+    }
+}
+
 /// After the last page: chooses the reads, checks the approval bounds, and makes the chunks
 /// claimable.
-async fn finish(deps: &Deps, state: Planning) {
+async fn finish(deps: &Deps, mut state: Planning) {
     let job_id = state.job.id.clone();
+    state.bulk.close_chunk(
+        &state.policy,
+        state.job.mode,
+        deps.settings.target.bulk_max_subjects,
+    );
     let reads = plan_reads(deps, &state.wanted).await;
     let mut plan = build_plan(deps, &state, &reads);
     let privileged = privileged_grants(&state);
@@ -227,6 +297,10 @@ async fn finish_plan(deps: &Deps, state: Planning, reads: ReadPlan, plan: JobPla
                 rejected = state.rejected,
                 strategy = reads.strategy.as_str(),
                 reads = reads.reads,
+                write_api = plan
+                    .estimate
+                    .as_ref()
+                    .map_or("scim", |e| e.write_api.as_str()),
                 "job planned"
             );
             lifecycle::finish_if_done(deps, &job_id).await;
@@ -287,10 +361,48 @@ fn approval_of(
     Some((approval, deltas))
 }
 
+/// Calls the Authorization path spends before its first write: the home division and the role
+/// catalog (one page up to 100 roles), once per process and `AuthzCatalog` lifetime.
+const AUTHZ_SETUP_CALLS: i64 = 2;
+
+/// Which path writes the job, by counting calls (reads + writes) for both; ties go to SCIM,
+/// which needs no extra permission. `(chosen, writes, scim path calls, authorization path
+/// calls)`; the last is None while `target.write_api = "scim"`.
+fn choose_write_api(
+    setting: WriteApi,
+    reads: i64,
+    scim_writes: i64,
+    bulk_writes: i64,
+) -> (WriteApi, i64, i64, Option<i64>) {
+    let scim = reads + scim_writes;
+    match setting {
+        WriteApi::Scim => (WriteApi::Scim, scim_writes, scim, None),
+        WriteApi::Authorization => {
+            let authz = reads + AUTHZ_SETUP_CALLS + bulk_writes;
+            if authz < scim {
+                (WriteApi::Authorization, bulk_writes, scim, Some(authz))
+            } else {
+                (WriteApi::Scim, scim_writes, scim, Some(authz))
+            }
+        }
+    }
+}
+
 fn build_plan(deps: &Deps, state: &Planning, reads: &ReadPlan) -> JobPlan {
     let users = state.users;
     // At most one write per user (plus re-reads and rewrites on version conflicts).
-    let writes_max = if state.job.dry_run { 0 } else { users };
+    let scim_writes = if state.job.dry_run { 0 } else { users };
+    let bulk_writes = if state.job.dry_run {
+        0
+    } else {
+        state.bulk.calls
+    };
+    let (write_api, writes_max, scim_path_calls, authorization_path_calls) = choose_write_api(
+        deps.settings.target.write_api,
+        reads.reads,
+        scim_writes,
+        bulk_writes,
+    );
     let interval = deps.scim.call_interval().as_secs_f64();
     let (spent, retries, rate_limited) = reads.tally.snapshot();
     // What is left to spend once the plan is saved: the chunks' lookups and writes.
@@ -306,6 +418,9 @@ fn build_plan(deps: &Deps, state: &Planning, reads: &ReadPlan) -> JobPlan {
         scan_pages: reads.scan_pages,
         requests_per_minute: deps.settings.target.requests_per_minute,
         privileged: privileged_grants(state),
+        write_api,
+        scim_path_calls: Some(scim_path_calls),
+        authorization_path_calls,
     };
     JobPlan {
         status: JobStatus::Running,
@@ -414,4 +529,28 @@ async fn approval_check(
         ..Default::default()
     };
     Ok(Some((held, approval, deltas)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_write_api_is_chosen_by_counting_calls() {
+        // 10 000 users, 101 reads: 100 bulk calls against 10 000 PATCHes.
+        assert_eq!(
+            choose_write_api(WriteApi::Authorization, 101, 10_000, 100),
+            (WriteApi::Authorization, 100, 10_101, Some(203))
+        );
+        // One user: a PATCH beats the setup calls plus one grant.
+        assert_eq!(
+            choose_write_api(WriteApi::Authorization, 1, 1, 1),
+            (WriteApi::Scim, 1, 2, Some(4))
+        );
+        // Not enabled: never chosen, not counted.
+        assert_eq!(
+            choose_write_api(WriteApi::Scim, 101, 10_000, 100),
+            (WriteApi::Scim, 10_000, 10_101, None)
+        );
+    }
 }

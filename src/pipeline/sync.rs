@@ -22,11 +22,11 @@ use super::decide::{Decision, Intent, Undo, decide, decide_revert};
 use super::reads::{Snapshot, find_user};
 use super::stops::{ChunkRun, Stop, is_per_user_target_error};
 use super::users::{UserRows, group_users};
-use super::{Deps, lifecycle, record_depth};
+use super::{Deps, bulk, lifecycle, record_depth};
 use crate::audit::events::{
     RoleSyncCompleted, RoleSyncDriftDetected, RoleSyncFailed, RoleSyncRejected,
 };
-use crate::domain::{EventType, JobKind, JobStatus, Outcome, PausedReason, ReasonCode};
+use crate::domain::{EventType, JobKind, JobStatus, Outcome, PausedReason, ReasonCode, WriteApi};
 use crate::policy::{Policy, RoleChange, RoleSet};
 use crate::scim::{CallTally, ScimError, ScimUser};
 use crate::store::{
@@ -149,6 +149,12 @@ enum UserResult {
     /// Not synced: the chunk was stopped before or during this user. A write this run sent
     /// for the user, if any, is in `UserRun::sent`.
     Skipped,
+    /// The Authorization path: the user's change is decided and its intent recorded; it is
+    /// written with the chunk's other users by bulk calls (`write_deferred`).
+    Deferred {
+        user_id: String,
+        change: RoleChange,
+    },
 }
 
 /// One user of a chunk run: what became of them, and the change this run sent them, if it
@@ -228,6 +234,8 @@ async fn run_chunk(
     let max_runs = i64::from(deps.settings.sync.max_chunk_attempts);
     let exhausted = claim.attempts > max_runs;
     let mut unsettled: Vec<Unsettled> = Vec::new();
+    // The Authorization path: users decided to be written, written together after the loop.
+    let mut deferred: Vec<Deferred> = Vec::new();
     {
         let mut outcomes = futures::stream::iter(users)
             .map(|u| {
@@ -254,40 +262,37 @@ async fn run_chunk(
                 }
             })
             .buffer_unordered(concurrency);
-        while let Some(UserRun { user, result, sent }) = outcomes.next().await {
-            match result {
-                UserResult::Rows {
-                    results,
-                    events,
-                    changed,
-                    target_error,
-                    desired,
-                    drifted,
-                } => {
-                    record(&mut done, results, events, changed);
-                    done.desired.extend(desired.map(|d| *d));
-                    done.drifted += u64::from(drifted);
-                    judge.record(target_error);
-                    if let Some((failed, sample)) = judge.tripped() {
-                        let why = Stop::ErrorRatio { failed, sample };
-                        run.stop(why.clone());
-                        deps.chunk_runs.stop_job(&job.id, &why);
-                    }
-                }
-                UserResult::TargetWide(e) => {
-                    // Every other user of the job would fail the same way, one refused call
-                    // each: stop this chunk and the job's other chunks in this process.
-                    let why = Stop::Target(e);
-                    run.stop(why.clone());
-                    deps.chunk_runs.stop_job(&job.id, &why);
-                    unsettled.push((user, sent));
-                }
-                // A cancel settles the user (no re-run follows); otherwise a later run retries.
-                UserResult::Retry { .. } if matches!(run.stopped(), Some(Stop::Cancelled)) => {
-                    unsettled.push((user, sent))
-                }
-                UserResult::Retry { lines } => done.retry_lines.extend(lines),
-                UserResult::Skipped => unsettled.push((user, sent)),
+        while let Some(user_run) = outcomes.next().await {
+            if let UserResult::Deferred { user_id, change } = user_run.result {
+                deferred.push((user_run.user, user_id, change));
+                continue;
+            }
+            absorb(
+                deps,
+                &job,
+                &run,
+                &mut judge,
+                &mut done,
+                &mut unsettled,
+                user_run,
+            );
+        }
+    }
+    if !deferred.is_empty() {
+        if run.stopped().is_some() {
+            // Stopped before the bulk calls: nothing was sent for these users.
+            unsettled.extend(deferred.into_iter().map(|(u, _, _)| (u, None)));
+        } else {
+            for user_run in write_deferred(deps, &policy, &job, &run, deferred).await {
+                absorb(
+                    deps,
+                    &job,
+                    &run,
+                    &mut judge,
+                    &mut done,
+                    &mut unsettled,
+                    user_run,
+                );
             }
         }
     }
@@ -352,6 +357,145 @@ async fn start_user(
         return UserResult::Skipped;
     }
     sync_user(deps, policy, job, snapshot, u, &run.tally, sent).await
+}
+
+/// Whether the planner chose the Authorization path for the job (`estimate.write_api`).
+fn writes_in_bulk(job: &JobRecord) -> bool {
+    job.estimate
+        .as_ref()
+        .is_some_and(|e| e.write_api == WriteApi::Authorization)
+}
+
+/// A user of the Authorization path whose change waits for the chunk's bulk calls.
+type Deferred = (UserRows<ItemRecord>, String, RoleChange);
+
+/// Adds one user's result to the chunk's outcomes; stops the chunk (and the job's other
+/// chunks) on a target-wide failure or a tripped error ratio.
+fn absorb(
+    deps: &Deps,
+    job: &JobRecord,
+    run: &ChunkRun,
+    judge: &mut super::stops::Judge,
+    done: &mut ChunkDone,
+    unsettled: &mut Vec<Unsettled>,
+    UserRun { user, result, sent }: UserRun,
+) {
+    match result {
+        UserResult::Rows {
+            results,
+            events,
+            changed,
+            target_error,
+            desired,
+            drifted,
+        } => {
+            record(done, results, events, changed);
+            done.desired.extend(desired.map(|d| *d));
+            done.drifted += u64::from(drifted);
+            judge.record(target_error);
+            if let Some((failed, sample)) = judge.tripped() {
+                let why = Stop::ErrorRatio { failed, sample };
+                run.stop(why.clone());
+                deps.chunk_runs.stop_job(&job.id, &why);
+            }
+        }
+        UserResult::TargetWide(e) => {
+            // Every other user of the job would fail the same way, one refused call
+            // each: stop this chunk and the job's other chunks in this process.
+            let why = Stop::Target(e);
+            run.stop(why.clone());
+            deps.chunk_runs.stop_job(&job.id, &why);
+            unsettled.push((user, sent));
+        }
+        // A cancel settles the user (no re-run follows); otherwise a later run retries.
+        UserResult::Retry { .. } if matches!(run.stopped(), Some(Stop::Cancelled)) => {
+            unsettled.push((user, sent))
+        }
+        UserResult::Retry { lines } => done.retry_lines.extend(lines),
+        UserResult::Skipped => unsettled.push((user, sent)),
+        // Only produced by `sync_user` for the Authorization path and taken out before.
+        UserResult::Deferred { .. } => unsettled.push((user, sent)),
+    }
+}
+
+/// The Authorization path's writes for a chunk (`bulk`): one call per role per
+/// `target.bulk_max_subjects` users, a refused batch bisected; then each user's own result
+/// (`applied` with the change computed from the read, or why not), its event and audit line.
+async fn write_deferred(
+    deps: &Deps,
+    policy: &Policy,
+    job: &JobRecord,
+    run: &ChunkRun,
+    deferred: Vec<Deferred>,
+) -> Vec<UserRun> {
+    let tally = &run.tally;
+    let errors = match deps.scim.authz_catalog(tally).await {
+        Ok(catalog) => {
+            let changes: Vec<&RoleChange> = deferred.iter().map(|d| &d.2).collect();
+            let ids: Vec<&str> = deferred.iter().map(|d| d.1.as_str()).collect();
+            let batches = bulk::batches(&changes, deps.settings.target.bulk_max_subjects);
+            bulk::write(&deps.scim, &catalog, tally, &ids, batches).await
+        }
+        Err(e) => {
+            // No bulk call was sent: every user shares the catalog's failure.
+            return deferred
+                .into_iter()
+                .map(|(user, _, _)| {
+                    let report = Report {
+                        deps,
+                        policy,
+                        job,
+                        user: &user,
+                    };
+                    let result = report.call_failed(e.clone());
+                    UserRun {
+                        user,
+                        result,
+                        sent: None,
+                    }
+                })
+                .collect();
+        }
+    };
+    let mut out = Vec::with_capacity(deferred.len());
+    for ((user, user_id, change), error) in deferred.into_iter().zip(errors) {
+        let report = Report {
+            deps,
+            policy,
+            job,
+            user: &user,
+        };
+        let result = match error {
+            None => report.applied(&user_id, &change),
+            // Refused alone: deleted since the read (a 404 on reading it), else refused.
+            Some(ScimError::Rejected {
+                status: 400,
+                detail,
+            }) => match deps.scim.get_user(&user_id, tally).await {
+                Err(ScimError::NotFound) => report.deleted(),
+                _ => report.fail_rows(
+                    Outcome::Failed,
+                    ReasonCode::ScimRejected,
+                    &format!("the bulk grant call refused this user (400): {detail}"),
+                    true,
+                ),
+            },
+            // A 404 on a role call is about the role, not the user.
+            Some(ScimError::NotFound) => report.fail_rows(
+                Outcome::Failed,
+                ReasonCode::ScimRejected,
+                "the target does not know one of the roles (404)",
+                true,
+            ),
+            Some(e) => report.call_failed(e),
+        };
+        out.push(UserRun {
+            user,
+            result,
+            sent: Some(change),
+        });
+    }
+    out
 }
 
 /// Adds a user's rows, events and change to a chunk's outcomes.
@@ -566,6 +710,23 @@ async fn sync_user(
         if tally.is_stopped() {
             // Not even the intent: no write will be sent for this user in this run.
             return UserResult::Skipped;
+        }
+        if writes_in_bulk(job) {
+            // The Authorization path: the intent now, the write with the chunk's other users
+            // (`write_deferred`). Those calls take no `If-Match` (see `bulk`).
+            let lines: Vec<i64> = u.lines().collect();
+            if let Err(e) = deps
+                .store
+                .mark_intent(&job.id, &lines, &change.added, &change.removed)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot record the write intent; the user is retried");
+                return UserResult::Retry { lines };
+            }
+            return UserResult::Deferred {
+                user_id: user.id.clone(),
+                change,
+            };
         }
         // Never a blind write: without a version to put in `If-Match`, read the user again
         // (and decide again on what that read says); a target that gives none is refused.

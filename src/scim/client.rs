@@ -54,11 +54,26 @@ impl CallTally {
 /// A role as the target's catalog (`GET /api/v2/authorization/roles`) describes it.
 #[derive(Debug, Clone)]
 pub struct TargetRole {
+    /// The role's id in the target (empty when the catalog gave none).
+    pub id: String,
     pub name: String,
     pub permissions: Vec<String>,
 }
 
+/// What the Authorization write path needs of the target: its home division and the id of
+/// each role name (`GET …/divisions/home`, `GET …/authorization/roles`).
+#[derive(Debug)]
+pub struct AuthzCatalog {
+    pub home_division: String,
+    pub role_ids: std::collections::HashMap<String, String>,
+}
+
+/// How long a fetched `AuthzCatalog` is used before it is fetched again.
+const AUTHZ_CATALOG_TTL: Duration = Duration::from_secs(600);
+
 pub struct ScimClient {
+    /// The Authorization catalog, fetched on first use and kept `AUTHZ_CATALOG_TTL`.
+    authz_catalog: tokio::sync::Mutex<Option<(Instant, std::sync::Arc<AuthzCatalog>)>>,
     http: reqwest::Client,
     base: String,
     api_base: String,
@@ -81,6 +96,20 @@ struct Call<'a> {
     query: &'a [(&'a str, String)],
     body: Option<serde_json::Value>,
     if_match: Option<String>,
+}
+
+/// Content type of SCIM bodies; the Platform API (Authorization) takes plain JSON.
+const SCIM_JSON: &str = "application/scim+json";
+const PLAIN_JSON: &str = "application/json";
+
+impl Call<'_> {
+    fn content_type(&self) -> &'static str {
+        if self.route.starts_with("/authorization/") {
+            PLAIN_JSON
+        } else {
+            SCIM_JSON
+        }
+    }
 }
 
 struct Answer {
@@ -121,6 +150,7 @@ impl ScimClient {
             .scim_rate_limit_per_minute
             .set(i64::from(t.requests_per_minute));
         Ok(ScimClient {
+            authz_catalog: tokio::sync::Mutex::new(None),
             http,
             base: t.scim_base.trim_end_matches('/').to_owned(),
             api_base: settings.api_base(),
@@ -300,6 +330,11 @@ impl ScimClient {
                     }
                 }
                 roles.push(TargetRole {
+                    id: e
+                        .get("id")
+                        .and_then(|i| i.as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
                     name: name.to_owned(),
                     permissions,
                 });
@@ -313,6 +348,109 @@ impl ScimClient {
             }
         }
         Ok(roles)
+    }
+
+    /// The home division and role ids, fetched (2 calls and more for a catalog over 100
+    /// roles) at most once per `AUTHZ_CATALOG_TTL`; the calls count in `tally`.
+    pub async fn authz_catalog(
+        &self,
+        tally: &CallTally,
+    ) -> Result<std::sync::Arc<AuthzCatalog>, ScimError> {
+        let mut cached = self.authz_catalog.lock().await;
+        if let Some((at, c)) = cached.as_ref()
+            && at.elapsed() < AUTHZ_CATALOG_TTL
+        {
+            return Ok(c.clone());
+        }
+        let home_division = self.home_division(tally).await?;
+        let role_ids = self
+            .list_roles(tally)
+            .await?
+            .into_iter()
+            .filter(|r| !r.id.is_empty())
+            .map(|r| (r.name, r.id))
+            .collect();
+        let c = std::sync::Arc::new(AuthzCatalog {
+            home_division,
+            role_ids,
+        });
+        *cached = Some((Instant::now(), c.clone()));
+        Ok(c)
+    }
+
+    /// The id of the org's home division (`GET /api/v2/authorization/divisions/home`).
+    pub async fn home_division(&self, tally: &CallTally) -> Result<String, ScimError> {
+        let a = self
+            .get(
+                "/authorization/divisions/home",
+                format!("{}/api/v2/authorization/divisions/home", self.api_base),
+                &[],
+                tally,
+            )
+            .await?;
+        let v: serde_json::Value = parse(&a.body)?;
+        v.get("id")
+            .and_then(serde_json::Value::as_str)
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| ScimError::Protocol("the home division has no id".into()))
+    }
+
+    /// Grants one role to many users in one division, in one call
+    /// (`POST /api/v2/authorization/roles/{roleId}?subjectType=PC_USER`, 204). The target takes
+    /// or refuses the batch whole; no `If-Match` exists for it (docs/bulk-grants.md).
+    pub async fn grant_role(
+        &self,
+        role_id: &str,
+        division_id: &str,
+        user_ids: &[&str],
+        tally: &CallTally,
+    ) -> Result<(), ScimError> {
+        let query = [("subjectType", "PC_USER".to_owned())];
+        self.call(
+            Call {
+                method: Method::POST,
+                route: "/authorization/roles/{roleId}",
+                url: format!(
+                    "{}/api/v2/authorization/roles/{}",
+                    self.api_base,
+                    path_segment(role_id)
+                ),
+                query: &query,
+                body: Some(json!({"subjectIds": user_ids, "divisionIds": [division_id]})),
+                if_match: None,
+            },
+            tally,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Takes one role from many users, in one call
+    /// (`PUT /api/v2/authorization/roles/{roleId}/users/remove`).
+    pub async fn remove_role(
+        &self,
+        role_id: &str,
+        user_ids: &[&str],
+        tally: &CallTally,
+    ) -> Result<(), ScimError> {
+        self.call(
+            Call {
+                method: Method::PUT,
+                route: "/authorization/roles/{roleId}/users/remove",
+                url: format!(
+                    "{}/api/v2/authorization/roles/{}/users/remove",
+                    self.api_base,
+                    path_segment(role_id)
+                ),
+                query: &[],
+                body: Some(json!(user_ids)),
+                if_match: None,
+            },
+            tally,
+        )
+        .await?;
+        Ok(())
     }
 
     /// A GET without body or precondition.
@@ -509,7 +647,7 @@ impl ScimClient {
         }
         if let Some(body) = &call.body {
             req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/scim+json")
+                .header(reqwest::header::CONTENT_TYPE, call.content_type())
                 .body(body.to_string());
         }
         let method = call.method.as_str();

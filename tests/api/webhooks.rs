@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How the receiver answers the requests that arrive from now on.
 #[derive(Clone, Copy, Debug)]
-enum Answer {
+pub(crate) enum Answer {
     Status(u16),
     /// Holds the request this long, then answers 200.
     Slow(Duration),
@@ -54,8 +54,8 @@ struct ReceiverState {
     answered: Arc<AtomicUsize>,
 }
 
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     addr: SocketAddr,
     state: ReceiverState,
     stop: CancellationToken,
@@ -95,7 +95,7 @@ async fn hook(State(s): State<ReceiverState>, headers: HeaderMap, body: String) 
 }
 
 impl Receiver {
-    async fn start(answer: Answer) -> Receiver {
+    pub(crate) async fn start(answer: Answer) -> Receiver {
         Receiver::start_on("127.0.0.1:0".parse().unwrap(), answer).await
     }
 
@@ -155,7 +155,7 @@ impl Receiver {
     }
 
     /// The events accepted, after de-duplication by id: (id, type, data), batches opened.
-    fn events(&self) -> BTreeMap<String, (String, Value)> {
+    pub(crate) fn events(&self) -> BTreeMap<String, (String, Value)> {
         let mut out = BTreeMap::new();
         for (id, r) in self.unique() {
             let body = r.json();
@@ -181,7 +181,7 @@ impl Receiver {
     }
 
     /// How many distinct events of this type were accepted.
-    fn count_of(&self, event_type: &str) -> usize {
+    pub(crate) fn count_of(&self, event_type: &str) -> usize {
         self.events()
             .values()
             .filter(|(t, _)| t == event_type)
@@ -195,7 +195,7 @@ async fn closed_port() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -205,7 +205,7 @@ async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> boo
 
 // ----- configuration -----------------------------------------------------------------------
 
-fn new_secret() -> String {
+pub(crate) fn new_secret() -> String {
     let bytes: [u8; 24] = rand::random();
     format!(
         "whsec_{}",
@@ -213,12 +213,12 @@ fn new_secret() -> String {
     )
 }
 
-struct Hook<'a> {
-    name: &'a str,
-    url: &'a str,
-    secret: &'a str,
-    previous: &'a [&'a str],
-    events: &'a [&'a str],
+pub(crate) struct Hook<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) url: &'a str,
+    pub(crate) secret: &'a str,
+    pub(crate) previous: &'a [&'a str],
+    pub(crate) events: &'a [&'a str],
 }
 
 fn endpoint_toml(h: &Hook<'_>) -> String {
@@ -229,9 +229,9 @@ fn endpoint_toml(h: &Hook<'_>) -> String {
 }
 
 /// Short retries so the tests see a whole schedule in seconds.
-const FAST: &str = "[webhooks]\nretry_schedule_secs = [1, 1, 2]\ntimeout_secs = 5\n";
+pub(crate) const FAST: &str = "[webhooks]\nretry_schedule_secs = [1, 1, 2]\ntimeout_secs = 5\n";
 
-async fn app_with_hooks(hooks: &[Hook<'_>], webhooks: &str) -> TestApp {
+pub(crate) async fn app_with_hooks(hooks: &[Hook<'_>], webhooks: &str) -> TestApp {
     let mut config = webhooks.to_owned();
     for h in hooks {
         config.push_str(&endpoint_toml(h));

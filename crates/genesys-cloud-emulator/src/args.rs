@@ -41,6 +41,14 @@ pub struct EmulatorArgs {
     /// Probability (0..1) that the server closes the connection of an API call without answering.
     #[arg(long, default_value_t = 0.0)]
     pub drop_connection: f64,
+    /// Most subject ids one bulk grant call takes (`POST /api/v2/authorization/roles/{id}`
+    /// `subjectIds`, `PUT …/users/remove`); more answers 400. Genesys publishes no cap.
+    #[arg(long, default_value_t = 500)]
+    pub bulk_max_subjects: usize,
+    /// Largest `pageSize` of `GET /api/v2/authorization/divisions/{id}/grants` (Genesys: 500);
+    /// more answers 400.
+    #[arg(long, default_value_t = 500)]
+    pub grant_page_size_max: usize,
 }
 
 impl Default for EmulatorArgs {
@@ -60,6 +68,8 @@ impl Default for EmulatorArgs {
             roles_file: None,
             latency_jitter_ms: 0,
             drop_connection: 0.0,
+            bulk_max_subjects: 500,
+            grant_page_size_max: 500,
         }
     }
 }

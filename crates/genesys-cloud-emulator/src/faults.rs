@@ -14,8 +14,8 @@
 //! A dropped connection: the response body fails before its first byte, so hyper aborts the
 //! connection without writing a status line; the client sees the connection closed with no answer.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -32,7 +32,10 @@ use crate::errors::ApiError;
 use crate::staged::{
     self, FailingUser, FailingUsers, HeaderOverride, HeaderOverrideUpdate, Staged,
 };
-use crate::state::lock;
+use crate::state::{lock, read, write};
+
+/// Most entries of `missing_permissions` and of `delete_before_bulk_write`.
+pub const MAX_STAGED_NAMES: usize = 10_000;
 
 /// Marks a response whose connection is dropped (recorded with status 0 in the stats).
 #[derive(Clone, Copy, Debug)]
@@ -50,6 +53,12 @@ pub struct Faults {
     reject_patch: AtomicU64,
     forbid: AtomicBool,
     omit_versions: AtomicBool,
+    /// Permissions the OAuth client lacks: the Authorization endpoints needing one answer 403
+    /// `missing.permissions` (`authz.rs`).
+    missing_permissions: RwLock<Vec<String>>,
+    /// externalIds whose users are deleted just before the next bulk grant write runs (a user
+    /// deleted between rolesync's read and its write), then cleared.
+    delete_before_bulk_write: Mutex<Vec<String>>,
     staged: Staged,
     initial: FaultSettings,
     rng: Mutex<StdRng>,
@@ -90,6 +99,11 @@ pub struct FaultUpdate {
     /// SCIM answers carry no version (no `ETag`, no `meta.version`) while true: a target a
     /// client must never write to blindly.
     pub omit_versions: Option<bool>,
+    /// Replaces the permissions the OAuth client lacks (`[]` clears them).
+    pub missing_permissions: Option<Vec<String>>,
+    /// Replaces the externalIds whose users are deleted just before the next bulk grant write
+    /// (`POST /authorization/roles/{id}`, `PUT …/users/remove`) runs (`[]` clears them).
+    pub delete_before_bulk_write: Option<Vec<String>>,
     /// Replaces the named failing users (`[]` clears them).
     pub failing_users: Option<Vec<FailingUser>>,
     /// The next `count` API responses carry these headers (`null` or `count: 0` clears).
@@ -134,6 +148,8 @@ impl Faults {
             reject_patch: AtomicU64::new(0),
             forbid: AtomicBool::new(false),
             omit_versions: AtomicBool::new(false),
+            missing_permissions: RwLock::new(Vec::new()),
+            delete_before_bulk_write: Mutex::new(Vec::new()),
             staged: Staged::default(),
             initial: initial.clone(),
             rng: Mutex::new(rng),
@@ -208,6 +224,18 @@ impl Faults {
         let pd = probability("drop_connection", u.drop_connection)?;
         let pr = probability("reject_patch", u.reject_patch)?;
         let failing = u.failing_users.map(FailingUsers::compile).transpose()?;
+        for (name, list) in [
+            ("missing_permissions", &u.missing_permissions),
+            ("delete_before_bulk_write", &u.delete_before_bulk_write),
+        ] {
+            if let Some(list) = list
+                && (list.len() > MAX_STAGED_NAMES || list.iter().any(|v| v.len() > 256))
+            {
+                return Err(format!(
+                    "{name}: at most {MAX_STAGED_NAMES} entries of at most 256 bytes each"
+                ));
+            }
+        }
         let header_override = match u.override_headers {
             None => None,
             Some(None) => Some(None),
@@ -255,6 +283,12 @@ impl Faults {
         if let Some(v) = u.omit_versions {
             self.omit_versions.store(v, Ordering::Relaxed);
         }
+        if let Some(v) = u.missing_permissions {
+            *write(&self.missing_permissions) = v;
+        }
+        if let Some(v) = u.delete_before_bulk_write {
+            *lock(&self.delete_before_bulk_write) = v;
+        }
         if let Some(secs) = u.outage_secs {
             let until = if secs == 0 {
                 0
@@ -277,6 +311,28 @@ impl Faults {
         self.outage_until_ms.store(0, Ordering::Relaxed);
         self.forbid.store(false, Ordering::Relaxed);
         self.omit_versions.store(false, Ordering::Relaxed);
+        write(&self.missing_permissions).clear();
+        lock(&self.delete_before_bulk_write).clear();
+    }
+
+    /// Whether the OAuth client holds `permission` (none is withheld unless staged).
+    pub fn has_permission(&self, permission: &str) -> bool {
+        !read(&self.missing_permissions)
+            .iter()
+            .any(|p| p == permission)
+    }
+
+    pub fn missing_permissions(&self) -> Vec<String> {
+        read(&self.missing_permissions).clone()
+    }
+
+    pub fn delete_before_bulk_write(&self) -> Vec<String> {
+        lock(&self.delete_before_bulk_write).clone()
+    }
+
+    /// The externalIds staged for deletion before the next bulk write, cleared as taken.
+    pub fn take_delete_before_bulk_write(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.delete_before_bulk_write))
     }
 }
 

@@ -23,6 +23,7 @@
 
 mod admin;
 mod args;
+mod authz;
 mod discovery;
 mod errors;
 mod faults;
@@ -31,6 +32,7 @@ mod oauth;
 #[cfg(test)]
 mod parser_props;
 mod patch;
+mod permissions;
 mod ratelimit;
 mod roles;
 mod routes;
@@ -80,6 +82,8 @@ pub(crate) struct Emulator {
     pub tokens: ratelimit::Tokens,
     pub faults: faults::Faults,
     pub stats: admin::Stats,
+    /// The org's one division, where every grant lives (`authz.rs`).
+    pub home_division: authz::Division,
 }
 
 pub(crate) type Shared = Arc<Emulator>;
@@ -117,6 +121,7 @@ impl Emulator {
             tokens: ratelimit::Tokens::default(),
             faults,
             stats: admin::Stats::default(),
+            home_division: authz::Division::home(),
             args,
         };
         emulator.seed_users(emulator.args.users)?;

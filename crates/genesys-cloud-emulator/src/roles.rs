@@ -99,6 +99,22 @@ impl Catalog {
     pub fn roles(&self) -> &[Map<String, Value>] {
         &self.roles
     }
+
+    /// The name of the role with this id.
+    pub fn name_of_id(&self, id: &str) -> Option<&str> {
+        self.roles
+            .iter()
+            .find(|r| r.get("id").and_then(Value::as_str) == Some(id))
+            .and_then(|r| r.get("name").and_then(Value::as_str))
+    }
+
+    /// The id of the role with this name.
+    pub fn id_of_name(&self, name: &str) -> Option<&str> {
+        self.roles
+            .iter()
+            .find(|r| r.get("name").and_then(Value::as_str) == Some(name))
+            .and_then(|r| r.get("id").and_then(Value::as_str))
+    }
 }
 
 fn normalise(role: &mut Map<String, Value>) {
@@ -167,6 +183,9 @@ pub(super) async fn list_roles(
     State(shared): State<Shared>,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    if let Err(e) = crate::permissions::require(&shared, crate::permissions::ROLE_VIEW) {
+        return e.into_response();
+    }
     let params = match query {
         Ok(Query(p)) => p,
         Err(e) => return bad_param(&e.to_string()).into_response(),
@@ -248,6 +267,9 @@ pub(super) async fn get_role(
     State(shared): State<Shared>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
+    if let Err(e) = crate::permissions::require(&shared, crate::permissions::ROLE_VIEW) {
+        return e.into_response();
+    }
     match shared
         .catalog
         .roles()
@@ -268,7 +290,7 @@ pub(super) async fn get_role(
     }
 }
 
-fn bad_param(message: &str) -> ApiError {
+pub(crate) fn bad_param(message: &str) -> ApiError {
     ApiError::genesys(
         StatusCode::BAD_REQUEST,
         "invalid.query.param.value",

@@ -5,10 +5,10 @@ use axum::extract::Request;
 use axum::http::{StatusCode, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 use crate::Shared;
-use crate::{admin, discovery, errors, oauth, roles, scim};
+use crate::{admin, authz, discovery, errors, oauth, roles, scim};
 
 /// Lower-cases the resource segment of a SCIM path (`/api/v2/scim/v2/Users/…` →
 /// `/api/v2/scim/v2/users/…`) so RFC-spelt paths reach the Genesys routes.
@@ -109,7 +109,22 @@ pub(crate) fn router(shared: Shared) -> Router {
     let api = scim_routes(Router::new(), "/api/v2/scim/v2");
     let api = scim_routes(api, "/api/v2/scim")
         .route("/api/v2/authorization/roles", get(roles::list_roles))
-        .route("/api/v2/authorization/roles/{roleId}", get(roles::get_role));
+        .route(
+            "/api/v2/authorization/roles/{roleId}",
+            get(roles::get_role).post(authz::grant_role),
+        )
+        .route(
+            "/api/v2/authorization/roles/{roleId}/users/remove",
+            put(authz::remove_role_users),
+        )
+        .route(
+            "/api/v2/authorization/divisions/home",
+            get(authz::home_division),
+        )
+        .route(
+            "/api/v2/authorization/divisions/{divisionId}/grants",
+            get(authz::division_grants),
+        );
     Router::new()
         .merge(api)
         .route("/oauth/token", post(oauth::token))

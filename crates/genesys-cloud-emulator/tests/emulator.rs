@@ -1868,3 +1868,255 @@ async fn omit_versions_strips_etag_and_meta_version_until_turned_off() {
     assert!(res.headers().get("etag").is_some());
     emu.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Authorization grants: one model with SCIM roles
+
+impl Emu {
+    async fn role_id(&self, name: &str) -> String {
+        let res = self
+            .get("/api/v2/authorization/roles", &[("name", name)])
+            .await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        body["entities"][0]["id"].as_str().unwrap().to_string()
+    }
+
+    async fn home(&self) -> String {
+        let res = self.get("/api/v2/authorization/divisions/home", &[]).await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["homeDivision"], true);
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    async fn grant(&self, role_id: &str, ids: &[&str], division: &str) -> reqwest::Response {
+        let body = json!({"subjectIds": ids, "divisionIds": [division]});
+        let url = self.url_q(
+            &format!("/api/v2/authorization/roles/{role_id}"),
+            &[("subjectType", "PC_USER")],
+        );
+        self.req(Method::POST, url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn remove(&self, role_id: &str, ids: &[&str]) -> reqwest::Response {
+        self.send_json(
+            Method::PUT,
+            &format!("/api/v2/authorization/roles/{role_id}/users/remove"),
+            &json!(ids),
+            None,
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn a_bulk_grant_shows_in_scim_roles_and_a_scim_role_shows_in_the_grants() {
+    let emu = Emu::start(args()).await;
+    let a = emu.create(user_body("a@example.com", "EMP-A")).await;
+    let b = emu.create(user_body("b@example.com", "EMP-B")).await;
+    let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let (_, etag_before) = emu.get_user(a).await;
+    let agent = emu.role_id("Agent").await;
+    let home = emu.home().await;
+
+    let res = emu.grant(&agent, &[a, b], &home).await;
+    assert_eq!(res.status(), 204, "{:?}", res.text().await);
+    let (user, etag_after) = emu.get_user(a).await;
+    assert_eq!(role_names(&user), names(&["Agent", "Employee"]));
+    assert_ne!(
+        etag_before, etag_after,
+        "a grant changes the user's version"
+    );
+    assert_eq!(
+        role_names(&emu.get_user(b).await.0),
+        names(&["Agent", "Employee"])
+    );
+
+    // Through SCIM the other way: the grants listing shows a role written by PATCH.
+    let res = emu
+        .patch(
+            b,
+            json!([{"op": "add", "path": "roles", "value": [{"value": "Supervisor"}]}]),
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = emu
+        .get(
+            &format!("/api/v2/authorization/divisions/{home}/grants"),
+            &[("pageSize", "500")],
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let grants: Value = res.json().await.unwrap();
+    let of_b: BTreeSet<String> = grants["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["subjectId"] == b)
+        .map(|g| g["role"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(of_b, names(&["Agent", "Employee", "Supervisor"]));
+    assert_eq!(grants["total"], 5, "{grants}");
+
+    // users/remove takes the role away, seen through SCIM.
+    let res = emu.remove(&agent, &[a]).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(role_names(&emu.get_user(a).await.0), names(&["Employee"]));
+    emu.stop().await;
+}
+
+#[tokio::test]
+async fn one_unknown_id_refuses_the_whole_batch() {
+    let emu = Emu::start(args()).await;
+    let a = emu.create(user_body("a@example.com", "EMP-A")).await;
+    let a = a["id"].as_str().unwrap();
+    let agent = emu.role_id("Agent").await;
+    let home = emu.home().await;
+
+    let res = emu.grant(&agent, &[a, "no-such-user"], &home).await;
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "invalid.value");
+    assert!(
+        !body.to_string().contains("no-such-user"),
+        "the refusal does not name the id: {body}"
+    );
+    assert_eq!(
+        role_names(&emu.get_user(a).await.0),
+        names(&["Employee"]),
+        "nothing of a refused batch is applied"
+    );
+    let res = emu.remove(&agent, &[a, "no-such-user"]).await;
+    assert_eq!(res.status(), 400);
+
+    // A user deleted between a read and the write: staged, deleted when the write arrives.
+    let (status, _) = emu
+        .set_faults(json!({"delete_before_bulk_write": ["EMP-A"]}))
+        .await;
+    assert_eq!(status, 200);
+    let res = emu.grant(&agent, &[a], &home).await;
+    assert_eq!(res.status(), 400);
+    let res = emu.get(&format!("{SCIM}/users/{a}"), &[]).await;
+    assert_eq!(res.status(), 404);
+    emu.stop().await;
+}
+
+#[tokio::test]
+async fn bulk_grants_enforce_caps_divisions_roles_and_permissions() {
+    let emu = Emu::start(EmulatorArgs {
+        bulk_max_subjects: 2,
+        grant_page_size_max: 3,
+        ..args()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let u = emu
+            .create(user_body(&format!("u{i}@example.com"), &format!("EMP-{i}")))
+            .await;
+        ids.push(u["id"].as_str().unwrap().to_string());
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let agent = emu.role_id("Agent").await;
+    let employee = emu.role_id("Employee").await;
+    let home = emu.home().await;
+
+    let res = emu.grant(&agent, &ids, &home).await;
+    assert_eq!(res.status(), 400, "over --bulk-max-subjects");
+    assert_eq!(emu.grant(&agent, &ids[..2], &home).await.status(), 204);
+    assert_eq!(
+        emu.grant(&agent, &ids[..1], "other-division")
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        emu.grant("no-such-role", &ids[..1], &home).await.status(),
+        404
+    );
+    assert_eq!(emu.remove(&employee, &ids[..1]).await.status(), 400);
+    let grants = |size: &'static str| {
+        let path = format!("/api/v2/authorization/divisions/{home}/grants");
+        let emu = &emu;
+        async move { emu.get(&path, &[("pageSize", size)]).await }
+    };
+    assert_eq!(
+        grants("4").await.status(),
+        400,
+        "over --grant-page-size-max"
+    );
+    let page: Value = grants("3").await.json().await.unwrap();
+    assert_eq!(page["total"], 5);
+    assert_eq!(page["pageCount"], 2);
+    assert_eq!(page["entities"].as_array().unwrap().len(), 3);
+
+    let (status, _) = emu
+        .set_faults(
+            json!({"missing_permissions": ["authorization:grant:add", "authorization:grant:view"]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let res = emu.grant(&agent, &ids[..1], &home).await;
+    assert_eq!(res.status(), 403);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "missing.permissions");
+    assert_eq!(grants("3").await.status(), 403);
+    assert_eq!(emu.remove(&agent, &ids[..1]).await.status(), 200);
+
+    // Counted like every call.
+    let stats: Value = emu
+        .admin(Method::GET, "/emulator/stats", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let count = |method: &str, route: &str, status: u64| -> u64 {
+        stats["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["method"] == method && r["route"] == route && r["status"] == status)
+            .map_or(0, |r| r["count"].as_u64().unwrap())
+    };
+    assert_eq!(
+        count("POST", "/api/v2/authorization/roles/{roleId}", 204),
+        1
+    );
+    assert_eq!(
+        count("POST", "/api/v2/authorization/roles/{roleId}", 403),
+        1
+    );
+    assert_eq!(
+        count(
+            "PUT",
+            "/api/v2/authorization/roles/{roleId}/users/remove",
+            200
+        ),
+        1
+    );
+    emu.stop().await;
+}
+
+#[tokio::test]
+async fn bulk_grants_are_rate_limited_like_every_call() {
+    let emu = Emu::start(EmulatorArgs {
+        rate_limit_per_minute: 2,
+        ..args()
+    })
+    .await;
+    let a = emu.create(user_body("a@example.com", "EMP-A")).await;
+    let a = a["id"].as_str().unwrap();
+    // The create used one call of the window; the home division another.
+    let home = emu.home().await;
+    let res = emu.grant("any", &[a], &home).await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    emu.stop().await;
+}

@@ -1,0 +1,269 @@
+//! The Authorization write path (`target.write_api = "authorization"`) against the emulator:
+//! grants seen through SCIM, the calls they cost (`/emulator/stats`), the per-job choice in
+//! the estimate, a refused batch bisected down to the one bad id, and a replace job swapping
+//! one role for another, each user with its own outcome, webhook and recorded roles.
+
+use crate::helpers::*;
+use crate::webhooks::{Answer, FAST, Hook, Receiver, app_with_hooks, new_secret, wait_until};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const AUTHZ: &str = "[target]\nwrite_api = \"authorization\"\nbulk_max_subjects = 100\n";
+const GRANT_ROUTE: &str = "/api/v2/authorization/roles/{roleId}";
+const REMOVE_ROUTE: &str = "/api/v2/authorization/roles/{roleId}/users/remove";
+
+/// Calls the emulator counted for (method, route, status).
+fn count(stats: &Value, method: &str, route: &str, status: u64) -> u64 {
+    stats["requests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["method"] == method && r["route"] == route && r["status"] == status)
+        .map(|r| r["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// The roles of a user as SCIM shows them (`GET /api/v2/scim/v2/users?filter=externalId eq`).
+async fn scim_roles(app: &TestApp, token: &str, external_id: &str) -> Vec<String> {
+    let list: Value = app
+        .client
+        .get(format!("{}/api/v2/scim/v2/users", app.emulator_url()))
+        .query(&[("filter", format!("externalId eq \"{external_id}\""))])
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["totalResults"], 1, "{list}");
+    strs(
+        &list["Resources"][0]["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["value"].clone())
+            .collect::<Value>(),
+    )
+}
+
+async fn emulator_token(app: &TestApp) -> String {
+    let v: Value = app
+        .client
+        .post(format!("{}/oauth/token", app.emulator_url()))
+        .basic_auth("rolesync-dev", Some("rolesync-dev-secret"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn reset_stats(app: &TestApp) {
+    let resp = app
+        .client
+        .post(format!("{}/emulator/stats/reset", app.emulator_url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+}
+
+#[tokio::test]
+async fn a_rollout_goes_out_as_one_grant_per_role_per_chunk_and_shows_in_scim() {
+    let app = spawn_app_with(TestOptions {
+        config: AUTHZ.to_owned(),
+        ..TestOptions::default()
+    })
+    .await;
+    let users = seed_n(&app, "G", 250).await;
+    reset_stats(&app).await;
+    let job = app
+        .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let done = app.wait_finished(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["applied"], 250, "{done}");
+
+    let estimate = &done["estimate"];
+    assert_eq!(estimate["write_api"], "authorization", "{estimate}");
+    let (scim, authz) = (
+        estimate["scim_path_calls"].as_i64().unwrap(),
+        estimate["authorization_path_calls"].as_i64().unwrap(),
+    );
+    assert!(authz < scim, "{estimate}");
+
+    // 250 users in chunks of 100: three grant calls, no PATCH; two setup reads.
+    let stats = app.emulator_stats().await;
+    assert_eq!(count(&stats, "POST", GRANT_ROUTE, 204), 3, "{stats}");
+    assert_eq!(patches(&stats), 0, "{stats}");
+    assert_eq!(
+        count(&stats, "GET", "/api/v2/authorization/divisions/home", 200),
+        1
+    );
+    let api_calls =
+        stats["total"].as_i64().unwrap() - count(&stats, "POST", "/oauth/token", 200) as i64;
+    assert_eq!(
+        done["scim"]["requests"].as_i64().unwrap(),
+        api_calls,
+        "the job counts every call it made: {done} {stats}"
+    );
+    assert!(
+        api_calls <= authz,
+        "the estimate is an upper bound: {api_calls} > {authz}"
+    );
+
+    // Seen through SCIM, user by user, with the change recorded per row.
+    let token = emulator_token(&app).await;
+    for u in [&users[0], &users[99], &users[100], &users[249]] {
+        assert_eq!(scim_roles(&app, &token, u).await, vec!["Agent", "Employee"]);
+    }
+    for item in app.items(&id).await {
+        assert_eq!(item["outcome"], "applied", "{item}");
+        assert_eq!(strs(&item["roles_added"]), vec!["Agent"]);
+        assert!(item["user_id"].is_string());
+    }
+
+    // A job of one user: a PATCH costs less than the setup plus a grant; the planner says so.
+    reset_stats(&app).await;
+    app.seed(&[("ONE", &[])]).await;
+    let job = app
+        .submit_csv("external_id,role_template,license_tier\nONE,Agent,Standard Agent\n")
+        .await;
+    let done = app.wait_finished(job["job_id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["estimate"]["write_api"], "scim", "{done}");
+    let stats = app.emulator_stats().await;
+    assert_eq!(patches(&stats), 1, "{stats}");
+    assert_eq!(count(&stats, "POST", GRANT_ROUTE, 204), 0, "{stats}");
+}
+
+#[tokio::test]
+async fn a_refused_batch_is_bisected_to_the_one_deleted_user_who_alone_fails() {
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let secret = new_secret();
+    let app = app_with_hooks(
+        &[Hook {
+            name: "audit",
+            url: &receiver.url,
+            secret: &secret,
+            previous: &[],
+            events: &[],
+        }],
+        &format!("{AUTHZ}{FAST}"),
+    )
+    .await;
+    let users = seed_n(&app, "B", 64).await;
+    // Deleted between rolesync's read and its write: the grant batch holding it is refused whole.
+    app.set_faults(json!({"delete_before_bulk_write": ["B0037"]}))
+        .await;
+    reset_stats(&app).await;
+    let job = app
+        .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let done = app.wait_finished(&id).await;
+    assert_eq!(done["status"], "completed_with_errors", "{done}");
+    assert_eq!(done["counts"]["applied"], 63, "{done}");
+    assert_eq!(done["counts"]["not_found"], 1, "{done}");
+
+    // 64 ids, one bad: the whole batch, then a refused and an accepted half at each of the
+    // log2(64) = 6 levels: 7 refusals and 6 grants, 12 calls more than without the bad id.
+    let stats = app.emulator_stats().await;
+    assert_eq!(count(&stats, "POST", GRANT_ROUTE, 400), 7, "{stats}");
+    assert_eq!(count(&stats, "POST", GRANT_ROUTE, 204), 6, "{stats}");
+    assert_eq!(patches(&stats), 0);
+
+    for item in app.items(&id).await {
+        let ext = item["external_id"].as_str().unwrap_or_default().to_owned();
+        if ext == "B0037" {
+            assert_eq!(item["outcome"], "not_found", "{item}");
+            assert_eq!(item["reason"]["code"], "user_not_found", "{item}");
+        } else {
+            assert_eq!(item["outcome"], "applied", "{item}");
+            assert_eq!(strs(&item["roles_added"]), vec!["Agent"]);
+        }
+    }
+    assert!(app.roles_of("B0037").await.is_empty(), "deleted");
+    for u in users.iter().filter(|u| *u != "B0037") {
+        assert_eq!(
+            app.roles_of(u).await,
+            vec![vec!["Agent", "Employee"]],
+            "{u}"
+        );
+    }
+
+    // One webhook per user: 63 completed with what was recorded, 1 failed.
+    wait_until("every user's event", Duration::from_secs(30), || {
+        receiver.count_of("role_sync.completed") == 63 && receiver.count_of("role_sync.failed") == 1
+    })
+    .await;
+    let events = receiver.events();
+    let failed: Vec<&Value> = events
+        .values()
+        .filter(|(t, _)| t == "role_sync.failed")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(failed[0]["external_id"], "B0037", "{failed:?}");
+    for (_, d) in events.values().filter(|(t, _)| t == "role_sync.completed") {
+        assert_eq!(strs(&d["roles_before"]), vec!["Employee"]);
+        assert_eq!(strs(&d["roles_after"]), vec!["Agent", "Employee"]);
+    }
+}
+
+#[tokio::test]
+async fn a_replace_job_swaps_one_role_for_another_with_one_remove_and_one_grant() {
+    let policy = include_str!("../../config/policy.toml").replace(
+        "max_removal_fraction = 0.2\nmax_removed_users = 500",
+        "max_removal_fraction = 1.0\nmax_removed_users = 100000",
+    );
+    let app = spawn_app_with(TestOptions {
+        config: AUTHZ.to_owned(),
+        policy,
+        ..TestOptions::default()
+    })
+    .await;
+    let users: Vec<String> = (0..40).map(|i| format!("S{i:04}")).collect();
+    let seeds: Vec<(&str, &[&str])> = users.iter().map(|u| (u.as_str(), &["Agent"][..])).collect();
+    app.seed(&seeds).await;
+    reset_stats(&app).await;
+    let resp = app
+        .submit(
+            "text/csv",
+            "?mode=replace",
+            csv_for(&users, "Reporting", "Auditor"),
+        )
+        .await;
+    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+    let id = resp.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = app.wait_finished(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["estimate"]["write_api"], "authorization", "{done}");
+
+    let stats = app.emulator_stats().await;
+    assert_eq!(count(&stats, "PUT", REMOVE_ROUTE, 200), 1, "{stats}");
+    assert_eq!(count(&stats, "POST", GRANT_ROUTE, 204), 1, "{stats}");
+    assert_eq!(patches(&stats), 0);
+
+    let token = emulator_token(&app).await;
+    for u in &users {
+        assert_eq!(
+            scim_roles(&app, &token, u).await,
+            vec!["Employee", "Reporting"],
+            "{u}"
+        );
+    }
+    for item in app.items(&id).await {
+        assert_eq!(item["outcome"], "applied", "{item}");
+        assert_eq!(strs(&item["roles_added"]), vec!["Reporting"]);
+        assert_eq!(strs(&item["roles_removed"]), vec!["Agent"]);
+    }
+}
