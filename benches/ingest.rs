@@ -7,10 +7,13 @@
 //! server's peak RSS (`VmHWM`) at the `202`. Then, once per backend, a 1 000 000-row CSV runs
 //! end to end (a nightly full export: 250 000 users with 4 roles each, 5 % of them changing)
 //! and the peak RSS over ingest, planning and sync is printed with the SCIM calls it took.
+//! Last, once per backend, a job over 1 000 000 distinct users who all change (one row each,
+//! against an emulator seeded with 1 000 000 users): its peak RSS shows whether memory grows
+//! with the org.
 //!
 //! Knobs (environment): `BENCH_ROWS` (default `100000,1000000`), `BENCH_FORMATS` (`csv,ndjson`),
-//! `BENCH_BACKENDS` (`sqlite,postgres`), `BENCH_RUNS` (default 3), `BENCH_E2E` (`1`; `0` skips
-//! the end-to-end runs), `BENCH_DATABASE_URL` (an admin URL of a PostgreSQL server; default the
+//! `BENCH_BACKENDS` (`sqlite,postgres`), `BENCH_RUNS` (default 3), `BENCH_E2E` (which end-to-end
+//! runs: `nightly,org` by default; `0` skips them), `BENCH_ORG_USERS` (default 1000000), `BENCH_DATABASE_URL` (an admin URL of a PostgreSQL server; default the
 //! local one on 127.0.0.1:5432; when it cannot be reached the PostgreSQL rows are skipped with
 //! the reason printed).
 
@@ -173,7 +176,11 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let e2e = std::env::var("BENCH_E2E").map_or(true, |v| v != "0");
+    let e2e = env_list("BENCH_E2E", "nightly,org");
+    let org_users: u64 = std::env::var("BENCH_ORG_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let pg_admin = std::env::var("BENCH_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     if backends.iter().any(|b| b == "postgres") {
@@ -226,9 +233,24 @@ async fn main() {
         }
     }
 
-    if !e2e {
-        return;
+    if e2e.iter().any(|s| s == "nightly") {
+        nightly(&http, &emulator, dir.path(), &backends, &pg_admin, &mut n).await;
     }
+    drop(emulator);
+    if e2e.iter().any(|s| s == "org") {
+        whole_org(&http, dir.path(), &backends, &pg_admin, &mut n, org_users).await;
+    }
+}
+
+/// A nightly full export: 250 000 users with 4 roles each, 5 % of them changing.
+async fn nightly(
+    http: &reqwest::Client,
+    emulator: &Proc,
+    dir: &Path,
+    backends: &[String],
+    pg_admin: &str,
+    n: &mut usize,
+) {
     let rows = 1_000_000u64;
     let users = rows / ROWS_PER_USER;
     println!(
@@ -237,17 +259,17 @@ async fn main() {
     println!(
         "| backend | seconds to 202 | seconds to finished | status | SCIM calls | PATCHes | peak RSS MiB (ingest + plan + sync) |\n|---|---:|---:|---|---:|---:|---:|"
     );
-    let body = body_file(dir.path(), "csv", rows);
-    for backend in &backends {
-        n += 1;
-        prepare_nightly(&http, &emulator.url, users).await;
-        let store = fresh_store(backend, dir.path(), &pg_admin, n).await;
-        let server = start_server(&http, dir.path(), &store, &emulator.url, "").await;
+    let body = body_file(dir, "csv", rows);
+    for backend in backends {
+        *n += 1;
+        prepare_nightly(http, &emulator.url, users).await;
+        let store = fresh_store(backend, dir, pg_admin, *n).await;
+        let server = start_server(http, dir, &store, &emulator.url, "").await;
         let started = Instant::now();
-        let (job, to_202) = submit(&http, &server.url, &body, "csv").await;
-        let done = wait_finished(&http, &server.url, job["job_id"].as_str().unwrap()).await;
+        let (job, to_202) = submit(http, &server.url, &body, "csv").await;
+        let done = wait_finished(http, &server.url, job["job_id"].as_str().unwrap()).await;
         let total = started.elapsed().as_secs_f64();
-        let (calls, patches) = scim_calls(&http, &emulator.url).await;
+        let (calls, patches) = scim_calls(http, &emulator.url).await;
         println!(
             "| {backend} | {to_202:.2} | {total:.1} | {} | {calls} | {patches} | {:.0} |",
             done["status"].as_str().unwrap_or("?"),
@@ -255,6 +277,54 @@ async fn main() {
         );
         assert_eq!(done["counts"]["total"], rows, "{done}");
         drop(server);
-        drop_store(backend, &store, &pg_admin).await;
+        drop_store(backend, &store, pg_admin).await;
+    }
+}
+
+/// One job over `users` distinct users, all changing: one row each (`Agent`), against an
+/// emulator seeded with as many users holding only `Employee`. The directory scan covers the
+/// whole org and every user is written, so memory that grew with the job or the org shows here.
+async fn whole_org(
+    http: &reqwest::Client,
+    dir: &Path,
+    backends: &[String],
+    pg_admin: &str,
+    n: &mut usize,
+    users: u64,
+) {
+    let body = dir.join(format!("org-{users}.csv"));
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&body).unwrap());
+        writeln!(w, "external_id,role_template,license_tier").unwrap();
+        for u in 1..=users {
+            writeln!(w, "{},Agent,{TIER}", ext_id(u)).unwrap();
+        }
+        w.flush().unwrap();
+    }
+    println!(
+        "\nwhole org: {users} distinct users, one row each, all changing (seeded with Employee only); emulator rate limit off\n"
+    );
+    println!(
+        "| backend | seconds to 202 | seconds to finished | status | applied | SCIM calls | PATCHes | peak RSS MiB (ingest + plan + sync) |\n|---|---:|---:|---|---:|---:|---:|---:|"
+    );
+    for backend in backends {
+        *n += 1;
+        let emulator = start_emulator(http, users).await;
+        let store = fresh_store(backend, dir, pg_admin, *n).await;
+        let server = start_server(http, dir, &store, &emulator.url, "").await;
+        let started = Instant::now();
+        let (job, to_202) = submit(http, &server.url, &body, "csv").await;
+        let done = wait_finished(http, &server.url, job["job_id"].as_str().unwrap()).await;
+        let total = started.elapsed().as_secs_f64();
+        let (calls, patches) = scim_calls(http, &emulator.url).await;
+        println!(
+            "| {backend} | {to_202:.2} | {total:.1} | {} | {} | {calls} | {patches} | {:.0} |",
+            done["status"].as_str().unwrap_or("?"),
+            done["counts"]["applied"],
+            server.peak_rss_mib().unwrap_or(f64::NAN)
+        );
+        assert_eq!(done["counts"]["total"], users, "{done}");
+        drop(server);
+        drop_store(backend, &store, pg_admin).await;
     }
 }

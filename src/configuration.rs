@@ -179,6 +179,10 @@ pub struct SyncSettings {
     /// A directory snapshot older than this is not used; its chunks look users up instead.
     #[serde(default = "default_snapshot_max_age_secs")]
     pub snapshot_max_age_secs: u64,
+    /// With `target.write_api = "authorization"`: a user id seen (by a scan or a lookup) this
+    /// recently for an externalId is used to read that user's grants without a SCIM read.
+    #[serde(default = "default_user_id_max_age_secs")]
+    pub user_id_max_age_secs: u64,
     /// `paused_reason = "error_ratio"`: when more than this share of a job's latest users
     /// failed on a per-user target error (a 4xx other than 401, 403, 404 and version
     /// conflicts, or an answer that cannot be understood), the chunk is given back uncommitted
@@ -218,6 +222,10 @@ pub struct SyncSettings {
 
 fn default_snapshot_max_age_secs() -> u64 {
     900
+}
+
+fn default_user_id_max_age_secs() -> u64 {
+    7 * 24 * 3600
 }
 
 fn default_max_user_attempts() -> u32 {

@@ -146,6 +146,9 @@ vocabulary! {
         Lookup = "lookup",
         /// One paged scan of the whole directory.
         Scan = "scan",
+        /// The home division's grants, 500 a page, for users whose ids are known
+        /// (the Authorization path only).
+        Grants = "grants",
     }
 }
 

@@ -7,8 +7,9 @@
 //!    lost, never sent for a transition that did not happen, and never disagrees with the job;
 //! 2. `jobs_total{status}`, counted only by the call whose transition happened, so a job is
 //!    counted once however many tasks race to end it;
-//! 3. this process forgets the job (pinned policy, directory snapshot, error-ratio window, chunk
-//!    stops) and wakes the dispatcher so the event leaves now rather than at its next poll.
+//! 3. this process forgets the job (pinned policy, error-ratio window, chunk stops), deletes its
+//!    directory scan from the store, and wakes the dispatcher so the event leaves now rather
+//!    than at its next poll.
 //!
 //! A cancel ends a job in two steps when chunks of it are being run: `cancel` makes it
 //! `cancelled` at once and stops its runs in this process (`Stop::Cancelled`); each run then
@@ -152,7 +153,14 @@ fn ended(deps: &Deps, job_id: &str, status: JobStatus) {
         .with_label_values(&[status.as_str()])
         .inc();
     deps.unpin_policy(job_id);
-    deps.reads.drop_job(job_id);
+    // The job's directory scan is no longer read. Off this path: deleting a million-user
+    // scan takes a while, and retention deletes any the job's end did not get to.
+    let (store, id) = (deps.store.clone(), job_id.to_owned());
+    tokio::spawn(async move {
+        if let Err(e) = store.drop_scan(&id).await {
+            tracing::warn!(error = %e, job.id = %id, "cannot delete the job's directory scan; retention will");
+        }
+    });
     deps.error_ratios.forget(job_id);
     deps.chunk_runs.forget(job_id);
     deps.wake_dispatcher.notify_one();

@@ -68,8 +68,7 @@ pub(crate) struct Deps {
     /// restart, a resumed job uses the policy in force.
     pub(crate) job_policies:
         Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<crate::policy::Policy>>>>,
-    /// Directory snapshots of the jobs this process planned, the target's page size and the
-    /// last org size (see `reads`).
+    /// The target's page size and the last org size (see `reads`).
     pub(crate) reads: Arc<reads::Reads>,
     /// The chunk runs in progress, so that a target-wide failure stops a job's other chunks.
     pub(crate) chunk_runs: Arc<stops::ChunkRuns>,
@@ -103,15 +102,6 @@ impl Deps {
         if let Ok(mut m) = self.job_policies.lock() {
             m.remove(job_id);
         }
-    }
-
-    /// The job's directory snapshot, if this process holds a fresh one.
-    pub(crate) fn snapshot_for(&self, job_id: &str) -> Option<Arc<reads::Snapshot>> {
-        self.reads.get(job_id, self.snapshot_max_age())
-    }
-
-    pub(crate) fn snapshot_max_age(&self) -> Duration {
-        Duration::from_secs(self.settings.sync.snapshot_max_age_secs)
     }
 
     pub(crate) fn lease_ms(&self) -> i64 {

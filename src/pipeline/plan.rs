@@ -6,26 +6,25 @@
 //! may claim them. A planner that dies midway leaves chunks no one can claim; the next
 //! planning of the job clears them and starts over.
 
-use super::reads::{ReadPlan, find_user, plan_reads};
+use super::reads::{ReadPlan, chunk_snapshot, find_user, plan_reads};
 use super::users::group_users;
 use super::validate::{Page, Validated};
 use super::{Deps, lifecycle};
 use crate::audit::events::RoleSyncRejected;
 use crate::domain::{
     Approval, ApprovalReason, Estimate, EventType, JobKind, JobStatus, Mode, Outcome,
-    PrivilegedGrants, WriteApi,
+    PrivilegedGrants, ReadMethod, WriteApi,
 };
 use crate::policy::Policy;
 use crate::scim::{CallTally, ScimError};
 use crate::store::{JobDeltas, JobPlan, JobRecord, OutboxEvent, PlanPage};
 use futures::StreamExt;
-use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-/// A job being planned, page by page. Holds per user only its external id (for the scan's
-/// snapshot), so planning a job of any size takes bounded memory in rows.
+/// A job being planned, page by page. Holds nothing per user (the rows are in the store, and so
+/// is the directory scan), so planning a job of any size takes bounded memory.
 struct Planning {
     job: JobRecord,
     policy: Arc<Policy>,
@@ -33,7 +32,6 @@ struct Planning {
     /// Chunks used so far; the last one may not be full yet.
     chunks: i64,
     in_last_chunk: usize,
-    wanted: HashSet<String>,
     rejected: u64,
     /// Privileged roles the job's users ask for, and how many users ask for one.
     privileged_roles: std::collections::BTreeSet<String>,
@@ -84,7 +82,6 @@ async fn plan_one_page(
         users: 0,
         chunks: 0,
         in_last_chunk: 0,
-        wanted: HashSet::new(),
         rejected: 0,
         privileged_roles: Default::default(),
         privileged_users: 0,
@@ -151,7 +148,6 @@ fn plan_page(deps: &Deps, state: &mut Planning, r: &Validated) -> PlanPage {
         }
         state.in_last_chunk += 1;
         state.users += 1;
-        state.wanted.insert(u.external_id.clone());
         if u.removes == Some(true) {
             state.known_removals += 1;
         }
@@ -249,7 +245,12 @@ async fn finish(deps: &Deps, mut state: Planning) {
         state.job.mode,
         deps.settings.target.bulk_max_subjects,
     );
-    let reads = plan_reads(deps, &state.wanted).await;
+    // Grants can be read only for a job the Authorization path will write: enabled, writing,
+    // and its bulk calls fewer than the PATCHes they replace.
+    let grants = deps.settings.target.write_api == WriteApi::Authorization
+        && !state.job.dry_run
+        && state.bulk.calls + AUTHZ_SETUP_CALLS < state.users;
+    let reads = plan_reads(deps, &job_id, state.users.max(0) as u64, grants).await;
     let mut plan = build_plan(deps, &state, &reads);
     let privileged = privileged_grants(&state);
     match approval_check(deps, &state, &reads).await {
@@ -279,11 +280,6 @@ async fn finish(deps: &Deps, mut state: Planning) {
 /// Makes the plan claimable (the last step of `finish`).
 async fn finish_plan(deps: &Deps, state: Planning, reads: ReadPlan, plan: JobPlan) {
     let job_id = state.job.id.clone();
-    if let Some(snapshot) = &reads.snapshot {
-        // Before the chunks are claimable, so that every worker of this process finds it.
-        deps.reads
-            .put(&job_id, snapshot.clone(), deps.snapshot_max_age());
-    }
     match deps.store.finish_plan(&job_id, &deps.owner, &plan).await {
         Ok(true) => {
             deps.pin_policy(&job_id, state.policy.clone());
@@ -308,11 +304,9 @@ async fn finish_plan(deps: &Deps, state: Planning, reads: ReadPlan, plan: JobPla
             deps.wake_dispatcher.notify_one();
         }
         Ok(false) => {
-            deps.reads.drop_job(&job_id);
             tracing::warn!("lost the planning lease; another planner has the job")
         }
         Err(e) => {
-            deps.reads.drop_job(&job_id);
             tracing::error!(error = %e, "cannot save the job's plan; it will be planned again after a backoff");
             release_plan(deps, &job_id).await;
         }
@@ -366,7 +360,9 @@ fn approval_of(
 const AUTHZ_SETUP_CALLS: i64 = 2;
 
 /// Which path writes the job, by counting calls (reads + writes) for both; ties go to SCIM,
-/// which needs no extra permission. `(chosen, writes, scim path calls, authorization path
+/// which needs no extra permission. A job whose users were read from grants is written through
+/// the Authorization path whatever the count (`build_plan`): that read has no versions for
+/// SCIM's `If-Match`, and it was chosen only where that path wins. `(chosen, writes, scim path calls, authorization path
 /// calls)`; the last is None while `target.write_api = "scim"`.
 fn choose_write_api(
     setting: WriteApi,
@@ -397,12 +393,17 @@ fn build_plan(deps: &Deps, state: &Planning, reads: &ReadPlan) -> JobPlan {
     } else {
         state.bulk.calls
     };
-    let (write_api, writes_max, scim_path_calls, authorization_path_calls) = choose_write_api(
-        deps.settings.target.write_api,
-        reads.reads,
-        scim_writes,
-        bulk_writes,
-    );
+    let (mut write_api, mut writes_max, scim_path_calls, authorization_path_calls) =
+        choose_write_api(
+            deps.settings.target.write_api,
+            reads.reads,
+            scim_writes,
+            bulk_writes,
+        );
+    if reads.strategy == ReadMethod::Grants {
+        write_api = WriteApi::Authorization;
+        writes_max = bulk_writes;
+    }
     let interval = deps.scim.call_interval().as_secs_f64();
     let (spent, retries, rate_limited) = reads.tally.snapshot();
     // What is left to spend once the plan is saved: the chunks' lookups and writes.
@@ -481,11 +482,15 @@ async fn approval_check(
         for chunk_no in 0..state.chunks {
             let items = deps.store.chunk_items(&state.job.id, chunk_no).await?;
             let wanted = group_users(items);
+            let ids: Vec<&str> = wanted.iter().map(|u| u.external_id.as_str()).collect();
+            let snapshot = chunk_snapshot(deps, &state.job.id, reads.strategy, &ids)
+                .await
+                .map(Arc::new);
             let results: Vec<Result<bool, ScimError>> = futures::stream::iter(wanted)
                 .map(|u| {
                     let policy = state.policy.clone();
                     let tally = tally.clone();
-                    let snapshot = reads.snapshot.clone();
+                    let snapshot = snapshot.clone();
                     async move {
                         let found =
                             find_user(deps, snapshot.as_deref(), &u.external_id, &tally).await?;

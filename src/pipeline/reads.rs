@@ -4,6 +4,9 @@
 //! - **scan**: page through the whole directory once (`attributes=id,externalId,roles,
 //!   meta.version`, the largest page the target allows): `ceil(org / page)` reads, whatever the
 //!   job's size.
+//! - **grants** (only for a job the Authorization path writes): the home division's grants,
+//!   500 a call, `ceil(grants / 500)` reads, for the users whose ids are known; the others are
+//!   looked up. Division grants name users by id, so it needs ids seen earlier (`user_ids`).
 //!
 //! The planner learns the org size with one call that is also the scan's first page
 //! (`startIndex=1&count=page` answers `totalResults` like `count=0` does, and its users are not
@@ -12,26 +15,33 @@
 //! default). A job of one user never probes; neither does a job much smaller than the org when
 //! the org size is known from a recent probe.
 //!
-//! The snapshot lives in the memory of the process that planned the job, keyed by job id, and
-//! holds only the job's externalIds. Correctness never depends on it: a chunk run where it is
-//! missing (another replica, a restart) or too old looks its users up; a stale version makes the
-//! PATCH answer 409/412 and the conflict path re-reads that user. A user absent from the
-//! snapshot is looked up before being called `not_found`: the listing omits inactive users, and
-//! users created or deleted during the scan shift the pages.
+//! The scan's snapshot lives in the store (`Store::save_scanned`), written page by page and
+//! holding only the users the job names, so that planning holds no per-user state and a job
+//! over a million users takes bounded memory; a chunk reads its own users' part back
+//! (`chunk_snapshot`), on whichever replica runs it. Correctness never depends on it: a chunk
+//! run where it is missing or too old (`sync.snapshot_max_age_secs`) looks its users up; a
+//! stale version makes the PATCH answer 409/412 and the conflict path re-reads that user. A
+//! user absent from the snapshot is looked up before being called `not_found`: the listing
+//! omits inactive users, and users created or deleted during the scan shift the pages.
 //!
-//! **No externalId → id cache.** A cached id would let a worker `GET /users/{id}` instead of
-//! filtering by externalId: still one call, so it saves nothing, and it would cost more when
-//! wrong (a deleted and re-created user: 404, then the lookup anyway) and hide a duplicate
-//! externalId created since (`ambiguous_user` is only visible to the filter). Current roles and
-//! versions are never cached across jobs.
-
+//! **The externalId → id cache serves the read of grants only.** On the SCIM path a cached id
+//! would let a worker `GET /users/{id}` instead of filtering by externalId: still one call, so
+//! it saves nothing, and it would cost more when wrong (a deleted and re-created user: 404,
+//! then the lookup anyway) and hide a duplicate externalId created since (`ambiguous_user` is
+//! only visible to the filter). The read of grants has no other way to know whose grants it
+//! lists: with `target.write_api = "authorization"`, the ids seen by scans and lookups are kept
+//! in the store; an externalId is trusted with an id only when exactly one was seen for it
+//! within `sync.user_id_max_age_secs`, a lookup replaces what was known, and an id the target
+//! refuses on a write is forgotten and its user looked up (`sync::write_deferred`): checked
+//! on use. Current roles and versions are never kept across jobs.
 use super::Deps;
 use crate::configuration::ReadStrategy;
-use crate::domain::ReadMethod;
+use crate::domain::{ReadMethod, WriteApi};
 use crate::scim::model::{ListResponse, Meta, RoleRef};
 use crate::scim::{CallTally, ScimClient, ScimError, ScimUser};
+use crate::store::ScannedUser;
 use futures::StreamExt;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,11 +52,11 @@ pub(crate) const DEFAULT_PAGE: u64 = 25;
 /// An org size learnt this recently is trusted to skip the probe of a small job.
 const ORG_SIZE_TTL: Duration = Duration::from_secs(3600);
 
-/// The users of one job as one directory scan saw them, kept compact: a job of 250 000 users
-/// holds its snapshot in tens of MB, since users share a handful of distinct role sets.
+/// What one chunk's users looked like to the job's directory scan, read back from the store
+/// (`chunk_snapshot`). Users share the role lists they hold in common.
+#[derive(Default)]
 pub(crate) struct Snapshot {
-    pub(crate) taken_at: Instant,
-    /// externalId → every user carrying it (only the job's externalIds are kept).
+    /// externalId → every user carrying it.
     users: HashMap<Box<str>, Vec<SnapUser>>,
 }
 
@@ -58,21 +68,29 @@ struct SnapUser {
     roles: Arc<[RoleRef]>,
 }
 
-/// Gives users with equal role lists one shared copy.
-#[derive(Default)]
-struct RoleSets(HashMap<Vec<String>, Arc<[RoleRef]>>);
-
-impl RoleSets {
-    fn intern(&mut self, roles: Vec<RoleRef>) -> Arc<[RoleRef]> {
-        let key: Vec<String> = roles.iter().map(|r| r.value.clone()).collect();
-        self.0
-            .entry(key)
-            .or_insert_with(|| Arc::from(roles))
-            .clone()
-    }
-}
-
 impl Snapshot {
+    fn of(scanned: Vec<ScannedUser>) -> Snapshot {
+        let mut role_sets: HashMap<Vec<String>, Arc<[RoleRef]>> = HashMap::new();
+        let mut users: HashMap<Box<str>, Vec<SnapUser>> = HashMap::new();
+        for u in scanned {
+            let roles = role_sets
+                .entry(u.roles)
+                .or_insert_with_key(|names| {
+                    names.iter().map(|n| RoleRef { value: n.clone() }).collect()
+                })
+                .clone();
+            users
+                .entry(u.external_id.into_boxed_str())
+                .or_default()
+                .push(SnapUser {
+                    id: u.user_id.into_boxed_str(),
+                    version: u.version.map(String::into_boxed_str),
+                    roles,
+                });
+        }
+        Snapshot { users }
+    }
+
     /// The users with this externalId, or `None` when the scan did not see it (look it up).
     pub(crate) fn get(&self, external_id: &str) -> Option<Vec<ScimUser>> {
         let found = self.users.get(external_id)?;
@@ -94,36 +112,49 @@ impl Snapshot {
     }
 }
 
-/// Process-wide read state: snapshots by job, the target's page size, the last org size.
+/// Epoch milliseconds `secs` ago.
+fn since(secs: u64) -> i64 {
+    let age = i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    crate::store::now_ms().saturating_sub(age)
+}
+
+/// The part of the job's read (`method`: a scan, or grants) that covers `external_ids`, if it
+/// saw them within `sync.snapshot_max_age_secs`; None when there is none, or when the job
+/// looks its users up. A store error is logged and read as none: the lookups cost calls, not
+/// correctness.
+pub(crate) async fn chunk_snapshot(
+    deps: &Deps,
+    job_id: &str,
+    method: ReadMethod,
+    external_ids: &[&str],
+) -> Option<Snapshot> {
+    if method == ReadMethod::Lookup {
+        return None;
+    }
+    let since = since(deps.settings.sync.snapshot_max_age_secs);
+    let grants = method == ReadMethod::Grants;
+    match deps
+        .store
+        .scanned(job_id, external_ids, since, grants)
+        .await
+    {
+        Ok(found) if found.is_empty() => None,
+        Ok(found) => Some(Snapshot::of(found)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the directory scan; looking the chunk's users up");
+            None
+        }
+    }
+}
+
+/// Process-wide read state: the target's page size, the last org size.
 #[derive(Default)]
 pub(crate) struct Reads {
-    snapshots: Mutex<HashMap<String, Arc<Snapshot>>>,
     page_size: OnceLock<u64>,
     org_size: Mutex<Option<(u64, Instant)>>,
 }
 
 impl Reads {
-    pub(crate) fn put(&self, job_id: &str, snapshot: Arc<Snapshot>, max_age: Duration) {
-        if let Ok(mut m) = self.snapshots.lock() {
-            m.retain(|_, s| s.taken_at.elapsed() <= max_age);
-            m.insert(job_id.to_owned(), snapshot);
-        }
-    }
-
-    /// The job's snapshot if this process holds one younger than `max_age`.
-    pub(crate) fn get(&self, job_id: &str, max_age: Duration) -> Option<Arc<Snapshot>> {
-        let m = self.snapshots.lock().ok()?;
-        m.get(job_id)
-            .filter(|s| s.taken_at.elapsed() <= max_age)
-            .cloned()
-    }
-
-    pub(crate) fn drop_job(&self, job_id: &str) {
-        if let Ok(mut m) = self.snapshots.lock() {
-            m.remove(job_id);
-        }
-    }
-
     fn known_org_size(&self) -> Option<u64> {
         let g = self.org_size.lock().ok()?;
         g.filter(|(_, at)| at.elapsed() < ORG_SIZE_TTL)
@@ -168,7 +199,6 @@ pub(crate) struct ReadPlan {
     pub(crate) org_users: Option<u64>,
     pub(crate) page_size: Option<u64>,
     pub(crate) scan_pages: Option<u64>,
-    pub(crate) snapshot: Option<Arc<Snapshot>>,
     /// Calls spent while planning.
     pub(crate) tally: CallTally,
 }
@@ -177,9 +207,10 @@ fn pages(org: u64, page: u64) -> u64 {
     org.div_ceil(page.max(1)).max(1)
 }
 
-/// Chooses lookup or scan for a job of `wanted` users and, for a scan, reads the directory.
-pub(crate) async fn plan_reads(deps: &Deps, wanted: &HashSet<String>) -> ReadPlan {
-    let users = wanted.len() as u64;
+/// Chooses lookup, scan or grants for the job's `users` users and, for a scan or grants, reads
+/// them into the store. `grants`: the job would be written through the Authorization path
+/// (`plan`), the only one a read of grants can serve, as it gives no versions for `If-Match`.
+pub(crate) async fn plan_reads(deps: &Deps, job_id: &str, users: u64, grants: bool) -> ReadPlan {
     let tally = CallTally::default();
     let setting = deps.settings.sync.read_strategy;
     let lookup = |tally: CallTally, org: Option<u64>, page: Option<u64>| {
@@ -191,7 +222,6 @@ pub(crate) async fn plan_reads(deps: &Deps, wanted: &HashSet<String>) -> ReadPla
             org_users: org,
             page_size: page,
             scan_pages: None,
-            snapshot: None,
             tally,
         }
     };
@@ -203,6 +233,21 @@ pub(crate) async fn plan_reads(deps: &Deps, wanted: &HashSet<String>) -> ReadPla
         return lookup(tally, None, None);
     }
     let page = deps.reads.page_size(&deps.scim, &tally).await;
+    if setting == ReadStrategy::Auto
+        && grants
+        && let Some((absent, grant_pages)) = read_grants(deps, job_id, users, page, &tally).await
+    {
+        let (spent, _, _) = tally.snapshot();
+        return ReadPlan {
+            strategy: ReadMethod::Grants,
+            reads: spent + absent,
+            lookups: absent,
+            org_users: deps.reads.known_org_size(),
+            page_size: Some(GRANT_PAGE),
+            scan_pages: Some(grant_pages),
+            tally,
+        };
+    }
     if setting == ReadStrategy::Auto
         && let Some(org) = deps.reads.known_org_size()
         && pages(org, page) > users.saturating_mul(2)
@@ -226,12 +271,17 @@ pub(crate) async fn plan_reads(deps: &Deps, wanted: &HashSet<String>) -> ReadPla
         return lookup(tally, Some(org), Some(page));
     }
     let concurrency = deps.settings.target.max_concurrency.max(1);
-    match scan(&deps.scim, first, page, wanted, concurrency, &tally).await {
-        Ok(snapshot) => {
-            let absent = wanted
-                .iter()
-                .filter(|e| !snapshot.users.contains_key(e.as_str()))
-                .count() as i64;
+    let scanned = scan(deps, job_id, first, page, concurrency, &tally).await;
+    let absent = match scanned {
+        Ok(()) => deps
+            .store
+            .unscanned_users(job_id)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match absent {
+        Ok(absent) => {
             let (spent, _, _) = tally.snapshot();
             ReadPlan {
                 strategy: ReadMethod::Scan,
@@ -240,7 +290,6 @@ pub(crate) async fn plan_reads(deps: &Deps, wanted: &HashSet<String>) -> ReadPla
                 org_users: Some(org),
                 page_size: Some(page),
                 scan_pages: Some(total_pages),
-                snapshot: Some(Arc::new(snapshot)),
                 tally,
             }
         }
@@ -252,59 +301,150 @@ pub(crate) async fn plan_reads(deps: &Deps, wanted: &HashSet<String>) -> ReadPla
     }
 }
 
+/// Grants listed per call: the most `GET …/divisions/{id}/grants` gives.
+const GRANT_PAGE: u64 = 500;
+/// Pages of grants a read lists at most (5 000 000 grants): a larger `total` from the target
+/// is not followed, and the users are read through SCIM.
+const MAX_GRANT_PAGES: u64 = 10_000;
+
+/// The read of grants, when it costs fewer calls than SCIM would: the home division's grants,
+/// `GRANT_PAGE` a call, for the job's users whose ids are known (`Store::users_with_known_ids`);
+/// the others are looked up. Returns the lookups left and the pages read; None when it would
+/// not win (counted before any call, then again on the first page's `total`) or failed,
+/// leaving the job to the SCIM reads.
+async fn read_grants(
+    deps: &Deps,
+    job_id: &str,
+    users: u64,
+    page: u64,
+    tally: &CallTally,
+) -> Option<(i64, u64)> {
+    let seen_since = since(deps.settings.sync.user_id_max_age_secs);
+    let known = match deps.store.users_with_known_ids(job_id, seen_since).await {
+        Ok(n) => u64::try_from(n).unwrap_or(0),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the known user ids; reading through SCIM");
+            return None;
+        }
+    };
+    let unknown = users.saturating_sub(known);
+    // What SCIM would spend at best: lookups, or a scan of at least the job's users.
+    let org = deps.reads.known_org_size().unwrap_or(users).max(users);
+    let scim_best = users.min(pages(org, page));
+    if known == 0 || 1 + unknown >= scim_best {
+        return None;
+    }
+    let fallback = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "cannot read the grants; reading through SCIM");
+    };
+    let catalog = deps
+        .scim
+        .authz_catalog(tally)
+        .await
+        .map_err(|e| fallback(&e))
+        .ok()?;
+    let division = catalog.home_division.as_str();
+    let (total, first) = deps
+        .scim
+        .division_grants(division, 1, GRANT_PAGE, tally)
+        .await
+        .map_err(|e| fallback(&e))
+        .ok()?;
+    let grant_pages = total.div_ceil(GRANT_PAGE).max(1);
+    if grant_pages > MAX_GRANT_PAGES || grant_pages - 1 + unknown >= scim_best {
+        return None;
+    }
+    let read = async {
+        deps.store.snapshot_known_ids(job_id, seen_since).await?;
+        deps.store.save_grants(job_id, &first).await?;
+        let concurrency = deps.settings.target.max_concurrency.max(1);
+        let mut rest = futures::stream::iter(2..=grant_pages)
+            .map(|n| deps.scim.division_grants(division, n, GRANT_PAGE, tally))
+            .buffer_unordered(concurrency);
+        while let Some(res) = rest.next().await {
+            let (now_total, grants) = res?;
+            // Grants made or taken away during the read shift the pages: one could be
+            // missed, and a missed grant would never be taken away. Read through SCIM.
+            if now_total != total {
+                return Err(ScanError::Shifted);
+            }
+            deps.store.save_grants(job_id, &grants).await?;
+        }
+        Ok::<i64, ScanError>(deps.store.unscanned_users(job_id).await?)
+    };
+    match read.await {
+        Ok(absent) => Some((absent, grant_pages)),
+        Err(e) => {
+            fallback(&e);
+            if let Err(e) = deps.store.drop_scan(job_id).await {
+                tracing::warn!(error = %e, "cannot clear the partial read of grants");
+            }
+            None
+        }
+    }
+}
+
+/// Why a scan stopped.
+#[derive(Debug, thiserror::Error)]
+enum ScanError {
+    #[error(transparent)]
+    Target(#[from] ScimError),
+    #[error("saving the scan: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("the listing changed while it was read")]
+    Shifted,
+}
+
+/// Users held before they are saved: a few multi-row INSERTs' worth.
+const SAVE_EVERY: usize = 2_000;
+
 /// Reads every page after `first`, `concurrency` at a time (each call paced and retried by the
-/// client), keeping the users whose externalId is wanted.
+/// client), and saves the users the job names in the store as it goes: memory holds a few
+/// pages, whatever the org.
 async fn scan(
-    scim: &ScimClient,
+    deps: &Deps,
+    job_id: &str,
     first: ListResponse,
     page: u64,
-    wanted: &HashSet<String>,
     concurrency: usize,
     tally: &CallTally,
-) -> Result<Snapshot, ScimError> {
+) -> Result<(), ScanError> {
     let total = first.total_results;
     // A target may cap pages below what it advertises: step by what it actually returned.
     let step = match first.resources.len() as u64 {
         0 => page,
         n => n.min(page),
     };
-    let mut users: HashMap<Box<str>, Vec<SnapUser>> = HashMap::new();
-    let mut role_sets = RoleSets::default();
-    let mut keep = |list: Vec<ScimUser>| {
-        for u in list {
-            let Some(ext) = u.external_id else {
-                continue;
-            };
-            if !wanted.contains(ext.as_str()) {
-                continue;
-            }
-            let same = users.entry(ext.into_boxed_str()).or_default();
-            // Pages shift when users come and go during the scan: a user seen twice is one.
-            if same.iter().any(|s| *s.id == *u.id) {
-                continue;
-            }
-            same.push(SnapUser {
-                id: u.id.into_boxed_str(),
-                version: u.meta.and_then(|m| m.version).map(String::into_boxed_str),
-                roles: role_sets.intern(u.roles),
-            });
-        }
+    let mut held: Vec<ScannedUser> = Vec::new();
+    // The ids serve a later job's read of grants (`read_grants`), on the Authorization path.
+    let remember = deps.settings.target.write_api == WriteApi::Authorization;
+    let keep = |held: &mut Vec<ScannedUser>, list: Vec<ScimUser>| {
+        held.extend(list.into_iter().filter_map(|u| {
+            Some(ScannedUser {
+                external_id: u.external_id?,
+                user_id: u.id,
+                version: u.meta.and_then(|m| m.version),
+                roles: u.roles.into_iter().map(|r| r.value).collect(),
+            })
+        }));
     };
-    keep(first.resources);
+    keep(&mut held, first.resources);
     let starts: Vec<u64> = (1u64..)
         .map(|k| 1 + k * step)
         .take_while(|s| *s <= total)
         .collect();
     let mut pages = futures::stream::iter(starts)
-        .map(|start| read_range(scim, start, step, tally))
+        .map(|start| read_range(&deps.scim, start, step, tally))
         .buffer_unordered(concurrency);
     while let Some(res) = pages.next().await {
-        keep(res?);
+        keep(&mut held, res?);
+        if held.len() >= SAVE_EVERY {
+            deps.store.save_scanned(job_id, &held, remember).await?;
+            held.clear();
+        }
     }
-    Ok(Snapshot {
-        taken_at: Instant::now(),
-        users,
-    })
+    deps.store.save_scanned(job_id, &held, remember).await?;
+    Ok(())
 }
 
 /// The users at `start..start+len`, in as many calls as the target's page size needs.
@@ -339,7 +479,15 @@ pub(crate) async fn find_user(
     if let Some(found) = snapshot.and_then(|s| s.get(external_id)) {
         return Ok(found);
     }
-    deps.scim.find_by_external_id(external_id, tally).await
+    let found = deps.scim.find_by_external_id(external_id, tally).await?;
+    if deps.settings.target.write_api == WriteApi::Authorization {
+        // What the target says now of this externalId replaces what was known (`read_grants`).
+        let ids: Vec<&str> = found.iter().map(|u| u.id.as_str()).collect();
+        if let Err(e) = deps.store.replace_ids(external_id, &ids).await {
+            tracing::warn!(error = %e, "cannot record the user's id");
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! Stage 3: SCIM workers. `claim` leases chunks from the store; each `worker` syncs the users
 //! of its chunk: find the user, decide (`decide`), act.
 //!
-//! Calls per user: one lookup (`externalId eq`), or none when the job scanned the directory and
-//! this process holds the snapshot (`reads`); plus one PATCH if the roles differ, plus one
-//! re-read and PATCH per ETag conflict. Every PATCH carries `If-Match` with the version the
+//! Calls per user: one lookup (`externalId eq`), or none when the job scanned the directory
+//! (the scan is in the store, read back per chunk: `reads`); plus one PATCH if the roles
+//! differ, plus one re-read and PATCH per ETag conflict. Every PATCH carries `If-Match` with the version the
 //! decision was made on, so a concurrent change by someone else is never overwritten blindly:
 //! it answers 409/412, and the user is re-read and decided again.
 //!
@@ -19,14 +19,16 @@
 
 use super::circuit::TargetState;
 use super::decide::{Decision, Intent, Undo, decide, decide_revert};
-use super::reads::{Snapshot, find_user};
+use super::reads::{Snapshot, chunk_snapshot, find_user};
 use super::stops::{ChunkRun, Stop, is_per_user_target_error};
 use super::users::{UserRows, group_users};
 use super::{Deps, bulk, lifecycle, record_depth};
 use crate::audit::events::{
     RoleSyncCompleted, RoleSyncDriftDetected, RoleSyncFailed, RoleSyncRejected,
 };
-use crate::domain::{EventType, JobKind, JobStatus, Outcome, PausedReason, ReasonCode, WriteApi};
+use crate::domain::{
+    EventType, JobKind, JobStatus, Outcome, PausedReason, ReadMethod, ReasonCode, WriteApi,
+};
 use crate::policy::{Policy, RoleChange, RoleSet};
 use crate::scim::{CallTally, ScimError, ScimUser};
 use crate::store::{
@@ -228,7 +230,9 @@ async fn run_chunk(
     deps.chunk_runs.register(&job.id, &run);
     let mut judge = deps.error_ratios.judge(&job.id, &deps.settings.sync);
     let concurrency = deps.settings.target.max_concurrency;
-    let snapshot = deps.snapshot_for(&job.id);
+    // The job's read of the directory, for this chunk's users (none when it looks them up).
+    let ids: Vec<&str> = users.iter().map(|u| u.external_id.as_str()).collect();
+    let snapshot = chunk_snapshot(deps, &job.id, read_method(&job), &ids).await;
     let mut done = ChunkDone::default();
     // Runs of this chunk are bounded: past the bound its users fail without a call.
     let max_runs = i64::from(deps.settings.sync.max_chunk_attempts);
@@ -239,7 +243,7 @@ async fn run_chunk(
     {
         let mut outcomes = futures::stream::iter(users)
             .map(|u| {
-                let (run, policy, job, snapshot) = (&run, &policy, &job, snapshot.as_deref());
+                let (run, policy, job, snapshot) = (&run, &policy, &job, snapshot.as_ref());
                 async move {
                     let mut sent = None;
                     let result = if exhausted {
@@ -359,6 +363,13 @@ async fn start_user(
     sync_user(deps, policy, job, snapshot, u, &run.tally, sent).await
 }
 
+/// How the planner chose to read the job's users (`estimate.strategy`).
+fn read_method(job: &JobRecord) -> ReadMethod {
+    job.estimate
+        .as_ref()
+        .map_or(ReadMethod::Lookup, |e| e.strategy)
+}
+
 /// Whether the planner chose the Authorization path for the job (`estimate.write_api`).
 fn writes_in_bulk(job: &JobRecord) -> bool {
     job.estimate
@@ -472,6 +483,20 @@ async fn write_deferred(
                 status: 400,
                 detail,
             }) => match deps.scim.get_user(&user_id, tally).await {
+                // An id known from an earlier job (`reads`), gone since: forgotten, and the
+                // user looked up by a later run of the chunk.
+                Err(ScimError::NotFound) if read_method(job) == ReadMethod::Grants => {
+                    if let Err(e) = deps
+                        .store
+                        .forget_id(&job.id, &user.external_id, &user_id)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot forget a stale user id");
+                    }
+                    UserResult::Retry {
+                        lines: user.lines().collect(),
+                    }
+                }
                 Err(ScimError::NotFound) => report.deleted(),
                 _ => report.fail_rows(
                     Outcome::Failed,

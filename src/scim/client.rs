@@ -396,6 +396,59 @@ impl ScimClient {
             .ok_or_else(|| ScimError::Protocol("the home division has no id".into()))
     }
 
+    /// One page of the grants made in a division
+    /// (`GET /api/v2/authorization/divisions/{divisionId}/grants`): `(total, [(user id, role
+    /// name)])`, users only (a grant to a group or an OAuth client is skipped).
+    pub async fn division_grants(
+        &self,
+        division_id: &str,
+        page_number: u64,
+        page_size: u64,
+        tally: &CallTally,
+    ) -> Result<(u64, Vec<(String, String)>), ScimError> {
+        let query = [
+            ("pageSize", page_size.to_string()),
+            ("pageNumber", page_number.to_string()),
+        ];
+        let a = self
+            .get(
+                "/authorization/divisions/{divisionId}/grants",
+                format!(
+                    "{}/api/v2/authorization/divisions/{}/grants",
+                    self.api_base,
+                    path_segment(division_id)
+                ),
+                &query,
+                tally,
+            )
+            .await?;
+        let v: serde_json::Value = parse(&a.body)?;
+        let total = v
+            .get("total")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| ScimError::Protocol("a grants page without `total`".into()))?;
+        let mut grants = Vec::new();
+        for e in v
+            .get("entities")
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let subject = e.get("subjectId").and_then(|s| s.as_str());
+            let role = e
+                .get("role")
+                .and_then(|r| r.get("name"))
+                .and_then(|n| n.as_str());
+            let kind = e.get("subjectType").and_then(|t| t.as_str());
+            if let (Some(subject), Some(role)) = (subject, role)
+                && kind.is_none_or(|k| k == "PC_USER")
+            {
+                grants.push((subject.to_owned(), role.to_owned()));
+            }
+        }
+        Ok((total, grants))
+    }
+
     /// Grants one role to many users in one division, in one call
     /// (`POST /api/v2/authorization/roles/{roleId}?subjectType=PC_USER`, 204). The target takes
     /// or refuses the batch whole; no `If-Match` exists for it (docs/bulk-grants.md).

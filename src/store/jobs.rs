@@ -90,17 +90,26 @@ impl Store {
         limit: i64,
         cursor: Option<i64>,
     ) -> StoreResult<Vec<ItemRecord>> {
-        let rows = dual!(&self.backend, |p, DB| {
-            sqlx::query_as::<_, ItemRow>(
+        // A settled outcome repeats the partial index's predicate (migration 0007) so the
+        // index by outcome serves it; all rows, or the pending ones, are read by line.
+        let sql = match outcome {
+            Some(o) if o != Outcome::Pending => {
+                "SELECT * FROM items WHERE job_id = $1 AND outcome = $2 AND outcome <> 'pending' \
+                 AND line > $3 ORDER BY line LIMIT $4"
+            }
+            _ => {
                 "SELECT * FROM items WHERE job_id = $1 AND ($2 IS NULL OR outcome = $2) AND line > $3 \
-                 ORDER BY line LIMIT $4",
-            )
-            .bind(job_id)
-            .bind(outcome.map(Outcome::as_str))
-            .bind(cursor.unwrap_or(0))
-            .bind(limit)
-            .fetch_all(p)
-            .await?
+                 ORDER BY line LIMIT $4"
+            }
+        };
+        let rows = dual!(&self.backend, |p, DB| {
+            sqlx::query_as::<_, ItemRow>(sql)
+                .bind(job_id)
+                .bind(outcome.map(Outcome::as_str))
+                .bind(cursor.unwrap_or(0))
+                .bind(limit)
+                .fetch_all(p)
+                .await?
         });
         rows.into_iter().map(ItemRecord::try_from).collect()
     }
@@ -428,6 +437,22 @@ impl Store {
             .bind(before_ms)
             .execute(&mut *tx)
             .await?;
+            // A read the job's end did not get to delete goes with any finished job; ids
+            // not seen within retention are forgotten.
+            sqlx::query(
+                "DELETE FROM directory_snapshot WHERE job_id IN (SELECT id FROM jobs WHERE finished_at_ms IS NOT NULL)",
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM directory_grants WHERE job_id IN (SELECT id FROM jobs WHERE finished_at_ms IS NOT NULL)",
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM user_ids WHERE seen_at_ms < $1")
+                .bind(before_ms)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(
                 "DELETE FROM chunks WHERE job_id IN (SELECT id FROM jobs WHERE finished_at_ms IS NOT NULL AND finished_at_ms < $1)",
             )

@@ -12,6 +12,7 @@
 //! - `ingest`: a job received (its rows, its idempotency key, the backpressure bound);
 //! - `jobs`: reads, status transitions (pause, approve, cancel, fail, finish) and retention;
 //! - `planning`: the planning lease, pages of pending rows, and the plan committed page by page;
+//! - `snapshot`: a job's directory scan, saved page by page and read back by chunk;
 //! - `syncing`: chunk leases, write intents, and a chunk's outcomes committed;
 //! - `outbox`: webhook deliveries;
 //! - `records`: the rows and records all of them read and write.
@@ -28,6 +29,7 @@ mod jobs;
 mod outbox;
 mod planning;
 mod records;
+mod snapshot;
 mod syncing;
 mod undo;
 
@@ -41,6 +43,7 @@ pub(crate) use ingest::Ingest;
 pub(crate) use planning::{GeneratedRow, Overflow};
 pub use records::{ItemRecord, JobGroup, JobRecord, OutboxEvent, Reason, RowResult, StoreGauges};
 use records::{ItemRow, JobRow, OutboxRow};
+pub(crate) use snapshot::ScannedUser;
 pub(crate) use undo::{NewGenerated, OccurrenceClaim, ReconcileCreated, RevertCreated};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

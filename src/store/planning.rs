@@ -348,6 +348,15 @@ impl Store {
                     .bind(job_id)
                     .execute(&mut *tx)
                     .await?;
+                // An earlier planning's read: this one reads the directory again.
+                sqlx::query("DELETE FROM directory_snapshot WHERE job_id = $1")
+                    .bind(job_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM directory_grants WHERE job_id = $1")
+                    .bind(job_id)
+                    .execute(&mut *tx)
+                    .await?;
             }
             let mut moved = 0i64;
             for r in &page.rejected {

@@ -200,8 +200,10 @@ impl Store {
                     return Ok(RevertCreated::RevertRunning(by.clone()));
                 }
             }
+            // `outcome <> 'pending'`, implied by `= 'applied'`, is spelled out so that SQLite
+            // too uses the partial index by outcome (migration 0007).
             let unrecorded: i64 = sqlx::query(
-                "SELECT COUNT(DISTINCT external_id) FROM items WHERE job_id = $1 AND outcome = 'applied' \
+                "SELECT COUNT(DISTINCT external_id) FROM items WHERE job_id = $1 AND outcome = 'applied' AND outcome <> 'pending' \
                  AND (roles_after IS NULL OR roles_before IS NULL)",
             )
             .bind(original_id)
@@ -217,8 +219,8 @@ impl Store {
                 "INSERT INTO items (job_id, line, external_id, role_template, license_tier, outcome, \
                  desired_roles, expected_roles) \
                  SELECT $1, ROW_NUMBER() OVER (ORDER BY external_id), external_id, '', '', 'pending', \
-                 roles_before, roles_after FROM items WHERE job_id = $2 AND outcome = 'applied' \
-                 AND line IN (SELECT MIN(line) FROM items WHERE job_id = $2 AND outcome = 'applied' \
+                 roles_before, roles_after FROM items WHERE job_id = $2 AND outcome = 'applied' AND outcome <> 'pending' \
+                 AND line IN (SELECT MIN(line) FROM items WHERE job_id = $2 AND outcome = 'applied' AND outcome <> 'pending' \
                  GROUP BY external_id)",
             )
             .bind(&job.id)

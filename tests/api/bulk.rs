@@ -267,3 +267,135 @@ async fn a_replace_job_swaps_one_role_for_another_with_one_remove_and_one_grant(
         assert_eq!(strs(&item["roles_removed"]), vec!["Agent"]);
     }
 }
+
+/// Deletes the user with `external_id` through SCIM and creates another with the same
+/// externalId (a new id), holding `Employee`.
+async fn recreate(app: &TestApp, token: &str, external_id: &str) {
+    let list: Value = app
+        .client
+        .get(format!("{}/api/v2/scim/v2/users", app.emulator_url()))
+        .query(&[("filter", format!("externalId eq \"{external_id}\""))])
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = list["Resources"][0]["id"].as_str().unwrap().to_owned();
+    let resp = app
+        .client
+        .delete(format!("{}/api/v2/scim/v2/users/{id}", app.emulator_url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    app.seed(&[(external_id, &["Employee"][..])]).await;
+}
+
+/// The second job on the Authorization path needs no SCIM read: the first one's scan left the
+/// users' ids in the store, so their current roles come from the home division's grants (500 a
+/// call). An id gone since (a user deleted and created again under the same externalId) is
+/// refused by the grant, forgotten, and its user looked up and written: checked on use.
+#[tokio::test]
+async fn a_later_job_reads_grants_with_the_ids_an_earlier_one_saw_and_checks_them_on_use() {
+    let app = spawn_app_with(TestOptions {
+        config: AUTHZ.to_owned(),
+        ..TestOptions::default()
+    })
+    .await;
+    let users = seed_n(&app, "W", 250).await;
+    let first = app
+        .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
+        .await;
+    let done = app.wait_finished(first["job_id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["estimate"]["strategy"], "scan", "{done}");
+
+    // 250 users holding Employee and Agent: 500 grants, one page.
+    reset_stats(&app).await;
+    let job = app
+        .submit_csv(&csv_for(&users, "Wrap Up", "Standard Agent"))
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let done = app.wait_finished(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["applied"], 250, "{done}");
+    let estimate = &done["estimate"];
+    assert_eq!(estimate["strategy"], "grants", "{estimate}");
+    assert_eq!(estimate["write_api"], "authorization", "{estimate}");
+    assert_eq!(estimate["scan_pages"], 1, "{estimate}");
+    assert_eq!(estimate["lookups"], 0, "{estimate}");
+    let stats = app.emulator_stats().await;
+    let grants_route = "/api/v2/authorization/divisions/{divisionId}/grants";
+    assert_eq!(count(&stats, "GET", grants_route, 200), 1, "{stats}");
+    assert_eq!(count(&stats, "POST", GRANT_ROUTE, 204), 3, "{stats}");
+    assert_eq!(
+        count(&stats, "GET", "/api/v2/scim/v2/users", 200),
+        0,
+        "{stats}"
+    );
+    assert_eq!(patches(&stats), 0, "{stats}");
+    assert_eq!(done["scim"]["requests"], 4, "{done}");
+    let token = emulator_token(&app).await;
+    for u in [&users[0], &users[150], &users[249]] {
+        assert_eq!(
+            scim_roles(&app, &token, u).await,
+            vec!["Agent", "Employee", "Wrap Up"]
+        );
+    }
+    for item in app.items(&id).await {
+        assert_eq!(item["outcome"], "applied", "{item}");
+        assert_eq!(strs(&item["roles_added"]), vec!["Wrap Up"], "{item}");
+    }
+
+    // A user replaced under the same externalId: the id known for it is stale.
+    let stale = users[120].clone();
+    recreate(&app, &token, &stale).await;
+    reset_stats(&app).await;
+    let job = app
+        .submit_csv(&csv_for(&users, "Queue Member", "Standard Agent"))
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let done = app.wait_finished(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["applied"], 250, "{done}");
+    assert_eq!(done["estimate"]["strategy"], "grants", "{done}");
+    let stats = app.emulator_stats().await;
+    // The stale id: its batch refused and bisected, the id read (404), the user looked up
+    // by externalId and granted alone.
+    assert!(count(&stats, "POST", GRANT_ROUTE, 400) >= 1, "{stats}");
+    assert_eq!(
+        count(&stats, "GET", "/api/v2/scim/v2/users/{id}", 404),
+        1,
+        "{stats}"
+    );
+    assert_eq!(
+        count(&stats, "GET", "/api/v2/scim/v2/users", 200),
+        1,
+        "{stats}"
+    );
+    // `Queue Member` brings `Agent` with it (the policy's inheritance); the others had it.
+    assert_eq!(
+        scim_roles(&app, &token, &stale).await,
+        vec!["Agent", "Employee", "Queue Member"]
+    );
+    for u in [&users[0], &users[119], &users[121], &users[249]] {
+        assert_eq!(
+            scim_roles(&app, &token, u).await,
+            vec!["Agent", "Employee", "Queue Member", "Wrap Up"]
+        );
+    }
+    let items = app.items(&id).await;
+    let row = items
+        .iter()
+        .find(|i| i["external_id"] == stale.as_str())
+        .unwrap();
+    assert_eq!(row["outcome"], "applied", "{row}");
+    assert_eq!(
+        strs(&row["roles_added"]),
+        vec!["Agent", "Queue Member"],
+        "{row}"
+    );
+}

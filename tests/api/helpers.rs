@@ -194,6 +194,22 @@ impl TestApp {
         }
     }
 
+    /// A number the store answers to `sql` (one row, one BIGINT column), on either backend.
+    pub async fn store_count(&self, sql: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        if self.store_url.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(&self.store_url).await.unwrap();
+            let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            n
+        } else {
+            let pool = sqlx::PgPool::connect(&self.store_url).await.unwrap();
+            let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            n
+        }
+    }
+
     pub fn emulator_url(&self) -> String {
         self.emulator.base_url()
     }

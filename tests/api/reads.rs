@@ -114,6 +114,75 @@ async fn a_job_covering_most_of_the_org_scans_it_in_pages() {
     assert_eq!(again["scim"]["requests"], 2, "{again}");
 }
 
+/// The scan is kept in the store, not in the planner's memory: a process started after the
+/// planning (a restart here; another replica on PostgreSQL alike) runs the remaining chunks
+/// from it without looking anyone up, and the scan is deleted once the job has ended.
+#[tokio::test]
+async fn the_scan_outlives_the_process_that_planned_and_goes_with_the_job() {
+    let mut app = spawn_app_with(TestOptions {
+        emulator: EmulatorArgs {
+            users: 300,
+            rate_limit_per_minute: 0,
+            latency_ms: 30,
+            ..Default::default()
+        },
+        config: "[target]\nmax_concurrency = 2\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let job = app
+        .submit_csv(&csv_rows((1..=250).map(emp), "Agent", "Standard Agent"))
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = app.job(&id).await;
+        let applied = j["counts"]["applied"].as_u64().unwrap_or(0);
+        if applied >= 20 {
+            assert!(
+                applied < 200,
+                "the job ran too fast to restart in its middle: {j}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job did not start: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let scanned = app
+        .store_count(&format!(
+            "SELECT COUNT(*) FROM directory_snapshot WHERE job_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(
+        scanned, 250,
+        "the scan keeps the job's users, not the org's"
+    );
+    app.restart().await;
+    let done = app.wait_finished(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["applied"], 250);
+    assert_eq!(done["estimate"]["strategy"], "scan", "{done}");
+    let calls = scim_calls(&app).await;
+    // The 3 pages of the scan and nothing else: no user looked up after the restart.
+    assert_eq!(count(&calls, "GET", "/users"), 3, "{calls:?}");
+    assert_eq!(count(&calls, "PATCH", "/users/{id}"), 250, "{calls:?}");
+    for i in [1, 125, 250] {
+        assert_eq!(app.roles_of(&emp(i)).await, vec![vec!["Agent", "Employee"]]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app
+        .store_count("SELECT COUNT(*) FROM directory_snapshot")
+        .await
+        > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the ended job's scan is still stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_small_job_in_a_big_org_looks_its_users_up() {
     let app = spawn_app_with(org(2000)).await;
