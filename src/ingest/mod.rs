@@ -212,14 +212,13 @@ pub(crate) async fn receive(
             })
         })
     });
-    while let Some(batch) = rx.recv().await {
-        let batch_events = events(&batch);
-        if let Err(e) = ingest.add_rows(&batch, &batch_events).await {
-            // Dropping the receiver stops the parser at its next batch.
-            drop(rx);
-            let _ = parser.await;
-            return Err(e.into());
-        }
+    // Ends when the parser is done (or failed: its error is returned below) and its sender
+    // dropped.
+    if let Err(e) = ingest.add_stream(&mut rx, events).await {
+        // Dropping the receiver stops the parser at its next batch.
+        drop(rx);
+        let _ = parser.await;
+        return Err(e.into());
     }
     parser
         .await

@@ -3,7 +3,7 @@
 
 use super::{Deps, record_depth};
 use crate::policy::Policy;
-use crate::store::JobRecord;
+use crate::store::{ANALYZE_JOB_ROWS, Analyzed, JobRecord};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -33,6 +33,13 @@ pub(crate) async fn run(deps: Deps, tx: mpsc::Sender<PlanJob>, stop: Cancellatio
         };
         match claimed {
             Some(job) => {
+                if job.counts.total >= ANALYZE_JOB_ROWS {
+                    // Before the planning's first query over the job's rows (see
+                    // `refresh_statistics`). A failure only costs speed.
+                    if let Err(e) = deps.store.refresh_statistics(Analyzed::Items).await {
+                        tracing::warn!(error = %e, "cannot refresh the statistics of items");
+                    }
+                }
                 let span = tracing::info_span!("plan", job.id = %job.id, rows = job.counts.total);
                 // A child of the request that submitted the job, when traces were on then.
                 crate::telemetry::set_parent(&span, job.traceparent.as_deref());

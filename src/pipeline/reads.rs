@@ -39,7 +39,7 @@ use crate::configuration::ReadStrategy;
 use crate::domain::{ReadMethod, WriteApi};
 use crate::scim::model::{ListResponse, Meta, RoleRef};
 use crate::scim::{CallTally, ScimClient, ScimError, ScimUser};
-use crate::store::ScannedUser;
+use crate::store::{Analyzed, ScannedUser};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -356,6 +356,8 @@ async fn read_grants(
     }
     let read = async {
         deps.store.snapshot_known_ids(job_id, seen_since).await?;
+        // `save_grants` finds users by id among the rows just added (`refresh_statistics`).
+        refresh_snapshot_statistics(deps).await;
         deps.store.save_grants(job_id, &first).await?;
         let concurrency = deps.settings.target.max_concurrency.max(1);
         let mut rest = futures::stream::iter(2..=grant_pages)
@@ -444,7 +446,21 @@ async fn scan(
         }
     }
     deps.store.save_scanned(job_id, &held, remember).await?;
+    // The chunks read what the scan saved (`refresh_statistics`).
+    refresh_snapshot_statistics(deps).await;
     Ok(())
+}
+
+/// Refreshes the store's statistics of the directory snapshot after a read filled it; a
+/// failure only costs speed.
+async fn refresh_snapshot_statistics(deps: &Deps) {
+    if let Err(e) = deps
+        .store
+        .refresh_statistics(Analyzed::DirectorySnapshot)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot refresh the statistics of the directory snapshot");
+    }
 }
 
 /// The users at `start..start+len`, in as many calls as the target's page size needs.

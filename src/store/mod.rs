@@ -40,7 +40,7 @@ pub(crate) use records::{
 // Public: read outside the crate (`get_job`, `list_items` in tests/) or named by public
 // functions of other modules (`job_view`, `validate_rows`, `EventFactory::event`).
 pub(crate) use ingest::Ingest;
-pub(crate) use planning::{GeneratedRow, Overflow};
+pub(crate) use planning::{ANALYZE_JOB_ROWS, Analyzed, GeneratedRow, Overflow};
 pub use records::{ItemRecord, JobGroup, JobRecord, OutboxEvent, Reason, RowResult, StoreGauges};
 use records::{ItemRow, JobRow, OutboxRow};
 pub(crate) use snapshot::ScannedUser;
@@ -134,8 +134,8 @@ pub struct Store {
 ///   at once take different rows instead of waiting on each other; SQLite has no row locks and
 ///   needs none, its single writer makes each claim atomic. PostgreSQL has no `rowid`, so its
 ///   text names the picked rows by key where SQLite's uses `rowid`;
-/// - adding a job's rows (`Ingest::add_rows`): `COPY` on PostgreSQL, multi-row INSERTs on
-///   SQLite.
+/// - adding a job's rows (`Ingest::add_rows`, `Ingest::add_stream`): `COPY` on PostgreSQL (one
+///   `COPY` open for the whole body), multi-row INSERTs on SQLite.
 macro_rules! dual {
     ($on:expr, |$x:ident, $db:ident| $body:expr) => {
         match $on {

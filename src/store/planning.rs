@@ -65,6 +65,29 @@ pub(crate) struct GeneratedRow {
     pub(crate) expected_roles: Vec<String>,
 }
 
+/// Tables whose statistics the pipeline refreshes after it filled them in bulk
+/// (`Store::refresh_statistics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Analyzed {
+    /// A job's rows, after a large ingest.
+    Items,
+    /// A job's read of the directory, after a scan or a read of grants.
+    DirectorySnapshot,
+}
+
+impl Analyzed {
+    fn statement(self) -> &'static str {
+        match self {
+            Analyzed::Items => "ANALYZE items",
+            Analyzed::DirectorySnapshot => "ANALYZE directory_snapshot",
+        }
+    }
+}
+
+/// Rows a job must hold for the planner to refresh the statistics of `items` before planning
+/// it: below this, stale statistics cost little.
+pub(crate) const ANALYZE_JOB_ROWS: i64 = 10_000;
+
 impl Store {
     /// One page of a generated job's pending rows, by external id after `after` (keyset
     /// paging on `items_user_idx`); and whether more may follow. Its users have one row each.
@@ -105,6 +128,19 @@ impl Store {
             })
             .collect();
         Ok((rows, more))
+    }
+
+    /// Brings the planner statistics of `table` up to date, on PostgreSQL (`ANALYZE`, a sample of
+    /// 30 000 rows: a fraction of a second whatever the table). Without it, a table that just
+    /// took a million rows is still planned as the handful it held before until autovacuum
+    /// (if it is on at all) analyzes it: the scan's `EXISTS` probes into `items` became a hash
+    /// join over the whole job, 0.6 s per page saved, 2 000 times for a million users.
+    /// SQLite plans by its indexes without statistics and has nothing to refresh.
+    pub(crate) async fn refresh_statistics(&self, table: Analyzed) -> StoreResult<()> {
+        if let Backend::Postgres(p) = &self.backend {
+            sqlx::query(table.statement()).execute(p).await?;
+        }
+        Ok(())
     }
 
     /// Gives back a planning that hit an error: the job may be planned again (by any

@@ -1425,3 +1425,63 @@ async fn the_audit_log_has_a_json_line_per_role_change_with_the_request_id_and_n
     println!("checked {} log lines", all.len());
     emulator.shutdown().await;
 }
+
+/// A body with thousands of unreadable rows among good ones: more rows than one parsed batch
+/// and more rejection events than the store holds while one PostgreSQL `COPY` is open, so the
+/// rows and their events go in over several `COPY`s. Every row is stored with its outcome and
+/// every unreadable row gets its own `role_sync.rejected` event, on every store.
+#[tokio::test]
+async fn thousands_of_unreadable_rows_each_get_their_row_and_their_event() {
+    let all = Receiver::start(Answer::Status(200)).await;
+    let app = app_with_hooks(
+        &[Hook {
+            name: "all",
+            url: &all.url,
+            secret: &new_secret(),
+            previous: &[],
+            events: &["role_sync.rejected", "job.finished"],
+        }],
+        FAST,
+    )
+    .await;
+    let rows = 4500usize;
+    let good: Vec<String> = (0..rows).step_by(500).map(|i| format!("V{i}")).collect();
+    let seed: Vec<(&str, &[&str])> = good.iter().map(|g| (g.as_str(), &[][..])).collect();
+    app.seed(&seed).await;
+    let mut csv = String::from("external_id,role_template,license_tier\n");
+    for i in 0..rows {
+        if i % 500 == 0 {
+            csv.push_str(&format!("V{i},Agent,Standard Agent\n"));
+        } else {
+            // No license tier: unreadable.
+            csv.push_str(&format!("M{i},Agent\n"));
+        }
+    }
+    let job = app.submit_csv(&csv).await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(job["counts"]["total"], rows, "{job}");
+    let bad = rows - good.len();
+    assert_eq!(job["counts"]["rejected"], bad, "{job}");
+    let done = app.wait_finished(&id).await;
+    assert_eq!(done["counts"]["applied"], good.len(), "{done}");
+    assert_eq!(done["counts"]["rejected"], bad, "{done}");
+    wait_until("the job's events", Duration::from_secs(60), || {
+        all.count_of("job.finished") == 1 && all.count_of("role_sync.rejected") == bad
+    })
+    .await;
+    let lines: BTreeSet<i64> = all
+        .events()
+        .into_values()
+        .filter(|(t, _)| t == "role_sync.rejected")
+        .map(|(_, d)| {
+            assert_eq!(d["reason"]["code"], "malformed_row", "{d}");
+            d["line"].as_i64().unwrap()
+        })
+        .collect();
+    // Header is line 1; row i is line i + 2.
+    let expected: BTreeSet<i64> = (0..rows)
+        .filter(|i| i % 500 != 0)
+        .map(|i| i as i64 + 2)
+        .collect();
+    assert_eq!(lines, expected);
+}
