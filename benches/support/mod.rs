@@ -5,7 +5,7 @@
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The API key every bench server accepts (scope `admin`).
 pub const KEY: &str = "bench-admin-key";
@@ -164,7 +164,15 @@ pub async fn drop_store(backend: &str, store_url: &str, pg_admin: &str) {
     }
 }
 
+/// Polls the job until it has finished, or panics after `BENCH_DEADLINE_SECS` (default two
+/// hours: a whole-org job of a million users took 32 minutes at worst): a hung bench stops with
+/// the job's last state instead of running for ever.
 pub async fn wait_finished(http: &reqwest::Client, server: &str, job_id: &str) -> Value {
+    let secs = std::env::var("BENCH_DEADLINE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7_200);
+    let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let job: Value = http
             .get(format!("{server}/v1/jobs/{job_id}"))
@@ -178,6 +186,10 @@ pub async fn wait_finished(http: &reqwest::Client, server: &str, job_id: &str) -
         if job["finished_at"].is_string() {
             return job;
         }
+        assert!(
+            Instant::now() < deadline,
+            "job {job_id} not finished after {secs} s (BENCH_DEADLINE_SECS): {job}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
