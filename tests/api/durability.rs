@@ -111,7 +111,8 @@ async fn kill_9_three_times_during_a_5000_user_job_loses_nothing_and_applies_not
     let users = seed_users(&base, "K", 5000).await;
     let (hook, received) = start_receiver().await;
     let dir = tempfile::tempdir().unwrap();
-    let store = fresh_store_url(dir.path()).await;
+    let db = fresh_store(dir.path()).await;
+    let store = db.url.clone();
     let extra = webhook_config(&hook);
     let mut svc = start_service(dir.path(), &store, &base, &extra).await;
     let job = api(
@@ -243,7 +244,8 @@ async fn two_replicas_on_postgresql_share_a_job_and_one_dies() {
     let base = emu.base_url();
     let users = seed_users(&base, "R", 10_000).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = fresh_store_url(dir.path()).await;
+    let db = fresh_store(dir.path()).await;
+    let store = db.url.clone();
     let mut a = start_service(dir.path(), &store, &base, "").await;
     let b = start_service(dir.path(), &store, &base, "").await;
     let job = api(
@@ -323,9 +325,8 @@ async fn a_postgresql_restart_mid_job_loses_nothing_and_writes_nobody_twice() {
     let base = emu.base_url();
     let users = seed_users(&base, "G", 5_000).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = fresh_store_url(dir.path())
-        .await
-        .replace(&host_port, &proxy.addr.to_string());
+    let db = fresh_store(dir.path()).await;
+    let store = db.url.replace(&host_port, &proxy.addr.to_string());
     let mut svc = start_service(dir.path(), &store, &base, "").await;
     let started = Instant::now();
     let job = api(

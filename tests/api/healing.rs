@@ -523,7 +523,8 @@ async fn a_cancelled_jobs_chunks_whose_owner_died_are_settled_by_reading_back() 
     let users = seed_users(&base, "D", 600).await;
     let (hook, hooks) = start_hooks().await;
     let dir = tempfile::tempdir().unwrap();
-    let store = fresh_store_url(dir.path()).await;
+    let db = fresh_store(dir.path()).await;
+    let store = db.url.clone();
     let extra = hook_toml(&hook);
     let mut a = start_service(dir.path(), &store, &base, &extra).await;
     let job = api(

@@ -63,10 +63,20 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
     stop: CancellationToken,
     server: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Last: dropped after everything that uses it.
+    _store: TestStore,
 }
 
-/// A store URL for a fresh database: SQLite in `dir`, or a new PostgreSQL database.
-pub async fn fresh_store_url(dir: &std::path::Path) -> String {
+/// A fresh store for one test: a SQLite file in `dir`, or a new PostgreSQL database when
+/// `TEST_DATABASE_URL` is set. The database is dropped with the guard, unless the test is
+/// failing: then it is kept for a look, and named on stderr.
+pub struct TestStore {
+    pub url: String,
+    /// The server's URL (to connect for the drop) and the database's name.
+    postgres: Option<(String, String)>,
+}
+
+pub async fn fresh_store(dir: &std::path::Path) -> TestStore {
     match std::env::var("TEST_DATABASE_URL") {
         Ok(base) if !base.is_empty() => {
             use sqlx::Connection;
@@ -82,9 +92,53 @@ pub async fn fresh_store_url(dir: &std::path::Path) -> String {
             let (prefix, _) = base
                 .rsplit_once('/')
                 .expect("TEST_DATABASE_URL ends with /dbname");
-            format!("{prefix}/{name}")
+            TestStore {
+                url: format!("{prefix}/{name}"),
+                postgres: Some((base, name)),
+            }
         }
-        _ => format!("sqlite://{}", dir.join("rolesync.db").display()),
+        _ => TestStore {
+            url: format!("sqlite://{}", dir.join("rolesync.db").display()),
+            postgres: None,
+        },
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let Some((base, name)) = self.postgres.take() else {
+            return;
+        };
+        if std::thread::panicking() {
+            eprintln!("kept the failed test's database {name}");
+            return;
+        }
+        // Drop runs inside the test's runtime, which cannot be blocked on: the drop gets a
+        // thread and a runtime of its own. FORCE ends the connections a service still holds.
+        let dropped = std::thread::spawn(move || {
+            use sqlx::Connection;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&base)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| format!("{name}: {e}"))?;
+                Ok::<(), String>(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("cannot drop the test database: {e}"),
+            Err(_) => eprintln!("cannot drop the test database: its thread panicked"),
+        }
     }
 }
 
@@ -98,7 +152,8 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         .await
         .expect("emulator starts");
     let dir = tempfile::tempdir().expect("temp dir");
-    let store_url = fresh_store_url(dir.path()).await;
+    let store = fresh_store(dir.path()).await;
+    let store_url = store.url.clone();
     let policy_path = opts.policy_file.then(|| {
         let p = dir.path().join("policy.toml");
         std::fs::write(&p, &opts.policy).expect("write policy");
@@ -158,6 +213,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         _dir: dir,
         stop: CancellationToken::new(),
         server: None,
+        _store: store,
     };
     app.start().await;
     app

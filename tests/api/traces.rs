@@ -163,7 +163,8 @@ async fn the_spans_of_a_job_reach_the_collector_linked_from_the_request_to_each_
     let base = emu.base_url();
     let users = seed_users(&base, "TR", 25).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = fresh_store_url(dir.path()).await;
+    let db = fresh_store(dir.path()).await;
+    let store = db.url.clone();
     let extra = format!(
         r#"
 [log]
@@ -393,7 +394,8 @@ async fn a_collector_that_never_answers_holds_up_neither_the_job_nor_the_shutdow
     let base = emu.base_url();
     let users = seed_users(&base, "BH", 25).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = fresh_store_url(dir.path()).await;
+    let db = fresh_store(dir.path()).await;
+    let store = db.url.clone();
     let extra = format!(
         "[log]\nformat = \"json\"\n[telemetry]\notlp_endpoint = \"{otlp}\"\nexport_timeout_secs = 1\n"
     );
