@@ -16,7 +16,8 @@
 //! runs: `nightly,org` by default; `0` skips them), `BENCH_ORG_USERS` (default 1000000), `BENCH_DATABASE_URL` (an admin URL of a PostgreSQL server; default the
 //! local one on 127.0.0.1:5432; when it cannot be reached the PostgreSQL rows are skipped with
 //! the reason printed), `BENCH_DEADLINE_SECS` (how long a job may run before the bench stops
-//! with its state; default 7200).
+//! with its state; default 7200), `BENCH_SERVER_LOG` (a file the server's log goes to, at
+//! `info`; discarded by default).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -114,12 +114,27 @@ scopes = ["admin"]
     );
     let path = dir.join(format!("rolesync-{port}.toml"));
     std::fs::write(&path, config).unwrap();
+    // `BENCH_SERVER_LOG=<file>`: the server's log at `info` goes there (appended), to see
+    // where a run spends its time; otherwise it is discarded.
+    let (level, log) = match std::env::var_os("BENCH_SERVER_LOG") {
+        Some(file) => (
+            "info",
+            Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(file)
+                    .unwrap(),
+            ),
+        ),
+        None => ("warn", Stdio::null()),
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_rolesync"))
         .args(["serve", "--config"])
         .arg(&path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");

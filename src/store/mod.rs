@@ -175,31 +175,47 @@ async fn begin_write<DB: sqlx::Database>(
 //
 // Macros rather than functions: `$tx` is a transaction of either backend, as `dual!` binds it.
 
-/// Moves one row out of `pending` inside a transaction; evaluates to whether it moved.
-macro_rules! apply_result {
-    ($tx:expr, $job_id:expr, $r:expr) => {{
-        let r: &$crate::store::RowResult = $r;
-        let n = sqlx::query(
-            "UPDATE items SET outcome = $1, reason_code = $2, reason_message = $3, user_id = $4, roles_added = $5, \
-             roles_removed = $6, permissions_added = $7, permissions_removed = $8, roles_before = $11, \
-             roles_after = $12 WHERE job_id = $9 AND line = $10 AND outcome = 'pending'",
-        )
-        .bind(r.outcome.as_str())
-        .bind(r.reason.as_ref().map(|(c, _)| c.as_str()))
-        .bind(r.reason.as_ref().map(|(_, m)| m.clone()))
-        .bind(r.user_id.clone())
-        .bind($crate::store::json_list(&r.roles_added))
-        .bind($crate::store::json_list(&r.roles_removed))
-        .bind($crate::store::json_list(&r.permissions_added))
-        .bind($crate::store::json_list(&r.permissions_removed))
-        .bind($job_id)
-        .bind(r.line)
-        .bind($crate::store::json_list(&r.roles_before))
-        .bind($crate::store::json_list(&r.roles_after))
-        .execute(&mut *$tx)
-        .await?
-        .rows_affected();
-        n == 1
+/// Results settled by one `UPDATE` (12 parameters each: well under either backend's limit).
+pub(crate) const RESULTS_PER_UPDATE: usize = 100;
+
+/// Moves rows out of `pending` inside a transaction, `RESULTS_PER_UPDATE` to a statement; evaluates
+/// to the lines that moved (a row no longer pending is left as it is). One statement per row
+/// was a round trip to the store per row, made under SQLite's write lock: most of a chunk's
+/// commit, and the chunks' commits queue on that lock.
+macro_rules! apply_results {
+    ($tx:expr, $db:ty, $job_id:expr, $results:expr) => {{
+        let results: &[$crate::store::RowResult] = $results;
+        let mut moved = std::collections::HashSet::<i64>::new();
+        for batch in results.chunks($crate::store::RESULTS_PER_UPDATE) {
+            // `VALUES` names its columns column1…column11 on both backends.
+            let mut qb = sqlx::QueryBuilder::<$db>::new(
+                "UPDATE items SET outcome = v.column1, reason_code = v.column2, \
+                 reason_message = v.column3, user_id = v.column4, roles_added = v.column5, \
+                 roles_removed = v.column6, permissions_added = v.column7, \
+                 permissions_removed = v.column8, roles_before = v.column9, roles_after = v.column10 \
+                 FROM (",
+            );
+            qb.push_values(batch, |mut b, r| {
+                b.push_bind(r.outcome.as_str())
+                    .push_bind(r.reason.as_ref().map(|(c, _)| c.as_str()))
+                    .push_bind(r.reason.as_ref().map(|(_, m)| m.as_str()))
+                    .push_bind(r.user_id.as_deref())
+                    .push_bind($crate::store::json_list(&r.roles_added))
+                    .push_bind($crate::store::json_list(&r.roles_removed))
+                    .push_bind($crate::store::json_list(&r.permissions_added))
+                    .push_bind($crate::store::json_list(&r.permissions_removed))
+                    .push_bind($crate::store::json_list(&r.roles_before))
+                    .push_bind($crate::store::json_list(&r.roles_after))
+                    .push_bind(r.line);
+            });
+            qb.push(") AS v WHERE items.job_id = ")
+                .push_bind($job_id)
+                .push(" AND items.line = v.column11 AND items.outcome = 'pending' RETURNING line");
+            for row in qb.build().fetch_all(&mut *$tx).await? {
+                moved.insert(sqlx::Row::try_get::<i64, _>(&row, 0)?);
+            }
+        }
+        moved
     }};
 }
 
@@ -276,7 +292,7 @@ macro_rules! read_job {
 
 // The files of this module import these by path (`use super::{dual, insert_events}`), so the
 // order of the `mod` lines above does not matter.
-use {add_counts, apply_result, dual, insert_events, read_job};
+use {add_counts, apply_results, dual, insert_events, read_job};
 
 pub fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000

@@ -4,7 +4,7 @@
 
 use super::{
     Backend, INSERT_BATCH, JobPlan, JobRecord, JobRow, PlanPage, Store, StoreResult, add_counts,
-    apply_result, begin_write, dual, insert_events, now_ms,
+    apply_results, begin_write, dual, insert_events, now_ms,
 };
 use super::{OutboxEvent, RowResult};
 use crate::domain::{Assignment, JobStatus, ReasonCode};
@@ -333,10 +333,7 @@ impl Store {
     pub(crate) async fn reject_rows(&self, job_id: &str, rows: &[RowResult]) -> StoreResult<()> {
         dual!(&self.backend, |p, DB| {
             let mut tx = begin_write(p).await?;
-            let mut moved = 0i64;
-            for r in rows {
-                moved += i64::from(apply_result!(tx, job_id, r));
-            }
+            let moved = apply_results!(tx, DB, job_id, rows).len() as i64;
             sqlx::query(
                 "UPDATE jobs SET c_pending = c_pending - $1, c_rejected = c_rejected + $1 WHERE id = $2",
             )
@@ -394,10 +391,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            let mut moved = 0i64;
-            for r in &page.rejected {
-                moved += i64::from(apply_result!(tx, job_id, r));
-            }
+            let moved = apply_results!(tx, DB, job_id, &page.rejected).len() as i64;
             if moved > 0 {
                 sqlx::query(
                     "UPDATE jobs SET c_pending = c_pending - $1, c_rejected = c_rejected + $1 WHERE id = $2",

@@ -4,7 +4,7 @@
 use super::undo::apply_desired;
 use super::{
     Backend, ChunkClaim, ChunkDone, ItemRecord, ItemRow, JobDeltas, LeaseRenewal, Store,
-    StoreResult, add_counts, apply_result, begin_write, dual, insert_events, now_ms,
+    StoreResult, add_counts, apply_results, begin_write, dual, insert_events, now_ms,
 };
 use sqlx::{QueryBuilder, Row};
 
@@ -246,8 +246,10 @@ impl Store {
                 return Ok(false);
             }
             let mut counts = crate::domain::Counts::default();
+            let mut moved = apply_results!(tx, DB, claim.job_id.as_str(), &done.results);
             for r in &done.results {
-                if apply_result!(tx, &claim.job_id, r) {
+                // Each line counts once, however often it appears.
+                if moved.remove(&r.line) {
                     counts.add(r.outcome, 1);
                 }
             }
