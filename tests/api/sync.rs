@@ -36,9 +36,11 @@ async fn every_kind_of_row_ends_with_the_right_outcome_and_the_right_roles() {
             row("A1", "Agent", "Standard Agent"),              // 12 exact duplicate of 1
         ]}))
         .await;
-    // Answered as stored; the planner's poll may already have picked it up.
+    // Answered as stored when it is read back: the planner may already have picked it up, and
+    // a job this small may even have finished (seen on a PostgreSQL run: 73 ms end to end).
     assert!(
-        job["status"] == "queued" || job["status"] == "running",
+        ["queued", "running", "completed_with_errors"]
+            .contains(&job["status"].as_str().unwrap_or("")),
         "{job}"
     );
     let id = job["job_id"].as_str().unwrap().to_owned();
