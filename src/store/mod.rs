@@ -175,7 +175,7 @@ async fn begin_write<DB: sqlx::Database>(
 //
 // Macros rather than functions: `$tx` is a transaction of either backend, as `dual!` binds it.
 
-/// Results settled by one `UPDATE` (12 parameters each: well under either backend's limit).
+/// Results settled by one `UPDATE` (11 parameters a result: well under either backend's limit).
 pub(crate) const RESULTS_PER_UPDATE: usize = 100;
 
 /// Moves rows out of `pending` inside a transaction, `RESULTS_PER_UPDATE` to a statement; evaluates

@@ -317,7 +317,7 @@ async fn finished_jobs_are_pruned_after_retention() {
         .await;
     let id = job["job_id"].as_str().unwrap().to_owned();
     app.wait_finished(&id).await;
-    let store = rolesync::store::Store::connect(&app.store_url, 2)
+    let store = rolesync::store::Store::connect(app.store_url(), 2)
         .await
         .unwrap();
     // Nothing finished before an hour ago: kept.

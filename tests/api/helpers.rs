@@ -53,7 +53,6 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub emulator: EmulatorHandle,
-    pub store_url: String,
     pub settings_toml: String,
     pub extra_toml: String,
     pub policy: String,
@@ -64,7 +63,7 @@ pub struct TestApp {
     stop: CancellationToken,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     /// Last: dropped after everything that uses it.
-    _store: TestStore,
+    store: TestStore,
 }
 
 /// A fresh store for one test: a SQLite file in `dir`, or a new PostgreSQL database when
@@ -153,7 +152,6 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         .expect("emulator starts");
     let dir = tempfile::tempdir().expect("temp dir");
     let store = fresh_store(dir.path()).await;
-    let store_url = store.url.clone();
     let policy_path = opts.policy_file.then(|| {
         let p = dir.path().join("policy.toml");
         std::fs::write(&p, &opts.policy).expect("write policy");
@@ -196,6 +194,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         writer = key_digest_hex(WRITER_KEY),
         plain_writer = key_digest_hex(PLAIN_WRITER_KEY),
         reader = key_digest_hex(READER_KEY),
+        store_url = store.url,
     );
     let mut app = TestApp {
         address: String::new(),
@@ -204,7 +203,6 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
             .build()
             .expect("client"),
         emulator,
-        store_url,
         settings_toml,
         extra_toml: opts.config,
         policy: opts.policy,
@@ -213,13 +211,18 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         _dir: dir,
         stop: CancellationToken::new(),
         server: None,
-        _store: store,
+        store,
     };
     app.start().await;
     app
 }
 
 impl TestApp {
+    /// The URL of the test's store.
+    pub fn store_url(&self) -> &str {
+        &self.store.url
+    }
+
     async fn start(&mut self) {
         let settings = Settings::from_toml_layers(&[&self.settings_toml, &self.extra_toml])
             .expect("valid test settings");
@@ -253,13 +256,13 @@ impl TestApp {
     /// A number the store answers to `sql` (one row, one BIGINT column), on either backend.
     pub async fn store_count(&self, sql: &str) -> i64 {
         let sql = sqlx::AssertSqlSafe(sql.to_owned());
-        if self.store_url.starts_with("sqlite:") {
-            let pool = sqlx::SqlitePool::connect(&self.store_url).await.unwrap();
+        if self.store_url().starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(self.store_url()).await.unwrap();
             let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
             pool.close().await;
             n
         } else {
-            let pool = sqlx::PgPool::connect(&self.store_url).await.unwrap();
+            let pool = sqlx::PgPool::connect(self.store_url()).await.unwrap();
             let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
             pool.close().await;
             n

@@ -42,8 +42,8 @@ async fn jobs_stored(app: &TestApp) -> usize {
     let list: Value = app.get("/v1/jobs", READER_KEY).await.json().await.unwrap();
     let jobs = list["jobs"].as_array().unwrap().len();
     // Not only no job: no row either (a refused body's rows are rolled back with it).
-    let items: i64 = if app.store_url.starts_with("sqlite:") {
-        let pool = sqlx::SqlitePool::connect(&app.store_url).await.unwrap();
+    let items: i64 = if app.store_url().starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(app.store_url()).await.unwrap();
         let n = sqlx::query_scalar("SELECT COUNT(*) FROM items")
             .fetch_one(&pool)
             .await
@@ -51,7 +51,7 @@ async fn jobs_stored(app: &TestApp) -> usize {
         pool.close().await;
         n
     } else {
-        let pool = sqlx::PgPool::connect(&app.store_url).await.unwrap();
+        let pool = sqlx::PgPool::connect(app.store_url()).await.unwrap();
         let n = sqlx::query_scalar("SELECT COUNT(*) FROM items")
             .fetch_one(&pool)
             .await

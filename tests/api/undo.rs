@@ -236,7 +236,7 @@ fn base64_secret() -> &'static str {
 
 /// The desired state a store holds for a user: (roles, the job that set them).
 async fn desired(app: &TestApp, external_id: &str) -> Option<(Option<Vec<String>>, String)> {
-    let store = rolesync::store::Store::connect(&app.store_url, 2)
+    let store = rolesync::store::Store::connect(app.store_url(), 2)
         .await
         .unwrap();
     let d = store.desired_state(external_id).await.unwrap();
