@@ -21,11 +21,14 @@ use super::circuit::TargetState;
 use super::decide::{Decision, Intent, Undo, decide, decide_revert};
 use super::reads::{Snapshot, chunk_snapshot, find_user};
 use super::stops::{ChunkRun, Stop, is_per_user_target_error};
+use super::fence;
 use super::users::{UserRows, group_users};
 use super::{Deps, bulk, lifecycle, record_depth};
 use crate::audit::events::{
-    RoleSyncCompleted, RoleSyncDriftDetected, RoleSyncFailed, RoleSyncRejected,
+    RoleSyncCompleted, RoleSyncConflictDetected, RoleSyncDriftDetected, RoleSyncFailed,
+    RoleSyncRejected,
 };
+use crate::audit::log::RoleChangeLine;
 use crate::domain::{
     EventType, JobKind, JobStatus, Outcome, PausedReason, ReadMethod, ReasonCode, WriteApi,
 };
@@ -49,8 +52,9 @@ const CHUNK_ERROR_BACKOFF_MS: i64 = 5_000;
 pub(crate) enum ChunkOutcome {
     /// Every row of the chunk has an outcome.
     Done(ChunkClaim, ChunkDone),
-    /// The chunk stopped early (`stops`): give it back, keep the calls spent.
-    Release(ChunkClaim, JobDeltas, Stop),
+    /// The chunk stopped early (`stops`): give it back, keep the calls spent. The writes the
+    /// run sent are not recorded by it: each gets its audit line saying so.
+    Release(ChunkClaim, JobDeltas, Stop, Vec<RoleChangeLine>),
 }
 
 /// Source of the sync stages: leases ready chunks while the circuit is closed.
@@ -141,6 +145,8 @@ enum UserResult {
         desired: Option<Box<DesiredUpdate>>,
         /// A reconcile found the user drifted.
         drifted: bool,
+        /// The `roles changed` line of a user recorded `applied`, logged after the commit.
+        audit: Option<Box<RoleChangeLine>>,
     },
     TargetWide(ScimError),
     /// A call failed for a reason that may pass: the rows stay pending, tried again in a later
@@ -217,7 +223,7 @@ async fn run_chunk(
     let users = group_users(items);
     // Renewed by the heartbeat while this run holds it, and not after: a run that ends or
     // panics lets its lease run out.
-    let _live = deps.live.chunk(&claim.job_id, claim.chunk_no);
+    let _live = deps.live.chunk(&claim.job_id, claim.chunk_no, claim.fence);
     if job.status == JobStatus::Cancelled {
         // Claimed only to be settled (`Store::claim_chunk`): its owner died mid-run, or it was
         // kept open for rows whose write may have been sent. Nothing is written.
@@ -226,7 +232,7 @@ async fn run_chunk(
         settle(deps, &policy, &job, users, &mut done).await;
         return ChunkOutcome::Done(claim, done);
     }
-    let run = Arc::new(ChunkRun::default());
+    let run = Arc::new(ChunkRun::for_claim(&claim, deps.lease_ms()));
     deps.chunk_runs.register(&job.id, &run);
     let mut judge = deps.error_ratios.judge(&job.id, &deps.settings.sync);
     let concurrency = deps.settings.target.max_concurrency;
@@ -243,7 +249,8 @@ async fn run_chunk(
     {
         let mut outcomes = futures::stream::iter(users)
             .map(|u| {
-                let (run, policy, job, snapshot) = (&run, &policy, &job, snapshot.as_ref());
+                let (run, policy, job, snapshot, claim) =
+                    (&run, &policy, &job, snapshot.as_ref(), &claim);
                 async move {
                     let mut sent = None;
                     let result = if exhausted {
@@ -256,7 +263,7 @@ async fn run_chunk(
                         let why = format!("the user's chunk was run {max_runs} times");
                         report.failed(Outcome::Failed, ReasonCode::RetriesExhausted, &why)
                     } else {
-                        start_user(deps, policy, job, snapshot, &u, run, &mut sent).await
+                        start_user(deps, policy, job, claim, snapshot, &u, run, &mut sent).await
                     };
                     UserRun {
                         user: u,
@@ -313,7 +320,21 @@ async fn run_chunk(
         }
         // Outcomes reached before the stop are discarded with the chunk: the re-run reads
         // them back as already right, at the cost of one read each.
-        Some(why) => ChunkOutcome::Release(claim, done.deltas, why.clone()),
+        Some(why) => {
+            let mut written = done.audit;
+            written.extend(unsettled.iter().filter_map(|(u, sent)| {
+                let change = sent.as_ref()?;
+                Some(RoleChangeLine::new(
+                    &job.id,
+                    job.request_id.as_deref(),
+                    job.mode,
+                    &u.external_id,
+                    "",
+                    change,
+                ))
+            }));
+            ChunkOutcome::Release(claim, done.deltas, why.clone(), written)
+        }
         None => {
             deps.error_ratios.commit(
                 &job.id,
@@ -340,10 +361,12 @@ fn retry_backoff_ms(attempts: i64) -> i64 {
 /// Syncs one user of a run unless the run is stopped. Checked before the user's first call:
 /// once the chunk is stopped no new user starts (calls of users already started are dropped by
 /// the tally).
+#[allow(clippy::too_many_arguments)]
 async fn start_user(
     deps: &Deps,
     policy: &Policy,
     job: &JobRecord,
+    claim: &ChunkClaim,
     snapshot: Option<&Snapshot>,
     u: &UserRows<ItemRecord>,
     run: &ChunkRun,
@@ -360,7 +383,7 @@ async fn start_user(
         run.stop(Stop::CircuitOpen(reason));
         return UserResult::Skipped;
     }
-    sync_user(deps, policy, job, snapshot, u, &run.tally, sent).await
+    sync_user(deps, policy, job, claim, snapshot, u, run, sent).await
 }
 
 /// How the planner chose to read the job's users (`estimate.strategy`).
@@ -399,8 +422,10 @@ fn absorb(
             target_error,
             desired,
             drifted,
+            audit,
         } => {
             record(done, results, events, changed);
+            done.audit.extend(audit.map(|a| *a));
             done.desired.extend(desired.map(|d| *d));
             done.drifted += u64::from(drifted);
             judge.record(target_error);
@@ -568,10 +593,12 @@ async fn settle(
                 changed,
                 desired,
                 drifted,
+                audit,
                 ..
             } = r
             {
                 record(done, results, events, changed);
+                done.audit.extend(audit.map(|a| *a));
                 done.desired.extend(desired.map(|d| *d));
                 done.drifted += u64::from(drifted);
             }
@@ -695,17 +722,37 @@ fn stored_intent(u: &UserRows<ItemRecord>) -> Option<Intent<'_>> {
     })
 }
 
+/// The user's intent (roles added, removed) as the store holds it now, called once the user
+/// was read from the target. A chunk claimed for the first time (fence 1) had no earlier
+/// owner, so its rows as read at the claim are enough; otherwise they are read again, so an
+/// intent an earlier owner recorded after this run read the rows is not missed (`fence`).
+async fn fresh_intent(
+    deps: &Deps,
+    claim: &ChunkClaim,
+    u: &UserRows<ItemRecord>,
+) -> crate::store::StoreResult<Option<(Vec<String>, Vec<String>)>> {
+    if claim.fence <= 1 {
+        return Ok(stored_intent(u).map(|i| (i.added.to_vec(), i.removed.to_vec())));
+    }
+    let lines: Vec<i64> = u.lines().collect();
+    deps.store.intent_of(&claim.job_id, &lines).await
+}
+
 /// Syncs one user: find them, decide, act; on a version conflict, read again and decide again,
-/// up to `sync.max_conflict_retries` times.
+/// up to `sync.max_conflict_retries` times. Every write is fenced (`fence`): its intent is
+/// recorded under the chunk's lease first, and nothing is sent when that is refused.
+#[allow(clippy::too_many_arguments)]
 async fn sync_user(
     deps: &Deps,
     policy: &Policy,
     job: &JobRecord,
+    claim: &ChunkClaim,
     snapshot: Option<&Snapshot>,
     u: &UserRows<ItemRecord>,
-    tally: &CallTally,
+    run: &ChunkRun,
     sent: &mut Option<RoleChange>,
 ) -> UserResult {
+    let tally = &run.tally;
     let report = Report {
         deps,
         policy,
@@ -718,7 +765,20 @@ async fn sync_user(
     };
     // The target answered: failures seen so far are no evidence of an outage.
     deps.circuit.call_succeeded();
-    let prior = stored_intent(u);
+    let lines: Vec<i64> = u.lines().collect();
+    // The intents as they are now that the user was read (`fence`): an earlier owner's write
+    // that reached the target before the read had its intent recorded before it.
+    let prior_owned = match fresh_intent(deps, claim, u).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the user's write intents; the user is retried");
+            return UserResult::Retry { lines };
+        }
+    };
+    let prior = prior_owned.as_ref().map(|(added, removed)| Intent {
+        added,
+        removed,
+    });
     let wanted = Wanted::of(policy, job, u);
     let max_rounds = deps.settings.sync.max_conflict_retries + 1;
     for _round in 0..max_rounds {
@@ -730,33 +790,24 @@ async fn sync_user(
                 return report.unwritten(&user.id, Outcome::Planned, Some(&change));
             }
             Decision::AlreadyApplied(change) => return report.applied(&user.id, &change),
+            Decision::AppliedWithConflict {
+                change,
+                reason,
+                message,
+            } => return report.applied_with_conflict(&user.id, &change, reason, &message),
             Decision::Reject { reason, message } => return report.rejected(reason, &message),
         };
         if tally.is_stopped() {
             // Not even the intent: no write will be sent for this user in this run.
             return UserResult::Skipped;
         }
-        if writes_in_bulk(job) {
-            // The Authorization path: the intent now, the write with the chunk's other users
-            // (`write_deferred`). Those calls take no `If-Match` (see `bulk`).
-            let lines: Vec<i64> = u.lines().collect();
-            if let Err(e) = deps
-                .store
-                .mark_intent(&job.id, &lines, &change.added, &change.removed)
-                .await
-            {
-                tracing::warn!(error = %e, "cannot record the write intent; the user is retried");
-                return UserResult::Retry { lines };
-            }
-            return UserResult::Deferred {
-                user_id: user.id.clone(),
-                change,
-            };
-        }
         // Never a blind write: without a version to put in `If-Match`, read the user again
         // (and decide again on what that read says); a target that gives none is refused.
-        let Some(version) = user.version() else {
-            match deps.scim.get_user(&user.id, tally).await {
+        // (The Authorization path's calls take no `If-Match`: see `bulk`.)
+        let version = match user.version() {
+            _ if writes_in_bulk(job) => None,
+            Some(v) => Some(v),
+            None => match deps.scim.get_user(&user.id, tally).await {
                 Ok(fresh) if fresh.version().is_some() => {
                     user = fresh;
                     continue;
@@ -770,20 +821,42 @@ async fn sync_user(
                 }
                 Err(ScimError::NotFound) => return report.deleted(),
                 Err(e) => return report.call_failed(e),
-            }
+            },
         };
-        let lines: Vec<i64> = u.lines().collect();
-        if let Err(e) = deps
+        // No write without its intent on record, under the chunk's lease: should this run's
+        // commit be lost, the intent is what lets the re-run report the write as `applied`
+        // rather than `unchanged`.
+        match deps
             .store
-            .mark_intent(&job.id, &lines, &change.added, &change.removed)
+            .mark_intent(
+                claim,
+                &deps.owner,
+                fence::margin_ms(deps.lease_ms()),
+                &lines,
+                &change.added,
+                &change.removed,
+            )
             .await
         {
-            // No write without its intent on record: should this run's commit be lost, the
-            // intent is what lets the re-run report the write as `applied` rather than
-            // `unchanged`. The user is tried again in a later run.
-            tracing::warn!(error = %e, "cannot record the write intent; the user is retried");
-            return UserResult::Retry { lines };
+            Ok(true) => {}
+            Ok(false) => {
+                // The lease is gone, or too near its end to send under: stop the run now.
+                run.stop(Stop::LeaseLost);
+                return UserResult::Skipped;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the write intent; the user is retried");
+                return UserResult::Retry { lines };
+            }
         }
+        let Some(version) = version else {
+            // The Authorization path: the write goes with the chunk's other users
+            // (`write_deferred`).
+            return UserResult::Deferred {
+                user_id: user.id.clone(),
+                change,
+            };
+        };
         let roles: Vec<String> = change.after.iter().cloned().collect();
         // From here the write may reach the target, whatever the call answers (a timeout, a
         // retry dropped by a stop): a cancel then reads the user back rather than guess.
@@ -865,7 +938,14 @@ impl Report<'_> {
     fn applied(&self, user_id: &str, change: &RoleChange) -> UserResult {
         let (job, u) = (self.job, self.user);
         let drifted = self.drift(user_id, change);
-        audit_log(job, &u.external_id, user_id, change);
+        let audit = RoleChangeLine::new(
+            &job.id,
+            job.request_id.as_deref(),
+            job.mode,
+            &u.external_id,
+            user_id,
+            change,
+        );
         let event = self.deps.events.event(
             EventType::RoleSyncCompleted,
             RoleSyncCompleted::new(self.policy, &job.id, &u.external_id, user_id, change),
@@ -895,7 +975,51 @@ impl Report<'_> {
             target_error: false,
             desired: self.desired_update().map(Box::new),
             drifted: drifted.found,
+            audit: Some(Box::new(audit)),
         }
+    }
+
+    /// A write an earlier attempt of this job made, found in conflict with what the user holds
+    /// now (`Decision::AppliedWithConflict`): recorded `applied` as it happened, and the
+    /// conflict raised on its own (`role_sync.conflict_detected`, a warning in the audit log,
+    /// `rolesync_conflicts_after_write_total` once committed). Nothing more is written.
+    fn applied_with_conflict(
+        &self,
+        user_id: &str,
+        change: &RoleChange,
+        reason: ReasonCode,
+        message: &str,
+    ) -> UserResult {
+        let (job, u) = (self.job, self.user);
+        tracing::warn!(
+            target: "audit",
+            {
+                job.id = %job.id,
+                user.external_id = %u.external_id,
+                user.id = %user_id,
+                roles.current = %json_text(&change.after),
+                reason = reason.as_str(),
+            },
+            "a write this job made earlier is now in conflict: {message}"
+        );
+        let conflict = self.deps.events.event(
+            EventType::ConflictDetected,
+            RoleSyncConflictDetected {
+                job_id: &job.id,
+                external_id: &u.external_id,
+                user_id,
+                roles_current: &change.after,
+                reason: crate::audit::events::Reason {
+                    code: reason.as_str(),
+                    message,
+                },
+            },
+        );
+        let mut result = self.applied(user_id, change);
+        if let UserResult::Rows { events, .. } = &mut result {
+            events.extend(conflict);
+        }
+        result
     }
 
     /// How the user's desired state moves when the job applied its change or found it in
@@ -1025,6 +1149,7 @@ impl Report<'_> {
                 .flatten()
                 .map(Box::new),
             drifted: drifted.found,
+            audit: None,
         }
     }
 
@@ -1054,6 +1179,7 @@ impl Report<'_> {
             target_error: false,
             desired: None,
             drifted: false,
+            audit: None,
         }
     }
 
@@ -1097,6 +1223,7 @@ impl Report<'_> {
             target_error,
             desired: None,
             drifted: false,
+            audit: None,
         }
     }
 
@@ -1118,6 +1245,7 @@ impl Report<'_> {
             target_error: false,
             desired: None,
             drifted: false,
+            audit: None,
         }
     }
 
@@ -1173,29 +1301,6 @@ impl Report<'_> {
             ),
         }
     }
-}
-
-/// One structured line per role change written to the target, under the `audit` target, at
-/// `info`. Role lists are JSON arrays as text (`["Agent","Employee"]`), since a log field holds
-/// one value. `request.id` is the `x-request-id` of the POST that submitted the job. Nothing
-/// else is logged: no tokens, secrets or bodies.
-fn audit_log(job: &JobRecord, external_id: &str, user_id: &str, change: &RoleChange) {
-    let request_id = job.request_id.as_deref().unwrap_or("");
-    tracing::info!(
-        target: "audit",
-        {
-            job.id = %job.id,
-            request.id = %request_id,
-            user.external_id = %external_id,
-            user.id = %user_id,
-            roles.before = %json_text(&change.before),
-            roles.after = %json_text(&change.after),
-            roles.added = %json_text(&change.added),
-            roles.removed = %json_text(&change.removed),
-            job.mode = job.mode.as_str(),
-        },
-        "roles changed"
-    );
 }
 
 fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> String {
