@@ -8,7 +8,9 @@
 //! - `GET|POST /emulator/faults`: the fault knobs (see `faults.rs`) and the faults staged for
 //!   particular calls (see `staged.rs`).
 //! - `GET /emulator/stats`, `POST /emulator/stats/reset`.
-//! - `POST /emulator/reset`: users, stats and tokens cleared; faults off, nothing staged.
+//! - `GET /emulator/writes?after&limit`: the log of accepted role writes (`writes.rs`).
+//! - `POST /emulator/reset`: users, the write log, stats and tokens cleared; faults off,
+//!   nothing staged.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -206,6 +208,7 @@ pub fn router() -> Router<Shared> {
         .route("/stats", get(get_stats))
         .route("/stats/reset", post(reset_stats))
         .route("/reset", post(reset))
+        .route("/writes", get(crate::writes::get_writes))
 }
 
 fn ok(body: &Value) -> Response {
@@ -256,7 +259,7 @@ async fn add_users_inner(
     }
     let n = batch.len();
     for data in batch {
-        shared.users.create(data)?;
+        shared.users.create(data, None)?;
     }
     Ok(n)
 }
@@ -374,6 +377,7 @@ async fn reset_stats(State(shared): State<Shared>) -> Response {
 
 async fn reset(State(shared): State<Shared>) -> Response {
     shared.users.clear();
+    shared.writes.clear();
     shared.stats.reset();
     shared.tokens.clear();
     shared.faults.reset();

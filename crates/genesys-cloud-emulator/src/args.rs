@@ -11,6 +11,10 @@ pub struct EmulatorArgs {
     pub client_id: String,
     #[arg(long, default_value = "rolesync-dev-secret")]
     pub client_secret: String,
+    /// More OAuth clients besides `--client-id`/`--client-secret` (repeatable): `ID:SECRET`,
+    /// split at the first colon.
+    #[arg(long = "client", value_name = "ID:SECRET", value_parser = parse_client)]
+    pub extra_clients: Vec<(String, String)>,
     /// Seed N users: externalId EMP-000001…, userName emp-000001@example.com, roles [Employee].
     #[arg(long, default_value_t = 0)]
     pub users: u64,
@@ -57,6 +61,7 @@ impl Default for EmulatorArgs {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             client_id: "rolesync-dev".into(),
             client_secret: "rolesync-dev-secret".into(),
+            extra_clients: Vec::new(),
             users: 0,
             rate_limit_per_minute: 300,
             token_ttl_secs: 86_400,
@@ -72,6 +77,38 @@ impl Default for EmulatorArgs {
             grant_page_size_max: 500,
         }
     }
+}
+
+/// `--client ID:SECRET`: split at the first colon; neither part may be empty.
+fn parse_client(value: &str) -> Result<(String, String), String> {
+    match value.split_once(':') {
+        Some((id, secret)) if !id.is_empty() && !secret.is_empty() => {
+            Ok((id.to_owned(), secret.to_owned()))
+        }
+        _ => Err(format!(
+            "'{value}' is not ID:SECRET (a client id, a colon, then a secret; neither empty)"
+        )),
+    }
+}
+
+/// Every client id is non-empty, has no colon (HTTP Basic could not carry it), and is given
+/// once (`--client-id` included); every secret is non-empty.
+pub(crate) fn check_clients(args: &EmulatorArgs) -> anyhow::Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    let all = std::iter::once((&args.client_id, &args.client_secret))
+        .chain(args.extra_clients.iter().map(|(i, s)| (i, s)));
+    for (id, secret) in all {
+        if id.is_empty() || id.contains(':') {
+            anyhow::bail!("client id '{id}' must be non-empty and hold no colon");
+        }
+        if secret.is_empty() {
+            anyhow::bail!("client '{id}' needs a non-empty secret");
+        }
+        if !seen.insert(id.as_str()) {
+            anyhow::bail!("client id '{id}' is given twice");
+        }
+    }
+    Ok(())
 }
 
 /// Which server the emulator behaves like.
@@ -91,5 +128,43 @@ impl Profile {
             Profile::Genesys => 100,
             Profile::Rfc7644 => 200,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: EmulatorArgs,
+    }
+
+    #[test]
+    fn client_flags_are_repeatable_and_checked() {
+        let cli = Cli::try_parse_from(["x", "--client", "a:s:1", "--client", "b:t"]).unwrap();
+        assert_eq!(
+            cli.args.extra_clients,
+            [("a".into(), "s:1".into()), ("b".into(), "t".into())]
+        );
+        check_clients(&cli.args).unwrap();
+        assert!(
+            Cli::try_parse_from(["x"])
+                .unwrap()
+                .args
+                .extra_clients
+                .is_empty()
+        );
+        for bad in ["nocolon", ":secret", "id:", ""] {
+            let e = Cli::try_parse_from(["x", "--client", bad]).unwrap_err();
+            assert!(e.to_string().contains("is not ID:SECRET"), "{bad}: {e}");
+        }
+        let twice = Cli::try_parse_from(["x", "--client", "rolesync-dev:other"]).unwrap();
+        let e = check_clients(&twice.args).unwrap_err();
+        assert!(e.to_string().contains("given twice"), "{e}");
     }
 }

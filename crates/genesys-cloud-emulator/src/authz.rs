@@ -34,6 +34,7 @@ use crate::errors::{ApiError, JSON_CONTENT_TYPE, json_response};
 use crate::roles::{EMPLOYEE, bad_param};
 use crate::scim::read_json;
 use crate::state::Conflict;
+use crate::writes::{Audit, Via, WriteCtx};
 
 use crate::permissions::{GRANT_ADD, GRANT_DELETE, GRANT_VIEW, require};
 
@@ -134,21 +135,30 @@ fn delete_staged(shared: &Shared) {
     }
 }
 
-/// Adds or takes away `role` for every user of `ids` (already checked).
-fn apply(shared: &Shared, ids: &[String], role: &str, grant: bool) {
+/// Adds or takes away `role` for every user of `ids` (already checked); a user whose roles
+/// change is logged (`writes.rs`).
+fn apply(shared: &Shared, writer: &WriteCtx, ids: &[String], role: &str, grant: bool) {
+    let audit = Audit {
+        log: &shared.writes,
+        ctx: writer,
+        via: if grant {
+            Via::BulkGrant
+        } else {
+            Via::BulkRemove
+        },
+    };
     for id in ids {
         // A user deleted since the check is skipped: nothing to grant to.
-        let _ = shared
-            .users
-            .update(id, None, Conflict(StatusCode::CONFLICT), |u| {
-                let mut data = u.data.clone();
-                if grant {
-                    data.roles.insert(role.to_owned());
-                } else {
-                    data.roles.remove(role);
-                }
-                Ok(data)
-            });
+        let conflict = Conflict(StatusCode::CONFLICT);
+        let _ = shared.users.update(id, None, conflict, Some(&audit), |u| {
+            let mut data = u.data.clone();
+            if grant {
+                data.roles.insert(role.to_owned());
+            } else {
+                data.roles.remove(role);
+            }
+            Ok(data)
+        });
     }
 }
 
@@ -164,6 +174,7 @@ pub(crate) async fn home_division(State(shared): State<Shared>) -> Response {
 /// `POST /api/v2/authorization/roles/{roleId}?subjectType=PC_USER`.
 pub(crate) async fn grant_role(
     State(shared): State<Shared>,
+    writer: WriteCtx,
     Path(role_id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
@@ -201,7 +212,7 @@ pub(crate) async fn grant_role(
         }
         delete_staged(&shared);
         let ids = subject_ids(&shared, body.get("subjectIds"), "subjectIds")?;
-        apply(&shared, &ids, &role, true);
+        apply(&shared, &writer, &ids, &role, true);
         Ok(())
     }
     .await;
@@ -214,6 +225,7 @@ pub(crate) async fn grant_role(
 /// `PUT /api/v2/authorization/roles/{roleId}/users/remove`.
 pub(crate) async fn remove_role_users(
     State(shared): State<Shared>,
+    writer: WriteCtx,
     Path(role_id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -227,7 +239,7 @@ pub(crate) async fn remove_role_users(
         let body = read_json(&headers, body, MAX_BODY).await?;
         delete_staged(&shared);
         let ids = subject_ids(&shared, Some(&body), "the body")?;
-        apply(&shared, &ids, &role, false);
+        apply(&shared, &writer, &ids, &role, false);
         Ok(ids)
     }
     .await;

@@ -40,6 +40,7 @@ mod scim;
 mod staged;
 mod state;
 mod user;
+mod writes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,6 +83,8 @@ pub(crate) struct Emulator {
     pub tokens: ratelimit::Tokens,
     pub faults: faults::Faults,
     pub stats: admin::Stats,
+    /// The accepted role writes (`GET /emulator/writes`).
+    pub writes: writes::WriteLog,
     /// The org's one division, where every grant lives (`authz.rs`).
     pub home_division: authz::Division,
 }
@@ -101,6 +104,7 @@ impl Emulator {
         check_probability("fault-5xx", args.fault_5xx)?;
         check_probability("fault-429", args.fault_429)?;
         check_probability("drop-connection", args.drop_connection)?;
+        args::check_clients(&args)?;
         let catalog = Catalog::load(args.roles_file.as_deref())?;
         let faults = faults::Faults::new(
             FaultSettings {
@@ -121,6 +125,7 @@ impl Emulator {
             tokens: ratelimit::Tokens::default(),
             faults,
             stats: admin::Stats::default(),
+            writes: writes::WriteLog::default(),
             home_division: authz::Division::home(),
             args,
         };
@@ -140,7 +145,7 @@ impl Emulator {
                 attrs: serde_json::Map::new(),
             };
             self.users
-                .create(data)
+                .create(data, None)
                 .map_err(|e| anyhow::anyhow!("seeding user {i}: {e:?}"))?;
         }
         Ok(())

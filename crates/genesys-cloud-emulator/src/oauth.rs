@@ -1,9 +1,11 @@
 //! `POST /oauth/token`: the client-credentials grant (README, Endpoints). Credentials come in HTTP
 //! Basic (preferred) or as `client_id`/`client_secret` form fields (`client_secret_post`); the
-//! form must say `grant_type=client_credentials`. Not rate limited, no faults. `expires_in` is
+//! form must say `grant_type=client_credentials`. The valid clients are `--client-id` with
+//! `--client-secret` and every `--client ID:SECRET`; a token remembers its client. Not rate limited, no faults. `expires_in` is
 //! `--token-ttl-secs`, or the number staged as `token_expires_in` (written out as it was given;
 //! the token still lives `--token-ttl-secs`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Form;
@@ -41,6 +43,16 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// The client these credentials name: `--client-id`/`--client-secret` or one of `--client`.
+fn client_of<'a>(shared: &'a Shared, id: &str, secret: &str) -> Option<&'a str> {
+    let args = &shared.args;
+    std::iter::once((&args.client_id, &args.client_secret))
+        .chain(args.extra_clients.iter().map(|(i, s)| (i, s)))
+        .find(|(i, _)| i.as_str() == id)
+        .filter(|(_, s)| same(secret, s))
+        .map(|(i, _)| i.as_str())
+}
+
 pub async fn token(
     State(shared): State<Shared>,
     headers: HeaderMap,
@@ -71,17 +83,15 @@ pub async fn token(
             field("client_secret")?.to_string(),
         ))
     });
-    let valid = credentials.is_some_and(|(id, secret)| {
-        same(&id, &shared.args.client_id) && same(&secret, &shared.args.client_secret)
-    });
-    if !valid {
+    let client = credentials.and_then(|(id, secret)| client_of(&shared, &id, &secret));
+    let Some(client_id) = client else {
         return ApiError::genesys(
             StatusCode::UNAUTHORIZED,
             "bad.credentials",
             "Invalid login credentials.",
         )
         .into_response();
-    }
+    };
     if field("grant_type") != Some("client_credentials") {
         return ApiError::genesys(
             StatusCode::BAD_REQUEST,
@@ -91,7 +101,9 @@ pub async fn token(
         .into_response();
     }
     let ttl = shared.args.token_ttl_secs;
-    let token = shared.tokens.issue(Duration::from_secs(ttl));
+    let token = shared
+        .tokens
+        .issue(Duration::from_secs(ttl), Arc::from(client_id));
     let staged = shared.faults.staged().expires_in();
     let mut response = (StatusCode::OK, token_body(&token, ttl, staged.as_deref())).into_response();
     response.headers_mut().insert(

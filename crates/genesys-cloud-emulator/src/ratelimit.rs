@@ -5,8 +5,10 @@
 //! the window resets); over the limit the answer is 429 with `Retry-After` and the Genesys body
 //! (`too.many.requests.retry.after`). With the limit off (0) the headers are left out.
 //!
-//! The guard is also where a staged header override (`staged.rs`) is used up: one use per
-//! authenticated API call, its headers set last so they replace the emulator's own.
+//! Each token remembers the OAuth client it was issued to; the guard hands it to the handlers
+//! (`writes::Caller`) for the write log. The guard is also where a staged header override
+//! (`staged.rs`) is used up: one use per authenticated API call, its headers set last so they
+//! replace the emulator's own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use crate::Emulator;
 use crate::errors::ApiError;
 use crate::state::{lock, read, write};
+use crate::writes::Caller;
 
 const ALLOWED: HeaderName = HeaderName::from_static("inin-ratelimit-allowed");
 const COUNT: HeaderName = HeaderName::from_static("inin-ratelimit-count");
@@ -28,6 +31,8 @@ const WINDOW: Duration = Duration::from_secs(60);
 
 pub struct Token {
     expires_at: Instant,
+    /// The OAuth client it was issued to.
+    client_id: Arc<str>,
     window: Mutex<Window>,
 }
 
@@ -43,7 +48,8 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    pub fn issue(&self, ttl: Duration) -> String {
+    /// A new token for `client_id`, living `ttl`.
+    pub fn issue(&self, ttl: Duration, client_id: Arc<str>) -> String {
         use base64::Engine;
         let bytes: [u8; 32] = rand::random();
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
@@ -56,6 +62,7 @@ impl Tokens {
             token.clone(),
             Arc::new(Token {
                 expires_at: now + ttl,
+                client_id,
                 window: Mutex::new(Window {
                     start: now,
                     count: 0,
@@ -108,7 +115,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// if it has one, answers instead of everything below), the rate limit, then the faults
 /// (`faults::inject`). The override's headers are set last, over the rate-limit headers. A
 /// request without a valid token gets its 401 untouched and uses up no override.
-pub async fn guard(shared: &Emulator, req: Request, next: Next) -> Response {
+pub async fn guard(shared: &Emulator, mut req: Request, next: Next) -> Response {
     let token = match bearer(req.headers()) {
         None if req.headers().contains_key(header::AUTHORIZATION) => {
             return unauthorized("bad.credentials", "Invalid login credentials.");
@@ -124,6 +131,8 @@ pub async fn guard(shared: &Emulator, req: Request, next: Next) -> Response {
             None => return unauthorized("bad.credentials", "Invalid login credentials."),
         },
     };
+    // The handlers that write roles log the token's client (`writes.rs`).
+    req.extensions_mut().insert(Caller(token.client_id.clone()));
     let staged = shared.faults.staged().take_override();
     let limit = shared.faults.rate_limit_per_minute();
     // Every authenticated request counts, whatever answers it.

@@ -20,6 +20,7 @@ use crate::patch;
 use crate::staged::Access;
 use crate::state::{Conflict, Id, IfMatch};
 use crate::user::{self, ENTERPRISE_SCHEMA, Projection, Render, USER_SCHEMA, User};
+use crate::writes::{Audit, Via, WriteCtx};
 
 const LIST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 /// Genesys `request.bytes.max`.
@@ -392,6 +393,15 @@ fn list_body(shared: &Shared, ctx: &ScimCtx, params: &Params) -> Result<Vec<u8>,
     Ok(body)
 }
 
+/// Where a write of this request logs its role changes (`writes.rs`).
+fn audit<'a>(shared: &'a Shared, writer: &'a WriteCtx, via: Via) -> Audit<'a> {
+    Audit {
+        log: &shared.writes,
+        ctx: writer,
+        via,
+    }
+}
+
 /// The staged error of a named failing user, if one covers this call (README, Faults).
 fn failing(shared: &Shared, access: Access, id: &str) -> Result<(), ApiError> {
     match shared.faults.staged().failing(&shared.users, access, id) {
@@ -428,6 +438,7 @@ pub async fn get_user(
 pub async fn create_user(
     State(shared): State<Shared>,
     ctx: ScimCtx,
+    writer: WriteCtx,
     headers: HeaderMap,
     params: Params,
     body: Body,
@@ -443,7 +454,8 @@ pub async fn create_user(
         {
             return Err(ApiError::invalid_value("displayName is required"));
         }
-        let created = shared.users.create(data)?;
+        let audit = audit(&shared, &writer, Via::ScimPost);
+        let created = shared.users.create(data, Some(&audit))?;
         Ok::<_, ApiError>((params, created))
     }
     .await;
@@ -470,6 +482,7 @@ pub async fn create_user(
 pub async fn put_user(
     State(shared): State<Shared>,
     ctx: ScimCtx,
+    writer: WriteCtx,
     Path(id): Path<String>,
     headers: HeaderMap,
     params: Params,
@@ -492,17 +505,21 @@ pub async fn put_user(
         }
         let mut data = user::from_json(&doc, &shared.catalog)?;
         let pre = if_match(&headers);
-        let outcome =
-            shared
-                .users
-                .update(&id, pre.as_ref(), conflict(shared.profile), |current| {
-                    if !data.attrs.contains_key("password")
-                        && let Some(pw) = current.data.attrs.get("password")
-                    {
-                        data.attrs.insert("password".into(), pw.clone());
-                    }
-                    Ok(data)
-                })?;
+        let audit = audit(&shared, &writer, Via::ScimPut);
+        let outcome = shared.users.update(
+            &id,
+            pre.as_ref(),
+            conflict(shared.profile),
+            Some(&audit),
+            |current| {
+                if !data.attrs.contains_key("password")
+                    && let Some(pw) = current.data.attrs.get("password")
+                {
+                    data.attrs.insert("password".into(), pw.clone());
+                }
+                Ok(data)
+            },
+        )?;
         Ok::<_, ApiError>((params, outcome.user))
     }
     .await;
@@ -519,6 +536,7 @@ pub async fn put_user(
 pub async fn patch_user(
     State(shared): State<Shared>,
     ctx: ScimCtx,
+    writer: WriteCtx,
     Path(id): Path<String>,
     headers: HeaderMap,
     params: Params,
@@ -530,21 +548,25 @@ pub async fn patch_user(
         let ops = patch::parse_request(&read_json(&headers, body, MAX_BODY).await?)?;
         let pre = if_match(&headers);
         let catalog = &shared.catalog;
-        let outcome =
-            shared
-                .users
-                .update(&id, pre.as_ref(), conflict(shared.profile), |current| {
-                    let mut doc = user::to_patch_doc(current);
+        let audit = audit(&shared, &writer, Via::ScimPatch);
+        let outcome = shared.users.update(
+            &id,
+            pre.as_ref(),
+            conflict(shared.profile),
+            Some(&audit),
+            |current| {
+                let mut doc = user::to_patch_doc(current);
 
-                    patch::apply(&mut doc, &ops)?;
-                    if doc.get("id").and_then(Value::as_str) != Some(&*current.id) {
-                        return Err(ApiError::mutability("Attribute 'id' is read-only."));
-                    }
-                    // A user always has a state: removing `active` leaves it as it was.
-                    doc.entry("active")
-                        .or_insert(Value::Bool(current.data.active));
-                    user::from_json(&doc, catalog)
-                })?;
+                patch::apply(&mut doc, &ops)?;
+                if doc.get("id").and_then(Value::as_str) != Some(&*current.id) {
+                    return Err(ApiError::mutability("Attribute 'id' is read-only."));
+                }
+                // A user always has a state: removing `active` leaves it as it was.
+                doc.entry("active")
+                    .or_insert(Value::Bool(current.data.active));
+                user::from_json(&doc, catalog)
+            },
+        )?;
         Ok::<_, ApiError>((params, outcome.user))
     }
     .await;

@@ -8,7 +8,8 @@
 //!   used by unfiltered `GET /users` is a cached snapshot rebuilt only after a create, a delete
 //!   or a change of `active`.
 //!
-//! Lock order: a user shard may be held while an index shard is taken, never the reverse.
+//! Lock order: a user shard may be held while an index shard or the write log's mutex
+//! (`writes.rs`) is taken, never the reverse.
 //! Deleted users stay in their shard with `deleted = true` (soft delete) and leave the indexes.
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use axum::http::StatusCode;
 
 use crate::errors::{ApiError, VERSION_MISMATCH};
 use crate::user::{User, UserData};
+use crate::writes::Audit;
 
 const SHARDS: usize = 64;
 
@@ -231,8 +233,9 @@ impl Directory {
         }
     }
 
-    /// Creates a user (version 1). 409 `uniqueness` when the userName is taken.
-    pub fn create(&self, data: UserData) -> Result<User, ApiError> {
+    /// Creates a user (version 1). 409 `uniqueness` when the userName is taken. With `audit`,
+    /// the new user's roles are logged (from none), under the user's shard lock.
+    pub fn create(&self, data: UserData, audit: Option<&Audit<'_>>) -> Result<User, ApiError> {
         let id: Id = Arc::from(crate::errors::new_uuid());
         self.claim_user_name(&data.user_name, &id)?;
         let now = now_rfc3339();
@@ -250,6 +253,11 @@ impl Directory {
             if let Some(ext) = &user.data.external_id {
                 self.index_external_id(ext, &id);
             }
+            if let Some(audit) = audit {
+                let none = std::collections::BTreeSet::new();
+                let ext = user.data.external_id.as_deref();
+                audit.record(&id, ext, &none, &user.data.roles);
+            }
             shard.insert(id.clone(), user.clone());
             write(&self.order).push(id);
         }
@@ -258,12 +266,14 @@ impl Directory {
     }
 
     /// Changes a user under its shard lock: checks `If-Match`, computes the new content with
-    /// `f`, and bumps the version only when the content changed.
+    /// `f`, and bumps the version only when the content changed. With `audit`, a change of
+    /// the roles is logged under the same lock, once nothing can refuse the write any more.
     pub fn update(
         &self,
         id: &str,
         if_match: Option<&IfMatch>,
         conflict: Conflict,
+        audit: Option<&Audit<'_>>,
         f: impl FnOnce(&User) -> Result<UserData, ApiError>,
     ) -> Result<Outcome, ApiError> {
         let mut shard = write(self.user_shard(id));
@@ -291,6 +301,10 @@ impl Directory {
             if let Some(new) = &data.external_id {
                 self.index_external_id(new, &uid);
             }
+        }
+        if let Some(audit) = audit {
+            let ext = data.external_id.as_deref();
+            audit.record(&uid, ext, &user.data.roles, &data.roles);
         }
         let active_changed = data.active != user.data.active;
         user.data = data;
