@@ -567,7 +567,10 @@ mod tests {
         else {
             panic!("expected the earlier grant reported with a conflict, got {rerun:?}")
         };
-        assert_eq!(change.added, written.added, "the diff the earlier attempt made");
+        assert_eq!(
+            change.added, written.added,
+            "the diff the earlier attempt made"
+        );
         assert_eq!(change.before, set(&["Employee", "Reporting Auditor"]));
         assert_eq!(change.after, now);
         assert_eq!(reason, ReasonCode::SodConflict);

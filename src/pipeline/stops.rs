@@ -487,6 +487,57 @@ mod tests {
         assert!(a4.stopped().is_none());
     }
 
+    fn claim(chunk_no: i64, fence: i64) -> ChunkClaim {
+        ChunkClaim {
+            job_id: "a".into(),
+            chunk_no,
+            attempts: 1,
+            fence,
+            confirmed: Instant::now(),
+        }
+    }
+
+    /// A run stops sending on its own when its send window passes without a renewal (a store
+    /// cut), and a renewal moves the window of its own claim only.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_stops_itself_when_its_lease_cannot_be_renewed() {
+        let runs = ChunkRuns::default();
+        let run = Arc::new(ChunkRun::for_claim(&claim(1, 3), 6_000));
+        let older = Arc::new(ChunkRun::for_claim(&claim(1, 2), 6_000));
+        runs.register("a", &run);
+        runs.register("a", &older);
+        tokio::time::advance(Duration::from_millis(3_000)).await;
+        // Renewed under fence 3: that run's window moves, the older claim's does not.
+        runs.lease_renewed(&("a".into(), 1, 3), fence::window(Instant::now(), 6_000));
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        assert!(run.stopped().is_none(), "renewed: still sending");
+        assert!(
+            matches!(older.stopped(), Some(Stop::LeaseLost)),
+            "two thirds of its lease passed without a renewal"
+        );
+        assert!(older.tally.is_stopped());
+        // No renewal comes any more: the run stops itself within its window.
+        tokio::time::advance(Duration::from_millis(2_600)).await;
+        assert!(matches!(run.stopped(), Some(Stop::LeaseLost)));
+        assert!(run.tally.is_stopped());
+    }
+
+    /// A lease found taken over stops the run of that claim at once, and only it.
+    #[test]
+    fn a_lost_lease_stops_the_run_of_that_claim_only() {
+        let runs = ChunkRuns::default();
+        let lost = Arc::new(ChunkRun::for_claim(&claim(1, 1), 60_000));
+        let other = Arc::new(ChunkRun::for_claim(&claim(2, 1), 60_000));
+        runs.register("a", &lost);
+        runs.register("a", &other);
+        assert!(runs.lease_lost(&("a".into(), 1, 1)));
+        assert!(matches!(lost.stopped(), Some(Stop::LeaseLost)));
+        assert!(lost.tally.is_stopped());
+        assert!(other.stopped().is_none());
+        // Said once: a second report of the same loss finds the run stopped already.
+        assert!(!runs.lease_lost(&("a".into(), 1, 1)));
+    }
+
     #[test]
     fn a_cancel_outlasts_other_stops_until_the_job_is_forgotten() {
         let runs = ChunkRuns::default();

@@ -541,7 +541,6 @@ mod tests {
         (store, dir)
     }
 
-
     fn outcomes(items: &[ItemRecord]) -> Vec<(i64, Outcome)> {
         items.iter().map(|i| (i.line, i.outcome)).collect()
     }
@@ -601,7 +600,11 @@ mod tests {
 
         // The kept chunk is claimed to be settled; no other chunk is.
         let y = ok(store.claim_chunk("y", 60_000).await).unwrap_or_else(|| panic!("claim"));
-        assert_eq!((y.chunk_no, y.fence), (3, 2), "a second claim takes the next fence");
+        assert_eq!(
+            (y.chunk_no, y.fence),
+            (3, 2),
+            "a second claim takes the next fence"
+        );
         assert_eq!(ok(store.claim_chunk("y", 60_000).await), None);
         // The older claim of chunk 3 can neither record an intent nor commit any more.
         assert!(!ok(store
@@ -619,7 +622,10 @@ mod tests {
             results: vec![RowResult::outcome(6, Outcome::Cancelled, reason)],
             ..Default::default()
         };
-        assert!(!ok(store.complete_chunk(&by_x[2], "y", &d).await), "an old fence");
+        assert!(
+            !ok(store.complete_chunk(&by_x[2], "y", &d).await),
+            "an old fence"
+        );
         assert!(ok(store.complete_chunk(&y, "y", &d).await));
         assert!(ok(store.finish_job_if_done("job-1", event).await).is_none());
 
