@@ -63,6 +63,9 @@ pub struct AppState {
     pub shutting_down: Arc<AtomicBool>,
     /// Uploads in progress, per API key and in all.
     pub ingests: Arc<slots::IngestSlots>,
+    /// The target's client: its limiter tells whether calls are held (`waiting` on jobs,
+    /// `rolesync_target_wait_seconds`).
+    pub scim: Arc<crate::scim::ScimClient>,
 }
 
 /// Path prefixes the router serves outside the API document: pages for people, not operations

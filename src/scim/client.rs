@@ -1,10 +1,11 @@
 //! The calls rolesync makes to the SCIM target, each paced, retried, counted and timed.
 
 use super::ScimError;
-use super::bounds;
+use super::bounds::{self, WaitBounds};
 use super::model::{ErrorBody, ListResponse, PATCH_OP_SCHEMA, ScimUser, escape_filter_value};
 use super::rate::RateLimiter;
 use super::retry::{Verdict, backoff, classify, parse_retry_after};
+use super::tally::CallTally;
 use super::token::{TokenManager, TokenSource};
 use crate::configuration::Settings;
 use crate::domain::{ScimCallOutcome, ScimRetryReason};
@@ -14,103 +15,11 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Instrument;
-
-/// Calls spent on behalf of one job, added to the job's `scim` counts; and the stop signal of
-/// the work they are spent for.
-#[derive(Debug, Default)]
-pub struct CallTally {
-    pub requests: AtomicI64,
-    pub retries: AtomicI64,
-    pub rate_limited: AtomicI64,
-    /// Once set, no further call of this tally is sent: calls already queued (for the in-flight
-    /// permit, the limiter, a retry pause) end with `ScimError::Stopped` instead.
-    stopped: AtomicBool,
-    /// The lease the calls are made under, when they are a chunk's (`pipeline::fence`): no
-    /// call leaves after its `send_until`, and none is waited for past its `expires`.
-    lease: std::sync::Mutex<Option<LeaseWindow>>,
-    /// Sent as `x-correlation-id` with every call, so the target's logs name the work.
-    correlation: Option<String>,
-}
-
-/// Until when a worker may send calls under its chunk's lease, and when the lease itself runs
-/// out in the store, as instants of this process's monotonic clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseWindow {
-    pub send_until: Instant,
-    pub expires: Instant,
-}
-
-impl CallTally {
-    /// The tally of one chunk run: its calls carry `correlation` and are fenced by `lease`.
-    pub fn fenced(correlation: String, lease: LeaseWindow) -> CallTally {
-        CallTally {
-            lease: std::sync::Mutex::new(Some(lease)),
-            correlation: Some(correlation),
-            ..CallTally::default()
-        }
-    }
-
-    /// Stops every call of this tally that is not yet sent. Calls on the wire finish.
-    pub fn stop(&self) {
-        self.stopped.store(true, Ordering::Relaxed);
-    }
-
-    pub fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Relaxed)
-    }
-
-    /// The lease was renewed: calls may leave until the new window's `send_until`. A window
-    /// never moves back (a late answer of an older renewal does not shorten a newer one).
-    pub fn extend_lease(&self, window: LeaseWindow) {
-        let mut lease = self.lease.lock().unwrap_or_else(|e| e.into_inner());
-        match *lease {
-            Some(w) if w.send_until >= window.send_until => {}
-            _ => *lease = Some(window),
-        }
-    }
-
-    /// Whether the lease's send window has passed (never, for calls made under no lease).
-    pub fn lease_expired(&self) -> bool {
-        self.lease
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|w| Instant::now() >= w.send_until)
-    }
-
-    /// May a call leave now? Not once stopped; not past the lease's send window, which also
-    /// stops the tally (the run learns why from `lease_expired`). With a lease, also how long
-    /// the call may take: no answer is waited for past the lease's expiry in the store.
-    fn may_send(&self) -> Result<Option<Duration>, ()> {
-        if self.is_stopped() {
-            return Err(());
-        }
-        let lease = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
-        match lease {
-            None => Ok(None),
-            Some(w) => {
-                let now = Instant::now();
-                if now >= w.send_until {
-                    self.stop();
-                    return Err(());
-                }
-                Ok(Some(w.expires.saturating_duration_since(now)))
-            }
-        }
-    }
-
-    pub fn snapshot(&self) -> (i64, i64, i64) {
-        (
-            self.requests.load(Ordering::Relaxed),
-            self.retries.load(Ordering::Relaxed),
-            self.rate_limited.load(Ordering::Relaxed),
-        )
-    }
-}
 
 /// A role as the target's catalog (`GET /api/v2/authorization/roles`) describes it.
 #[derive(Debug, Clone)]
@@ -145,8 +54,9 @@ pub struct ScimClient {
     inflight: Semaphore,
     max_attempts: u32,
     max_retry: Duration,
-    /// Cap on a wait the target asks for (`target.max_server_delay_secs`).
-    max_server_delay: Duration,
+    /// Bounds of a wait the target asks for (`target.rate_limit_window_secs`,
+    /// `target.max_server_delay_secs`).
+    wait_bounds: WaitBounds,
     /// How long one call may take (`target.timeout_secs`).
     timeout: Duration,
 }
@@ -223,9 +133,24 @@ impl ScimClient {
             inflight: Semaphore::new(t.max_concurrency),
             max_attempts: t.max_attempts,
             max_retry: Duration::from_secs(t.max_retry_secs),
-            max_server_delay: Duration::from_secs(t.max_server_delay_secs),
+            wait_bounds: WaitBounds {
+                window: Duration::from_secs(t.rate_limit_window_secs),
+                max: Duration::from_secs(t.max_server_delay_secs),
+            },
             timeout: Duration::from_secs(t.timeout_secs),
         })
+    }
+
+    /// How long the limiter still holds every call to the target (a 429's `Retry-After`, a spent
+    /// window's reset); `None` when it does not. This process's view only: each replica has its
+    /// own limiter.
+    pub fn hold_left(&self) -> Option<Duration> {
+        self.limiter.hold_left()
+    }
+
+    /// `hold_left`, for a hold long enough to show on jobs (`rate::VISIBLE_HOLD`).
+    pub fn visible_hold_left(&self) -> Option<Duration> {
+        self.limiter.visible_hold_left()
     }
 
     /// Seconds between two calls at the configured rate.
@@ -673,7 +598,7 @@ impl ScimClient {
                             .headers
                             .get(reqwest::header::RETRY_AFTER)
                             .and_then(|v| v.to_str().ok())
-                            .and_then(|v| parse_retry_after(v, self.max_server_delay));
+                            .and_then(|v| parse_retry_after(v, self.wait_bounds));
                         let delay = named.unwrap_or_else(|| {
                             backoff(
                                 rate_limited,
@@ -804,7 +729,7 @@ impl ScimClient {
                     header("inin-ratelimit-allowed").and_then(bounds::ratelimit_count),
                     header("inin-ratelimit-count").and_then(bounds::ratelimit_count),
                     header("inin-ratelimit-reset")
-                        .and_then(|v| bounds::ratelimit_reset(v, self.max_server_delay)),
+                        .and_then(|v| bounds::ratelimit_reset(v, self.wait_bounds)),
                 );
                 self.limiter.observe(allowed, count, reset);
                 self.metrics.observe_ratelimit(allowed, count, reset);

@@ -25,14 +25,14 @@ async fn sign_in(app: &TestApp, key: &str) -> reqwest::Response {
 }
 
 /// The `name=value` pair the sign-in set, for the `Cookie` header.
-async fn signed_in(app: &TestApp, key: &str) -> String {
+pub async fn signed_in(app: &TestApp, key: &str) -> String {
     let resp = sign_in(app, key).await;
     assert_eq!(resp.status(), 303, "{:?}", resp.text().await);
     let set = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
     set.split(';').next().unwrap().to_owned()
 }
 
-async fn visit(app: &TestApp, cookie: &str, path: &str) -> reqwest::Response {
+pub async fn visit(app: &TestApp, cookie: &str, path: &str) -> reqwest::Response {
     browserless()
         .get(format!("{}{path}", app.address))
         .header("cookie", cookie)

@@ -39,8 +39,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Serve the HTTP API and run the sync pipeline.
-    Serve(ConfigArgs),
+    /// Serve the HTTP API and run the sync pipeline. The target (target.scim_base and its
+    /// credentials) must be named in --config or ROLESYNC__TARGET__*, unless --dev.
+    Serve(ServeArgs),
     /// Serve an in-memory Genesys Cloud org (for demos, tests and benchmarks).
     Emulator(EmulatorArgs),
     /// Run the emulator and the service in one process, sync a sample batch, print the summary.
@@ -106,6 +107,17 @@ pub struct ConfigArgs {
     /// Configuration file layered over the built-in defaults and config/default.toml.
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Allow the built-in development target (the local emulator at 127.0.0.1:9090 and its
+    /// published credentials) for the target keys no --config file or ROLESYNC__TARGET__*
+    /// variable sets. Without it, `serve` refuses to start on them. Logged as a warning.
+    #[arg(long)]
+    pub dev: bool,
 }
 
 /// A closed vocabulary of the domain as a clap value: the accepted words are listed in `--help`
@@ -263,12 +275,32 @@ pub fn main() -> ExitCode {
 async fn run(command: Command, output: Output) -> anyhow::Result<Exit> {
     match command {
         Command::Serve(args) => {
-            let settings = Settings::load(args.config.as_deref())?;
+            let file = args.config.config.as_deref();
+            let settings = Settings::load(file)?;
+            // Checked before anything starts: a production config that forgets [target] must
+            // not come up healthy against the development emulator.
+            let from_defaults = rolesync::configuration::target_keys_from_defaults(file)?;
+            if !from_defaults.is_empty() && !args.dev {
+                anyhow::bail!(
+                    "no target configured: {} would come from the built-in development defaults \
+                     (the local emulator and its published credentials); {}. To run against \
+                     the development target on purpose, start `rolesync serve --dev`",
+                    from_defaults.join(", "),
+                    rolesync::configuration::TARGET_KEYS_HELP
+                );
+            }
             let telemetry = rolesync::telemetry::init_with_traces(
                 settings.log.format,
                 "info",
                 &settings.telemetry,
             )?;
+            if !from_defaults.is_empty() {
+                tracing::warn!(
+                    target.scim_base = %settings.target.scim_base,
+                    target.keys_from_defaults = %from_defaults.join(", "),
+                    "--dev: the development target is in use (built-in defaults); not for production"
+                );
+            }
             let app = rolesync::startup::Application::build(settings).await?;
             let served = app
                 .run_until_stopped(rolesync::startup::shutdown_signal())

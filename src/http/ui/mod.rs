@@ -253,7 +253,11 @@ async fn jobs(
     let next = (jobs.len() as i64 == PAGE)
         .then(|| jobs.last().map(|j| j.id.clone()))
         .flatten();
-    let views: Vec<JobView> = jobs.iter().map(JobView::new).collect();
+    let hold = state.scim.visible_hold_left();
+    let views: Vec<JobView> = jobs
+        .iter()
+        .map(|j| JobView::new(j).with_hold(hold))
+        .collect();
     let going = views.iter().any(|j| !j.status.is_terminal());
     let body = pages::jobs(&views, next.as_deref());
     Ok(html(
@@ -299,7 +303,7 @@ async fn job(
         .then(|| items.last().map(|i| i.line))
         .flatten();
     let items: Vec<ItemView> = items.into_iter().map(ItemView::new).collect();
-    let view = JobView::new(&record);
+    let view = JobView::new(&record).with_hold(state.scim.visible_hold_left());
     let body = pages::job(
         &view,
         pages::RejectedPage {

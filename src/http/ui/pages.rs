@@ -207,6 +207,18 @@ pub fn job(j: &JobView, rejected: RejectedPage<'_>, requests_per_minute: u32) ->
         .text(duration(j.elapsed_secs.round() as i64))
         .raw("</td></tr><tr><th>Paused because</th><td data-field=\"paused_reason\">");
     opt(&mut h, j.paused_reason.map(|r| r.as_str()));
+    // The target's rate limit holds the calls (`waiting`): why and until when.
+    h.raw("</td></tr><tr><th>Waiting</th><td data-field=\"waiting\">");
+    match &j.waiting {
+        Some(w) => {
+            h.raw("<span data-field=\"waiting.reason\">")
+                .text(w.reason.as_str())
+                .raw("</span>: the target's rate limit holds calls until <span data-field=\"waiting.until\">")
+                .text(&w.until)
+                .raw("</span>");
+        }
+        None => opt(&mut h, None),
+    }
     h.raw("</td></tr>");
     if let Some(e) = &j.error {
         h.raw("<tr><th>Error</th><td class=\"err\">")
