@@ -71,35 +71,39 @@ enum Kind {
 }
 
 /// Raw values already warned about, and when each kind last warned past `MAX_WARNED`.
+#[derive(Default)]
 struct Warned {
     seen: HashSet<(Kind, String)>,
     last_overflow: [Option<Instant>; 4],
 }
 
+impl Warned {
+    /// Whether a warning for this raw value is due: its first time, or past `MAX_WARNED`
+    /// distinct values, once per `WARN_EVERY` per kind.
+    fn due(&mut self, kind: Kind, raw: &str) -> bool {
+        let key = (kind, raw.to_owned());
+        if self.seen.contains(&key) {
+            return false;
+        }
+        if self.seen.len() < MAX_WARNED {
+            self.seen.insert(key);
+            return true;
+        }
+        let last = &mut self.last_overflow[kind as usize];
+        if last.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+}
+
+/// One record for the process: a value is warned about once whichever client saw it.
 static WARNED: Mutex<Option<Warned>> = Mutex::new(None);
 
-/// Whether a warning for this raw value is due: its first time, or past `MAX_WARNED` distinct
-/// values, once per `WARN_EVERY` per kind.
 fn warning_due(kind: Kind, raw: &str) -> bool {
     let mut guard = WARNED.lock().unwrap_or_else(|e| e.into_inner());
-    let w = guard.get_or_insert_with(|| Warned {
-        seen: HashSet::new(),
-        last_overflow: [None; 4],
-    });
-    let key = (kind, raw.to_owned());
-    if w.seen.contains(&key) {
-        return false;
-    }
-    if w.seen.len() < MAX_WARNED {
-        w.seen.insert(key);
-        return true;
-    }
-    let last = &mut w.last_overflow[kind as usize];
-    if last.is_some_and(|at| at.elapsed() < WARN_EVERY) {
-        return false;
-    }
-    *last = Some(Instant::now());
-    true
+    guard.get_or_insert_with(Warned::default).due(kind, raw)
 }
 
 fn warn_bounded(kind: Kind, raw: &str, used: Option<Duration>, why: &'static str) {
@@ -291,21 +295,26 @@ mod tests {
 
     #[test]
     fn each_distinct_value_is_warned_about_once() {
-        let raw = "123456789012345678901234567890-distinct";
-        assert!(warning_due(Kind::RatelimitReset, raw));
-        assert!(!warning_due(Kind::RatelimitReset, raw));
+        // A record of its own: the process's is shared with every other test.
+        let mut w = Warned::default();
+        let raw = "18446744073709551615";
+        assert!(w.due(Kind::RatelimitReset, raw));
+        assert!(!w.due(Kind::RatelimitReset, raw), "the same value again");
+        assert!(w.due(Kind::RatelimitReset, "99999"), "another value");
         assert!(
-            warning_due(Kind::RetryAfter, raw),
+            w.due(Kind::RetryAfter, raw),
             "another kind is another value"
         );
-        // Past MAX_WARNED distinct values, at most one more per kind per WARN_EVERY.
+        // Past MAX_WARNED distinct values, one more per kind per WARN_EVERY.
         let mut due = 0;
         for i in 0..(MAX_WARNED * 2) {
-            if warning_due(Kind::TokenTtl, &format!("flood-{i}")) {
+            if w.due(Kind::TokenTtl, &format!("flood-{i}")) {
                 due += 1;
             }
         }
-        assert!(due <= MAX_WARNED + 1, "{due}");
+        assert_eq!(due, MAX_WARNED - 3 + 1);
+        assert!(!w.due(Kind::TokenTtl, "one more"));
+        assert!(w.due(Kind::RetryAfter, "another kind, rate-limited apart"));
     }
 
     #[test]
