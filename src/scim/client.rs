@@ -129,12 +129,31 @@ pub struct AuthzCatalog {
     pub role_ids: std::collections::HashMap<String, String>,
 }
 
-/// How long a fetched `AuthzCatalog` is used before it is fetched again.
+/// The org's roles as its catalog listed them, and when it was read.
+#[derive(Debug)]
+pub struct RoleCatalog {
+    /// Every role name, exactly as the org spells it (case-sensitive, as SCIM matches them).
+    pub names: std::collections::BTreeSet<String>,
+    /// The id of each role that has one.
+    pub role_ids: std::collections::HashMap<String, String>,
+    pub read_at: std::time::SystemTime,
+}
+
+/// How long a fetched role catalog (and `AuthzCatalog`) is used before it is fetched again:
+/// the catalog is read at most once per this period per process, whatever the number of jobs.
 const AUTHZ_CATALOG_TTL: Duration = Duration::from_secs(600);
+
+/// Roles per page of the catalog read (Genesys' largest `pageSize`).
+const ROLE_PAGE_SIZE: u64 = 500;
 
 pub struct ScimClient {
     /// The Authorization catalog, fetched on first use and kept `AUTHZ_CATALOG_TTL`.
     authz_catalog: tokio::sync::Mutex<Option<(Instant, std::sync::Arc<AuthzCatalog>)>>,
+    /// The org's role catalog, kept `AUTHZ_CATALOG_TTL`; readable without waiting (the console).
+    role_catalog: std::sync::Mutex<Option<(Instant, std::sync::Arc<RoleCatalog>)>>,
+    /// Held while the role catalog is fetched, so that callers arriving meanwhile wait for that
+    /// one read instead of making their own.
+    role_catalog_fetch: tokio::sync::Mutex<()>,
     http: reqwest::Client,
     base: String,
     api_base: String,
@@ -214,6 +233,8 @@ impl ScimClient {
             .set(i64::from(t.requests_per_minute));
         Ok(ScimClient {
             authz_catalog: tokio::sync::Mutex::new(None),
+            role_catalog: std::sync::Mutex::new(None),
+            role_catalog_fetch: tokio::sync::Mutex::new(()),
             http,
             base: t.scim_base.trim_end_matches('/').to_owned(),
             api_base: settings.api_base(),
@@ -352,7 +373,7 @@ impl ScimClient {
         let mut roles = Vec::new();
         for page in 1..=1000u64 {
             let query = [
-                ("pageSize", "100".to_owned()),
+                ("pageSize", ROLE_PAGE_SIZE.to_string()),
                 ("pageNumber", page.to_string()),
             ];
             let a = self
@@ -414,8 +435,9 @@ impl ScimClient {
         Ok(roles)
     }
 
-    /// The home division and role ids, fetched (2 calls and more for a catalog over 100
-    /// roles) at most once per `AUTHZ_CATALOG_TTL`; the calls count in `tally`.
+    /// The home division and role ids, fetched (the home division, and the role catalog when
+    /// `role_catalog` has none fresh) at most once per `AUTHZ_CATALOG_TTL`; the calls count in
+    /// `tally`.
     pub async fn authz_catalog(
         &self,
         tally: &CallTally,
@@ -427,19 +449,53 @@ impl ScimClient {
             return Ok(c.clone());
         }
         let home_division = self.home_division(tally).await?;
-        let role_ids = self
-            .list_roles(tally)
-            .await?
-            .into_iter()
-            .filter(|r| !r.id.is_empty())
-            .map(|r| (r.name, r.id))
-            .collect();
+        let role_ids = self.role_catalog(tally).await?.role_ids.clone();
         let c = std::sync::Arc::new(AuthzCatalog {
             home_division,
             role_ids,
         });
         *cached = Some((Instant::now(), c.clone()));
         Ok(c)
+    }
+
+    /// The org's role catalog, read (one call per 500 roles) at most once per
+    /// `AUTHZ_CATALOG_TTL` by this process; the calls count in `tally`. A failed read is not
+    /// kept: the next caller reads again.
+    pub async fn role_catalog(
+        &self,
+        tally: &CallTally,
+    ) -> Result<std::sync::Arc<RoleCatalog>, ScimError> {
+        if let Some(c) = self.cached_role_catalog() {
+            return Ok(c);
+        }
+        let _fetching = self.role_catalog_fetch.lock().await;
+        // Another caller may have read it while this one waited.
+        if let Some(c) = self.cached_role_catalog() {
+            return Ok(c);
+        }
+        let roles = self.list_roles(tally).await?;
+        let c = std::sync::Arc::new(RoleCatalog {
+            names: roles.iter().map(|r| r.name.clone()).collect(),
+            role_ids: roles
+                .into_iter()
+                .filter(|r| !r.id.is_empty())
+                .map(|r| (r.name, r.id))
+                .collect(),
+            read_at: std::time::SystemTime::now(),
+        });
+        *self.role_catalog.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), c.clone()));
+        Ok(c)
+    }
+
+    /// The role catalog if one was read within `AUTHZ_CATALOG_TTL`; never calls the target.
+    pub fn cached_role_catalog(&self) -> Option<std::sync::Arc<RoleCatalog>> {
+        self.role_catalog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < AUTHZ_CATALOG_TTL)
+            .map(|(_, c)| c.clone())
     }
 
     /// The id of the org's home division (`GET /api/v2/authorization/divisions/home`).
