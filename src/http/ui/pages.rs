@@ -459,11 +459,11 @@ pub fn policy_vs_org(v: &OrgView) -> Html {
     h.raw("<p class=\"muted\">From the org's role catalog read at ")
         .text(httpdate::fmt_http_date(*read_at))
         .raw(" (read again after 10 minutes).</p>");
-    h.raw("<p>Policy roles missing from the org (rows needing them are rejected, <code>unknown_target_role</code>): <span data-field=\"org.missing\"");
+    h.raw("<p>Policy roles missing from the org (rows needing them are rejected, <code>unknown_target_role</code>): ");
     if diff.missing_from_org.is_empty() {
-        h.raw(">none</span></p>");
+        h.raw("<span data-field=\"org.missing\">none</span></p>");
     } else {
-        h.raw(" class=\"err\">")
+        h.raw("<span class=\"err\" data-field=\"org.missing\">")
             .text(diff.missing_from_org.join(", "))
             .raw("</span></p>");
     }
