@@ -264,7 +264,7 @@ fn the_home_division_fails_only_when_the_authorization_path_needs_it() {
 }
 
 #[test]
-fn a_static_token_is_unknown_and_the_run_within_its_call_bound() {
+fn a_static_token_is_unknown() {
     let mut o = healthy();
     o.token = TokenProbe::Static;
     let report = crate::doctor::Report {
@@ -273,5 +273,4 @@ fn a_static_token_is_unknown_and_the_run_within_its_call_bound() {
     };
     assert_eq!(report.checks[0].status, CheckStatus::Unknown);
     assert_eq!(report.verdict(), crate::doctor::Verdict::Unknown);
-    assert!(crate::doctor::probe::MAX_CALLS <= 10);
 }
