@@ -250,3 +250,36 @@ async fn a_policy_role_absent_from_the_org_fails_its_line_and_shows_on_the_polic
         "{page}"
     );
 }
+
+#[tokio::test]
+async fn with_the_authorization_path_a_grants_page_is_read_and_its_permission_checked() {
+    let app = spawn_app_with(TestOptions {
+        emulator: EmulatorArgs {
+            rate_limit_per_minute: 300,
+            ..EmulatorArgs::default()
+        },
+        config: "[target]\nrequests_per_minute = 280\nwrite_api = \"authorization\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let (report, counted) = check(&app).await;
+    assert_eq!(report["calls"], 6, "{report:#}");
+    assert_eq!(counted, 6);
+    assert!(
+        statuses(&report)
+            .iter()
+            .all(|(id, s)| s == "pass" || id == "write_permissions"),
+        "{report:#}"
+    );
+    app.set_faults(serde_json::json!({"missing_permissions": ["authorization:grant:view"]}))
+        .await;
+    let (report, _) = check(&app).await;
+    let f = only_failure(&report, "read_permissions");
+    assert!(
+        f["summary"]
+            .as_str()
+            .unwrap()
+            .contains("authorization:grant:view"),
+        "{f}"
+    );
+}
