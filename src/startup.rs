@@ -78,6 +78,7 @@ impl Application {
             live: Default::default(),
             health: Default::default(),
             error_ratios: Default::default(),
+            org_roles: Default::default(),
         };
         let dispatcher = Dispatcher::new(
             store.clone(),

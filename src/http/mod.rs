@@ -15,6 +15,7 @@ mod items_csv;
 mod jobs;
 mod policy;
 mod slots;
+mod target;
 mod undo;
 pub use slots::IngestSlots;
 mod ui;
@@ -97,6 +98,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(policy::role))
         .routes(routes!(webhooks::list))
         .routes(routes!(webhooks::redeliver))
+        .routes(routes!(target::check))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

@@ -21,29 +21,17 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-/// A role as the target's catalog (`GET /api/v2/authorization/roles`) describes it.
-#[derive(Debug, Clone)]
-pub struct TargetRole {
-    /// The role's id in the target (empty when the catalog gave none).
-    pub id: String,
-    pub name: String,
-    pub permissions: Vec<String>,
-}
-
-/// What the Authorization write path needs of the target: its home division and the id of
-/// each role name (`GET …/divisions/home`, `GET …/authorization/roles`).
-#[derive(Debug)]
-pub struct AuthzCatalog {
-    pub home_division: String,
-    pub role_ids: std::collections::HashMap<String, String>,
-}
-
-/// How long a fetched `AuthzCatalog` is used before it is fetched again.
-const AUTHZ_CATALOG_TTL: Duration = Duration::from_secs(600);
+mod catalog;
+pub use catalog::{AuthzCatalog, RoleCatalog};
 
 pub struct ScimClient {
     /// The Authorization catalog, fetched on first use and kept `AUTHZ_CATALOG_TTL`.
     authz_catalog: tokio::sync::Mutex<Option<(Instant, std::sync::Arc<AuthzCatalog>)>>,
+    /// The org's role catalog, kept `AUTHZ_CATALOG_TTL`; readable without waiting (the console).
+    role_catalog: std::sync::Mutex<Option<(Instant, std::sync::Arc<RoleCatalog>)>>,
+    /// Held while the role catalog is fetched, so that callers arriving meanwhile wait for that
+    /// one read instead of making their own.
+    role_catalog_fetch: tokio::sync::Mutex<()>,
     http: reqwest::Client,
     base: String,
     api_base: String,
@@ -124,6 +112,8 @@ impl ScimClient {
             .set(i64::from(t.requests_per_minute));
         Ok(ScimClient {
             authz_catalog: tokio::sync::Mutex::new(None),
+            role_catalog: std::sync::Mutex::new(None),
+            role_catalog_fetch: tokio::sync::Mutex::new(()),
             http,
             base: t.scim_base.trim_end_matches('/').to_owned(),
             api_base: settings.api_base(),
@@ -270,172 +260,6 @@ impl ScimClient {
         let v: serde_json::Value = parse(&a.body)?;
         Ok(v.pointer("/filter/maxResults")
             .and_then(serde_json::Value::as_u64))
-    }
-
-    /// The target's role catalog (Genesys Platform API), every page.
-    pub async fn list_roles(&self, tally: &CallTally) -> Result<Vec<TargetRole>, ScimError> {
-        let mut roles = Vec::new();
-        for page in 1..=1000u64 {
-            let query = [
-                ("pageSize", "100".to_owned()),
-                ("pageNumber", page.to_string()),
-            ];
-            let a = self
-                .get(
-                    "/authorization/roles",
-                    format!("{}/api/v2/authorization/roles", self.api_base),
-                    &query,
-                    tally,
-                )
-                .await?;
-            let v: serde_json::Value = parse(&a.body)?;
-            let entities = v
-                .get("entities")
-                .and_then(|e| e.as_array())
-                .cloned()
-                .unwrap_or_default();
-            for e in &entities {
-                let Some(name) = e.get("name").and_then(|n| n.as_str()) else {
-                    continue;
-                };
-                let mut permissions = Vec::new();
-                for p in e
-                    .get("permissionPolicies")
-                    .and_then(|p| p.as_array())
-                    .into_iter()
-                    .flatten()
-                {
-                    let domain = p.get("domain").and_then(|d| d.as_str()).unwrap_or("*");
-                    let entity = p.get("entityName").and_then(|d| d.as_str()).unwrap_or("*");
-                    for action in p
-                        .get("actionSet")
-                        .and_then(|a| a.as_array())
-                        .into_iter()
-                        .flatten()
-                    {
-                        if let Some(action) = action.as_str() {
-                            permissions.push(format!("{domain}:{entity}:{action}"));
-                        }
-                    }
-                }
-                roles.push(TargetRole {
-                    id: e
-                        .get("id")
-                        .and_then(|i| i.as_str())
-                        .unwrap_or_default()
-                        .to_owned(),
-                    name: name.to_owned(),
-                    permissions,
-                });
-            }
-            let page_count = v
-                .get("pageCount")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(1);
-            if entities.is_empty() || page >= page_count {
-                break;
-            }
-        }
-        Ok(roles)
-    }
-
-    /// The home division and role ids, fetched (2 calls and more for a catalog over 100
-    /// roles) at most once per `AUTHZ_CATALOG_TTL`; the calls count in `tally`.
-    pub async fn authz_catalog(
-        &self,
-        tally: &CallTally,
-    ) -> Result<std::sync::Arc<AuthzCatalog>, ScimError> {
-        let mut cached = self.authz_catalog.lock().await;
-        if let Some((at, c)) = cached.as_ref()
-            && at.elapsed() < AUTHZ_CATALOG_TTL
-        {
-            return Ok(c.clone());
-        }
-        let home_division = self.home_division(tally).await?;
-        let role_ids = self
-            .list_roles(tally)
-            .await?
-            .into_iter()
-            .filter(|r| !r.id.is_empty())
-            .map(|r| (r.name, r.id))
-            .collect();
-        let c = std::sync::Arc::new(AuthzCatalog {
-            home_division,
-            role_ids,
-        });
-        *cached = Some((Instant::now(), c.clone()));
-        Ok(c)
-    }
-
-    /// The id of the org's home division (`GET /api/v2/authorization/divisions/home`).
-    pub async fn home_division(&self, tally: &CallTally) -> Result<String, ScimError> {
-        let a = self
-            .get(
-                "/authorization/divisions/home",
-                format!("{}/api/v2/authorization/divisions/home", self.api_base),
-                &[],
-                tally,
-            )
-            .await?;
-        let v: serde_json::Value = parse(&a.body)?;
-        v.get("id")
-            .and_then(serde_json::Value::as_str)
-            .filter(|id| !id.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| ScimError::Protocol("the home division has no id".into()))
-    }
-
-    /// One page of the grants made in a division
-    /// (`GET /api/v2/authorization/divisions/{divisionId}/grants`): `(total, [(user id, role
-    /// name)])`, users only (a grant to a group or an OAuth client is skipped).
-    pub async fn division_grants(
-        &self,
-        division_id: &str,
-        page_number: u64,
-        page_size: u64,
-        tally: &CallTally,
-    ) -> Result<(u64, Vec<(String, String)>), ScimError> {
-        let query = [
-            ("pageSize", page_size.to_string()),
-            ("pageNumber", page_number.to_string()),
-        ];
-        let a = self
-            .get(
-                "/authorization/divisions/{divisionId}/grants",
-                format!(
-                    "{}/api/v2/authorization/divisions/{}/grants",
-                    self.api_base,
-                    path_segment(division_id)
-                ),
-                &query,
-                tally,
-            )
-            .await?;
-        let v: serde_json::Value = parse(&a.body)?;
-        let total = v
-            .get("total")
-            .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| ScimError::Protocol("a grants page without `total`".into()))?;
-        let mut grants = Vec::new();
-        for e in v
-            .get("entities")
-            .and_then(|e| e.as_array())
-            .into_iter()
-            .flatten()
-        {
-            let subject = e.get("subjectId").and_then(|s| s.as_str());
-            let role = e
-                .get("role")
-                .and_then(|r| r.get("name"))
-                .and_then(|n| n.as_str());
-            let kind = e.get("subjectType").and_then(|t| t.as_str());
-            if let (Some(subject), Some(role)) = (subject, role)
-                && kind.is_none_or(|k| k == "PC_USER")
-            {
-                grants.push((subject.to_owned(), role.to_owned()));
-            }
-        }
-        Ok((total, grants))
     }
 
     /// Grants one role to many users in one division, in one call

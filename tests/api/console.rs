@@ -25,7 +25,7 @@ async fn sign_in(app: &TestApp, key: &str) -> reqwest::Response {
 }
 
 /// The `name=value` pair the sign-in set, for the `Cookie` header.
-pub async fn signed_in(app: &TestApp, key: &str) -> String {
+pub(crate) async fn signed_in(app: &TestApp, key: &str) -> String {
     let resp = sign_in(app, key).await;
     assert_eq!(resp.status(), 303, "{:?}", resp.text().await);
     let set = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
@@ -42,7 +42,7 @@ pub async fn visit(app: &TestApp, cookie: &str, path: &str) -> reqwest::Response
 }
 
 /// A page's HTML, which must have answered 200 with the console's headers.
-async fn html(app: &TestApp, cookie: &str, path: &str) -> String {
+pub(crate) async fn html(app: &TestApp, cookie: &str, path: &str) -> String {
     let resp = visit(app, cookie, path).await;
     assert_eq!(resp.status(), 200, "{path}");
     let h = resp.headers();
@@ -67,7 +67,7 @@ fn fields(html: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
-fn field(html: &str, name: &str) -> String {
+pub(crate) fn field(html: &str, name: &str) -> String {
     let all = fields(html, name);
     assert_eq!(all.len(), 1, "one {name} on the page");
     all[0].clone()
