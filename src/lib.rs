@@ -13,6 +13,7 @@ pub mod ingest;
 pub(crate) mod metrics;
 pub(crate) mod pipeline;
 pub mod policy;
+pub mod sandbox;
 pub(crate) mod scim;
 pub mod startup;
 pub mod store;

@@ -69,6 +69,12 @@ pub enum Command {
     /// a check other than the write permissions could not be made, 3 when the configuration
     /// or the policy cannot be loaded.
     Doctor(ConfigArgs),
+    /// Test, against a SANDBOX org, every assumption the SCIM and Authorization paths rest
+    /// on, writing only to the test user and putting it back as it was (also on Ctrl-C or
+    /// SIGTERM). Each assumption confirmed / refuted / not testable, with the evidence, and a
+    /// redacted trace to send back. Exits 0 when nothing was refuted, 1 when something was,
+    /// 3 when it refused to run, 4 when interrupted, 5 when the test user could not be restored.
+    SandboxCheck(SandboxCheckArgs),
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -108,6 +114,25 @@ pub enum JobsCommand {
 pub enum PolicyCommand {
     /// Load and check the policy; print every problem, or a table of the roles.
     Check(ConfigArgs),
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SandboxCheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The externalId of the test user: the only user written (exactly one user must hold it).
+    #[arg(long)]
+    pub test_user: Option<String>,
+    /// The role granted to the test user and taken away again (default: the first role of the
+    /// catalog, by name, that it lacks, other than Employee).
+    #[arg(long)]
+    pub test_role: Option<String>,
+    /// Confirms that the check writes to the org (to the test user only, restored after).
+    #[arg(long)]
+    pub i_understand_this_writes: bool,
+    /// Where the redacted trace is written (JSON lines).
+    #[arg(long, default_value = "sandbox-check-trace.jsonl")]
+    pub trace: PathBuf,
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -335,6 +360,7 @@ async fn run(command: Command, output: Output) -> anyhow::Result<Exit> {
         Command::Status(args) => return jobs(JobsCommand::Show(args), output).await,
         Command::Validate(args) => return validate(args).await,
         Command::Doctor(args) => return doctor(args, output).await,
+        Command::SandboxCheck(args) => return sandbox_check(args, output).await,
         Command::Policy {
             command: PolicyCommand::Check(args),
         } => {
@@ -384,6 +410,60 @@ async fn doctor(args: ConfigArgs, output: Output) -> anyhow::Result<Exit> {
         rolesync::doctor::Verdict::Fail => Exit::CheckFailed,
         rolesync::doctor::Verdict::Unknown => Exit::CheckUnknown,
     })
+}
+
+/// `rolesync sandbox-check`: refuses without a test user and the confirmation; otherwise runs
+/// the check (restoring the test user on Ctrl-C / SIGTERM) and prints the report.
+async fn sandbox_check(args: SandboxCheckArgs, output: Output) -> anyhow::Result<Exit> {
+    let Some(test_user) = args.test_user.filter(|u| !u.is_empty()) else {
+        eprintln!(
+            "error: sandbox-check writes to one user of the org: name it with --test-user EXTERNAL_ID"
+        );
+        return Ok(Exit::ConfigInvalid);
+    };
+    if !args.i_understand_this_writes {
+        eprintln!(
+            "error: sandbox-check writes to the test user {test_user} (roles and active, restored after): \
+             run it against a sandbox org, with --i-understand-this-writes"
+        );
+        return Ok(Exit::ConfigInvalid);
+    }
+    let settings = match Settings::load(args.config.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(Exit::ConfigInvalid);
+        }
+    };
+    let options = rolesync::sandbox::Options {
+        test_user,
+        test_role: args.test_role,
+        trace: args.trace,
+    };
+    let report =
+        rolesync::sandbox::run(&settings, &options, rolesync::startup::shutdown_signal()).await;
+    let mut out = std::io::stdout().lock();
+    match output {
+        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
+        Output::Table => write!(out, "{}", report.table())?,
+    }
+    Ok(
+        if report.restore.status == rolesync::sandbox::RestoreStatus::Failed {
+            Exit::RestoreFailed
+        } else if report.interrupted {
+            Exit::Interrupted
+        } else if report.refuted() {
+            Exit::CheckFailed
+        } else if report
+            .assumptions
+            .iter()
+            .all(|a| a.verdict == rolesync::sandbox::Verdict::NotTestable)
+        {
+            Exit::ConfigInvalid
+        } else {
+            Exit::Success
+        },
+    )
 }
 
 /// The API key on standard input: its first line without the line end. Bounded: a key is short.

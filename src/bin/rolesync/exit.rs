@@ -29,6 +29,10 @@ pub enum Exit {
     CheckUnknown,
     /// `doctor`: the configuration or the policy cannot be loaded; nothing was called.
     ConfigInvalid,
+    /// sandbox-check: interrupted, the test user restored.
+    Interrupted,
+    /// sandbox-check: the test user could not be restored (the report says what to set).
+    RestoreFailed,
 }
 
 impl Exit {
@@ -45,6 +49,8 @@ impl Exit {
             Exit::CheckFailed => 1,
             Exit::CheckUnknown => 2,
             Exit::ConfigInvalid => 3,
+            Exit::Interrupted => 4,
+            Exit::RestoreFailed => 5,
         }
     }
 
