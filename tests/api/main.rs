@@ -23,6 +23,7 @@ mod process;
 mod proxy;
 mod reads;
 mod resilience;
+mod sandbox_check;
 mod serve_target;
 mod sync;
 mod traces;

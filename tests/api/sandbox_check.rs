@@ -1,0 +1,275 @@
+//! `rolesync sandbox-check` (the real binary) against a real emulator over HTTP: every
+//! assumption confirmed on the emulator as it ships; one behaviour changed refutes exactly its
+//! assumption; a run killed with SIGTERM after it changed the test user leaves it as it was; no
+//! other user is touched (`/emulator/users` before and after, `/emulator/writes`); the calls
+//! are counted on `/emulator/stats`.
+
+use genesys_cloud_emulator::{EmulatorArgs, EmulatorHandle};
+use serde_json::{Value, json};
+use std::process::Stdio;
+use std::time::Duration;
+
+const TEST_USER: &str = "SANDBOX-TEST-1";
+
+struct Org {
+    emulator: EmulatorHandle,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+}
+
+impl Org {
+    /// An emulator with 30 users and the test user, who holds Employee and Reporting.
+    async fn start(args: EmulatorArgs) -> Org {
+        let emulator = genesys_cloud_emulator::spawn(EmulatorArgs { users: 30, ..args })
+            .await
+            .expect("emulator starts");
+        let org = Org {
+            emulator,
+            http: reqwest::Client::new(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        let resp = org
+            .http
+            .post(format!("{}/emulator/users", org.url()))
+            .json(
+                &json!([{"userName": "sandbox.test@example.com", "externalId": TEST_USER,
+                          "displayName": "Sandbox Test", "roles": [{"value": "Reporting"}]}]),
+            )
+            .send()
+            .await
+            .expect("seed");
+        assert!(resp.status().is_success());
+        org
+    }
+
+    fn url(&self) -> String {
+        self.emulator.base_url()
+    }
+
+    async fn admin(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.url()))
+            .send()
+            .await
+            .expect("admin call")
+            .json()
+            .await
+            .expect("admin JSON")
+    }
+
+    /// Every user without its version (the test user's version moves; nothing else may).
+    async fn users(&self) -> Vec<Value> {
+        let mut users = self.admin("/emulator/users").await;
+        let list = users.as_array_mut().expect("a list");
+        for u in list.iter_mut() {
+            if let Some(o) = u.as_object_mut() {
+                o.remove("version");
+            }
+        }
+        list.clone()
+    }
+
+    fn config(&self) -> std::path::PathBuf {
+        let base = self.url();
+        let path = self.dir.path().join("rolesync.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[target]\nscim_base = \"{base}/api/v2/scim/v2\"\ntoken_url = \"{base}/oauth/token\"\n\
+                 client_id = \"rolesync-dev\"\nclient_secret = \"rolesync-dev-secret\"\n"
+            ),
+        )
+        .expect("config");
+        path
+    }
+
+    fn command(&self, extra: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rolesync"));
+        cmd.args(["sandbox-check", "--output", "json", "--config"])
+            .arg(self.config())
+            .arg("--trace")
+            .arg(self.dir.path().join("trace.jsonl"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    async fn run(&self, extra: &[&str]) -> (i32, Value, String) {
+        let child = self.command(extra).spawn().expect("the binary starts");
+        finish(child).await
+    }
+}
+
+async fn finish(child: tokio::process::Child) -> (i32, Value, String) {
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("sandbox-check ends within 120 s")
+        .expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), report, stderr)
+}
+
+const WRITES: &[&str] = &["--test-user", TEST_USER, "--i-understand-this-writes"];
+
+/// (id, verdict) of every assumption.
+fn verdicts(report: &Value) -> Vec<(String, String)> {
+    report["assumptions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap_or_default().to_owned(),
+                a["verdict"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+const NOT_TESTABLE: &[&str] = &["remove_other_divisions", "group_grants_in_scim"];
+
+/// Asserts that the test user is as seeded and nobody else changed, and that the write log
+/// names the test user only.
+async fn untouched(org: &Org, before: &[Value]) {
+    assert_eq!(org.users().await, before, "the org's users changed");
+    let writes = org.admin("/emulator/writes").await;
+    let test_id = before
+        .iter()
+        .find(|u| u["externalId"] == TEST_USER)
+        .map(|u| u["id"].clone())
+        .expect("the test user");
+    for w in writes["writes"].as_array().expect("writes") {
+        assert_eq!(w["user_id"], test_id, "a write to another user: {w}");
+    }
+}
+
+#[tokio::test]
+async fn every_assumption_is_confirmed_on_the_emulator_and_only_the_test_user_is_written() {
+    let org = Org::start(EmulatorArgs {
+        rate_limit_per_minute: 300,
+        ..Default::default()
+    })
+    .await;
+    let before = org.users().await;
+    let (code, report, stderr) = org.run(WRITES).await;
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    for (id, verdict) in verdicts(&report) {
+        let expected = if NOT_TESTABLE.contains(&id.as_str()) {
+            "not_testable"
+        } else {
+            "confirmed"
+        };
+        assert_eq!(verdict, expected, "{id}: {report:#}");
+    }
+    assert_eq!(verdicts(&report).len(), 15);
+    assert_eq!(report["restore"]["status"], "restored");
+    untouched(&org, &before).await;
+    // The calls the report counts are the ones the emulator saw (the token included).
+    let stats = org.admin("/emulator/stats").await;
+    assert_eq!(stats["total"], report["calls"], "{stats:#}");
+    eprintln!("sandbox-check: {} calls on the emulator", report["calls"]);
+    // The trace: one line per call but the token, redacted.
+    let trace = std::fs::read_to_string(org.dir.path().join("trace.jsonl")).expect("trace");
+    let lines: Vec<Value> = trace
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(
+        lines.len() as u64 + 1,
+        report["calls"].as_u64().unwrap_or(0)
+    );
+    let test_id = before
+        .iter()
+        .find(|u| u["externalId"] == TEST_USER)
+        .and_then(|u| u["id"].as_str())
+        .unwrap_or("?")
+        .to_owned();
+    for needle in [
+        test_id.as_str(),
+        TEST_USER,
+        "sandbox.test@example.com",
+        "Sandbox Test",
+        "emp-000001@example.com",
+    ] {
+        assert!(!trace.contains(needle), "the trace holds {needle}");
+    }
+    assert!(trace.contains("<user-1>") && trace.contains("<role-Agent>"));
+}
+
+#[tokio::test]
+async fn a_smaller_bulk_cap_refutes_exactly_that_assumption() {
+    let org = Org::start(EmulatorArgs {
+        bulk_max_subjects: 50,
+        ..Default::default()
+    })
+    .await;
+    let before = org.users().await;
+    let (code, report, stderr) = org.run(WRITES).await;
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    let refuted: Vec<String> = verdicts(&report)
+        .into_iter()
+        .filter(|(_, v)| v == "refuted")
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(refuted, ["bulk_cap_at_least_configured"], "{report:#}");
+    untouched(&org, &before).await;
+}
+
+#[tokio::test]
+async fn a_run_killed_with_sigterm_after_a_write_leaves_the_test_user_as_it_was() {
+    let org = Org::start(EmulatorArgs::default()).await;
+    let before = org.users().await;
+    // Every API call takes 150 ms: the run lasts seconds, and the signal lands mid-run.
+    let resp = org
+        .http
+        .post(format!("{}/emulator/faults", org.url()))
+        .json(&json!({"latency_ms": 150}))
+        .send()
+        .await
+        .expect("faults");
+    assert!(resp.status().is_success());
+    let child = org.command(WRITES).spawn().expect("the binary starts");
+    let pid = child.id().expect("a pid");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let writes = org.admin("/emulator/writes").await;
+        if writes["last_seq"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no write within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let (code, report, stderr) = finish(child).await;
+    assert_eq!(code, 4, "{report:#}\n{stderr}");
+    assert_eq!(report["interrupted"], true);
+    assert_eq!(report["restore"]["status"], "restored", "{report:#}");
+    untouched(&org, &before).await;
+}
+
+#[tokio::test]
+async fn it_refuses_to_run_without_a_test_user_or_the_confirmation() {
+    let org = Org::start(EmulatorArgs::default()).await;
+    for args in [
+        &["--i-understand-this-writes"][..],
+        &["--test-user", TEST_USER][..],
+    ] {
+        let (code, _, stderr) = org.run(args).await;
+        assert_eq!(code, 3, "{args:?}: {stderr}");
+        assert!(stderr.contains("--test-user") || stderr.contains("--i-understand-this-writes"));
+    }
+    let stats = org.admin("/emulator/stats").await;
+    assert_eq!(stats["total"], 0, "a refused run called the target");
+}
