@@ -60,6 +60,9 @@ pub(super) async fn run(
         test_user: options.test_user.clone(),
     };
     ctx.redactor.know(&options.test_user, "<external-id-1>");
+    // Its encoded form too: it appears so in the lookup's query string.
+    ctx.redactor
+        .know(&enc(&options.test_user), "<external-id-1>");
     let mut interrupted = false;
     let stopped = {
         let probes = ctx.probes(settings, options);
