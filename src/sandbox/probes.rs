@@ -5,7 +5,7 @@
 use super::assumptions::{self as judge, AssumptionId, Finding, Verdict, roles_of};
 use super::http::{self, Caller, Exchange, NoAnswer, enc};
 use super::redact::Redactor;
-use super::{Options, Report, Restore, RestoreStatus};
+use super::report::{Options, Report, Restore, RestoreStatus};
 use crate::configuration::Settings;
 use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};

@@ -71,7 +71,7 @@ impl Redactor {
             return;
         }
         self.known.push((value.to_owned(), placeholder.into()));
-        self.known.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.known.sort_by_key(|k| std::cmp::Reverse(k.0.len()));
     }
 
     /// A role of the catalog: its name stays readable, its id becomes `<role-NAME>`.

@@ -1,5 +1,5 @@
 //! The command line (`rolesync --help`): the service and its tools (`serve`, `emulator`,
-//! `demo`, `validate`, `doctor`, `policy check`, `hash-key`, `completions`) and a client of a running
+//! `demo`, `validate`, `doctor`, `sandbox-check`, `policy check`, `hash-key`, `completions`) and a client of a running
 //! service (`submit`, `jobs list | show | items | cancel | approve | revert | watch`,
 //! `reconcile`). What each command
 //! exits with is `exit::Exit`; how it prints is `output`.
@@ -29,7 +29,9 @@ use std::str::FromStr;
                   2 completed with errors (validate: invalid rows), 3 awaiting approval, \
                   4 failed or cancelled, 5 not finished yet (--timeout ran out). \
                   doctor: 0 nothing failed, 1 a check failed, 2 a check could not be made, \
-                  3 the configuration or the policy cannot be loaded."
+                  3 the configuration or the policy cannot be loaded. \
+                  sandbox-check: 0 nothing refuted, 1 something refuted, 3 refused to run, \
+                  4 interrupted (test user restored), 5 test user not restored."
 )]
 pub struct Cli {
     /// How results are printed: aligned text, or the API's JSON for scripts.
