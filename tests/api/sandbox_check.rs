@@ -201,13 +201,9 @@ async fn every_assumption_is_confirmed_on_the_emulator_and_only_the_test_user_is
     assert!(trace.contains("<user-1>") && trace.contains("<role-Agent>"));
 }
 
-#[tokio::test]
-async fn a_smaller_bulk_cap_refutes_exactly_that_assumption() {
-    let org = Org::start(EmulatorArgs {
-        bulk_max_subjects: 50,
-        ..Default::default()
-    })
-    .await;
+/// Runs against an emulator with one behaviour changed; asserts exactly `expected` is refuted.
+async fn refutes_exactly(args: EmulatorArgs, expected: &str) {
+    let org = Org::start(args).await;
     let before = org.users().await;
     let (code, report, stderr) = org.run(WRITES).await;
     assert_eq!(code, 1, "{report:#}\n{stderr}");
@@ -216,8 +212,27 @@ async fn a_smaller_bulk_cap_refutes_exactly_that_assumption() {
         .filter(|(_, v)| v == "refuted")
         .map(|(id, _)| id)
         .collect();
-    assert_eq!(refuted, ["bulk_cap_at_least_configured"], "{report:#}");
+    assert_eq!(refuted, [expected], "{report:#}");
+    assert_eq!(report["restore"]["status"], "restored");
     untouched(&org, &before).await;
+}
+
+#[tokio::test]
+async fn a_smaller_bulk_cap_refutes_exactly_that_assumption() {
+    let args = EmulatorArgs {
+        bulk_max_subjects: 50,
+        ..Default::default()
+    };
+    refutes_exactly(args, "bulk_cap_at_least_configured").await;
+}
+
+#[tokio::test]
+async fn a_smaller_grant_page_refutes_exactly_the_grant_listing() {
+    let args = EmulatorArgs {
+        grant_page_size_max: 100,
+        ..Default::default()
+    };
+    refutes_exactly(args, "grant_in_home_division").await;
 }
 
 #[tokio::test]
@@ -272,4 +287,47 @@ async fn it_refuses_to_run_without_a_test_user_or_the_confirmation() {
     }
     let stats = org.admin("/emulator/stats").await;
     assert_eq!(stats["total"], 0, "a refused run called the target");
+}
+
+#[tokio::test]
+async fn a_restore_that_fails_says_what_to_set_by_hand() {
+    let org = Org::start(EmulatorArgs::default()).await;
+    let post = |body: Value| {
+        org.http
+            .post(format!("{}/emulator/faults", org.url()))
+            .json(&body)
+            .send()
+    };
+    assert!(
+        post(json!({"latency_ms": 100}))
+            .await
+            .expect("faults")
+            .status()
+            .is_success()
+    );
+    let child = org.command(WRITES).spawn().expect("the binary starts");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while org.admin("/emulator/writes").await["last_seq"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no write within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // From now on every SCIM write of the test user fails: the restore cannot be made.
+    let staged = post(json!({"failing_users": [{"external_id": TEST_USER, "status": 503}]}))
+        .await
+        .expect("faults");
+    assert!(staged.status().is_success());
+    let (code, report, stderr) = finish(child).await;
+    assert_eq!(code, 5, "{report:#}\n{stderr}");
+    assert_eq!(report["restore"]["status"], "failed");
+    let fix = report["restore"]["fix"].as_str().unwrap_or_default();
+    for needle in [TEST_USER, "active = true", "Employee, Reporting", "PATCH "] {
+        assert!(fix.contains(needle), "the fix lacks {needle:?}: {fix}");
+    }
 }
