@@ -1,0 +1,737 @@
+//! The end audit: pure functions over what the run collected (jobs and their items from the
+//! API, the emulator's write log and final users, the webhook events, the API answers). Each
+//! finding names the user (externalId) and the job, and for a write its seq and path (`via`).
+//!
+//! The invariants checked (docs/chaos.md, "What the audit checks"):
+//! 1. Every job ended, and its counts add up: the outcome counts sum to its rows, and equal
+//!    what its items listing shows.
+//! 2. Every write the target accepted from rolesync's client is recorded as `applied`: by the
+//!    job its correlation id names (`{job_id}:{chunk}:{fence}`), or, when the write carries no
+//!    correlation id, by some real job running at the time, with `roles_added` ⊇ the write's
+//!    added roles and `roles_removed` ⊇ its removed ones. A write with no such record is the
+//!    lie this test exists for.
+//! 3. Every `applied` record matches accepted writes: at least one write of that job to that
+//!    user, and the record's added/removed ⊆ the union of those writes' added/removed; all
+//!    `applied` rows of a user in a job are one record.
+//!    Exception (bulk race): the Authorization API's bulk calls carry no `If-Match`
+//!    (docs/bulk-grants.md, Concurrency). If another writer gave (or took) a role between
+//!    rolesync's read and its bulk call, the call changes nothing for that role, so no write
+//!    shows it, yet the record rightly says the job wanted it. A role missing from the writes
+//!    is excused when another client's (or job's) write to that user in the job's time window
+//!    made the same change.
+//! 4. Final state: a user whose last write in the log is rolesync's holds exactly the
+//!    `roles_after` of the record that write belongs to. Skipped (counted) when another
+//!    writer touched the user after that job started: then the bulk race above may leave a
+//!    role the record does not show, rightly.
+//! 5. Webhooks: a `role_sync.completed` per applied (job, user), a `job.finished` per job.
+//! 6. The API never answered a 5xx other than 503 with `Retry-After`.
+
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Clock slack when a write without correlation id is matched to the jobs running at its time
+/// (writes and jobs are stamped by clocks of one machine, in different processes).
+pub const SLACK_MS: i64 = 2_000;
+
+pub type Roles = BTreeSet<String>;
+
+#[derive(Clone, Debug)]
+pub struct Write {
+    pub seq: u64,
+    pub at_ms: i64,
+    pub client_id: String,
+    pub via: String,
+    pub user_id: String,
+    pub external_id: String,
+    pub roles_before: Roles,
+    pub roles_after: Roles,
+    pub correlation_id: Option<String>,
+}
+
+impl Write {
+    pub fn added(&self) -> Roles {
+        self.roles_after
+            .difference(&self.roles_before)
+            .cloned()
+            .collect()
+    }
+    pub fn removed(&self) -> Roles {
+        self.roles_before
+            .difference(&self.roles_after)
+            .cloned()
+            .collect()
+    }
+    /// The job a correlation id `{job_id}:{chunk_no}:{fence}` names.
+    pub fn job_id(&self) -> Option<&str> {
+        self.correlation_id.as_deref()?.split(':').next()
+    }
+    fn describe(&self) -> String {
+        format!(
+            "write seq {} via {} to user id {} at {} ms (added {:?}, removed {:?}, correlation {:?})",
+            self.seq,
+            self.via,
+            self.user_id,
+            self.at_ms,
+            self.added(),
+            self.removed(),
+            self.correlation_id
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    pub dry_run: bool,
+    pub created_ms: i64,
+    pub finished_ms: Option<i64>,
+    /// `total` and one entry per outcome.
+    pub counts: BTreeMap<String, i64>,
+    pub write_api: Option<String>,
+}
+
+impl Job {
+    fn window_contains(&self, at_ms: i64) -> bool {
+        at_ms >= self.created_ms - SLACK_MS
+            && self.finished_ms.is_none_or(|f| at_ms <= f + SLACK_MS)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub line: i64,
+    pub external_id: String,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub roles_added: Roles,
+    pub roles_removed: Roles,
+    pub roles_after: Option<Roles>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Collected {
+    pub rolesync_client: String,
+    pub jobs: Vec<Job>,
+    /// By job id, every row.
+    pub items: BTreeMap<String, Vec<Item>>,
+    /// The emulator's write log, in seq order.
+    pub writes: Vec<Write>,
+    /// externalId → roles now.
+    pub final_roles: BTreeMap<String, Roles>,
+    /// Distinct events: (type, data).
+    pub events: Vec<(String, Value)>,
+    pub api_violations: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub findings: Vec<String>,
+    /// Exceptions taken (named in docs/chaos.md), counted by name.
+    pub excused: BTreeMap<&'static str, u64>,
+}
+
+const FINAL: &[&str] = &["succeeded", "completed_with_errors", "failed", "cancelled"];
+const OUTCOMES: &[&str] = &[
+    "pending",
+    "rejected",
+    "applied",
+    "unchanged",
+    "not_found",
+    "failed",
+    "cancelled",
+    "planned",
+];
+
+struct Index<'a> {
+    jobs: BTreeMap<&'a str, &'a Job>,
+    /// (job, externalId) → that user's rows in the job.
+    rows: BTreeMap<(&'a str, &'a str), Vec<&'a Item>>,
+    /// externalId → (job, its applied record), real jobs only.
+    applied: BTreeMap<&'a str, Vec<(&'a Job, &'a Item)>>,
+}
+
+fn index(c: &Collected) -> Index<'_> {
+    let jobs: BTreeMap<&str, &Job> = c.jobs.iter().map(|j| (j.id.as_str(), j)).collect();
+    let mut rows: BTreeMap<(&str, &str), Vec<&Item>> = BTreeMap::new();
+    for (job, items) in &c.items {
+        for it in items {
+            rows.entry((job.as_str(), it.external_id.as_str()))
+                .or_default()
+                .push(it);
+        }
+    }
+    let mut applied: BTreeMap<&str, Vec<(&Job, &Item)>> = BTreeMap::new();
+    for ((job, ext), items) in &rows {
+        let Some(j) = jobs.get(job) else { continue };
+        if j.dry_run {
+            continue;
+        }
+        if let Some(it) = items.iter().find(|i| i.outcome == "applied") {
+            applied.entry(ext).or_default().push((j, it));
+        }
+    }
+    Index {
+        jobs,
+        rows,
+        applied,
+    }
+}
+
+fn outcomes_of(ix: &Index<'_>, job: &str, ext: &str) -> String {
+    match ix.rows.get(&(job, ext)) {
+        None => "no row of that user".to_owned(),
+        Some(items) => {
+            let set: BTreeSet<String> = items
+                .iter()
+                .map(|i| match &i.reason {
+                    Some(r) => format!("{}/{r}", i.outcome),
+                    None => i.outcome.clone(),
+                })
+                .collect();
+            set.into_iter().collect::<Vec<_>>().join(", ")
+        }
+    }
+}
+
+fn covers(it: &Item, w: &Write) -> bool {
+    w.added().is_subset(&it.roles_added) && w.removed().is_subset(&it.roles_removed)
+}
+
+/// 1. Jobs ended, counts add up and match the items.
+pub fn check_jobs(c: &Collected) -> Vec<String> {
+    let mut out = Vec::new();
+    for j in &c.jobs {
+        if !FINAL.contains(&j.status.as_str()) || j.finished_ms.is_none() {
+            out.push(format!(
+                "job {} ({}) has not ended: status {}, finished_at {:?}",
+                j.id, j.kind, j.status, j.finished_ms
+            ));
+        }
+        let total = j.counts.get("total").copied().unwrap_or(-1);
+        let sum: i64 = OUTCOMES
+            .iter()
+            .map(|o| j.counts.get(*o).copied().unwrap_or(0))
+            .sum();
+        if sum != total {
+            out.push(format!(
+                "job {}: its outcome counts sum to {sum}, not its {total} rows: {:?}",
+                j.id, j.counts
+            ));
+        }
+        let items = c.items.get(&j.id).map(Vec::as_slice).unwrap_or(&[]);
+        if items.len() as i64 != total {
+            out.push(format!(
+                "job {}: {} rows listed, {total} counted",
+                j.id,
+                items.len()
+            ));
+        }
+        for o in OUTCOMES {
+            let listed = items.iter().filter(|i| i.outcome == *o).count() as i64;
+            let counted = j.counts.get(*o).copied().unwrap_or(0);
+            if listed != counted {
+                out.push(format!(
+                    "job {}: {counted} rows counted {o}, {listed} listed",
+                    j.id
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// 2. Every write of rolesync's client is recorded as `applied`.
+pub fn check_writes_recorded(c: &Collected) -> Vec<String> {
+    let ix = index(c);
+    let mut out = Vec::new();
+    for w in c.writes.iter().filter(|w| w.client_id == c.rolesync_client) {
+        let ext = w.external_id.as_str();
+        let records = ix.applied.get(ext).map(Vec::as_slice).unwrap_or(&[]);
+        match w.job_id() {
+            Some(job) => {
+                if !ix.jobs.contains_key(job) {
+                    out.push(format!(
+                        "user {ext}: {} names job {job}, which the API does not list",
+                        w.describe()
+                    ));
+                    continue;
+                }
+                let ok = records.iter().any(|(j, it)| j.id == job && covers(it, w));
+                if !ok {
+                    out.push(format!(
+                        "user {ext}, job {job}: recorded as {} but the target accepted a write: {}",
+                        outcomes_of(&ix, job, ext),
+                        w.describe()
+                    ));
+                }
+            }
+            None => {
+                let ok = records
+                    .iter()
+                    .any(|(j, it)| j.window_contains(w.at_ms) && covers(it, w));
+                if !ok {
+                    let running: Vec<String> = c
+                        .jobs
+                        .iter()
+                        .filter(|j| !j.dry_run && j.window_contains(w.at_ms))
+                        .filter(|j| ix.rows.contains_key(&(j.id.as_str(), ext)))
+                        .map(|j| format!("job {}: {}", j.id, outcomes_of(&ix, &j.id, ext)))
+                        .collect();
+                    let recorded = if running.is_empty() {
+                        "nothing (no running job has a row of that user)".to_owned()
+                    } else {
+                        running.join("; ")
+                    };
+                    out.push(format!(
+                        "user {ext}: recorded as {recorded} but the target accepted a write with no `applied` record covering it: {}",
+                        w.describe()
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// 3. Every `applied` record matches accepted writes.
+pub fn check_applied_records(c: &Collected, report: &mut Report) -> Vec<String> {
+    let ix = index(c);
+    let mut out = Vec::new();
+    let correlated = c
+        .writes
+        .iter()
+        .any(|w| w.client_id == c.rolesync_client && w.correlation_id.is_some());
+    for ((job, ext), items) in &ix.rows {
+        let applied: Vec<&&Item> = items.iter().filter(|i| i.outcome == "applied").collect();
+        let Some(first) = applied.first() else {
+            continue;
+        };
+        let Some(j) = ix.jobs.get(job) else { continue };
+        if applied.iter().any(|i| {
+            i.roles_added != first.roles_added
+                || i.roles_removed != first.roles_removed
+                || i.roles_after != first.roles_after
+        }) {
+            out.push(format!(
+                "user {ext}, job {job}: applied more than once, with different roles: {:?}",
+                applied
+                    .iter()
+                    .map(|i| (i.line, &i.roles_added, &i.roles_removed))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        let mixed: BTreeSet<&str> = items
+            .iter()
+            .filter(|i| i.outcome != "rejected")
+            .map(|i| i.outcome.as_str())
+            .collect();
+        if mixed.len() > 1 {
+            out.push(format!(
+                "user {ext}, job {job}: its rows have different outcomes {mixed:?}"
+            ));
+        }
+        if j.dry_run {
+            out.push(format!("user {ext}, job {job}: a dry run recorded applied"));
+            continue;
+        }
+        let mine: Vec<&Write> = c
+            .writes
+            .iter()
+            .filter(|w| w.client_id == c.rolesync_client && w.external_id == **ext)
+            .filter(|w| match w.job_id() {
+                Some(wj) => wj == *job,
+                None => !correlated && j.window_contains(w.at_ms),
+            })
+            .collect();
+        if mine.is_empty() {
+            out.push(format!(
+                "user {ext}, job {job}: recorded applied (added {:?}, removed {:?}) but the target accepted no write of that job to that user",
+                first.roles_added, first.roles_removed
+            ));
+            continue;
+        }
+        let added: Roles = mine.iter().flat_map(|w| w.added()).collect();
+        let removed: Roles = mine.iter().flat_map(|w| w.removed()).collect();
+        let others: Vec<&Write> = c
+            .writes
+            .iter()
+            .filter(|w| w.external_id == **ext && j.window_contains(w.at_ms))
+            .filter(|w| !mine.iter().any(|m| m.seq == w.seq))
+            .collect();
+        for (what, recorded, written) in [
+            ("added", &first.roles_added, &added),
+            ("removed", &first.roles_removed, &removed),
+        ] {
+            for role in recorded.difference(written) {
+                let excused = others.iter().any(|w| {
+                    let d = if what == "added" {
+                        w.added()
+                    } else {
+                        w.removed()
+                    };
+                    d.contains(role)
+                });
+                if excused {
+                    *report.excused.entry("bulk race").or_default() += 1;
+                    continue;
+                }
+                out.push(format!(
+                    "user {ext}, job {job}: recorded {role:?} as {what} but no accepted write of that job {what} it (writes seq {:?})",
+                    mine.iter().map(|w| (w.seq, w.via.as_str())).collect::<Vec<_>>()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// 4. Users last written by rolesync hold what the record says.
+pub fn check_final_state(c: &Collected, report: &mut Report) -> Vec<String> {
+    let ix = index(c);
+    let mut out = Vec::new();
+    let mut last: BTreeMap<&str, &Write> = BTreeMap::new();
+    for w in &c.writes {
+        last.insert(w.external_id.as_str(), w);
+    }
+    let with_employee = |r: &Roles| {
+        let mut r = r.clone();
+        r.insert("Employee".to_owned());
+        r
+    };
+    for (ext, w) in last {
+        if w.client_id != c.rolesync_client {
+            continue;
+        }
+        let Some(now) = c.final_roles.get(ext) else {
+            out.push(format!("user {ext}: written ({}) but gone", w.describe()));
+            continue;
+        };
+        let now = with_employee(now);
+        let candidates: Vec<&(&Job, &Item)> = ix
+            .applied
+            .get(ext)
+            .map(|v| v.iter())
+            .into_iter()
+            .flatten()
+            .filter(|(j, _)| match w.job_id() {
+                Some(job) => j.id == job,
+                None => j.window_contains(w.at_ms),
+            })
+            .collect();
+        if candidates.is_empty() {
+            // No record at all: check 2 reports this write.
+            continue;
+        }
+        let since = candidates
+            .iter()
+            .map(|(j, _)| j.created_ms)
+            .min()
+            .unwrap_or(0);
+        let interleaved = c.writes.iter().any(|o| {
+            o.external_id == ext
+                && o.at_ms >= since - SLACK_MS
+                && (o.client_id != c.rolesync_client || o.job_id() != w.job_id())
+        });
+        if interleaved {
+            *report
+                .excused
+                .entry("final state: another writer since")
+                .or_default() += 1;
+            continue;
+        }
+        let ok = candidates
+            .iter()
+            .any(|(_, it)| it.roles_after.as_ref().map(with_employee).as_ref() == Some(&now));
+        if !ok {
+            let (j, it) = candidates[0];
+            out.push(format!(
+                "user {ext}, job {}: holds {now:?} but the record says roles_after {:?} (last write {})",
+                j.id,
+                it.roles_after,
+                w.describe()
+            ));
+        }
+    }
+    out
+}
+
+/// 5. A `role_sync.completed` per applied (job, user), a `job.finished` per job.
+pub fn check_webhooks(c: &Collected) -> Vec<String> {
+    let ix = index(c);
+    let mut completed = BTreeSet::new();
+    let mut finished = BTreeSet::new();
+    for (t, d) in &c.events {
+        let job = d["job_id"].as_str().unwrap_or("").to_owned();
+        match t.as_str() {
+            "role_sync.completed" => {
+                completed.insert((job, d["external_id"].as_str().unwrap_or("").to_owned()));
+            }
+            "job.finished" => {
+                finished.insert(job);
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (ext, records) in &ix.applied {
+        for (j, _) in records {
+            if !completed.contains(&(j.id.clone(), (*ext).to_owned())) {
+                out.push(format!(
+                    "user {ext}, job {}: applied but no role_sync.completed webhook arrived",
+                    j.id
+                ));
+            }
+        }
+    }
+    for j in &c.jobs {
+        if FINAL.contains(&j.status.as_str()) && !finished.contains(&j.id) {
+            out.push(format!(
+                "job {} ({}, {}): no job.finished webhook arrived",
+                j.id, j.kind, j.status
+            ));
+        }
+    }
+    out
+}
+
+/// Every check, in order.
+pub fn audit(c: &Collected) -> Report {
+    let mut report = Report::default();
+    let mut f = check_jobs(c);
+    f.extend(check_writes_recorded(c));
+    f.extend(check_applied_records(c, &mut report));
+    f.extend(check_final_state(c, &mut report));
+    f.extend(check_webhooks(c));
+    f.extend(
+        c.api_violations
+            .iter()
+            .map(|v| format!("the API answered a 5xx other than 503 with Retry-After: {v}")),
+    );
+    report.findings = f;
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn roles(r: &[&str]) -> Roles {
+        r.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn job(id: &str) -> Job {
+        Job {
+            id: id.into(),
+            kind: "sync".into(),
+            status: "succeeded".into(),
+            dry_run: false,
+            created_ms: 1_000,
+            finished_ms: Some(5_000),
+            counts: [("total", 1), ("applied", 1)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            write_api: Some("scim".into()),
+        }
+    }
+
+    fn write(seq: u64, client: &str, corr: Option<&str>, before: &[&str], after: &[&str]) -> Write {
+        Write {
+            seq,
+            at_ms: 2_000 + seq as i64,
+            client_id: client.into(),
+            via: "scim_patch".into(),
+            user_id: "u1".into(),
+            external_id: "EMP-000001".into(),
+            roles_before: roles(before),
+            roles_after: roles(after),
+            correlation_id: corr.map(str::to_owned),
+        }
+    }
+
+    /// One job that gave Agent to EMP-000001, told the truth about it.
+    fn honest() -> Collected {
+        Collected {
+            rolesync_client: "rolesync-dev".into(),
+            jobs: vec![job("J")],
+            items: BTreeMap::from([(
+                "J".to_owned(),
+                vec![Item {
+                    line: 2,
+                    external_id: "EMP-000001".into(),
+                    outcome: "applied".into(),
+                    reason: None,
+                    roles_added: roles(&["Agent"]),
+                    roles_removed: roles(&[]),
+                    roles_after: Some(roles(&["Agent", "Employee"])),
+                }],
+            )]),
+            writes: vec![write(
+                1,
+                "rolesync-dev",
+                Some("J:0:1"),
+                &["Employee"],
+                &["Agent", "Employee"],
+            )],
+            final_roles: BTreeMap::from([("EMP-000001".to_owned(), roles(&["Agent", "Employee"]))]),
+            events: vec![
+                (
+                    "role_sync.completed".into(),
+                    json!({"job_id": "J", "external_id": "EMP-000001"}),
+                ),
+                ("job.finished".into(), json!({"job_id": "J"})),
+            ],
+            api_violations: vec![],
+        }
+    }
+
+    fn lie(c: &mut Collected) {
+        let it = &mut c.items.get_mut("J").expect("J")[0];
+        it.outcome = "unchanged".into();
+        it.roles_added.clear();
+        it.roles_after = None;
+        c.jobs[0].counts = [("total", 1), ("unchanged", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+    }
+
+    #[test]
+    fn an_honest_run_has_no_finding() {
+        assert_eq!(audit(&honest()).findings, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_write_recorded_unchanged_is_the_lie() {
+        let mut c = honest();
+        lie(&mut c);
+        let f = check_writes_recorded(&c);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].contains("EMP-000001") && f[0].contains("job J"),
+            "{f:?}"
+        );
+        assert!(
+            f[0].contains("recorded as unchanged but the target accepted a write"),
+            "{f:?}"
+        );
+        assert!(f[0].contains("seq 1 via scim_patch"), "{f:?}");
+    }
+
+    #[test]
+    fn the_lie_is_found_without_correlation_ids_too() {
+        let mut c = honest();
+        lie(&mut c);
+        c.writes[0].correlation_id = None;
+        let f = check_writes_recorded(&c);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].contains("job J: unchanged"), "{f:?}");
+        // Another job's record of the same change, but at another time, does not cover it.
+        let mut other = job("K");
+        other.created_ms = 100_000;
+        other.finished_ms = Some(101_000);
+        c.jobs.push(other);
+        let mut it = honest().items["J"][0].clone();
+        it.line = 1;
+        c.items.insert("K".into(), vec![it]);
+        assert_eq!(check_writes_recorded(&c).len(), 1);
+    }
+
+    #[test]
+    fn a_rejected_user_the_job_wrote_is_found() {
+        let mut c = honest();
+        let it = &mut c.items.get_mut("J").expect("J")[0];
+        it.outcome = "rejected".into();
+        it.reason = Some("sod_conflict".into());
+        let f = check_writes_recorded(&c);
+        assert!(f[0].contains("recorded as rejected/sod_conflict"), "{f:?}");
+    }
+
+    #[test]
+    fn an_applied_record_without_a_write_is_found() {
+        let mut c = honest();
+        c.writes.clear();
+        let f = check_applied_records(&c, &mut Report::default());
+        assert!(f[0].contains("accepted no write of that job"), "{f:?}");
+        // A write of the job that does not add what the record says it added.
+        c.writes.push(write(
+            1,
+            "rolesync-dev",
+            Some("J:0:1"),
+            &["Employee", "Agent"],
+            &["Agent"],
+        ));
+        let f = check_applied_records(&c, &mut Report::default());
+        assert!(f[0].contains("recorded \"Agent\" as added"), "{f:?}");
+    }
+
+    #[test]
+    fn a_bulk_race_is_excused_by_the_other_writer_only() {
+        let mut c = honest();
+        // The hand writer gave Agent between rolesync's read and its bulk grant of Agent (which
+        // then changed nothing: no log entry); the grant of Reporting did change the user.
+        c.writes = vec![
+            write(
+                1,
+                "hand-writer",
+                None,
+                &["Employee"],
+                &["Agent", "Employee"],
+            ),
+            write(
+                2,
+                "rolesync-dev",
+                Some("J:0:1"),
+                &["Agent", "Employee"],
+                &["Agent", "Employee", "Reporting"],
+            ),
+        ];
+        c.items.get_mut("J").expect("J")[0].roles_added = roles(&["Agent", "Reporting"]);
+        let mut r = Report::default();
+        assert_eq!(check_applied_records(&c, &mut r), Vec::<String>::new());
+        assert_eq!(r.excused.get("bulk race"), Some(&1));
+        // Without the other writer, nobody added Agent: the record is wrong.
+        c.writes.remove(0);
+        let f = check_applied_records(&c, &mut Report::default());
+        assert!(f[0].contains("recorded \"Agent\" as added"), "{f:?}");
+    }
+
+    #[test]
+    fn counts_that_do_not_add_up_are_found() {
+        let mut c = honest();
+        c.jobs[0].counts.insert("failed".into(), 1);
+        let f = check_jobs(&c);
+        assert!(f.iter().any(|f| f.contains("sum to 2")), "{f:?}");
+        c.jobs[0].status = "running".into();
+        assert!(check_jobs(&c).iter().any(|f| f.contains("has not ended")));
+    }
+
+    #[test]
+    fn a_final_state_other_than_the_record_is_found() {
+        let mut c = honest();
+        c.final_roles
+            .insert("EMP-000001".into(), roles(&["Employee"]));
+        let f = check_final_state(&c, &mut Report::default());
+        assert!(f[0].contains("EMP-000001, job J: holds"), "{f:?}");
+    }
+
+    #[test]
+    fn missing_webhooks_are_found() {
+        let mut c = honest();
+        c.events.clear();
+        let f = check_webhooks(&c);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f[0].contains("no role_sync.completed"), "{f:?}");
+        assert!(f[1].contains("no job.finished"), "{f:?}");
+    }
+
+    #[test]
+    fn a_500_is_a_finding() {
+        let mut c = honest();
+        c.api_violations.push("GET /v1/jobs answered 500".into());
+        assert_eq!(audit(&c).findings.len(), 1);
+    }
+}
