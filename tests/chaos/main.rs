@@ -260,6 +260,9 @@ async fn timeline(
                     "fault_429": pick(rng, &[0.0, 0.01, 0.03, 0.05]),
                     "drop_connection": pick(rng, &[0.0, 0.005, 0.01, 0.02]),
                     "latency_jitter_ms": rng.random_range(0..=30),
+                    // Now and then a slow target: chunks then run for seconds, so a store cut
+                    // ends while a replica whose lease expired is still writing users.
+                    "latency_ms": [0, 0, 0, 20, 100, 300][rng.random_range(0..6)],
                 });
                 set_faults(&client, base, knobs).await;
                 t.knob_changes += 1;
@@ -483,7 +486,7 @@ async fn chaos() {
         &http,
         &base,
         json!({"fault_5xx": 0.0, "fault_429": 0.0, "drop_connection": 0.0,
-               "latency_jitter_ms": 0, "outage_secs": 0}),
+               "latency_jitter_ms": 0, "latency_ms": 0, "outage_secs": 0}),
     )
     .await;
     proxy.heal();
