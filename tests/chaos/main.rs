@@ -262,7 +262,7 @@ async fn timeline(
                     "latency_jitter_ms": rng.random_range(0..=30),
                     // Now and then a slow target: chunks then run for seconds, so a store cut
                     // ends while a replica whose lease expired is still writing users.
-                    "latency_ms": [0, 0, 0, 20, 100, 300][rng.random_range(0..6)],
+                    "latency_ms": pick(rng, &[0.0, 0.0, 0.0, 20.0, 100.0, 300.0]) as u64,
                 });
                 set_faults(&client, base, knobs).await;
                 t.knob_changes += 1;
