@@ -201,6 +201,8 @@ struct Timeline {
     kills: u32,
     outages: u32,
     knob_changes: u32,
+    /// Replicas found exited by themselves and started again.
+    exits: u32,
 }
 
 /// The faulty phase: store cuts, SIGKILLs and restarts, target outages and fault knobs, until
@@ -224,6 +226,15 @@ async fn timeline(
             replicas.restart(*i);
         }
         down.retain(|(_, at)| *at > now);
+        // A replica that exited by itself (started while the store was cut, it stops with
+        // "cannot open the store") is started again, as an orchestrator would.
+        let up = replicas.running();
+        for i in 0..replicas.urls().len() {
+            if !up.contains(&i) && !down.iter().any(|(d, _)| *d == i) {
+                replicas.restart(i);
+                t.exits += 1;
+            }
+        }
         match rng.random_range(0..100) {
             0..30 if !proxy.is_cut() => {
                 let ms = rng.random_range(3000..=8000);
@@ -495,7 +506,7 @@ async fn chaos() {
         panic!("{e}; logs: {:?}", replicas.logs());
     }
     let drain_deadline =
-        Instant::now() + Duration::from_secs(env_u64("CHAOS_DRAIN_SECS").unwrap_or(300));
+        Instant::now() + Duration::from_secs(env_u64("CHAOS_DRAIN_SECS").unwrap_or(180));
     let mut jobs;
     loop {
         workload.approve_some(1.0).await;
@@ -598,10 +609,11 @@ async fn chaos() {
     println!("jobs by kind and final status: {by_kind:?}");
     println!("jobs that applied, by write path: {paths:?}");
     println!(
-        "timeline: {} store cuts ({} longer than the {LEASE_SECS} s lease), {} SIGKILLs ({} starts in all), {} target outages, {} fault-knob changes",
+        "timeline: {} store cuts ({} longer than the {LEASE_SECS} s lease), {} SIGKILLs, {} exits restarted ({} starts in all), {} target outages, {} fault-knob changes",
         t.cuts,
         t.cuts_longer_than_lease,
         t.kills,
+        t.exits,
         replicas.starts(),
         t.outages,
         t.knob_changes
