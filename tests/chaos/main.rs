@@ -599,7 +599,10 @@ async fn chaos() {
             }
         }
     }
-    let api_log = api.log.lock().expect("api log");
+    let (by_status, connection_errors) = {
+        let l = api.log.lock().expect("api log");
+        (l.by_status.clone(), l.connection_errors)
+    };
     println!("===== chaos summary =====");
     println!(
         "seed {seed} (replay with CHAOS_SEED={seed}), {secs} s of faults, drain {:?}, total {:?}",
@@ -625,7 +628,7 @@ async fn chaos() {
     );
     println!(
         "API answers by status: {:?}, connection errors {}",
-        api_log.by_status, api_log.connection_errors
+        by_status, connection_errors
     );
     println!(
         "webhook deliveries {}, distinct events {}",
@@ -634,7 +637,6 @@ async fn chaos() {
     );
     println!("exceptions taken: {:?}", report.excused);
     println!("findings: {}", report.findings.len());
-    drop(api_log);
 
     if report.findings.is_empty() {
         replicas.kill_all();
