@@ -67,6 +67,7 @@ pub struct Metrics {
     pub oldest_unfinished_job_age_seconds: Gauge,
     pub store_up: IntGauge,
     pub reconcile_drifted_users_total: IntCounter,
+    pub conflicts_after_write_total: IntCounterVec,
     pub reconcile_schedule_runs_total: IntCounterVec,
     /// When the store-derived gauges were last read (`Instant`), and the lock that keeps
     /// concurrent scrapes to one store read.
@@ -224,6 +225,13 @@ impl Metrics {
                 "store_up",
                 "1 when the last read of the store-derived gauges succeeded, 0 when it failed or timed out",
             ))?,
+            conflicts_after_write_total: IntCounterVec::new(
+                opts(
+                    "conflicts_after_write_total",
+                    "Users a re-run found in conflict with a write an earlier attempt of its job made (role_sync.conflict_detected), by reason: sod_conflict, changed_since",
+                ),
+                &["reason"],
+            )?,
             reconcile_drifted_users_total: IntCounter::with_opts(opts(
                 "reconcile_drifted_users_total",
                 "Users a reconcile found drifted (roles not what their desired state implies), fixed or not",
@@ -242,6 +250,7 @@ impl Metrics {
         r.register(Box::new(m.build_info.clone()))?;
         r.register(Box::new(m.jobs_total.clone()))?;
         r.register(Box::new(m.assignments_total.clone()))?;
+        r.register(Box::new(m.conflicts_after_write_total.clone()))?;
         r.register(Box::new(m.scim_requests_total.clone()))?;
         r.register(Box::new(m.scim_calls_total.clone()))?;
         r.register(Box::new(m.scim_request_duration_seconds.clone()))?;
@@ -291,6 +300,9 @@ impl Metrics {
         }
         for outcome in Outcome::ALL {
             m.assignments_total.with_label_values(&[outcome.as_str()]);
+        }
+        for reason in ["sod_conflict", "changed_since"] {
+            m.conflicts_after_write_total.with_label_values(&[reason]);
         }
         for reason in ScimRetryReason::ALL {
             m.scim_retries_total.with_label_values(&[reason.as_str()]);

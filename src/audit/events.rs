@@ -149,6 +149,20 @@ pub struct RoleSyncDriftDetected<'a> {
     pub fixed: bool,
 }
 
+/// `role_sync.conflict_detected`: a re-run of a chunk found that the write an earlier attempt of
+/// its job made to the user (recorded `applied`, with `role_sync.completed`) is in conflict
+/// with what the user holds now. Nothing more was written: a person decides.
+#[derive(Debug, Serialize)]
+pub struct RoleSyncConflictDetected<'a> {
+    pub job_id: &'a str,
+    pub external_id: &'a str,
+    pub user_id: &'a str,
+    /// What the user holds now.
+    pub roles_current: &'a RoleSet,
+    /// `sod_conflict` or `changed_since`, with its message.
+    pub reason: Reason<'a>,
+}
+
 /// `role_sync.failed`: a user could not be synced. One event per user: the rows of a user are
 /// synced, and fail, together.
 #[derive(Debug, Serialize)]

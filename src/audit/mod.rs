@@ -4,6 +4,7 @@
 
 pub mod dispatcher;
 pub mod events;
+pub(crate) mod log;
 pub mod signature;
 
 pub use dispatcher::{Dispatcher, Endpoint};

@@ -122,6 +122,10 @@ vocabulary! {
         JobFinished = "job.finished",
         /// A reconcile found a user whose roles are not what their desired state implies.
         DriftDetected = "role_sync.drift_detected",
+        /// A re-run found that a write an earlier attempt of its job made is now in conflict
+        /// (a hand change since broke a separation-of-duties rule, or changed the user under
+        /// a revert). The write is recorded `applied`; nothing more is written.
+        ConflictDetected = "role_sync.conflict_detected",
     }
 }
 

@@ -17,6 +17,33 @@ pub(crate) struct Intent<'a> {
     pub(crate) removed: &'a [String],
 }
 
+impl Intent<'_> {
+    /// Whether the user holds what the earlier write made: every role it added, none it
+    /// removed. Then the write is taken to have landed (a hand change making the same change
+    /// cannot be told apart from it).
+    fn landed_on(&self, current: &RoleSet) -> bool {
+        self.added.iter().all(|r| current.contains(r))
+            && !self.removed.iter().any(|r| current.contains(r))
+    }
+
+    /// The roles the user held before the earlier write: what it added taken away from what
+    /// the user holds now, what it removed given back.
+    fn before(&self, current: &RoleSet) -> RoleSet {
+        let mut before: RoleSet = current
+            .iter()
+            .filter(|r| !self.added.contains(r))
+            .cloned()
+            .collect();
+        before.extend(self.removed.iter().cloned());
+        before
+    }
+
+    /// The earlier write, as applied to a user now holding `current`.
+    fn change(&self, current: &RoleSet) -> RoleChange {
+        RoleChange::new(self.before(current), current.clone())
+    }
+}
+
 /// The decision for one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Decision {
@@ -32,13 +59,24 @@ pub(crate) enum Decision {
     AlreadyApplied(RoleChange),
     /// The roles the job leads to break a separation-of-duties rule: nothing is written.
     Reject { reason: ReasonCode, message: String },
+    /// An earlier attempt of this job wrote the user (`change`, from its intent), and what the
+    /// user holds now would be refused (`reason`): a hand change since then broke a
+    /// separation-of-duties rule, or changed the user under a revert. The write stays
+    /// recorded as `applied` (it happened), nothing more is written, and the conflict is
+    /// raised on its own.
+    AppliedWithConflict {
+        change: RoleChange,
+        reason: ReasonCode,
+        message: String,
+    },
 }
 
 /// Decides for a user holding `current` whom the job wants to hold `desired` (already expanded).
 ///
 /// In order: the final set (`Policy::final_roles`); a separation-of-duties rule broken by it
-/// rejects the user, dry run or not; an empty diff is `AlreadyApplied` when an earlier attempt
-/// recorded an intent, else `Unchanged`; otherwise `Planned` in a dry run, else `Write`.
+/// rejects the user, dry run or not; an empty diff is `Unchanged`; otherwise `Planned` in a dry
+/// run, else `Write`. Then what an earlier attempt recorded is taken into account
+/// (`with_prior`): a write it made is never reported as not made.
 pub(crate) fn decide(
     policy: &Policy,
     mode: Mode,
@@ -48,38 +86,54 @@ pub(crate) fn decide(
     prior: Option<Intent<'_>>,
 ) -> Decision {
     let after = policy.final_roles(mode, current, desired);
-    if let Some(rule) = policy.sod_violation(&after) {
-        return Decision::Reject {
+    let fresh = if let Some(rule) = policy.sod_violation(&after) {
+        Decision::Reject {
             reason: ReasonCode::SodConflict,
             message: rule.conflict_message(),
-        };
-    }
-    let change = RoleChange::new(current.clone(), after);
-    if change.is_empty() {
-        return nothing_to_write(current, prior);
-    }
-    if dry_run {
-        Decision::Planned(change)
+        }
     } else {
-        Decision::Write(change)
-    }
+        let change = RoleChange::new(current.clone(), after);
+        if change.is_empty() {
+            Decision::Unchanged
+        } else if dry_run {
+            Decision::Planned(change)
+        } else {
+            Decision::Write(change)
+        }
+    };
+    with_prior(fresh, current, prior)
 }
 
-/// A user who already holds what the job leads to: `AlreadyApplied` with the diff an earlier
-/// attempt recorded (its intent), else `Unchanged`.
-fn nothing_to_write(current: &RoleSet, prior: Option<Intent<'_>>) -> Decision {
-    match prior {
-        Some(intent) => {
-            // The roles before that write: undo what it recorded on what is there now.
-            let mut before: RoleSet = current
-                .iter()
-                .filter(|r| !intent.added.contains(r))
-                .cloned()
-                .collect();
-            before.extend(intent.removed.iter().cloned());
-            Decision::AlreadyApplied(RoleChange::new(before, current.clone()))
+/// The decision for a user an earlier attempt of the job may have written (`prior`: the intent
+/// it recorded before its write), from the decision made on what the target holds now
+/// (`fresh`). History is never rewritten:
+/// - nothing left to write: the earlier write is reported, `AlreadyApplied` with its diff;
+/// - a refusal of what the user holds now, when the earlier write landed: that write is still
+///   reported (`AppliedWithConflict`), with the refusal as a conflict found after it;
+/// - more to write, when the earlier write landed (a hand change since): one record covers
+///   both writes, from the roles before the first to the roles after the second.
+fn with_prior(fresh: Decision, current: &RoleSet, prior: Option<Intent<'_>>) -> Decision {
+    let Some(intent) = prior else {
+        return fresh;
+    };
+    match fresh {
+        Decision::Unchanged => Decision::AlreadyApplied(intent.change(current)),
+        Decision::Reject { reason, message } if intent.landed_on(current) => {
+            Decision::AppliedWithConflict {
+                change: intent.change(current),
+                reason,
+                message,
+            }
         }
-        None => Decision::Unchanged,
+        Decision::Write(change) if intent.landed_on(current) => {
+            let both = RoleChange::new(intent.before(current), change.after.clone());
+            if both.is_empty() {
+                Decision::Write(change)
+            } else {
+                Decision::Write(both)
+            }
+        }
+        other => other,
     }
 }
 
@@ -120,26 +174,24 @@ pub(crate) fn decide_revert(
         .cloned()
         .collect();
     let change = RoleChange::new(current.clone(), target);
-    if change.is_empty() {
-        return nothing_to_write(current, prior);
-    }
-    if !force && current != undo.after {
-        return Decision::Reject {
+    let fresh = if change.is_empty() {
+        Decision::Unchanged
+    } else if !force && current != undo.after {
+        Decision::Reject {
             reason: ReasonCode::ChangedSince,
             message: changed_since_message(undo.after, current),
-        };
-    }
-    if let Some(rule) = policy.sod_violation(&change.after) {
-        return Decision::Reject {
+        }
+    } else if let Some(rule) = policy.sod_violation(&change.after) {
+        Decision::Reject {
             reason: ReasonCode::SodConflict,
             message: rule.conflict_message(),
-        };
-    }
-    if dry_run {
+        }
+    } else if dry_run {
         Decision::Planned(change)
     } else {
         Decision::Write(change)
-    }
+    };
+    with_prior(fresh, current, prior)
 }
 
 /// Names what changed between the roles a job left (`left`) and what the user holds now.
@@ -479,9 +531,80 @@ mod tests {
     /// The change a decision would write or report, if any.
     fn change_of(d: &Decision) -> Option<&RoleChange> {
         match d {
-            Decision::Write(c) | Decision::Planned(c) | Decision::AlreadyApplied(c) => Some(c),
+            Decision::Write(c)
+            | Decision::Planned(c)
+            | Decision::AlreadyApplied(c)
+            | Decision::AppliedWithConflict { change: c, .. } => Some(c),
             Decision::Unchanged | Decision::Reject { .. } => None,
         }
+    }
+
+    /// The second lie of the chaos soak, as it happened: an approved job granted `System
+    /// Administrator`; before its chunk committed, a hand change added `Reporting Auditor`;
+    /// the re-run found the separation-of-duties pair. The grant it made is reported
+    /// (`applied`, with its diff) and the conflict raised, not `rejected`.
+    #[test]
+    fn a_rerun_reports_its_earlier_grant_and_the_conflict_a_hand_change_made() {
+        let p = policy();
+        let desired = p.expand(&set(&["System Administrator"]));
+        let first = decide(p, Mode::Merge, &set(&["Employee"]), &desired, false, None);
+        let Decision::Write(written) = first else {
+            panic!("expected the grant to be written, got {first:?}")
+        };
+        assert!(written.added.contains(&"System Administrator".to_owned()));
+        let mut now = written.after.clone();
+        now.insert("Reporting Auditor".to_owned());
+        let prior = Intent {
+            added: &written.added,
+            removed: &written.removed,
+        };
+        let rerun = decide(p, Mode::Merge, &now, &desired, false, Some(prior));
+        let Decision::AppliedWithConflict {
+            change,
+            reason,
+            message,
+        } = rerun
+        else {
+            panic!("expected the earlier grant reported with a conflict, got {rerun:?}")
+        };
+        assert_eq!(
+            change.added, written.added,
+            "the diff the earlier attempt made"
+        );
+        assert_eq!(change.before, set(&["Employee", "Reporting Auditor"]));
+        assert_eq!(change.after, now);
+        assert_eq!(reason, ReasonCode::SodConflict);
+        assert!(!message.is_empty());
+        // Without the intent, the same user is refused: the decision the lie came from.
+        assert!(matches!(
+            decide(p, Mode::Merge, &now, &desired, false, None),
+            Decision::Reject { .. }
+        ));
+    }
+
+    /// An earlier write landed and a hand change since asks for more: one record covers both
+    /// writes, from the roles before the first to the roles after the second.
+    #[test]
+    fn a_rerun_with_more_to_write_records_both_writes_as_one() {
+        let p = policy();
+        let added = strings(&["Agent"]);
+        let prior = Intent {
+            added: &added,
+            removed: &[],
+        };
+        // Replace: the job added Agent, then someone granted Reporting by hand.
+        let d = decide(
+            p,
+            Mode::Replace,
+            &set(&["Agent", "Employee", "Reporting"]),
+            &set(&["Agent"]),
+            false,
+            Some(prior),
+        );
+        assert_eq!(
+            d,
+            Decision::Write(change(&["Employee", "Reporting"], &["Agent", "Employee"]))
+        );
     }
 
     /// A recorded intent, owned.
@@ -532,7 +655,9 @@ mod tests {
                 }
                 Decision::Unchanged => prop_assert_eq!(&before, &after),
                 Decision::Reject { reason, .. } => prop_assert_eq!(reason, ReasonCode::SodConflict),
-                Decision::AlreadyApplied(_) => prop_assert!(false, "no intent was given"),
+                Decision::AlreadyApplied(_) | Decision::AppliedWithConflict { .. } => {
+                    prop_assert!(false, "no intent was given")
+                }
             }
         }
 
@@ -582,7 +707,17 @@ mod tests {
             let d = run(p, mode, &current, &desired, dry_run, &intent);
             if let Decision::Write(c) | Decision::Planned(c) = &d {
                 prop_assert_ne!(&c.before, &c.after);
-                prop_assert_eq!(&c.before, &current);
+                // Before the write, or before the earlier write that landed (one record).
+                let before = match &intent {
+                    Some((added, removed))
+                        if matches!(d, Decision::Write(_))
+                            && Intent { added, removed }.landed_on(&current) =>
+                    {
+                        Intent { added, removed }.before(&current)
+                    }
+                    _ => current.clone(),
+                };
+                prop_assert_eq!(&c.before, &before);
                 prop_assert_eq!(&c.after, &p.final_roles(mode, &current, &desired));
                 let added: Vec<String> = c.after.difference(&c.before).cloned().collect();
                 let removed: Vec<String> = c.before.difference(&c.after).cloned().collect();
@@ -606,7 +741,10 @@ mod tests {
         ) {
             let p = policy();
             let d = run(p, mode, &current, &desired, dry_run, &intent);
-            if let Some(c) = change_of(&d) {
+            // (A conflict found after an earlier write leaves the user as they are: refused.)
+            if let Some(c) = change_of(&d)
+                && !matches!(d, Decision::AppliedWithConflict { .. })
+            {
                 let again = decide(p, mode, &c.after, &desired, dry_run, None);
                 prop_assert_eq!(again, Decision::Unchanged);
             }
@@ -620,23 +758,53 @@ mod tests {
             let d = run(p, mode, &current, &desired, dry_run, &intent);
             let after = p.final_roles(mode, &current, &desired);
             let broken = p.sod_violation(&after).is_some();
-            prop_assert_eq!(matches!(d, Decision::Reject { .. }), broken);
+            let refused = matches!(
+                d,
+                Decision::Reject { .. } | Decision::AppliedWithConflict { .. }
+            );
+            prop_assert_eq!(refused, broken);
+        }
+
+        /// The second lie of the chaos soak: a re-run that finds the earlier attempt's write
+        /// in place never reports it as not made (`rejected`, `unchanged`), whatever happened
+        /// to the user since.
+        #[test]
+        fn a_write_an_earlier_attempt_made_is_never_reported_as_not_made(
+            (mode, current, desired, dry_run, intent) in case()
+        ) {
+            let p = policy();
+            let d = run(p, mode, &current, &desired, dry_run, &intent);
+            let landed = intent.as_ref().is_some_and(|(added, removed)| {
+                Intent { added, removed }.landed_on(&current)
+            });
+            if landed {
+                prop_assert!(
+                    !matches!(d, Decision::Reject { .. } | Decision::Unchanged),
+                    "{d:?}"
+                );
+            }
         }
 
         #[test]
-        fn an_intent_only_explains_a_user_already_right(
+        fn an_intent_only_ever_adds_the_earlier_write_to_the_decision(
             (mode, current, desired, dry_run, intent) in case()
         ) {
             let p = policy();
             let d = run(p, mode, &current, &desired, dry_run, &intent);
             let without = decide(p, mode, &current, &desired, dry_run, None);
-            match &d {
-                Decision::AlreadyApplied(c) => {
+            match (&d, &without) {
+                (Decision::AlreadyApplied(c), Decision::Unchanged) => {
                     prop_assert!(intent.is_some());
-                    prop_assert_eq!(&without, &Decision::Unchanged);
                     prop_assert_eq!(&c.after, &current);
                 }
-                other => prop_assert_eq!(other, &without),
+                (Decision::AppliedWithConflict { change, reason, .. }, Decision::Reject { reason: r, .. }) => {
+                    prop_assert!(intent.is_some());
+                    prop_assert_eq!(&change.after, &current);
+                    prop_assert_eq!(reason, r);
+                }
+                // One record for both writes: the same final set as the write alone.
+                (Decision::Write(c), Decision::Write(w)) => prop_assert_eq!(&c.after, &w.after),
+                (other, without) => prop_assert_eq!(other, without),
             }
         }
     }

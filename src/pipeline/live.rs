@@ -6,6 +6,7 @@
 //! Invariant: an entry exists exactly as long as its guard (`LiveChunk`, `LivePlan`), which the
 //! task doing the work holds; a task that ends, by returning or by unwinding, drops it.
 
+use crate::store::HeldChunk;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -16,9 +17,10 @@ pub(crate) struct LiveWork {
 
 #[derive(Default)]
 struct Inner {
-    /// (job, chunk) → how many guards (a chunk re-claimed by this process while an older run
-    /// of it still unwinds counts twice).
-    chunks: HashMap<(String, i64), usize>,
+    /// (job, chunk, fence) → how many guards. A chunk re-claimed by this process while an
+    /// older run of it still unwinds has two entries, one per fence: only the newer one's
+    /// lease can be renewed.
+    chunks: HashMap<HeldChunk, usize>,
     plans: HashMap<String, usize>,
 }
 
@@ -27,16 +29,13 @@ impl LiveWork {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Marks a chunk live until the guard is dropped.
-    pub(crate) fn chunk(self: &Arc<Self>, job_id: &str, chunk_no: i64) -> LiveChunk {
-        *self
-            .lock()
-            .chunks
-            .entry((job_id.to_owned(), chunk_no))
-            .or_default() += 1;
+    /// Marks a chunk, as claimed under `fence`, live until the guard is dropped.
+    pub(crate) fn chunk(self: &Arc<Self>, job_id: &str, chunk_no: i64, fence: i64) -> LiveChunk {
+        let key = (job_id.to_owned(), chunk_no, fence);
+        *self.lock().chunks.entry(key.clone()).or_default() += 1;
         LiveChunk {
             live: self.clone(),
-            key: (job_id.to_owned(), chunk_no),
+            key,
         }
     }
 
@@ -50,7 +49,7 @@ impl LiveWork {
     }
 
     /// The chunks and plans live now, for the heartbeat.
-    pub(crate) fn snapshot(&self) -> (Vec<(String, i64)>, Vec<String>) {
+    pub(crate) fn snapshot(&self) -> (Vec<HeldChunk>, Vec<String>) {
         let inner = self.lock();
         (
             inner.chunks.keys().cloned().collect(),
@@ -70,7 +69,7 @@ fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
 
 pub(crate) struct LiveChunk {
     live: Arc<LiveWork>,
-    key: (String, i64),
+    key: HeldChunk,
 }
 
 impl Drop for LiveChunk {
@@ -97,12 +96,12 @@ mod tests {
     #[test]
     fn work_is_live_exactly_while_its_guard_is_held() {
         let live = Arc::new(LiveWork::default());
-        let a = live.chunk("j", 1);
-        let a2 = live.chunk("j", 1);
+        let a = live.chunk("j", 1, 1);
+        let a2 = live.chunk("j", 1, 1);
         let p = live.plan("k");
         assert_eq!(
             live.snapshot(),
-            (vec![("j".to_owned(), 1)], vec!["k".to_owned()])
+            (vec![("j".to_owned(), 1, 1)], vec!["k".to_owned()])
         );
         drop(a);
         assert_eq!(live.snapshot().0.len(), 1, "a second guard keeps it live");
@@ -112,7 +111,7 @@ mod tests {
         // A panicking task drops its guard while unwinding.
         let live2 = live.clone();
         let r = std::thread::spawn(move || {
-            let _g = live2.chunk("j", 2);
+            let _g = live2.chunk("j", 2, 1);
             panic!("worker died");
         })
         .join();

@@ -21,6 +21,7 @@
 mod bulk;
 mod circuit;
 mod decide;
+pub(crate) mod fence;
 mod intake;
 pub(crate) mod lifecycle;
 mod live;
@@ -237,6 +238,8 @@ fn stages(
 }
 
 /// Keeps alive the leases of the work this process is doing now (`live`), and only those.
+/// Each renewal moves the send window of the chunk's run (`fence`); a chunk found taken over
+/// stops its run at once, so it sends nothing more.
 async fn heartbeat(deps: Deps, stop: CancellationToken) {
     let every = Duration::from_millis((deps.lease_ms() / 3).max(1000) as u64);
     loop {
@@ -248,20 +251,30 @@ async fn heartbeat(deps: Deps, stop: CancellationToken) {
         if chunks.is_empty() && plans.is_empty() {
             continue;
         }
+        let confirmed = tokio::time::Instant::now();
         match deps
             .store
             .renew_leases(&deps.owner, &chunks, &plans, deps.lease_ms())
             .await
         {
             Ok(renewal) => {
-                for (job_id, chunk_no) in &renewal.lost {
-                    // Its commit will be refused (`complete_chunk` checks the lease); say why.
-                    tracing::warn!(job.id = %job_id, chunk = chunk_no, "chunk lease lost to another worker");
+                let window = fence::window(confirmed, deps.lease_ms());
+                for held in &renewal.held {
+                    deps.chunk_runs.lease_renewed(held, window);
+                }
+                for held in &renewal.lost {
+                    // Said once per run: the run is stopped now and its guard goes with it.
+                    if deps.chunk_runs.lease_lost(held) {
+                        let (job_id, chunk_no, fence) = held;
+                        tracing::warn!(job.id = %job_id, chunk = chunk_no, fence, "chunk lease lost to another worker: its run here sends nothing more");
+                    }
                 }
                 // A job cancelled (or failed) through another replica: its runs here stop
                 // sending within one heartbeat.
                 lifecycle::stop_runs_of_ended_jobs(&deps, &renewal.stopped_jobs).await;
             }
+            // The runs' send windows are not moved: a run that cannot renew stops sending on
+            // its own when its window ends (`fence`).
             Err(e) => tracing::warn!(error = %e, "cannot renew leases"),
         }
     }

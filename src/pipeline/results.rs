@@ -26,6 +26,11 @@ async fn settle(deps: &Deps, outcome: ChunkOutcome) {
             let results: Vec<_> = done.results.iter().map(|r| r.outcome).collect();
             match commit(deps, &claim, &done).await {
                 Ok(true) => {
+                    // Logged from what is committed, once (`audit::log`).
+                    for line in &done.audit {
+                        line.committed();
+                    }
+                    count_conflicts(deps, &done.events);
                     deps.metrics
                         .reconcile_drifted_users_total
                         .inc_by(done.drifted);
@@ -39,15 +44,27 @@ async fn settle(deps: &Deps, outcome: ChunkOutcome) {
                     lifecycle::finish_if_done(deps, &claim.job_id).await;
                 }
                 Ok(false) => {
-                    tracing::warn!("chunk lease lost before commit; its new owner re-runs it")
+                    tracing::warn!("chunk lease lost before commit; its new owner re-runs it");
+                    for line in &done.audit {
+                        line.not_recorded("the chunk's lease was lost before its commit");
+                    }
                 }
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "cannot commit a chunk; it is re-run when its lease expires"
-                ),
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "cannot commit a chunk; it is re-run when its lease expires"
+                    );
+                    for line in &done.audit {
+                        line.not_recorded("the chunk's commit failed");
+                    }
+                }
             }
         }
-        ChunkOutcome::Release(claim, deltas, stop) => {
+        ChunkOutcome::Release(claim, deltas, stop, written) => {
+            let why = format!("the chunk's run stopped before its commit: {stop}");
+            for line in &written {
+                line.not_recorded(&why);
+            }
             if let Err(e) = deps.store.add_job_deltas(&claim.job_id, &deltas).await {
                 tracing::warn!(error = %e, "cannot record calls spent");
             }
@@ -93,6 +110,9 @@ async fn settle(deps: &Deps, outcome: ChunkOutcome) {
                 // job that ended elsewhere has its chunks `done` already: the release finds
                 // nothing of this owner's to give back.
                 Stop::Cancelled | Stop::JobEnded(_) => release(deps, &claim).await,
+                // Given back under its fence: a no-op when another worker holds the chunk
+                // now; when nobody does (a store cut), it is claimable at once.
+                Stop::LeaseLost => release(deps, &claim).await,
                 Stop::Target(error) => {
                     let reason = paused_reason(error);
                     // Paused before the circuit opens, so that the resume cannot run
@@ -126,6 +146,24 @@ async fn commit(
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
             r => return r,
+        }
+    }
+}
+
+/// Counts the conflicts a committed chunk raised (`role_sync.conflict_detected`), by reason.
+fn count_conflicts(deps: &Deps, events: &[crate::store::OutboxEvent]) {
+    let conflict = crate::domain::EventType::ConflictDetected.as_str();
+    for e in events.iter().filter(|e| e.event_type == conflict) {
+        let reason = serde_json::from_str::<serde_json::Value>(&e.payload)
+            .ok()
+            .and_then(|v| v["data"]["reason"]["code"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if let Ok(c) = deps
+            .metrics
+            .conflicts_after_write_total
+            .get_metric_with_label_values(&[&reason])
+        {
+            c.inc();
         }
     }
 }

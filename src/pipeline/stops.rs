@@ -8,7 +8,9 @@
 //! - too many of the job's latest users failed on per-user target errors (`error_ratio`).
 //!
 //! - the job was cancelled (`POST /v1/jobs/{id}/cancel` here, or another replica's cancel seen
-//!   at a lease renewal), or ended elsewhere.
+//!   at a lease renewal), or ended elsewhere;
+//! - the run no longer holds its chunk's lease, or cannot show that it does (`fence`): it lost
+//!   it to another worker, or its send window passed without a renewal (a store cut).
 //!
 //! A stopped chunk is released uncommitted (`ChunkOutcome::Release`): the users it did not start
 //! are simply not part of any outcome, and the re-run reads the users it did write as already
@@ -16,9 +18,11 @@
 //! came to and cancels the others (`sync`). Chunks of the same job running in this process are
 //! stopped together (`ChunkRuns`).
 
+use super::fence;
 use crate::configuration::SyncSettings;
 use crate::domain::{JobStatus, PausedReason};
-use crate::scim::{CallTally, ScimError};
+use crate::scim::{CallTally, LeaseWindow, ScimError};
+use crate::store::{ChunkClaim, HeldChunk};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
@@ -39,6 +43,9 @@ pub(crate) enum Stop {
     /// The job ended elsewhere with this status (failed, or finished by another replica):
     /// nothing of the run may be committed any more.
     JobEnded(JobStatus),
+    /// The run does not hold its chunk's lease any more, or cannot show it still does: nothing
+    /// more is sent, and nothing of the run is committed (the chunk's next owner re-runs it).
+    LeaseLost,
 }
 
 impl std::fmt::Display for Stop {
@@ -52,6 +59,7 @@ impl std::fmt::Display for Stop {
             ),
             Stop::Cancelled => write!(f, "the job was cancelled"),
             Stop::JobEnded(status) => write!(f, "the job ended elsewhere ({status})"),
+            Stop::LeaseLost => write!(f, "the chunk's lease was lost or could not be renewed"),
         }
     }
 }
@@ -60,18 +68,42 @@ impl std::fmt::Display for Stop {
 #[derive(Default)]
 pub(crate) struct ChunkRun {
     pub(crate) tally: CallTally,
+    /// The chunk and the fence it was claimed with (`fence`).
+    chunk_no: i64,
+    fence: i64,
     why: OnceLock<Stop>,
 }
 
 impl ChunkRun {
+    /// A run of the chunk `claim` holds: its calls are fenced by the claim's lease and carry
+    /// `job:chunk:fence` as their correlation id.
+    pub(crate) fn for_claim(claim: &ChunkClaim, lease_ms: i64) -> ChunkRun {
+        let correlation = format!("{}:{}:{}", claim.job_id, claim.chunk_no, claim.fence);
+        ChunkRun {
+            tally: CallTally::fenced(correlation, fence::window(claim.confirmed, lease_ms)),
+            chunk_no: claim.chunk_no,
+            fence: claim.fence,
+            why: OnceLock::new(),
+        }
+    }
+
     /// Stops the run: no new user starts, queued calls are not sent. The first reason stays.
     pub(crate) fn stop(&self, why: Stop) {
         let _ = self.why.set(why);
         self.tally.stop();
     }
 
+    /// Why the run stopped, if it did. A run whose send window passed without a renewal of
+    /// its lease is stopped by that (`Stop::LeaseLost`), whether or not a call noticed.
     pub(crate) fn stopped(&self) -> Option<&Stop> {
+        if self.why.get().is_none() && self.tally.lease_expired() {
+            self.stop(Stop::LeaseLost);
+        }
         self.why.get()
+    }
+
+    fn is(&self, chunk_no: i64, fence: i64) -> bool {
+        self.chunk_no == chunk_no && self.fence == fence
     }
 }
 
@@ -133,6 +165,35 @@ impl ChunkRuns {
         for r in runs {
             r.stop(why.clone());
         }
+    }
+
+    /// The lease of a chunk was renewed under `fence`: its run may send until `window` ends.
+    pub(crate) fn lease_renewed(&self, held: &HeldChunk, window: LeaseWindow) {
+        for run in self.runs_of(held) {
+            run.tally.extend_lease(window);
+        }
+    }
+
+    /// The lease of a chunk is no longer held under `fence`: its run sends nothing more, at
+    /// once. Returns whether a run was still going (and so was stopped now).
+    pub(crate) fn lease_lost(&self, held: &HeldChunk) -> bool {
+        let mut stopped = false;
+        for run in self.runs_of(held) {
+            stopped |= run.stopped().is_none();
+            run.stop(Stop::LeaseLost);
+        }
+        stopped
+    }
+
+    fn runs_of(&self, (job_id, chunk_no, fence): &HeldChunk) -> Vec<Arc<ChunkRun>> {
+        let m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        m.runs
+            .get(job_id)
+            .into_iter()
+            .flatten()
+            .filter_map(Weak::upgrade)
+            .filter(|r| r.is(*chunk_no, *fence))
+            .collect()
     }
 
     /// The results stage handled a stop of the job (failed it, or paused it and opened the
@@ -424,6 +485,57 @@ mod tests {
         let a4 = Arc::new(ChunkRun::default());
         runs.register("a", &a4);
         assert!(a4.stopped().is_none());
+    }
+
+    fn claim(chunk_no: i64, fence: i64) -> ChunkClaim {
+        ChunkClaim {
+            job_id: "a".into(),
+            chunk_no,
+            attempts: 1,
+            fence,
+            confirmed: Instant::now(),
+        }
+    }
+
+    /// A run stops sending on its own when its send window passes without a renewal (a store
+    /// cut), and a renewal moves the window of its own claim only.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_stops_itself_when_its_lease_cannot_be_renewed() {
+        let runs = ChunkRuns::default();
+        let run = Arc::new(ChunkRun::for_claim(&claim(1, 3), 6_000));
+        let older = Arc::new(ChunkRun::for_claim(&claim(1, 2), 6_000));
+        runs.register("a", &run);
+        runs.register("a", &older);
+        tokio::time::advance(Duration::from_millis(3_000)).await;
+        // Renewed under fence 3: that run's window moves, the older claim's does not.
+        runs.lease_renewed(&("a".into(), 1, 3), fence::window(Instant::now(), 6_000));
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        assert!(run.stopped().is_none(), "renewed: still sending");
+        assert!(
+            matches!(older.stopped(), Some(Stop::LeaseLost)),
+            "two thirds of its lease passed without a renewal"
+        );
+        assert!(older.tally.is_stopped());
+        // No renewal comes any more: the run stops itself within its window.
+        tokio::time::advance(Duration::from_millis(2_600)).await;
+        assert!(matches!(run.stopped(), Some(Stop::LeaseLost)));
+        assert!(run.tally.is_stopped());
+    }
+
+    /// A lease found taken over stops the run of that claim at once, and only it.
+    #[test]
+    fn a_lost_lease_stops_the_run_of_that_claim_only() {
+        let runs = ChunkRuns::default();
+        let lost = Arc::new(ChunkRun::for_claim(&claim(1, 1), 60_000));
+        let other = Arc::new(ChunkRun::for_claim(&claim(2, 1), 60_000));
+        runs.register("a", &lost);
+        runs.register("a", &other);
+        assert!(runs.lease_lost(&("a".into(), 1, 1)));
+        assert!(matches!(lost.stopped(), Some(Stop::LeaseLost)));
+        assert!(lost.tally.is_stopped());
+        assert!(other.stopped().is_none());
+        // Said once: a second report of the same loss finds the run stopped already.
+        assert!(!runs.lease_lost(&("a".into(), 1, 1)));
     }
 
     #[test]

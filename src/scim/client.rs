@@ -30,9 +30,31 @@ pub struct CallTally {
     /// Once set, no further call of this tally is sent: calls already queued (for the in-flight
     /// permit, the limiter, a retry pause) end with `ScimError::Stopped` instead.
     stopped: AtomicBool,
+    /// The lease the calls are made under, when they are a chunk's (`pipeline::fence`): no
+    /// call leaves after its `send_until`, and none is waited for past its `expires`.
+    lease: std::sync::Mutex<Option<LeaseWindow>>,
+    /// Sent as `x-correlation-id` with every call, so the target's logs name the work.
+    correlation: Option<String>,
+}
+
+/// Until when a worker may send calls under its chunk's lease, and when the lease itself runs
+/// out in the store, as instants of this process's monotonic clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseWindow {
+    pub send_until: Instant,
+    pub expires: Instant,
 }
 
 impl CallTally {
+    /// The tally of one chunk run: its calls carry `correlation` and are fenced by `lease`.
+    pub fn fenced(correlation: String, lease: LeaseWindow) -> CallTally {
+        CallTally {
+            lease: std::sync::Mutex::new(Some(lease)),
+            correlation: Some(correlation),
+            ..CallTally::default()
+        }
+    }
+
     /// Stops every call of this tally that is not yet sent. Calls on the wire finish.
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Relaxed);
@@ -40,6 +62,45 @@ impl CallTally {
 
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Relaxed)
+    }
+
+    /// The lease was renewed: calls may leave until the new window's `send_until`. A window
+    /// never moves back (a late answer of an older renewal does not shorten a newer one).
+    pub fn extend_lease(&self, window: LeaseWindow) {
+        let mut lease = self.lease.lock().unwrap_or_else(|e| e.into_inner());
+        match *lease {
+            Some(w) if w.send_until >= window.send_until => {}
+            _ => *lease = Some(window),
+        }
+    }
+
+    /// Whether the lease's send window has passed (never, for calls made under no lease).
+    pub fn lease_expired(&self) -> bool {
+        self.lease
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|w| Instant::now() >= w.send_until)
+    }
+
+    /// May a call leave now? Not once stopped; not past the lease's send window, which also
+    /// stops the tally (the run learns why from `lease_expired`). With a lease, also how long
+    /// the call may take: no answer is waited for past the lease's expiry in the store.
+    fn may_send(&self) -> Result<Option<Duration>, ()> {
+        if self.is_stopped() {
+            return Err(());
+        }
+        let lease = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
+        match lease {
+            None => Ok(None),
+            Some(w) => {
+                let now = Instant::now();
+                if now >= w.send_until {
+                    self.stop();
+                    return Err(());
+                }
+                Ok(Some(w.expires.saturating_duration_since(now)))
+            }
+        }
     }
 
     pub fn snapshot(&self) -> (i64, i64, i64) {
@@ -86,6 +147,8 @@ pub struct ScimClient {
     max_retry: Duration,
     /// Cap on a wait the target asks for (`target.max_server_delay_secs`).
     max_server_delay: Duration,
+    /// How long one call may take (`target.timeout_secs`).
+    timeout: Duration,
 }
 
 struct Call<'a> {
@@ -161,6 +224,7 @@ impl ScimClient {
             max_attempts: t.max_attempts,
             max_retry: Duration::from_secs(t.max_retry_secs),
             max_server_delay: Duration::from_secs(t.max_server_delay_secs),
+            timeout: Duration::from_secs(t.timeout_secs),
         })
     }
 
@@ -668,7 +732,7 @@ impl ScimClient {
         self.limiter.acquire().await;
         // Checked after the waits: a call queued behind others is dropped if its work was
         // stopped meanwhile (e.g. a 403 answered a sibling call), instead of being refused too.
-        if tally.is_stopped() {
+        if tally.may_send().is_err() {
             return SendOutcome::Stopped;
         }
         // The token is taken last, just before sending: taken before the waits above, it could
@@ -677,11 +741,13 @@ impl ScimClient {
             Ok(t) => t,
             Err(e) => return SendOutcome::Token(e),
         };
-        // Again: fetching a token can take a round trip, and a stop (a cancel) that came
-        // meanwhile must still keep the call from leaving. From here to the send nothing waits.
-        if tally.is_stopped() {
-            return SendOutcome::Stopped;
-        }
+        // Again: fetching a token can take a round trip, and a stop (a cancel, a lost lease)
+        // that came meanwhile must still keep the call from leaving. From here to the send
+        // nothing waits. Under a lease, the call is not waited for past the lease's expiry.
+        let lease_left = match tally.may_send() {
+            Ok(left) => left,
+            Err(()) => return SendOutcome::Stopped,
+        };
         let mut req = self
             .http
             .request(call.method.clone(), &call.url)
@@ -694,6 +760,12 @@ impl ScimClient {
             );
         if !call.query.is_empty() {
             req = req.query(call.query);
+        }
+        if let Some(left) = lease_left {
+            req = req.timeout(left.min(self.timeout));
+        }
+        if let Some(id) = &tally.correlation {
+            req = req.header("x-correlation-id", id.as_str());
         }
         if let Some(v) = &call.if_match {
             req = req.header(reqwest::header::IF_MATCH, v.as_str());

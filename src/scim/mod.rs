@@ -16,7 +16,7 @@ pub mod retry;
 pub mod token;
 
 use crate::domain::ScimCallOutcome;
-pub use client::{AuthzCatalog, CallTally, ScimClient};
+pub use client::{AuthzCatalog, CallTally, LeaseWindow, ScimClient};
 pub use model::ScimUser;
 
 /// Why a SCIM call failed, after retries. Each variant says what the caller should do.

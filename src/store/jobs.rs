@@ -488,7 +488,7 @@ mod tests {
     use super::*;
     use crate::domain::Counts;
     use crate::store::test_support::{ok, row, store_with_job};
-    use crate::store::{ChunkClaim, ChunkDone, JobDeltas, JobPlan, PlanPage, RowResult};
+    use crate::store::{ChunkDone, JobDeltas, JobPlan, PlanPage, RowResult};
 
     /// `job.finished` as the tests read it back: the status and counts it was built from.
     fn event(job: &JobRecord) -> Vec<OutboxEvent> {
@@ -541,14 +541,6 @@ mod tests {
         (store, dir)
     }
 
-    fn claim(chunk_no: i64) -> ChunkClaim {
-        ChunkClaim {
-            job_id: "job-1".into(),
-            chunk_no,
-            attempts: 1,
-        }
-    }
-
     fn outcomes(items: &[ItemRecord]) -> Vec<(i64, Outcome)> {
         items.iter().map(|i| (i.line, i.outcome)).collect()
     }
@@ -561,15 +553,25 @@ mod tests {
     async fn a_cancel_leaves_rows_in_flight_to_their_run_and_finishes_with_the_last_one() {
         let (store, _dir) = running_job().await;
         // Chunk 0 is being run; chunk 3 was run, its write to D sent, then given back.
-        assert_eq!(ok(store.claim_chunk("w", 60_000).await), Some(claim(0)));
-        assert_eq!(
-            ok(store.claim_chunk("x", 60_000).await).map(|c| c.chunk_no),
-            Some(1)
-        );
-        ok(store.release_chunk(&claim(1), "x", None, true).await);
-        ok(store
-            .mark_intent("job-1", &[6], &["Agent".into()], &[])
-            .await);
+        let held = ok(store.claim_chunk("w", 60_000).await);
+        assert_eq!(held.as_ref().map(|c| c.chunk_no), Some(0));
+        let w = held.unwrap_or_else(|| panic!("claim"));
+        let mut by_x = Vec::new();
+        for no in 1..=3 {
+            let c = ok(store.claim_chunk("x", 60_000).await).unwrap_or_else(|| panic!("claim"));
+            assert_eq!(c.chunk_no, no);
+            by_x.push(c);
+        }
+        // An intent names the claim it is recorded under: another owner's is refused.
+        assert!(!ok(store
+            .mark_intent(&by_x[2], "w", 1_000, &[6], &["Agent".into()], &[])
+            .await));
+        assert!(ok(store
+            .mark_intent(&by_x[2], "x", 1_000, &[6], &["Agent".into()], &[])
+            .await));
+        for c in &by_x {
+            ok(store.release_chunk(c, "x", None, true).await);
+        }
 
         let job = ok(store.cancel_job("job-1", event).await).unwrap_or_else(|| panic!("cancel"));
         assert_eq!(job.status, JobStatus::Cancelled);
@@ -597,8 +599,17 @@ mod tests {
         );
 
         // The kept chunk is claimed to be settled; no other chunk is.
-        assert_eq!(ok(store.claim_chunk("y", 60_000).await), Some(claim(3)));
+        let y = ok(store.claim_chunk("y", 60_000).await).unwrap_or_else(|| panic!("claim"));
+        assert_eq!(
+            (y.chunk_no, y.fence),
+            (3, 2),
+            "a second claim takes the next fence"
+        );
         assert_eq!(ok(store.claim_chunk("y", 60_000).await), None);
+        // The older claim of chunk 3 can neither record an intent nor commit any more.
+        assert!(!ok(store
+            .mark_intent(&by_x[2], "x", 1_000, &[6], &["Agent".into()], &[])
+            .await));
         let applied = |line| RowResult {
             user_id: Some("u".into()),
             roles_added: Some(vec!["Agent".into()]),
@@ -611,7 +622,11 @@ mod tests {
             results: vec![RowResult::outcome(6, Outcome::Cancelled, reason)],
             ..Default::default()
         };
-        assert!(ok(store.complete_chunk(&claim(3), "y", &d).await));
+        assert!(
+            !ok(store.complete_chunk(&by_x[2], "y", &d).await),
+            "an old fence"
+        );
+        assert!(ok(store.complete_chunk(&y, "y", &d).await));
         assert!(ok(store.finish_job_if_done("job-1", event).await).is_none());
 
         // The run of chunk 0 wrote A's line 2 and 3 before it stopped.
@@ -619,7 +634,7 @@ mod tests {
             results: vec![applied(2), applied(3)],
             ..Default::default()
         };
-        assert!(ok(store.complete_chunk(&claim(0), "w", &d).await));
+        assert!(ok(store.complete_chunk(&w, "w", &d).await));
         assert_eq!(ok(store.jobs_to_finish().await), ["job-1"]);
         let done = ok(store.finish_job_if_done("job-1", event).await)
             .unwrap_or_else(|| panic!("finished"));

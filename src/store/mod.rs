@@ -34,8 +34,8 @@ mod syncing;
 mod undo;
 
 pub(crate) use records::{
-    ChunkClaim, ChunkDone, CreateJob, DeliveryResult, DesiredUpdate, IdempotencyClaim, JobDeltas,
-    JobPlan, LeaseRenewal, NewJob, OutboxRecord, PlanPage,
+    ChunkClaim, ChunkDone, CreateJob, DeliveryResult, DesiredUpdate, HeldChunk, IdempotencyClaim,
+    JobDeltas, JobPlan, LeaseRenewal, NewJob, OutboxRecord, PlanPage,
 };
 // Public: read outside the crate (`get_job`, `list_items` in tests/) or named by public
 // functions of other modules (`job_view`, `validate_rows`, `EventFactory::event`).

@@ -360,7 +360,15 @@ pub(crate) struct ChunkClaim {
     pub job_id: String,
     pub chunk_no: i64,
     pub attempts: i64,
+    /// The fencing token of this claim (`pipeline::fence`): every statement made for the run
+    /// names it, and changes nothing once another claim took a newer one.
+    pub fence: i64,
+    /// The instant before the claim was sent: the lease is held for a lease from then.
+    pub confirmed: tokio::time::Instant,
 }
+
+/// A chunk as one run holds it: (job, chunk, fence).
+pub(crate) type HeldChunk = (String, i64, i64);
 
 /// Counter deltas besides row outcomes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -375,8 +383,11 @@ pub(crate) struct JobDeltas {
 /// What a heartbeat learnt (`Store::renew_leases`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct LeaseRenewal {
-    /// Chunks whose lease this process no longer holds: their runs must not commit.
-    pub lost: Vec<(String, i64)>,
+    /// Chunks whose lease was renewed under the fence their run holds.
+    pub held: Vec<HeldChunk>,
+    /// Chunks whose lease this process no longer holds under that fence: their runs must send
+    /// nothing more and cannot commit.
+    pub lost: Vec<HeldChunk>,
     /// Jobs no longer running (cancelled, failed): their runs stop sending.
     pub stopped_jobs: Vec<String>,
 }
@@ -394,6 +405,9 @@ pub(crate) struct ChunkDone {
     pub desired: Vec<DesiredUpdate>,
     /// Users a reconcile found drifted (`rolesync_reconcile_drifted_users_total`).
     pub drifted: u64,
+    /// The `roles changed` audit lines of the users recorded `applied`: logged once the chunk
+    /// is committed, never before (`audit::log`).
+    pub audit: Vec<crate::audit::log::RoleChangeLine>,
 }
 
 /// How a user's desired state moves with an outcome (`desired_state`): only ever in the

@@ -3,7 +3,7 @@
 
 use super::undo::apply_desired;
 use super::{
-    Backend, ChunkClaim, ChunkDone, ItemRecord, ItemRow, JobDeltas, LeaseRenewal, Store,
+    Backend, ChunkClaim, ChunkDone, HeldChunk, ItemRecord, ItemRow, JobDeltas, LeaseRenewal, Store,
     StoreResult, add_counts, apply_results, begin_write, dual, insert_events, now_ms,
 };
 use sqlx::{QueryBuilder, Row};
@@ -19,25 +19,26 @@ impl Store {
         owner: &str,
         lease_ms: i64,
     ) -> StoreResult<Option<ChunkClaim>> {
+        let confirmed = tokio::time::Instant::now();
         let now = now_ms();
         let row = dual!(&self.backend, |p, DB| {
             // Two texts: only PostgreSQL locks the rows it picks (`SKIP LOCKED`); see `dual!`.
             let sql = match self.backend {
                 Backend::Postgres(_) => {
-                    "UPDATE chunks SET status = 'leased', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
+                    "UPDATE chunks SET status = 'leased', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1, fence = fence + 1 \
                      WHERE (job_id, chunk_no) = (SELECT c.job_id, c.chunk_no FROM chunks c JOIN jobs j ON j.id = c.job_id \
                      WHERE j.status IN ('running', 'cancelled') \
                      AND (c.status = 'ready' OR (c.status = 'leased' AND c.lease_until_ms < $3)) \
                      AND COALESCE(c.not_before_ms, 0) <= $3 \
-                     ORDER BY c.job_id, c.chunk_no LIMIT 1 FOR UPDATE OF c SKIP LOCKED) RETURNING job_id, chunk_no, attempts"
+                     ORDER BY c.job_id, c.chunk_no LIMIT 1 FOR UPDATE OF c SKIP LOCKED) RETURNING job_id, chunk_no, attempts, fence"
                 }
                 Backend::Sqlite(_) => {
-                    "UPDATE chunks SET status = 'leased', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
+                    "UPDATE chunks SET status = 'leased', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1, fence = fence + 1 \
                      WHERE rowid = (SELECT c.rowid FROM chunks c JOIN jobs j ON j.id = c.job_id \
                      WHERE j.status IN ('running', 'cancelled') \
                      AND (c.status = 'ready' OR (c.status = 'leased' AND c.lease_until_ms < $3)) \
                      AND COALESCE(c.not_before_ms, 0) <= $3 \
-                     ORDER BY c.job_id, c.chunk_no LIMIT 1) RETURNING job_id, chunk_no, attempts"
+                     ORDER BY c.job_id, c.chunk_no LIMIT 1) RETURNING job_id, chunk_no, attempts, fence"
                 }
             };
             match sqlx::query(sql)
@@ -52,6 +53,8 @@ impl Store {
                     job_id: r.try_get(0)?,
                     chunk_no: r.try_get(1)?,
                     attempts: r.try_get(2)?,
+                    fence: r.try_get(3)?,
+                    confirmed,
                 }),
             }
         });
@@ -86,16 +89,23 @@ impl Store {
 
     /// Records, before a write is sent, that this job is about to change the rows' user and
     /// how; a re-run after a crash then reports the user `applied`, with this diff.
+    ///
+    /// Fenced (`pipeline::fence`): recorded only if `owner` still holds the chunk's lease under
+    /// `claim`'s fence with at least `margin_ms` of it left, in the same statement that
+    /// records it. Returns false when not: the write must not be sent.
     pub(crate) async fn mark_intent(
         &self,
-        job_id: &str,
+        claim: &ChunkClaim,
+        owner: &str,
+        margin_ms: i64,
         lines: &[i64],
         added: &[String],
         removed: &[String],
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         let added = serde_json::to_string(added).unwrap_or_default();
         let removed = serde_json::to_string(removed).unwrap_or_default();
-        dual!(&self.backend, |p, DB| {
+        let job_id = claim.job_id.as_str();
+        let recorded = dual!(&self.backend, |p, DB| {
             let mut qb = QueryBuilder::<DB>::new("UPDATE items SET intent = 1, roles_added = ");
             qb.push_bind(&added)
                 .push(", roles_removed = ")
@@ -107,10 +117,46 @@ impl Store {
             for line in lines {
                 sep.push_bind(*line);
             }
-            qb.push(")");
-            qb.build().execute(p).await?;
+            qb.push(") AND EXISTS (SELECT 1 FROM chunks WHERE job_id = ")
+                .push_bind(job_id)
+                .push(" AND chunk_no = ")
+                .push_bind(claim.chunk_no)
+                .push(" AND status = 'leased' AND lease_owner = ")
+                .push_bind(owner)
+                .push(" AND fence = ")
+                .push_bind(claim.fence)
+                .push(" AND lease_until_ms > ")
+                .push_bind(now_ms().saturating_add(margin_ms))
+                .push(")");
+            qb.build().execute(p).await?.rows_affected()
         });
-        Ok(())
+        Ok(recorded > 0)
+    }
+
+    /// The intent recorded for any of `lines` (the rows of one user), read fresh: by this run,
+    /// or by an earlier owner of the chunk after this run read the rows.
+    pub(crate) async fn intent_of(
+        &self,
+        job_id: &str,
+        lines: &[i64],
+    ) -> StoreResult<Option<(Vec<String>, Vec<String>)>> {
+        let row: Option<(Option<String>, Option<String>)> = dual!(&self.backend, |p, DB| {
+            let mut qb = QueryBuilder::<DB>::new(
+                "SELECT roles_added, roles_removed FROM items WHERE intent = 1 AND job_id = ",
+            );
+            qb.push_bind(job_id).push(" AND line IN (");
+            let mut sep = qb.separated(", ");
+            for line in lines {
+                sep.push_bind(*line);
+            }
+            qb.push(") LIMIT 1");
+            qb.build_query_as().fetch_optional(p).await?
+        });
+        let list = |v: Option<String>| -> Vec<String> {
+            v.and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default()
+        };
+        Ok(row.map(|(a, r)| (list(a), list(r))))
     }
 
     /// Heartbeat for live work only: extends the leases of the chunks `owner` is running now
@@ -120,27 +166,31 @@ impl Store {
     pub(crate) async fn renew_leases(
         &self,
         owner: &str,
-        chunks: &[(String, i64)],
+        chunks: &[HeldChunk],
         plans: &[String],
         lease_ms: i64,
     ) -> StoreResult<LeaseRenewal> {
         let until = now_ms() + lease_ms;
         let mut out = LeaseRenewal::default();
         dual!(&self.backend, |p, DB| {
-            for (job_id, chunk_no) in chunks {
+            for (job_id, chunk_no, fence) in chunks {
                 let held = sqlx::query(
                     "UPDATE chunks SET lease_until_ms = $1 WHERE job_id = $2 AND chunk_no = $3 \
-                     AND lease_owner = $4 AND status = 'leased'",
+                     AND lease_owner = $4 AND status = 'leased' AND fence = $5",
                 )
                 .bind(until)
                 .bind(job_id)
                 .bind(*chunk_no)
                 .bind(owner)
+                .bind(*fence)
                 .execute(p)
                 .await?
                 .rows_affected();
+                let chunk = (job_id.clone(), *chunk_no, *fence);
                 if held == 0 {
-                    out.lost.push((job_id.clone(), *chunk_no));
+                    out.lost.push(chunk);
+                } else {
+                    out.held.push(chunk);
                 }
                 let status: Option<String> =
                     sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
@@ -199,13 +249,14 @@ impl Store {
             sqlx::query(
                 "UPDATE chunks SET status = 'ready', lease_owner = NULL, lease_until_ms = NULL, \
                  not_before_ms = $4, attempts = attempts - $5 \
-                 WHERE job_id = $1 AND chunk_no = $2 AND lease_owner = $3 AND status = 'leased'",
+                 WHERE job_id = $1 AND chunk_no = $2 AND lease_owner = $3 AND status = 'leased' AND fence = $6",
             )
             .bind(&claim.job_id)
             .bind(claim.chunk_no)
             .bind(owner)
             .bind(retry_at_ms)
             .bind(i64::from(!counted))
+            .bind(claim.fence)
             .execute(p)
             .await?;
         });
@@ -231,13 +282,14 @@ impl Store {
             };
             let held = sqlx::query(
                 "UPDATE chunks SET status = $4, lease_owner = NULL, lease_until_ms = NULL, not_before_ms = $5 \
-                 WHERE job_id = $1 AND chunk_no = $2 AND lease_owner = $3 AND status = 'leased'",
+                 WHERE job_id = $1 AND chunk_no = $2 AND lease_owner = $3 AND status = 'leased' AND fence = $6",
             )
             .bind(&claim.job_id)
             .bind(claim.chunk_no)
             .bind(owner)
             .bind(status)
             .bind(done.retry_at_ms)
+            .bind(claim.fence)
             .execute(&mut *tx)
             .await?
             .rows_affected();

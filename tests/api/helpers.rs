@@ -66,6 +66,31 @@ pub struct TestApp {
     store: TestStore,
 }
 
+/// Another replica started by `TestApp::replica`; stopped when dropped.
+pub struct Replica {
+    pub address: String,
+    stop: CancellationToken,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Replica {
+    /// Stops it gracefully (its leases are given back).
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(s) = self.server.take() {
+            s.await
+                .expect("replica task")
+                .expect("replica stops cleanly");
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// A fresh store for one test: a SQLite file in `dir`, or a new PostgreSQL database when
 /// `TEST_DATABASE_URL` is set. The database is dropped with the guard, unless the test is
 /// failing: then it is kept for a look, and named on stderr.
@@ -250,6 +275,68 @@ impl TestApp {
         self.stop.cancel();
         if let Some(s) = self.server.take() {
             s.await.expect("server task").expect("server stops cleanly");
+        }
+    }
+
+    /// A second rolesync on the same store and emulator, with the same settings: another
+    /// replica of the deployment, in this process (its own lease owner).
+    pub async fn replica(&self) -> Replica {
+        let settings = Settings::from_toml_layers(&[&self.settings_toml, &self.extra_toml])
+            .expect("valid test settings");
+        let policy = Policy::from_toml_str(&self.policy).expect("valid test policy");
+        let application =
+            Application::build_with_policy(settings, policy, self.policy_path.clone())
+                .await
+                .expect("replica builds");
+        let address = format!("http://{}", application.local_addr().expect("addr"));
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        let server =
+            tokio::spawn(application.run_until_stopped(async move { until.cancelled().await }));
+        Replica {
+            address,
+            stop,
+            server: Some(server),
+        }
+    }
+
+    /// Runs `sql` (a statement, no rows) on the test's store, on either backend: for a test
+    /// that stages what a fault would leave in the store.
+    pub async fn store_exec(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        if self.store_url().starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(self.store_url()).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        } else {
+            let pool = sqlx::PgPool::connect(self.store_url()).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+
+    /// The emulator's log of accepted role writes (`GET /emulator/writes`), all of it.
+    pub async fn accepted_writes(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        loop {
+            let page: Value = self
+                .client
+                .get(format!(
+                    "{}/emulator/writes?after={}&limit=100000",
+                    self.emulator_url(),
+                    all.len()
+                ))
+                .send()
+                .await
+                .expect("writes")
+                .json()
+                .await
+                .expect("writes json");
+            let writes = page["writes"].as_array().cloned().unwrap_or_default();
+            if writes.is_empty() {
+                return all;
+            }
+            all.extend(writes);
         }
     }
 

@@ -7,6 +7,7 @@ mod bulk;
 mod cli;
 mod console;
 mod durability;
+mod fencing;
 mod healing;
 mod helpers;
 mod hostile;

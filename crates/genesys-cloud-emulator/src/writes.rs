@@ -26,7 +26,13 @@ use serde::Serialize;
 
 use crate::Shared;
 use crate::errors::{ApiError, JSON_CONTENT_TYPE};
-use crate::state::{Id, lock};
+/// A user's id, as the directory keeps it (`state::Id`; named here, not imported, so that the
+/// directory can depend on this log without a cycle).
+type Id = std::sync::Arc<str>;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Most entries kept; the oldest are dropped first.
 pub const MAX_ENTRIES: usize = 2_000_000;

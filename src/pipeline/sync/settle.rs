@@ -1,0 +1,105 @@
+//! A cancelled job's users: each left without an outcome gets the one that is true in the
+//! target, without a write.
+
+use super::user::{Wanted, stored_intent};
+use super::*;
+
+/// Gives each user of a cancelled job left without an outcome the outcome that is true in the
+/// target, sending no write: a user no write may have reached (none sent by this run, no intent
+/// recorded by an earlier one) is `cancelled` without a call; the others are read back once
+/// (`settle_user`).
+pub(super) async fn settle(
+    deps: &Deps,
+    policy: &Policy,
+    job: &JobRecord,
+    users: Vec<Unsettled>,
+    done: &mut ChunkDone,
+) {
+    // A tally of its own: the run's was stopped by the cancel, and these reads are how the
+    // cancel learns what was written. It is never stopped; a shutdown drops the whole chunk
+    // (its lease is released and the next claim settles it).
+    let tally = CallTally::default();
+    {
+        let mut settled = futures::stream::iter(users)
+            .map(|(u, sent)| {
+                let tally = &tally;
+                async move { settle_user(deps, policy, job, &u, sent.as_ref(), tally).await }
+            })
+            .buffer_unordered(deps.settings.target.max_concurrency);
+        while let Some(r) = settled.next().await {
+            if let UserResult::Rows {
+                results,
+                events,
+                changed,
+                desired,
+                drifted,
+                audit,
+                ..
+            } = r
+            {
+                record(done, results, events, changed);
+                done.audit.extend(audit.map(|a| *a));
+                done.desired.extend(desired.map(|d| *d));
+                done.drifted += u64::from(drifted);
+            }
+        }
+    }
+    let (requests, retries, rate_limited) = tally.snapshot();
+    done.deltas.scim_requests += requests;
+    done.deltas.scim_retries += retries;
+    done.deltas.scim_rate_limited += rate_limited;
+}
+
+/// One user of a cancelled job whose write may have been sent: by this run (`sent`), or by an
+/// earlier run of the chunk that recorded its intent. Read once, fresh (a snapshot predates the
+/// write): `applied` with that write's diff if the user holds the roles it would have made
+/// (`Decision::AlreadyApplied`), else `cancelled`. If the read fails, the rows are `failed`:
+/// the write's fate is unknown, and `cancelled` would claim nothing was written.
+pub(super) async fn settle_user(
+    deps: &Deps,
+    policy: &Policy,
+    job: &JobRecord,
+    u: &UserRows<ItemRecord>,
+    sent: Option<&RoleChange>,
+    tally: &CallTally,
+) -> UserResult {
+    let report = Report {
+        deps,
+        policy,
+        job,
+        user: u,
+    };
+    let prior = sent
+        .map(|c| Intent {
+            added: &c.added,
+            removed: &c.removed,
+        })
+        .or_else(|| stored_intent(u));
+    let Some(prior) = prior else {
+        return report.cancelled();
+    };
+    let found = match find_user(deps, None, &u.external_id, tally).await {
+        Ok(found) => found,
+        Err(e) => {
+            return report.failed(
+                Outcome::Failed,
+                ReasonCode::ScimRejected,
+                &format!(
+                    "the job was cancelled while a write to this user may have been in flight, \
+                     and reading the user back failed: {e}"
+                ),
+            );
+        }
+    };
+    let user = match report.one_user(found) {
+        Ok(user) => user,
+        Err(r) => return r,
+    };
+    let wanted = Wanted::of(policy, job, u);
+    let current = user.role_names();
+    match wanted.decide(policy, job, &current, Some(prior)) {
+        Decision::AlreadyApplied(change) => report.applied(&user.id, &change),
+        // The user does not hold what the write would have made: it did not land.
+        _ => report.cancelled(),
+    }
+}
