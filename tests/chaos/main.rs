@@ -106,6 +106,26 @@ impl Drop for Database {
     }
 }
 
+/// The run's directory (configs, replica logs): removed when the test passes, kept and named
+/// when it panics anywhere (a replica that never got ready included).
+struct RunDir(Option<tempfile::TempDir>);
+
+impl RunDir {
+    fn path(&self) -> &std::path::Path {
+        self.0.as_ref().expect("run dir").path()
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take()
+            && std::thread::panicking()
+        {
+            eprintln!("kept the failed chaos run's logs in {}", d.keep().display());
+        }
+    }
+}
+
 /// Creates `rolesync_chaos_<random>` on the server, or says why it cannot.
 async fn create_database(server: &str) -> Result<Database, String> {
     use sqlx::Connection;
@@ -218,6 +238,8 @@ async fn timeline(
     let mut t = Timeline::default();
     let end = Instant::now() + Duration::from_secs(secs);
     let mut down: Vec<(usize, Instant)> = Vec::new();
+    // Faults set a moment after their event; awaited before the drain turns faults off.
+    let mut later = Vec::new();
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..4000))).await;
         // Replicas whose time is up come back, on the same port and config.
@@ -245,7 +267,28 @@ async fn timeline(
                 }
                 println!("chaos: store cut for {ms} ms");
             }
-            30..55 => {
+            30..40 if !proxy.is_cut() => {
+                // A partition: the store cut longer than the lease, and the target down for
+                // the end of it, so both end together. Chunks whose reads were held by the
+                // outage go on when it ends, while another replica takes their expired
+                // leases over: the race between a lost lease and its new owner.
+                let ms = rng.random_range(6500..=8000);
+                let outage = rng.random_range(3..=6u64);
+                proxy.cut(Duration::from_millis(ms));
+                t.cuts += 1;
+                t.cuts_longer_than_lease += 1;
+                t.outages += 1;
+                println!(
+                    "chaos: store cut for {ms} ms with a target outage of {outage} s at its end"
+                );
+                let (client, base) = (client.clone(), base.to_owned());
+                let delay = Duration::from_millis(ms.saturating_sub(outage * 1000));
+                later.push(tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    set_faults(&client, &base, json!({"outage_secs": outage})).await;
+                }));
+            }
+            40..60 => {
                 // One down at a time, sometimes two.
                 let limit = if rng.random_bool(0.3) { 2 } else { 1 };
                 let up = replicas.running();
@@ -258,7 +301,7 @@ async fn timeline(
                     println!("chaos: SIGKILL replica {i}, back in {back:?}");
                 }
             }
-            55..68 => {
+            60..70 => {
                 let s = rng.random_range(3..=6);
                 set_faults(&client, base, json!({"outage_secs": s})).await;
                 t.outages += 1;
@@ -279,6 +322,9 @@ async fn timeline(
                 t.knob_changes += 1;
             }
         }
+    }
+    for l in later {
+        l.await.expect("a delayed fault");
     }
     t
 }
@@ -422,10 +468,12 @@ async fn chaos() {
         }
     };
     let mut rng = StdRng::seed_from_u64(seed);
-    let dir = tempfile::Builder::new()
-        .prefix("rolesync-chaos-")
-        .tempdir()
-        .expect("temp dir");
+    let dir = RunDir(Some(
+        tempfile::Builder::new()
+            .prefix("rolesync-chaos-")
+            .tempdir()
+            .expect("temp dir"),
+    ));
     println!(
         "chaos: {secs} s of faults; database {}, logs in {}",
         db.name,
@@ -644,12 +692,11 @@ async fn chaos() {
         return;
     }
     replicas.kill_all();
-    let kept = dir.keep();
     let shown: Vec<&String> = report.findings.iter().take(40).collect();
     panic!(
         "chaos seed {seed}: {} findings (replay with CHAOS_SEED={seed}; logs kept in {}):\n{}",
         report.findings.len(),
-        kept.display(),
+        dir.path().display(),
         shown
             .iter()
             .map(|s| s.as_str())

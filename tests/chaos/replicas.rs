@@ -53,7 +53,13 @@ impl Replica {
             self.port,
             crate::now_ms()
         );
-        let child = Command::new(env!("CARGO_BIN_EXE_rolesync"))
+        // CHAOS_ROLESYNC_BIN runs another build (a release binary, or an older commit's, to
+        // show the audit catches what that commit got wrong).
+        let bin = std::env::var("CHAOS_ROLESYNC_BIN")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_rolesync").to_owned());
+        let child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
