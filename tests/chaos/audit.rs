@@ -16,9 +16,10 @@
 //!    Exception (bulk race): the Authorization API's bulk calls carry no `If-Match`
 //!    (docs/bulk-grants.md, Concurrency). If another writer gave (or took) a role between
 //!    rolesync's read and its bulk call, the call changes nothing for that role, so no write
-//!    shows it, yet the record rightly says the job wanted it. A role missing from the writes
-//!    is excused when another client's (or job's) write to that user in the job's time window
-//!    made the same change.
+//!    shows it, yet the record rightly says the job wanted it. In a job written through the
+//!    Authorization API, a role missing from the job's writes (all of them, when the other
+//!    writer made the whole change) is excused when another client's (or job's) write to that
+//!    user in the job's time window made the same change. Never for the SCIM path.
 //! 4. Final state: a user whose last write in the log is rolesync's holds exactly the
 //!    `roles_after` of the record that write belongs to. Skipped (counted) when another
 //!    writer (the hand writer, or another job) touched the user after that job started: bulk
@@ -346,13 +347,6 @@ pub fn check_applied_records(c: &Collected, report: &mut Report) -> Vec<String> 
                 None => !correlated && j.window_contains(w.at_ms),
             })
             .collect();
-        if mine.is_empty() {
-            out.push(format!(
-                "user {ext}, job {job}: recorded applied (added {:?}, removed {:?}) but the target accepted no write of that job to that user",
-                first.roles_added, first.roles_removed
-            ));
-            continue;
-        }
         let added: Roles = mine.iter().flat_map(|w| w.added()).collect();
         let removed: Roles = mine.iter().flat_map(|w| w.removed()).collect();
         let others: Vec<&Write> = c
@@ -361,12 +355,17 @@ pub fn check_applied_records(c: &Collected, report: &mut Report) -> Vec<String> 
             .filter(|w| w.external_id == **ext && j.window_contains(w.at_ms))
             .filter(|w| !mine.iter().any(|m| m.seq == w.seq))
             .collect();
+        // Only the bulk path writes without If-Match: only there may another writer's change
+        // make rolesync's call a no-op (the SCIM path would have had a 409 and re-read).
+        let bulk = j.write_api.as_deref() == Some("authorization");
+        let mut unexplained = Vec::new();
+        let mut excused = 0;
         for (what, recorded, written) in [
             ("added", &first.roles_added, &added),
             ("removed", &first.roles_removed, &removed),
         ] {
             for role in recorded.difference(written) {
-                let excused = others.iter().any(|w| {
+                let by_other = others.iter().any(|w| {
                     let d = if what == "added" {
                         w.added()
                     } else {
@@ -374,15 +373,31 @@ pub fn check_applied_records(c: &Collected, report: &mut Report) -> Vec<String> 
                     };
                     d.contains(role)
                 });
-                if excused {
-                    *report.excused.entry("bulk race").or_default() += 1;
-                    continue;
+                if bulk && by_other {
+                    excused += 1;
+                } else {
+                    unexplained.push((what, role));
                 }
-                out.push(format!(
-                    "user {ext}, job {job}: recorded {role:?} as {what} but no accepted write of that job {what} it (writes seq {:?})",
-                    mine.iter().map(|w| (w.seq, w.via.as_str())).collect::<Vec<_>>()
-                ));
             }
+        }
+        if excused > 0 {
+            *report.excused.entry("bulk race").or_default() += excused;
+        }
+        if unexplained.is_empty() {
+            continue;
+        }
+        if mine.is_empty() {
+            out.push(format!(
+                "user {ext}, job {job}: recorded applied (added {:?}, removed {:?}) but the target accepted no write of that job to that user",
+                first.roles_added, first.roles_removed
+            ));
+            continue;
+        }
+        for (what, role) in unexplained {
+            out.push(format!(
+                "user {ext}, job {job}: recorded {role:?} as {what} but no accepted write of that job {what} it (writes seq {:?})",
+                mine.iter().map(|w| (w.seq, w.via.as_str())).collect::<Vec<_>>()
+            ));
         }
     }
     out
@@ -699,9 +714,20 @@ mod tests {
             ),
         ];
         c.items.get_mut("J").expect("J")[0].roles_added = roles(&["Agent", "Reporting"]);
+        // Through SCIM (If-Match) the race cannot happen: no excuse.
+        assert_eq!(check_applied_records(&c, &mut Report::default()).len(), 1);
+        c.jobs[0].write_api = Some("authorization".into());
         let mut r = Report::default();
         assert_eq!(check_applied_records(&c, &mut r), Vec::<String>::new());
         assert_eq!(r.excused.get("bulk race"), Some(&1));
+        // Even when the other writer made the job's whole change (no write of J at all).
+        let mut only_other = c.clone();
+        only_other.writes.remove(1);
+        only_other.items.get_mut("J").expect("J")[0].roles_added = roles(&["Agent"]);
+        assert_eq!(
+            check_applied_records(&only_other, &mut Report::default()),
+            Vec::<String>::new()
+        );
         // Without the other writer, nobody added Agent: the record is wrong.
         c.writes.remove(0);
         let f = check_applied_records(&c, &mut Report::default());

@@ -692,6 +692,8 @@ async fn chaos() {
         return;
     }
     replicas.kill_all();
+    // Everything the audit saw, for a look at the findings after the emulator is gone.
+    let _ = std::fs::write(dir.path().join("collected.txt"), format!("{collected:#?}"));
     let shown: Vec<&String> = report.findings.iter().take(40).collect();
     panic!(
         "chaos seed {seed}: {} findings (replay with CHAOS_SEED={seed}; logs kept in {}):\n{}",
