@@ -126,19 +126,33 @@ impl Drop for RunDir {
     }
 }
 
+/// The server's URL without its password, for messages.
+fn redacted(server: &str) -> String {
+    match reqwest::Url::parse(server) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(an unparsable URL)".to_owned(),
+    }
+}
+
 /// Creates `rolesync_chaos_<random>` on the server, or says why it cannot.
 async fn create_database(server: &str) -> Result<Database, String> {
     use sqlx::Connection;
+    let shown = redacted(server);
     let connect = sqlx::PgConnection::connect(server);
     let mut conn = tokio::time::timeout(Duration::from_secs(10), connect)
         .await
-        .map_err(|_| format!("{server}: no answer within 10 s"))?
-        .map_err(|e| format!("{server}: {e}"))?;
+        .map_err(|_| format!("{shown}: no answer within 10 s"))?
+        .map_err(|e| format!("{shown}: {e}"))?;
     let name = format!("rolesync_chaos_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await
-        .map_err(|e| format!("CREATE DATABASE on {server}: {e}"))?;
+        .map_err(|e| format!("CREATE DATABASE on {shown}: {e}"))?;
     Ok(Database {
         server: server.to_owned(),
         name,
