@@ -183,6 +183,9 @@ scim_base = "{base}/api/v2/scim/v2"
 token_url = "{base}/oauth/token"
 client_id = "{ROLESYNC_CLIENT}"
 requests_per_minute = 60000
+# Two calls in flight per replica: with a slow target a chunk runs for seconds, long enough
+# to outlive a store cut longer than the lease (the race between a lost lease and its new owner).
+max_concurrency = 2
 write_api = "authorization"
 bulk_max_subjects = 25
 timeout_secs = 10
