@@ -277,12 +277,14 @@ async fn timeline(
         match rng.random_range(0..100) {
             0..30 if !proxy.is_cut() => {
                 let ms = rng.random_range(3000..=8000);
-                proxy.cut(Duration::from_millis(ms));
+                let blackhole = rng.random_bool(0.5);
+                proxy.cut(Duration::from_millis(ms), blackhole);
                 t.cuts += 1;
                 if ms > LEASE_SECS * 1000 {
                     t.cuts_longer_than_lease += 1;
                 }
-                println!("chaos: store cut for {ms} ms");
+                let how = if blackhole { "black hole" } else { "reset" };
+                println!("chaos: store cut ({how}) for {ms} ms");
             }
             30..40 if !proxy.is_cut() => {
                 // A partition: the store cut longer than the lease, and the target down for
@@ -291,7 +293,7 @@ async fn timeline(
                 // leases over: the race between a lost lease and its new owner.
                 let ms = rng.random_range(6500..=8000);
                 let outage = rng.random_range(3..=6u64);
-                proxy.cut(Duration::from_millis(ms));
+                proxy.cut(Duration::from_millis(ms), false);
                 t.cuts += 1;
                 t.cuts_longer_than_lease += 1;
                 t.outages += 1;

@@ -1,10 +1,12 @@
 //! A TCP proxy in front of PostgreSQL that the test can cut.
 //!
 //! Invariants:
-//! - `cut(dur)` closes every connection open through the proxy at once (both sides dropped,
-//!   so the replicas see their PostgreSQL connections reset) and, for `dur`, accepts new
-//!   connections only to drop them: the store is unreachable from every replica at once, as
-//!   in a network partition or a database failover.
+//! - `cut(dur, false)` closes every connection open through the proxy at once (both sides
+//!   dropped, so the replicas see their PostgreSQL connections reset) and, for `dur`, accepts
+//!   new connections only to drop them: the store is unreachable from every replica at once,
+//!   as in a database failover. `cut(dur, true)` is a black hole (a partition that drops
+//!   packets): connections old and new are held open and silent for `dur`, then closed, so
+//!   queries in flight hang until the cut ends.
 //! - While not cut the proxy is transparent: bytes are copied both ways unchanged.
 //! - The test's own connections (create and drop of the database, never during the run) do
 //!   not go through the proxy.
@@ -25,6 +27,10 @@ pub struct Proxy {
 struct State {
     /// Refuse (accept then drop) new connections until this instant.
     cut_until: Mutex<Option<Instant>>,
+    /// The current cut is a black hole: connections go silent (held open, nothing forwarded)
+    /// until it ends, then close, as in a partition where packets are dropped, not refused.
+    /// A query in flight then hangs until the cut ends instead of failing at once.
+    blackhole: std::sync::atomic::AtomicBool,
     /// Bumped on every cut: each connection's copy loop ends when it changes.
     epoch: watch::Sender<u64>,
 }
@@ -33,6 +39,14 @@ impl State {
     fn is_cut(&self) -> bool {
         let until = self.cut_until.lock().expect("proxy lock");
         until.is_some_and(|u| Instant::now() < u)
+    }
+
+    /// In a black-hole cut, waits until it ends (the caller holds its sockets meanwhile).
+    async fn hold_while_blackholed(&self) {
+        use std::sync::atomic::Ordering;
+        while self.blackhole.load(Ordering::Relaxed) && self.is_cut() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -46,6 +60,7 @@ impl Proxy {
         let (epoch, _) = watch::channel(0u64);
         let state = Arc::new(State {
             cut_until: Mutex::new(None),
+            blackhole: std::sync::atomic::AtomicBool::new(false),
             epoch,
         });
         let stop = CancellationToken::new();
@@ -60,11 +75,16 @@ impl Proxy {
                 // Subscribed before the check: a cut right after it still ends this one.
                 let mut epoch = s.epoch.subscribe();
                 if s.is_cut() {
-                    drop(client);
+                    let s = s.clone();
+                    tokio::spawn(async move {
+                        s.hold_while_blackholed().await;
+                        drop(client);
+                    });
                     continue;
                 }
                 let upstream = upstream.clone();
                 let st = st.clone();
+                let s = s.clone();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&upstream).await else {
                         return;
@@ -74,7 +94,7 @@ impl Proxy {
                     let (mut client, mut server) = (client, server);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = epoch.changed() => {}
+                        _ = epoch.changed() => s.hold_while_blackholed().await,
                         _ = st.cancelled() => {}
                     }
                     // Both sockets are dropped here: the connection is gone on both sides.
@@ -84,8 +104,12 @@ impl Proxy {
         Proxy { addr, state, stop }
     }
 
-    /// Closes every open connection now and refuses new ones for `dur`.
-    pub fn cut(&self, dur: Duration) {
+    /// Closes every open connection now and refuses new ones for `dur`; with `blackhole`,
+    /// connections old and new are held silent for `dur` instead, then closed.
+    pub fn cut(&self, dur: Duration, blackhole: bool) {
+        self.state
+            .blackhole
+            .store(blackhole, std::sync::atomic::Ordering::Relaxed);
         *self.state.cut_until.lock().expect("proxy lock") = Some(Instant::now() + dur);
         self.state.epoch.send_modify(|e| *e += 1);
     }
