@@ -189,6 +189,10 @@ fn outcomes_of(ix: &Index<'_>, job: &str, ext: &str) -> String {
                 .iter()
                 .map(|i| match &i.reason {
                     Some(r) => format!("{}/{r}", i.outcome),
+                    None if i.outcome == "applied" => format!(
+                        "applied (added {:?}, removed {:?})",
+                        i.roles_added, i.roles_removed
+                    ),
                     None => i.outcome.clone(),
                 })
                 .collect();
@@ -662,6 +666,28 @@ mod tests {
         it.line = 1;
         c.items.insert("K".into(), vec![it]);
         assert_eq!(check_writes_recorded(&c).len(), 1);
+    }
+
+    #[test]
+    fn an_applied_record_that_leaves_out_an_earlier_attempts_write_is_found() {
+        // Attempt 1 granted Agent; the new owner read after it and recorded only Reporting.
+        let mut c = honest();
+        c.writes.push(write(
+            2,
+            "rolesync-dev",
+            Some("J:0:2"),
+            &["Agent", "Employee"],
+            &["Agent", "Employee", "Reporting"],
+        ));
+        let it = &mut c.items.get_mut("J").expect("J")[0];
+        it.roles_added = roles(&["Reporting"]);
+        let f = check_writes_recorded(&c);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].contains("recorded as applied (added {\"Reporting\"}, removed {})"),
+            "{f:?}"
+        );
+        assert!(f[0].contains("seq 1 via scim_patch"), "{f:?}");
     }
 
     #[test]
