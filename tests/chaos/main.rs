@@ -182,6 +182,7 @@ max_connections = 4
 scim_base = "{base}/api/v2/scim/v2"
 token_url = "{base}/oauth/token"
 client_id = "{ROLESYNC_CLIENT}"
+client_secret = "rolesync-dev-secret"
 requests_per_minute = 60000
 # Two calls in flight per replica: with a slow target a chunk runs for seconds, long enough
 # to outlive a store cut longer than the lease (the race between a lost lease and its new owner).
