@@ -12,7 +12,9 @@
 # (`rolesync_build_info{git_sha}`; "unknown" without it).
 #
 # The final images hold the binary, CA certificates (reqwest reads the system trust store) and,
-# for rolesync, the built-in default configuration and policy; they run as uid 10001.
+# for rolesync, the default policy; they run as uid 10001. The rolesync image names no target:
+# its defaults are compiled in, and `serve` refuses to start until a target is configured
+# (mount a config file and run `serve --config FILE`, or set ROLESYNC__TARGET__* variables).
 
 ARG RUST_VERSION=1.95
 
@@ -67,7 +69,9 @@ FROM base AS runtime
 LABEL org.opencontainers.image.title="rolesync" \
       org.opencontainers.image.description="Keeps Genesys Cloud user roles in step with an HR system"
 COPY --from=build /src/target/release/rolesync /usr/local/bin/rolesync
-COPY config/default.toml config/policy.toml /etc/rolesync/
+# No configuration file: one holding the development [target] would be passed as --config and
+# count as naming a target. The defaults are compiled into the binary.
+COPY config/policy.toml /etc/rolesync/
 # Uploads are spooled to $TMPDIR; with a read-only root file system mount a volume there.
 # /var/lib/rolesync holds the SQLite file when no PostgreSQL URL is given.
 RUN mkdir -p /var/lib/rolesync && chown 10001:10001 /var/lib/rolesync
@@ -79,4 +83,6 @@ ENV ROLESYNC__SERVER__BIND=0.0.0.0:8080 \
     TMPDIR=/tmp
 EXPOSE 8080
 ENTRYPOINT ["rolesync"]
-CMD ["serve", "--config", "/etc/rolesync/default.toml"]
+# Without a target (target.scim_base and credentials from a --config file or ROLESYNC__TARGET__*)
+# this exits 1 naming the keys to set; deploy/ passes `serve --config /etc/rolesync-site/rolesync.toml`.
+CMD ["serve"]

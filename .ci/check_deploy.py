@@ -13,7 +13,8 @@ Run by .ci/run (with PyYAML and kubernetes-validate pinned in its venv, and kube
 - Compose: the file parses; its services are the stack's five, images pinned, build targets
   present in the Dockerfile, every file it mounts exists.
 - The Dockerfile and .dockerignore: a dependency layer (cargo-chef), OCI labels, a non-root
-  user in the final stages, target/ and .git kept out of the context.
+  user in the final stages, target/ and .git kept out of the context, and no development
+  target in the rolesync image (no config/default.toml: serve must fail without a target).
 - The Grafana dashboard: at least 8 panels, the datasource a variable every panel uses.
 
 Docker cannot run here, so no image is built: the structure is what is checked.
@@ -196,6 +197,11 @@ def check_dockerfile() -> set[str]:
         users = re.findall(r"^USER\s+(\S+)", stages.get(stage, ""), re.MULTILINE)
         if not users or users[-1].split(":")[0] in {"0", "root"}:
             problem(f"Dockerfile: stage {stage!r} does not run as a non-root user")
+    # The rolesync image must name no target: a config file holding the development [target]
+    # (config/default.toml) passed as --config would count as configured, and the image would
+    # start against the emulator address instead of failing clearly.
+    if re.search(r"default\.toml", stages.get(final, "")):
+        problem("Dockerfile: the rolesync image ships or uses config/default.toml (a development [target])")
     for line in text.splitlines():
         if re.match(r"^FROM\s+\S+:latest\b", line):
             problem(f"Dockerfile: unpinned base image: {line}")

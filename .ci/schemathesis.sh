@@ -93,6 +93,8 @@ url = "sqlite://$WORK/rolesync.db"
 [target]
 scim_base = "http://127.0.0.1:$emulator_port/api/v2/scim/v2"
 token_url = "http://127.0.0.1:$emulator_port/oauth/token"
+client_id = "rolesync-dev"
+client_secret = "rolesync-dev-secret"
 requests_per_minute = 60000
 [log]
 format = "json"

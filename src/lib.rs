@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod configuration;
+pub mod doctor;
 pub mod domain;
 pub(crate) mod error;
 pub mod http;

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub scim_ratelimit_allowed: IntGauge,
     pub scim_ratelimit_remaining: IntGauge,
     pub scim_ratelimit_reset_seconds: Gauge,
+    /// Seconds until the limiter's hold on the target ends; set at each scrape.
+    pub target_wait_seconds: Gauge,
     pub oauth_token_refreshes_total: IntCounterVec,
     pub pipeline_queue_depth: IntGaugeVec,
     pub webhook_deliveries_total: IntCounterVec,
@@ -154,6 +156,10 @@ impl Metrics {
                 opts("oauth_token_refreshes_total", "OAuth token requests"),
                 &["result"],
             )?,
+            target_wait_seconds: Gauge::with_opts(opts(
+                "target_wait_seconds",
+                "Seconds until this replica's hold on calls to the target ends (a 429's Retry-After or a spent window's reset, bounded); 0 when calls are not held",
+            ))?,
             pipeline_queue_depth: IntGaugeVec::new(
                 opts(
                     "pipeline_queue_depth",
@@ -260,6 +266,7 @@ impl Metrics {
         r.register(Box::new(m.scim_ratelimit_allowed.clone()))?;
         r.register(Box::new(m.scim_ratelimit_remaining.clone()))?;
         r.register(Box::new(m.scim_ratelimit_reset_seconds.clone()))?;
+        r.register(Box::new(m.target_wait_seconds.clone()))?;
         r.register(Box::new(m.oauth_token_refreshes_total.clone()))?;
         r.register(Box::new(m.pipeline_queue_depth.clone()))?;
         r.register(Box::new(m.webhook_deliveries_total.clone()))?;

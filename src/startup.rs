@@ -63,7 +63,7 @@ impl Application {
         let deps = Deps {
             store: store.clone(),
             policy: live.clone(),
-            scim,
+            scim: scim.clone(),
             metrics: metrics.clone(),
             events: events.clone(),
             settings: settings.clone(),
@@ -78,6 +78,7 @@ impl Application {
             live: Default::default(),
             health: Default::default(),
             error_ratios: Default::default(),
+            org_roles: Default::default(),
         };
         let dispatcher = Dispatcher::new(
             store.clone(),
@@ -110,6 +111,7 @@ impl Application {
             circuit,
             shutting_down: Arc::new(AtomicBool::new(false)),
             ingests,
+            scim,
         };
         Ok(Application {
             listener,
@@ -180,24 +182,47 @@ impl Application {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    // The handlers are installed now, not when the future is first polled: `serve` answers
+    // `/readyz` before `run_until_stopped` awaits this, and a SIGTERM sent in between (an
+    // orchestrator, a test that saw it ready) would otherwise kill the process outright, with
+    // no graceful shutdown.
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    async move {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = term => {}
+                _ = int => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

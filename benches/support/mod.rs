@@ -98,6 +98,8 @@ url = "{store_url}"
 [target]
 scim_base = "{emulator}/api/v2/scim/v2"
 token_url = "{emulator}/oauth/token"
+client_id = "rolesync-dev"
+client_secret = "rolesync-dev-secret"
 requests_per_minute = 6000000
 max_concurrency = 16
 {target}

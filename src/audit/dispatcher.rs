@@ -338,7 +338,13 @@ impl Shared {
                     .and_then(|v| v.to_str().ok())
                     // A receiver may ask for at most an hour; its schedule does the rest.
                     .and_then(|v| {
-                        crate::scim::retry::parse_retry_after(v, RECEIVER_MAX_RETRY_AFTER)
+                        crate::scim::retry::parse_retry_after(
+                            v,
+                            crate::scim::bounds::WaitBounds {
+                                window: RECEIVER_MAX_RETRY_AFTER,
+                                max: RECEIVER_MAX_RETRY_AFTER,
+                            },
+                        )
                     });
                 (
                     classify(status.as_u16()),

@@ -75,6 +75,10 @@ vocabulary! {
     pub enum ReasonCode {
         UnknownLicenseTier = "unknown_license_tier",
         UnknownRole = "unknown_role",
+        /// The row's roles, after the policy's expansion, include a role the target org does
+        /// not have by that exact name (a typo, a role renamed in Genesys). Found at planning
+        /// from the org's role catalog, before any call for the user.
+        UnknownTargetRole = "unknown_target_role",
         RoleNotEntitled = "role_not_entitled",
         SodConflict = "sod_conflict",
         ConflictingLicenseTier = "conflicting_license_tier",

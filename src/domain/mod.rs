@@ -11,7 +11,7 @@ pub use job::{
     Approval, Counts, Estimate, JobKind, JobStatus, Outcome, PrivilegedGrants, ReasonCode,
 };
 pub use vocabulary::{
-    ApprovalReason, DeliveryStatus, EventType, LogFormat, PausedReason, ReadMethod,
-    ScimCallOutcome, ScimRetryReason, Scope, WriteApi,
+    ApprovalReason, CheckId, CheckStatus, DeliveryStatus, EventType, LogFormat, PausedReason,
+    ReadMethod, ScimCallOutcome, ScimRetryReason, Scope, WriteApi,
 };
 pub use webhook_secret::WebhookSecret;

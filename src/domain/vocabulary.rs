@@ -264,3 +264,40 @@ mod tests {
         assert_eq!(LogFormat::parse("xml"), None);
     }
 }
+
+vocabulary! {
+    /// What one check of `rolesync doctor` (`GET /v1/target/check`) found.
+    pub enum CheckStatus {
+        /// ✔ the target does what rolesync needs.
+        Pass = "pass",
+        /// ✘ it does not; the check's `fix` says what to change.
+        Fail = "fail",
+        /// ? reads cannot tell (a write permission), or an earlier failure kept the check from
+        /// being made.
+        Unknown = "unknown",
+    }
+}
+
+vocabulary! {
+    /// The checks of `rolesync doctor`, in the order they are reported.
+    pub enum CheckId {
+        /// An OAuth token is granted with the configured client, and for how long.
+        Token = "token",
+        /// SCIM answers; `ServiceProviderConfig`: page size, ETag support.
+        Scim = "scim",
+        /// Every role of the policy exists in the org by its exact name.
+        PolicyRoles = "policy_roles",
+        /// The org's roles the policy does not manage (informational).
+        UnmanagedRoles = "unmanaged_roles",
+        /// The org's home division (where the Authorization path grants).
+        HomeDivision = "home_division",
+        /// The read permissions the enabled paths need, as the reads' answers tell.
+        ReadPermissions = "read_permissions",
+        /// The write permissions, which no read can tell: always unknown.
+        WritePermissions = "write_permissions",
+        /// `inin-ratelimit-allowed` is sent, and `target.requests_per_minute` stays under it.
+        RateLimit = "rate_limit",
+        /// This host's clock against the target's `Date` header.
+        Clock = "clock",
+    }
+}

@@ -44,6 +44,7 @@ const BEARER: &str = "bearer";
         (name = "jobs", description = "Submit batches, follow jobs, read their rows; validate a batch without a job"),
         (name = "policy", description = "The access policy in force"),
         (name = "webhooks", description = "The audit outbox: webhook deliveries"),
+        (name = "target", description = "The Genesys Cloud org rolesync writes to: a preflight of it"),
         (name = "operations", description = "Liveness, readiness, metrics and this document; no API key"),
     ),
     components(schemas(Problem, FieldError))

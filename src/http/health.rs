@@ -120,6 +120,13 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     )
 )]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // Read at the scrape: the hold ends by itself, with no event to set the gauge back to 0.
+    state.metrics.target_wait_seconds.set(
+        state
+            .scim
+            .hold_left()
+            .map_or(0.0, |d| (d.as_secs_f64() * 10.0).ceil() / 10.0),
+    );
     state
         .metrics
         .refresh_store_gauges(crate::store::now_ms(), || state.store.gauges())

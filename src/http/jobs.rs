@@ -346,8 +346,12 @@ pub async fn list(
     let next = (jobs.len() as i64 == limit)
         .then(|| jobs.last().map(|j| j.id.clone()))
         .flatten();
+    let hold = state.scim.visible_hold_left();
     Ok(Json(JobList {
-        jobs: jobs.iter().map(JobView::new).collect(),
+        jobs: jobs
+            .iter()
+            .map(|j| JobView::new(j).with_hold(hold))
+            .collect(),
         next_cursor: next,
     }))
 }
@@ -377,7 +381,9 @@ pub async fn get(
 ) -> ApiResult<Json<JobView>> {
     caller.require(Scope::JobsRead)?;
     let job = find(&state, &id).await?;
-    Ok(Json(JobView::new(&job)))
+    Ok(Json(
+        JobView::new(&job).with_hold(state.scim.visible_hold_left()),
+    ))
 }
 
 /// Per-row results by line

@@ -15,6 +15,7 @@ mod items_csv;
 mod jobs;
 mod policy;
 mod slots;
+mod target;
 mod undo;
 pub use slots::IngestSlots;
 mod ui;
@@ -63,6 +64,9 @@ pub struct AppState {
     pub shutting_down: Arc<AtomicBool>,
     /// Uploads in progress, per API key and in all.
     pub ingests: Arc<slots::IngestSlots>,
+    /// The target's client: its limiter tells whether calls are held (`waiting` on jobs,
+    /// `rolesync_target_wait_seconds`).
+    pub scim: Arc<crate::scim::ScimClient>,
 }
 
 /// Path prefixes the router serves outside the API document: pages for people, not operations
@@ -94,6 +98,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(policy::role))
         .routes(routes!(webhooks::list))
         .routes(routes!(webhooks::redeliver))
+        .routes(routes!(target::check))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

@@ -31,6 +31,7 @@ use utoipa::ToSchema;
                  "threshold_users": null, "org_users": null, "max_removed_users": null,
                  "max_removal_fraction": null, "privileged": null},
     "paused_reason": null,
+    "waiting": null,
     "error": null,
     "policy_fingerprint": "9f2c1a0b7e3d5c4a",
     "elapsed_secs": 1.5,
@@ -71,6 +72,11 @@ pub struct JobView {
     pub approval: Option<Approval>,
     /// Set while the job is `paused`.
     pub paused_reason: Option<PausedReason>,
+    /// Set while the job is `queued` or `running` and the target holds rolesync's calls (its
+    /// rate limit: a 429's `Retry-After`, a spent window's reset) for a wait of 2 s or more:
+    /// why, and until when. Null otherwise. The answering replica's view: each replica paces
+    /// its own calls, so another replica may show another wait.
+    pub waiting: Option<Waiting>,
     /// Why a job `failed`.
     pub error: Option<String>,
     /// The policy the job was judged against (`GET /v1/policy` shows the one in force).
@@ -136,10 +142,56 @@ impl JobView {
             estimate: job.estimate.clone(),
             approval: job.approval.clone(),
             paused_reason: job.paused_reason,
+            waiting: None,
             error: job.error.clone(),
             policy_fingerprint: job.policy_fingerprint.clone(),
             elapsed_secs: (elapsed * 10.0).round() / 10.0,
             rows_per_sec,
+        }
+    }
+}
+
+impl JobView {
+    /// With `waiting` set from the hold on calls to the target (`ScimClient::visible_hold_left`),
+    /// when the job is one the hold delays: `queued` or `running`. A paused job says why in
+    /// `paused_reason`; one awaiting approval or ended makes no calls.
+    pub fn with_hold(mut self, hold_left: Option<std::time::Duration>) -> JobView {
+        let held = matches!(self.status, JobStatus::Queued | JobStatus::Running);
+        self.waiting = hold_left.filter(|_| held).and_then(|left| {
+            let until = time::OffsetDateTime::now_utc() + left;
+            let until = until
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok()?;
+            Some(Waiting {
+                reason: WaitReason::RateLimited,
+                until,
+            })
+        });
+        self
+    }
+}
+
+/// Why, and until when, a job's calls to the target are held.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = JobWaiting, example = json!({"reason": "rate_limited", "until": "2026-03-02T09:15:07.480Z"}))]
+pub struct Waiting {
+    pub reason: WaitReason,
+    /// When the hold ends (RFC 3339), by the answering replica's clock.
+    #[schema(format = DateTime)]
+    pub until: String,
+}
+
+/// Why a job waits: `rate_limited`, the target's rate limit (a 429 or a spent window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitReason {
+    RateLimited,
+}
+
+impl WaitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitReason::RateLimited => "rate_limited",
         }
     }
 }

@@ -25,6 +25,7 @@ pub(crate) mod fence;
 mod intake;
 pub(crate) mod lifecycle;
 mod live;
+mod org_roles;
 mod plan;
 pub(crate) mod reads;
 mod results;
@@ -79,6 +80,8 @@ pub(crate) struct Deps {
     pub(crate) health: Arc<supervisor::PipelineHealth>,
     /// Each job's latest user outcomes and `error_ratio` pauses.
     pub(crate) error_ratios: Arc<stops::ErrorRatios>,
+    /// When planning last failed to read the org's role catalog (`org_roles`).
+    pub(crate) org_roles: Arc<org_roles::OrgRolesCheck>,
 }
 
 impl Deps {

@@ -356,7 +356,8 @@ fn approval_of(
 }
 
 /// Calls the Authorization path spends before its first write: the home division and the role
-/// catalog (one page up to 100 roles), once per process and `AuthzCatalog` lifetime.
+/// catalog (one page up to 500 roles), at most once per process and catalog lifetime (the
+/// catalog may already be cached by the planning check of the org's roles, `org_roles`).
 const AUTHZ_SETUP_CALLS: i64 = 2;
 
 /// Which path writes the job, by counting calls (reads + writes) for both; ties go to SCIM,

@@ -97,6 +97,7 @@ async fn next_page(
     deps: &Deps,
     job: &JobRecord,
     policy: &Policy,
+    missing_from_org: Option<&RoleSet>,
     after: Option<&str>,
 ) -> Result<JudgedPage, ()> {
     if job.kind != JobKind::Sync {
@@ -137,7 +138,10 @@ async fn next_page(
         reject_overflow(deps, &job.id, o, cap).await?;
     }
     let last_user = page.rows.last().map(|r| r.external_id.clone());
-    let (rejected, users) = validate_rows(policy, &page.rows);
+    let (mut rejected, mut users) = validate_rows(policy, &page.rows);
+    if let Some(missing) = missing_from_org.filter(|m| !m.is_empty()) {
+        users = reject_unknown_target_roles(policy, missing, users, &mut rejected);
+    }
     let lines: HashSet<i64> = rejected.iter().map(|r| r.line).collect();
     let rejected_rows = page
         .rows
@@ -171,11 +175,26 @@ pub(crate) async fn run(deps: Deps, mut rx: mpsc::Receiver<PlanJob>, tx: mpsc::S
     while let Some(PlanJob { job, policy, span }) = rx.recv().await {
         let mut after: Option<String> = None;
         let mut first = true;
+        // Once per job (the catalog itself is cached per process): a generated job (revert,
+        // reconcile) gives back roles users held, and is not checked.
+        let missing_from_org = if job.kind == JobKind::Sync {
+            super::org_roles::missing_from_org(&deps, &policy)
+                .instrument(span.clone())
+                .await
+        } else {
+            None
+        };
         loop {
             let page_span = tracing::info_span!(parent: &span, "validate", first);
-            let page = next_page(&deps, &job, &policy, after.as_deref())
-                .instrument(page_span.clone())
-                .await;
+            let page = next_page(
+                &deps,
+                &job,
+                &policy,
+                missing_from_org.as_ref(),
+                after.as_deref(),
+            )
+            .instrument(page_span.clone())
+            .await;
             let page = match page {
                 Ok(page) => page,
                 Err(()) => {
@@ -286,6 +305,49 @@ async fn reject_overflow(deps: &Deps, job_id: &str, o: &Overflow, cap: usize) ->
             Err(())
         }
     }
+}
+
+/// Rejects the rows whose roles, after the policy's expansion, include one of `missing` (roles
+/// the target org lacks): `unknown_target_role`, one per row, before any call for the user.
+/// A user keeps their other rows; a user left with none is dropped. `rejected` stays in line
+/// order.
+fn reject_unknown_target_roles(
+    policy: &Policy,
+    missing: &RoleSet,
+    users: Vec<UserRows<Assignment>>,
+    rejected: &mut Vec<RowResult>,
+) -> Vec<UserRows<Assignment>> {
+    let mut kept = Vec::with_capacity(users.len());
+    let before = rejected.len();
+    for u in users {
+        let mut rows = Vec::with_capacity(u.rows.len());
+        for r in u.rows {
+            let lacking = crate::policy::org::missing_for(policy, &r.role_template, missing);
+            if lacking.is_empty() {
+                rows.push(r);
+                continue;
+            }
+            let names = lacking
+                .iter()
+                .map(|m| format!("\"{m}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            rejected.push(RowResult::rejected(
+                r.line as i64,
+                ReasonCode::UnknownTargetRole,
+                format!(
+                    "role \"{}\" needs {names}, which the target org does not have by that exact \
+                     name; fix the policy or the org (rolesync doctor lists the difference)",
+                    r.role_template
+                ),
+            ));
+        }
+        kept.extend(UserRows::new(rows));
+    }
+    if rejected.len() > before {
+        rejected.sort_by_key(|r| r.line);
+    }
+    kept
 }
 
 /// Judges every row: the rejected ones with their reason (by line), the others grouped per user
@@ -423,4 +485,52 @@ fn validate_user(
         return;
     }
     users.extend(UserRows::new(entitled));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(line: u64, external_id: &str, role: &str) -> Assignment {
+        Assignment {
+            line,
+            external_id: external_id.into(),
+            role_template: role.into(),
+            license_tier: "Supervisor".into(),
+            defect: None,
+        }
+    }
+
+    #[test]
+    fn rows_needing_a_role_the_org_lacks_are_rejected_and_the_others_kept() {
+        let policy = Policy::from_toml_str(include_str!("../../config/policy.toml"))
+            .unwrap_or_else(|e| panic!("the shipped policy loads: {e}"));
+        let rows = vec![
+            row(2, "A", "Reporting"),
+            row(3, "A", "Supervisor"),
+            row(4, "B", "Supervisor"),
+            row(5, "C", "Agent"),
+        ];
+        let (mut rejected, users) = validate_rows(&policy, &rows);
+        assert!(rejected.is_empty());
+        // The org lacks "Supervisor": lines 3 and 4 name it; B has nothing left.
+        let missing: RoleSet = ["Supervisor".to_owned()].into_iter().collect();
+        let users = reject_unknown_target_roles(&policy, &missing, users, &mut rejected);
+        let lines: Vec<(i64, Option<ReasonCode>)> = rejected
+            .iter()
+            .map(|r| (r.line, r.reason.as_ref().map(|(c, _)| *c)))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (3, Some(ReasonCode::UnknownTargetRole)),
+                (4, Some(ReasonCode::UnknownTargetRole)),
+            ]
+        );
+        let kept: Vec<(String, Vec<i64>)> = users
+            .iter()
+            .map(|u| (u.external_id.clone(), u.lines().collect()))
+            .collect();
+        assert_eq!(kept, [("A".into(), vec![2]), ("C".into(), vec![5])]);
+    }
 }

@@ -26,6 +26,7 @@
 mod check;
 pub mod live;
 mod load;
+pub mod org;
 mod resolve;
 
 use crate::domain::Mode;

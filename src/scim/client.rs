@@ -1,10 +1,11 @@
 //! The calls rolesync makes to the SCIM target, each paced, retried, counted and timed.
 
 use super::ScimError;
-use super::bounds;
+use super::bounds::{self, WaitBounds};
 use super::model::{ErrorBody, ListResponse, PATCH_OP_SCHEMA, ScimUser, escape_filter_value};
 use super::rate::RateLimiter;
 use super::retry::{Verdict, backoff, classify, parse_retry_after};
+use super::tally::CallTally;
 use super::token::{TokenManager, TokenSource};
 use crate::configuration::Settings;
 use crate::domain::{ScimCallOutcome, ScimRetryReason};
@@ -14,127 +15,23 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-/// Calls spent on behalf of one job, added to the job's `scim` counts; and the stop signal of
-/// the work they are spent for.
-#[derive(Debug, Default)]
-pub struct CallTally {
-    pub requests: AtomicI64,
-    pub retries: AtomicI64,
-    pub rate_limited: AtomicI64,
-    /// Once set, no further call of this tally is sent: calls already queued (for the in-flight
-    /// permit, the limiter, a retry pause) end with `ScimError::Stopped` instead.
-    stopped: AtomicBool,
-    /// The lease the calls are made under, when they are a chunk's (`pipeline::fence`): no
-    /// call leaves after its `send_until`, and none is waited for past its `expires`.
-    lease: std::sync::Mutex<Option<LeaseWindow>>,
-    /// Sent as `x-correlation-id` with every call, so the target's logs name the work.
-    correlation: Option<String>,
-}
-
-/// Until when a worker may send calls under its chunk's lease, and when the lease itself runs
-/// out in the store, as instants of this process's monotonic clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseWindow {
-    pub send_until: Instant,
-    pub expires: Instant,
-}
-
-impl CallTally {
-    /// The tally of one chunk run: its calls carry `correlation` and are fenced by `lease`.
-    pub fn fenced(correlation: String, lease: LeaseWindow) -> CallTally {
-        CallTally {
-            lease: std::sync::Mutex::new(Some(lease)),
-            correlation: Some(correlation),
-            ..CallTally::default()
-        }
-    }
-
-    /// Stops every call of this tally that is not yet sent. Calls on the wire finish.
-    pub fn stop(&self) {
-        self.stopped.store(true, Ordering::Relaxed);
-    }
-
-    pub fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Relaxed)
-    }
-
-    /// The lease was renewed: calls may leave until the new window's `send_until`. A window
-    /// never moves back (a late answer of an older renewal does not shorten a newer one).
-    pub fn extend_lease(&self, window: LeaseWindow) {
-        let mut lease = self.lease.lock().unwrap_or_else(|e| e.into_inner());
-        match *lease {
-            Some(w) if w.send_until >= window.send_until => {}
-            _ => *lease = Some(window),
-        }
-    }
-
-    /// Whether the lease's send window has passed (never, for calls made under no lease).
-    pub fn lease_expired(&self) -> bool {
-        self.lease
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|w| Instant::now() >= w.send_until)
-    }
-
-    /// May a call leave now? Not once stopped; not past the lease's send window, which also
-    /// stops the tally (the run learns why from `lease_expired`). With a lease, also how long
-    /// the call may take: no answer is waited for past the lease's expiry in the store.
-    fn may_send(&self) -> Result<Option<Duration>, ()> {
-        if self.is_stopped() {
-            return Err(());
-        }
-        let lease = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
-        match lease {
-            None => Ok(None),
-            Some(w) => {
-                let now = Instant::now();
-                if now >= w.send_until {
-                    self.stop();
-                    return Err(());
-                }
-                Ok(Some(w.expires.saturating_duration_since(now)))
-            }
-        }
-    }
-
-    pub fn snapshot(&self) -> (i64, i64, i64) {
-        (
-            self.requests.load(Ordering::Relaxed),
-            self.retries.load(Ordering::Relaxed),
-            self.rate_limited.load(Ordering::Relaxed),
-        )
-    }
-}
-
-/// A role as the target's catalog (`GET /api/v2/authorization/roles`) describes it.
-#[derive(Debug, Clone)]
-pub struct TargetRole {
-    /// The role's id in the target (empty when the catalog gave none).
-    pub id: String,
-    pub name: String,
-    pub permissions: Vec<String>,
-}
-
-/// What the Authorization write path needs of the target: its home division and the id of
-/// each role name (`GET …/divisions/home`, `GET …/authorization/roles`).
-#[derive(Debug)]
-pub struct AuthzCatalog {
-    pub home_division: String,
-    pub role_ids: std::collections::HashMap<String, String>,
-}
-
-/// How long a fetched `AuthzCatalog` is used before it is fetched again.
-const AUTHZ_CATALOG_TTL: Duration = Duration::from_secs(600);
+mod catalog;
+pub use catalog::{AuthzCatalog, RoleCatalog};
 
 pub struct ScimClient {
     /// The Authorization catalog, fetched on first use and kept `AUTHZ_CATALOG_TTL`.
     authz_catalog: tokio::sync::Mutex<Option<(Instant, std::sync::Arc<AuthzCatalog>)>>,
+    /// The org's role catalog, kept `AUTHZ_CATALOG_TTL`; readable without waiting (the console).
+    role_catalog: std::sync::Mutex<Option<(Instant, std::sync::Arc<RoleCatalog>)>>,
+    /// Held while the role catalog is fetched, so that callers arriving meanwhile wait for that
+    /// one read instead of making their own.
+    role_catalog_fetch: tokio::sync::Mutex<()>,
     http: reqwest::Client,
     base: String,
     api_base: String,
@@ -145,8 +42,9 @@ pub struct ScimClient {
     inflight: Semaphore,
     max_attempts: u32,
     max_retry: Duration,
-    /// Cap on a wait the target asks for (`target.max_server_delay_secs`).
-    max_server_delay: Duration,
+    /// Bounds of a wait the target asks for (`target.rate_limit_window_secs`,
+    /// `target.max_server_delay_secs`).
+    wait_bounds: WaitBounds,
     /// How long one call may take (`target.timeout_secs`).
     timeout: Duration,
 }
@@ -214,6 +112,8 @@ impl ScimClient {
             .set(i64::from(t.requests_per_minute));
         Ok(ScimClient {
             authz_catalog: tokio::sync::Mutex::new(None),
+            role_catalog: std::sync::Mutex::new(None),
+            role_catalog_fetch: tokio::sync::Mutex::new(()),
             http,
             base: t.scim_base.trim_end_matches('/').to_owned(),
             api_base: settings.api_base(),
@@ -223,9 +123,24 @@ impl ScimClient {
             inflight: Semaphore::new(t.max_concurrency),
             max_attempts: t.max_attempts,
             max_retry: Duration::from_secs(t.max_retry_secs),
-            max_server_delay: Duration::from_secs(t.max_server_delay_secs),
+            wait_bounds: WaitBounds {
+                window: Duration::from_secs(t.rate_limit_window_secs),
+                max: Duration::from_secs(t.max_server_delay_secs),
+            },
             timeout: Duration::from_secs(t.timeout_secs),
         })
+    }
+
+    /// How long the limiter still holds every call to the target (a 429's `Retry-After`, a spent
+    /// window's reset); `None` when it does not. This process's view only: each replica has its
+    /// own limiter.
+    pub fn hold_left(&self) -> Option<Duration> {
+        self.limiter.hold_left()
+    }
+
+    /// `hold_left`, for a hold long enough to show on jobs (`rate::VISIBLE_HOLD`).
+    pub fn visible_hold_left(&self) -> Option<Duration> {
+        self.limiter.visible_hold_left()
     }
 
     /// Seconds between two calls at the configured rate.
@@ -345,172 +260,6 @@ impl ScimClient {
         let v: serde_json::Value = parse(&a.body)?;
         Ok(v.pointer("/filter/maxResults")
             .and_then(serde_json::Value::as_u64))
-    }
-
-    /// The target's role catalog (Genesys Platform API), every page.
-    pub async fn list_roles(&self, tally: &CallTally) -> Result<Vec<TargetRole>, ScimError> {
-        let mut roles = Vec::new();
-        for page in 1..=1000u64 {
-            let query = [
-                ("pageSize", "100".to_owned()),
-                ("pageNumber", page.to_string()),
-            ];
-            let a = self
-                .get(
-                    "/authorization/roles",
-                    format!("{}/api/v2/authorization/roles", self.api_base),
-                    &query,
-                    tally,
-                )
-                .await?;
-            let v: serde_json::Value = parse(&a.body)?;
-            let entities = v
-                .get("entities")
-                .and_then(|e| e.as_array())
-                .cloned()
-                .unwrap_or_default();
-            for e in &entities {
-                let Some(name) = e.get("name").and_then(|n| n.as_str()) else {
-                    continue;
-                };
-                let mut permissions = Vec::new();
-                for p in e
-                    .get("permissionPolicies")
-                    .and_then(|p| p.as_array())
-                    .into_iter()
-                    .flatten()
-                {
-                    let domain = p.get("domain").and_then(|d| d.as_str()).unwrap_or("*");
-                    let entity = p.get("entityName").and_then(|d| d.as_str()).unwrap_or("*");
-                    for action in p
-                        .get("actionSet")
-                        .and_then(|a| a.as_array())
-                        .into_iter()
-                        .flatten()
-                    {
-                        if let Some(action) = action.as_str() {
-                            permissions.push(format!("{domain}:{entity}:{action}"));
-                        }
-                    }
-                }
-                roles.push(TargetRole {
-                    id: e
-                        .get("id")
-                        .and_then(|i| i.as_str())
-                        .unwrap_or_default()
-                        .to_owned(),
-                    name: name.to_owned(),
-                    permissions,
-                });
-            }
-            let page_count = v
-                .get("pageCount")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(1);
-            if entities.is_empty() || page >= page_count {
-                break;
-            }
-        }
-        Ok(roles)
-    }
-
-    /// The home division and role ids, fetched (2 calls and more for a catalog over 100
-    /// roles) at most once per `AUTHZ_CATALOG_TTL`; the calls count in `tally`.
-    pub async fn authz_catalog(
-        &self,
-        tally: &CallTally,
-    ) -> Result<std::sync::Arc<AuthzCatalog>, ScimError> {
-        let mut cached = self.authz_catalog.lock().await;
-        if let Some((at, c)) = cached.as_ref()
-            && at.elapsed() < AUTHZ_CATALOG_TTL
-        {
-            return Ok(c.clone());
-        }
-        let home_division = self.home_division(tally).await?;
-        let role_ids = self
-            .list_roles(tally)
-            .await?
-            .into_iter()
-            .filter(|r| !r.id.is_empty())
-            .map(|r| (r.name, r.id))
-            .collect();
-        let c = std::sync::Arc::new(AuthzCatalog {
-            home_division,
-            role_ids,
-        });
-        *cached = Some((Instant::now(), c.clone()));
-        Ok(c)
-    }
-
-    /// The id of the org's home division (`GET /api/v2/authorization/divisions/home`).
-    pub async fn home_division(&self, tally: &CallTally) -> Result<String, ScimError> {
-        let a = self
-            .get(
-                "/authorization/divisions/home",
-                format!("{}/api/v2/authorization/divisions/home", self.api_base),
-                &[],
-                tally,
-            )
-            .await?;
-        let v: serde_json::Value = parse(&a.body)?;
-        v.get("id")
-            .and_then(serde_json::Value::as_str)
-            .filter(|id| !id.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| ScimError::Protocol("the home division has no id".into()))
-    }
-
-    /// One page of the grants made in a division
-    /// (`GET /api/v2/authorization/divisions/{divisionId}/grants`): `(total, [(user id, role
-    /// name)])`, users only (a grant to a group or an OAuth client is skipped).
-    pub async fn division_grants(
-        &self,
-        division_id: &str,
-        page_number: u64,
-        page_size: u64,
-        tally: &CallTally,
-    ) -> Result<(u64, Vec<(String, String)>), ScimError> {
-        let query = [
-            ("pageSize", page_size.to_string()),
-            ("pageNumber", page_number.to_string()),
-        ];
-        let a = self
-            .get(
-                "/authorization/divisions/{divisionId}/grants",
-                format!(
-                    "{}/api/v2/authorization/divisions/{}/grants",
-                    self.api_base,
-                    path_segment(division_id)
-                ),
-                &query,
-                tally,
-            )
-            .await?;
-        let v: serde_json::Value = parse(&a.body)?;
-        let total = v
-            .get("total")
-            .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| ScimError::Protocol("a grants page without `total`".into()))?;
-        let mut grants = Vec::new();
-        for e in v
-            .get("entities")
-            .and_then(|e| e.as_array())
-            .into_iter()
-            .flatten()
-        {
-            let subject = e.get("subjectId").and_then(|s| s.as_str());
-            let role = e
-                .get("role")
-                .and_then(|r| r.get("name"))
-                .and_then(|n| n.as_str());
-            let kind = e.get("subjectType").and_then(|t| t.as_str());
-            if let (Some(subject), Some(role)) = (subject, role)
-                && kind.is_none_or(|k| k == "PC_USER")
-            {
-                grants.push((subject.to_owned(), role.to_owned()));
-            }
-        }
-        Ok((total, grants))
     }
 
     /// Grants one role to many users in one division, in one call
@@ -673,7 +422,7 @@ impl ScimClient {
                             .headers
                             .get(reqwest::header::RETRY_AFTER)
                             .and_then(|v| v.to_str().ok())
-                            .and_then(|v| parse_retry_after(v, self.max_server_delay));
+                            .and_then(|v| parse_retry_after(v, self.wait_bounds));
                         let delay = named.unwrap_or_else(|| {
                             backoff(
                                 rate_limited,
@@ -804,7 +553,7 @@ impl ScimClient {
                     header("inin-ratelimit-allowed").and_then(bounds::ratelimit_count),
                     header("inin-ratelimit-count").and_then(bounds::ratelimit_count),
                     header("inin-ratelimit-reset")
-                        .and_then(|v| bounds::ratelimit_reset(v, self.max_server_delay)),
+                        .and_then(|v| bounds::ratelimit_reset(v, self.wait_bounds)),
                 );
                 self.limiter.observe(allowed, count, reset);
                 self.metrics.observe_ratelimit(allowed, count, reset);

@@ -4,7 +4,8 @@
 //! - `rate`: one pacing limiter shared by every worker, corrected by `inin-ratelimit-*`.
 //! - `retry`: which failures are retried (429, 408, 5xx, timeouts, connection errors) and how long
 //!   to wait (`Retry-After`, else exponential backoff with full jitter).
-//! - `client`: the calls rolesync makes, each counted.
+//! - `client`: the calls rolesync makes, each counted; `tally`: what the calls of one piece
+//!   of work share (counts, stop signal, lease).
 //! - `bounds`: every number the target sends back (`Retry-After`, `inin-ratelimit-*`, token
 //!   `expires_in`) is parsed without panic and clamped there.
 
@@ -13,11 +14,13 @@ pub mod client;
 pub mod model;
 pub mod rate;
 pub mod retry;
+pub mod tally;
 pub mod token;
 
 use crate::domain::ScimCallOutcome;
-pub use client::{AuthzCatalog, CallTally, LeaseWindow, ScimClient};
+pub use client::{AuthzCatalog, ScimClient};
 pub use model::ScimUser;
+pub use tally::{CallTally, LeaseWindow};
 
 /// Why a SCIM call failed, after retries. Each variant says what the caller should do.
 #[derive(Debug, Clone, thiserror::Error)]

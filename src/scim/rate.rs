@@ -4,10 +4,18 @@
 //! with a burst of about one second's worth, and never more than `rpm` in any 60 s window (the
 //! steady rate is trimmed by the burst). The target's own view wins: when `inin-ratelimit-*`
 //! says the window is spent, or a 429 names a `Retry-After`, every caller waits for it.
+//!
+//! Such a hold is what an operator sees as a job `waiting` (`rate_limited`, until when) and as
+//! `rolesync_target_wait_seconds`: `hold_left` says how long the hold in force has to run, and
+//! `visible_hold_left` the same for holds placed for at least `VISIBLE_HOLD` (the pacing's own
+//! spacing and short holds are part of normal work, not a wait worth showing).
 
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// A hold placed for at least this long shows on the job (`waiting`).
+pub const VISIBLE_HOLD: Duration = Duration::from_secs(2);
 
 pub struct RateLimiter {
     state: Mutex<State>,
@@ -21,6 +29,9 @@ struct State {
     tat: Instant,
     /// No call starts before this (429 or a spent window).
     hold_until: Option<Instant>,
+    /// When `hold_until` was last moved later: the hold in force was placed for
+    /// `hold_until - hold_placed`.
+    hold_placed: Instant,
 }
 
 impl RateLimiter {
@@ -39,6 +50,7 @@ impl RateLimiter {
             state: Mutex::new(State {
                 tat: Instant::now(),
                 hold_until: None,
+                hold_placed: Instant::now(),
             }),
             interval,
             tolerance: interval * (burst - 1),
@@ -85,10 +97,35 @@ impl RateLimiter {
         };
         if s.hold_until.is_none_or(|h| h < until) {
             s.hold_until = Some(until);
+            s.hold_placed = now;
         }
         if s.tat < until {
             s.tat = until;
         }
+    }
+
+    /// How long the hold in force has to run; `None` when calls are not held.
+    pub fn hold_left(&self) -> Option<Duration> {
+        let s = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = Instant::now();
+        s.hold_until
+            .filter(|h| *h > now)
+            .map(|h| h.duration_since(now))
+    }
+
+    /// `hold_left`, for a hold placed for at least `VISIBLE_HOLD`.
+    pub fn visible_hold_left(&self) -> Option<Duration> {
+        let s = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = Instant::now();
+        s.hold_until
+            .filter(|h| *h > now && h.duration_since(s.hold_placed) >= VISIBLE_HOLD)
+            .map(|h| h.duration_since(now))
     }
 
     /// Reads the target's `inin-ratelimit-*` view (already bounded, `bounds`): when the window
@@ -148,6 +185,30 @@ mod tests {
         let start = Instant::now();
         limiter.acquire().await;
         assert!(start.elapsed() >= Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_hold_is_visible_until_it_ends_and_a_short_one_never() {
+        let limiter = RateLimiter::new(6000);
+        assert_eq!(limiter.hold_left(), None);
+        limiter.hold_for(Duration::from_millis(500));
+        assert!(limiter.hold_left().is_some());
+        assert_eq!(
+            limiter.visible_hold_left(),
+            None,
+            "a short hold is not shown"
+        );
+        limiter.hold_for(VISIBLE_HOLD);
+        assert_eq!(limiter.visible_hold_left(), Some(VISIBLE_HOLD));
+        // Visible for its whole length, not only while more than VISIBLE_HOLD is left.
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(
+            limiter.visible_hold_left(),
+            Some(Duration::from_millis(500))
+        );
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(limiter.visible_hold_left(), None);
+        assert_eq!(limiter.hold_left(), None);
     }
 
     #[tokio::test(start_paused = true)]

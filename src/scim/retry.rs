@@ -37,16 +37,17 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=millis))
 }
 
-/// Parses `Retry-After`: delta-seconds or an HTTP date, at most `cap` (`bounds`).
-pub fn parse_retry_after(value: &str, cap: Duration) -> Option<Duration> {
-    super::bounds::retry_after(value, cap)
+/// Parses `Retry-After`: delta-seconds or an HTTP date, at most the rate-limit window and
+/// `target.max_server_delay_secs` (`bounds`).
+pub fn parse_retry_after(value: &str, bounds: super::bounds::WaitBounds) -> Option<Duration> {
+    super::bounds::retry_after(value, bounds)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::SystemTime;
-    const CAP: Duration = super::super::bounds::MAX_SERVER_DELAY;
+    const CAP: super::super::bounds::WaitBounds = super::super::bounds::WaitBounds::DEFAULT;
 
     #[test]
     fn retries_only_429_408_and_5xx() {
@@ -83,7 +84,7 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", CAP), None);
-        assert_eq!(parse_retry_after("999999", CAP), Some(CAP));
+        assert_eq!(parse_retry_after("999999", CAP), Some(CAP.limit()));
     }
 
     #[test]

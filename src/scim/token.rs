@@ -179,7 +179,8 @@ impl TokenManager {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| super::retry::parse_retry_after(v, super::bounds::MAX_SERVER_DELAY));
+            // The login service's own rate limit: Genesys' one-minute window, at most 120 s.
+            .and_then(|v| super::retry::parse_retry_after(v, super::bounds::WaitBounds::DEFAULT));
         let body = resp.bytes().await.unwrap_or_default();
         let detail = format!("{status}: {}", super::model::ErrorBody::parse(&body).text());
         if status.is_server_error()

@@ -25,14 +25,14 @@ async fn sign_in(app: &TestApp, key: &str) -> reqwest::Response {
 }
 
 /// The `name=value` pair the sign-in set, for the `Cookie` header.
-async fn signed_in(app: &TestApp, key: &str) -> String {
+pub(crate) async fn signed_in(app: &TestApp, key: &str) -> String {
     let resp = sign_in(app, key).await;
     assert_eq!(resp.status(), 303, "{:?}", resp.text().await);
     let set = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
     set.split(';').next().unwrap().to_owned()
 }
 
-async fn visit(app: &TestApp, cookie: &str, path: &str) -> reqwest::Response {
+pub async fn visit(app: &TestApp, cookie: &str, path: &str) -> reqwest::Response {
     browserless()
         .get(format!("{}{path}", app.address))
         .header("cookie", cookie)
@@ -42,7 +42,7 @@ async fn visit(app: &TestApp, cookie: &str, path: &str) -> reqwest::Response {
 }
 
 /// A page's HTML, which must have answered 200 with the console's headers.
-async fn html(app: &TestApp, cookie: &str, path: &str) -> String {
+pub(crate) async fn html(app: &TestApp, cookie: &str, path: &str) -> String {
     let resp = visit(app, cookie, path).await;
     assert_eq!(resp.status(), 200, "{path}");
     let h = resp.headers();
@@ -67,7 +67,7 @@ fn fields(html: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
-fn field(html: &str, name: &str) -> String {
+pub(crate) fn field(html: &str, name: &str) -> String {
     let all = fields(html, name);
     assert_eq!(all.len(), 1, "one {name} on the page");
     all[0].clone()

@@ -39,6 +39,8 @@ lease_secs = 5
 [target]
 scim_base = "{base}/api/v2/scim/v2"
 token_url = "{base}/oauth/token"
+client_id = "rolesync-dev"
+client_secret = "rolesync-dev-secret"
 requests_per_minute = 60000
 [policy]
 file = "{policy}"
@@ -77,7 +79,7 @@ scopes = ["admin"]
     panic!("rolesync did not become ready");
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -446,6 +446,10 @@ async fn a_role_the_target_does_not_know_fails_that_user_only() {
     })
     .await;
     app.seed(&[("G1", &[]), ("G2", &[])]).await;
+    // With the org's catalog readable, planning rejects the row (`unknown_target_role`, see
+    // `org_roles.rs`); without it, the target refusing the write is what tells, user by user.
+    app.set_faults(serde_json::json!({"missing_permissions": ["authorization:role:view"]}))
+        .await;
     let job = app
         .submit_csv(
             "external_id,role_template,license_tier\nG1,Ghost Role,Standard Agent\nG2,Agent,Standard Agent\n",

@@ -1,5 +1,5 @@
 //! The command line (`rolesync --help`): the service and its tools (`serve`, `emulator`,
-//! `demo`, `validate`, `policy check`, `hash-key`, `completions`) and a client of a running
+//! `demo`, `validate`, `doctor`, `policy check`, `hash-key`, `completions`) and a client of a running
 //! service (`submit`, `jobs list | show | items | cancel | approve | revert | watch`,
 //! `reconcile`). What each command
 //! exits with is `exit::Exit`; how it prints is `output`.
@@ -27,7 +27,9 @@ use std::str::FromStr;
     about = "Keeps Genesys Cloud user roles in step with an HR system",
     after_help = "Exit codes: 0 succeeded (or done), 1 usage, connection or service error, \
                   2 completed with errors (validate: invalid rows), 3 awaiting approval, \
-                  4 failed or cancelled, 5 not finished yet (--timeout ran out)."
+                  4 failed or cancelled, 5 not finished yet (--timeout ran out). \
+                  doctor: 0 nothing failed, 1 a check failed, 2 a check could not be made, \
+                  3 the configuration or the policy cannot be loaded."
 )]
 pub struct Cli {
     /// How results are printed: aligned text, or the API's JSON for scripts.
@@ -39,8 +41,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Serve the HTTP API and run the sync pipeline.
-    Serve(ConfigArgs),
+    /// Serve the HTTP API and run the sync pipeline. The target (target.scim_base and its
+    /// credentials) must be named in --config or ROLESYNC__TARGET__*, unless --dev.
+    Serve(ServeArgs),
     /// Serve an in-memory Genesys Cloud org (for demos, tests and benchmarks).
     Emulator(EmulatorArgs),
     /// Run the emulator and the service in one process, sync a sample batch, print the summary.
@@ -60,6 +63,12 @@ pub enum Command {
     Status(JobArgs),
     /// Validate a batch file against the policy, offline: no service, no SCIM calls.
     Validate(ValidateArgs),
+    /// Preflight of the configured target, before the first job: a handful of read calls (at
+    /// most 9), each check ✔ / ✘ / ? with its fix. Reads the same config as `serve`. Exits 0
+    /// when nothing failed (the write permissions are always ?), 1 when a check failed, 2 when
+    /// a check other than the write permissions could not be made, 3 when the configuration
+    /// or the policy cannot be loaded.
+    Doctor(ConfigArgs),
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -106,6 +115,17 @@ pub struct ConfigArgs {
     /// Configuration file layered over the built-in defaults and config/default.toml.
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Allow the built-in development target (the local emulator at 127.0.0.1:9090 and its
+    /// published credentials) for the target keys no --config file or ROLESYNC__TARGET__*
+    /// variable sets. Without it, `serve` refuses to start on them. Logged as a warning.
+    #[arg(long)]
+    pub dev: bool,
 }
 
 /// A closed vocabulary of the domain as a clap value: the accepted words are listed in `--help`
@@ -263,12 +283,32 @@ pub fn main() -> ExitCode {
 async fn run(command: Command, output: Output) -> anyhow::Result<Exit> {
     match command {
         Command::Serve(args) => {
-            let settings = Settings::load(args.config.as_deref())?;
+            let file = args.config.config.as_deref();
+            let settings = Settings::load(file)?;
+            // Checked before anything starts: a production config that forgets [target] must
+            // not come up healthy against the development emulator.
+            let from_defaults = rolesync::configuration::target_keys_from_defaults(file)?;
+            if !from_defaults.is_empty() && !args.dev {
+                anyhow::bail!(
+                    "no target configured: {} would come from the built-in development defaults \
+                     (the local emulator and its published credentials); {}. To run against \
+                     the development target on purpose, start `rolesync serve --dev`",
+                    from_defaults.join(", "),
+                    rolesync::configuration::TARGET_KEYS_HELP
+                );
+            }
             let telemetry = rolesync::telemetry::init_with_traces(
                 settings.log.format,
                 "info",
                 &settings.telemetry,
             )?;
+            if !from_defaults.is_empty() {
+                tracing::warn!(
+                    target.scim_base = %settings.target.scim_base,
+                    target.keys_from_defaults = %from_defaults.join(", "),
+                    "--dev: the development target is in use (built-in defaults); not for production"
+                );
+            }
             let app = rolesync::startup::Application::build(settings).await?;
             let served = app
                 .run_until_stopped(rolesync::startup::shutdown_signal())
@@ -294,6 +334,7 @@ async fn run(command: Command, output: Output) -> anyhow::Result<Exit> {
         }
         Command::Status(args) => return jobs(JobsCommand::Show(args), output).await,
         Command::Validate(args) => return validate(args).await,
+        Command::Doctor(args) => return doctor(args, output).await,
         Command::Policy {
             command: PolicyCommand::Check(args),
         } => {
@@ -316,6 +357,33 @@ async fn run(command: Command, output: Output) -> anyhow::Result<Exit> {
         }
     }
     Ok(Exit::Success)
+}
+
+/// `rolesync doctor`: the report as a table or JSON; the exit code from its verdict.
+async fn doctor(args: ConfigArgs, output: Output) -> anyhow::Result<Exit> {
+    let loaded = (|| -> anyhow::Result<_> {
+        let settings = Settings::load(args.config.as_deref())?;
+        let policy = rolesync::policy::Policy::load(&settings.policy.file)?;
+        Ok((settings, policy))
+    })();
+    let (settings, policy) = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(Exit::ConfigInvalid);
+        }
+    };
+    let report = rolesync::doctor::run(&settings, &policy).await;
+    let mut out = std::io::stdout().lock();
+    match output {
+        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
+        Output::Table => write!(out, "{}", report.table())?,
+    }
+    Ok(match report.verdict() {
+        rolesync::doctor::Verdict::Pass => Exit::Success,
+        rolesync::doctor::Verdict::Fail => Exit::CheckFailed,
+        rolesync::doctor::Verdict::Unknown => Exit::CheckUnknown,
+    })
 }
 
 /// The API key on standard input: its first line without the line end. Bounded: a key is short.

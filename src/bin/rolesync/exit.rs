@@ -22,6 +22,13 @@ pub enum Exit {
     /// The job has not ended yet (`queued`, `running` or `paused`): `--timeout` ran out, or
     /// `jobs show` found it still going.
     NotFinished,
+    /// `doctor`: a check failed (its fix is printed with it).
+    CheckFailed,
+    /// `doctor`: nothing failed, but a check that could have been made was not (`?` other
+    /// than the write permissions, which reads never tell).
+    CheckUnknown,
+    /// `doctor`: the configuration or the policy cannot be loaded; nothing was called.
+    ConfigInvalid,
 }
 
 impl Exit {
@@ -34,6 +41,10 @@ impl Exit {
             Exit::AwaitingApproval => 3,
             Exit::FailedOrCancelled => 4,
             Exit::NotFinished => 5,
+            // doctor's own codes: its table is the detail, the code the verdict.
+            Exit::CheckFailed => 1,
+            Exit::CheckUnknown => 2,
+            Exit::ConfigInvalid => 3,
         }
     }
 

@@ -28,6 +28,7 @@ use axum::routing::{get, post};
 use axum::{Router, middleware};
 use html::Html;
 use serde::Deserialize;
+use std::time::Duration;
 
 /// Jobs on a page of `/ui/jobs`, and rejected rows on a page of `/ui/jobs/{id}`.
 const PAGE: i64 = 50;
@@ -253,7 +254,11 @@ async fn jobs(
     let next = (jobs.len() as i64 == PAGE)
         .then(|| jobs.last().map(|j| j.id.clone()))
         .flatten();
-    let views: Vec<JobView> = jobs.iter().map(JobView::new).collect();
+    let hold = state.scim.visible_hold_left();
+    let views: Vec<JobView> = jobs
+        .iter()
+        .map(|j| JobView::new(j).with_hold(hold))
+        .collect();
     let going = views.iter().any(|j| !j.status.is_terminal());
     let body = pages::jobs(&views, next.as_deref());
     Ok(html(
@@ -299,7 +304,7 @@ async fn job(
         .then(|| items.last().map(|i| i.line))
         .flatten();
     let items: Vec<ItemView> = items.into_iter().map(ItemView::new).collect();
-    let view = JobView::new(&record);
+    let view = JobView::new(&record).with_hold(state.scim.visible_hold_left());
     let body = pages::job(
         &view,
         pages::RejectedPage {
@@ -328,10 +333,28 @@ async fn policy(State(state): State<AppState>, Operator(who): Operator) -> Respo
             .raw("</p>");
     }
     body.append(pages::policy(&policy, &privileged));
+    body.append(pages::policy_vs_org(&org_diff(&state, &policy).await));
     html(
         StatusCode::OK,
         pages::page("Policy", Some(&who.key_name), None, body),
     )
+}
+
+/// The policy against the org's role catalog, as planning sees it: the catalog is the one the
+/// planner uses (read at most once per 10 minutes per process, `ScimClient::role_catalog`), so
+/// a page load costs the target a call only when no job read it lately. Bounded: a slow target
+/// does not hold the page.
+async fn org_diff(state: &AppState, policy: &crate::policy::Policy) -> pages::OrgView {
+    let scim = &state.pipeline.deps().scim;
+    let tally = crate::scim::CallTally::default();
+    match tokio::time::timeout(Duration::from_secs(5), scim.role_catalog(&tally)).await {
+        Ok(Ok(c)) => pages::OrgView::Read {
+            diff: crate::policy::org::diff(policy, &c.names),
+            read_at: c.read_at,
+        },
+        Ok(Err(e)) => pages::OrgView::Unreadable(e.to_string()),
+        Err(_) => pages::OrgView::Unreadable("no answer within 5 s".into()),
+    }
 }
 
 /// `/ui/jobs/{id}/rejected.csv`: what `GET /v1/jobs/{id}/items?outcome=rejected` answers with

@@ -207,6 +207,18 @@ pub fn job(j: &JobView, rejected: RejectedPage<'_>, requests_per_minute: u32) ->
         .text(duration(j.elapsed_secs.round() as i64))
         .raw("</td></tr><tr><th>Paused because</th><td data-field=\"paused_reason\">");
     opt(&mut h, j.paused_reason.map(|r| r.as_str()));
+    // The target's rate limit holds the calls (`waiting`): why and until when.
+    h.raw("</td></tr><tr><th>Waiting</th><td data-field=\"waiting\">");
+    match &j.waiting {
+        Some(w) => {
+            h.raw("<span data-field=\"waiting.reason\">")
+                .text(w.reason.as_str())
+                .raw("</span>: the target's rate limit holds calls until <span data-field=\"waiting.until\">")
+                .text(&w.until)
+                .raw("</span>");
+        }
+        None => opt(&mut h, None),
+    }
     h.raw("</td></tr>");
     if let Some(e) = &j.error {
         h.raw("<tr><th>Error</th><td class=\"err\">")
@@ -429,6 +441,51 @@ pub fn policy(p: &Policy, privileged: &[String]) -> Html {
         .raw(" users or more than ")
         .text(a.max_removal_fraction * 100.0)
         .raw("% of the org.</p>");
+    h
+}
+
+/// The policy against the org, as `policy_vs_org` shows it.
+pub enum OrgView {
+    Read {
+        diff: crate::policy::org::OrgDiff,
+        read_at: std::time::SystemTime,
+    },
+    /// The catalog could not be read: why.
+    Unreadable(String),
+}
+
+/// The roles of the policy the org lacks (rows needing them are rejected at planning) and the
+/// org's roles the policy does not manage.
+pub fn policy_vs_org(v: &OrgView) -> Html {
+    let mut h = Html::new();
+    h.raw("<h2>Policy and the org</h2>");
+    let (diff, read_at) = match v {
+        OrgView::Read { diff, read_at } => (diff, read_at),
+        OrgView::Unreadable(why) => {
+            h.raw("<p class=\"err\" data-field=\"org.error\">The org's role catalog cannot be read (")
+                .text(why)
+                .raw("): rows are not checked against it, and a role the org lacks fails user by user. <code>rolesync doctor</code> tells why.</p>");
+            return h;
+        }
+    };
+    h.raw("<p class=\"muted\">From the org's role catalog read at ")
+        .text(httpdate::fmt_http_date(*read_at))
+        .raw(" (read again after 10 minutes).</p>");
+    h.raw("<p>Policy roles missing from the org (rows needing them are rejected, <code>unknown_target_role</code>): ");
+    if diff.missing_from_org.is_empty() {
+        h.raw("<span data-field=\"org.missing\">none</span></p>");
+    } else {
+        h.raw("<span class=\"err\" data-field=\"org.missing\">")
+            .text(diff.missing_from_org.join(", "))
+            .raw("</span></p>");
+    }
+    h.raw("<p>Org roles the policy does not manage (never granted nor removed): <span data-field=\"org.unmanaged\">")
+        .text(if diff.unmanaged.is_empty() {
+            "none".to_owned()
+        } else {
+            diff.unmanaged.join(", ")
+        })
+        .raw("</span></p>");
     h
 }
 
