@@ -145,7 +145,9 @@ impl Replicas {
         self.lock().iter().map(|r| r.log.clone()).collect()
     }
 
-    /// Waits until every replica answers `/readyz` 200, or the deadline passes.
+    /// Waits until every replica answers `/readyz` 200, or the deadline passes. A replica
+    /// that exits meanwhile (one started while the store was still cut stops with "cannot
+    /// open the store") is started again, as an orchestrator would.
     pub async fn wait_ready(&self, within: Duration) -> Result<(), String> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
@@ -153,6 +155,7 @@ impl Replicas {
             .expect("http client");
         let deadline = Instant::now() + within;
         loop {
+            self.start_all();
             let mut not_ready = Vec::new();
             for url in self.urls() {
                 let ok = matches!(
