@@ -155,7 +155,8 @@ pub(crate) fn paused_reason(e: &ScimError) -> PausedReason {
 }
 
 /// While the circuit is open, probes the target; closes it when the target answers, or when
-/// the cool-down of a circuit opened with `open_for` ends.
+/// the cool-down of a circuit opened with `open_for` ends. While it is closed, lifts the pauses
+/// nobody else will (`sweep`).
 pub(crate) async fn probe(deps: Deps, stop: CancellationToken) {
     let mut pause = Duration::from_millis(500);
     loop {
@@ -165,6 +166,9 @@ pub(crate) async fn probe(deps: Deps, stop: CancellationToken) {
                 _ = stop.cancelled() => return,
                 _ = deps.circuit.changed() => {}
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            if deps.circuit.state() == TargetState::Up {
+                sweep(&deps).await;
             }
             continue;
         }
@@ -195,9 +199,41 @@ async fn resume(deps: &Deps) {
     deps.circuit.close();
     match deps.store.resume_paused().await {
         Ok(n) => tracing::info!(jobs = n, "paused jobs resumed"),
-        Err(e) => tracing::warn!(error = %e, "cannot resume paused jobs"),
+        // The circuit is closed now, so nothing here would try again: `sweep` does, once the
+        // pause is old enough that no live process can still mean it.
+        Err(e) => tracing::warn!(error = %e, "cannot resume paused jobs; the sweep resumes them"),
     }
     deps.wake_claimer.notify_waiters();
+}
+
+/// Lifts pauses no live process will lift: a job paused for the target more than two leases
+/// ago (the process that paused it had its probe running since, or died: its probe would
+/// have resumed it by now, or it never will), or for an `error_ratio` cool-down older than the
+/// longest cool-down. Found by the chaos test: a resume that met a store cut left a job
+/// `paused` for good, and so did a replica killed while its job was paused.
+async fn sweep(deps: &Deps) {
+    let now = crate::store::now_ms();
+    let target_before = now - 2 * deps.lease_ms();
+    let cool_down_ms = i64::try_from(
+        deps.settings
+            .sync
+            .error_ratio_cooldown_max_secs
+            .saturating_mul(1000),
+    )
+    .unwrap_or(i64::MAX);
+    let cool_down_before = now.saturating_sub(cool_down_ms.max(2 * deps.lease_ms()));
+    match deps
+        .store
+        .resume_stale_paused(target_before, cool_down_before)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(jobs = n, "paused jobs resumed: nobody else would have");
+            deps.wake_claimer.notify_waiters();
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot look for stale pauses"),
+    }
 }
 
 #[cfg(test)]

@@ -269,6 +269,33 @@ impl Store {
         })
     }
 
+    /// Resumes jobs paused longer ago than their pause can still be meant: paused for the
+    /// target (`target_unavailable`, `rate_limited`) before `target_before_ms`, or for an
+    /// `error_ratio` cool-down before `cool_down_before_ms`. A pause is lifted by the process
+    /// whose circuit opened it, when its probe finds the target again; this sweep lifts the
+    /// pauses nobody will (that process died, or its resume met a store cut).
+    pub(crate) async fn resume_stale_paused(
+        &self,
+        target_before_ms: i64,
+        cool_down_before_ms: i64,
+    ) -> StoreResult<u64> {
+        let now = now_ms();
+        dual!(&self.backend, |p, DB| {
+            Ok(sqlx::query(
+                "UPDATE jobs SET status = 'running', paused_reason = NULL, updated_at_ms = $1 \
+                 WHERE status = 'paused' AND ( \
+                 (paused_reason IN ('target_unavailable', 'rate_limited') AND updated_at_ms < $2) \
+                 OR (paused_reason = 'error_ratio' AND updated_at_ms < $3))",
+            )
+            .bind(now)
+            .bind(target_before_ms)
+            .bind(cool_down_before_ms)
+            .execute(p)
+            .await?
+            .rows_affected())
+        })
+    }
+
     /// Ends a job that cannot run at all: its pending rows become `failed` with `error`, its
     /// chunks `done`. `event` builds `job.finished` from the job as the transition left it
     /// (final status and counts), read in the same transaction. Returns whether this call made

@@ -122,3 +122,33 @@ fn fence_of(w: &Value) -> String {
         .unwrap_or("none")
         .to_owned()
 }
+
+/// Found by the chaos test (seed 1833464250012026071): a job paused for the target stayed
+/// `paused` for good when the process that paused it could not lift the pause (its resume met
+/// a store cut; or it died, as here, while the target was down). Another process whose circuit
+/// is closed lifts a pause that old (two leases), and the job finishes.
+#[tokio::test]
+async fn a_job_paused_by_a_process_that_is_gone_is_resumed_by_another() {
+    let mut app = spawn_app_with(TestOptions {
+        config: "[sync]\noutage_min_users = 1\n".into(),
+        ..TestOptions::default()
+    })
+    .await;
+    let users = seed_n(&app, "PAUSED-", 5).await;
+    app.set_faults(serde_json::json!({"outage_secs": 600}))
+        .await;
+    let job = app
+        .submit_csv(&csv_for(&users, "Wrap Up", "Standard Agent"))
+        .await;
+    let id = job["job_id"].as_str().expect("job id").to_owned();
+    let paused = app.wait_for(&id, &["paused"]).await;
+    assert_eq!(paused["paused_reason"], "target_unavailable", "{paused}");
+    // The process that paused it goes away while the target is down; the target comes back;
+    // a new process starts, whose circuit never opened.
+    app.stop_service().await;
+    app.set_faults(serde_json::json!({"outage_secs": 0})).await;
+    app.restart().await;
+    let done = app.wait_finished(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["applied"], 5, "{done}");
+}
