@@ -402,7 +402,7 @@ pub async fn get(
 ///
 /// JSON pages by default. With `Accept: text/csv` (preferred to `application/json`), every row
 /// (of the outcome asked for) as one streamed CSV file with the columns `line, external_id,
-/// role_template, license_tier, outcome, reason, detail`; `limit` and `cursor` page the JSON
+/// role_template, license_tier, outcome, reason, detail, action`; `limit` and `cursor` page the JSON
 /// answer only. A cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return is written
 /// with a `'` in front so a spreadsheet shows it as text; the batch reader takes that `'` off
 /// again and ignores the extra columns, so the file can be fixed and submitted to
@@ -417,7 +417,7 @@ pub async fn get(
         (status = 200, description = "Rows by line (JSON), or every row as CSV (`Accept: text/csv`)",
             content(
                 (ItemList = "application/json"),
-                (String = "text/csv", example = json!("line,external_id,role_template,license_tier,outcome,reason,detail\n3,EMP-2,Astronaut,Standard Agent,rejected,unknown_role,\"unknown role \"\"Astronaut\"\"\"\n")),
+                (String = "text/csv", example = json!("line,external_id,role_template,license_tier,outcome,reason,detail,action\n3,EMP-2,Astronaut,Standard Agent,rejected,unknown_role,\"unknown role \"\"Astronaut\"\"\",assign\n")),
             ),
             headers(("Content-Disposition" = String, description = "CSV only: `attachment; filename=\"job-<id>-items.csv\"` (or `job-<id>-<outcome>.csv`)"))),
         (status = 400, description = "An unknown `outcome`, a `limit` that is not an integer from 1 to 1000, a `cursor` not from a previous page, or an id that is not valid UTF-8 once decoded"),

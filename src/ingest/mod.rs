@@ -9,6 +9,8 @@
 mod csv_body;
 pub mod csv_cell;
 mod json_body;
+#[cfg(test)]
+mod leaver_tests;
 pub mod spool;
 
 use crate::configuration::Settings;

@@ -537,6 +537,47 @@ mod tests {
     }
 
     #[test]
+    fn a_revoke_row_needs_no_role_and_mixed_actions_reject_every_row_of_the_user() {
+        let policy = Policy::from_toml_str(include_str!("../../config/policy.toml"))
+            .unwrap_or_else(|e| panic!("the shipped policy loads: {e}"));
+        let revoke = |line: u64, id: &str| Assignment {
+            role_template: String::new(),
+            license_tier: String::new(),
+            action: Action::Revoke,
+            ..row(line, id, "")
+        };
+        let rows = vec![
+            revoke(2, "L"),
+            revoke(3, "M"),
+            row(4, "M", "Agent"),
+            row(5, "A", "Agent"),
+        ];
+        let (rejected, users) = validate_rows(&policy, &rows);
+        let codes: Vec<(i64, Option<ReasonCode>)> = rejected
+            .iter()
+            .map(|r| (r.line, r.reason.as_ref().map(|(c, _)| *c)))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                (3, Some(ReasonCode::ConflictingActions)),
+                (4, Some(ReasonCode::ConflictingActions)),
+            ]
+        );
+        let kept: Vec<(&str, bool)> = users
+            .iter()
+            .map(|u| (u.external_id.as_str(), u.revokes()))
+            .collect();
+        assert_eq!(kept, [("A", false), ("L", true)]);
+        // A leaver wants no role, in `replace` whatever the job's mode.
+        assert!(users[1].desired(&policy).is_empty());
+        assert_eq!(
+            users[1].mode(crate::domain::Mode::Merge),
+            crate::domain::Mode::Replace
+        );
+    }
+
+    #[test]
     fn rows_needing_a_role_the_org_lacks_are_rejected_and_the_others_kept() {
         let policy = Policy::from_toml_str(include_str!("../../config/policy.toml"))
             .unwrap_or_else(|e| panic!("the shipped policy loads: {e}"));
