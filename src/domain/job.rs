@@ -214,10 +214,11 @@ pub struct Approval {
     #[serde(default)]
     pub reasons: Vec<ApprovalReason>,
     /// Users who would lose roles, when read ahead (null when the job is too small to cross
-    /// the bound and was not read ahead, or is not a `replace` job).
+    /// the bound and was not read ahead, or takes no role away: neither a `replace` job nor a
+    /// revert, and no leavers).
     pub users_losing_roles: Option<u64>,
     /// The removal bound in users: the smaller of the two below, for this org (null unless
-    /// the job is a `replace` job).
+    /// the job is a `replace` job, a revert, or has leavers).
     pub threshold_users: Option<u64>,
     pub org_users: Option<u64>,
     pub max_removed_users: Option<u64>,

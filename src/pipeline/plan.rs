@@ -235,8 +235,10 @@ impl BulkCount {
             return;
         }
         let roles = std::mem::take(&mut self.roles);
+        let revokes = std::mem::take(&mut self.revokes);
         let mut counts: Vec<u64> = roles.values().copied().collect();
-        if mode == Mode::Replace || std::mem::take(&mut self.revokes) {
+        // A chunk with a leaver counts removals as a `replace` chunk does (an upper bound).
+        if mode == Mode::Replace || revokes {
             counts.extend(
                 policy
                     .roles()
@@ -458,10 +460,12 @@ fn build_plan(deps: &Deps, state: &Planning, reads: &ReadPlan) -> JobPlan {
 }
 
 /// The approval bounds of a job that may take roles away (the policy's `[approval]`): a
-/// `replace` job (sync or reconcile) or a revert. One that would remove roles from more users
+/// `replace` job (sync or reconcile), a revert, or a job with leavers (`revoke` users, sent or
+/// generated for a roster `full`), in either mode. One that would remove roles from more users
 /// than `max_removed_users`, or than `max_removal_fraction` of the org, waits in
 /// `awaiting_approval` before any write. A revert knows whom it takes roles from without a
-/// read (its rows say what the reverted job added).
+/// read (its rows say what the reverted job added). In a `merge` job only the leavers may lose
+/// roles: only they are counted, and only they are read ahead.
 ///
 /// The org size comes from the read planning's probe, else costs one call (`count=0`). A job
 /// with fewer users than the bound cannot exceed it and is not read ahead. A larger one is read
