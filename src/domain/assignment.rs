@@ -13,6 +13,34 @@ vocabulary! {
     }
 }
 
+vocabulary! {
+    /// What a row asks for its user. A closed list: any other word is the row's rejection.
+    #[derive(Default)]
+    pub enum Action {
+        /// The row's `role_template` (with the roles it inherits) is one of the roles the user
+        /// is to hold: the batch's mode says what happens to the others.
+        #[default]
+        Assign = "assign",
+        /// A leaver: the user keeps no role the policy manages, whatever the batch's mode.
+        /// Protected roles (`Employee`) and roles the policy does not manage stay. The row
+        /// needs only `external_id`; its `role_template` and `license_tier` are ignored.
+        Revoke = "revoke",
+    }
+}
+
+vocabulary! {
+    /// Whether a batch is the whole list of managed users (`full`): then a managed user (one
+    /// with a desired state) it does not name is a leaver, given a `revoke` row by the store.
+    #[derive(Default)]
+    pub enum Roster {
+        /// The batch changes the users it names, nobody else (the default).
+        #[default]
+        Partial = "partial",
+        /// The batch names every managed user; the others are leavers.
+        Full = "full",
+    }
+}
+
 /// One submitted row, as the HR system sent it. Fields are kept verbatim (trimmed) so that
 /// the per-row result can echo them; validation against the policy happens in the pipeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +50,9 @@ pub struct Assignment {
     pub external_id: String,
     pub role_template: String,
     pub license_tier: String,
+    /// `assign` unless the row says `revoke`.
+    #[serde(default)]
+    pub action: Action,
     /// Set when the row could not be read whole (e.g. a CSV row with too few fields): the row
     /// is stored as rejected with this reason, and the rest of the batch goes on.
     #[serde(skip)]

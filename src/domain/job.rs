@@ -95,6 +95,9 @@ vocabulary! {
         /// A revert left the user alone: their roles changed since the job being reverted
         /// (without `force`).
         ChangedSince = "changed_since",
+        /// A user's rows in one batch mix `action` `assign` and `revoke`: the batch does not
+        /// say whether the user stays, so none of their rows is applied.
+        ConflictingActions = "conflicting_actions",
     }
 }
 
@@ -169,6 +172,24 @@ pub struct Estimate {
     /// null while `target.write_api = "scim"`.
     #[serde(default)]
     pub authorization_path_calls: Option<i64>,
+    /// The job's leavers (users with `action` `revoke`, from the batch or, for a roster
+    /// `full`, managed users it did not name), when it has any.
+    #[serde(default)]
+    pub leavers: Option<Leavers>,
+}
+
+/// The leavers of a job: how many, and the first of them by `external_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Leavers {
+    /// Users the job takes every managed role from.
+    pub users: u64,
+    /// The first `Leavers::SAMPLE` of them, by `external_id`.
+    pub sample: Vec<String>,
+}
+
+impl Leavers {
+    /// External ids kept as a sample.
+    pub const SAMPLE: usize = 20;
 }
 
 /// Privileged roles (the policy's `privileged_roles`, with the roles that inherit them) that a
@@ -193,10 +214,11 @@ pub struct Approval {
     #[serde(default)]
     pub reasons: Vec<ApprovalReason>,
     /// Users who would lose roles, when read ahead (null when the job is too small to cross
-    /// the bound and was not read ahead, or is not a `replace` job).
+    /// the bound and was not read ahead, or takes no role away: neither a `replace` job nor a
+    /// revert, and no leavers).
     pub users_losing_roles: Option<u64>,
     /// The removal bound in users: the smaller of the two below, for this org (null unless
-    /// the job is a `replace` job).
+    /// the job is a `replace` job, a revert, or has leavers).
     pub threshold_users: Option<u64>,
     pub org_users: Option<u64>,
     pub max_removed_users: Option<u64>,

@@ -6,9 +6,9 @@ mod assignment;
 mod job;
 mod webhook_secret;
 
-pub use assignment::{Assignment, ExternalId, Mode};
+pub use assignment::{Action, Assignment, ExternalId, Mode, Roster};
 pub use job::{
-    Approval, Counts, Estimate, JobKind, JobStatus, Outcome, PrivilegedGrants, ReasonCode,
+    Approval, Counts, Estimate, JobKind, JobStatus, Leavers, Outcome, PrivilegedGrants, ReasonCode,
 };
 pub use vocabulary::{
     ApprovalReason, CheckId, CheckStatus, DeliveryStatus, EventType, LogFormat, PausedReason,

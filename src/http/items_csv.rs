@@ -15,9 +15,9 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
-/// The columns, in order. `external_id`, `role_template` and `license_tier` are the batch
-/// reader's names, so the file is a valid batch.
-pub const COLUMNS: [&str; 7] = [
+/// The columns, in order. `external_id`, `role_template`, `license_tier` and `action` are the
+/// batch reader's names, so the file is a valid batch (a leaver's row stays a `revoke`).
+pub const COLUMNS: [&str; 8] = [
     "line",
     "external_id",
     "role_template",
@@ -25,6 +25,7 @@ pub const COLUMNS: [&str; 7] = [
     "outcome",
     "reason",
     "detail",
+    "action",
 ];
 
 /// Rows read from the store per page.
@@ -105,7 +106,7 @@ pub fn response(store: Store, job_id: String, outcome: Option<Outcome>) -> Respo
 }
 
 /// One row's cells, in `COLUMNS` order, each guarded against formulas.
-fn record(item: &ItemRecord) -> [String; 7] {
+fn record(item: &ItemRecord) -> [String; 8] {
     let (reason, detail) = match &item.reason {
         Some(r) => (r.code.as_str(), r.message.as_str()),
         None => ("", ""),
@@ -118,6 +119,7 @@ fn record(item: &ItemRecord) -> [String; 7] {
         item.outcome.as_str().to_owned(),
         reason.to_owned(),
         neutralise(detail).into_owned(),
+        item.action.as_str().to_owned(),
     ]
 }
 

@@ -33,25 +33,35 @@ pub(super) const CSV_EXAMPLE: &str = "external_id,role_template,license_tier\nEM
 ///
 /// The body by `Content-Type`: `application/json` (an envelope, or a bare array of assignments),
 /// `application/x-ndjson` (one assignment per line) or `text/csv` (a header naming
-/// `external_id`, `role_template`, `license_tier` in any order; other columns are ignored, so a
-/// CSV of `GET /v1/jobs/{id}/items` can be sent back as it is). gzip `Content-Encoding` is
+/// `external_id`, `role_template`, `license_tier` in any order, and optionally `action`; other
+/// columns are ignored, so a CSV of `GET /v1/jobs/{id}/items` can be sent back as it is).
+///
+/// Leavers: a row with `action` `revoke` (CSV column or JSON field; `assign`, the default,
+/// otherwise) needs only `external_id`; its user keeps no managed role, whatever the mode
+/// (protected and unmanaged roles stay). A user's rows must be all `assign` or all `revoke`
+/// (else each is rejected, `conflicting_actions`). Another `action` word is that row's
+/// rejection (`malformed_row`). With `roster=full` (query or envelope) the batch is the whole
+/// list of managed users: every user with a desired state that it does not name gets a
+/// `revoke` row (numbered after the body's last line). Leavers count toward the policy's
+/// removal bounds in either mode; the job's `estimate.leavers` gives their number and a sample. gzip `Content-Encoding` is
 /// accepted (`server.max_body_bytes` applies to the decoded body).
 ///
 /// The body is received into a temporary file and parsed as a stream into one store
 /// transaction: the whole batch is committed before the 202, or nothing is. A CSV row with the
 /// wrong number of fields is that row's error (`malformed_row`), not the body's.
 ///
-/// Options: `mode` and `dry_run` may be given as query parameters for every format, and in a
-/// JSON envelope; a dry run asked for in either place is a dry run, and a mode given in both
-/// places must be the same (else 400 naming `query.mode` and `body.mode`).
+/// Options: `mode`, `dry_run` and `roster` may be given as query parameters for every format,
+/// and in a JSON envelope; a dry run asked for in either place is a dry run, and a mode (or a
+/// roster) given in both places must be the same (else 400 naming `query.mode` and
+/// `body.mode`, or `query.roster` and `body.roster`).
 ///
 /// Per record (config `[ingest]`): an NDJSON line over `max_record_bytes`, a role or tier over
 /// `max_field_bytes`, a record of more than `max_fields` fields, a control character in any
 /// field or an `external_id` over 256 characters is that row's rejection (`malformed_row`).
 /// Rows of one user beyond `ingest.max_rows_per_user` are rejected with
 /// `too_many_rows_for_user`. A job granting a role of the policy's `privileged_roles` waits in
-/// `awaiting_approval` unless the key carries `roles:privileged`; a `replace` job removing roles
-/// from more users than the policy's approval bounds waits there too.
+/// `awaiting_approval` unless the key carries `roles:privileged`; a `replace` job, or a job with
+/// leavers, removing roles from more users than the policy's approval bounds waits there too.
 ///
 /// With an `Idempotency-Key` (scoped to the API key), the same key and body answer the job they
 /// created (200) for `store.idempotency_ttl_hours`; the same key with another body is a 422.
@@ -80,7 +90,7 @@ pub(super) const CSV_EXAMPLE: &str = "external_id,role_template,license_tier\nEM
             headers(("Location" = String, description = "`/v1/jobs/{id}`"))),
         (status = 200, description = "The job this `Idempotency-Key` created before, with the same body", body = JobView,
             headers(("Location" = String, description = "`/v1/jobs/{id}`"))),
-        (status = 400, description = "Malformed body, naming line and column or field; a CSV record or JSON element over `ingest.max_record_bytes` (named by its line); a CSV header of more than `ingest.max_fields` columns; `mode` given in the query and the body with different values; a bad query parameter or `Idempotency-Key`"),
+        (status = 400, description = "Malformed body, naming line and column or field; a CSV record or JSON element over `ingest.max_record_bytes` (named by its line); a CSV header of more than `ingest.max_fields` columns; `mode` or `roster` given in the query and the body with different values; a bad query parameter or `Idempotency-Key`"),
         (status = 403, description = "The key lacks `jobs:write`"),
         (status = 408, description = "The body took longer than `server.request_timeout_secs` to arrive"),
         (status = 413, description = "Body over `server.max_body_bytes` after decoding, more rows than `server.max_rows_per_job`, or a gzip body expanding more than `ingest.max_expansion_ratio` times (past its first MiB)"),
@@ -154,6 +164,7 @@ pub async fn submit(
         None => 2,
         Some(d) => u8::from(d),
     });
+    prefix.extend_from_slice(query.roster.as_deref().unwrap_or("").as_bytes());
     let spooled = spool(
         body,
         &super::body_bounds(&state.settings, compressed),
@@ -209,6 +220,7 @@ pub async fn submit(
             events: Vec::new(),
             mode: summary.mode,
             dry_run: summary.dry_run,
+            roster: summary.roster,
             request_id,
             traceparent,
             policy_fingerprint: Some(state.policy.current().fingerprint()),
@@ -390,7 +402,7 @@ pub async fn get(
 ///
 /// JSON pages by default. With `Accept: text/csv` (preferred to `application/json`), every row
 /// (of the outcome asked for) as one streamed CSV file with the columns `line, external_id,
-/// role_template, license_tier, outcome, reason, detail`; `limit` and `cursor` page the JSON
+/// role_template, license_tier, outcome, reason, detail, action`; `limit` and `cursor` page the JSON
 /// answer only. A cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return is written
 /// with a `'` in front so a spreadsheet shows it as text; the batch reader takes that `'` off
 /// again and ignores the extra columns, so the file can be fixed and submitted to
@@ -405,7 +417,7 @@ pub async fn get(
         (status = 200, description = "Rows by line (JSON), or every row as CSV (`Accept: text/csv`)",
             content(
                 (ItemList = "application/json"),
-                (String = "text/csv", example = json!("line,external_id,role_template,license_tier,outcome,reason,detail\n3,EMP-2,Astronaut,Standard Agent,rejected,unknown_role,\"unknown role \"\"Astronaut\"\"\"\n")),
+                (String = "text/csv", example = json!("line,external_id,role_template,license_tier,outcome,reason,detail,action\n3,EMP-2,Astronaut,Standard Agent,rejected,unknown_role,\"unknown role \"\"Astronaut\"\"\",assign\n")),
             ),
             headers(("Content-Disposition" = String, description = "CSV only: `attachment; filename=\"job-<id>-items.csv\"` (or `job-<id>-<outcome>.csv`)"))),
         (status = 400, description = "An unknown `outcome`, a `limit` that is not an integer from 1 to 1000, a `cursor` not from a previous page, or an id that is not valid UTF-8 once decoded"),

@@ -135,6 +135,8 @@ async fn judge_in(
         events: Vec::new(),
         mode: summary.mode,
         dry_run: summary.dry_run,
+        // A validation's scratch store has no desired state: a roster adds no leaver there.
+        roster: summary.roster,
         request_id: None,
         traceparent: None,
         policy_fingerprint: None,

@@ -4,7 +4,8 @@
 //! the policy's are `policy::{PolicySummary, RoleDetail}`.)
 
 use crate::domain::{
-    Approval, Counts, DeliveryStatus, Estimate, JobKind, JobStatus, Mode, Outcome, PausedReason,
+    Action, Approval, Counts, DeliveryStatus, Estimate, JobKind, JobStatus, Mode, Outcome,
+    PausedReason, Roster,
 };
 use crate::store::{ItemRecord, JobRecord, OutboxRecord, Reason, StoreError, now_ms};
 use serde::Serialize;
@@ -221,6 +222,8 @@ pub struct ItemView {
     pub external_id: String,
     pub role_template: String,
     pub license_tier: String,
+    /// `revoke` for a leaver's row (sent so, or added for a roster `full`).
+    pub action: Action,
     pub outcome: Outcome,
     pub reason: Option<Reason>,
     /// The user's id in the target, once found.
@@ -251,6 +254,7 @@ impl ItemView {
             external_id: item.external_id,
             role_template: item.role_template,
             license_tier: item.license_tier,
+            action: item.action,
             outcome: item.outcome,
             reason: item.reason,
             user_id: item.user_id,
@@ -371,12 +375,22 @@ pub struct Redelivery {
     pub requeued: u64,
 }
 
-/// One row of a batch, as a client sends it.
+/// One row of a batch, as a client sends it: roles the user is to hold (`action` absent or
+/// `assign`), or a leaver (`action` `revoke`, which needs only `external_id`).
 #[derive(Debug, Clone, Serialize, ToSchema)]
-#[schema(as = Assignment, example = json!({
+#[serde(untagged)]
+#[schema(as = Assignment)]
+pub enum AssignmentInput {
+    Assign(AssignRow),
+    Revoke(RevokeRow),
+}
+
+/// A row that gives its user a role.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
     "external_id": "EMP-1", "role_template": "Supervisor", "license_tier": "Supervisor"
 }))]
-pub struct AssignmentInput {
+pub struct AssignRow {
     /// The user's HR id (`externalId` in the target): 1 to 256 characters, no control
     /// characters.
     pub external_id: String,
@@ -384,6 +398,41 @@ pub struct AssignmentInput {
     pub role_template: String,
     /// A license tier of the policy; it must allow the role.
     pub license_tier: String,
+    /// `assign`, the default.
+    #[schema(required = false, nullable = false)]
+    pub action: Option<AssignAction>,
+}
+
+/// A leaver's row: the user keeps no role the policy manages (protected roles such as
+/// `Employee` and roles the policy does not manage stay), whatever the batch's mode. A user's
+/// rows in one batch are all `assign` or all `revoke`: mixed, every row of that user is
+/// rejected (`conflicting_actions`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"external_id": "EMP-9", "action": "revoke"}))]
+pub struct RevokeRow {
+    /// The user's HR id (`externalId` in the target).
+    pub external_id: String,
+    pub action: RevokeAction,
+    /// Ignored.
+    #[schema(required = false, nullable = false)]
+    pub role_template: Option<String>,
+    /// Ignored.
+    #[schema(required = false, nullable = false)]
+    pub license_tier: Option<String>,
+}
+
+/// The `action` of a row that gives a role.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AssignAction {
+    Assign,
+}
+
+/// The `action` of a leaver's row.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RevokeAction {
+    Revoke,
 }
 
 /// A batch as a JSON envelope: the rows and their options. (`mode` and `dry_run` may also be
@@ -403,6 +452,10 @@ pub struct BatchEnvelope {
     pub mode: Option<Mode>,
     /// Judge and plan, read the target, write nothing.
     pub dry_run: Option<bool>,
+    /// `full`: the batch names every managed user; a managed user (one with a desired state)
+    /// it does not name is a leaver and loses every managed role. `partial` (the default):
+    /// only the users named change.
+    pub roster: Option<Roster>,
     pub assignments: Vec<AssignmentInput>,
 }
 

@@ -1,11 +1,12 @@
-//! CSV with a header (`external_id,role_template,license_tier` in any order; extra columns are
-//! ignored, so a job's rows downloaded as CSV can be sent back as they are), quoted fields (with
+//! CSV with a header (`external_id,role_template,license_tier` in any order, and an optional
+//! `action` column: `assign`, the default when the column or the cell is empty, or `revoke`;
+//! extra columns are ignored, so a job's rows downloaded as CSV can be sent back as they are), quoted fields (with
 //! commas and line breaks inside), CRLF line ends; the BOM is skipped before. Cells guarded
 //! against formulas (`csv_cell`) are read as the values they stand for. Read as a stream: one
 //! record at a time.
 
 use super::{RowSink, csv_cell, shape_error};
-use crate::domain::Assignment;
+use crate::domain::{Action, Assignment};
 use crate::error::ApiError;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -58,6 +59,7 @@ pub(super) fn read<R: BufRead>(input: R, sink: &mut RowSink<'_>) -> Result<(), A
             format!("the header lacks the column(s) {}", missing.join(", ")),
         ));
     };
+    let action_column = find("action");
     // The first record starts where the header ended: the record bound counts from there.
     marks.borrow_mut().record_start = reader.position().byte();
     let width = headers.len();
@@ -96,17 +98,25 @@ pub(super) fn read<R: BufRead>(input: R, sink: &mut RowSink<'_>) -> Result<(), A
         }
         // A cell rolesync wrote with a guard against formulas reads as the value it stands for.
         let field = |i: usize| csv_cell::restore(record.get(i).unwrap_or("").trim()).to_owned();
-        let defect = (record.len() != width).then(|| {
+        let mut defect = (record.len() != width).then(|| {
             format!(
                 "the row has {} fields; the header has {width}",
                 record.len()
             )
         });
+        let action = match action_column.map(field) {
+            Some(word) => super::parse_action(&word).unwrap_or_else(|why| {
+                defect.get_or_insert(why);
+                Action::Assign
+            }),
+            None => Action::Assign,
+        };
         sink.push(Assignment {
             line,
             external_id: field(ext),
             role_template: field(role),
             license_tier: field(tier),
+            action,
             defect,
         })?;
     }

@@ -2,7 +2,7 @@
 //! by element (never built as one value), NDJSON one line at a time.
 
 use super::{BodyOptions, RowSink, shape_error};
-use crate::domain::{Assignment, Mode};
+use crate::domain::{Action, Assignment, Mode, Roster};
 use crate::error::{ApiError, FieldError};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -18,6 +18,7 @@ struct RowFields {
     external_id: Loose,
     role_template: Loose,
     license_tier: Loose,
+    action: Loose,
     keys: usize,
 }
 
@@ -26,6 +27,7 @@ enum Key {
     ExternalId,
     RoleTemplate,
     LicenseTier,
+    Action,
     Other,
 }
 
@@ -42,6 +44,7 @@ impl<'de> Deserialize<'de> for Key {
                     "external_id" => Key::ExternalId,
                     "role_template" => Key::RoleTemplate,
                     "license_tier" => Key::LicenseTier,
+                    "action" => Key::Action,
                     _ => Key::Other,
                 })
             }
@@ -134,6 +137,7 @@ impl<'de> Deserialize<'de> for Element {
                         Key::ExternalId => &mut f.external_id,
                         Key::RoleTemplate => &mut f.role_template,
                         Key::LicenseTier => &mut f.license_tier,
+                        Key::Action => &mut f.action,
                         Key::Other => {
                             a.next_value::<IgnoredAny>()?;
                             continue;
@@ -174,25 +178,42 @@ impl<'de> Deserialize<'de> for Element {
     }
 }
 
-/// The row, or the names of its missing or non-string fields.
+/// The row, or the names of its missing or non-string fields. `action` is optional (`assign`
+/// when absent or null); a `revoke` row needs only `external_id` (a leaver has no role nor
+/// tier), so its `role_template` and `license_tier` may be absent. An `action` of another word
+/// or type is the row's rejection (`malformed_row`), not the body's.
 fn row(e: Element, line: u64, max_fields: usize) -> Result<Assignment, Vec<&'static str>> {
     let Element::Row(fields) = e else {
         return Err(vec!["external_id", "role_template", "license_tier"]);
     };
     let keys = fields.keys;
+    let mut defect = (keys > max_fields)
+        .then(|| format!("the object has {keys} keys; at most ingest.max_fields ({max_fields})"));
+    let action = match (&fields.action.value, fields.action.seen) {
+        (Some(word), _) => super::parse_action(word).unwrap_or_else(|why| {
+            defect.get_or_insert(why);
+            Action::Assign
+        }),
+        (None, false) => Action::Assign,
+        (None, true) => {
+            defect.get_or_insert_with(|| "action is not a string".to_owned());
+            Action::Assign
+        }
+    };
+    let revoke = action == Action::Revoke;
+    let or_empty = |v: Option<String>| if revoke { v.or(Some(String::new())) } else { v };
     match (
         fields.external_id.value,
-        fields.role_template.value,
-        fields.license_tier.value,
+        or_empty(fields.role_template.value),
+        or_empty(fields.license_tier.value),
     ) {
         (Some(e), Some(r), Some(t)) => Ok(Assignment {
             line,
             external_id: e.trim().to_owned(),
             role_template: r.trim().to_owned(),
             license_tier: t.trim().to_owned(),
-            defect: (keys > max_fields).then(|| {
-                format!("the object has {keys} keys; at most ingest.max_fields ({max_fields})")
-            }),
+            action,
+            defect,
         }),
         (e, r, t) => {
             let mut missing = Vec::new();
@@ -236,7 +257,7 @@ fn take(
     }
 }
 
-/// The envelope `{"mode", "dry_run", "assignments": [...]}`, or a bare array of assignments
+/// The envelope `{"mode", "dry_run", "roster", "assignments": [...]}`, or a bare array of assignments
 /// (which states no options). Returns the options the body states; how they meet the query's
 /// is decided once, in `super::settle_options`.
 ///
@@ -263,7 +284,12 @@ pub(super) fn read_envelope<R: BufRead>(
         de.end()?;
         Ok(env)
     });
-    let (mode, dry_run, had_assignments) = match parsed {
+    let EnvelopeOptions {
+        mode,
+        dry_run,
+        roster,
+        had_assignments,
+    } = match parsed {
         Ok(v) => v,
         Err(e) => {
             if let Some(stop) = sink.failed.take() {
@@ -299,7 +325,27 @@ pub(super) fn read_envelope<R: BufRead>(
                 .ok_or_else(|| ApiError::field("mode", "must be \"merge\" or \"replace\""))?,
         ),
     };
-    Ok(BodyOptions { mode, dry_run })
+    let roster = match roster.as_deref() {
+        None => None,
+        Some(r) => Some(
+            Roster::parse(r)
+                .ok_or_else(|| ApiError::field("roster", "must be \"partial\" or \"full\""))?,
+        ),
+    };
+    Ok(BodyOptions {
+        mode,
+        dry_run,
+        roster,
+    })
+}
+
+/// The options an envelope states, as sent (`mode` and `roster` checked by the caller).
+#[derive(Default)]
+struct EnvelopeOptions {
+    mode: Option<String>,
+    dry_run: Option<bool>,
+    roster: Option<String>,
+    had_assignments: bool,
 }
 
 /// Marks an early stop of the envelope's visit (not a JSON error).
@@ -331,7 +377,7 @@ struct EnvelopeSeed<'s, 'a> {
 }
 
 impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_, '_> {
-    type Value = (Option<String>, Option<bool>, bool);
+    type Value = EnvelopeOptions;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
@@ -339,7 +385,7 @@ impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_, '_> {
 }
 
 impl<'de> Visitor<'de> for EnvelopeSeed<'_, '_> {
-    type Value = (Option<String>, Option<bool>, bool);
+    type Value = EnvelopeOptions;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an object with \"assignments\", or an array of assignments")
@@ -353,19 +399,21 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_, '_> {
             path: "",
         }
         .visit_seq(seq)?;
-        Ok((None, None, true))
+        Ok(EnvelopeOptions {
+            had_assignments: true,
+            ..EnvelopeOptions::default()
+        })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut mode = None;
-        let mut dry_run = None;
-        let mut had_assignments = false;
+        let mut o = EnvelopeOptions::default();
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
-                "mode" => mode = map.next_value::<Option<String>>()?,
-                "dry_run" => dry_run = map.next_value::<Option<bool>>()?,
+                "mode" => o.mode = map.next_value::<Option<String>>()?,
+                "dry_run" => o.dry_run = map.next_value::<Option<bool>>()?,
+                "roster" => o.roster = map.next_value::<Option<String>>()?,
                 "assignments" => {
-                    had_assignments = true;
+                    o.had_assignments = true;
                     map.next_value_seed(AssignmentsSeed {
                         sink: &mut *self.sink,
                         used: self.used.clone(),
@@ -375,12 +423,12 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_, '_> {
                 other => {
                     return Err(de::Error::unknown_field(
                         other,
-                        &["mode", "dry_run", "assignments"],
+                        &["mode", "dry_run", "roster", "assignments"],
                     ));
                 }
             }
         }
-        Ok((mode, dry_run, had_assignments))
+        Ok(o)
     }
 }
 
@@ -457,6 +505,7 @@ pub(super) fn read_ndjson<R: BufRead>(
                     external_id: String::new(),
                     role_template: String::new(),
                     license_tier: String::new(),
+                    action: Action::Assign,
                     defect: Some(format!(
                         "the line is longer than ingest.max_record_bytes ({limit} bytes)"
                     )),

@@ -9,10 +9,12 @@
 mod csv_body;
 pub mod csv_cell;
 mod json_body;
+#[cfg(test)]
+mod leaver_tests;
 pub mod spool;
 
 use crate::configuration::Settings;
-use crate::domain::{Assignment, Mode};
+use crate::domain::{Action, Assignment, Mode, Roster};
 use crate::error::{ApiError, FieldError};
 use std::io::BufRead;
 
@@ -57,6 +59,7 @@ impl Limits {
 pub struct Batch {
     pub mode: Mode,
     pub dry_run: bool,
+    pub roster: Roster,
     pub rows: Vec<Assignment>,
 }
 
@@ -106,6 +109,19 @@ impl Format {
     }
 }
 
+/// A row's `action` as sent: empty is `assign` (the column is optional); another word than
+/// `assign` or `revoke` is the row's rejection (`malformed_row`, naming the field).
+pub(crate) fn parse_action(word: &str) -> Result<Action, String> {
+    let word = word.trim();
+    if word.is_empty() {
+        return Ok(Action::Assign);
+    }
+    Action::parse(word).ok_or_else(|| {
+        let shown: String = word.chars().take(40).collect();
+        format!("action \"{shown}\" is not one of: {}", Action::expected())
+    })
+}
+
 /// Options given as query parameters, for every format; how they meet the options a JSON
 /// envelope states is `settle_options`.
 #[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
@@ -118,6 +134,12 @@ pub struct BatchQuery {
     /// Judge and plan, read the target, write nothing. A dry run asked for here or in the body
     /// is a dry run.
     pub dry_run: Option<bool>,
+    /// `full`: the batch is the complete list of managed users; every managed user (one with
+    /// a desired state) it does not name is a leaver and loses every managed role (a `revoke`
+    /// row is added for them). `partial` (the default): only the users named change. Given here
+    /// and in a JSON envelope, the two must agree.
+    #[param(value_type = Option<Roster>)]
+    pub roster: Option<String>,
 }
 
 /// The options a body states itself (the JSON envelope's `mode` and `dry_run`); NDJSON, CSV and
@@ -126,6 +148,7 @@ pub struct BatchQuery {
 pub(crate) struct BodyOptions {
     pub mode: Option<Mode>,
     pub dry_run: Option<bool>,
+    pub roster: Option<Roster>,
 }
 
 /// The one rule for a batch's options, whatever its format. A dry run asked for anywhere (query
@@ -178,6 +201,7 @@ pub fn parse(
     Ok(Batch {
         mode: summary.mode,
         dry_run: summary.dry_run,
+        roster: summary.roster,
         rows,
     })
 }
@@ -187,7 +211,36 @@ pub fn parse(
 pub struct ReadSummary {
     pub mode: Mode,
     pub dry_run: bool,
+    pub roster: Roster,
     pub rows: u64,
+}
+
+/// `roster` given in the query and in a JSON envelope must agree, like `mode`: a roster
+/// `full` takes every role from the managed users it does not name, so neither may be guessed.
+pub(crate) fn settle_roster(
+    query: Option<Roster>,
+    body: Option<Roster>,
+) -> Result<Roster, ApiError> {
+    match (query, body) {
+        (Some(q), Some(b)) if q != b => {
+            let message = format!(
+                "the query says roster={q} and the body says \"roster\": \"{b}\"; state it once or make them agree"
+            );
+            Err(ApiError::BadRequest {
+                detail: format!("roster: {message}"),
+                errors: ["query.roster", "body.roster"]
+                    .into_iter()
+                    .map(|field| FieldError {
+                        field: field.into(),
+                        message: message.clone(),
+                        line: None,
+                        column: None,
+                    })
+                    .collect(),
+            })
+        }
+        (q, b) => Ok(q.or(b).unwrap_or_default()),
+    }
 }
 
 /// Reads a spooled body (`spool`) into an open store `Ingest`: the parser runs on a blocking
@@ -246,6 +299,13 @@ pub fn read_rows<R: BufRead>(
                 .ok_or_else(|| ApiError::field("mode", "must be \"merge\" or \"replace\""))?,
         ),
     };
+    let query_roster = match &query.roster {
+        None => None,
+        Some(r) => Some(
+            Roster::parse(r)
+                .ok_or_else(|| ApiError::field("roster", "must be \"partial\" or \"full\""))?,
+        ),
+    };
     skip_bom(&mut input)?;
     let mut sink = RowSink::new(*limits, emit);
     let body = match format {
@@ -260,10 +320,12 @@ pub fn read_rows<R: BufRead>(
         }
     };
     let (mode, dry_run) = settle_options(query_mode, query.dry_run, body)?;
+    let roster = settle_roster(query_roster, body.roster)?;
     let rows = sink.finish()?;
     Ok(ReadSummary {
         mode,
         dry_run,
+        roster,
         rows,
     })
 }

@@ -12,7 +12,7 @@ use super::validate::{Page, Validated};
 use super::{Deps, lifecycle};
 use crate::audit::events::RoleSyncRejected;
 use crate::domain::{
-    Approval, ApprovalReason, Estimate, EventType, JobKind, JobStatus, Mode, Outcome,
+    Approval, ApprovalReason, Estimate, EventType, JobKind, JobStatus, Leavers, Mode, Outcome,
     PrivilegedGrants, ReadMethod, WriteApi,
 };
 use crate::policy::Policy;
@@ -38,6 +38,10 @@ struct Planning {
     privileged_users: u64,
     /// Users the job takes roles away from, when its rows tell without a read (a revert).
     known_removals: u64,
+    /// Leavers (`revoke` users), and the first `Leavers::SAMPLE` of them (users come in
+    /// `external_id` order).
+    leavers: u64,
+    leaver_sample: Vec<String>,
     /// Bulk calls the Authorization path would cost (`BulkCount`).
     bulk: BulkCount,
     /// Keeps the planning lease renewed while this planning lives (`live`).
@@ -86,6 +90,8 @@ async fn plan_one_page(
         privileged_roles: Default::default(),
         privileged_users: 0,
         known_removals: 0,
+        leavers: 0,
+        leaver_sample: Vec::new(),
         bulk: BulkCount::default(),
         _live: deps.live.plan(&r.job.id),
     });
@@ -151,6 +157,13 @@ fn plan_page(deps: &Deps, state: &mut Planning, r: &Validated) -> PlanPage {
         if u.removes == Some(true) {
             state.known_removals += 1;
         }
+        if u.revokes {
+            state.leavers += 1;
+            if state.leaver_sample.len() < Leavers::SAMPLE {
+                state.leaver_sample.push(u.external_id.clone());
+            }
+            state.bulk.revokes = true;
+        }
         // What the user may be granted: the desired set of a batch, the roles a revert gives
         // back; the bulk count groups users by these roles.
         state.bulk.add_user(&u.grants);
@@ -205,6 +218,8 @@ struct BulkCount {
     /// The open chunk: its users, and per role how many of them are to hold it.
     users: u64,
     roles: std::collections::HashMap<String, u64>,
+    /// The open chunk has a leaver: its managed roles are removed whatever the job's mode.
+    revokes: bool,
 }
 
 impl BulkCount {
@@ -220,8 +235,10 @@ impl BulkCount {
             return;
         }
         let roles = std::mem::take(&mut self.roles);
+        let revokes = std::mem::take(&mut self.revokes);
         let mut counts: Vec<u64> = roles.values().copied().collect();
-        if mode == Mode::Replace {
+        // A chunk with a leaver counts removals as a `replace` chunk does (an upper bound).
+        if mode == Mode::Replace || revokes {
             counts.extend(
                 policy
                     .roles()
@@ -423,6 +440,10 @@ fn build_plan(deps: &Deps, state: &Planning, reads: &ReadPlan) -> JobPlan {
         write_api,
         scim_path_calls: Some(scim_path_calls),
         authorization_path_calls,
+        leavers: (state.leavers > 0).then(|| Leavers {
+            users: state.leavers,
+            sample: state.leaver_sample.clone(),
+        }),
     };
     JobPlan {
         status: JobStatus::Running,
@@ -439,10 +460,12 @@ fn build_plan(deps: &Deps, state: &Planning, reads: &ReadPlan) -> JobPlan {
 }
 
 /// The approval bounds of a job that may take roles away (the policy's `[approval]`): a
-/// `replace` job (sync or reconcile) or a revert. One that would remove roles from more users
+/// `replace` job (sync or reconcile), a revert, or a job with leavers (`revoke` users, sent or
+/// generated for a roster `full`), in either mode. One that would remove roles from more users
 /// than `max_removed_users`, or than `max_removal_fraction` of the org, waits in
 /// `awaiting_approval` before any write. A revert knows whom it takes roles from without a
-/// read (its rows say what the reverted job added).
+/// read (its rows say what the reverted job added). In a `merge` job only the leavers may lose
+/// roles: only they are counted, and only they are read ahead.
 ///
 /// The org size comes from the read planning's probe, else costs one call (`count=0`). A job
 /// with fewer users than the bound cannot exceed it and is not read ahead. A larger one is read
@@ -454,11 +477,13 @@ async fn approval_check(
     state: &Planning,
     reads: &ReadPlan,
 ) -> anyhow::Result<Option<(bool, Approval, JobDeltas)>> {
-    let may_remove = match state.job.kind {
-        JobKind::Sync | JobKind::Reconcile => state.job.mode == Mode::Replace,
-        JobKind::Revert => true,
+    // Users who may lose roles: every user of a `replace` job or a revert; only the leavers
+    // (`revoke`) of a `merge` job, whose other users only gain roles.
+    let candidates = match state.job.kind {
+        JobKind::Sync | JobKind::Reconcile if state.job.mode == Mode::Merge => state.leavers,
+        JobKind::Sync | JobKind::Reconcile | JobKind::Revert => state.users as u64,
     };
-    if !may_remove || state.job.dry_run || state.users == 0 {
+    if candidates == 0 || state.job.dry_run {
         return Ok(None);
     }
     let bounds = state.policy.approval();
@@ -473,9 +498,8 @@ async fn approval_check(
     };
     let by_fraction = (bounds.max_removal_fraction * org_users as f64).floor() as u64;
     let threshold = bounds.max_removed_users.min(by_fraction);
-    let users = state.users as u64;
     let mut removing = 0u64;
-    let read_ahead = users > threshold;
+    let read_ahead = candidates > threshold;
     if read_ahead && state.job.kind == JobKind::Revert {
         removing = state.known_removals;
     } else if read_ahead {
@@ -492,7 +516,12 @@ async fn approval_check(
                     let policy = state.policy.clone();
                     let tally = tally.clone();
                     let snapshot = snapshot.clone();
+                    let mode = u.mode(state.job.mode);
                     async move {
+                        // A `merge` user only gains roles: no read to tell.
+                        if mode == Mode::Merge {
+                            return Ok(false);
+                        }
                         let found =
                             find_user(deps, snapshot.as_deref(), &u.external_id, &tally).await?;
                         Ok(match found.as_slice() {

@@ -5,7 +5,7 @@
 //! reach the grouping ordered by user (the store reads them so, `validate_rows` sorts them), so
 //! a user is one run of consecutive rows.
 
-use crate::domain::Assignment;
+use crate::domain::{Action, Assignment, Mode};
 use crate::policy::{Policy, RoleSet};
 use crate::store::ItemRecord;
 
@@ -18,6 +18,10 @@ pub(crate) trait UserRow {
     fn desired_roles(&self) -> Option<&[String]> {
         None
     }
+    /// `revoke` for a leaver's row.
+    fn action(&self) -> Action {
+        Action::Assign
+    }
 }
 
 impl UserRow for Assignment {
@@ -29,6 +33,9 @@ impl UserRow for Assignment {
     }
     fn line(&self) -> i64 {
         self.line as i64
+    }
+    fn action(&self) -> Action {
+        self.action
     }
 }
 
@@ -45,6 +52,9 @@ impl UserRow for ItemRecord {
     fn desired_roles(&self) -> Option<&[String]> {
         self.desired_roles.as_deref()
     }
+    fn action(&self) -> Action {
+        self.action
+    }
 }
 
 impl<R: UserRow> UserRow for &R {
@@ -59,6 +69,9 @@ impl<R: UserRow> UserRow for &R {
     }
     fn desired_roles(&self) -> Option<&[String]> {
         (*self).desired_roles()
+    }
+    fn action(&self) -> Action {
+        (*self).action()
     }
 }
 
@@ -82,10 +95,29 @@ impl<R: UserRow> UserRows<R> {
         self.rows.iter().map(UserRow::line)
     }
 
+    /// A leaver: the user's rows say `revoke`. Validation keeps a user's rows all `assign` or
+    /// all `revoke` (`conflicting_actions`), so the first row tells.
+    pub(crate) fn revokes(&self) -> bool {
+        self.rows.first().map(UserRow::action) == Some(Action::Revoke)
+    }
+
+    /// The mode the user's roles are reached in: the job's, except for a leaver, whose managed
+    /// roles all go whatever the job's mode (`replace` towards no managed role).
+    pub(crate) fn mode(&self, job_mode: Mode) -> Mode {
+        if self.revokes() {
+            Mode::Replace
+        } else {
+            job_mode
+        }
+    }
+
     /// The roles to push for this user: the union of the rows' roles (a generated row's
-    /// `desired_roles`, else its template), expanded by `policy` (`Policy::expand`). Computed
-    /// where it is used, once per user.
+    /// `desired_roles`, else its template), expanded by `policy` (`Policy::expand`); none for
+    /// a leaver. Computed where it is used, once per user.
     pub(crate) fn desired(&self, policy: &Policy) -> RoleSet {
+        if self.revokes() {
+            return RoleSet::new();
+        }
         let mut wanted = RoleSet::new();
         for r in &self.rows {
             match r.desired_roles() {
@@ -131,6 +163,7 @@ mod tests {
             external_id: external_id.to_owned(),
             role_template: role.to_owned(),
             license_tier: "Standard Agent".to_owned(),
+            action: crate::domain::Action::Assign,
             defect: None,
         }
     }

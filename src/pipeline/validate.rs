@@ -8,7 +8,7 @@ use super::record_depth;
 use super::users::{UserRows, runs_by_user};
 use crate::audit::events::RoleSyncRejected;
 use crate::domain::EventType;
-use crate::domain::{Assignment, ExternalId, JobKind, ReasonCode};
+use crate::domain::{Action, Assignment, ExternalId, JobKind, ReasonCode};
 use crate::policy::{Policy, RoleSet};
 use crate::store::{GeneratedRow, JobRecord, Overflow, RowResult, Store, StoreError};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -56,6 +56,8 @@ pub(crate) struct PlanUser {
     pub(crate) lines: Vec<i64>,
     pub(crate) grants: RoleSet,
     pub(crate) removes: Option<bool>,
+    /// A leaver (`revoke`): loses every managed role, whatever the job's mode.
+    pub(crate) revokes: bool,
 }
 
 impl PlanUser {
@@ -66,6 +68,7 @@ impl PlanUser {
             lines: u.lines().collect(),
             grants: u.desired(policy),
             removes: None,
+            revokes: u.revokes(),
         }
     }
 
@@ -87,6 +90,7 @@ impl PlanUser {
             lines: vec![r.line],
             grants,
             removes,
+            revokes: false,
         }
     }
 }
@@ -322,7 +326,13 @@ fn reject_unknown_target_roles(
     for u in users {
         let mut rows = Vec::with_capacity(u.rows.len());
         for r in u.rows {
-            let lacking = crate::policy::org::missing_for(policy, &r.role_template, missing);
+            // A leaver's row grants nothing: no role of it can be missing from the org.
+            let lacking = match r.action {
+                Action::Revoke => Default::default(),
+                Action::Assign => {
+                    crate::policy::org::missing_for(policy, &r.role_template, missing)
+                }
+            };
             if lacking.is_empty() {
                 rows.push(r);
                 continue;
@@ -353,9 +363,11 @@ fn reject_unknown_target_roles(
 /// Judges every row: the rejected ones with their reason (by line), the others grouped per user
 /// (by external id).
 ///
-/// Order of checks per row: external id, license tier, role, exact duplicate, then per user:
-/// several tiers (every row of that user is rejected), and entitlement of the role with all
-/// the roles it inherits.
+/// Order of checks per row: external id, then for an `assign` row license tier, role, exact
+/// duplicate (a `revoke` row needs nothing more: its role and tier are ignored); then per user:
+/// `assign` and `revoke` rows mixed (every row of that user is rejected, `conflicting_actions`:
+/// the batch does not say whether the user stays), several tiers (every row of that user is
+/// rejected), and entitlement of the role with all the roles it inherits.
 pub(crate) fn validate_rows(
     policy: &Policy,
     rows: &[Assignment],
@@ -380,6 +392,7 @@ fn validate_user(
 ) {
     let mut seen: HashSet<(&str, &str)> = HashSet::new();
     let mut valid: Vec<&Assignment> = Vec::new();
+    let mut revokes: Vec<&Assignment> = Vec::new();
     for r in rows {
         let line = r.line as i64;
         if let Some(defect) = &r.defect {
@@ -394,6 +407,8 @@ fn validate_user(
                 ReasonCode::InvalidExternalId,
                 why,
             ));
+        } else if r.action == Action::Revoke {
+            revokes.push(r);
         } else if policy.tier(&r.license_tier).is_none() {
             rejected.push(RowResult::rejected(
                 line,
@@ -418,6 +433,25 @@ fn validate_user(
         } else {
             valid.push(r);
         }
+    }
+    if let Some(leaver) = revokes.first() {
+        if valid.is_empty() {
+            users.extend(UserRows::new(revokes.into_iter().cloned().collect()));
+            return;
+        }
+        let message = format!(
+            "user {} has rows with action \"assign\" and rows with action \"revoke\" in this \
+             batch; send either the roles they keep or one revoke row",
+            leaver.external_id
+        );
+        for r in valid.iter().chain(revokes.iter()) {
+            rejected.push(RowResult::rejected(
+                r.line as i64,
+                ReasonCode::ConflictingActions,
+                message.clone(),
+            ));
+        }
+        return;
     }
     let Some(first) = valid.first() else { return };
     let tiers: BTreeSet<&str> = valid.iter().map(|r| r.license_tier.as_str()).collect();
@@ -497,8 +531,50 @@ mod tests {
             external_id: external_id.into(),
             role_template: role.into(),
             license_tier: "Supervisor".into(),
+            action: crate::domain::Action::Assign,
             defect: None,
         }
+    }
+
+    #[test]
+    fn a_revoke_row_needs_no_role_and_mixed_actions_reject_every_row_of_the_user() {
+        let policy = Policy::from_toml_str(include_str!("../../config/policy.toml"))
+            .unwrap_or_else(|e| panic!("the shipped policy loads: {e}"));
+        let revoke = |line: u64, id: &str| Assignment {
+            role_template: String::new(),
+            license_tier: String::new(),
+            action: Action::Revoke,
+            ..row(line, id, "")
+        };
+        let rows = vec![
+            revoke(2, "L"),
+            revoke(3, "M"),
+            row(4, "M", "Agent"),
+            row(5, "A", "Agent"),
+        ];
+        let (rejected, users) = validate_rows(&policy, &rows);
+        let codes: Vec<(i64, Option<ReasonCode>)> = rejected
+            .iter()
+            .map(|r| (r.line, r.reason.as_ref().map(|(c, _)| *c)))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                (3, Some(ReasonCode::ConflictingActions)),
+                (4, Some(ReasonCode::ConflictingActions)),
+            ]
+        );
+        let kept: Vec<(&str, bool)> = users
+            .iter()
+            .map(|u| (u.external_id.as_str(), u.revokes()))
+            .collect();
+        assert_eq!(kept, [("A", false), ("L", true)]);
+        // A leaver wants no role, in `replace` whatever the job's mode.
+        assert!(users[1].desired(&policy).is_empty());
+        assert_eq!(
+            users[1].mode(crate::domain::Mode::Merge),
+            crate::domain::Mode::Replace
+        );
     }
 
     #[test]

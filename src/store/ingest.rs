@@ -11,7 +11,7 @@ use super::{
     Backend, CreateJob, INSERT_BATCH, NewJob, OutboxEvent, Store, StoreResult, begin_write, dual,
     insert_events, now_ms,
 };
-use crate::domain::{Assignment, ReasonCode};
+use crate::domain::{Assignment, ReasonCode, Roster};
 use sqlx::{QueryBuilder, Row};
 
 /// Rows waiting to be synced across unfinished jobs (the backpressure bound): read by
@@ -96,7 +96,7 @@ impl Ingest {
                 for batch in rows.chunks(INSERT_BATCH) {
                     let mut qb = QueryBuilder::<sqlx::Sqlite>::new(
                         "INSERT INTO items (job_id, line, external_id, role_template, license_tier, outcome, \
-                         reason_code, reason_message) ",
+                         reason_code, reason_message, action) ",
                     );
                     qb.push_values(batch, |mut b, r| {
                         b.push_bind(job_id)
@@ -106,7 +106,8 @@ impl Ingest {
                             .push_bind(r.license_tier.as_str())
                             .push_bind(outcome_of(r))
                             .push_bind(r.defect.as_ref().map(|_| ReasonCode::MalformedRow.as_str()))
-                            .push_bind(r.defect.as_deref());
+                            .push_bind(r.defect.as_deref())
+                            .push_bind(r.action.as_str());
                     });
                     qb.build().execute(&mut *conn).await?;
                 }
@@ -228,6 +229,37 @@ impl Ingest {
             self.rollback().await?;
             return Ok(outcome);
         }
+        // A roster `full`: every managed user the batch does not name is a leaver. Their rows
+        // are made here, by one `INSERT … SELECT` from `desired_state` in the job's
+        // transaction (as a revert's or a reconcile's are), numbered after the batch's last
+        // line. Managed: a desired state with at least one role (a leaver's is `[]`, and one
+        // whose setting job was reverted is NULL: neither is a leaver again).
+        let leavers = if job.roster == Roster::Full {
+            let job_id = self.job_id.clone();
+            dual!(&mut self.tx, |tx, DB| {
+                let last: i64 = sqlx::query_scalar(
+                    "SELECT CAST(COALESCE(MAX(line), 0) AS BIGINT) FROM items WHERE job_id = $1",
+                )
+                .bind(&job_id)
+                .fetch_one(&mut **tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO items (job_id, line, external_id, role_template, license_tier, outcome, action) \
+                     SELECT $1, $2 + ROW_NUMBER() OVER (ORDER BY d.external_id), d.external_id, '', '', \
+                     'pending', 'revoke' FROM desired_state d \
+                     WHERE d.roles IS NOT NULL AND d.roles <> '[]' \
+                     AND NOT EXISTS (SELECT 1 FROM items i WHERE i.job_id = $1 AND i.external_id = d.external_id)",
+                )
+                .bind(&job_id)
+                .bind(last)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected() as i64
+            })
+        } else {
+            0
+        };
+        let total = total + leavers;
         if let Some(max) = max_pending {
             let queued: i64 = dual!(&mut self.tx, |tx, DB| {
                 sqlx::query(QUEUED_ROWS_SQL)
@@ -285,7 +317,7 @@ fn outcome_of(r: &Assignment) -> &'static str {
 const EVENTS_PER_COPY: usize = 1000;
 
 const COPY_ITEMS: &str = "COPY items (job_id, line, external_id, role_template, license_tier, outcome, \
-     reason_code, reason_message) FROM STDIN";
+     reason_code, reason_message, action) FROM STDIN";
 
 /// One `COPY` of the batches `batches` yields, until it closes (returns false) or the events of
 /// the batches sent reach `EVENTS_PER_COPY` (returns true: more may follow). The events go to
@@ -370,6 +402,7 @@ fn copy_row(out: &mut Vec<u8>, job_id: &str, r: &Assignment) {
         Some(outcome_of(r)),
         r.defect.as_ref().map(|_| ReasonCode::MalformedRow.as_str()),
         r.defect.as_deref(),
+        Some(r.action.as_str()),
     ];
     for (i, v) in values.into_iter().enumerate() {
         if i > 0 {
@@ -392,22 +425,24 @@ mod tests {
             external_id: "a\tb\\c\nd\re".into(),
             role_template: "Agent".into(),
             license_tier: "Standard Agent".into(),
+            action: crate::domain::Action::Assign,
             defect: Some("the row has 2 fields".into()),
         };
         copy_row(&mut out, "j", &row);
         assert_eq!(
             String::from_utf8_lossy(&out),
-            "j\t7\ta\\tb\\\\c\\nd\\re\tAgent\tStandard Agent\trejected\tmalformed_row\tthe row has 2 fields\n"
+            "j\t7\ta\\tb\\\\c\\nd\\re\tAgent\tStandard Agent\trejected\tmalformed_row\tthe row has 2 fields\tassign\n"
         );
         out.clear();
         copy_row(
             &mut out,
             "j",
             &Assignment {
+                action: crate::domain::Action::Assign,
                 defect: None,
                 ..row
             },
         );
-        assert!(String::from_utf8_lossy(&out).ends_with("\tpending\t\\N\t\\N\n"));
+        assert!(String::from_utf8_lossy(&out).ends_with("\tpending\t\\N\t\\N\tassign\n"));
     }
 }

@@ -379,6 +379,7 @@ mod test_support {
             external_id: user.into(),
             role_template: "Agent".into(),
             license_tier: "Standard Agent".into(),
+            action: crate::domain::Action::Assign,
             defect: None,
         }
     }
@@ -400,6 +401,7 @@ mod test_support {
             id: "job-1".into(),
             mode: Mode::Merge,
             dry_run: false,
+            roster: crate::domain::Roster::Partial,
             request_id: None,
             traceparent: None,
             policy_fingerprint: None,

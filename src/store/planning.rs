@@ -7,7 +7,7 @@ use super::{
     apply_results, begin_write, dual, insert_events, now_ms,
 };
 use super::{OutboxEvent, RowResult};
-use crate::domain::{Assignment, JobStatus, ReasonCode};
+use crate::domain::{Action, Assignment, JobStatus, ReasonCode};
 use sqlx::QueryBuilder;
 
 /// A page of a job's pending rows (`pending_rows_page`).
@@ -218,15 +218,15 @@ impl Store {
             // The first page has no lower bound: an empty external id (rejected when
             // validated) sorts first.
             let sql = if after.is_some() {
-                "SELECT line, external_id, role_template, license_tier FROM items \
+                "SELECT line, external_id, role_template, license_tier, action FROM items \
                  WHERE job_id = $1 AND outcome = 'pending' AND external_id > $2 \
                  ORDER BY external_id, line LIMIT $3"
             } else {
-                "SELECT line, external_id, role_template, license_tier FROM items \
+                "SELECT line, external_id, role_template, license_tier, action FROM items \
                  WHERE job_id = $1 AND outcome = 'pending' AND $2 = '' \
                  ORDER BY external_id, line LIMIT $3"
             };
-            let rows: Vec<(i64, String, String, String)> = dual!(&self.backend, |p, DB| {
+            let rows: Vec<(i64, String, String, String, String)> = dual!(&self.backend, |p, DB| {
                 sqlx::query_as(sql)
                     .bind(job_id)
                     .bind(after.unwrap_or(""))
@@ -237,15 +237,21 @@ impl Store {
             let full = rows.len() == limit;
             let mut rows: Vec<Assignment> = rows
                 .into_iter()
-                .map(
-                    |(line, external_id, role_template, license_tier)| Assignment {
+                .map(|(line, external_id, role_template, license_tier, action)| {
+                    // Stored by `Ingest` from a parsed `Action`: any other word is a row
+                    // no parser made, refused rather than guessed.
+                    let parsed = Action::parse(&action);
+                    Assignment {
                         line: line as u64,
                         external_id,
                         role_template,
                         license_tier,
-                        defect: None,
-                    },
-                )
+                        action: parsed.unwrap_or_default(),
+                        defect: parsed.is_none().then(|| {
+                            format!("action \"{action}\" is not one of: {}", Action::expected())
+                        }),
+                    }
+                })
                 .collect();
             if full {
                 let last = rows

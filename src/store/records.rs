@@ -3,7 +3,8 @@
 
 use super::StoreError;
 use crate::domain::{
-    Approval, Counts, Estimate, JobKind, JobStatus, Mode, Outcome, PausedReason, ReasonCode,
+    Action, Approval, Counts, Estimate, JobKind, JobStatus, Mode, Outcome, PausedReason,
+    ReasonCode, Roster,
 };
 
 /// A job to store (`Ingest::commit`): what it needs besides its rows.
@@ -12,6 +13,8 @@ pub(crate) struct NewJob {
     pub id: String,
     pub mode: Mode,
     pub dry_run: bool,
+    /// `full`: the managed users the batch does not name get a `revoke` row at commit.
+    pub roster: Roster,
     pub request_id: Option<String>,
     /// The W3C `traceparent` of the submitting request's ingest span, if traces are on.
     pub traceparent: Option<String>,
@@ -217,6 +220,7 @@ pub(super) struct ItemRow {
     roles_after: Option<String>,
     desired_roles: Option<String>,
     expected_roles: Option<String>,
+    action: String,
 }
 
 /// Why a row did not succeed: a code from a closed list, and a sentence for people.
@@ -261,6 +265,8 @@ pub struct ItemRecord {
     /// A revert's row: the roles the reverted job left the user with.
     #[serde(skip)]
     pub expected_roles: Option<Vec<String>>,
+    /// `revoke` for a leaver's row (sent so, or generated for a roster `full`).
+    pub action: Action,
 }
 
 impl TryFrom<ItemRow> for ItemRecord {
@@ -298,6 +304,9 @@ impl TryFrom<ItemRow> for ItemRecord {
             roles_after: list(r.roles_after),
             desired_roles: list(r.desired_roles),
             expected_roles: list(r.expected_roles),
+            action: Action::parse(&r.action).ok_or_else(|| {
+                StoreError::Corrupt(format!("item line {}: action {}", r.line, r.action))
+            })?,
         })
     }
 }

@@ -407,7 +407,7 @@ async fn jobs_items_prints_a_table_json_or_the_csv_file() {
     let lines: Vec<&str> = csv.stdout.lines().collect();
     assert_eq!(
         lines[0],
-        "line,external_id,role_template,license_tier,outcome,reason,detail"
+        "line,external_id,role_template,license_tier,outcome,reason,detail,action"
     );
     assert_eq!(lines.len(), 2, "{}", csv.stdout);
     assert!(lines[1].starts_with("3,D2,Astronaut,Standard Agent,rejected,unknown_role,"));

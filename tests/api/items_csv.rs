@@ -6,7 +6,7 @@
 use crate::helpers::*;
 use serde_json::{Value, json};
 
-const HEADER: &str = "line,external_id,role_template,license_tier,outcome,reason,detail";
+const HEADER: &str = "line,external_id,role_template,license_tier,outcome,reason,detail,action";
 
 async fn csv_of(app: &TestApp, id: &str, query: &str) -> String {
     let resp = app

@@ -15,6 +15,7 @@ mod hostile;
 mod ingest;
 mod items_csv;
 mod layout;
+mod leavers;
 mod observability;
 mod openapi;
 mod org_roles;

@@ -12,7 +12,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{CommandFactory, Parser, Subcommand};
 use genesys_cloud_emulator::EmulatorArgs;
 use rolesync::configuration::Settings;
-use rolesync::domain::{JobStatus, Mode, Outcome};
+use rolesync::domain::{JobStatus, Mode, Outcome, Roster};
 use rolesync::ingest::{self, BatchQuery, Format};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -178,6 +178,10 @@ pub struct SubmitArgs {
     /// Plan every row and write nothing, whatever the file says.
     #[arg(long)]
     pub dry_run: bool,
+    /// `full`: the file is the whole list of managed users; those it does not name are leavers
+    /// and lose every managed role. Unset: the file's own `roster`, else partial.
+    #[arg(long, value_parser = vocabulary(Roster::ALL, Roster::as_str))]
+    pub roster: Option<Roster>,
     /// Wait for the job to end (or to wait for approval), with a progress bar; exit with its
     /// status code.
     #[arg(long)]
@@ -627,6 +631,7 @@ async fn submit(args: SubmitArgs, output: Output) -> anyhow::Result<Exit> {
     let options = SubmitOptions {
         mode: args.mode,
         dry_run: args.dry_run,
+        roster: args.roster,
     };
     let job = client.submit(format, body, options, &key).await?;
     let mut out = std::io::stdout().lock();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use rolesync::domain::{JobStatus, Mode, Outcome};
+use rolesync::domain::{JobStatus, Mode, Outcome, Roster};
 use rolesync::ingest::Format;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -26,6 +26,8 @@ pub struct SubmitOptions {
     /// None: the file's own `mode` (JSON envelope), else `merge`.
     pub mode: Option<Mode>,
     pub dry_run: bool,
+    /// None: the file's own `roster` (JSON envelope), else `partial`.
+    pub roster: Option<Roster>,
 }
 
 /// A small client of the rolesync API, for the CLI and the demo.
@@ -125,6 +127,9 @@ impl Client {
         }
         if options.dry_run {
             query.push(("dry_run", "true"));
+        }
+        if let Some(roster) = options.roster {
+            query.push(("roster", roster.as_str()));
         }
         let req = self
             .post("/v1/jobs")

@@ -40,7 +40,7 @@ use crate::audit::events::{
 };
 use crate::audit::log::RoleChangeLine;
 use crate::domain::{
-    EventType, JobKind, JobStatus, Outcome, PausedReason, ReadMethod, ReasonCode, WriteApi,
+    EventType, JobKind, JobStatus, Mode, Outcome, PausedReason, ReadMethod, ReasonCode, WriteApi,
 };
 use crate::policy::{Policy, RoleChange, RoleSet};
 use crate::scim::{CallTally, ScimError, ScimUser};
@@ -337,7 +337,7 @@ async fn run_chunk(
                 Some(RoleChangeLine::new(
                     &job.id,
                     job.request_id.as_deref(),
-                    job.mode,
+                    u.mode(job.mode),
                     &u.external_id,
                     "",
                     change,

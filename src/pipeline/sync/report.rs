@@ -59,7 +59,7 @@ impl Report<'_> {
         let audit = RoleChangeLine::new(
             &job.id,
             job.request_id.as_deref(),
-            job.mode,
+            u.mode(job.mode),
             &u.external_id,
             user_id,
             change,

@@ -33,8 +33,9 @@ pub(super) async fn start_user(
 
 /// What a job wants of one user, read once from the user's rows.
 pub(super) enum Wanted {
-    /// A sync or a reconcile: the user's desired set (expanded), reached in the job's mode.
-    Desired(RoleSet),
+    /// A sync or a reconcile: the user's desired set (expanded), reached in the job's mode;
+    /// a leaver (`revoke`): no managed role, reached in `replace` (`UserRows::mode`).
+    Desired(RoleSet, Mode),
     /// A revert: the roles the reverted job found the user with and left them with.
     Undo { before: RoleSet, after: RoleSet },
 }
@@ -42,7 +43,9 @@ pub(super) enum Wanted {
 impl Wanted {
     pub(super) fn of(policy: &Policy, job: &JobRecord, u: &UserRows<ItemRecord>) -> Wanted {
         match job.kind {
-            JobKind::Sync | JobKind::Reconcile => Wanted::Desired(u.desired(policy)),
+            JobKind::Sync | JobKind::Reconcile => {
+                Wanted::Desired(u.desired(policy), u.mode(job.mode))
+            }
             JobKind::Revert => {
                 let set = |v: Option<&Vec<String>>| -> RoleSet {
                     v.map(|v| v.iter().cloned().collect()).unwrap_or_default()
@@ -65,8 +68,8 @@ impl Wanted {
         prior: Option<Intent<'_>>,
     ) -> Decision {
         match self {
-            Wanted::Desired(desired) => {
-                decide(policy, job.mode, current, desired, job.dry_run, prior)
+            Wanted::Desired(desired, mode) => {
+                decide(policy, *mode, current, desired, job.dry_run, prior)
             }
             Wanted::Undo { before, after } => decide_revert(
                 policy,
