@@ -18,12 +18,14 @@ pub(crate) struct Intent<'a> {
 }
 
 impl Intent<'_> {
-    /// Whether the user holds what the earlier write made: every role it added, none it
-    /// removed. Then the write is taken to have landed (a hand change making the same change
-    /// cannot be told apart from it).
+    /// Whether any part of the earlier write is in place: a role it added that the user holds,
+    /// or one it removed that the user lacks. A write may land in part (on the Authorization
+    /// path a user's change is one call per role, and a stop can come between two), and a
+    /// part that landed is this job's write as much as a whole one. (A hand change making the
+    /// same change cannot be told apart from it.)
     fn landed_on(&self, current: &RoleSet) -> bool {
-        self.added.iter().all(|r| current.contains(r))
-            && !self.removed.iter().any(|r| current.contains(r))
+        self.added.iter().any(|r| current.contains(r))
+            || self.removed.iter().any(|r| !current.contains(r))
     }
 
     /// The roles the user held before the earlier write: what it added taken away from what
@@ -135,6 +137,18 @@ fn with_prior(fresh: Decision, current: &RoleSet, prior: Option<Intent<'_>>) -> 
         }
         other => other,
     }
+}
+
+/// What a cancelled job's user came to, when a write of the job may have reached them
+/// (`prior`: what it was to add and remove) and they hold `current` now: the part of that write
+/// that landed, as a change from the roles before it to `current` (to be recorded `applied`),
+/// or `None` when no part of it landed (`cancelled`: nothing was written). Nothing more is
+/// written for a cancelled job, so what the job wanted beyond it does not matter here.
+pub(crate) fn settled(current: &RoleSet, prior: Intent<'_>) -> Option<RoleChange> {
+    prior
+        .landed_on(current)
+        .then(|| prior.change(current))
+        .filter(|c| !c.is_empty())
 }
 
 /// What a revert knows of one user: the roles the reverted job found them with (`before`) and
@@ -607,6 +621,64 @@ mod tests {
         );
     }
 
+    /// Found by the chaos run (seed 12933376658643440196): a cancelled revert on the
+    /// Authorization path had granted two of a user's roles when the cancel stopped the call
+    /// that was to remove a third; the user was recorded `cancelled`. The part that landed is
+    /// the job's write: `applied`, with exactly that diff.
+    #[test]
+    fn a_cancel_records_the_part_of_a_write_that_landed() {
+        let (added, removed) = (strings(&["Agent", "Queue Member"]), strings(&["Reporting"]));
+        let prior = Intent {
+            added: &added,
+            removed: &removed,
+        };
+        // Both grants landed; the removal was never sent.
+        let now = set(&["Agent", "Employee", "Queue Member", "Reporting"]);
+        assert_eq!(
+            settled(&now, prior),
+            Some(change(
+                &["Employee", "Reporting"],
+                &["Agent", "Employee", "Queue Member", "Reporting"]
+            ))
+        );
+        // All of it landed.
+        let all = set(&["Agent", "Employee", "Queue Member"]);
+        assert_eq!(
+            settled(&all, prior),
+            Some(change(
+                &["Employee", "Reporting"],
+                &["Agent", "Employee", "Queue Member"]
+            ))
+        );
+        // None of it: nothing was written.
+        assert_eq!(settled(&set(&["Employee", "Reporting"]), prior), None);
+    }
+
+    /// A re-run after a stop between two calls of one user's change on the Authorization path:
+    /// one record covers the part that landed and the rest written now.
+    #[test]
+    fn a_rerun_after_a_partial_write_records_the_whole_change() {
+        let p = policy();
+        let (added, removed) = (strings(&["Agent"]), strings(&["Reporting"]));
+        let prior = Intent {
+            added: &added,
+            removed: &removed,
+        };
+        // The removal landed, the grant did not.
+        let d = decide(
+            p,
+            Mode::Replace,
+            &set(&["Employee"]),
+            &set(&["Agent"]),
+            false,
+            Some(prior),
+        );
+        assert_eq!(
+            d,
+            Decision::Write(change(&["Employee", "Reporting"], &["Agent", "Employee"]))
+        );
+    }
+
     /// A recorded intent, owned.
     type Prior = Option<(Vec<String>, Vec<String>)>;
 
@@ -782,6 +854,29 @@ mod tests {
                     !matches!(d, Decision::Reject { .. } | Decision::Unchanged),
                     "{d:?}"
                 );
+            }
+        }
+
+        /// A cancel reports a write applied exactly when some part of it is in place, with
+        /// only roles of that write in its diff.
+        #[test]
+        fn a_cancel_records_only_what_landed(
+            (current, intent) in (roles(), (roles(), roles()))
+        ) {
+            let (added, removed): (Vec<String>, Vec<String>) =
+                (intent.0.into_iter().collect(), intent.1.difference(&current).cloned().collect());
+            let prior = Intent { added: &added, removed: &removed };
+            match settled(&current, prior) {
+                Some(c) => {
+                    prop_assert_eq!(&c.after, &current);
+                    for r in &c.added {
+                        prop_assert!(added.contains(r), "{r} was not the job's to add");
+                    }
+                    for r in &c.removed {
+                        prop_assert!(removed.contains(r), "{r} was not the job's to remove");
+                    }
+                }
+                None => prop_assert!(!prior.landed_on(&current) || removed.iter().all(|r| added.contains(r))),
             }
         }
 

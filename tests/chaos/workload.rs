@@ -176,6 +176,11 @@ impl Workload {
         json!({"external_id": ext, "role_template": role, "license_tier": tier})
     }
 
+    /// A leaver: the user keeps no managed role.
+    fn revoke(ext: &str) -> Value {
+        json!({"external_id": ext, "action": "revoke"})
+    }
+
     /// Submits rows as JSON or CSV (a coin), answers the new job's id.
     async fn submit(
         &mut self,
@@ -185,22 +190,41 @@ impl Workload {
         dry_run: bool,
         key: &str,
     ) -> Option<String> {
+        self.submit_as(label, rows, mode, dry_run, key, false).await
+    }
+
+    /// `submit`, optionally as the complete roster of managed users (`roster=full`: managed
+    /// users it does not name become leavers).
+    async fn submit_as(
+        &mut self,
+        label: &str,
+        rows: Vec<Value>,
+        mode: &str,
+        dry_run: bool,
+        key: &str,
+        roster: bool,
+    ) -> Option<String> {
         let start = self.rng.random_range(0..3);
         let (path, body) = if self.rng.random_bool(0.5) {
-            let body = json!({"mode": mode, "dry_run": dry_run, "assignments": rows});
+            let mut body = json!({"mode": mode, "dry_run": dry_run, "assignments": rows});
+            if roster {
+                body["roster"] = json!("full");
+            }
             ("/v1/jobs".to_owned(), Body::Json(body))
         } else {
-            let mut csv = String::from("external_id,role_template,license_tier\n");
+            let mut csv = String::from("external_id,role_template,license_tier,action\n");
             for r in &rows {
                 csv.push_str(&format!(
-                    "{},{},{}\n",
+                    "{},{},{},{}\n",
                     r["external_id"].as_str().unwrap_or(""),
                     r["role_template"].as_str().unwrap_or(""),
-                    r["license_tier"].as_str().unwrap_or("")
+                    r["license_tier"].as_str().unwrap_or(""),
+                    r["action"].as_str().unwrap_or("assign")
                 ));
             }
+            let roster = if roster { "&roster=full" } else { "" };
             (
-                format!("/v1/jobs?mode={mode}&dry_run={dry_run}"),
+                format!("/v1/jobs?mode={mode}&dry_run={dry_run}{roster}"),
                 Body::Csv(csv),
             )
         };
@@ -247,7 +271,26 @@ impl Workload {
     pub async fn step(&mut self) {
         let pick = self.rng.random_range(0..100);
         match pick {
-            0..20 => {
+            0..3 => {
+                // Leavers: a few users keep no managed role.
+                let n = self.rng.random_range(1..=15);
+                let rows = self.distinct(n).iter().map(|e| Self::revoke(e)).collect();
+                self.submit("leavers", rows, "merge", false, WRITER_KEY)
+                    .await;
+            }
+            3..5 => {
+                // A full roster naming most users: the managed users it leaves out are
+                // leavers (held for approval when they are too many).
+                let n = self.rng.random_range(
+                    (self.users as usize * 85 / 100)..=(self.users as usize * 98 / 100),
+                );
+                let g = *GRANTS.choose(&mut self.rng).expect("grants");
+                let rows = self.distinct(n).iter().map(|e| Self::row(e, g)).collect();
+                let dry = self.rng.random_bool(0.2);
+                self.submit_as("roster", rows, "merge", dry, WRITER_KEY, true)
+                    .await;
+            }
+            5..20 => {
                 let ext = self.ext();
                 let g = *GRANTS.choose(&mut self.rng).expect("grants");
                 self.submit("hire", vec![Self::row(&ext, g)], "merge", false, WRITER_KEY)

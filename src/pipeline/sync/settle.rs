@@ -1,7 +1,8 @@
 //! A cancelled job's users: each left without an outcome gets the one that is true in the
 //! target, without a write.
 
-use super::user::{Wanted, stored_intent};
+use super::super::decide::settled;
+use super::user::stored_intent;
 use super::*;
 
 /// Gives each user of a cancelled job left without an outcome the outcome that is true in the
@@ -52,8 +53,9 @@ pub(super) async fn settle(
 
 /// One user of a cancelled job whose write may have been sent: by this run (`sent`), or by an
 /// earlier run of the chunk that recorded its intent. Read once, fresh (a snapshot predates the
-/// write): `applied` with that write's diff if the user holds the roles it would have made
-/// (`Decision::AlreadyApplied`), else `cancelled`. If the read fails, the rows are `failed`:
+/// write): `applied` with the part of that write that landed, if any did (`decide::settled`:
+/// on the Authorization path a user's change takes several calls, and a cancel between them
+/// leaves it partly made), else `cancelled`. If the read fails, the rows are `failed`:
 /// the write's fate is unknown, and `cancelled` would claim nothing was written.
 pub(super) async fn settle_user(
     deps: &Deps,
@@ -95,11 +97,10 @@ pub(super) async fn settle_user(
         Ok(user) => user,
         Err(r) => return r,
     };
-    let wanted = Wanted::of(policy, job, u);
     let current = user.role_names();
-    match wanted.decide(policy, job, &current, Some(prior)) {
-        Decision::AlreadyApplied(change) => report.applied(&user.id, &change),
-        // The user does not hold what the write would have made: it did not land.
-        _ => report.cancelled(),
+    match settled(&current, prior) {
+        Some(change) => report.applied(&user.id, &change),
+        // The user holds none of what the write would have made: it did not land.
+        None => report.cancelled(),
     }
 }
