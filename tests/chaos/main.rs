@@ -714,7 +714,8 @@ async fn chaos() {
     replicas.kill_all();
     // Everything the audit saw, for a look at the findings after the emulator is gone.
     let _ = std::fs::write(dir.path().join("collected.txt"), format!("{collected:#?}"));
-    let shown: Vec<&String> = report.findings.iter().take(40).collect();
+    let _ = std::fs::write(dir.path().join("findings.txt"), report.findings.join("\n"));
+    let shown = sample_by_kind(&report.findings, 8);
     panic!(
         "chaos seed {seed}: {} findings (replay with CHAOS_SEED={seed}; logs kept in {}):\n{}",
         report.findings.len(),
@@ -725,4 +726,19 @@ async fn chaos() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// Up to `each` findings of every kind (the text after the user and job, up to the first
+/// colon), so that one kind of finding in the thousands does not hide another.
+fn sample_by_kind(findings: &[String], each: usize) -> Vec<&String> {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    findings
+        .iter()
+        .filter(|f| {
+            let kind = f.split(": ").nth(1).unwrap_or(f.as_str());
+            let n = seen.entry(kind).or_default();
+            *n += 1;
+            *n <= each
+        })
+        .collect()
 }
