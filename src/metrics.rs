@@ -58,6 +58,7 @@ pub struct Metrics {
     pub webhook_outbox_pending: IntGauge,
     pub webhook_outbox_oldest_pending_seconds: IntGauge,
     pub webhook_outbox_dead: IntGauge,
+    pub users_awaiting_account: IntGauge,
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
     pub policy_reload_errors_total: IntCounter,
@@ -179,6 +180,10 @@ impl Metrics {
                 "webhook_outbox_oldest_pending_seconds",
                 "Age of the oldest webhook event waiting for delivery",
             ))?,
+            users_awaiting_account: IntGauge::with_opts(opts(
+                "users_awaiting_account",
+                "Users of unfinished jobs not in the target yet, waiting for their account (sync.await_user_secs)",
+            ))?,
             webhook_outbox_dead: IntGauge::with_opts(opts(
                 "webhook_outbox_dead",
                 "Webhook events whose retries ran out (dead letters), until redelivered or pruned",
@@ -273,6 +278,7 @@ impl Metrics {
         r.register(Box::new(m.webhook_outbox_pending.clone()))?;
         r.register(Box::new(m.webhook_outbox_oldest_pending_seconds.clone()))?;
         r.register(Box::new(m.webhook_outbox_dead.clone()))?;
+        r.register(Box::new(m.users_awaiting_account.clone()))?;
         r.register(Box::new(m.http_requests_total.clone()))?;
         r.register(Box::new(m.http_request_duration_seconds.clone()))?;
         r.register(Box::new(m.policy_reload_errors_total.clone()))?;
@@ -413,6 +419,7 @@ impl Metrics {
                 .unwrap_or(0),
         );
         self.webhook_outbox_dead.set(g.outbox_dead);
+        self.users_awaiting_account.set(g.users_awaiting_account);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -460,6 +467,7 @@ mod tests {
             outbox_pending: 3,
             outbox_oldest_pending_created_ms: Some(95_000),
             outbox_dead: 1,
+            users_awaiting_account: 2,
         };
         m.set_store_gauges(&g, 100_000);
         let text = m.render();
@@ -475,6 +483,7 @@ mod tests {
             "rolesync_webhook_outbox_pending 3",
             "rolesync_webhook_outbox_oldest_pending_seconds 5",
             "rolesync_webhook_outbox_dead 1",
+            "rolesync_users_awaiting_account 2",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

@@ -55,6 +55,31 @@ pub struct SyncSettings {
     pub outage_min_users: usize,
     #[serde(default = "default_outage_window_secs")]
     pub outage_window_secs: u64,
+    /// A joiner not yet in the target (its account not made yet by the identity provider)
+    /// waits this long for it, looked up again on a backoff, before its rows end `not_found`.
+    /// 0: no wait (`not_found` at once).
+    #[serde(default = "default_await_user_secs")]
+    pub await_user_secs: u64,
+    /// The first wait between lookups of a joiner awaiting their account; it doubles on each
+    /// lookup up to `await_user_max_retry_secs`.
+    #[serde(default = "default_await_user_first_retry_secs")]
+    pub await_user_first_retry_secs: u64,
+    #[serde(default = "default_await_user_max_retry_secs")]
+    pub await_user_max_retry_secs: u64,
+}
+
+/// A day: identity providers commonly create accounts in a nightly batch, and HR sends a
+/// hire the day before the start date; a day covers one missed batch run.
+fn default_await_user_secs() -> u64 {
+    86_400
+}
+
+fn default_await_user_first_retry_secs() -> u64 {
+    30
+}
+
+fn default_await_user_max_retry_secs() -> u64 {
+    900
 }
 
 fn default_snapshot_max_age_secs() -> u64 {
@@ -158,6 +183,26 @@ impl Settings {
             return Err(invalid(
                 "sync.max_chunk_attempts",
                 "must be between 1 and 100",
+            ));
+        }
+        if self.sync.await_user_secs > 30 * 86_400 {
+            return Err(invalid(
+                "sync.await_user_secs",
+                "must be between 0 and 2592000 (30 days)",
+            ));
+        }
+        if !(1..=86_400).contains(&self.sync.await_user_first_retry_secs) {
+            return Err(invalid(
+                "sync.await_user_first_retry_secs",
+                "must be between 1 and 86400",
+            ));
+        }
+        if !(self.sync.await_user_first_retry_secs..=86_400)
+            .contains(&self.sync.await_user_max_retry_secs)
+        {
+            return Err(invalid(
+                "sync.await_user_max_retry_secs",
+                "must be between await_user_first_retry_secs and 86400",
             ));
         }
         if !(1..=1000).contains(&self.sync.outage_min_users) {

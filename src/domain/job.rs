@@ -57,6 +57,9 @@ vocabulary! {
         Failed = "failed",
         Cancelled = "cancelled",
         Planned = "planned",
+        /// Never stored: a `pending` row whose user is not in the target yet and is being
+        /// waited for (`sync.await_user_secs`), as the API shows and filters it.
+        AwaitingUser = "awaiting_user",
     }
 }
 
@@ -113,6 +116,10 @@ pub struct Counts {
     pub failed: i64,
     pub cancelled: i64,
     pub planned: i64,
+    /// Users (not rows) among `pending` waiting for their account to appear in the target
+    /// (`sync.await_user_secs`); not part of `total`.
+    #[serde(default)]
+    pub awaiting_user: i64,
 }
 
 impl Counts {
@@ -126,6 +133,8 @@ impl Counts {
             Outcome::Failed => &mut self.failed,
             Outcome::Cancelled => &mut self.cancelled,
             Outcome::Planned => &mut self.planned,
+            // Still pending in the store (`Outcome::AwaitingUser`).
+            Outcome::AwaitingUser => &mut self.pending,
         };
         *slot += n;
         self.total += n;

@@ -225,6 +225,11 @@ pub struct ItemView {
     /// `revoke` for a leaver's row (sent so, or added for a roster `full`).
     pub action: Action,
     pub outcome: Outcome,
+    /// `awaiting_user`: when the wait for the user's account began (RFC 3339); the rows end
+    /// `not_found` `sync.await_user_secs` after it unless the account appears.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false, format = DateTime)]
+    pub awaiting_since: Option<String>,
     pub reason: Option<Reason>,
     /// The user's id in the target, once found.
     pub user_id: Option<String>,
@@ -255,7 +260,12 @@ impl ItemView {
             role_template: item.role_template,
             license_tier: item.license_tier,
             action: item.action,
-            outcome: item.outcome,
+            // A pending row whose user awaits their account shows it.
+            outcome: match (item.outcome, item.awaiting_since_ms) {
+                (Outcome::Pending, Some(_)) => Outcome::AwaitingUser,
+                (o, _) => o,
+            },
+            awaiting_since: item.awaiting_since_ms.and_then(|ms| rfc3339(Some(ms))),
             reason: item.reason,
             user_id: item.user_id,
             roles_added: item.roles_added,

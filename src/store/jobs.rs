@@ -43,8 +43,10 @@ impl Store {
             jobs
         });
         let outbox = self.outbox_backlog().await?;
+        let users_awaiting_account = self.awaiting_users(None).await?;
         Ok(StoreGauges {
             jobs,
+            users_awaiting_account,
             outbox_pending: outbox.pending,
             outbox_oldest_pending_created_ms: outbox.oldest_pending_created_ms,
             outbox_dead: outbox.dead,
@@ -58,7 +60,28 @@ impl Store {
                 .fetch_optional(p)
                 .await?
         });
-        row.map(JobRecord::try_from).transpose()
+        let mut job = row.map(JobRecord::try_from).transpose()?;
+        if let Some(job) = job.as_mut()
+            && job.counts.pending > 0
+        {
+            job.counts.awaiting_user = self.awaiting_users(Some(id)).await?;
+        }
+        Ok(job)
+    }
+
+    /// Users awaiting their account (`sync.await_user_secs`), of one job or of all: pending
+    /// rows with `awaiting_since_ms`, counted by user. Served by `items_awaiting_idx`.
+    pub(crate) async fn awaiting_users(&self, job_id: Option<&str>) -> StoreResult<i64> {
+        let n: i64 = dual!(&self.backend, |p, DB| {
+            sqlx::query_scalar(
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM (SELECT DISTINCT job_id, external_id FROM items \
+                 WHERE awaiting_since_ms IS NOT NULL AND outcome = 'pending' AND ($1 IS NULL OR job_id = $1)) a",
+            )
+            .bind(job_id)
+            .fetch_one(p)
+            .await?
+        });
+        Ok(n)
     }
 
     /// Newest first; `cursor` is the last id of the previous page.
@@ -93,6 +116,11 @@ impl Store {
         // A settled outcome repeats the partial index's predicate (migration 0007) so the
         // index by outcome serves it; all rows, or the pending ones, are read by line.
         let sql = match outcome {
+            // Not a stored outcome: pending rows whose user awaits their account.
+            Some(Outcome::AwaitingUser) => {
+                "SELECT * FROM items WHERE job_id = $1 AND $2 IS NOT NULL AND outcome = 'pending' \
+                 AND awaiting_since_ms IS NOT NULL AND line > $3 ORDER BY line LIMIT $4"
+            }
             Some(o) if o != Outcome::Pending => {
                 "SELECT * FROM items WHERE job_id = $1 AND outcome = $2 AND outcome <> 'pending' \
                  AND line > $3 ORDER BY line LIMIT $4"

@@ -173,6 +173,8 @@ impl TryFrom<JobRow> for JobRecord {
                 failed: r.c_failed,
                 cancelled: r.c_cancelled,
                 planned: r.c_planned,
+                // Not a column: counted from the items by `Store::get_job`.
+                awaiting_user: 0,
             },
             users_total: r.users_total,
             users_changed: r.users_changed,
@@ -221,6 +223,7 @@ pub(super) struct ItemRow {
     desired_roles: Option<String>,
     expected_roles: Option<String>,
     action: String,
+    awaiting_since_ms: Option<i64>,
 }
 
 /// Why a row did not succeed: a code from a closed list, and a sentence for people.
@@ -267,6 +270,9 @@ pub struct ItemRecord {
     pub expected_roles: Option<Vec<String>>,
     /// `revoke` for a leaver's row (sent so, or generated for a roster `full`).
     pub action: Action,
+    /// A pending row whose user is not in the target yet: when the wait for the account began.
+    #[serde(skip)]
+    pub awaiting_since_ms: Option<i64>,
 }
 
 impl TryFrom<ItemRow> for ItemRecord {
@@ -304,6 +310,7 @@ impl TryFrom<ItemRow> for ItemRecord {
             roles_after: list(r.roles_after),
             desired_roles: list(r.desired_roles),
             expected_roles: list(r.expected_roles),
+            awaiting_since_ms: r.awaiting_since_ms,
             action: Action::parse(&r.action).ok_or_else(|| {
                 StoreError::Corrupt(format!("item line {}: action {}", r.line, r.action))
             })?,
@@ -410,6 +417,12 @@ pub(crate) struct ChunkDone {
     /// `attempts` go up by one and the chunk is claimable again at `retry_at_ms`, not done.
     pub retry_lines: Vec<i64>,
     pub retry_at_ms: Option<i64>,
+    /// Rows left pending because their user is not in the target yet (a joiner awaiting
+    /// their account), with when the wait began: recorded in `awaiting_since_ms`. A chunk
+    /// run only for them does not count towards the chunk's attempts.
+    pub await_lines: Vec<(i64, i64)>,
+    /// The earliest next lookup of those users.
+    pub await_next_ms: Option<i64>,
     /// Desired-state changes of the chunk's users, committed with their outcomes.
     pub desired: Vec<DesiredUpdate>,
     /// Users a reconcile found drifted (`rolesync_reconcile_drifted_users_total`).
@@ -532,6 +545,8 @@ pub struct StoreGauges {
     pub outbox_pending: i64,
     pub outbox_oldest_pending_created_ms: Option<i64>,
     pub outbox_dead: i64,
+    /// Users of running jobs awaiting their account (`rolesync_users_awaiting_account`).
+    pub users_awaiting_account: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -275,13 +275,17 @@ impl Store {
         dual!(&self.backend, |p, DB| {
             let mut tx = begin_write(p).await?;
             // Rows left pending for a retry keep the chunk claimable (after its backoff).
-            let status = if done.retry_lines.is_empty() {
+            let status = if done.retry_lines.is_empty() && done.await_lines.is_empty() {
                 "done"
             } else {
                 "ready"
             };
+            // A run that leaves only joiners awaiting their account is not a failed run: it
+            // does not count towards `sync.max_chunk_attempts` (the wait has its own bound).
+            let uncounted = i64::from(done.retry_lines.is_empty() && !done.await_lines.is_empty());
             let held = sqlx::query(
-                "UPDATE chunks SET status = $4, lease_owner = NULL, lease_until_ms = NULL, not_before_ms = $5 \
+                "UPDATE chunks SET status = $4, lease_owner = NULL, lease_until_ms = NULL, not_before_ms = $5, \
+                 attempts = attempts - $7 \
                  WHERE job_id = $1 AND chunk_no = $2 AND lease_owner = $3 AND status = 'leased' AND fence = $6",
             )
             .bind(&claim.job_id)
@@ -290,6 +294,7 @@ impl Store {
             .bind(status)
             .bind(done.retry_at_ms)
             .bind(claim.fence)
+            .bind(uncounted)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -311,6 +316,16 @@ impl Store {
                 )
                 .bind(&claim.job_id)
                 .bind(*line)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for (line, since) in &done.await_lines {
+                sqlx::query(
+                    "UPDATE items SET awaiting_since_ms = COALESCE(awaiting_since_ms, $3) WHERE job_id = $1 AND line = $2 AND outcome = 'pending'",
+                )
+                .bind(&claim.job_id)
+                .bind(*line)
+                .bind(*since)
                 .execute(&mut *tx)
                 .await?;
             }

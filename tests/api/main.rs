@@ -14,6 +14,7 @@ mod helpers;
 mod hostile;
 mod ingest;
 mod items_csv;
+mod joiners;
 mod layout;
 mod leavers;
 mod observability;

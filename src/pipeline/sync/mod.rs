@@ -17,6 +17,7 @@
 //! dead) is read back once, never written: `applied` if the user holds what the write would
 //! have made, else `cancelled` (`settle`).
 
+mod awaiting;
 mod deferred;
 mod report;
 mod settle;
@@ -163,6 +164,13 @@ enum UserResult {
     /// run of the chunk (after a backoff).
     Retry {
         lines: Vec<i64>,
+    },
+    /// The user is not in the target yet and may still appear (a joiner awaiting their
+    /// account, `awaiting`): the rows stay pending, looked up again at `next_at_ms`.
+    AwaitUser {
+        lines: Vec<i64>,
+        since_ms: i64,
+        next_at_ms: i64,
     },
     /// Not synced: the chunk was stopped before or during this user. A write this run sent
     /// for the user, if any, is in `UserRun::sent`.
@@ -354,6 +362,11 @@ async fn run_chunk(
             if !done.retry_lines.is_empty() {
                 done.retry_at_ms = Some(crate::store::now_ms() + retry_backoff_ms(claim.attempts));
             }
+            // Joiners awaiting their account: the chunk is run again, by any replica, when the
+            // first of their next lookups is due (or sooner, for a retry).
+            if let Some(next) = done.await_next_ms {
+                done.retry_at_ms = Some(done.retry_at_ms.map_or(next, |t| t.min(next)));
+            }
             ChunkOutcome::Done(claim, done)
         }
     }
@@ -430,6 +443,19 @@ fn absorb(
             unsettled.push((user, sent))
         }
         UserResult::Retry { lines } => done.retry_lines.extend(lines),
+        // A cancel settles the user: nothing was written for them.
+        UserResult::AwaitUser { .. } if matches!(run.stopped(), Some(Stop::Cancelled)) => {
+            unsettled.push((user, sent))
+        }
+        UserResult::AwaitUser {
+            lines,
+            since_ms,
+            next_at_ms,
+        } => {
+            done.await_lines
+                .extend(lines.into_iter().map(|line| (line, since_ms)));
+            done.await_next_ms = Some(done.await_next_ms.map_or(next_at_ms, |t| t.min(next_at_ms)));
+        }
         UserResult::Skipped => unsettled.push((user, sent)),
         // Only produced by `sync_user` for the Authorization path and taken out before.
         UserResult::Deferred { .. } => unsettled.push((user, sent)),

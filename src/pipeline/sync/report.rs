@@ -1,5 +1,6 @@
 //! What happened to one user, turned into its rows' results, audit events and audit line.
 
+use super::awaiting::{AwaitPolicy, Missing};
 use super::*;
 
 /// What a reconcile found of one user: drifted or not, and the event saying so.
@@ -25,10 +26,54 @@ impl Report<'_> {
         tally: &CallTally,
     ) -> Result<ScimUser, UserResult> {
         let external_id = self.user.external_id.as_str();
+        let since = self.awaiting_since();
+        // A joiner already awaiting their account is looked up afresh: the job's directory
+        // scan predates the account.
+        let snapshot = if since.is_some() { None } else { snapshot };
         let found = find_user(self.deps, snapshot, external_id, tally)
             .await
             .map_err(|e| self.call_failed(e))?;
+        if found.is_empty() && self.may_await() {
+            let policy = AwaitPolicy::of(&self.deps.settings.sync);
+            match policy.missing(since, crate::store::now_ms()) {
+                Missing::Wait {
+                    since_ms,
+                    next_at_ms,
+                } => {
+                    return Err(UserResult::AwaitUser {
+                        lines: self.user.lines().collect(),
+                        since_ms,
+                        next_at_ms,
+                    });
+                }
+                Missing::NotFound { waited_secs } if waited_secs > 0 => {
+                    return Err(self.failed(
+                        Outcome::NotFound,
+                        ReasonCode::UserNotFound,
+                        &format!(
+                            "no user with externalId \"{external_id}\" in the target after waiting {waited_secs} s for the account (sync.await_user_secs)"
+                        ),
+                    ));
+                }
+                Missing::NotFound { .. } => {}
+            }
+        }
         self.one_user(found)
+    }
+
+    /// When the user's wait for their account began, if they are awaiting it.
+    fn awaiting_since(&self) -> Option<i64> {
+        self.user
+            .rows
+            .iter()
+            .filter_map(|r| r.awaiting_since_ms)
+            .min()
+    }
+
+    /// Only a sync that writes waits for a joiner's account: a dry run reports what it finds
+    /// now, and a revert or reconcile acts on users the target already had.
+    fn may_await(&self) -> bool {
+        self.job.kind == JobKind::Sync && !self.job.dry_run
     }
 
     /// The one user found; else the user's result (`not_found`, or `failed` as ambiguous).
