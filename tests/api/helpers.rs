@@ -198,6 +198,9 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         max_retry_secs = 20
         [sync]
         chunk_size = 10
+        # A user not in the emulator is not_found at once, as most tests expect; the joiners'
+        # tests (`joiners.rs`) turn the wait for their account on.
+        await_user_secs = 0
         [[auth.keys]]
         name = "admin"
         key_sha256 = "{admin}"
