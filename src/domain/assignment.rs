@@ -53,6 +53,10 @@ pub struct Assignment {
     /// `assign` unless the row says `revoke`.
     #[serde(default)]
     pub action: Action,
+    /// `effective_at` (RFC 3339), in ms since the epoch: not applied before then (a future
+    /// hire, a leaver's last day). None: at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_at_ms: Option<i64>,
     /// Set when the row could not be read whole (e.g. a CSV row with too few fields): the row
     /// is stored as rejected with this reason, and the rest of the batch goes on.
     #[serde(skip)]

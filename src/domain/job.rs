@@ -60,6 +60,8 @@ vocabulary! {
         /// Never stored: a `pending` row whose user is not in the target yet and is being
         /// waited for (`sync.await_user_secs`), as the API shows and filters it.
         AwaitingUser = "awaiting_user",
+        /// Never stored: a `pending` row dated later (`effective_at`), held until then.
+        Scheduled = "scheduled",
     }
 }
 
@@ -120,6 +122,9 @@ pub struct Counts {
     /// (`sync.await_user_secs`); not part of `total`.
     #[serde(default)]
     pub awaiting_user: i64,
+    /// Rows among `pending` held until their `effective_at`; not part of `total`.
+    #[serde(default)]
+    pub scheduled: i64,
 }
 
 impl Counts {
@@ -134,7 +139,7 @@ impl Counts {
             Outcome::Cancelled => &mut self.cancelled,
             Outcome::Planned => &mut self.planned,
             // Still pending in the store (`Outcome::AwaitingUser`).
-            Outcome::AwaitingUser => &mut self.pending,
+            Outcome::AwaitingUser | Outcome::Scheduled => &mut self.pending,
         };
         *slot += n;
         self.total += n;

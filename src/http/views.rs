@@ -230,6 +230,10 @@ pub struct ItemView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(required = false, nullable = false, format = DateTime)]
     pub awaiting_since: Option<String>,
+    /// The row's `effective_at` as sent (RFC 3339): `scheduled` until then, applied after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false, format = DateTime)]
+    pub effective_at: Option<String>,
     pub reason: Option<Reason>,
     /// The user's id in the target, once found.
     pub user_id: Option<String>,
@@ -261,10 +265,12 @@ impl ItemView {
             license_tier: item.license_tier,
             action: item.action,
             // A pending row whose user awaits their account shows it.
-            outcome: match (item.outcome, item.awaiting_since_ms) {
-                (Outcome::Pending, Some(_)) => Outcome::AwaitingUser,
-                (o, _) => o,
+            outcome: match (item.outcome, item.awaiting_since_ms, item.effective_at_ms) {
+                (Outcome::Pending, _, Some(at)) if at > now_ms() => Outcome::Scheduled,
+                (Outcome::Pending, Some(_), _) => Outcome::AwaitingUser,
+                (o, _, _) => o,
             },
+            effective_at: item.effective_at_ms.and_then(|ms| rfc3339(Some(ms))),
             awaiting_since: item.awaiting_since_ms.and_then(|ms| rfc3339(Some(ms))),
             reason: item.reason,
             user_id: item.user_id,
@@ -411,6 +417,12 @@ pub struct AssignRow {
     /// `assign`, the default.
     #[schema(required = false, nullable = false)]
     pub action: Option<AssignAction>,
+    /// When the row takes effect (RFC 3339 with an offset, e.g. `2026-04-01T08:00:00Z`; the
+    /// CSV column `effective_at`): held `scheduled` until then and applied then, by any
+    /// replica, once. Absent or empty: at once. Malformed: the row is rejected at submission
+    /// (`malformed_row`, naming `effective_at`).
+    #[schema(required = false, nullable = false, format = DateTime)]
+    pub effective_at: Option<String>,
 }
 
 /// A leaver's row: the user keeps no role the policy manages (protected roles such as
@@ -429,6 +441,10 @@ pub struct RevokeRow {
     /// Ignored.
     #[schema(required = false, nullable = false)]
     pub license_tier: Option<String>,
+    /// A leaver's last day: the roles are taken away at this time (e.g. the end of the day,
+    /// `2026-03-31T23:59:59+01:00`), not before.
+    #[schema(required = false, nullable = false, format = DateTime)]
+    pub effective_at: Option<String>,
 }
 
 /// The `action` of a row that gives a role.

@@ -60,6 +60,7 @@ pub(super) fn read<R: BufRead>(input: R, sink: &mut RowSink<'_>) -> Result<(), A
         ));
     };
     let action_column = find("action");
+    let effective_column = find("effective_at");
     // The first record starts where the header ended: the record bound counts from there.
     marks.borrow_mut().record_start = reader.position().byte();
     let width = headers.len();
@@ -111,7 +112,15 @@ pub(super) fn read<R: BufRead>(input: R, sink: &mut RowSink<'_>) -> Result<(), A
             }),
             None => Action::Assign,
         };
+        let effective_at_ms = match effective_column.map(field) {
+            Some(word) => super::parse_effective_at(&word).unwrap_or_else(|why| {
+                defect.get_or_insert(why);
+                None
+            }),
+            None => None,
+        };
         sink.push(Assignment {
+            effective_at_ms,
             line,
             external_id: field(ext),
             role_template: field(role),

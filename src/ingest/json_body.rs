@@ -19,6 +19,7 @@ struct RowFields {
     role_template: Loose,
     license_tier: Loose,
     action: Loose,
+    effective_at: Loose,
     keys: usize,
 }
 
@@ -28,6 +29,7 @@ enum Key {
     RoleTemplate,
     LicenseTier,
     Action,
+    EffectiveAt,
     Other,
 }
 
@@ -45,6 +47,7 @@ impl<'de> Deserialize<'de> for Key {
                     "role_template" => Key::RoleTemplate,
                     "license_tier" => Key::LicenseTier,
                     "action" => Key::Action,
+                    "effective_at" => Key::EffectiveAt,
                     _ => Key::Other,
                 })
             }
@@ -138,6 +141,7 @@ impl<'de> Deserialize<'de> for Element {
                         Key::RoleTemplate => &mut f.role_template,
                         Key::LicenseTier => &mut f.license_tier,
                         Key::Action => &mut f.action,
+                        Key::EffectiveAt => &mut f.effective_at,
                         Key::Other => {
                             a.next_value::<IgnoredAny>()?;
                             continue;
@@ -200,6 +204,17 @@ fn row(e: Element, line: u64, max_fields: usize) -> Result<Assignment, Vec<&'sta
             Action::Assign
         }
     };
+    let effective_at_ms = match (&fields.effective_at.value, fields.effective_at.seen) {
+        (Some(word), _) => super::parse_effective_at(word).unwrap_or_else(|why| {
+            defect.get_or_insert(why);
+            None
+        }),
+        (None, false) => None,
+        (None, true) => {
+            defect.get_or_insert_with(|| "effective_at is not a string".to_owned());
+            None
+        }
+    };
     let revoke = action == Action::Revoke;
     let or_empty = |v: Option<String>| if revoke { v.or(Some(String::new())) } else { v };
     match (
@@ -208,6 +223,7 @@ fn row(e: Element, line: u64, max_fields: usize) -> Result<Assignment, Vec<&'sta
         or_empty(fields.license_tier.value),
     ) {
         (Some(e), Some(r), Some(t)) => Ok(Assignment {
+            effective_at_ms,
             line,
             external_id: e.trim().to_owned(),
             role_template: r.trim().to_owned(),
@@ -506,6 +522,7 @@ pub(super) fn read_ndjson<R: BufRead>(
                     role_template: String::new(),
                     license_tier: String::new(),
                     action: Action::Assign,
+                    effective_at_ms: None,
                     defect: Some(format!(
                         "the line is longer than ingest.max_record_bytes ({limit} bytes)"
                     )),

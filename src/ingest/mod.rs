@@ -111,6 +111,26 @@ impl Format {
 
 /// A row's `action` as sent: empty is `assign` (the column is optional); another word than
 /// `assign` or `revoke` is the row's rejection (`malformed_row`, naming the field).
+/// A row's `effective_at`: empty for at once, else an RFC 3339 date-time with its offset
+/// (`2026-03-31T17:00:00Z`, `2026-03-31T18:00:00+01:00`). Anything else is the row's
+/// rejection (`malformed_row`), at submission: a typo is not found on the day.
+pub(crate) fn parse_effective_at(word: &str) -> Result<Option<i64>, String> {
+    let word = word.trim();
+    if word.is_empty() {
+        return Ok(None);
+    }
+    let shown: String = word.chars().take(40).collect();
+    let at = time::OffsetDateTime::parse(word, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| {
+            format!(
+                "effective_at \"{shown}\" is not an RFC 3339 date-time (e.g. 2026-03-31T17:00:00Z)"
+            )
+        })?;
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
+        .map(Some)
+        .map_err(|_| format!("effective_at \"{shown}\" is out of range"))
+}
+
 pub(crate) fn parse_action(word: &str) -> Result<Action, String> {
     let word = word.trim();
     if word.is_empty() {

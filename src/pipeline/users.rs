@@ -164,6 +164,7 @@ mod tests {
             role_template: role.to_owned(),
             license_tier: "Standard Agent".to_owned(),
             action: crate::domain::Action::Assign,
+            effective_at_ms: None,
             defect: None,
         }
     }

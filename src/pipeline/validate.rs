@@ -532,6 +532,7 @@ mod tests {
             role_template: role.into(),
             license_tier: "Supervisor".into(),
             action: crate::domain::Action::Assign,
+            effective_at_ms: None,
             defect: None,
         }
     }

@@ -96,7 +96,7 @@ impl Ingest {
                 for batch in rows.chunks(INSERT_BATCH) {
                     let mut qb = QueryBuilder::<sqlx::Sqlite>::new(
                         "INSERT INTO items (job_id, line, external_id, role_template, license_tier, outcome, \
-                         reason_code, reason_message, action) ",
+                         reason_code, reason_message, action, effective_at_ms) ",
                     );
                     qb.push_values(batch, |mut b, r| {
                         b.push_bind(job_id)
@@ -107,7 +107,8 @@ impl Ingest {
                             .push_bind(outcome_of(r))
                             .push_bind(r.defect.as_ref().map(|_| ReasonCode::MalformedRow.as_str()))
                             .push_bind(r.defect.as_deref())
-                            .push_bind(r.action.as_str());
+                            .push_bind(r.action.as_str())
+                            .push_bind(r.effective_at_ms);
                     });
                     qb.build().execute(&mut *conn).await?;
                 }
@@ -317,7 +318,7 @@ fn outcome_of(r: &Assignment) -> &'static str {
 const EVENTS_PER_COPY: usize = 1000;
 
 const COPY_ITEMS: &str = "COPY items (job_id, line, external_id, role_template, license_tier, outcome, \
-     reason_code, reason_message, action) FROM STDIN";
+     reason_code, reason_message, action, effective_at_ms) FROM STDIN";
 
 /// One `COPY` of the batches `batches` yields, until it closes (returns false) or the events of
 /// the batches sent reach `EVENTS_PER_COPY` (returns true: more may follow). The events go to
@@ -393,6 +394,7 @@ fn copy_row(out: &mut Vec<u8>, job_id: &str, r: &Assignment) {
         }
     }
     let line = r.line.to_string();
+    let effective = r.effective_at_ms.map(|ms| ms.to_string());
     let values = [
         Some(job_id),
         Some(line.as_str()),
@@ -403,6 +405,7 @@ fn copy_row(out: &mut Vec<u8>, job_id: &str, r: &Assignment) {
         r.defect.as_ref().map(|_| ReasonCode::MalformedRow.as_str()),
         r.defect.as_deref(),
         Some(r.action.as_str()),
+        effective.as_deref(),
     ];
     for (i, v) in values.into_iter().enumerate() {
         if i > 0 {
@@ -426,12 +429,13 @@ mod tests {
             role_template: "Agent".into(),
             license_tier: "Standard Agent".into(),
             action: crate::domain::Action::Assign,
+            effective_at_ms: None,
             defect: Some("the row has 2 fields".into()),
         };
         copy_row(&mut out, "j", &row);
         assert_eq!(
             String::from_utf8_lossy(&out),
-            "j\t7\ta\\tb\\\\c\\nd\\re\tAgent\tStandard Agent\trejected\tmalformed_row\tthe row has 2 fields\tassign\n"
+            "j\t7\ta\\tb\\\\c\\nd\\re\tAgent\tStandard Agent\trejected\tmalformed_row\tthe row has 2 fields\tassign\t\\N\n"
         );
         out.clear();
         copy_row(
@@ -443,6 +447,6 @@ mod tests {
                 ..row
             },
         );
-        assert!(String::from_utf8_lossy(&out).ends_with("\tpending\t\\N\t\\N\tassign\n"));
+        assert!(String::from_utf8_lossy(&out).ends_with("\tpending\t\\N\t\\N\tassign\t\\N\n"));
     }
 }

@@ -65,8 +65,25 @@ impl Store {
             && job.counts.pending > 0
         {
             job.counts.awaiting_user = self.awaiting_users(Some(id)).await?;
+            job.counts.scheduled = self.scheduled_rows(id).await?;
         }
         Ok(job)
+    }
+
+    /// Pending rows of a job dated later than now (`effective_at`). Served by
+    /// `items_scheduled_idx`.
+    pub(crate) async fn scheduled_rows(&self, job_id: &str) -> StoreResult<i64> {
+        let n: i64 = dual!(&self.backend, |p, DB| {
+            sqlx::query_scalar(
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM items WHERE job_id = $1 \
+                 AND effective_at_ms IS NOT NULL AND outcome = 'pending' AND effective_at_ms > $2",
+            )
+            .bind(job_id)
+            .bind(now_ms())
+            .fetch_one(p)
+            .await?
+        });
+        Ok(n)
     }
 
     /// Users awaiting their account (`sync.await_user_secs`), of one job or of all: pending
@@ -117,6 +134,10 @@ impl Store {
         // index by outcome serves it; all rows, or the pending ones, are read by line.
         let sql = match outcome {
             // Not a stored outcome: pending rows whose user awaits their account.
+            Some(Outcome::Scheduled) => {
+                "SELECT * FROM items WHERE job_id = $1 AND $2 IS NOT NULL AND outcome = 'pending' \
+                 AND effective_at_ms IS NOT NULL AND line > $3 ORDER BY line LIMIT $4"
+            }
             Some(Outcome::AwaitingUser) => {
                 "SELECT * FROM items WHERE job_id = $1 AND $2 IS NOT NULL AND outcome = 'pending' \
                  AND awaiting_since_ms IS NOT NULL AND line > $3 ORDER BY line LIMIT $4"

@@ -380,6 +380,7 @@ mod test_support {
             role_template: "Agent".into(),
             license_tier: "Standard Agent".into(),
             action: crate::domain::Action::Assign,
+            effective_at_ms: None,
             defect: None,
         }
     }

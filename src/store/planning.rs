@@ -247,6 +247,8 @@ impl Store {
                         role_template,
                         license_tier,
                         action: parsed.unwrap_or_default(),
+                        // Judged at submission (`ingest`); the validator does not need it.
+                        effective_at_ms: None,
                         defect: parsed.is_none().then(|| {
                             format!("action \"{action}\" is not one of: {}", Action::expected())
                         }),

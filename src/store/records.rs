@@ -175,6 +175,7 @@ impl TryFrom<JobRow> for JobRecord {
                 planned: r.c_planned,
                 // Not a column: counted from the items by `Store::get_job`.
                 awaiting_user: 0,
+                scheduled: 0,
             },
             users_total: r.users_total,
             users_changed: r.users_changed,
@@ -224,6 +225,7 @@ pub(super) struct ItemRow {
     expected_roles: Option<String>,
     action: String,
     awaiting_since_ms: Option<i64>,
+    effective_at_ms: Option<i64>,
 }
 
 /// Why a row did not succeed: a code from a closed list, and a sentence for people.
@@ -273,6 +275,9 @@ pub struct ItemRecord {
     /// A pending row whose user is not in the target yet: when the wait for the account began.
     #[serde(skip)]
     pub awaiting_since_ms: Option<i64>,
+    /// Not applied before this time (`effective_at`, ms): `scheduled` until then.
+    #[serde(skip)]
+    pub effective_at_ms: Option<i64>,
 }
 
 impl TryFrom<ItemRow> for ItemRecord {
@@ -311,6 +316,7 @@ impl TryFrom<ItemRow> for ItemRecord {
             desired_roles: list(r.desired_roles),
             expected_roles: list(r.expected_roles),
             awaiting_since_ms: r.awaiting_since_ms,
+            effective_at_ms: r.effective_at_ms,
             action: Action::parse(&r.action).ok_or_else(|| {
                 StoreError::Corrupt(format!("item line {}: action {}", r.line, r.action))
             })?,
@@ -421,8 +427,11 @@ pub(crate) struct ChunkDone {
     /// their account), with when the wait began: recorded in `awaiting_since_ms`. A chunk
     /// run only for them does not count towards the chunk's attempts.
     pub await_lines: Vec<(i64, i64)>,
-    /// The earliest next lookup of those users.
+    /// The earliest next lookup of those users, or date of the held ones.
     pub await_next_ms: Option<i64>,
+    /// Rows held until their `effective_at`: pending, the chunk `ready` again at that time; a
+    /// run only for them does not count towards the chunk's attempts either.
+    pub held_lines: Vec<i64>,
     /// Desired-state changes of the chunk's users, committed with their outcomes.
     pub desired: Vec<DesiredUpdate>,
     /// Users a reconcile found drifted (`rolesync_reconcile_drifted_users_total`).

@@ -275,14 +275,15 @@ impl Store {
         dual!(&self.backend, |p, DB| {
             let mut tx = begin_write(p).await?;
             // Rows left pending for a retry keep the chunk claimable (after its backoff).
-            let status = if done.retry_lines.is_empty() && done.await_lines.is_empty() {
+            let waiting = !done.await_lines.is_empty() || !done.held_lines.is_empty();
+            let status = if done.retry_lines.is_empty() && !waiting {
                 "done"
             } else {
                 "ready"
             };
             // A run that leaves only joiners awaiting their account is not a failed run: it
             // does not count towards `sync.max_chunk_attempts` (the wait has its own bound).
-            let uncounted = i64::from(done.retry_lines.is_empty() && !done.await_lines.is_empty());
+            let uncounted = i64::from(done.retry_lines.is_empty() && waiting);
             let held = sqlx::query(
                 "UPDATE chunks SET status = $4, lease_owner = NULL, lease_until_ms = NULL, not_before_ms = $5, \
                  attempts = attempts - $7 \

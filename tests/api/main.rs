@@ -8,6 +8,7 @@ mod cli;
 mod console;
 mod doctor;
 mod durability;
+mod effective_dates;
 mod fencing;
 mod healing;
 mod helpers;

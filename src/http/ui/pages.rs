@@ -231,7 +231,7 @@ pub fn job(j: &JobView, rejected: RejectedPage<'_>, requests_per_minute: u32) ->
 
     h.raw("<h2>Rows</h2><table id=\"counts\"><thead><tr><th>Total</th><th>Applied</th>")
         .raw("<th>Unchanged</th><th>Rejected</th><th>Not found</th><th>Failed</th><th>Cancelled</th>")
-        .raw("<th>Planned</th><th>Pending</th><th>Awaiting account (users)</th><th>Rows/s</th></tr></thead><tbody><tr>");
+        .raw("<th>Planned</th><th>Pending</th><th>Awaiting account (users)</th><th>Scheduled</th><th>Rows/s</th></tr></thead><tbody><tr>");
     num(&mut h, "counts.total", j.counts.total);
     num(&mut h, "counts.applied", j.counts.applied);
     num(&mut h, "counts.unchanged", j.counts.unchanged);
@@ -243,6 +243,8 @@ pub fn job(j: &JobView, rejected: RejectedPage<'_>, requests_per_minute: u32) ->
     num(&mut h, "counts.pending", j.counts.pending);
     // Joiners whose account is not in the target yet (`sync.await_user_secs`): among pending.
     num(&mut h, "counts.awaiting_user", j.counts.awaiting_user);
+    // Rows dated later (`effective_at`), held until then: among pending.
+    num(&mut h, "counts.scheduled", j.counts.scheduled);
     num(&mut h, "rows_per_sec", j.rows_per_sec);
     h.raw("</tr></tbody></table>");
 

@@ -172,6 +172,11 @@ enum UserResult {
         since_ms: i64,
         next_at_ms: i64,
     },
+    /// The user's rows are dated later (`effective_at`): held, pending, until `at_ms`.
+    Scheduled {
+        lines: Vec<i64>,
+        at_ms: i64,
+    },
     /// Not synced: the chunk was stopped before or during this user. A write this run sent
     /// for the user, if any, is in `UserRun::sent`.
     Skipped,
@@ -444,8 +449,14 @@ fn absorb(
         }
         UserResult::Retry { lines } => done.retry_lines.extend(lines),
         // A cancel settles the user: nothing was written for them.
-        UserResult::AwaitUser { .. } if matches!(run.stopped(), Some(Stop::Cancelled)) => {
+        UserResult::AwaitUser { .. } | UserResult::Scheduled { .. }
+            if matches!(run.stopped(), Some(Stop::Cancelled)) =>
+        {
             unsettled.push((user, sent))
+        }
+        UserResult::Scheduled { lines, at_ms } => {
+            done.held_lines.extend(lines);
+            done.await_next_ms = Some(done.await_next_ms.map_or(at_ms, |t| t.min(at_ms)));
         }
         UserResult::AwaitUser {
             lines,

@@ -28,6 +28,19 @@ pub(super) async fn start_user(
         run.stop(Stop::CircuitOpen(reason));
         return UserResult::Skipped;
     }
+    // A user dated in the future (`effective_at`) is held, without a call: their rows stay
+    // pending and the chunk comes back, to whichever replica claims it, at the latest of
+    // their dates (a user's rows are applied together). Exactly once: the write is fenced by
+    // the chunk's lease like any other.
+    if job.kind == JobKind::Sync
+        && let Some(at) = u.rows.iter().filter_map(|r| r.effective_at_ms).max()
+        && at > crate::store::now_ms()
+    {
+        return UserResult::Scheduled {
+            lines: u.lines().collect(),
+            at_ms: at,
+        };
+    }
     sync_user(deps, policy, job, claim, snapshot, u, run, sent).await
 }
 
