@@ -116,3 +116,38 @@ fn roster_from_the_query_or_the_envelope_must_agree() {
         Err(ApiError::BadRequest { .. })
     ));
 }
+
+#[test]
+fn effective_at_is_an_optional_rfc3339_column_or_field_and_a_typo_is_the_rows_rejection() {
+    let b = parse_ok(
+        Format::Csv,
+        "external_id,role_template,license_tier,effective_at\nA,Agent,Standard Agent,2026-04-01T08:00:00Z\nB,Agent,Standard Agent,\nC,Agent,Standard Agent,2026-04-31\n",
+        &BatchQuery::default(),
+    );
+    assert_eq!(b.rows[0].effective_at_ms, Some(1_775_030_400_000));
+    assert_eq!(b.rows[0].defect, None);
+    assert_eq!(b.rows[1].effective_at_ms, None);
+    assert_eq!(b.rows[1].defect, None);
+    assert!(
+        b.rows[2]
+            .defect
+            .as_deref()
+            .unwrap_or("")
+            .contains("effective_at \"2026-04-31\""),
+        "{:?}",
+        b.rows[2].defect
+    );
+    let b = parse_ok(
+        Format::Ndjson,
+        "{\"external_id\":\"A\",\"action\":\"revoke\",\"effective_at\":\"2026-03-31T23:59:59+01:00\"}\n{\"external_id\":\"B\",\"role_template\":\"Agent\",\"license_tier\":\"X\",\"effective_at\":7}\n",
+        &BatchQuery::default(),
+    );
+    assert_eq!(b.rows[0].effective_at_ms, Some(1_774_997_999_000));
+    assert!(
+        b.rows[1]
+            .defect
+            .as_deref()
+            .unwrap_or("")
+            .contains("effective_at")
+    );
+}
