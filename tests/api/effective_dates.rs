@@ -140,3 +140,26 @@ async fn a_dated_row_is_held_scheduled_and_applied_at_its_time_once_by_another_r
     );
     replica.stop().await;
 }
+
+#[tokio::test]
+async fn scheduled_rows_are_cancelled_with_their_job_and_never_written() {
+    let app = spawn_app().await;
+    app.seed(&[("EFF-LATER", &[])]).await;
+    let (at, _) = in_secs(600);
+    let job = app
+        .submit_json(json!({"assignments": [
+            {"external_id": "EFF-LATER", "role_template": "Agent", "license_tier": "Standard Agent", "effective_at": at},
+        ]}))
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    app.wait_for(&id, &["running"]).await;
+    assert_eq!(outcome_of(&app.items(&id).await, "EFF-LATER"), "scheduled");
+    let resp = app.post(&format!("/v1/jobs/{id}/cancel"), WRITER_KEY).await;
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+    let done = app.wait_finished(&id).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert_eq!(done["counts"]["cancelled"], 1, "{done}");
+    assert_eq!(done["counts"]["scheduled"], 0, "{done}");
+    assert_eq!(outcome_of(&app.items(&id).await, "EFF-LATER"), "cancelled");
+    assert_eq!(patches(&app.emulator_stats().await), 0);
+}
