@@ -133,6 +133,39 @@ impl Store {
         Ok(recorded > 0)
     }
 
+    /// Takes back the intent of `lines` (the rows of one user) whose write the target refused,
+    /// under the same fence as `mark_intent`. Returns false when the lease is not held.
+    pub(crate) async fn withdraw_intent(
+        &self,
+        claim: &ChunkClaim,
+        owner: &str,
+        lines: &[i64],
+    ) -> StoreResult<bool> {
+        let job_id = claim.job_id.as_str();
+        let done = dual!(&self.backend, |p, DB| {
+            let mut qb = QueryBuilder::<DB>::new(
+                "UPDATE items SET intent = 0, roles_added = NULL, roles_removed = NULL \
+                 WHERE outcome = 'pending' AND job_id = ",
+            );
+            qb.push_bind(job_id).push(" AND line IN (");
+            let mut sep = qb.separated(", ");
+            for line in lines {
+                sep.push_bind(*line);
+            }
+            qb.push(") AND EXISTS (SELECT 1 FROM chunks WHERE job_id = ")
+                .push_bind(job_id)
+                .push(" AND chunk_no = ")
+                .push_bind(claim.chunk_no)
+                .push(" AND status = 'leased' AND lease_owner = ")
+                .push_bind(owner)
+                .push(" AND fence = ")
+                .push_bind(claim.fence)
+                .push(")");
+            qb.build().execute(p).await?.rows_affected()
+        });
+        Ok(done > 0)
+    }
+
     /// The intent recorded for any of `lines` (the rows of one user), read fresh: by this run,
     /// or by an earlier owner of the chunk after this run read the rows.
     pub(crate) async fn intent_of(

@@ -362,8 +362,16 @@ pub fn check_applied_records(c: &Collected, report: &mut Report) -> Vec<String> 
         // Only the bulk path writes without If-Match: only there may another writer's change
         // make rolesync's call a no-op (the SCIM path would have had a 409 and re-read).
         let bulk = j.write_api.as_deref() == Some("authorization");
+        // On the SCIM path too, one case: the job wrote nothing to the user at all, yet its
+        // record says `applied` with a change another writer made during the job. A process
+        // that recorded its intent and died before sending the write leaves an intent that
+        // looks like a write made; the re-run finds the change in place (made by the other
+        // writer) and reports it as the job's (`decide::with_prior`). rolesync cannot tell the
+        // two apart: the target keeps no history it could read.
+        let crash_before_send = !bulk && mine.is_empty();
         let mut unexplained = Vec::new();
         let mut excused = 0;
+        let mut excused_crash = 0;
         for (what, recorded, written) in [
             ("added", &first.roles_added, &added),
             ("removed", &first.roles_removed, &removed),
@@ -379,6 +387,8 @@ pub fn check_applied_records(c: &Collected, report: &mut Report) -> Vec<String> 
                 });
                 if bulk && by_other {
                     excused += 1;
+                } else if crash_before_send && by_other {
+                    excused_crash += 1;
                 } else {
                     unexplained.push((what, role));
                 }
@@ -386,6 +396,12 @@ pub fn check_applied_records(c: &Collected, report: &mut Report) -> Vec<String> 
         }
         if excused > 0 {
             *report.excused.entry("bulk race").or_default() += excused;
+        }
+        if excused_crash > 0 {
+            *report
+                .excused
+                .entry("intent without its write, same change by another writer")
+                .or_default() += excused_crash;
         }
         if unexplained.is_empty() {
             continue;

@@ -280,3 +280,29 @@ fn a_500_is_a_finding() {
     c.api_violations.push("GET /v1/jobs answered 500".into());
     assert_eq!(audit(&c).findings.len(), 1);
 }
+
+#[test]
+fn an_intent_without_its_write_is_excused_only_when_another_writer_made_the_change() {
+    let mut c = honest();
+    // J (SCIM) wrote nothing to the user: its process died between the intent and the write,
+    // and the hand writer gave Agent before the re-run, which found it in place.
+    c.writes = vec![write(
+        1,
+        "hand-writer",
+        None,
+        &["Employee"],
+        &["Agent", "Employee"],
+    )];
+    c.items.get_mut("J").expect("J")[0].roles_added = roles(&["Agent"]);
+    let mut r = Report::default();
+    assert_eq!(check_applied_records(&c, &mut r), Vec::<String>::new());
+    assert_eq!(
+        r.excused
+            .get("intent without its write, same change by another writer"),
+        Some(&1)
+    );
+    // Nobody made the change: a record without a write is a finding.
+    c.writes.clear();
+    let f = check_applied_records(&c, &mut Report::default());
+    assert_eq!(f.len(), 1, "{f:?}");
+}

@@ -249,12 +249,17 @@ pub(super) async fn sync_user(
             .await;
         user = match written {
             Ok(_) => return report.applied(&user.id, &change),
-            // Someone changed the user since we read it: read again and decide again.
-            Err(ScimError::Conflict) => match deps.scim.get_user(&user.id, tally).await {
-                Ok(fresh) => fresh,
-                Err(ScimError::NotFound) => return report.deleted(),
-                Err(e) => return report.call_failed(e),
-            },
+            // Someone changed the user since we read it: read again and decide again. The
+            // write was refused, so its intent is taken back first: left in place, a re-run
+            // finding the other writer's change would report it as this job's write.
+            Err(ScimError::Conflict) => {
+                withdraw_intent(deps, claim, &lines).await;
+                match deps.scim.get_user(&user.id, tally).await {
+                    Ok(fresh) => fresh,
+                    Err(ScimError::NotFound) => return report.deleted(),
+                    Err(e) => return report.call_failed(e),
+                }
+            }
             Err(ScimError::NotFound) => return report.deleted(),
             Err(e) => return report.call_failed(e),
         };
@@ -264,4 +269,16 @@ pub(super) async fn sync_user(
         ReasonCode::RetriesExhausted,
         &format!("the user kept changing: {max_rounds} version conflicts in a row"),
     )
+}
+
+/// Takes back the intent this run recorded for a write the target refused (a version
+/// conflict: nothing of it landed), under the chunk's lease. Best effort: when it cannot (the
+/// lease is gone, the store is cut), the intent stays, and a re-run may report another
+/// writer's identical change as this job's (`docs/chaos.md`, "An intent without its write").
+async fn withdraw_intent(deps: &Deps, claim: &ChunkClaim, lines: &[i64]) {
+    match deps.store.withdraw_intent(claim, &deps.owner, lines).await {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!("the intent of a refused write stays: the lease is gone"),
+        Err(e) => tracing::warn!(error = %e, "cannot take back the intent of a refused write"),
+    }
 }
