@@ -250,10 +250,11 @@ pub(super) async fn sync_user(
         user = match written {
             Ok(_) => return report.applied(&user.id, &change),
             // Someone changed the user since we read it: read again and decide again. The
-            // write was refused, so its intent is taken back first: left in place, a re-run
-            // finding the other writer's change would report it as this job's write.
+            // write was refused, so its intent is taken back first (back to the intent of an
+            // earlier attempt, if there was one: that write may well have landed): left in
+            // place, a re-run finding another writer's change would report it as this job's.
             Err(ScimError::Conflict) => {
-                withdraw_intent(deps, claim, &lines).await;
+                withdraw_intent(deps, claim, &lines, prior).await;
                 match deps.scim.get_user(&user.id, tally).await {
                     Ok(fresh) => fresh,
                     Err(ScimError::NotFound) => return report.deleted(),
@@ -272,11 +273,26 @@ pub(super) async fn sync_user(
 }
 
 /// Takes back the intent this run recorded for a write the target refused (a version
-/// conflict: nothing of it landed), under the chunk's lease. Best effort: when it cannot (the
+/// conflict: nothing of it landed), under the chunk's lease: back to `earlier`, the intent of
+/// an earlier attempt read when this run began (whose write may have landed), or to none. Best effort: when it cannot (the
 /// lease is gone, the store is cut), the intent stays, and a re-run may report another
 /// writer's identical change as this job's (`docs/chaos.md`, "An intent without its write").
-async fn withdraw_intent(deps: &Deps, claim: &ChunkClaim, lines: &[i64]) {
-    match deps.store.withdraw_intent(claim, &deps.owner, lines).await {
+async fn withdraw_intent(
+    deps: &Deps,
+    claim: &ChunkClaim,
+    lines: &[i64],
+    earlier: Option<Intent<'_>>,
+) {
+    let restored = match earlier {
+        // An earlier attempt's intent is still true: its write may have landed.
+        Some(i) => {
+            deps.store
+                .mark_intent(claim, &deps.owner, 0, lines, i.added, i.removed)
+                .await
+        }
+        None => deps.store.withdraw_intent(claim, &deps.owner, lines).await,
+    };
+    match restored {
         Ok(true) => {}
         Ok(false) => tracing::debug!("the intent of a refused write stays: the lease is gone"),
         Err(e) => tracing::warn!(error = %e, "cannot take back the intent of a refused write"),
