@@ -59,7 +59,12 @@ impl Replica {
             .ok()
             .filter(|b| !b.is_empty())
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_rolesync").to_owned());
+        // Run from the run's own directory: `serve` also layers a `config/default.toml` of its
+        // working directory, and a long run must not pick up a checkout changed under it (a
+        // one-hour run once failed so: every restart after a merge refused the new keys).
+        let dir = self.config.parent().unwrap_or(std::path::Path::new("."));
         let child = Command::new(bin)
+            .current_dir(dir)
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
