@@ -119,7 +119,17 @@ impl Store {
             .fetch_all(p)
             .await?
         });
-        rows.into_iter().map(JobRecord::try_from).collect()
+        let mut jobs = rows
+            .into_iter()
+            .map(JobRecord::try_from)
+            .collect::<StoreResult<Vec<_>>>()?;
+        // The same two counts `get_job` adds, for the jobs of the page that still have pending
+        // rows: two indexed counts each, at most a page's worth.
+        for job in jobs.iter_mut().filter(|j| j.counts.pending > 0) {
+            job.counts.awaiting_user = self.awaiting_users(Some(&job.id)).await?;
+            job.counts.scheduled = self.scheduled_rows(&job.id).await?;
+        }
+        Ok(jobs)
     }
 
     /// Rows of a job by line; `cursor` is the last line of the previous page.

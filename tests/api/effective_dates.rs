@@ -46,7 +46,9 @@ async fn a_dated_row_is_held_scheduled_and_applied_at_its_time_once_by_another_r
         .await;
     // An org large enough that one leaver stays under the approval bound (20 %).
     seed_n(&app, "EFF-OTHER", 10).await;
-    let (at, at_time) = in_secs(8);
+    // The horizon: 90 s ahead, long enough to stop one replica and start another before
+    // the time comes, whatever else the machine is doing.
+    let (at, at_time) = in_secs(90);
     let job = app
         .submit_json(json!({"assignments": [
             {"external_id": "EFF-HIRE", "role_template": "Agent", "license_tier": "Standard Agent", "effective_at": at},
@@ -89,6 +91,14 @@ async fn a_dated_row_is_held_scheduled_and_applied_at_its_time_once_by_another_r
     // Planned and running: its chunk is held, not done.
     let view = app.wait_for(&id, &["running"]).await;
     assert_eq!(view["counts"]["scheduled"], 2, "{view}");
+    let list: Value = app.get("/v1/jobs", READER_KEY).await.json().await.unwrap();
+    let listed = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not listed: {list}"));
+    assert_eq!(listed["counts"]["scheduled"], 2, "{listed}");
     assert_eq!(
         patches(&app.emulator_stats().await),
         0,
@@ -108,7 +118,7 @@ async fn a_dated_row_is_held_scheduled_and_applied_at_its_time_once_by_another_r
         "written before its time"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let items = items_at(&app, &replica.address, &id).await;
         let (h, l) = (

@@ -112,6 +112,20 @@ async fn a_joiner_waits_for_their_account_and_is_applied_within_one_retry_interv
     assert_eq!(view["status"], "running", "{view}");
     assert_eq!(view["counts"]["awaiting_user"], 1, "{view}");
     assert_eq!(view["counts"]["pending"], 1, "{view}");
+    // The job list says the same.
+    let list: Value = app
+        .get("/v1/jobs?status=running", READER_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let listed = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not listed: {list}"));
+    assert_eq!(listed["counts"]["awaiting_user"], 1, "{listed}");
     assert_eq!(item_of(&app, &id, "JOIN-OLD").await["outcome"], "applied");
     let filtered: Value = app
         .get(

@@ -24,11 +24,52 @@ fn policy(max_removal_fraction: f64) -> String {
 }
 
 async fn app_with(max_removal_fraction: f64) -> TestApp {
+    app_on(WriteApi::Scim, max_removal_fraction, "").await
+}
+
+/// The two write paths a leaver's removals can take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriteApi {
+    /// One `PATCH` (with `If-Match`) per user.
+    Scim,
+    /// `target.write_api = "authorization"`: one `PUT …/users/remove` per role per 100 users.
+    Authorization,
+}
+
+const BULK_MAX: u64 = 100;
+
+async fn app_on(write_api: WriteApi, max_removal_fraction: f64, extra_config: &str) -> TestApp {
+    let mut config = extra_config.to_owned();
+    if write_api == WriteApi::Authorization {
+        config.push_str(&format!(
+            "[target]\nwrite_api = \"authorization\"\nbulk_max_subjects = {BULK_MAX}\n"
+        ));
+    }
     spawn_app_with(TestOptions {
         policy: policy(max_removal_fraction),
+        config,
         ..Default::default()
     })
     .await
+}
+
+/// Calls the emulator counted for (method, route), whatever their status.
+fn count(stats: &Value, method: &str, route: &str) -> u64 {
+    stats["requests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["method"] == method && r["route"] == route)
+        .map(|r| r["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+const REMOVE_ROUTE: &str = "/api/v2/authorization/roles/{roleId}/users/remove";
+const GRANT_ROUTE: &str = "/api/v2/authorization/roles/{roleId}";
+
+/// Every call the emulator counted except OAuth token requests.
+fn api_calls(stats: &Value) -> u64 {
+    stats["total"].as_u64().unwrap_or(0) - count(stats, "POST", "/oauth/token")
 }
 
 fn job_id(job: &Value) -> String {
@@ -185,6 +226,108 @@ async fn a_leaver_row_takes_every_managed_role_and_a_revert_gives_them_back() {
     assert_eq!(app.roles_of("K1").await, vec![vec!["Employee"]]);
 }
 
+/// Leavers on the Authorization path: 20 users holding everything, each sent as a revoke row
+/// (the planner takes this path for a job this size; for one user a PATCH is cheaper). Each
+/// managed role is taken away by one `PUT …/users/remove` for all 20 (no PATCH); Employee, the
+/// unmanaged and the protected roles stay; every row records the roles before and after,
+/// `role_sync.completed` says what was removed (checked by the receiver), and a revert grants
+/// them back through the same path, one call per role.
+#[tokio::test]
+async fn leavers_on_the_authorization_path_lose_every_managed_role_in_bulk_calls() {
+    use crate::webhooks::{Answer, FAST, Hook, Receiver, endpoint_toml, new_secret, wait_until};
+    let receiver = Receiver::start(Answer::Status(200)).await;
+    let secret = new_secret();
+    let hooks = endpoint_toml(&Hook {
+        name: "audit",
+        url: &receiver.url,
+        secret: &secret,
+        previous: &[],
+        events: &[],
+    });
+    let app = app_on(WriteApi::Authorization, 1.0, &format!("{FAST}{hooks}")).await;
+    let leavers: Vec<String> = (0..20).map(|i| format!("L{i:02}")).collect();
+    let seeds: Vec<(&str, &[&str])> = leavers.iter().map(|u| (u.as_str(), EVERYTHING)).collect();
+    app.seed(&seeds).await;
+    reset_stats(&app).await;
+    let rows: Vec<Value> = leavers
+        .iter()
+        .map(|u| json!({"external_id": u, "action": "revoke"}))
+        .collect();
+    let job = app.submit_json(json!({"assignments": rows})).await;
+    let id = job_id(&job);
+    let done = app.wait_finished(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["estimate"]["write_api"], "authorization", "{done}");
+    assert_eq!(done["counts"]["applied"], 20, "{done}");
+    for u in &leavers {
+        assert_eq!(
+            app.roles_of(u).await,
+            vec![vec!["Employee", "Reporting Auditor", "Wrap Up"]],
+            "{u}"
+        );
+    }
+    let stats = app.emulator_stats().await;
+    assert_eq!(patches(&stats), 0, "{stats}");
+    // One call per role taken away: Agent, Reporting, Supervisor, System Administrator.
+    assert_eq!(count(&stats, "PUT", REMOVE_ROUTE), 4, "{stats}");
+    assert_eq!(count(&stats, "POST", GRANT_ROUTE), 0, "{stats}");
+    let removed = vec!["Agent", "Reporting", "Supervisor", "System Administrator"];
+    for item in app.items(&id).await {
+        assert_eq!(item["action"], "revoke", "{item}");
+        assert_eq!(item["outcome"], "applied", "{item}");
+        assert_eq!(strs(&item["roles_removed"]), removed, "{item}");
+        assert_eq!(
+            strs(&item["roles_before"]).len(),
+            EVERYTHING.len(),
+            "{item}"
+        );
+        assert_eq!(
+            strs(&item["roles_after"]),
+            vec!["Employee", "Reporting Auditor", "Wrap Up"],
+            "{item}"
+        );
+    }
+    wait_until(
+        "role_sync.completed for the 20",
+        std::time::Duration::from_secs(30),
+        || receiver.count_of("role_sync.completed") >= 20,
+    )
+    .await;
+    let completed: Vec<Value> = receiver
+        .events()
+        .into_values()
+        .filter(|(t, _)| t == "role_sync.completed")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(completed.len(), 20, "{completed:?}");
+    for c in &completed {
+        assert_eq!(strs(&c["roles_removed"]), removed, "{c}");
+        assert_eq!(strs(&c["roles_added"]), Vec::<String>::new(), "{c}");
+    }
+
+    // The revert grants the four back to the 20, one call per role.
+    reset_stats(&app).await;
+    let resp = app
+        .client
+        .post(format!("{}/v1/jobs/{id}/revert", app.address))
+        .bearer_auth(WRITER_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+    let rev = job_id(&resp.json::<Value>().await.unwrap());
+    let rev_done = app.wait_finished(&rev).await;
+    assert_eq!(rev_done["status"], "succeeded", "{rev_done}");
+    let mut everything: Vec<&str> = EVERYTHING.to_vec();
+    everything.sort();
+    for u in &leavers {
+        assert_eq!(app.roles_of(u).await, vec![everything.clone()], "{u}");
+    }
+    let stats = app.emulator_stats().await;
+    assert_eq!(count(&stats, "POST", GRANT_ROUTE), 4, "{stats}");
+    assert_eq!(patches(&stats), 0, "{stats}");
+}
+
 /// `action` in NDJSON and in a JSON envelope: a revoke row needs only `external_id`; a user
 /// whose rows mix assign and revoke has all of them rejected (`conflicting_actions`) and is not
 /// written; another word is that row's `malformed_row`. A JSON row without `role_template`
@@ -256,21 +399,36 @@ async fn revoke_rows_in_ndjson_and_json_and_mixed_rows_refused() {
 /// A roster of 1 960 of 2 000 managed users (`roster=full`, merge): exactly the 40 absent lose
 /// their managed role, the others are untouched, and the job costs its reads plus one PATCH per
 /// leaver. Their desired state becomes "no managed role": the next roster does not list them.
+/// A revert of the roster gives the 40 their role back, and nobody else is written.
 #[tokio::test]
 async fn a_full_roster_makes_leavers_of_the_managed_users_it_does_not_name() {
-    roster_run(2000, 40).await;
+    roster_run(2000, 40, WriteApi::Scim).await;
+}
+
+/// The same on the Authorization path: the 40 removals go out as one `users/remove` call (100
+/// subjects per call), no PATCH; the revert as one grant.
+#[tokio::test]
+async fn a_full_roster_on_the_authorization_path_removes_the_leavers_in_bulk() {
+    roster_run(2000, 40, WriteApi::Authorization).await;
 }
 
 /// The issue's figure, for BENCHMARKS.md: `cargo test --test api roster_of_10_000 -- --ignored
-/// --nocapture` (about a minute on 2 cores: the first job reads 10 000 users).
+/// --nocapture --test-threads 1` (a minute or two each on 2 cores: the first job reads 10 000
+/// users).
 #[tokio::test]
 #[ignore]
 async fn roster_of_10_000_with_200_absent() {
-    roster_run(10_000, 200).await;
+    roster_run(10_000, 200, WriteApi::Scim).await;
 }
 
-async fn roster_run(n: usize, absent_n: usize) {
-    let app = app_with(0.2).await;
+#[tokio::test]
+#[ignore]
+async fn roster_of_10_000_with_200_absent_on_the_authorization_path() {
+    roster_run(10_000, 200, WriteApi::Authorization).await;
+}
+
+async fn roster_run(n: usize, absent_n: usize, write_api: WriteApi) {
+    let app = app_on(write_api, 0.2, "").await;
     let users: Vec<String> = (0..n).map(|i| format!("R{i:05}")).collect();
     let seeds: Vec<(&str, &[&str])> = users
         .iter()
@@ -312,15 +470,39 @@ async fn roster_run(n: usize, absent_n: usize) {
         "{done}"
     );
     assert_eq!(done["estimate"]["leavers"]["sample"][0], "R00000");
-    let (calls, writes) = scim_calls(&app).await;
+    let stats = app.emulator_stats().await;
+    let (scim, patched) = scim_calls(&app).await;
     let reads = done["estimate"]["reads"].as_u64().unwrap();
-    println!(
-        "roster of {n} users, {absent_n} absent: {calls} SCIM calls = {reads} reads + {writes} \
-         PATCHes ({} strategy), {secs:.1} s from the POST to the end",
-        done["estimate"]["strategy"]
-    );
-    assert_eq!(writes, absent_n as u64);
-    assert_eq!(calls, reads + absent_n as u64, "{done}");
+    let removes = count(&stats, "PUT", REMOVE_ROUTE);
+    let all = api_calls(&stats);
+    match write_api {
+        WriteApi::Scim => {
+            println!(
+                "roster of {n} users, {absent_n} absent, SCIM path: {all} calls = {reads} reads + \
+                 {patched} PATCHes ({} strategy), {secs:.1} s from the POST to the end",
+                done["estimate"]["strategy"]
+            );
+            assert_eq!(patched, absent_n as u64);
+            assert_eq!(scim, reads + absent_n as u64, "{done}");
+            assert_eq!(all, scim, "{stats}");
+        }
+        WriteApi::Authorization => {
+            // The reads are the home division's grants, a page at a time (no SCIM call), plus
+            // the home division itself; the leavers have chunks of their own, so their
+            // removals cost one call per role per 100 of them, however they spread.
+            println!(
+                "roster of {n} users, {absent_n} absent, Authorization path: {all} calls = \
+                 {reads} reads + {removes} users/remove ({} strategy), {secs:.1} s from the POST \
+                 to the end",
+                done["estimate"]["strategy"]
+            );
+            assert_eq!(done["estimate"]["write_api"], "authorization", "{done}");
+            assert_eq!(patched, 0, "{stats}");
+            assert_eq!(scim, 0, "{stats}");
+            assert_eq!(all, reads + removes, "{done} {stats}");
+            assert_eq!(removes, (absent_n as u64).div_ceil(BULK_MAX), "{stats}");
+        }
+    }
     // Exactly the absent lost their role (one read of the emulator's whole org).
     let org = roles_by_user(&app).await;
     assert_eq!(org.len(), n);
@@ -338,7 +520,9 @@ async fn roster_run(n: usize, absent_n: usize) {
     assert!(
         leavers
             .iter()
-            .all(|i| i["line"].as_i64().unwrap() > (n - absent_n) as i64)
+            .all(|i| i["line"].as_i64().unwrap() > (n - absent_n) as i64
+                && i["outcome"] == "applied"
+                && strs(&i["roles_removed"]) == vec!["Agent"])
     );
 
     // The same roster again: nobody left to remove, no write.
@@ -353,7 +537,44 @@ async fn roster_run(n: usize, absent_n: usize) {
     let again = job_id(&again.json::<Value>().await.unwrap());
     let again_done = app.wait_finished(&again).await;
     assert_eq!(again_done["counts"]["total"], (n - absent_n) as i64);
-    assert_eq!(scim_calls(&app).await.1, 0);
+    let stats = app.emulator_stats().await;
+    assert_eq!(patches(&stats), 0);
+    assert_eq!(count(&stats, "PUT", REMOVE_ROUTE), 0);
+
+    // A revert of the roster puts the leavers back, and writes nobody else.
+    reset_stats(&app).await;
+    let resp = app
+        .client
+        .post(format!("{}/v1/jobs/{id}/revert", app.address))
+        .bearer_auth(WRITER_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+    let rev = job_id(&resp.json::<Value>().await.unwrap());
+    let rev_done = app.wait_finished(&rev).await;
+    assert_eq!(rev_done["status"], "succeeded", "{rev_done}");
+    assert_eq!(rev_done["counts"]["applied"], absent_n as i64, "{rev_done}");
+    let stats = app.emulator_stats().await;
+    match write_api {
+        WriteApi::Scim => assert_eq!(patches(&stats), absent_n as u64, "{stats}"),
+        WriteApi::Authorization => {
+            assert_eq!(patches(&stats), 0, "{stats}");
+            let grants = count(&stats, "POST", GRANT_ROUTE);
+            assert_eq!(grants, (absent_n as u64).div_ceil(BULK_MAX), "{stats}");
+            println!("its revert: {} calls, {grants} grants", api_calls(&stats));
+        }
+    }
+    let org = roles_by_user(&app).await;
+    for u in &users {
+        assert_eq!(org[u.as_str()], ["Agent", "Employee"], "{u}");
+    }
+    // Their desired state is theirs again: a reconcile finds nothing to change.
+    assert_eq!(
+        app.store_count("SELECT COUNT(*) FROM desired_state WHERE roles = '[]'")
+            .await,
+        0
+    );
 }
 
 /// A roster missing 30 % of the managed users crosses `max_removal_fraction` (0.2): a dry run

@@ -221,7 +221,7 @@ pub(crate) struct Hook<'a> {
     pub(crate) events: &'a [&'a str],
 }
 
-fn endpoint_toml(h: &Hook<'_>) -> String {
+pub(crate) fn endpoint_toml(h: &Hook<'_>) -> String {
     format!(
         "[[webhooks.endpoints]]\nname = \"{}\"\nurl = \"{}\"\nsecret = \"{}\"\nprevious_secrets = {:?}\nevents = {:?}\n",
         h.name, h.url, h.secret, h.previous, h.events
