@@ -499,3 +499,45 @@ async fn jobs_revert_and_reconcile_from_the_command_line() {
     assert_eq!(rec.json()["kind"], "reconcile");
     assert_eq!(rec.json()["users"]["changed"], 0);
 }
+
+/// A newcomer's first command, `rolesync demo` (the README's `cargo run --release -- demo`,
+/// here the test build), run from an empty folder so that nothing of the checkout is needed at
+/// run time: it ends by itself with 0 and prints the job's summary, with rows of every kind.
+#[tokio::test]
+async fn the_demo_runs_from_an_empty_folder_and_prints_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rolesync"))
+        .arg("demo")
+        .current_dir(dir.path())
+        .env_remove("ROLESYNC_URL")
+        .env_remove("ROLESYNC_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("rolesync demo did not end within 300 s"))
+        .expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    for expected in [
+        "rolesync demo",
+        "submitted",
+        "applied",
+        "unchanged",
+        "rejected",
+        "not found",
+        "SCIM calls",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
+    }
+    let status = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("job ").and_then(|l| l.split(": ").nth(1)))
+        .unwrap_or_else(|| panic!("no job status in:\n{stdout}"));
+    assert_eq!(status, "completed_with_errors", "{stdout}");
+}

@@ -56,6 +56,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
     let dir = tempfile_dir()?;
     let db = dir.join("rolesync.db");
     let api_key = format!("demo-{}", uuid::Uuid::new_v4().simple());
+    // `await_user_secs = 0`: the sample's three users missing from the org are `not_found` at
+    // once, as the demo means to show, instead of waiting a day for their accounts as joiners
+    // do by default (README, "Joiners, movers and leavers").
     let settings = Settings::from_toml_overrides(&format!(
         r#"
         [server]
@@ -66,6 +69,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Exit> {
         scim_base = "{base}/api/v2/scim/v2"
         token_url = "{base}/oauth/token"
         requests_per_minute = {rpm}
+        [sync]
+        await_user_secs = 0
         [[auth.keys]]
         name = "demo"
         key_sha256 = "{digest}"
