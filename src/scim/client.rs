@@ -367,6 +367,13 @@ impl ScimClient {
         let mut attempt = 0u32;
         let mut refreshed = false;
         let mut rate_limited = 0u32;
+        // A write attempt that got no answer, or a 5xx, may have landed all the same (the
+        // target acted, then the answer was lost). A resend of such a write that the target
+        // refuses as a version conflict (409/412) proves nothing: the conflict may be with
+        // that very attempt. The call's outcome is then unknown, and said so (`Unavailable`),
+        // never `Conflict`, which would tell the caller nothing of it landed.
+        let mut may_have_landed = false;
+        let is_write = call.method != Method::GET;
         loop {
             // One client span per attempt (a resend is a span of its own, as OpenTelemetry's
             // HTTP conventions have it); it includes the wait for the limiter, which is where
@@ -412,6 +419,21 @@ impl ScimClient {
                     continue;
                 }
                 SendOutcome::Answer(a) => match classify(a.status) {
+                    Verdict::Done
+                        if may_have_landed
+                            && matches!(
+                                a.status,
+                                StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED
+                            ) =>
+                    {
+                        return Err(ScimError::Unavailable {
+                            detail: format!(
+                                "an earlier attempt got no answer and may have landed; the resend \
+                                 was refused ({}): the outcome is unknown",
+                                a.status
+                            ),
+                        });
+                    }
                     Verdict::Done => return Err(error_for(a.status, &a.body)),
                     Verdict::RateLimited => {
                         // A 429 delays the call; it does not use up an attempt.
@@ -454,6 +476,7 @@ impl ScimClient {
                 SendOutcome::Token(e) => return Err(e),
                 SendOutcome::Stopped => return Err(ScimError::Stopped),
             };
+            may_have_landed |= is_write;
             attempt += 1;
             if attempt >= self.max_attempts || now + delay > deadline {
                 return Err(ScimError::Unavailable { detail });

@@ -403,3 +403,68 @@ async fn a_later_job_reads_grants_with_the_ids_an_earlier_one_saw_and_checks_the
         "{row}"
     );
 }
+
+/// A bulk grant that lands but whose answer is lost, every attempt of it (the emulator's
+/// `lose_write_answers`), with no attempt left (`sync.max_user_attempts = 1`): before a user is
+/// recorded `failed`, it is read back, and since the grant is in place it is recorded `applied`
+/// with what landed. (Found by the hour-long chaos run: such users were recorded
+/// `failed/retries_exhausted` while the target held the job's grant.)
+#[tokio::test]
+async fn a_grant_whose_answer_is_lost_is_read_back_and_recorded_applied_not_failed() {
+    let app = spawn_app_with(TestOptions {
+        config: format!(
+            "{AUTHZ}max_attempts = 2\n[sync]\nmax_user_attempts = 1\noutage_min_users = 1000\n"
+        ),
+        ..TestOptions::default()
+    })
+    .await;
+    let users = seed_n(&app, "LOST", 10).await;
+    app.set_faults(json!({"lose_write_answers": 1000})).await;
+    reset_stats(&app).await;
+    let job = app
+        .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let done = app.wait_finished(&id).await;
+    let stats = app.emulator_stats().await;
+    assert_eq!(done["estimate"]["write_api"], "authorization", "{done}");
+    // Every attempt of the grant ran (and landed), none was answered.
+    assert_eq!(count(&stats, "POST", GRANT_ROUTE, 0), 2, "{stats}");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["counts"]["applied"], 10, "{done}");
+    assert_eq!(done["counts"]["failed"], 0, "{done}");
+    for item in app.items(&id).await {
+        assert_eq!(item["outcome"], "applied", "{item}");
+        assert_eq!(strs(&item["roles_added"]), vec!["Agent"], "{item}");
+    }
+    for u in &users {
+        assert_eq!(
+            app.roles_of(u).await,
+            vec![vec!["Agent", "Employee"]],
+            "{u}"
+        );
+    }
+}
+
+/// The same on the SCIM path: a PATCH that lands but whose answer is lost. Its retry carries the
+/// old version and is refused (409/412); the user read again holds the job's roles, and the
+/// record says `applied` — never `unchanged` (the write was this job's) nor `failed`.
+#[tokio::test]
+async fn a_patch_whose_answer_is_lost_is_recorded_applied() {
+    let app = spawn_app_with(TestOptions {
+        config: "[target]\nmax_attempts = 2\n[sync]\nmax_user_attempts = 1\n".to_owned(),
+        ..TestOptions::default()
+    })
+    .await;
+    app.seed(&[("LOSTP", &[])]).await;
+    app.set_faults(json!({"lose_write_answers": 1})).await;
+    let job = app
+        .submit_csv("external_id,role_template,license_tier\nLOSTP,Agent,Standard Agent\n")
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let done = app.wait_finished(&id).await;
+    let items = app.items(&id).await;
+    assert_eq!(items[0]["outcome"], "applied", "{items:?} {done}");
+    assert_eq!(strs(&items[0]["roles_added"]), vec!["Agent"], "{items:?}");
+    assert_eq!(app.roles_of("LOSTP").await, vec![vec!["Agent", "Employee"]]);
+}

@@ -53,6 +53,8 @@ pub struct Faults {
     reject_patch: AtomicU64,
     forbid: AtomicBool,
     omit_versions: AtomicBool,
+    /// Write calls left whose answer is lost after they ran (`lose_write_answers`).
+    lose_write_answers: AtomicU64,
     /// Permissions the OAuth client lacks: the Authorization endpoints needing one answer 403
     /// `missing.permissions` (`authz.rs`).
     missing_permissions: RwLock<Vec<String>>,
@@ -99,6 +101,10 @@ pub struct FaultUpdate {
     /// SCIM answers carry no version (no `ETag`, no `meta.version`) while true: a target a
     /// client must never write to blindly.
     pub omit_versions: Option<bool>,
+    /// The next this-many write calls (any API call but a GET) run, and then their answer is
+    /// lost: the connection closes with no status line. The write has landed; the client
+    /// cannot know it (a timeout after the target acted). 0 clears.
+    pub lose_write_answers: Option<u64>,
     /// Replaces the permissions the OAuth client lacks (`[]` clears them).
     pub missing_permissions: Option<Vec<String>>,
     /// Replaces the externalIds whose users are deleted just before the next bulk grant write
@@ -148,6 +154,7 @@ impl Faults {
             reject_patch: AtomicU64::new(0),
             forbid: AtomicBool::new(false),
             omit_versions: AtomicBool::new(false),
+            lose_write_answers: AtomicU64::new(0),
             missing_permissions: RwLock::new(Vec::new()),
             delete_before_bulk_write: Mutex::new(Vec::new()),
             staged: Staged::default(),
@@ -205,6 +212,13 @@ impl Faults {
 
     pub fn omit_versions(&self) -> bool {
         self.omit_versions.load(Ordering::Relaxed)
+    }
+
+    /// Takes one of the write answers to lose, if any is left.
+    fn take_lost_write_answer(&self) -> bool {
+        self.lose_write_answers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     pub fn seed(&self) -> Option<u64> {
@@ -280,6 +294,9 @@ impl Faults {
         if let Some(v) = u.forbid {
             self.forbid.store(v, Ordering::Relaxed);
         }
+        if let Some(v) = u.lose_write_answers {
+            self.lose_write_answers.store(v, Ordering::Relaxed);
+        }
         if let Some(v) = u.omit_versions {
             self.omit_versions.store(v, Ordering::Relaxed);
         }
@@ -311,6 +328,7 @@ impl Faults {
         self.outage_until_ms.store(0, Ordering::Relaxed);
         self.forbid.store(false, Ordering::Relaxed);
         self.omit_versions.store(false, Ordering::Relaxed);
+        self.lose_write_answers.store(0, Ordering::Relaxed);
         write(&self.missing_permissions).clear();
         lock(&self.delete_before_bulk_write).clear();
     }
@@ -389,8 +407,14 @@ pub async fn inject(f: &Faults, req: Request, next: Next) -> Response {
     if let Some(left) = f.outage_remaining() {
         return ApiError::service_unavailable(Some(left.as_secs().max(1))).into_response();
     }
+    let is_write = req.method() != axum::http::Method::GET;
     match verdict {
         Verdict::Pass if f.omit_versions() => without_versions(next.run(req).await).await,
+        Verdict::Pass if is_write && f.take_lost_write_answer() => {
+            // The call runs (its write lands), then its answer is lost.
+            let _ran = next.run(req).await;
+            dropped()
+        }
         Verdict::Pass => next.run(req).await,
         Verdict::Drop => dropped(),
         Verdict::Fail5xx => ApiError::service_unavailable(None).into_response(),

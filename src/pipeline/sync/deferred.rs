@@ -86,6 +86,11 @@ pub(super) async fn write_deferred(
                 "the target does not know one of the roles (404)",
                 true,
             ),
+            // No answer, or not one that says the call was refused: it may have landed.
+            Some(e @ ScimError::Unavailable { .. }) => {
+                let failure = report.call_failed(e);
+                read_back_or(&report, Some(&change), tally, failure).await
+            }
             Some(e) => report.call_failed(e),
         };
         out.push(UserRun {

@@ -25,7 +25,7 @@ mod user;
 
 use deferred::write_deferred;
 use report::Report;
-use settle::settle;
+use settle::{read_back_or, settle};
 use user::start_user;
 
 use super::circuit::TargetState;
@@ -284,7 +284,10 @@ async fn run_chunk(
                             user: &u,
                         };
                         let why = format!("the user's chunk was run {max_runs} times");
-                        report.failed(Outcome::Failed, ReasonCode::RetriesExhausted, &why)
+                        let failure =
+                            report.failed(Outcome::Failed, ReasonCode::RetriesExhausted, &why);
+                        // An earlier run may have written the user (its intent is on record).
+                        read_back_or(&report, None, &run.tally, failure).await
                     } else {
                         start_user(deps, policy, job, claim, snapshot, &u, run, &mut sent).await
                     };

@@ -1,5 +1,6 @@
 //! A cancelled job's users: each left without an outcome gets the one that is true in the
-//! target, without a write.
+//! target, without a write. And, for any job, a user about to be recorded `failed` although a
+//! write may have reached them (`read_back`).
 
 use super::super::decide::settled;
 use super::user::stored_intent;
@@ -102,5 +103,47 @@ pub(super) async fn settle_user(
         Some(change) => report.applied(&user.id, &change),
         // The user holds none of what the write would have made: it did not land.
         None => report.cancelled(),
+    }
+}
+
+/// A user about to be recorded `failed` (`failure`) although a write may have reached them:
+/// sent by this run and answered by no success (a timeout, a connection lost, a 5xx after an
+/// attempt whose answer never came: any attempt may have landed), or recorded as an intent by
+/// an earlier run of the chunk. Read once, fresh: if any part of that write is in place, the
+/// user is `applied` with that part (`decide::settled`), for the record must hold every write
+/// that reached the target; else, or if the read fails too, `failure` stands. One read, spent
+/// only on a user who would otherwise fail.
+pub(super) async fn read_back_or(
+    report: &Report<'_>,
+    sent: Option<&RoleChange>,
+    tally: &CallTally,
+    failure: UserResult,
+) -> UserResult {
+    if !matches!(failure, UserResult::Rows { .. }) {
+        // Not a final outcome (retried, skipped, target-wide): the next run reads the user.
+        return failure;
+    }
+    let prior = sent
+        .map(|c| Intent {
+            added: &c.added,
+            removed: &c.removed,
+        })
+        .or_else(|| stored_intent(report.user));
+    let Some(prior) = prior else {
+        return failure;
+    };
+    let found = match find_user(report.deps, None, &report.user.external_id, tally).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read back a user whose write may have landed; recorded failed");
+            return failure;
+        }
+    };
+    let Ok(user) = report.one_user(found) else {
+        return failure;
+    };
+    match settled(&user.role_names(), prior) {
+        Some(change) => report.applied(&user.id, &change),
+        None => failure,
     }
 }

@@ -262,6 +262,10 @@ pub(super) async fn sync_user(
                 }
             }
             Err(ScimError::NotFound) => return report.deleted(),
+            Err(e @ ScimError::Unavailable { .. }) => {
+                let failure = report.call_failed(e);
+                return read_back_or(&report, Some(&change), tally, failure).await;
+            }
             Err(e) => return report.call_failed(e),
         };
     }
