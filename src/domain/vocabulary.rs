@@ -298,7 +298,7 @@ mod tests {
             .unwrap_or_default();
         assert!(
             err.contains("jobs:delete")
-                && err.contains("jobs:write, jobs:read, roles:privileged, admin"),
+                && err.contains("jobs:write, jobs:read, roles:privileged, events:write, admin"),
             "{err}"
         );
         assert_eq!(LogFormat::parse("xml"), None);
