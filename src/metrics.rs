@@ -72,6 +72,13 @@ pub struct Metrics {
     pub reconcile_drifted_users_total: IntCounter,
     pub conflicts_after_write_total: IntCounterVec,
     pub reconcile_schedule_runs_total: IntCounterVec,
+    /// The drift feed (pipeline::drift).
+    pub drift_polls_total: IntCounterVec,
+    pub drift_detected_total: IntCounterVec,
+    pub drift_fallback_scans_total: IntCounterVec,
+    pub drift_own_changes_ignored_total: IntCounter,
+    pub drift_checkpoint_age_seconds: IntGauge,
+    pub pushed_events_total: IntCounterVec,
     /// When the store-derived gauges were last read (`Instant`), and the lock that keeps
     /// concurrent scrapes to one store read.
     store_refreshed: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
@@ -254,6 +261,42 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            drift_polls_total: IntCounterVec::new(
+                opts(
+                    "drift_polls_total",
+                    "Polls of the drift feed (drift.source = audit) by this replica, by result: ok, fallback, error, lease_lost, reconcile_running",
+                ),
+                &["result"],
+            )?,
+            drift_detected_total: IntCounterVec::new(
+                opts(
+                    "drift_detected_total",
+                    "Users the drift feed found drifted by a hand change (role_sync.drift_detected with changed_by), by source: audit (polled), push (POST /v1/events/genesys)",
+                ),
+                &["source"],
+            )?,
+            drift_fallback_scans_total: IntCounterVec::new(
+                opts(
+                    "drift_fallback_scans_total",
+                    "Full scans the drift feed started instead of reading the audit trail, by cause: feed_failed, too_many_changes",
+                ),
+                &["cause"],
+            )?,
+            drift_own_changes_ignored_total: IntCounter::with_opts(opts(
+                "drift_own_changes_ignored_total",
+                "Audit messages of role changes made by rolesync's own OAuth client, ignored by the drift feed",
+            ))?,
+            drift_checkpoint_age_seconds: IntGauge::with_opts(opts(
+                "drift_checkpoint_age_seconds",
+                "Seconds between now and the drift feed's checkpoint after this replica's last poll (0 before one)",
+            ))?,
+            pushed_events_total: IntCounterVec::new(
+                opts(
+                    "pushed_events_total",
+                    "Events pushed to POST /v1/events/genesys, by result: accepted, duplicate, ignored (not a role change)",
+                ),
+                &["result"],
+            )?,
             store_refreshed: Arc::new(tokio::sync::Mutex::new(None)),
             registry,
         };
@@ -291,6 +334,12 @@ impl Metrics {
         r.register(Box::new(m.store_up.clone()))?;
         r.register(Box::new(m.reconcile_drifted_users_total.clone()))?;
         r.register(Box::new(m.reconcile_schedule_runs_total.clone()))?;
+        r.register(Box::new(m.drift_polls_total.clone()))?;
+        r.register(Box::new(m.drift_detected_total.clone()))?;
+        r.register(Box::new(m.drift_fallback_scans_total.clone()))?;
+        r.register(Box::new(m.drift_own_changes_ignored_total.clone()))?;
+        r.register(Box::new(m.drift_checkpoint_age_seconds.clone()))?;
+        r.register(Box::new(m.pushed_events_total.clone()))?;
         // CPU, memory, open file descriptors, threads, start time: `process_*`, unprefixed as
         // every Prometheus client names them. Linux only (read from /proc).
         #[cfg(target_os = "linux")]
@@ -322,6 +371,19 @@ impl Metrics {
         }
         for result in SCHEDULE_RESULTS {
             m.reconcile_schedule_runs_total.with_label_values(&[result]);
+        }
+        for result in crate::domain::DriftPollResult::ALL {
+            m.drift_polls_total.with_label_values(&[result.as_str()]);
+        }
+        for source in ["audit", "push"] {
+            m.drift_detected_total.with_label_values(&[source]);
+        }
+        for cause in crate::domain::DriftFallback::ALL {
+            m.drift_fallback_scans_total
+                .with_label_values(&[cause.as_str()]);
+        }
+        for result in ["accepted", "duplicate", "ignored"] {
+            m.pushed_events_total.with_label_values(&[result]);
         }
         Ok(m)
     }

@@ -132,7 +132,15 @@ fn shared_set<S: serde::Serializer>(set: &Arc<PermissionSet>, s: S) -> Result<S:
 /// state (the last role set a job applied to them) implies in the reconcile's mode.
 #[derive(Debug, Serialize)]
 pub struct RoleSyncDriftDetected<'a> {
-    pub job_id: &'a str,
+    /// The reconcile that found the user, or that fixes them (the drift feed with
+    /// `drift.fix`); null when the feed found them and reports only.
+    pub job_id: Option<&'a str>,
+    /// `scan` (a reconcile read every user) or `audit` (the audit trail named the user).
+    pub source: crate::domain::DriftSource,
+    /// Who made the change, when the audit trail says (null for a scan).
+    pub changed_by: Option<&'a crate::pipeline::ChangedBy>,
+    /// When the change was made (ISO 8601, as the audit trail gives it; null for a scan).
+    pub changed_at: Option<&'a str>,
     pub external_id: &'a str,
     pub user_id: &'a str,
     pub mode: crate::domain::Mode,
@@ -518,6 +526,7 @@ mod tests {
             original_job_id: None,
             reverted_by: None,
             revert_force: false,
+            reason: None,
         };
         let old = json!({
             "job_id": job.id,

@@ -7,9 +7,10 @@
 //! Layout: this module loads and layers the settings and runs the checks; each section (or
 //! group of sections) has a file with its types, defaults and checks: `server` (`[server]`,
 //! `[store]`, `[ingest]`), `target`, `sync`, `webhooks` (`[auth]`, `[webhooks]`),
-//! `observability` (`[log]`, `[telemetry]`, `[reconcile]`); `origin` tells which target keys
+//! `observability` (`[log]`, `[telemetry]`, `[reconcile]`), `drift` (`[drift]`); `origin` tells which target keys
 //! an operator's layers set.
 
+mod drift;
 mod observability;
 mod origin;
 mod server;
@@ -17,6 +18,7 @@ mod sync;
 mod target;
 mod webhooks;
 
+pub use drift::{DriftSettings, DriftSource};
 pub use observability::{LogSettings, ReconcileSettings, TelemetrySettings};
 pub use origin::{TARGET_KEYS_HELP, target_keys_from_defaults};
 pub use server::{IngestSettings, ServerSettings, StoreSettings};
@@ -51,6 +53,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     #[serde(default)]
     pub reconcile: ReconcileSettings,
+    #[serde(default)]
+    pub drift: DriftSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +151,7 @@ impl Settings {
         self.check_webhooks()?;
         self.check_ingest()?;
         self.check_telemetry()?;
+        self.check_drift()?;
         self.reconcile
             .cron()
             .map_err(|e| invalid("reconcile.schedule", e))?;

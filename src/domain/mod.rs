@@ -11,7 +11,8 @@ pub use job::{
     Approval, Counts, Estimate, JobKind, JobStatus, Leavers, Outcome, PrivilegedGrants, ReasonCode,
 };
 pub use vocabulary::{
-    ApprovalReason, CheckId, CheckStatus, DeliveryStatus, EventType, LogFormat, PausedReason,
-    ReadMethod, ScimCallOutcome, ScimRetryReason, Scope, WriteApi,
+    ApprovalReason, CheckId, CheckStatus, DeliveryStatus, DriftFallback, DriftPollResult,
+    DriftSource, EventType, LogFormat, PausedReason, ReadMethod, ScimCallOutcome, ScimRetryReason,
+    Scope, WriteApi,
 };
 pub use webhook_secret::WebhookSecret;

@@ -92,8 +92,48 @@ vocabulary! {
         JobsRead = "jobs:read",
         /// Submit jobs that grant the policy's privileged roles without waiting for approval.
         RolesPrivileged = "roles:privileged",
+        /// Push Genesys audit events (`POST /v1/events/genesys`, from Amazon EventBridge).
+        EventsWrite = "events:write",
         /// Implies every other scope.
         Admin = "admin",
+    }
+}
+
+vocabulary! {
+    /// Where drift is looked for between scans (`drift.source`).
+    #[derive(Default)]
+    pub enum DriftSource {
+        /// Only the scheduled reconcile of `[reconcile]` (a full scan).
+        #[default]
+        Scan = "scan",
+        /// Genesys' audit trail, polled every `drift.poll_secs`, with the scan as a backstop.
+        Audit = "audit",
+    }
+}
+
+vocabulary! {
+    /// What one poll of the drift feed came to (`rolesync_drift_polls_total`).
+    pub enum DriftPollResult {
+        /// Read and handled; the checkpoint moved.
+        Ok = "ok",
+        /// Fell back to a full scan (`rolesync_drift_fallback_scans_total` says why).
+        Fallback = "fallback",
+        /// Failed before it was committed (a read back or the store): tried again next poll.
+        Error = "error",
+        /// Another replica took the feed's lease meanwhile: nothing was stored.
+        LeaseLost = "lease_lost",
+        /// A reconcile was open, so its fix (or scan) could not start: tried again next poll.
+        ReconcileRunning = "reconcile_running",
+    }
+}
+
+vocabulary! {
+    /// Why the drift feed fell back to a full scan (`rolesync_drift_fallback_scans_total`).
+    pub enum DriftFallback {
+        /// The audit query failed (refused, unreachable, or an async query that did not succeed).
+        FeedFailed = "feed_failed",
+        /// More changed users, or messages, than one poll reads: a scan is cheaper.
+        TooManyChanges = "too_many_changes",
     }
 }
 
@@ -258,7 +298,7 @@ mod tests {
             .unwrap_or_default();
         assert!(
             err.contains("jobs:delete")
-                && err.contains("jobs:write, jobs:read, roles:privileged, admin"),
+                && err.contains("jobs:write, jobs:read, roles:privileged, events:write, admin"),
             "{err}"
         );
         assert_eq!(LogFormat::parse("xml"), None);

@@ -35,7 +35,7 @@ const BEARER: &str = "bearer";
         title = "rolesync",
         description = "Keeps Genesys Cloud user roles in step with an HR system.\n\n\
             Every `/v1` operation needs `Authorization: Bearer <api key>`; a key carries scopes \
-            (`jobs:write`, `jobs:read`, `roles:privileged`, `admin`, which implies the others), \
+            (`jobs:write`, `jobs:read`, `roles:privileged`, `events:write`, `admin`, which implies the others), \
             and each operation names the one it needs. Errors are `application/problem+json` \
             (RFC 9457), naming the field or line at fault. `/healthz`, `/readyz`, `/metrics` and \
             this document need no key."
@@ -44,6 +44,7 @@ const BEARER: &str = "bearer";
         (name = "jobs", description = "Submit batches, follow jobs, read their rows; validate a batch without a job"),
         (name = "policy", description = "The access policy in force"),
         (name = "webhooks", description = "The audit outbox: webhook deliveries"),
+        (name = "drift", description = "Genesys audit events pushed by Amazon EventBridge: drift found as it happens"),
         (name = "target", description = "The Genesys Cloud org rolesync writes to: a preflight of it"),
         (name = "operations", description = "Liveness, readiness, metrics and this document; no API key"),
     ),

@@ -10,6 +10,7 @@
 mod access;
 pub mod auth;
 mod docs;
+mod events;
 mod health;
 mod items_csv;
 mod jobs;
@@ -93,6 +94,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::approve))
         .routes(routes!(undo::revert))
         .routes(routes!(undo::reconcile))
+        .routes(routes!(events::push))
         .routes(routes!(validate::validate))
         .routes(routes!(policy::get))
         .routes(routes!(policy::role))

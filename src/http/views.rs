@@ -54,6 +54,11 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(required = false, nullable = false)]
     pub force: Option<bool>,
+    /// Why a job no person asked for was started: the drift feed's reconcile over the users it
+    /// found changed by hand, or its fall back to a full scan (and why). Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, nullable = false)]
+    pub reason: Option<String>,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: Option<String>,
@@ -126,6 +131,7 @@ impl JobView {
             original_job_id: job.original_job_id.clone(),
             reverted_by: job.reverted_by.clone(),
             force: (job.kind == JobKind::Revert).then_some(job.revert_force),
+            reason: job.reason.clone(),
             created_at: rfc3339(Some(job.created_at_ms)),
             started_at: rfc3339(job.started_at_ms),
             finished_at: rfc3339(job.finished_at_ms),

@@ -21,6 +21,7 @@
 mod bulk;
 mod circuit;
 mod decide;
+pub(crate) mod drift;
 pub(crate) mod fence;
 mod intake;
 pub(crate) mod lifecycle;
@@ -37,6 +38,7 @@ mod users;
 mod validate;
 
 pub use circuit::Circuit;
+pub use drift::ChangedBy;
 pub(crate) use validate::judge_stored;
 
 use crate::audit::EventFactory;
@@ -146,6 +148,9 @@ impl Pipeline {
         // Checked at start-up: an invalid schedule never gets this far.
         if let Ok(Some(cron)) = deps.settings.reconcile.cron() {
             background.spawn(schedule::run(deps.clone(), cron, stop_all.clone()));
+        }
+        if deps.settings.drift.source == crate::domain::DriftSource::Audit {
+            background.spawn(drift::run(deps.clone(), stop_all.clone()));
         }
         background.close();
         Pipeline {

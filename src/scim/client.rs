@@ -21,7 +21,9 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+mod audits;
 mod catalog;
+pub use audits::QueryState;
 pub use catalog::{AuthzCatalog, RoleCatalog};
 
 pub struct ScimClient {
@@ -65,7 +67,7 @@ const PLAIN_JSON: &str = "application/json";
 
 impl Call<'_> {
     fn content_type(&self) -> &'static str {
-        if self.route.starts_with("/authorization/") {
+        if self.route.starts_with("/authorization/") || self.route.starts_with("/audits/") {
             PLAIN_JSON
         } else {
             SCIM_JSON

@@ -512,7 +512,8 @@ impl Store {
     }
 
     /// Deletes finished jobs (and their rows and chunks) older than `before_ms`, delivered and
-    /// dead webhook deliveries older than that, and expired idempotency keys.
+    /// dead webhook deliveries older than that, the ids of events pushed before it, and
+    /// expired idempotency keys.
     pub async fn prune(&self, before_ms: i64) -> StoreResult<u64> {
         let now = now_ms();
         dual!(&self.backend, |p, DB| {
@@ -536,6 +537,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             sqlx::query("DELETE FROM user_ids WHERE seen_at_ms < $1")
+                .bind(before_ms)
+                .execute(&mut *tx)
+                .await?;
+            // Ids of pushed events past retention: redeliveries come within days.
+            sqlx::query("DELETE FROM pushed_events WHERE received_at_ms < $1")
                 .bind(before_ms)
                 .execute(&mut *tx)
                 .await?;

@@ -24,6 +24,7 @@
 //! - a chunk's results are committed only while its lease is held by the committer, so a chunk
 //!   re-claimed after its owner died is never committed twice.
 
+mod drift;
 mod ingest;
 mod jobs;
 mod outbox;
@@ -39,6 +40,7 @@ pub(crate) use records::{
 };
 // Public: read outside the crate (`get_job`, `list_items` in tests/) or named by public
 // functions of other modules (`job_view`, `validate_rows`, `EventFactory::event`).
+pub(crate) use drift::{FeedClaim, FeedCommit, PollCommit, PollJob};
 pub(crate) use ingest::Ingest;
 pub(crate) use planning::{ANALYZE_JOB_ROWS, Analyzed, GeneratedRow, Overflow};
 pub use records::{ItemRecord, JobGroup, JobRecord, OutboxEvent, Reason, RowResult, StoreGauges};

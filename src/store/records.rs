@@ -105,6 +105,7 @@ pub(super) struct JobRow {
     original_job_id: Option<String>,
     reverted_by: Option<String>,
     revert_force: i64,
+    reason: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +143,8 @@ pub struct JobRecord {
     pub reverted_by: Option<String>,
     /// A revert applies the inverse delta to users changed since (`?force=true`).
     pub revert_force: bool,
+    /// Why a generated job was started when no person asked for it (the drift feed).
+    pub reason: Option<String>,
 }
 
 impl TryFrom<JobRow> for JobRecord {
@@ -195,6 +198,7 @@ impl TryFrom<JobRow> for JobRecord {
             original_job_id: r.original_job_id,
             reverted_by: r.reverted_by,
             revert_force: r.revert_force != 0,
+            reason: r.reason,
             id: r.id,
         })
     }

@@ -148,6 +148,9 @@ macro_rules! insert_reconcile {
     }};
 }
 
+// The drift feed's jobs (`drift.rs`) are made by the same statements.
+pub(super) use {insert_generated_job, insert_reconcile};
+
 impl Store {
     /// Stores a revert of `original_id`: one row per user the original applied a change to
     /// (its first applied row of that user), asking for the roles the original found

@@ -7,6 +7,7 @@ mod bulk;
 mod cli;
 mod console;
 mod doctor;
+mod drift;
 mod durability;
 mod effective_dates;
 mod fencing;

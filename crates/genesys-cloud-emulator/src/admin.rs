@@ -9,6 +9,7 @@
 //!   particular calls (see `staged.rs`).
 //! - `GET /emulator/stats`, `POST /emulator/stats/reset`.
 //! - `GET /emulator/writes?after&limit`: the log of accepted role writes (`writes.rs`).
+//! - `GET|POST /emulator/audits`: the audit trail's knobs (`audit_api.rs`).
 //! - `POST /emulator/reset`: users, the write log, stats and tokens cleared; faults off,
 //!   nothing staged.
 
@@ -209,6 +210,10 @@ pub fn router() -> Router<Shared> {
         .route("/stats/reset", post(reset_stats))
         .route("/reset", post(reset))
         .route("/writes", get(crate::writes::get_writes))
+        .route(
+            "/audits",
+            get(crate::audit_api::get_admin).post(crate::audit_api::set_admin),
+        )
 }
 
 fn ok(body: &Value) -> Response {
@@ -381,5 +386,6 @@ async fn reset(State(shared): State<Shared>) -> Response {
     shared.stats.reset();
     shared.tokens.clear();
     shared.faults.reset();
+    shared.audits.reset();
     ok(&json!({"reset": true}))
 }

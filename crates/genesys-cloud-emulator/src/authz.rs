@@ -249,6 +249,32 @@ pub(crate) async fn remove_role_users(
     }
 }
 
+/// `PUT /api/v2/authorization/roles/{roleId}/users/add`: a JSON array of user ids → 200 with
+/// the ids; grants the role to each in the home division (as a bulk grant does). Needs
+/// `authorization:grant:add`.
+pub(crate) async fn add_role_users(
+    State(shared): State<Shared>,
+    writer: WriteCtx,
+    Path(role_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        require(&shared, GRANT_ADD)?;
+        let role = role_name(&shared, &role_id)?;
+        let body = read_json(&headers, body, MAX_BODY).await?;
+        delete_staged(&shared);
+        let ids = subject_ids(&shared, Some(&body), "the body")?;
+        apply(&shared, &writer, &ids, &role, true);
+        Ok::<_, ApiError>(ids)
+    }
+    .await;
+    match result {
+        Ok(ids) => json_response(StatusCode::OK, JSON_CONTENT_TYPE, &json!(ids)),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// `GET /api/v2/authorization/divisions/{divisionId}/grants`.
 pub(crate) async fn division_grants(
     State(shared): State<Shared>,

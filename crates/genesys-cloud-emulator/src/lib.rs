@@ -23,6 +23,8 @@
 
 mod admin;
 mod args;
+mod audit_api;
+mod audit_trail;
 mod authz;
 mod discovery;
 mod errors;
@@ -87,6 +89,9 @@ pub(crate) struct Emulator {
     pub writes: writes::WriteLog,
     /// The org's one division, where every grant lives (`authz.rs`).
     pub home_division: authz::Division,
+    /// The audit API's async query executions and knobs (`audit_api.rs`); the trail itself
+    /// is kept beside the write log (`writes.trail`).
+    pub audits: audit_api::Audits,
 }
 
 pub(crate) type Shared = Arc<Emulator>;
@@ -127,6 +132,7 @@ impl Emulator {
             stats: admin::Stats::default(),
             writes: writes::WriteLog::default(),
             home_division: authz::Division::home(),
+            audits: audit_api::Audits::default(),
             args,
         };
         emulator.seed_users(emulator.args.users)?;

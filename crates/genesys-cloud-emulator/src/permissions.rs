@@ -11,6 +11,8 @@ pub const ROLE_VIEW: &str = "authorization:role:view";
 pub const GRANT_ADD: &str = "authorization:grant:add";
 pub const GRANT_DELETE: &str = "authorization:grant:delete";
 pub const GRANT_VIEW: &str = "authorization:grant:view";
+/// Every audit query endpoint (AuditApi).
+pub const AUDIT_VIEW: &str = "audits:audit:view";
 
 /// 403 `missing.permissions` unless the OAuth client holds `permission` (see the fault
 /// `missing_permissions`).

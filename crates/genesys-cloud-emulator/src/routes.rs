@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 
 use crate::Shared;
-use crate::{admin, authz, discovery, errors, oauth, roles, scim};
+use crate::{admin, audit_api, authz, discovery, errors, oauth, roles, scim};
 
 /// Lower-cases the resource segment of a SCIM path (`/api/v2/scim/v2/Users/…` →
 /// `/api/v2/scim/v2/users/…`) so RFC-spelt paths reach the Genesys routes.
@@ -116,6 +116,28 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route(
             "/api/v2/authorization/roles/{roleId}/users/remove",
             put(authz::remove_role_users),
+        )
+        .route(
+            "/api/v2/authorization/roles/{roleId}/users/add",
+            put(authz::add_role_users),
+        )
+        .route("/api/v2/audits/query", post(audit_api::create_query))
+        .route("/api/v2/audits/query/realtime", post(audit_api::realtime))
+        .route(
+            "/api/v2/audits/query/servicemapping",
+            get(audit_api::service_mapping),
+        )
+        .route(
+            "/api/v2/audits/query/realtime/servicemapping",
+            get(audit_api::service_mapping),
+        )
+        .route(
+            "/api/v2/audits/query/{transactionId}",
+            get(audit_api::query_status),
+        )
+        .route(
+            "/api/v2/audits/query/{transactionId}/results",
+            get(audit_api::query_results),
         )
         .route(
             "/api/v2/authorization/divisions/home",

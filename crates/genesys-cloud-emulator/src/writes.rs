@@ -53,6 +53,19 @@ pub enum Via {
     BulkRemove,
 }
 
+impl Via {
+    /// The snake-case name, as `GET /emulator/writes` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::ScimPatch => "scim_patch",
+            Via::ScimPut => "scim_put",
+            Via::ScimPost => "scim_post",
+            Via::BulkGrant => "bulk_grant",
+            Via::BulkRemove => "bulk_remove",
+        }
+    }
+}
+
 /// The OAuth client of the request's token; the API guard (`ratelimit.rs`) puts it in the
 /// request's extensions.
 #[derive(Debug, Clone)]
@@ -113,6 +126,14 @@ impl Audit<'_> {
         if before == after {
             return;
         }
+        // The org's audit trail too (README, Audit trail): one message per role changed.
+        self.log.trail.record(
+            &self.ctx.client_id,
+            self.via.as_str(),
+            user_id,
+            before,
+            after,
+        );
         let at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -155,6 +176,8 @@ struct Inner {
 pub struct WriteLog {
     inner: Mutex<Inner>,
     cap: usize,
+    /// The org's audit trail, fed by the same calls (`audit_trail.rs`).
+    pub trail: crate::audit_trail::AuditTrail,
 }
 
 impl Default for WriteLog {
@@ -180,6 +203,7 @@ impl WriteLog {
                 dropped: 0,
             }),
             cap: cap.max(1),
+            trail: crate::audit_trail::AuditTrail::default(),
         }
     }
 
@@ -217,6 +241,7 @@ impl WriteLog {
 
     /// Empties the log; seq starts again at 1 (`POST /emulator/reset`).
     pub fn clear(&self) {
+        self.trail.clear();
         let mut inner = lock(&self.inner);
         inner.entries = VecDeque::new();
         inner.last_seq = 0;

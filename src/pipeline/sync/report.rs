@@ -217,6 +217,13 @@ impl Report<'_> {
         if job.kind != JobKind::Reconcile || change.is_empty() {
             return Drift::default();
         }
+        // The drift feed's fix: the feed reported the user already, with who and when.
+        if crate::pipeline::drift::is_feed_fix(job) {
+            return Drift {
+                found: true,
+                event: None,
+            };
+        }
         let desired = u.desired(self.policy);
         let fixed = !job.dry_run;
         tracing::info!(
@@ -237,7 +244,10 @@ impl Report<'_> {
         let event = self.deps.events.event(
             EventType::DriftDetected,
             RoleSyncDriftDetected {
-                job_id: &job.id,
+                job_id: Some(&job.id),
+                source: crate::domain::DriftSource::Scan,
+                changed_by: None,
+                changed_at: None,
                 external_id: &u.external_id,
                 user_id,
                 mode: job.mode,
