@@ -3,7 +3,7 @@
 
 use super::StoreError;
 use crate::domain::{
-    Action, Approval, Counts, Estimate, JobKind, JobStatus, Mode, Outcome, PausedReason,
+    Action, Approval, Counts, Estimate, JobKind, JobStatus, Mode, Outcome, PausedReason, Principal,
     ReasonCode, Roster,
 };
 
@@ -24,6 +24,8 @@ pub(crate) struct NewJob {
     pub privileged_allowed: bool,
     /// `role_sync.rejected` of the rows that could not be read, stored with the job.
     pub events: Vec<OutboxEvent>,
+    /// Who submitted it.
+    pub submitted_by: Option<Principal>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +107,9 @@ pub(super) struct JobRow {
     original_job_id: Option<String>,
     reverted_by: Option<String>,
     revert_force: i64,
+    submitted_by: Option<String>,
+    approved_by: Option<String>,
+    cancelled_by: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +147,10 @@ pub struct JobRecord {
     pub reverted_by: Option<String>,
     /// A revert applies the inverse delta to users changed since (`?force=true`).
     pub revert_force: bool,
+    /// Who submitted the job (a key, a token, rolesync's schedule); None before migration 0013.
+    pub submitted_by: Option<Principal>,
+    pub approved_by: Option<Principal>,
+    pub cancelled_by: Option<Principal>,
 }
 
 impl TryFrom<JobRow> for JobRecord {
@@ -195,6 +204,9 @@ impl TryFrom<JobRow> for JobRecord {
             original_job_id: r.original_job_id,
             reverted_by: r.reverted_by,
             revert_force: r.revert_force != 0,
+            submitted_by: r.submitted_by.as_deref().and_then(Principal::from_json),
+            approved_by: r.approved_by.as_deref().and_then(Principal::from_json),
+            cancelled_by: r.cancelled_by.as_deref().and_then(Principal::from_json),
             id: r.id,
         })
     }
