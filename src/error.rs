@@ -29,8 +29,9 @@ pub enum ApiError {
         detail: String,
         errors: Vec<FieldError>,
     },
-    /// `401 Unauthorized`: no or unknown API key.
-    #[error("a valid API key is required")]
+    /// `401 Unauthorized`: no credential, an unknown API key, or a bearer token that does not
+    /// verify (the reason is counted and logged as a word, never told).
+    #[error("a valid API key or bearer token is required")]
     Unauthorized,
     /// `403 Forbidden`: the key lacks the scope.
     #[error("this API key lacks the scope `{0}`")]

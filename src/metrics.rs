@@ -12,7 +12,7 @@
 //!   pending, the oldest unfinished job, the webhook outbox. They describe the shared store, so
 //!   every replica reports the same values: aggregate them with `max`, never `sum`.
 
-use crate::domain::{JobStatus, Outcome, PausedReason, ScimRetryReason};
+use crate::domain::{AuthFailure, JobStatus, Outcome, PausedReason, ScimRetryReason};
 use crate::store::StoreGauges;
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -79,6 +79,13 @@ pub struct Metrics {
     pub drift_own_changes_ignored_total: IntCounter,
     pub drift_checkpoint_age_seconds: IntGauge,
     pub pushed_events_total: IntCounterVec,
+    /// Failed authentications by reason (`AuthFailure`).
+    pub auth_failures_total: IntCounterVec,
+    /// When each API key name was last used (Unix seconds); no key material.
+    pub auth_key_last_used_seconds: IntGaugeVec,
+    /// JWKS reads, by result (`ok`, `error`).
+    pub auth_jwks_fetches_total: IntCounterVec,
+    pub auth_keys_reload_errors_total: IntCounter,
     /// When the store-derived gauges were last read (`Instant`), and the lock that keeps
     /// concurrent scrapes to one store read.
     store_refreshed: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
@@ -208,6 +215,31 @@ impl Metrics {
                 .buckets(HTTP_BUCKETS.to_vec()),
                 &["method", "route"],
             )?,
+            auth_failures_total: IntCounterVec::new(
+                opts(
+                    "auth_failures_total",
+                    "Failed authentications (/v1 and the console), by reason; `limited` counts requests refused 429 because their address failed too often",
+                ),
+                &["reason"],
+            )?,
+            auth_key_last_used_seconds: IntGaugeVec::new(
+                opts(
+                    "auth_key_last_used_timestamp_seconds",
+                    "When an API key of this name last authenticated a request (Unix time)",
+                ),
+                &["key"],
+            )?,
+            auth_jwks_fetches_total: IntCounterVec::new(
+                opts(
+                    "auth_jwks_fetches_total",
+                    "Reads of an issuer's JWKS (at start, on an unknown kid at most once a minute, hourly), by result",
+                ),
+                &["result"],
+            )?,
+            auth_keys_reload_errors_total: IntCounter::with_opts(opts(
+                "auth_keys_reload_errors_total",
+                "Reloads of auth.keys_file refused (unreadable or invalid); the keys in force stay",
+            ))?,
             policy_reload_errors_total: IntCounter::with_opts(opts(
                 "policy_reload_errors_total",
                 "Policy reloads refused because the new policy is invalid",
@@ -325,6 +357,10 @@ impl Metrics {
         r.register(Box::new(m.http_requests_total.clone()))?;
         r.register(Box::new(m.http_request_duration_seconds.clone()))?;
         r.register(Box::new(m.policy_reload_errors_total.clone()))?;
+        r.register(Box::new(m.auth_failures_total.clone()))?;
+        r.register(Box::new(m.auth_key_last_used_seconds.clone()))?;
+        r.register(Box::new(m.auth_jwks_fetches_total.clone()))?;
+        r.register(Box::new(m.auth_keys_reload_errors_total.clone()))?;
         r.register(Box::new(m.policy_valid.clone()))?;
         r.register(Box::new(m.pipeline_restarts_total.clone()))?;
         r.register(Box::new(m.jobs.clone()))?;
@@ -384,6 +420,13 @@ impl Metrics {
         }
         for result in ["accepted", "duplicate", "ignored"] {
             m.pushed_events_total.with_label_values(&[result]);
+        }
+        for reason in AuthFailure::ALL {
+            m.auth_failures_total.with_label_values(&[reason.as_str()]);
+        }
+        m.auth_failures_total.with_label_values(&["limited"]);
+        for result in ["ok", "error"] {
+            m.auth_jwks_fetches_total.with_label_values(&[result]);
         }
         Ok(m)
     }

@@ -3,7 +3,7 @@
 
 use crate::audit::{Dispatcher, EventFactory};
 use crate::configuration::Settings;
-use crate::http::auth::ApiKey;
+use crate::http::auth::Authenticator;
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
 use crate::pipeline::{Circuit, Deps, Pipeline};
@@ -87,14 +87,11 @@ impl Application {
             wake_dispatcher,
         )?;
         let pipeline = Arc::new(Pipeline::spawn(deps));
-        let keys: Vec<ApiKey> = settings
-            .auth
-            .keys
-            .iter()
-            .filter_map(ApiKey::from_settings)
-            .collect();
-        if keys.is_empty() {
-            tracing::warn!("no API keys configured (auth.keys): every /v1 call will answer 401");
+        let auth = Authenticator::new(&settings.auth, metrics.clone())?;
+        if auth.keys.current().is_empty() && auth.issuers() == 0 {
+            tracing::warn!(
+                "no API keys (auth.keys, auth.keys_file) nor token issuers (auth.issuers) configured: every /v1 call will answer 401"
+            );
         }
         let ingests = Arc::new(crate::http::IngestSlots::new(
             settings.server.max_ingests,
@@ -105,7 +102,7 @@ impl Application {
             policy: live,
             metrics,
             settings,
-            keys: Arc::new(keys),
+            auth: Arc::new(auth),
             events,
             pipeline: pipeline.clone(),
             circuit,
@@ -156,9 +153,13 @@ impl Application {
         let app = router(state.clone());
         let http_stop = stop_http.clone();
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(http_stop.cancelled_owned())
-                .await
+            // The peer's address is the source the failed-authentication limit counts by.
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .await
         });
 
         shutdown.await;
@@ -226,7 +227,8 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     }
 }
 
-/// Policy reload (SIGHUP or a change of the file's modification time) and retention pruning.
+/// Policy and API-key-file reloads (SIGHUP or a change of the file's modification time) and
+/// retention pruning.
 async fn housekeeping(state: AppState, stop: CancellationToken) {
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -252,6 +254,9 @@ async fn housekeeping(state: AppState, stop: CancellationToken) {
         if state.policy.file_changed() {
             reload = true;
         }
+        if reload || state.auth.keys.file_changed() {
+            reload_keys(&state);
+        }
         if reload {
             match state.policy.reload() {
                 Ok(()) => {
@@ -273,6 +278,20 @@ async fn housekeeping(state: AppState, stop: CancellationToken) {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot prune old jobs"),
             }
+        }
+    }
+}
+
+/// Reads `auth.keys_file` again; a file that does not read keeps the keys in force.
+fn reload_keys(state: &AppState) {
+    if !state.auth.keys.has_file() {
+        return;
+    }
+    match state.auth.keys.reload() {
+        Ok(n) => tracing::info!(keys = n, "API keys reloaded (auth.keys_file)"),
+        Err(e) => {
+            state.metrics.auth_keys_reload_errors_total.inc();
+            tracing::error!(error = %e, "API key file reload refused; the keys in force stay");
         }
     }
 }

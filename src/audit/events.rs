@@ -7,7 +7,7 @@
 //! fields: the bytes stay those of the `json!` payloads that came before the structs.
 
 use crate::configuration::WebhookSettings;
-use crate::domain::{Counts, EventType, JobStatus, Outcome, ReasonCode};
+use crate::domain::{Counts, EventType, JobStatus, Outcome, Principal, ReasonCode};
 use crate::policy::{PermissionSet, Policy, RoleChange, RoleSet};
 use crate::store::{JobRecord, OutboxEvent};
 use serde::Serialize;
@@ -39,6 +39,17 @@ impl EventFactory {
     ///
     /// `data` is one of the payload types below (a reference to one does too).
     pub fn event(&self, event_type: EventType, data: impl Serialize) -> Option<OutboxEvent> {
+        self.event_as(event_type, data, None)
+    }
+
+    /// `event`, for an act of `actor` (a job's events: the principal that submitted the job):
+    /// its `data` gains `actor` (`{"kind", "name", "issuer"?, "subject"?}`).
+    pub fn event_as(
+        &self,
+        event_type: EventType,
+        data: impl Serialize,
+        actor: Option<&Principal>,
+    ) -> Option<OutboxEvent> {
         let endpoints: Vec<String> = self
             .endpoints
             .iter()
@@ -49,7 +60,14 @@ impl EventFactory {
             return None;
         }
         let data = match serde_json::to_value(data) {
-            Ok(data) => data,
+            Ok(mut data) => {
+                if let (Some(actor), Some(object)) = (actor, data.as_object_mut())
+                    && let Ok(a) = serde_json::to_value(actor)
+                {
+                    object.insert("actor".into(), a);
+                }
+                data
+            }
             // Only a map with non-string keys fails, and no payload type has one.
             Err(e) => {
                 tracing::error!(event.type = event_type.as_str(), error = %e, "cannot serialise an audit event");
@@ -256,6 +274,11 @@ impl<'a> RoleSyncRejected<'a> {
 #[derive(Debug, Serialize)]
 pub struct JobFinished<'a> {
     pub job_id: &'a str,
+    /// Who released the job from approval, and who cancelled it (absent when nobody did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<&'a Principal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<&'a Principal>,
     pub status: JobStatus,
     pub counts: &'a Counts,
     pub users: JobUsers,
@@ -284,6 +307,8 @@ impl<'a> JobFinished<'a> {
     pub fn new(job: &'a JobRecord) -> JobFinished<'a> {
         JobFinished {
             job_id: &job.id,
+            approved_by: job.approved_by.as_ref(),
+            cancelled_by: job.cancelled_by.as_ref(),
             status: job.status,
             counts: &job.counts,
             users: JobUsers {
@@ -527,6 +552,9 @@ mod tests {
             reverted_by: None,
             revert_force: false,
             reason: None,
+            submitted_by: None,
+            approved_by: None,
+            cancelled_by: None,
         };
         let old = json!({
             "job_id": job.id,

@@ -8,10 +8,11 @@
 //!
 //! Both lines go to the tracing target `audit`. Role lists are JSON arrays as text
 //! (`["Agent","Employee"]`), since a log field holds one value. `request.id` is the
-//! `x-request-id` of the POST that submitted the job. Nothing else is logged: no tokens,
+//! `x-request-id` of the POST that submitted the job, `actor` who submitted it
+//! (`api_key:<name>`, `token:<name> (<issuer>#<subject>)`, `system:reconcile.schedule`). Nothing else is logged: no tokens,
 //! secrets or bodies.
 
-use crate::domain::Mode;
+use crate::domain::{Mode, Principal};
 use crate::policy::RoleChange;
 
 /// A role change written to the target for a job, as its audit line tells it.
@@ -27,6 +28,8 @@ pub(crate) struct RoleChangeLine {
     pub(crate) added: String,
     pub(crate) removed: String,
     pub(crate) mode: Mode,
+    /// Who asked for the change: the job's submitter (`Principal::label`), empty if unknown.
+    pub(crate) actor: String,
 }
 
 impl RoleChangeLine {
@@ -48,7 +51,14 @@ impl RoleChangeLine {
             added: json_text(&change.added),
             removed: json_text(&change.removed),
             mode,
+            actor: String::new(),
         }
+    }
+
+    /// The line of a change asked for by `actor` (the job's `submitted_by`).
+    pub(crate) fn by(mut self, actor: Option<&Principal>) -> RoleChangeLine {
+        self.actor = actor.map(Principal::label).unwrap_or_default();
+        self
     }
 
     /// The change is committed: `roles changed`, at `info`.
@@ -65,6 +75,7 @@ impl RoleChangeLine {
                 roles.added = %self.added,
                 roles.removed = %self.removed,
                 job.mode = self.mode.as_str(),
+                actor = %self.actor,
             },
             "roles changed"
         );
@@ -84,6 +95,7 @@ impl RoleChangeLine {
                 roles.added = %self.added,
                 roles.removed = %self.removed,
                 job.mode = self.mode.as_str(),
+                actor = %self.actor,
                 reason = %why,
             },
             "role write not recorded by this run; the chunk's next owner records it"

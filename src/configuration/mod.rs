@@ -6,10 +6,11 @@
 //!
 //! Layout: this module loads and layers the settings and runs the checks; each section (or
 //! group of sections) has a file with its types, defaults and checks: `server` (`[server]`,
-//! `[store]`, `[ingest]`), `target`, `sync`, `webhooks` (`[auth]`, `[webhooks]`),
-//! `observability` (`[log]`, `[telemetry]`, `[reconcile]`), `drift` (`[drift]`); `origin` tells which target keys
-//! an operator's layers set.
+//! `[store]`, `[ingest]`), `target`, `sync`, `auth`, `webhooks`,
+//! `observability` (`[log]`, `[telemetry]`, `[reconcile]`), `drift` (`[drift]`); `origin`
+//! tells which target keys an operator's layers set.
 
+mod auth;
 mod drift;
 mod observability;
 mod origin;
@@ -18,13 +19,17 @@ mod sync;
 mod target;
 mod webhooks;
 
+pub use auth::{
+    ApiKeySettings, AuthSettings, ConsoleSettings, FailedAuthSettings, IssuerGrant, IssuerSettings,
+    MAX_KEYS, OidcSettings, read_keys_file, session_key,
+};
 pub use drift::{DriftSettings, DriftSource};
 pub use observability::{LogSettings, ReconcileSettings, TelemetrySettings};
 pub use origin::{TARGET_KEYS_HELP, target_keys_from_defaults};
 pub use server::{IngestSettings, ServerSettings, StoreSettings};
 pub use sync::{ReadStrategy, SyncSettings};
 pub use target::{MAX_BULK_SUBJECTS, TargetProfile, TargetSettings};
-pub use webhooks::{ApiKeySettings, AuthSettings, WebhookEndpointSettings, WebhookSettings};
+pub use webhooks::{WebhookEndpointSettings, WebhookSettings};
 
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -133,6 +138,11 @@ impl Settings {
         }
         if let Some(path) = &self.target.bearer_token_file {
             self.target.bearer_token = Some(read_secret("target.bearer_token_file", path)?);
+        }
+        if let Some(o) = &mut self.auth.console.oidc
+            && let Some(path) = &o.client_secret_file
+        {
+            o.client_secret = Some(read_secret("auth.console.oidc.client_secret_file", path)?);
         }
         for ep in &mut self.webhooks.endpoints {
             if let Some(path) = &ep.secret_file {

@@ -1,27 +1,11 @@
-//! `[auth]` and `[webhooks]`: who may call rolesync, and where its audit events go.
+//! `[webhooks]`: where rolesync's audit events go.
 
 use super::check_url;
 use super::{ConfigError, Settings, invalid};
-use crate::domain::{EventType, Scope, WebhookSecret};
+use crate::domain::{EventType, WebhookSecret};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::path::PathBuf;
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct AuthSettings {
-    #[serde(default)]
-    pub keys: Vec<ApiKeySettings>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeySettings {
-    pub name: String,
-    /// Hex SHA-256 of the key: plain keys are never stored.
-    pub key_sha256: String,
-    pub scopes: Vec<Scope>,
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,21 +102,6 @@ impl WebhookEndpointSettings {
 }
 
 impl Settings {
-    /// `auth.keys`: each key a hex SHA-256 (its scopes are typed, checked while reading).
-    pub(super) fn check_auth(&self) -> Result<(), ConfigError> {
-        for key in &self.auth.keys {
-            let ok =
-                key.key_sha256.len() == 64 && key.key_sha256.chars().all(|c| c.is_ascii_hexdigit());
-            if !ok {
-                return Err(invalid(
-                    "auth.keys.key_sha256",
-                    format!("key `{}`: not a hex SHA-256", key.name),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// `webhooks.*`: endpoints with a `whsec_` secret and distinct names, and delivery bounds.
     pub(super) fn check_webhooks(&self) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();

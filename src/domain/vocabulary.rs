@@ -341,3 +341,78 @@ vocabulary! {
         Clock = "clock",
     }
 }
+
+vocabulary! {
+    /// A signature algorithm a bearer token may use (`auth.issuers.algorithms`): asymmetric
+    /// ones only, so neither `none` nor an HMAC (whose key a public key could be passed off as)
+    /// can even be configured.
+    pub enum JwtAlgorithm {
+        Rs256 = "RS256",
+        Rs384 = "RS384",
+        Rs512 = "RS512",
+        Ps256 = "PS256",
+        Ps384 = "PS384",
+        Ps512 = "PS512",
+        Es256 = "ES256",
+        Es384 = "ES384",
+        EdDsa = "EdDSA",
+    }
+}
+
+vocabulary! {
+    /// A token claim rolesync reads scopes from (`auth.issuers.grants.claim`).
+    pub enum TokenClaim {
+        /// OAuth's space-separated `scope` (Okta, most providers).
+        Scope = "scope",
+        /// Entra ID's delegated scopes, space-separated.
+        Scp = "scp",
+        /// App roles (Entra ID), or any array of role names.
+        Roles = "roles",
+        /// Group names or ids.
+        Groups = "groups",
+    }
+}
+
+vocabulary! {
+    /// Why an authentication failed (`rolesync_auth_failures_total{reason}`). Never more than
+    /// a word: the token or key itself is never recorded.
+    pub enum AuthFailure {
+        /// No `Authorization: Bearer …` (or no console cookie).
+        Missing = "missing",
+        /// Not a configured API key, and not a token either.
+        UnknownKey = "unknown_key",
+        /// Not a JWS rolesync can read (header or payload not base64url JSON, too long).
+        Malformed = "malformed",
+        /// An algorithm not allowed for the issuer (`none` and HMACs never are).
+        Algorithm = "algorithm",
+        /// No configured issuer has this `iss`.
+        Issuer = "issuer",
+        /// No key of the issuer's JWKS has this `kid`, even after a refresh.
+        UnknownKid = "unknown_kid",
+        /// The signature does not verify.
+        Signature = "signature",
+        /// `aud` is not the issuer's audience.
+        Audience = "audience",
+        /// `exp` is past (beyond the leeway).
+        Expired = "expired",
+        /// `nbf` is in the future (beyond the leeway).
+        NotYetValid = "not_yet_valid",
+        /// A required claim (`sub`, `exp`, `iss`, `aud`) is missing or not of its type.
+        Claims = "claims",
+        /// The issuer's JWKS could not be read.
+        JwksUnavailable = "jwks_unavailable",
+        /// A console session cookie that does not open, or has expired.
+        Session = "session",
+    }
+}
+
+vocabulary! {
+    /// Who a principal is: an API key, a bearer token, a console session, or rolesync itself.
+    pub enum PrincipalKind {
+        ApiKey = "api_key",
+        Token = "token",
+        Session = "session",
+        /// rolesync's own schedule (`reconcile.schedule`).
+        System = "system",
+    }
+}

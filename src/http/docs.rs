@@ -25,8 +25,10 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 pub const DOCS_PATH: &str = "/docs";
 /// Where the document is served.
 pub const OPENAPI_PATH: &str = "/openapi.json";
-/// The name of the security scheme every `/v1` operation requires.
+/// The names of the security schemes every `/v1` operation takes, either of them: an API key,
+/// or a bearer token (JWT) from a configured issuer.
 const BEARER: &str = "bearer";
+const TOKEN: &str = "token";
 
 /// The document's root; the operations come from the router (`super::api`).
 #[derive(OpenApi)]
@@ -34,9 +36,12 @@ const BEARER: &str = "bearer";
     info(
         title = "rolesync",
         description = "Keeps Genesys Cloud user roles in step with an HR system.\n\n\
-            Every `/v1` operation needs `Authorization: Bearer <api key>`; a key carries scopes \
-            (`jobs:write`, `jobs:read`, `roles:privileged`, `events:write`, `admin`, which implies the others), \
-            and each operation names the one it needs. Errors are `application/problem+json` \
+            Every `/v1` operation needs `Authorization: Bearer <api key>` (scheme `bearer`) or \
+            `Authorization: Bearer <JWT>` from a provider configured in `[[auth.issuers]]` \
+            (scheme `token`); a key, or a token's claims, carry scopes (`jobs:write`, \
+            `jobs:read`, `roles:privileged`, `events:write`, `admin`, which implies the others), and each \
+            operation names the one it needs. An address that fails to authenticate too often \
+            is answered 429 for a while (`auth.failures`). Errors are `application/problem+json` \
             (RFC 9457), naming the field or line at fault. `/healthz`, `/readyz`, `/metrics` and \
             this document need no key."
     ),
@@ -108,7 +113,21 @@ pub(super) fn complete(doc: &mut utoipa::openapi::OpenApi) {
             HttpBuilder::new()
                 .scheme(HttpAuthScheme::Bearer)
                 .description(Some(
-                    "An API key of `auth.keys` (configured by its SHA-256: `rolesync hash-key`).",
+                    "An API key of `auth.keys` or `auth.keys_file` (configured by its SHA-256: `rolesync hash-key`).",
+                ))
+                .build(),
+        ),
+    );
+    components.add_security_scheme(
+        TOKEN,
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .description(Some(
+                    "An access token (JWT, asymmetrically signed) from an issuer of `auth.issuers`: \
+                     `iss`, `aud`, `exp` and `nbf` are checked, and its claims map to scopes \
+                     (`auth.issuers.grants`).",
                 ))
                 .build(),
         ),
@@ -133,14 +152,23 @@ pub(super) fn complete(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-/// Every `/v1` handler takes a `Caller`: no key or an unknown one is a 401, before anything else;
-/// and a lasting store failure is a 500 on any of them.
+/// Every `/v1` handler takes a `Caller`: no key or an unknown one is a 401, before anything else,
+/// and an address over its limit of failures a 429; a lasting store failure is a 500 on any of
+/// them.
 fn require_key(op: &mut Operation) {
-    op.security = Some(vec![SecurityRequirement::new::<_, _, &str>(BEARER, [])]);
+    op.security = Some(vec![
+        SecurityRequirement::new::<_, _, &str>(BEARER, []),
+        SecurityRequirement::new::<_, _, &str>(TOKEN, []),
+    ]);
     let responses = &mut op.responses.responses;
     responses.entry("401".into()).or_insert_with(|| {
         RefOr::T(Response::new(
-            "No `Authorization: Bearer` key, or one that is not configured",
+            "No `Authorization: Bearer` credential, a key that is not configured, or a token that does not verify",
+        ))
+    });
+    responses.entry("429".into()).or_insert_with(|| {
+        RefOr::T(Response::new(
+            "This address failed to authenticate more than `auth.failures.max_failures` times in `auth.failures.window_secs`",
         ))
     });
     responses.entry("500".into()).or_insert_with(|| {

@@ -96,7 +96,7 @@ pub(super) const CSV_EXAMPLE: &str = "external_id,role_template,license_tier\nEM
         (status = 413, description = "Body over `server.max_body_bytes` after decoding, more rows than `server.max_rows_per_job`, or a gzip body expanding more than `ingest.max_expansion_ratio` times (past its first MiB)"),
         (status = 415, description = "A `Content-Type` other than the three formats"),
         (status = 422, description = "This `Idempotency-Key` was used with another body"),
-        (status = 429, description = "This API key already has `server.max_ingests_per_key` uploads in progress"),
+        (status = 429, description = "This caller (API key name, or token issuer and subject) already has `server.max_ingests_per_key` uploads in progress, or this address failed to authenticate too often (`auth.failures`)"),
         (status = 503, description = "Too many rows waiting to be synced (`server.max_pending_rows`), `server.max_ingests` uploads in progress, the service is shutting down, or the store is busy or unreachable"),
     )
 )]
@@ -111,7 +111,7 @@ pub async fn submit(
 ) -> ApiResult<Response> {
     caller.require(Scope::JobsWrite)?;
     // Held until the answer: before a byte of the body is read.
-    let _slot = state.ingests.take(&caller.key_name)?;
+    let _slot = state.ingests.take(&caller.principal.bucket())?;
     if state
         .shutting_down
         .load(std::sync::atomic::Ordering::Relaxed)
@@ -145,7 +145,7 @@ pub async fn submit(
             }
             // Scoped to the API key that sent it: one client's key never answers for another
             // (nor tells it which jobs exist). The unit separator cannot occur in either part.
-            Some(format!("{}\u{1f}{k}", caller.key_name))
+            Some(format!("{}\u{1f}{k}", caller.principal.bucket()))
         }
     };
     let max_pending = i64::try_from(state.settings.server.max_pending_rows).unwrap_or(i64::MAX);
@@ -202,10 +202,11 @@ pub async fn submit(
                 .iter()
                 .filter_map(|r| {
                     let defect = r.defect.as_deref()?;
-                    state.events.event(
+                    state.events.event_as(
                         EventType::RoleSyncRejected,
                         RoleSyncRejected::new(&job_id, r.line as i64, ReasonCode::MalformedRow, defect)
                             .of_row(&r.external_id, &r.role_template, &r.license_tier),
+                        Some(&caller.principal),
                     )
                 })
                 .collect()
@@ -225,6 +226,7 @@ pub async fn submit(
             traceparent,
             policy_fingerprint: Some(state.policy.current().fingerprint()),
             privileged_allowed: caller.require(Scope::RolesPrivileged).is_ok(),
+            submitted_by: Some(caller.principal.clone()),
             idempotency: idempotency_key.map(|key| IdempotencyClaim {
                 key,
                 body_sha256,
@@ -234,7 +236,7 @@ pub async fn submit(
         };
         let created = ingest.commit(&new, Some(max_pending)).await?;
         if created == CreateJob::Created {
-            tracing::info!(rows, body_bytes = spooled.bytes, mode = new.mode.as_str(), key = %caller.key_name, "job accepted");
+            tracing::info!(rows, body_bytes = spooled.bytes, mode = new.mode.as_str(), actor = %caller.principal.label(), "job accepted");
         }
         Ok::<_, ApiError>(created)
     }
@@ -500,7 +502,7 @@ pub async fn cancel(
             job.status.as_str()
         )));
     }
-    match pipeline::lifecycle::cancel(state.pipeline.deps(), &id, &caller.key_name).await? {
+    match pipeline::lifecycle::cancel(state.pipeline.deps(), &id, &caller.principal).await? {
         Some(job) => Ok(Json(JobView::new(&job))),
         // It ended between the read above and the cancel.
         None => {
@@ -545,8 +547,8 @@ pub async fn approve(
             job.status.as_str()
         )));
     }
-    if state.store.approve_job(&id).await? {
-        tracing::info!(job.id = %id, key = %caller.key_name, "job approved");
+    if state.store.approve_job(&id, &caller.principal).await? {
+        tracing::info!(target: "audit", { job.id = %id, actor = %caller.principal.label() }, "job approved");
         state.pipeline.deps().wake_claimer.notify_waiters();
     }
     let job = find(&state, &id).await?;

@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Circuit, Pipeline};
 use crate::policy::live::LivePolicy;
 use crate::store::Store;
-use auth::ApiKey;
+use auth::Authenticator;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
@@ -58,12 +58,13 @@ pub struct AppState {
     pub policy: Arc<LivePolicy>,
     pub metrics: Metrics,
     pub settings: Arc<Settings>,
-    pub keys: Arc<Vec<ApiKey>>,
+    /// API keys, token issuers and the failed-authentication limiter (`auth`).
+    pub auth: Arc<Authenticator>,
     pub events: EventFactory,
     pub pipeline: Arc<Pipeline>,
     pub circuit: Arc<Circuit>,
     pub shutting_down: Arc<AtomicBool>,
-    /// Uploads in progress, per API key and in all.
+    /// Uploads in progress, per principal and in all.
     pub ingests: Arc<slots::IngestSlots>,
     /// The target's client: its limiter tells whether calls are held (`waiting` on jobs,
     /// `rolesync_target_wait_seconds`).
@@ -126,7 +127,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(meter_compressed));
     Router::new()
         .merge(api)
-        .merge(ui::routes())
+        .merge(ui::routes(state.clone()))
         .merge(Router::from(docs::swagger_ui()))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), track_metrics))

@@ -76,7 +76,7 @@ pub async fn revert(
     let created = state.store.create_revert(&id, &job).await?;
     match created {
         RevertCreated::Created { users } => {
-            tracing::info!(job.id = %job.id, original = %id, users, dry_run = q.dry_run, force = q.force, key = %caller.key_name, "revert accepted");
+            tracing::info!(job.id = %job.id, original = %id, users, dry_run = q.dry_run, force = q.force, actor = %caller.principal.label(), "revert accepted");
             accepted(&state, &job.id).await
         }
         RevertCreated::NotFound => Err(ApiError::NotFound(format!("job {id} not found"))),
@@ -170,7 +170,7 @@ pub async fn reconcile(
                     users,
                     dry_run = body.dry_run,
                     job.mode = body.mode.as_str(),
-                    key = %caller.key_name,
+                    actor = %caller.principal.label(),
                 },
                 "reconcile started"
             );
@@ -221,6 +221,7 @@ fn new_job(
         policy_fingerprint: Some(state.policy.current().fingerprint()),
         privileged_allowed: caller.require(Scope::RolesPrivileged).is_ok(),
         revert_force: false,
+        submitted_by: caller.principal.clone(),
     }
 }
 

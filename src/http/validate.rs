@@ -51,7 +51,7 @@ pub const MAX_LISTED_ERRORS: usize = 1000;
         (status = 408, description = "The body took longer than `server.request_timeout_secs` to arrive"),
         (status = 413, description = "Body over `server.max_body_bytes` after decoding, more rows than `server.max_rows_per_job`, or a gzip body expanding more than `ingest.max_expansion_ratio` times (past its first MiB)"),
         (status = 415, description = "A `Content-Type` other than the three formats"),
-        (status = 429, description = "This API key already has `server.max_ingests_per_key` uploads in progress"),
+        (status = 429, description = "This caller (API key name, or token issuer and subject) already has `server.max_ingests_per_key` uploads in progress, or this address failed to authenticate too often (`auth.failures`)"),
         (status = 503, description = "`server.max_ingests` uploads in progress, or the store is busy or unreachable"),
     )
 )]
@@ -65,7 +65,7 @@ pub async fn validate(
 ) -> ApiResult<Json<ValidationReport>> {
     // The scope is checked, and a slot taken, before a byte of the body is read.
     caller.require(Scope::JobsWrite)?;
-    let _slot = state.ingests.take(&caller.key_name)?;
+    let _slot = state.ingests.take(&caller.principal.bucket())?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -142,6 +142,7 @@ async fn judge_in(
         policy_fingerprint: None,
         idempotency: None,
         privileged_allowed: false,
+        submitted_by: None,
     };
     ingest.commit(&new, None).await?;
     let users = judge_stored(store, JOB, policy, max_rows_per_user).await?;

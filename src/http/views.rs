@@ -5,7 +5,7 @@
 
 use crate::domain::{
     Action, Approval, Counts, DeliveryStatus, Estimate, JobKind, JobStatus, Mode, Outcome,
-    PausedReason, Roster,
+    PausedReason, Principal, Roster,
 };
 use crate::store::{ItemRecord, JobRecord, OutboxRecord, Reason, StoreError, now_ms};
 use serde::Serialize;
@@ -18,6 +18,9 @@ use utoipa::ToSchema;
     "status": "succeeded",
     "mode": "merge",
     "dry_run": false,
+    "submitted_by": {"kind": "api_key", "name": "hr-system"},
+    "approved_by": null,
+    "cancelled_by": null,
     "created_at": "2026-03-02T09:14:07.123Z",
     "started_at": "2026-03-02T09:14:07.480Z",
     "finished_at": "2026-03-02T09:14:09.012Z",
@@ -50,6 +53,13 @@ pub struct JobView {
     pub original_job_id: Option<String>,
     /// The latest real (not dry-run) revert of this job.
     pub reverted_by: Option<String>,
+    /// Who submitted the job: an API key (its name), a token (issuer, subject, name), or
+    /// rolesync's schedule. Null for jobs stored before principals were recorded.
+    pub submitted_by: Option<Principal>,
+    /// Who released it from `awaiting_approval`.
+    pub approved_by: Option<Principal>,
+    /// Who cancelled it.
+    pub cancelled_by: Option<Principal>,
     /// A revert: whether it applies the inverse delta to users changed since.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(required = false, nullable = false)]
@@ -130,6 +140,9 @@ impl JobView {
             dry_run: job.dry_run,
             original_job_id: job.original_job_id.clone(),
             reverted_by: job.reverted_by.clone(),
+            submitted_by: job.submitted_by.clone(),
+            approved_by: job.approved_by.clone(),
+            cancelled_by: job.cancelled_by.clone(),
             force: (job.kind == JobKind::Revert).then_some(job.revert_force),
             reason: job.reason.clone(),
             created_at: rfc3339(Some(job.created_at_ms)),

@@ -90,6 +90,11 @@ pub async fn redeliver(
     if n == 0 {
         return Err(ApiError::NotFound(format!("no delivery of event {id}")));
     }
+    tracing::info!(
+        target: "audit",
+        { webhook.id = %id, deliveries = n, actor = %caller.principal.label() },
+        "webhook redelivered"
+    );
     state.pipeline.deps().wake_dispatcher.notify_one();
     Ok(Json(Redelivery {
         event_id: id,

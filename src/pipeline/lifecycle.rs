@@ -86,10 +86,14 @@ pub(crate) async fn fail(deps: &Deps, job_id: &str, reason: &str) {
 /// is still queued is sent, no user starts; a call already sent completes and is recorded.
 /// Returns the job as the cancel left it (`finished_at` set if it is final already), or None if
 /// it had ended meanwhile. `by` names who asked, for the log.
-pub(crate) async fn cancel(deps: &Deps, job_id: &str, by: &str) -> StoreResult<Option<JobRecord>> {
+pub(crate) async fn cancel(
+    deps: &Deps,
+    job_id: &str,
+    by: &crate::domain::Principal,
+) -> StoreResult<Option<JobRecord>> {
     let cancelled = deps
         .store
-        .cancel_job(job_id, |job: &JobRecord| job_finished_event(deps, job))
+        .cancel_job(job_id, by, |job: &JobRecord| job_finished_event(deps, job))
         .await?;
     let Some(job) = cancelled else {
         return Ok(None);
@@ -98,9 +102,12 @@ pub(crate) async fn cancel(deps: &Deps, job_id: &str, by: &str) -> StoreResult<O
     // its other rows, which must only happen to a job that is cancelled.
     deps.chunk_runs.stop_job(job_id, &Stop::Cancelled);
     tracing::info!(
-        job.id = %job_id,
-        key = %by,
-        rows.pending = job.counts.pending,
+        target: "audit",
+        {
+            job.id = %job_id,
+            actor = %by.label(),
+            rows.pending = job.counts.pending,
+        },
         "job cancelled"
     );
     if job.finished_at_ms.is_some() {
@@ -141,7 +148,11 @@ pub(crate) async fn stop_runs_of_ended_jobs(deps: &Deps, jobs: &[String]) {
 
 fn job_finished_event(deps: &Deps, job: &JobRecord) -> Vec<OutboxEvent> {
     deps.events
-        .event(EventType::JobFinished, JobFinished::new(job))
+        .event_as(
+            EventType::JobFinished,
+            JobFinished::new(job),
+            job.submitted_by.as_ref(),
+        )
         .into_iter()
         .collect()
 }

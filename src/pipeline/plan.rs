@@ -193,7 +193,11 @@ fn plan_page(deps: &Deps, state: &mut Planning, r: &Validated) -> PlanPage {
             if let Some(a) = r.rejected_rows.get(&row.line) {
                 data = data.of_row(&a.external_id, &a.role_template, &a.license_tier);
             }
-            deps.events.event(EventType::RoleSyncRejected, data)
+            deps.events.event_as(
+                EventType::RoleSyncRejected,
+                data,
+                r.job.submitted_by.as_ref(),
+            )
         })
         .collect();
     PlanPage {

@@ -59,6 +59,7 @@ async fn fire(deps: &Deps, at_ms: i64) {
         policy_fingerprint: Some(deps.policy.current().fingerprint()),
         privileged_allowed: true,
         revert_force: false,
+        submitted_by: crate::domain::Principal::system("reconcile.schedule"),
     };
     let result = match deps
         .store

@@ -11,7 +11,7 @@ use super::{
     Backend, CreateJob, INSERT_BATCH, NewJob, OutboxEvent, Store, StoreResult, begin_write, dual,
     insert_events, now_ms,
 };
-use crate::domain::{Assignment, ReasonCode, Roster};
+use crate::domain::{Assignment, Principal, ReasonCode, Roster};
 use sqlx::{QueryBuilder, Row};
 
 /// Rows waiting to be synced across unfinished jobs (the backpressure bound): read by
@@ -276,8 +276,8 @@ impl Ingest {
         dual!(&mut self.tx, |tx, DB| {
             sqlx::query(
                 "INSERT INTO jobs (id, status, mode, dry_run, created_at_ms, updated_at_ms, c_total, c_pending, \
-                 c_rejected, policy_fingerprint, request_id, privileged_allowed, traceparent) \
-                 VALUES ($1, 'queued', $2, $3, $4, $4, $5, $8, $9, $6, $7, $10, $11)",
+                 c_rejected, policy_fingerprint, request_id, privileged_allowed, traceparent, submitted_by) \
+                 VALUES ($1, 'queued', $2, $3, $4, $4, $5, $8, $9, $6, $7, $10, $11, $12)",
             )
             .bind(&job.id)
             .bind(job.mode.as_str())
@@ -290,6 +290,7 @@ impl Ingest {
             .bind(defective)
             .bind(i64::from(job.privileged_allowed))
             .bind(&job.traceparent)
+            .bind(job.submitted_by.as_ref().map(Principal::to_json))
             .execute(&mut **tx)
             .await?;
             let conn = &mut **tx;

@@ -6,7 +6,7 @@ use super::{
     StoreResult, begin_write, dual, insert_events, now_ms, read_job,
 };
 use crate::domain::PausedReason;
-use crate::domain::{JobStatus, Outcome};
+use crate::domain::{JobStatus, Outcome, Principal};
 use sqlx::Row;
 
 impl Store {
@@ -174,15 +174,16 @@ impl Store {
     }
 
     /// Releases a job held in `awaiting_approval`.
-    pub(crate) async fn approve_job(&self, job_id: &str) -> StoreResult<bool> {
+    pub(crate) async fn approve_job(&self, job_id: &str, by: &Principal) -> StoreResult<bool> {
         let now = now_ms();
         dual!(&self.backend, |p, DB| {
             let mut tx = begin_write(p).await?;
             let n = sqlx::query(
-                "UPDATE jobs SET status = 'running', updated_at_ms = $1 WHERE id = $2 AND status = 'awaiting_approval'",
+                "UPDATE jobs SET status = 'running', updated_at_ms = $1, approved_by = $3 WHERE id = $2 AND status = 'awaiting_approval'",
             )
             .bind(now)
             .bind(job_id)
+            .bind(by.to_json())
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -432,6 +433,7 @@ impl Store {
     pub(crate) async fn cancel_job(
         &self,
         job_id: &str,
+        by: &Principal,
         event: impl Fn(&JobRecord) -> Vec<OutboxEvent>,
     ) -> StoreResult<Option<JobRecord>> {
         let now = now_ms();
@@ -441,11 +443,12 @@ impl Store {
             // claimed for writing: `claim_chunk` takes cancelled jobs' chunks to settle only.
             let n = sqlx::query(
                 "UPDATE jobs SET status = 'cancelled', updated_at_ms = $1, lease_owner = NULL, \
-                 lease_until_ms = NULL, planned = 1, paused_reason = NULL \
+                 lease_until_ms = NULL, planned = 1, paused_reason = NULL, cancelled_by = $3 \
                  WHERE id = $2 AND status IN ('queued', 'running', 'paused', 'awaiting_approval')",
             )
             .bind(now)
             .bind(job_id)
+            .bind(by.to_json())
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -665,7 +668,10 @@ mod tests {
             ok(store.release_chunk(c, "x", None, true).await);
         }
 
-        let job = ok(store.cancel_job("job-1", event).await).unwrap_or_else(|| panic!("cancel"));
+        let job = ok(store
+            .cancel_job("job-1", &Principal::api_key("test"), event)
+            .await)
+        .unwrap_or_else(|| panic!("cancel"));
         assert_eq!(job.status, JobStatus::Cancelled);
         assert_eq!(job.finished_at_ms, None, "chunk 0 is still being run");
         assert_eq!((job.counts.pending, job.counts.cancelled), (3, 2));
@@ -686,7 +692,10 @@ mod tests {
             Some("cancelled")
         );
         assert!(
-            ok(store.cancel_job("job-1", event).await).is_none(),
+            ok(store
+                .cancel_job("job-1", &Principal::api_key("test"), event)
+                .await)
+            .is_none(),
             "cancelled once"
         );
 
@@ -752,7 +761,10 @@ mod tests {
     #[tokio::test]
     async fn a_cancel_with_nothing_in_flight_is_final_at_once() {
         let (store, _dir) = running_job().await;
-        let job = ok(store.cancel_job("job-1", event).await).unwrap_or_else(|| panic!("cancel"));
+        let job = ok(store
+            .cancel_job("job-1", &Principal::api_key("test"), event)
+            .await)
+        .unwrap_or_else(|| panic!("cancel"));
         assert!(job.finished_at_ms.is_some());
         assert_eq!((job.counts.pending, job.counts.cancelled), (0, 5));
         assert_eq!(ok(store.claim_chunk("w", 60_000).await), None);

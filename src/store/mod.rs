@@ -411,6 +411,7 @@ mod test_support {
             idempotency: None,
             privileged_allowed: false,
             events,
+            submitted_by: None,
         };
         let mut ingest = ok(store.begin_ingest(&job.id).await);
         ok(ingest.add_rows(rows, &[]).await);

@@ -3,7 +3,7 @@
 
 use super::StoreError;
 use crate::domain::{
-    Action, Approval, Counts, Estimate, JobKind, JobStatus, Mode, Outcome, PausedReason,
+    Action, Approval, Counts, Estimate, JobKind, JobStatus, Mode, Outcome, PausedReason, Principal,
     ReasonCode, Roster,
 };
 
@@ -24,6 +24,8 @@ pub(crate) struct NewJob {
     pub privileged_allowed: bool,
     /// `role_sync.rejected` of the rows that could not be read, stored with the job.
     pub events: Vec<OutboxEvent>,
+    /// Who submitted it.
+    pub submitted_by: Option<Principal>,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +108,9 @@ pub(super) struct JobRow {
     reverted_by: Option<String>,
     revert_force: i64,
     reason: Option<String>,
+    submitted_by: Option<String>,
+    approved_by: Option<String>,
+    cancelled_by: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +150,10 @@ pub struct JobRecord {
     pub revert_force: bool,
     /// Why a generated job was started when no person asked for it (the drift feed).
     pub reason: Option<String>,
+    /// Who submitted the job (a key, a token, rolesync's schedule); None before migration 0013.
+    pub submitted_by: Option<Principal>,
+    pub approved_by: Option<Principal>,
+    pub cancelled_by: Option<Principal>,
 }
 
 impl TryFrom<JobRow> for JobRecord {
@@ -199,6 +208,9 @@ impl TryFrom<JobRow> for JobRecord {
             reverted_by: r.reverted_by,
             revert_force: r.revert_force != 0,
             reason: r.reason,
+            submitted_by: r.submitted_by.as_deref().and_then(Principal::from_json),
+            approved_by: r.approved_by.as_deref().and_then(Principal::from_json),
+            cancelled_by: r.cancelled_by.as_deref().and_then(Principal::from_json),
             id: r.id,
         })
     }

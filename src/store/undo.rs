@@ -10,7 +10,7 @@
 use super::{
     Backend, JobRecord, JobRow, Store, StoreError, StoreResult, begin_write, dual, now_ms,
 };
-use crate::domain::{JobKind, JobStatus, Mode};
+use crate::domain::{JobKind, JobStatus, Mode, Principal};
 use sqlx::Row;
 
 /// A job the store generates (revert, reconcile): what it needs besides its rows.
@@ -27,6 +27,8 @@ pub(crate) struct NewGenerated {
     pub privileged_allowed: bool,
     /// A revert: apply the inverse delta to users changed since.
     pub revert_force: bool,
+    /// Who asked for it (a key, a token, or rolesync's schedule).
+    pub submitted_by: Principal,
 }
 
 impl NewGenerated {
@@ -89,8 +91,8 @@ macro_rules! insert_generated_job {
         let original: Option<&str> = $original;
         sqlx::query(
             "INSERT INTO jobs (id, status, mode, dry_run, created_at_ms, updated_at_ms, c_total, c_pending, \
-             policy_fingerprint, request_id, privileged_allowed, traceparent, kind, original_job_id, revert_force) \
-             VALUES ($1, 'queued', $2, $3, $4, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12)",
+             policy_fingerprint, request_id, privileged_allowed, traceparent, kind, original_job_id, revert_force, submitted_by) \
+             VALUES ($1, 'queued', $2, $3, $4, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&job.id)
         .bind(job.mode.as_str())
@@ -104,6 +106,7 @@ macro_rules! insert_generated_job {
         .bind(job.kind.as_str())
         .bind(original)
         .bind(i64::from(job.revert_force))
+        .bind(job.submitted_by.to_json())
         .execute(&mut *$tx)
         .await
     }};
@@ -427,6 +430,7 @@ mod tests {
             policy_fingerprint: None,
             privileged_allowed: false,
             revert_force: false,
+            submitted_by: crate::domain::Principal::api_key("test"),
         }
     }
 

@@ -561,7 +561,7 @@ async fn a_paused_job_shows_why_as_the_api_does() {
 /// under `target/ci-venv`) and a chromium (`ROLESYNC_TEST_CHROMIUM`, else `chromium` on the
 /// PATH). None, with the reason printed, when either is missing — except in CI (`CI` set),
 /// where that fails the test.
-fn browser() -> Option<(PathBuf, PathBuf)> {
+pub(crate) fn browser() -> Option<(PathBuf, PathBuf)> {
     let skip = |reason: String| -> Option<(PathBuf, PathBuf)> {
         if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
             panic!("in CI nothing is skipped: {reason}");

@@ -2,10 +2,12 @@
 //! emulator and a real SQLite file (PostgreSQL when `TEST_DATABASE_URL` is set).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access_keys;
 mod api;
 mod bulk;
 mod cli;
 mod console;
+mod console_oidc;
 mod doctor;
 mod drift;
 mod durability;
@@ -14,6 +16,7 @@ mod fencing;
 mod healing;
 mod helpers;
 mod hostile;
+mod idp;
 mod ingest;
 mod items_csv;
 mod joiners;
@@ -23,6 +26,7 @@ mod observability;
 mod openapi;
 mod org_roles;
 mod policy;
+mod principals;
 mod process;
 mod proxy;
 mod reads;
@@ -30,6 +34,7 @@ mod resilience;
 mod sandbox_check;
 mod serve_target;
 mod sync;
+mod tokens;
 mod traces;
 mod undo;
 mod waits;

@@ -141,6 +141,10 @@ async fn the_document_describes_every_operation_with_its_errors_and_bodies() {
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["token"]["bearerFormat"],
+        "JWT"
+    );
 
     let mut operation_ids = BTreeSet::new();
     for (method, path) in documented(&doc) {
@@ -156,7 +160,7 @@ async fn the_document_describes_every_operation_with_its_errors_and_bodies() {
         if path.starts_with("/v1/") {
             assert_eq!(
                 op["security"],
-                serde_json::json!([{"bearer": []}]),
+                serde_json::json!([{"bearer": []}, {"token": []}]),
                 "{name}"
             );
             for code in ["401", "403", "500"] {

@@ -11,12 +11,14 @@
 
 mod cookie;
 mod html;
+mod oidc;
 mod pages;
 
 use super::AppState;
-use super::auth::{Caller, Scope, authenticate};
+use super::auth::{Caller, Scope, SourceAddr};
 use super::items_csv;
 use super::views::{ItemView, JobView};
+use crate::domain::AuthFailure;
 use crate::domain::Outcome;
 use crate::error::ApiError;
 use axum::extract::rejection::FormRejection;
@@ -45,18 +47,22 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'none'
      base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// The console's routes.
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/jobs") }))
         .route("/ui/", get(|| async { Redirect::to("/ui/jobs") }))
         .route("/ui/console.css", get(stylesheet))
         .route("/ui/login", get(login_form).post(login))
-        .route("/ui/logout", post(logout))
+        .route("/ui/logout", post(oidc::logout))
+        .route("/ui/oidc/start", get(oidc::start))
+        .route("/ui/oidc/callback", get(oidc::callback))
         .route("/ui/jobs", get(jobs))
         .route("/ui/jobs/{id}", get(job))
         .route("/ui/jobs/{id}/rejected.csv", get(rejected_csv))
         .route("/ui/policy", get(policy))
+        .route("/ui/signed-out", get(oidc::signed_out))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .layer(middleware::from_fn_with_state(state, oidc::touch_session))
         .layer(middleware::map_response(harden))
 }
 
@@ -138,8 +144,10 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Operator, Response> {
-        let caller =
-            cookie::presented_key(&parts.headers).and_then(|key| authenticate(&state.keys, &key));
+        // A session from the company's provider first, else a key.
+        let caller = oidc::session_of(state, &parts.headers)
+            .map(|s| Caller::new(s.principal, s.scopes))
+            .or_else(|| cookie::presented_key(&parts.headers).and_then(|key| state.auth.key(&key)));
         let Some(caller) = caller else {
             // Right after a sign-in the cookie must be there: if it is not, the browser refused
             // it (a `Secure` cookie over plain http to a host other than localhost).
@@ -158,15 +166,28 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
-async fn login_form(uri: axum::http::Uri) -> Response {
+/// The ways in this console offers.
+fn ways(state: &AppState) -> pages::SignInWays {
+    pages::SignInWays {
+        oidc: state.auth.console.is_some(),
+        key_form: state.settings.auth.console.api_key_sign_in,
+    }
+}
+
+/// The sign-in page with `why` the last attempt failed, answered with `status`.
+fn sign_in_page(state: &AppState, status: StatusCode, why: Option<&str>) -> Response {
+    html(
+        status,
+        pages::page("Sign in", None, None, pages::login(why, ways(state))),
+    )
+}
+
+async fn login_form(State(state): State<AppState>, uri: axum::http::Uri) -> Response {
     let why = (uri.query() == Some("cookie_refused")).then_some(
         "Your browser did not keep the sign-in: its cookie is Secure, so browsers keep it only \
          over https (or on localhost). Open the console over https.",
     );
-    html(
-        StatusCode::OK,
-        pages::page("Sign in", None, None, pages::login(why)),
-    )
+    sign_in_page(&state, StatusCode::OK, why)
 }
 
 #[derive(Deserialize)]
@@ -176,20 +197,38 @@ struct LoginForm {
 
 async fn login(
     State(state): State<AppState>,
+    SourceAddr(addr): SourceAddr,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
-    let refuse = |status, why: &str| {
-        html(
-            status,
-            pages::page("Sign in", None, None, pages::login(Some(why))),
-        )
-    };
+    let refuse = |status, why: &str| sign_in_page(&state, status, Some(why));
     if cookie::cross_site(&headers) {
         return refuse(
             StatusCode::FORBIDDEN,
             "Sign in from the console's own page.",
         );
+    }
+    if !state.settings.auth.console.api_key_sign_in {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "Signing in with an API key is turned off.",
+        );
+    }
+    if let Err(e) = state.auth.check_limit(addr) {
+        let wait = match &e {
+            ApiError::TooManyRequests {
+                retry_after_secs, ..
+            } => *retry_after_secs,
+            _ => 60,
+        };
+        let mut resp = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed sign-ins from this address; try again later.",
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
     }
     // A post that is not the form (no `key`, another content type, too big): its 4xx, shown.
     let form = match form {
@@ -206,9 +245,10 @@ async fn login(
     };
     let key = form.key.trim();
     let caller = (key.len() <= cookie::MAX_KEY_BYTES)
-        .then(|| authenticate(&state.keys, key))
+        .then(|| state.auth.key(key))
         .flatten();
     let Some(caller) = caller else {
+        state.auth.failed(addr, AuthFailure::UnknownKey);
         return refuse(StatusCode::UNAUTHORIZED, "That API key is not valid.");
     };
     if caller.require(Scope::JobsRead).is_err() {
@@ -217,20 +257,9 @@ async fn login(
             "That API key lacks the jobs:read scope the console needs.",
         );
     }
-    tracing::info!(key = %caller.key_name, "console sign-in");
+    tracing::info!(actor = %caller.principal.label(), "console sign-in");
     let mut resp = Redirect::to("/ui/jobs?signed_in").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie::sign_in(key)) {
-        resp.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    resp
-}
-
-async fn logout(headers: HeaderMap) -> Response {
-    if cookie::cross_site(&headers) {
-        return UiError(ApiError::Forbidden(Scope::JobsRead)).into_response();
-    }
-    let mut resp = Redirect::to("/ui/login").into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie::sign_out()) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     resp
@@ -265,7 +294,7 @@ async fn jobs(
         StatusCode::OK,
         pages::page(
             "Jobs",
-            Some(&who.key_name),
+            Some(&who.principal.name),
             going.then_some(REFRESH_SECS),
             body,
         ),
@@ -319,7 +348,7 @@ async fn job(
     let refresh = (!view.status.is_terminal() && after.is_none()).then_some(REFRESH_SECS);
     Ok(html(
         StatusCode::OK,
-        pages::page(&title, Some(&who.key_name), refresh, body),
+        pages::page(&title, Some(&who.principal.name), refresh, body),
     ))
 }
 
@@ -336,7 +365,7 @@ async fn policy(State(state): State<AppState>, Operator(who): Operator) -> Respo
     body.append(pages::policy_vs_org(&org_diff(&state, &policy).await));
     html(
         StatusCode::OK,
-        pages::page("Policy", Some(&who.key_name), None, body),
+        pages::page("Policy", Some(&who.principal.name), None, body),
     )
 }
 

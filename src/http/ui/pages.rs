@@ -36,18 +36,32 @@ pub fn page(title: &str, signed_in_as: Option<&str>, refresh: Option<u32>, body:
     h.into_string()
 }
 
-/// The sign-in form, with why the last attempt failed.
-pub fn login(message: Option<&str>) -> Html {
+/// How a person may sign in: the company's provider (`oidc`), an API key (`key_form`).
+#[derive(Debug, Clone, Copy)]
+pub struct SignInWays {
+    pub oidc: bool,
+    pub key_form: bool,
+}
+
+/// The sign-in page, with why the last attempt failed.
+pub fn login(message: Option<&str>, ways: SignInWays) -> Html {
     let mut h = Html::new();
     if let Some(m) = message {
         h.raw("<p class=\"err\" role=\"alert\">")
             .text(m)
             .raw("</p>");
     }
-    h.raw("<form method=\"post\" action=\"/ui/login\">")
-        .raw("<label>API key <input type=\"password\" name=\"key\" autocomplete=\"off\" required autofocus></label> ")
-        .raw("<button type=\"submit\">Sign in</button></form>")
-        .raw("<p class=\"muted\">Any API key with the <code>jobs:read</code> scope. The console only reads.</p>");
+    if ways.oidc {
+        h.raw("<p><a id=\"oidc-sign-in\" class=\"button\" href=\"/ui/oidc/start\">Sign in with your company account</a></p>");
+    }
+    if ways.key_form {
+        h.raw("<form method=\"post\" action=\"/ui/login\">")
+            .raw("<label>API key <input type=\"password\" name=\"key\" autocomplete=\"off\" required autofocus></label> ")
+            .raw("<button type=\"submit\">Sign in</button></form>")
+            .raw("<p class=\"muted\">Any API key with the <code>jobs:read</code> scope. The console only reads.</p>");
+    } else {
+        h.raw("<p class=\"muted\">Signing in with an API key is turned off (auth.console.api_key_sign_in).</p>");
+    }
     h
 }
 
@@ -131,7 +145,7 @@ pub fn jobs(jobs: &[JobView], next_cursor: Option<&str>) -> Html {
     )
     .raw("<th>Rows</th><th>Applied</th><th>Unchanged</th><th>Rejected</th><th>Not found</th>")
     .raw("<th>Failed</th><th>Cancelled</th><th>Pending</th><th>Rows/s</th><th>ETA</th>")
-    .raw("<th>Created</th><th>Finished</th></tr></thead><tbody>");
+    .raw("<th>Created</th><th>Finished</th><th>Submitted by</th></tr></thead><tbody>");
     for j in jobs {
         h.raw("<tr data-job=\"")
             .text(&j.job_id)
@@ -163,6 +177,11 @@ pub fn jobs(jobs: &[JobView], next_cursor: Option<&str>) -> Html {
         opt(&mut h, j.created_at.as_deref());
         h.raw("</td><td>");
         opt(&mut h, j.finished_at.as_deref());
+        h.raw("</td><td data-field=\"submitted_by\">");
+        opt(
+            &mut h,
+            j.submitted_by.as_ref().map(|p| p.label()).as_deref(),
+        );
         h.raw("</td></tr>");
     }
     h.raw("</tbody></table>");
@@ -224,6 +243,20 @@ pub fn job(j: &JobView, rejected: RejectedPage<'_>, requests_per_minute: u32) ->
         h.raw("<tr><th>Error</th><td class=\"err\">")
             .text(e)
             .raw("</td></tr>");
+    }
+    // Who did what: the principal of each act (`Principal::label`).
+    for (label, field, who) in [
+        ("Submitted by", "submitted_by", &j.submitted_by),
+        ("Approved by", "approved_by", &j.approved_by),
+        ("Cancelled by", "cancelled_by", &j.cancelled_by),
+    ] {
+        h.raw("<tr><th>")
+            .raw(label)
+            .raw("</th><td data-field=\"")
+            .raw(field)
+            .raw("\">");
+        opt(&mut h, who.as_ref().map(|p| p.label()).as_deref());
+        h.raw("</td></tr>");
     }
     h.raw("<tr><th>Policy</th><td><code>");
     opt(&mut h, j.policy_fingerprint.as_deref());
@@ -491,6 +524,15 @@ pub fn policy_vs_org(v: &OrgView) -> Html {
         })
         .raw("</span></p>");
     h
+}
+
+/// After a sign-out, on the way to the provider's logout.
+pub fn signed_out(provider_logout: &str) -> String {
+    let mut body = Html::new();
+    body.raw("<p>You are signed out of the console. <a id=\"provider-logout\" href=\"")
+        .text(provider_logout)
+        .raw("\">Sign out of your company account too</a>.</p>");
+    page("Signed out", None, None, body)
 }
 
 #[cfg(test)]

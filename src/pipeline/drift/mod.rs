@@ -335,6 +335,8 @@ pub(crate) fn reconcile_job(deps: &Deps, dry_run: bool) -> NewGenerated {
         // Its privileged grants wait for approval, as a submitted job's would.
         privileged_allowed: false,
         revert_force: false,
+        // No person asked for it: the feed did (its reason says why).
+        submitted_by: crate::domain::Principal::system("drift.feed"),
     }
 }
 

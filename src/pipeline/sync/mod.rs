@@ -350,14 +350,17 @@ async fn run_chunk(
             let mut written = done.audit;
             written.extend(unsettled.iter().filter_map(|(u, sent)| {
                 let change = sent.as_ref()?;
-                Some(RoleChangeLine::new(
-                    &job.id,
-                    job.request_id.as_deref(),
-                    u.mode(job.mode),
-                    &u.external_id,
-                    "",
-                    change,
-                ))
+                Some(
+                    RoleChangeLine::new(
+                        &job.id,
+                        job.request_id.as_deref(),
+                        u.mode(job.mode),
+                        &u.external_id,
+                        "",
+                        change,
+                    )
+                    .by(job.submitted_by.as_ref()),
+                )
             }));
             ChunkOutcome::Release(claim, done.deltas, why.clone(), written)
         }

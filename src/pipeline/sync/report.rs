@@ -108,10 +108,12 @@ impl Report<'_> {
             &u.external_id,
             user_id,
             change,
-        );
-        let event = self.deps.events.event(
+        )
+        .by(job.submitted_by.as_ref());
+        let event = self.deps.events.event_as(
             EventType::RoleSyncCompleted,
             RoleSyncCompleted::new(self.policy, &job.id, &u.external_id, user_id, change),
+            job.submitted_by.as_ref(),
         );
         let before: Vec<String> = change.before.iter().cloned().collect();
         let after: Vec<String> = change.after.iter().cloned().collect();
@@ -165,7 +167,7 @@ impl Report<'_> {
             },
             "a write this job made earlier is now in conflict: {message}"
         );
-        let conflict = self.deps.events.event(
+        let conflict = self.deps.events.event_as(
             EventType::ConflictDetected,
             RoleSyncConflictDetected {
                 job_id: &job.id,
@@ -177,6 +179,7 @@ impl Report<'_> {
                     message,
                 },
             },
+            job.submitted_by.as_ref(),
         );
         let mut result = self.applied(user_id, change);
         if let UserResult::Rows { events, .. } = &mut result {
@@ -241,7 +244,7 @@ impl Report<'_> {
             },
             "drift detected"
         );
-        let event = self.deps.events.event(
+        let event = self.deps.events.event_as(
             EventType::DriftDetected,
             RoleSyncDriftDetected {
                 job_id: Some(&job.id),
@@ -258,6 +261,7 @@ impl Report<'_> {
                 roles_removed: &change.removed,
                 fixed,
             },
+            job.submitted_by.as_ref(),
         );
         Drift { found: true, event }
     }
@@ -342,7 +346,11 @@ impl Report<'_> {
                     &r.role_template,
                     &r.license_tier,
                 );
-                self.deps.events.event(EventType::RoleSyncRejected, data)
+                self.deps.events.event_as(
+                    EventType::RoleSyncRejected,
+                    data,
+                    self.job.submitted_by.as_ref(),
+                )
             })
             .collect();
         UserResult::Rows {
@@ -389,7 +397,11 @@ impl Report<'_> {
             events: self
                 .deps
                 .events
-                .event(EventType::RoleSyncFailed, data)
+                .event_as(
+                    EventType::RoleSyncFailed,
+                    data,
+                    self.job.submitted_by.as_ref(),
+                )
                 .into_iter()
                 .collect(),
             changed: None,
