@@ -141,6 +141,10 @@ const GRANTS: &[(&str, &str)] = &[
 ];
 const PRIVILEGED: (&str, &str) = ("System Administrator", "Administrator");
 
+/// Unfinished jobs (not counting those awaiting approval) past which the workload submits
+/// nothing new.
+const MAX_BACKLOG: usize = 20;
+
 pub struct Workload {
     pub api: Api,
     rng: StdRng,
@@ -500,10 +504,42 @@ impl Workload {
         }
     }
 
-    /// Runs random actions every 0.3–2 s until `stop`.
+    /// Jobs not ended and not waiting for an admin, among the newest 100; 0 when no replica
+    /// answers (the workload then goes on: a cut must not stop it).
+    async fn backlog(&self) -> usize {
+        let answer = self
+            .api
+            .call(
+                reqwest::Method::GET,
+                "/v1/jobs?limit=100",
+                ADMIN_KEY,
+                &Body::None,
+                0,
+                2,
+            )
+            .await;
+        match answer {
+            Some((200, v)) => v["jobs"].as_array().map_or(0, |jobs| {
+                jobs.iter()
+                    .filter(|j| j["finished_at"].is_null() && j["status"] != "awaiting_approval")
+                    .count()
+            }),
+            _ => 0,
+        }
+    }
+
+    /// Runs random actions every 0.3–2 s until `stop`. Paced by the backlog: while
+    /// `MAX_BACKLOG` jobs are unfinished, it only approves (an hour of submissions faster than
+    /// three faulted replicas finish them left 110 jobs unfinished at the drain's end: the
+    /// first hour-long run, docs/chaos.md).
     pub async fn run(mut self, stop: CancellationToken) -> Workload {
         while !stop.is_cancelled() {
-            self.step().await;
+            if self.backlog().await >= MAX_BACKLOG {
+                self.counters.bump("workload.paced");
+                self.approve_some(0.5).await;
+            } else {
+                self.step().await;
+            }
             let pause = Duration::from_millis(self.rng.random_range(300..2000));
             tokio::select! {
                 _ = stop.cancelled() => break,
