@@ -63,16 +63,6 @@ async fn emulator_token(app: &TestApp) -> String {
     v["access_token"].as_str().unwrap().to_owned()
 }
 
-async fn reset_stats(app: &TestApp) {
-    let resp = app
-        .client
-        .post(format!("{}/emulator/stats/reset", app.emulator_url()))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
-}
-
 #[tokio::test]
 async fn a_rollout_goes_out_as_one_grant_per_role_per_chunk_and_shows_in_scim() {
     let app = spawn_app_with(TestOptions {
@@ -81,7 +71,7 @@ async fn a_rollout_goes_out_as_one_grant_per_role_per_chunk_and_shows_in_scim() 
     })
     .await;
     let users = seed_n(&app, "G", 250).await;
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let job = app
         .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
         .await;
@@ -134,7 +124,7 @@ async fn a_rollout_goes_out_as_one_grant_per_role_per_chunk_and_shows_in_scim() 
     }
 
     // A job of one user: a PATCH costs less than the setup plus a grant; the planner says so.
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     app.seed(&[("ONE", &[])]).await;
     let job = app
         .submit_csv("external_id,role_template,license_tier\nONE,Agent,Standard Agent\n")
@@ -166,7 +156,7 @@ async fn a_refused_batch_is_bisected_to_the_one_deleted_user_who_alone_fails() {
     // Deleted between rolesync's read and its write: the grant batch holding it is refused whole.
     app.set_faults(json!({"delete_before_bulk_write": ["B0037"]}))
         .await;
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let job = app
         .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
         .await;
@@ -235,7 +225,7 @@ async fn a_replace_job_swaps_one_role_for_another_with_one_remove_and_one_grant(
     let users: Vec<String> = (0..40).map(|i| format!("S{i:04}")).collect();
     let seeds: Vec<(&str, &[&str])> = users.iter().map(|u| (u.as_str(), &["Agent"][..])).collect();
     app.seed(&seeds).await;
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let resp = app
         .submit(
             "text/csv",
@@ -318,7 +308,7 @@ async fn a_later_job_reads_grants_with_the_ids_an_earlier_one_saw_and_checks_the
     assert_eq!(done["estimate"]["strategy"], "scan", "{done}");
 
     // 250 users holding Employee and Agent: 500 grants, one page.
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let job = app
         .submit_csv(&csv_for(&users, "Wrap Up", "Standard Agent"))
         .await;
@@ -357,7 +347,7 @@ async fn a_later_job_reads_grants_with_the_ids_an_earlier_one_saw_and_checks_the
     // A user replaced under the same externalId: the id known for it is stale.
     let stale = users[120].clone();
     recreate(&app, &token, &stale).await;
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let job = app
         .submit_csv(&csv_for(&users, "Queue Member", "Standard Agent"))
         .await;
@@ -420,7 +410,7 @@ async fn a_grant_whose_answer_is_lost_is_read_back_and_recorded_applied_not_fail
     .await;
     let users = seed_n(&app, "LOST", 10).await;
     app.set_faults(json!({"lose_write_answers": 1000})).await;
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let job = app
         .submit_csv(&csv_for(&users, "Agent", "Standard Agent"))
         .await;

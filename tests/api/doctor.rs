@@ -21,19 +21,9 @@ async fn spawn_limited(emulator: EmulatorArgs) -> TestApp {
     .await
 }
 
-async fn reset_stats(app: &TestApp) {
-    let resp = app
-        .client
-        .post(format!("{}/emulator/stats/reset", app.emulator_url()))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
-}
-
 /// `GET /v1/target/check` as admin, with the calls the emulator counted for it.
 async fn check(app: &TestApp) -> (Value, u64) {
-    reset_stats(app).await;
+    app.reset_emulator_stats().await;
     let resp = app.get("/v1/target/check", ADMIN_KEY).await;
     assert_eq!(resp.status(), 200);
     let report: Value = resp.json().await.unwrap();
@@ -120,7 +110,7 @@ async fn a_healthy_org_passes_within_ten_calls_over_the_api_and_the_command_line
     assert_eq!(app.get("/v1/target/check", WRITER_KEY).await.status(), 403);
 
     // The command line reads the same config and prints the same report.
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let (code, cli) = doctor_cli(&app, &[]).await;
     assert_eq!(code, 0, "{cli:#}");
     let without_clock = |r: &Value| -> Vec<Value> {

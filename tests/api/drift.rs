@@ -324,11 +324,7 @@ async fn drift_feed_reports_hand_changes_through_scim_and_the_authorization_api_
     let users = names(4, "F");
     baseline(&app, &users).await;
     assert!(hooks.of_type("role_sync.drift_detected").is_empty());
-    app.client
-        .post(format!("{}/emulator/stats/reset", app.emulator_url()))
-        .send()
-        .await
-        .unwrap();
+    app.reset_emulator_stats().await;
     let before = now_ms();
     hand_patch(&app, "F2", &["Employee"]).await;
     hand_remove(&app, "F3", "Agent").await;
@@ -487,11 +483,7 @@ async fn a_gap_beyond_14_days_is_read_through_the_async_query_after_a_restart() 
         20 * DAY_MS
     ))
     .await;
-    app.client
-        .post(format!("{}/emulator/stats/reset", app.emulator_url()))
-        .send()
-        .await
-        .unwrap();
+    app.reset_emulator_stats().await;
     app.restart().await;
     let drift = hooks.wait_for("role_sync.drift_detected", 1).await;
     assert_eq!(drift[0]["external_id"], "K2");

@@ -544,6 +544,17 @@ impl TestApp {
             .expect("stats json")
     }
 
+    /// Zeroes the emulator's call counters: what follows is counted alone.
+    pub async fn reset_emulator_stats(&self) {
+        let resp = self
+            .client
+            .post(format!("{}/emulator/stats/reset", self.emulator_url()))
+            .send()
+            .await
+            .expect("stats reset");
+        assert!(resp.status().is_success());
+    }
+
     pub async fn set_faults(&self, faults: Value) {
         let resp = self
             .client

@@ -28,16 +28,6 @@ async fn lookups(app: &TestApp) -> u64 {
         .sum()
 }
 
-async fn reset_stats(app: &TestApp) {
-    let resp = app
-        .client
-        .post(format!("{}/emulator/stats/reset", app.emulator_url()))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
-}
-
 /// The item of `external_id` in job `id`.
 async fn item_of(app: &TestApp, id: &str, external_id: &str) -> Value {
     app.items(id)
@@ -107,7 +97,7 @@ async fn a_joiner_waits_for_their_account_and_is_applied_within_one_retry_interv
     .await;
     assert!(waiting["awaiting_since"].is_string(), "{waiting}");
     let started = Instant::now();
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let view = app.job(&id).await;
     assert_eq!(view["status"], "running", "{view}");
     assert_eq!(view["counts"]["awaiting_user"], 1, "{view}");
@@ -220,7 +210,7 @@ async fn a_wait_that_runs_out_ends_not_found_with_its_webhook() {
     })
     .await;
     let started = Instant::now();
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     // The wait survives a restart: it lives in the store, not in a process.
     app.restart().await;
     let finished = app.wait_finished(&id).await;

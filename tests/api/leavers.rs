@@ -89,16 +89,6 @@ async fn scim_calls(app: &TestApp) -> (u64, u64) {
     (calls, patches(&stats))
 }
 
-async fn reset_stats(app: &TestApp) {
-    let resp = app
-        .client
-        .post(format!("{}/emulator/stats/reset", app.emulator_url()))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
-}
-
 /// Every emulator user's roles, sorted, by externalId.
 async fn roles_by_user(app: &TestApp) -> std::collections::HashMap<String, Vec<String>> {
     let users: Value = app
@@ -138,6 +128,15 @@ fn item_of<'a>(items: &'a [Value], external_id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no row for {external_id}: {items:?}"))
 }
 
+/// Reverts job `id` as the HR key and waits for the revert to end, which must succeed.
+async fn revert_and_wait(app: &TestApp, id: &str) -> Value {
+    let (status, body) = crate::undo::revert(app, id, "").await;
+    assert_eq!(status, 202, "{body}");
+    let rev_done = app.wait_finished(&job_id(&body)).await;
+    assert_eq!(rev_done["status"], "succeeded", "{rev_done}");
+    rev_done
+}
+
 const EVERYTHING: &[&str] = &[
     "Employee",
     "System Administrator",
@@ -156,7 +155,7 @@ const EVERYTHING: &[&str] = &[
 async fn a_leaver_row_takes_every_managed_role_and_a_revert_gives_them_back() {
     let app = app_with(1.0).await;
     app.seed(&[("L1", EVERYTHING), ("K1", &["Employee"])]).await;
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let job = app
         .submit_csv(
             "external_id,role_template,license_tier,action\nL1,,,revoke\nK1,Agent,Standard Agent,\n",
@@ -209,17 +208,7 @@ async fn a_leaver_row_takes_every_managed_role_and_a_revert_gives_them_back() {
     );
 
     // A revert puts the leaver's roles back (and takes K1's Agent away).
-    let resp = app
-        .client
-        .post(format!("{}/v1/jobs/{id}/revert", app.address))
-        .bearer_auth(WRITER_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
-    let rev = job_id(&resp.json::<Value>().await.unwrap());
-    let rev_done = app.wait_finished(&rev).await;
-    assert_eq!(rev_done["status"], "succeeded", "{rev_done}");
+    revert_and_wait(&app, &id).await;
     let mut everything: Vec<&str> = EVERYTHING.to_vec();
     everything.sort();
     assert_eq!(app.roles_of("L1").await, vec![everything]);
@@ -248,7 +237,7 @@ async fn leavers_on_the_authorization_path_lose_every_managed_role_in_bulk_calls
     let leavers: Vec<String> = (0..20).map(|i| format!("L{i:02}")).collect();
     let seeds: Vec<(&str, &[&str])> = leavers.iter().map(|u| (u.as_str(), EVERYTHING)).collect();
     app.seed(&seeds).await;
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let rows: Vec<Value> = leavers
         .iter()
         .map(|u| json!({"external_id": u, "action": "revoke"}))
@@ -306,18 +295,8 @@ async fn leavers_on_the_authorization_path_lose_every_managed_role_in_bulk_calls
     }
 
     // The revert grants the four back to the 20, one call per role.
-    reset_stats(&app).await;
-    let resp = app
-        .client
-        .post(format!("{}/v1/jobs/{id}/revert", app.address))
-        .bearer_auth(WRITER_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
-    let rev = job_id(&resp.json::<Value>().await.unwrap());
-    let rev_done = app.wait_finished(&rev).await;
-    assert_eq!(rev_done["status"], "succeeded", "{rev_done}");
+    app.reset_emulator_stats().await;
+    revert_and_wait(&app, &id).await;
     let mut everything: Vec<&str> = EVERYTHING.to_vec();
     everything.sort();
     for u in &leavers {
@@ -442,7 +421,7 @@ async fn roster_run(n: usize, absent_n: usize, write_api: WriteApi) {
     let first_done = app.wait_finished(&job_id(&first)).await;
     assert_eq!(first_done["counts"]["unchanged"], n as i64, "{first_done}");
 
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     // Every (n / absent_n)th user is absent.
     let absent: Vec<&String> = users.iter().step_by(n / absent_n).collect();
     let present: Vec<String> = users
@@ -526,7 +505,7 @@ async fn roster_run(n: usize, absent_n: usize, write_api: WriteApi) {
     );
 
     // The same roster again: nobody left to remove, no write.
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let again = app
         .submit(
             "text/csv",
@@ -542,18 +521,8 @@ async fn roster_run(n: usize, absent_n: usize, write_api: WriteApi) {
     assert_eq!(count(&stats, "PUT", REMOVE_ROUTE), 0);
 
     // A revert of the roster puts the leavers back, and writes nobody else.
-    reset_stats(&app).await;
-    let resp = app
-        .client
-        .post(format!("{}/v1/jobs/{id}/revert", app.address))
-        .bearer_auth(WRITER_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
-    let rev = job_id(&resp.json::<Value>().await.unwrap());
-    let rev_done = app.wait_finished(&rev).await;
-    assert_eq!(rev_done["status"], "succeeded", "{rev_done}");
+    app.reset_emulator_stats().await;
+    let rev_done = revert_and_wait(&app, &id).await;
     assert_eq!(rev_done["counts"]["applied"], absent_n as i64, "{rev_done}");
     let stats = app.emulator_stats().await;
     match write_api {
@@ -602,7 +571,7 @@ async fn a_roster_missing_30_percent_waits_for_approval_and_a_dry_run_lists_the_
         })).collect::<Vec<_>>(),
     });
 
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let dry = job_id(&app.submit_json(body.clone()).await);
     let dry_done = app.wait_finished(&dry).await;
     assert_eq!(dry_done["status"], "succeeded", "{dry_done}");

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 // ----- helpers -------------------------------------------------------------------------------
 
 /// `POST /v1/jobs/{id}/revert{query}` as the HR key; the answer's status and body.
-async fn revert(app: &TestApp, id: &str, query: &str) -> (u16, Value) {
+pub(crate) async fn revert(app: &TestApp, id: &str, query: &str) -> (u16, Value) {
     let resp = app
         .client
         .post(format!("{}/v1/jobs/{id}/revert{query}", app.address))
@@ -94,17 +94,6 @@ async fn hand_set_roles(app: &TestApp, external_id: &str, roles: &[&str]) {
         "hand change of {external_id}: {}",
         resp.text().await.unwrap_or_default()
     );
-}
-
-/// Zeroes the emulator's call counters: what follows is counted alone.
-async fn reset_stats(app: &TestApp) {
-    let resp = app
-        .client
-        .post(format!("{}/emulator/stats/reset", app.emulator_url()))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
 }
 
 /// SCIM calls the emulator received since the last reset (every route of the SCIM API).
@@ -298,7 +287,7 @@ async fn revert_after_a_merge_job_with_a_user_changed_since_then_revert_of_rever
     )
     .await;
 
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let (status, rev) = revert(&app, &original, "").await;
     assert_eq!(status, 202, "{rev}");
     assert_eq!(rev["kind"], "revert");
@@ -402,7 +391,7 @@ async fn revert_after_a_replace_job_waits_for_approval_like_any_job_and_dry_runs
     );
 
     // A dry run: planned, nothing written, the original not marked reverted.
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let (status, dry) = revert(&app, &original, "?dry_run=true").await;
     assert_eq!(status, 202, "{dry}");
     let dry_done = app.wait_finished(&id_of(&dry)).await;
@@ -479,7 +468,7 @@ async fn reconcile_dry_run_names_exactly_the_drifted_users_and_a_real_one_fixes_
     hand_set_roles(&app, "D2", &["Employee"]).await;
     hand_set_roles(&app, "D3", &["Employee", "Agent", "Reporting"]).await;
 
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let (status, dry) = reconcile(&app, json!({"dry_run": true, "mode": "merge"})).await;
     assert_eq!(status, 202, "{dry}");
     assert_eq!(dry["kind"], "reconcile");
@@ -529,7 +518,7 @@ async fn reconcile_dry_run_names_exactly_the_drifted_users_and_a_real_one_fixes_
     assert_eq!(planned, vec!["D2", "D3"], "{items:?}");
     assert_eq!(strs(&items["D3"]["roles_removed"]), vec!["Reporting"]);
 
-    reset_stats(&app).await;
+    app.reset_emulator_stats().await;
     let (status, fix) = reconcile(&app, json!({"dry_run": false, "mode": "merge"})).await;
     assert_eq!(status, 202, "{fix}");
     let done = app.wait_finished(&id_of(&fix)).await;
