@@ -72,37 +72,18 @@ pub(super) async fn settle_user(
         job,
         user: u,
     };
-    let prior = sent
-        .map(|c| Intent {
-            added: &c.added,
-            removed: &c.removed,
-        })
-        .or_else(|| stored_intent(u));
-    let Some(prior) = prior else {
-        return report.cancelled();
-    };
-    let found = match find_user(deps, None, &u.external_id, tally).await {
-        Ok(found) => found,
-        Err(e) => {
-            return report.failed(
-                Outcome::Failed,
-                ReasonCode::ScimRejected,
-                &format!(
-                    "the job was cancelled while a write to this user may have been in flight, \
-                     and reading the user back failed: {e}"
-                ),
-            );
-        }
-    };
-    let user = match report.one_user(found) {
-        Ok(user) => user,
-        Err(r) => return r,
-    };
-    let current = user.role_names();
-    match settled(&current, prior) {
-        Some(change) => report.applied(&user.id, &change),
-        // The user holds none of what the write would have made: it did not land.
-        None => report.cancelled(),
+    match read_back(&report, sent, tally).await {
+        ReadBack::NoWrite | ReadBack::NotLanded => report.cancelled(),
+        ReadBack::Landed(applied) => applied,
+        ReadBack::Lookup(result) => result,
+        ReadBack::Unreadable(e) => report.failed(
+            Outcome::Failed,
+            ReasonCode::ScimRejected,
+            &format!(
+                "the job was cancelled while a write to this user may have been in flight, \
+                 and reading the user back failed: {e}"
+            ),
+        ),
     }
 }
 
@@ -123,6 +104,33 @@ pub(super) async fn read_back_or(
         // Not a final outcome (retried, skipped, target-wide): the next run reads the user.
         return failure;
     }
+    match read_back(report, sent, tally).await {
+        ReadBack::Landed(applied) => applied,
+        ReadBack::Unreadable(e) => {
+            tracing::warn!(error = %e, "cannot read back a user whose write may have landed; recorded failed");
+            failure
+        }
+        ReadBack::NoWrite | ReadBack::NotLanded | ReadBack::Lookup(_) => failure,
+    }
+}
+
+/// What reading a user back told of a write that may have reached them.
+enum ReadBack {
+    /// No write may have: none sent by this run, no intent recorded by an earlier one.
+    NoWrite,
+    /// Part or all of it is in place: the user's `applied` result with that part.
+    Landed(UserResult),
+    /// None of it is in place.
+    NotLanded,
+    /// The lookup found no single user (deleted, ambiguous): its own result.
+    Lookup(UserResult),
+    /// The read failed.
+    Unreadable(ScimError),
+}
+
+/// Reads the user once, fresh (a snapshot predates the write), and tells whether the write
+/// sent by this run (`sent`), or else the intent an earlier run recorded, landed.
+async fn read_back(report: &Report<'_>, sent: Option<&RoleChange>, tally: &CallTally) -> ReadBack {
     let prior = sent
         .map(|c| Intent {
             added: &c.added,
@@ -130,20 +138,18 @@ pub(super) async fn read_back_or(
         })
         .or_else(|| stored_intent(report.user));
     let Some(prior) = prior else {
-        return failure;
+        return ReadBack::NoWrite;
     };
     let found = match find_user(report.deps, None, &report.user.external_id, tally).await {
         Ok(found) => found,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read back a user whose write may have landed; recorded failed");
-            return failure;
-        }
+        Err(e) => return ReadBack::Unreadable(e),
     };
-    let Ok(user) = report.one_user(found) else {
-        return failure;
+    let user = match report.one_user(found) {
+        Ok(user) => user,
+        Err(result) => return ReadBack::Lookup(result),
     };
     match settled(&user.role_names(), prior) {
-        Some(change) => report.applied(&user.id, &change),
-        None => failure,
+        Some(change) => ReadBack::Landed(report.applied(&user.id, &change)),
+        None => ReadBack::NotLanded,
     }
 }
