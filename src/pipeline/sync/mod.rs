@@ -15,7 +15,9 @@
 //! the users no write was sent for become `cancelled`. A user whose write may have been sent
 //! without this run learning its result (its call dropped after a timeout, its chunk's owner
 //! dead) is read back once, never written: `applied` if the user holds what the write would
-//! have made, else `cancelled` (`settle`).
+//! have made, else `cancelled` (`settle`). If that read fails, the user stays pending and the
+//! chunk open, and a later claim reads them again: neither `cancelled` nor `failed` would be
+//! known to be true.
 
 mod awaiting;
 mod deferred;
@@ -252,7 +254,7 @@ async fn run_chunk(
         // kept open for rows whose write may have been sent. Nothing is written.
         let mut done = ChunkDone::default();
         let users = users.into_iter().map(|u| (u, None)).collect();
-        settle(deps, &policy, &job, users, &mut done).await;
+        settle(deps, &policy, &job, users, claim.attempts, &mut done).await;
         return ChunkOutcome::Done(claim, done);
     }
     let run = Arc::new(ChunkRun::for_claim(&claim, deps.lease_ms()));
@@ -341,7 +343,7 @@ async fn run_chunk(
         // No re-run follows a cancel: the users done are committed as they came out, the
         // others settled (read back if a write may have reached them, else cancelled).
         Some(Stop::Cancelled) => {
-            settle(deps, &policy, &job, unsettled, &mut done).await;
+            settle(deps, &policy, &job, unsettled, claim.attempts, &mut done).await;
             ChunkOutcome::Done(claim, done)
         }
         // Outcomes reached before the stop are discarded with the chunk: the re-run reads

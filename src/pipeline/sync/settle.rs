@@ -9,12 +9,14 @@ use super::*;
 /// Gives each user of a cancelled job left without an outcome the outcome that is true in the
 /// target, sending no write: a user no write may have reached (none sent by this run, no intent
 /// recorded by an earlier one) is `cancelled` without a call; the others are read back once
-/// (`settle_user`).
+/// (`settle_user`). A user whose read-back failed stays pending, and the chunk is claimed
+/// again after a backoff to settle them (`run` is this claim's run of the chunk).
 pub(super) async fn settle(
     deps: &Deps,
     policy: &Policy,
     job: &JobRecord,
     users: Vec<Unsettled>,
+    run: i64,
     done: &mut ChunkDone,
 ) {
     // A tally of its own: the run's was stopped by the cancel, and these reads are how the
@@ -25,26 +27,34 @@ pub(super) async fn settle(
         let mut settled = futures::stream::iter(users)
             .map(|(u, sent)| {
                 let tally = &tally;
-                async move { settle_user(deps, policy, job, &u, sent.as_ref(), tally).await }
+                async move { settle_user(deps, policy, job, &u, sent.as_ref(), run, tally).await }
             })
             .buffer_unordered(deps.settings.target.max_concurrency);
         while let Some(r) = settled.next().await {
-            if let UserResult::Rows {
-                results,
-                events,
-                changed,
-                desired,
-                drifted,
-                audit,
-                ..
-            } = r
-            {
-                record(done, results, events, changed);
-                done.audit.extend(audit.map(|a| *a));
-                done.desired.extend(desired.map(|d| *d));
-                done.drifted += u64::from(drifted);
+            match r {
+                UserResult::Rows {
+                    results,
+                    events,
+                    changed,
+                    desired,
+                    drifted,
+                    audit,
+                    ..
+                } => {
+                    record(done, results, events, changed);
+                    done.audit.extend(audit.map(|a| *a));
+                    done.desired.extend(desired.map(|d| *d));
+                    done.drifted += u64::from(drifted);
+                }
+                UserResult::Retry { lines } => done.retry_lines.extend(lines),
+                // `settle_user` gives nothing else.
+                _ => {}
             }
         }
+    }
+    if !done.retry_lines.is_empty() {
+        // The chunk stays open (and the job unfinished) until a later claim settles them.
+        done.retry_at_ms = Some(crate::store::now_ms() + retry_backoff_ms(run));
     }
     let (requests, retries, rate_limited) = tally.snapshot();
     done.deltas.scim_requests += requests;
@@ -56,14 +66,18 @@ pub(super) async fn settle(
 /// earlier run of the chunk that recorded its intent. Read once, fresh (a snapshot predates the
 /// write): `applied` with the part of that write that landed, if any did (`decide::settled`:
 /// on the Authorization path a user's change takes several calls, and a cancel between them
-/// leaves it partly made), else `cancelled`. If the read fails, the rows are `failed`:
-/// the write's fate is unknown, and `cancelled` would claim nothing was written.
+/// leaves it partly made), else `cancelled`. If the read fails, the write's fate is unknown:
+/// `cancelled` would claim nothing was written and `failed` that the write did not land, so
+/// the user stays pending (`Retry`) and a later claim of the chunk reads them again; only when
+/// the chunk's runs are used up (`sync.max_chunk_attempts`, this being run `run`) are the rows
+/// `failed`, saying the fate is unknown.
 pub(super) async fn settle_user(
     deps: &Deps,
     policy: &Policy,
     job: &JobRecord,
     u: &UserRows<ItemRecord>,
     sent: Option<&RoleChange>,
+    run: i64,
     tally: &CallTally,
 ) -> UserResult {
     let report = Report {
@@ -76,12 +90,19 @@ pub(super) async fn settle_user(
         ReadBack::NoWrite | ReadBack::NotLanded => report.cancelled(),
         ReadBack::Landed(applied) => applied,
         ReadBack::Lookup(result) => result,
+        ReadBack::Unreadable(e) if run < i64::from(deps.settings.sync.max_chunk_attempts) => {
+            tracing::warn!(user.external_id = %u.external_id, error = %e, "cannot read back a cancelled job's user whose write may have landed; settled by a later run of the chunk");
+            UserResult::Retry {
+                lines: u.lines().collect(),
+            }
+        }
         ReadBack::Unreadable(e) => report.failed(
             Outcome::Failed,
             ReasonCode::ScimRejected,
             &format!(
                 "the job was cancelled while a write to this user may have been in flight, \
-                 and reading the user back failed: {e}"
+                 and reading the user back failed in every run of the chunk, so whether it \
+                 landed is unknown: {e}"
             ),
         ),
     }
