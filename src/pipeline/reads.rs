@@ -232,21 +232,40 @@ pub(crate) async fn plan_reads(deps: &Deps, job_id: &str, users: u64, grants: bo
     if setting == ReadStrategy::Auto && users <= 1 {
         return lookup(tally, None, None);
     }
+    // A read is saved into the job's snapshot as it goes, and a user already there is kept as
+    // first saved (a page shift shows some twice). So it starts from an empty snapshot: an
+    // earlier planning of the job (its replica killed midway) may have left a partial one, and
+    // a row of it would stand for the user instead of what this read sees. If it cannot be
+    // cleared, the users are looked up: lookups never read the snapshot.
+    if let Err(e) = deps.store.drop_scan(job_id).await {
+        tracing::warn!(error = %e, "cannot clear an earlier partial read of the directory; looking users up");
+        return lookup(tally, deps.reads.known_org_size(), None);
+    }
     let page = deps.reads.page_size(&deps.scim, &tally).await;
-    if setting == ReadStrategy::Auto
-        && grants
-        && let Some((absent, grant_pages)) = read_grants(deps, job_id, users, page, &tally).await
-    {
-        let (spent, _, _) = tally.snapshot();
-        return ReadPlan {
-            strategy: ReadMethod::Grants,
-            reads: spent + absent,
-            lookups: absent,
-            org_users: deps.reads.known_org_size(),
-            page_size: Some(GRANT_PAGE),
-            scan_pages: Some(grant_pages),
-            tally,
-        };
+    if setting == ReadStrategy::Auto && grants {
+        match read_grants(deps, job_id, users, page, &tally).await {
+            GrantsRead::Read {
+                absent,
+                pages: grant_pages,
+            } => {
+                let (spent, _, _) = tally.snapshot();
+                return ReadPlan {
+                    strategy: ReadMethod::Grants,
+                    reads: spent + absent,
+                    lookups: absent,
+                    org_users: deps.reads.known_org_size(),
+                    page_size: Some(GRANT_PAGE),
+                    scan_pages: Some(grant_pages),
+                    tally,
+                };
+            }
+            GrantsRead::NotRead => {}
+            // Its placeholders (users holding no role until their grants are saved) would
+            // stand for the users in a scan: looked up instead.
+            GrantsRead::PartlyKept => {
+                return lookup(tally, deps.reads.known_org_size(), Some(page));
+            }
+        }
     }
     if setting == ReadStrategy::Auto
         && let Some(org) = deps.reads.known_org_size()
@@ -307,83 +326,94 @@ const GRANT_PAGE: u64 = 500;
 /// is not followed, and the users are read through SCIM.
 const MAX_GRANT_PAGES: u64 = 10_000;
 
+/// What the read of grants came to.
+enum GrantsRead {
+    /// Read: the lookups left (users whose ids are not known) and the pages read.
+    Read { absent: i64, pages: u64 },
+    /// Not read (it would not win, or it failed and its partial read was cleared): the job is
+    /// left to the SCIM reads.
+    NotRead,
+    /// It failed and its partial read could not be cleared from the store.
+    PartlyKept,
+}
+
 /// The read of grants, when it costs fewer calls than SCIM would: the home division's grants,
 /// `GRANT_PAGE` a call, for the job's users whose ids are known (`Store::users_with_known_ids`);
-/// the others are looked up. Returns the lookups left and the pages read; None when it would
-/// not win (counted before any call, then again on the first page's `total`) or failed,
-/// leaving the job to the SCIM reads.
+/// the others are looked up. Not read when it would not win (counted before any call, then
+/// again on the first page's `total`) or when it failed.
 async fn read_grants(
     deps: &Deps,
     job_id: &str,
     users: u64,
     page: u64,
     tally: &CallTally,
-) -> Option<(i64, u64)> {
-    let seen_since = since(deps.settings.sync.user_id_max_age_secs);
-    let known = match deps.store.users_with_known_ids(job_id, seen_since).await {
-        Ok(n) => u64::try_from(n).unwrap_or(0),
+) -> GrantsRead {
+    match try_read_grants(deps, job_id, users, page, tally).await {
+        Ok(Some((absent, pages))) => GrantsRead::Read { absent, pages },
+        Ok(None) => GrantsRead::NotRead,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read the known user ids; reading through SCIM");
-            return None;
+            tracing::warn!(error = %e, "cannot read the grants; reading through SCIM");
+            match deps.store.drop_scan(job_id).await {
+                Ok(()) => GrantsRead::NotRead,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot clear the partial read of grants; looking users up");
+                    GrantsRead::PartlyKept
+                }
+            }
         }
-    };
+    }
+}
+
+/// `read_grants` without its fallback: None when the read would not win, an error when it
+/// failed (whatever it saved is then the caller's to clear).
+async fn try_read_grants(
+    deps: &Deps,
+    job_id: &str,
+    users: u64,
+    page: u64,
+    tally: &CallTally,
+) -> Result<Option<(i64, u64)>, ScanError> {
+    let seen_since = since(deps.settings.sync.user_id_max_age_secs);
+    let known =
+        u64::try_from(deps.store.users_with_known_ids(job_id, seen_since).await?).unwrap_or(0);
     let unknown = users.saturating_sub(known);
     // What SCIM would spend at best: lookups, or a scan of at least the job's users.
     let org = deps.reads.known_org_size().unwrap_or(users).max(users);
     let scim_best = users.min(pages(org, page));
     if known == 0 || 1 + unknown >= scim_best {
-        return None;
+        return Ok(None);
     }
-    let fallback = |e: &dyn std::fmt::Display| {
-        tracing::warn!(error = %e, "cannot read the grants; reading through SCIM");
-    };
-    let catalog = deps
-        .scim
-        .authz_catalog(tally)
-        .await
-        .map_err(|e| fallback(&e))
-        .ok()?;
+    let catalog = deps.scim.authz_catalog(tally).await?;
     let division = catalog.home_division.as_str();
     let (total, first) = deps
         .scim
         .division_grants(division, 1, GRANT_PAGE, tally)
-        .await
-        .map_err(|e| fallback(&e))
-        .ok()?;
+        .await?;
     let grant_pages = total.div_ceil(GRANT_PAGE).max(1);
     if grant_pages > MAX_GRANT_PAGES || grant_pages - 1 + unknown >= scim_best {
-        return None;
+        return Ok(None);
     }
-    let read = async {
-        deps.store.snapshot_known_ids(job_id, seen_since).await?;
-        // `save_grants` finds users by id among the rows just added (`refresh_statistics`).
-        refresh_snapshot_statistics(deps).await;
-        deps.store.save_grants(job_id, &first).await?;
-        let concurrency = deps.settings.target.max_concurrency.max(1);
-        let mut rest = futures::stream::iter(2..=grant_pages)
-            .map(|n| deps.scim.division_grants(division, n, GRANT_PAGE, tally))
-            .buffer_unordered(concurrency);
-        while let Some(res) = rest.next().await {
-            let (now_total, grants) = res?;
-            // Grants made or taken away during the read shift the pages: one could be
-            // missed, and a missed grant would never be taken away. Read through SCIM.
-            if now_total != total {
-                return Err(ScanError::Shifted);
-            }
-            deps.store.save_grants(job_id, &grants).await?;
+    deps.store.snapshot_known_ids(job_id, seen_since).await?;
+    // `save_grants` finds users by id among the rows just added (`refresh_statistics`).
+    refresh_snapshot_statistics(deps).await;
+    deps.store.save_grants(job_id, &first).await?;
+    let concurrency = deps.settings.target.max_concurrency.max(1);
+    let mut rest = futures::stream::iter(2..=grant_pages)
+        .map(|n| deps.scim.division_grants(division, n, GRANT_PAGE, tally))
+        .buffer_unordered(concurrency);
+    while let Some(res) = rest.next().await {
+        let (now_total, grants) = res?;
+        // Grants made or taken away during the read shift the pages: one could be
+        // missed, and a missed grant would never be taken away. Read through SCIM.
+        if now_total != total {
+            return Err(ScanError::Shifted);
         }
-        Ok::<i64, ScanError>(deps.store.unscanned_users(job_id).await?)
-    };
-    match read.await {
-        Ok(absent) => Some((absent, grant_pages)),
-        Err(e) => {
-            fallback(&e);
-            if let Err(e) = deps.store.drop_scan(job_id).await {
-                tracing::warn!(error = %e, "cannot clear the partial read of grants");
-            }
-            None
-        }
+        deps.store.save_grants(job_id, &grants).await?;
     }
+    Ok(Some((
+        deps.store.unscanned_users(job_id).await?,
+        grant_pages,
+    )))
 }
 
 /// Why a scan stopped.
