@@ -232,15 +232,6 @@ pub(crate) async fn plan_reads(deps: &Deps, job_id: &str, users: u64, grants: bo
     if setting == ReadStrategy::Auto && users <= 1 {
         return lookup(tally, None, None);
     }
-    // A read is saved into the job's snapshot as it goes, and a user already there is kept as
-    // first saved (a page shift shows some twice). So it starts from an empty snapshot: an
-    // earlier planning of the job (its replica killed midway) may have left a partial one, and
-    // a row of it would stand for the user instead of what this read sees. If it cannot be
-    // cleared, the users are looked up: lookups never read the snapshot.
-    if let Err(e) = deps.store.drop_scan(job_id).await {
-        tracing::warn!(error = %e, "cannot clear an earlier partial read of the directory; looking users up");
-        return lookup(tally, deps.reads.known_org_size(), None);
-    }
     let page = deps.reads.page_size(&deps.scim, &tally).await;
     if setting == ReadStrategy::Auto && grants {
         match read_grants(deps, job_id, users, page, &tally).await {

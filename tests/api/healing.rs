@@ -511,6 +511,8 @@ async fn items_at(url: &str, id: &str) -> Vec<Value> {
 struct DeadOwner {
     emu: genesys_cloud_emulator::EmulatorHandle,
     dir: tempfile::TempDir,
+    /// Held for the test: on PostgreSQL, dropping it drops the database.
+    _db: TestStore,
     store: String,
     extra: String,
     hooks: Hooks,
@@ -597,6 +599,7 @@ async fn stage_dead_owner() -> DeadOwner {
     DeadOwner {
         emu,
         dir,
+        _db: db,
         store,
         extra,
         hooks,
@@ -855,4 +858,200 @@ async fn a_chunk_is_run_a_bounded_number_of_times() {
     assert!(message.contains("run 2 times"), "{message}");
     // Two runs, one PATCH each (max_attempts = 1); none in the third, exhausted run.
     assert_eq!(patches_with_status(&app, 503).await, 2);
+}
+
+/// Rows of the job's stored read of grants (`directory_grants`), read straight from the store.
+async fn grants_saved(store: &str, job_id: &str) -> i64 {
+    use sqlx::Connection;
+    let sql = "SELECT COUNT(*) FROM directory_grants WHERE job_id = $1";
+    if store.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(store).await.unwrap();
+        sqlx::query_scalar(sql)
+            .bind(job_id)
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    } else {
+        let mut c = sqlx::PgConnection::connect(store).await.unwrap();
+        sqlx::query_scalar(sql)
+            .bind(job_id)
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    }
+}
+
+/// A replica is killed while it reads a job's grants (the Authorization path's read), with the
+/// first page saved; a user's `Agent`, listed on that page, is then taken away by hand; another
+/// replica plans the job again. Its read must start from scratch (the re-planning's first page
+/// deletes the job's earlier read, `Store::save_plan_page`): a row the dead planner saved would
+/// say the user still holds `Agent`, and the job (`Queue Member`, which brings `Agent` with it)
+/// would grant only `Queue Member`, leaving the user without `Agent`. (Checked: without that
+/// delete of `directory_grants`, the user ends with Employee and Queue Member only.)
+#[tokio::test]
+async fn a_replanned_jobs_read_of_grants_starts_from_scratch_not_from_a_dead_planners_rows() {
+    let emu = emulator_with(EmulatorArgs {
+        rate_limit_per_minute: 0,
+        ..Default::default()
+    })
+    .await;
+    let base = emu.base_url();
+    // 600 users holding Employee and Agent: 1 200 grants, three pages of 500.
+    let users = seed_users(&base, "G", 600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_store(dir.path()).await;
+    let env = [("ROLESYNC__TARGET__WRITE_API", "authorization")];
+    let mut a = start_service_env(dir.path(), &db.url, &base, "", &env).await;
+    let first = api(
+        &a.url,
+        reqwest::Method::POST,
+        "/v1/jobs",
+        Some(("text/csv", csv_for(&users, "Agent", "Standard Agent"))),
+    )
+    .await;
+    let first = wait_job_finished(&a.url, first["job_id"].as_str().unwrap()).await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+
+    // Every call now takes 2 s: the planner saves the first page of grants, then waits on the
+    // others.
+    let client = reqwest::Client::new();
+    let faults = |v: Value| {
+        let (client, url) = (client.clone(), format!("{base}/emulator/faults"));
+        async move {
+            let r = client.post(url).json(&v).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+    };
+    faults(json!({"latency_ms": 2000})).await;
+    let job = api(
+        &a.url,
+        reqwest::Method::POST,
+        "/v1/jobs",
+        Some((
+            "text/csv",
+            csv_for(&users, "Queue Member", "Standard Agent"),
+        )),
+    )
+    .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while grants_saved(&db.url, &id).await == 0 {
+        assert!(Instant::now() < deadline, "no page of grants saved in 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(&a.child, "-KILL");
+    wait_exit(&mut a.child, 10).await;
+    faults(json!({"latency_ms": 0})).await;
+
+    // A user the saved page says holds Agent loses it by hand.
+    let saved: Vec<String> = {
+        use sqlx::Connection;
+        let sql = "SELECT user_id FROM directory_grants WHERE job_id = $1 AND role = 'Agent'";
+        if db.url.starts_with("sqlite:") {
+            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sql)
+                .bind(&id)
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
+        } else {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sql)
+                .bind(&id)
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    let victim_id = saved
+        .first()
+        .expect("the saved page lists Agent grants")
+        .clone();
+    let token = emulator_client_token(&base).await;
+    let roles: Value = client
+        .get(format!("{base}/api/v2/authorization/roles"))
+        .query(&[("pageSize", "100")])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent = roles["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "Agent")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = client
+        .put(format!(
+            "{base}/api/v2/authorization/roles/{agent}/users/remove"
+        ))
+        .bearer_auth(&token)
+        .json(&json!([victim_id]))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+
+    let b = start_service_env(dir.path(), &db.url, &base, "", &env).await;
+    let done = wait_job_finished(&b.url, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["estimate"]["strategy"], "grants", "{done}");
+    let roles = roles_by_user(&base).await;
+    for (user, held) in &roles {
+        for role in ["Agent", "Queue Member"] {
+            assert!(
+                held.iter().any(|r| r == role),
+                "{user} lacks {role}: {held:?} ({done})"
+            );
+        }
+    }
+    let items = items_at(&b.url, &id).await;
+    let victim = items
+        .iter()
+        .find(|i| i["user_id"] == victim_id.as_str())
+        .unwrap_or_else(|| panic!("no row for {victim_id}"));
+    assert_eq!(victim["outcome"], "applied", "{victim}");
+    assert_eq!(
+        strs(&victim["roles_added"]),
+        vec!["Agent", "Queue Member"],
+        "{victim}"
+    );
+}
+
+/// Polls the job until `finished_at` is set (at most 120 s).
+async fn wait_job_finished(url: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = api(url, reqwest::Method::GET, &format!("/v1/jobs/{id}"), None).await;
+        if !j["finished_at"].is_null() {
+            return j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish in 120 s: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A token of rolesync's own OAuth client at the emulator, for changes made by hand.
+async fn emulator_client_token(base: &str) -> String {
+    let v: Value = reqwest::Client::new()
+        .post(format!("{base}/oauth/token"))
+        .basic_auth("rolesync-dev", Some("rolesync-dev-secret"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["access_token"].as_str().unwrap().to_owned()
 }

@@ -27,6 +27,17 @@ pub async fn start_service(
     base: &str,
     extra: &str,
 ) -> Service {
+    start_service_env(dir, store_url, base, extra, &[]).await
+}
+
+/// `start_service` with `ROLESYNC__…` variables (settings of a section the file already has).
+pub async fn start_service_env(
+    dir: &std::path::Path,
+    store_url: &str,
+    base: &str,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Service {
     let port = free_port();
     let config = format!(
         r#"
@@ -60,6 +71,7 @@ scopes = ["admin"]
         .args(["serve", "--config"])
         .arg(&path)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
