@@ -19,6 +19,8 @@ mod feed;
 
 pub use feed::ChangedBy;
 pub(crate) use feed::Digest;
+/// What the sandbox check judges audit messages with: the feed's own reading of them.
+pub(crate) use feed::{MemberChange, is_role_entity, made_by_own_client, member_change, subjects};
 
 use super::Deps;
 use crate::audit::events::RoleSyncDriftDetected;
