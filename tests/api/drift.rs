@@ -4,7 +4,10 @@
 //! never reported; the fix as a reconcile over just those users; a failing feed falling back to
 //! a full scan that says so; a gap beyond 14 days read through the async query after a restart;
 //! a replica that died holding the feed's lease; events pushed twice; a change made by a person
-//! (`changed_by.kind = "user"`). Webhooks are verified.
+//! (`changed_by.kind = "user"`); fallback scans spaced by their backoff (`backoff.rs`). Webhooks
+//! are verified.
+
+mod backoff;
 
 use crate::helpers::{
     ADMIN_KEY, READER_KEY, TestApp, TestOptions, WRITER_KEY, csv_for, spawn_app_with, strs,
