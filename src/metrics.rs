@@ -78,6 +78,7 @@ pub struct Metrics {
     pub drift_fallback_scans_total: IntCounterVec,
     pub drift_own_changes_ignored_total: IntCounter,
     pub drift_checkpoint_age_seconds: IntGauge,
+    pub drift_fallback_backoff_seconds: IntGauge,
     pub pushed_events_total: IntCounterVec,
     /// Failed authentications by reason (`AuthFailure`).
     pub auth_failures_total: IntCounterVec,
@@ -322,6 +323,10 @@ impl Metrics {
                 "drift_checkpoint_age_seconds",
                 "Seconds between now and the drift feed's checkpoint after this replica's last poll (0 before one)",
             ))?,
+            drift_fallback_backoff_seconds: IntGauge::with_opts(opts(
+                "drift_fallback_backoff_seconds",
+                "Seconds the drift feed waits after its last fallback scan before it may start another while the feed keeps failing (doubling from drift.poll_secs x 2 up to drift.fallback_backoff_max_secs; 0 after a successful poll)",
+            ))?,
             pushed_events_total: IntCounterVec::new(
                 opts(
                     "pushed_events_total",
@@ -375,6 +380,7 @@ impl Metrics {
         r.register(Box::new(m.drift_fallback_scans_total.clone()))?;
         r.register(Box::new(m.drift_own_changes_ignored_total.clone()))?;
         r.register(Box::new(m.drift_checkpoint_age_seconds.clone()))?;
+        r.register(Box::new(m.drift_fallback_backoff_seconds.clone()))?;
         r.register(Box::new(m.pushed_events_total.clone()))?;
         // CPU, memory, open file descriptors, threads, start time: `process_*`, unprefixed as
         // every Prometheus client names them. Linux only (read from /proc).

@@ -27,6 +27,14 @@ pub struct DriftSettings {
     /// Most users one poll reads back; more changed users fall back to a full scan (cheaper).
     #[serde(default = "default_max_users")]
     pub max_users_per_poll: usize,
+    /// The longest wait between two fallback scans while the feed keeps failing (the wait
+    /// doubles from `poll_secs` × 2 up to this).
+    #[serde(default = "default_backoff_max")]
+    pub fallback_backoff_max_secs: u64,
+}
+
+fn default_backoff_max() -> u64 {
+    3_600
 }
 
 fn default_poll_secs() -> u64 {
@@ -45,6 +53,7 @@ impl Default for DriftSettings {
             fix: false,
             lag_secs: 0,
             max_users_per_poll: default_max_users(),
+            fallback_backoff_max_secs: default_backoff_max(),
         }
     }
 }
@@ -64,6 +73,12 @@ impl Settings {
             return Err(invalid(
                 "drift.max_users_per_poll",
                 "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=604_800).contains(&d.fallback_backoff_max_secs) {
+            return Err(invalid(
+                "drift.fallback_backoff_max_secs",
+                "must be between 1 and 604800",
             ));
         }
         if d.source == DriftSource::Audit

@@ -124,6 +124,9 @@ vocabulary! {
         LeaseLost = "lease_lost",
         /// A reconcile was open, so its fix (or scan) could not start: tried again next poll.
         ReconcileRunning = "reconcile_running",
+        /// The feed could not be read, and the backoff since the last fallback scan has not
+        /// passed: no scan started, the checkpoint stays.
+        FallbackDeferred = "fallback_deferred",
     }
 }
 

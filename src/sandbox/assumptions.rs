@@ -24,10 +24,17 @@ pub enum AssumptionId {
     NoPerSubjectResults,
     RemoveOtherDivisions,
     GroupGrantsInScim,
+    AuditViewPermitted,
+    AuditQueryableWithinLag,
+    AuditEntityTypeRole,
+    AuditMemberActions,
+    AuditEntityIsRole,
+    AuditNamesUser,
+    AuditNamesOwnClient,
 }
 
 impl AssumptionId {
-    pub const ALL: [AssumptionId; 15] = [
+    pub const ALL: [AssumptionId; 22] = [
         Self::IfMatchAccepted,
         Self::StaleIfMatchRefused,
         Self::EmployeeKeptOnReplace,
@@ -43,6 +50,13 @@ impl AssumptionId {
         Self::NoPerSubjectResults,
         Self::RemoveOtherDivisions,
         Self::GroupGrantsInScim,
+        Self::AuditViewPermitted,
+        Self::AuditQueryableWithinLag,
+        Self::AuditEntityTypeRole,
+        Self::AuditMemberActions,
+        Self::AuditEntityIsRole,
+        Self::AuditNamesUser,
+        Self::AuditNamesOwnClient,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +76,13 @@ impl AssumptionId {
             Self::NoPerSubjectResults => "no_per_subject_results",
             Self::RemoveOtherDivisions => "remove_other_divisions",
             Self::GroupGrantsInScim => "group_grants_in_scim",
+            Self::AuditViewPermitted => "audit_view_permitted",
+            Self::AuditQueryableWithinLag => "audit_queryable_within_lag",
+            Self::AuditEntityTypeRole => "audit_entity_type_role",
+            Self::AuditMemberActions => "audit_member_actions",
+            Self::AuditEntityIsRole => "audit_entity_is_role",
+            Self::AuditNamesUser => "audit_names_user",
+            Self::AuditNamesOwnClient => "audit_names_own_client",
         }
     }
 
@@ -111,6 +132,27 @@ impl AssumptionId {
                 "users/remove clears the role in the home division (what it does in other divisions is unknown)"
             }
             Self::GroupGrantsInScim => "SCIM roles lists direct grants, not group-inherited ones",
+            Self::AuditViewPermitted => {
+                "the OAuth client may query the audit trail (audits:audit:view): POST /api/v2/audits/query/realtime answers"
+            }
+            Self::AuditQueryableWithinLag => {
+                "a role change is queryable through the realtime audit query (service PeoplePermissions) within drift.lag_secs of its eventDate (measured, to the second)"
+            }
+            Self::AuditEntityTypeRole => {
+                "every role change of a user, through SCIM and through the Authorization API, is audited with entityType Role"
+            }
+            Self::AuditMemberActions => {
+                "a grant is audited with action MemberAdd (or Add), a removal with MemberRemove (or Remove)"
+            }
+            Self::AuditEntityIsRole => {
+                "a role change's message names the role in entity (entity.id its id, entity.name its name)"
+            }
+            Self::AuditNamesUser => {
+                "a role change's message names the changed user where the feed reads it (context.userId, or propertyChanges of users)"
+            }
+            Self::AuditNamesOwnClient => {
+                "a change made with rolesync's OAuth client is audited with client.id = target.client_id and no user"
+            }
         }
     }
 
@@ -148,6 +190,19 @@ impl AssumptionId {
             }
             Self::RemoveOtherDivisions => "docs/bulk-grants.md assumption 4",
             Self::GroupGrantsInScim => "docs/bulk-grants.md assumption 10",
+            Self::AuditViewPermitted => "SDK AuditApi.md (permission audits:audit:view)",
+            Self::AuditQueryableWithinLag => {
+                "none: the delay is undocumented (emulator README, Audit trail; README, Drift)"
+            }
+            Self::AuditEntityTypeRole | Self::AuditMemberActions => {
+                "third-party material; the notification model's enums (emulator README, Audit trail)"
+            }
+            Self::AuditEntityIsRole | Self::AuditNamesUser => {
+                "none: undocumented (emulator README, Audit trail)"
+            }
+            Self::AuditNamesOwnClient => {
+                "AuditLogMessage has user and client; which is set is undocumented (emulator README, Audit trail)"
+            }
         }
     }
 }

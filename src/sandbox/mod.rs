@@ -1,5 +1,6 @@
-//! `rolesync sandbox-check`: runs every assumption rolesync's SCIM and Authorization paths rest
-//! on against a sandbox org, touching only one test user, and puts that user back as it was.
+//! `rolesync sandbox-check`: runs every assumption rolesync's SCIM and Authorization paths, and
+//! its drift feed (the audit trail), rest on against a sandbox org, touching only one test user,
+//! and puts that user back as it was.
 //!
 //! Invariants:
 //! - the only user written is the test user (found by its externalId, exactly one); other
@@ -9,12 +10,14 @@
 //!   after the last one, also when the run is interrupted (`interrupt` resolves: the probes are
 //!   dropped at their next await, then the restore runs) or a probe fails. A restore that does
 //!   not end with the user as recorded says exactly what to set by hand;
-//! - every call is made once (no retry), counted, and kept for the redacted trace.
+//! - every call is made once (no retry), counted, and kept for the redacted trace; every wait
+//!   (for the audit trail to answer the check's changes) is bounded.
 //!
 //! The judgements are pure (`assumptions`), the redaction too (`redact`); the calls are in
 //! `http` and their sequence in `probes`.
 
 pub mod assumptions;
+pub mod audit;
 mod http;
 mod probes;
 pub mod redact;

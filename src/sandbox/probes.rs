@@ -1,6 +1,9 @@
 //! The sequence of `sandbox-check`'s calls, and the restore of the test user. Each probe's
-//! answer goes to a pure judgement (`assumptions`); a probe without an answer stops the
-//! sequence (the remaining assumptions are then not testable), and the restore runs anyway.
+//! answer goes to a pure judgement (`assumptions`, `audit`); a probe without an answer stops the
+//! sequence (the remaining assumptions are then not testable), and the restore runs anyway. The
+//! audit trail's probes are in `probes/audit.rs`.
+
+mod audit;
 
 use super::assumptions::{self as judge, AssumptionId, Finding, Verdict, roles_of};
 use super::http::{self, Caller, Exchange, NoAnswer, enc};
@@ -40,6 +43,7 @@ struct Ctx {
     test_role: Option<String>,
     token_calls: u32,
     test_user: String,
+    audit: audit::AuditState,
 }
 
 pub(super) async fn run(
@@ -58,6 +62,7 @@ pub(super) async fn run(
         test_role: None,
         token_calls: 0,
         test_user: options.test_user.clone(),
+        audit: audit::AuditState::default(),
     };
     ctx.redactor.know(&options.test_user, "<external-id-1>");
     // Its encoded form too: it appears so in the lookup's query string.
@@ -375,6 +380,8 @@ impl Ctx {
             .find(|(_, n)| *n == role)
             .map(|(i, _)| i.clone())
             .unwrap_or_default();
+        // The audit trail before the first write: the permission, and what is there already.
+        self.audit_before(&id).await?;
 
         // SCIM: If-Match, Employee.
         let v0 = before.seen().etag;
@@ -387,6 +394,9 @@ impl Ctx {
             .collect();
         let replace = json!([{"op": "replace", "path": "roles", "value": without_employee}]);
         let (first, after_first) = self.patch(&id, replace, v0.as_deref()).await?;
+        // Whether the test role was held, as read after each write that may change it (it was
+        // not before the first): the changes the audit trail must show.
+        let mut held = vec![false, after_first.contains(&role)];
         self.findings
             .push(judge::if_match_accepted(v0.as_deref(), &first.seen()));
         self.findings
@@ -402,6 +412,7 @@ impl Ctx {
         ));
         let remove_employee = json!([{"op": "remove", "path": "roles[value eq \"Employee\"]"}]);
         let (removal, after_removal) = self.patch(&id, remove_employee, v2.as_deref()).await?;
+        held.push(after_removal.contains(&role));
         self.findings.push(judge::employee_removal_ignored(
             &removal.seen(),
             &after_removal,
@@ -469,6 +480,7 @@ impl Ctx {
             .api(Method::PUT, remove_route, &remove_path, Some(json!([id])))
             .await?;
         let after = roles_of(&self.get_user(&id).await?.body);
+        held.push(after.contains(&role));
         self.findings
             .push(judge::remove_clears(&removed.seen(), &role, &after));
         let n = settings.target.bulk_max_subjects.max(1);
@@ -490,6 +502,7 @@ impl Ctx {
             )
             .await?;
         let after = roles_of(&self.get_user(&id).await?.body);
+        held.push(after.contains(&role));
         self.findings
             .push(judge::grant_shows(&grant.seen(), &role, &after));
         let mut pages = Vec::new();
@@ -545,6 +558,7 @@ impl Ctx {
             )
             .await?;
         let still = roles_of(&self.get_user(&id).await?.body).contains(&role);
+        held.push(still);
         self.findings.push(judge::bad_id(&refusal.seen(), still));
         self.findings.push(judge::no_per_subject(
             &grant.seen(),
@@ -553,7 +567,10 @@ impl Ctx {
             &random,
         ));
         self.findings.extend(judge::untestable());
-        Ok(())
+        // The audit trail of those changes, and one more (the last): README, Drift.
+        let changes = held.windows(2).filter(|w| w[0] != w[1]).count();
+        self.audit_after(settings, &id, (&role_id, &role), &home_id, (changes, still))
+            .await
     }
 
     /// Puts the test user back as recorded: `active` first (a reactivation may drop roles),

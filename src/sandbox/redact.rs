@@ -10,8 +10,9 @@
 //! 2. a **role name of the catalog** stays as it is (roles are the subject of the check, and a
 //!    catalog's names are the org's configuration, not people).
 //! 3. the string of a **vocabulary key** (`schemas`, `code`, `scimType`, `status`, `op`,
-//!    `path`, `resourceType`, `type`, `version`, dates, `message`, `detail`, …) stays, with rule
-//!    1 applied inside it. Free text (`message`, `detail`) may still name something the org
+//!    `path`, `resourceType`, `type`, `version`, dates, `message`, `detail`, the audit query's
+//!    `interval`, `serviceName`, `entityType`, `action`, …) stays, with rule 1 applied inside
+//!    it; so does the value `Timestamp` (the audit query's sort key). Free text (`message`, `detail`) may still name something the org
 //!    holds that is not a known value: read the trace before sending it.
 //! 4. any other string: an id (`id`, `subjectId`) becomes `<user-N>` (N ≥ 2, stable per value),
 //!    an e-mail address `<email-N>`, anything else `<text-N>`.
@@ -42,7 +43,21 @@ const VOCABULARY_KEYS: &[&str] = &[
     "entityName",
     "domain",
     "actionSet",
+    // The audit query and its messages.
+    "interval",
+    "serviceName",
+    "sortOrder",
+    "property",
+    "entityType",
+    "action",
+    "level",
+    "eventDate",
+    "localizableMessageCode",
+    "via",
 ];
+
+/// Values that are vocabulary wherever they appear (the audit query's sort key).
+const VOCABULARY_VALUES: &[&str] = &["Timestamp"];
 
 #[derive(Debug, Default, Clone)]
 pub struct Redactor {
@@ -115,7 +130,10 @@ impl Redactor {
         if let Some((_, p)) = self.known.iter().find(|(v, _)| v == s) {
             return p.clone();
         }
-        if self.roles.contains(s) || key.is_some_and(|k| VOCABULARY_KEYS.contains(&k)) {
+        if self.roles.contains(s)
+            || VOCABULARY_VALUES.contains(&s)
+            || key.is_some_and(|k| VOCABULARY_KEYS.contains(&k))
+        {
             return self.text(s);
         }
         if let Some(p) = self.others.get(s) {

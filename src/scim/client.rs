@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 mod audits;
 mod catalog;
-pub use audits::QueryState;
+pub use audits::{QueryState, SERVICE as AUDIT_SERVICE, interval as audit_interval};
 pub use catalog::{AuthzCatalog, RoleCatalog};
 
 pub struct ScimClient {

@@ -3,7 +3,11 @@
 //! in calls proportional to the change (counted on `/emulator/stats`); rolesync's own writes
 //! never reported; the fix as a reconcile over just those users; a failing feed falling back to
 //! a full scan that says so; a gap beyond 14 days read through the async query after a restart;
-//! a replica that died holding the feed's lease; events pushed twice. Webhooks are verified.
+//! a replica that died holding the feed's lease; events pushed twice; a change made by a person
+//! (`changed_by.kind = "user"`); fallback scans spaced by their backoff (`backoff.rs`). Webhooks
+//! are verified.
+
+mod backoff;
 
 use crate::helpers::{
     ADMIN_KEY, READER_KEY, TestApp, TestOptions, WRITER_KEY, csv_for, spawn_app_with, strs,
@@ -17,6 +21,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const TOOL: (&str, &str) = ("admin-tool", "admin-tool-secret");
+/// A person (an administrator) who signs in to the admin tool: their Genesys user id and name.
+const PERSON: (&str, &str) = ("7d9c2b1e-0a4f-4c55-9b1e-ada000000001", "Ada Admin");
 const SECRET: &str = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const DAY_MS: i64 = 86_400_000;
 
@@ -170,9 +176,30 @@ async fn user_id(app: &TestApp, external_id: &str) -> String {
         .unwrap()
 }
 
+/// A token of the admin tool acting for `PERSON`: what Genesys' authorization-code grant gives
+/// once the person signs in (the emulator's stand-in: `POST /emulator/tokens`).
+async fn person_token(app: &TestApp) -> String {
+    let v: Value = app
+        .client
+        .post(format!("{}/emulator/tokens", app.emulator_url()))
+        .json(&json!({"user": {"id": PERSON.0, "name": PERSON.1}, "client_id": TOOL.0}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["access_token"].as_str().unwrap().to_owned()
+}
+
 /// An administrator's tool (its own OAuth client) sets a user's roles through SCIM.
 async fn hand_patch(app: &TestApp, external_id: &str, roles: &[&str]) {
-    let (token, id) = (tool_token(app).await, user_id(app, external_id).await);
+    patch_with(app, &tool_token(app).await, external_id, roles).await;
+}
+
+/// Sets a user's roles through SCIM with `token`.
+async fn patch_with(app: &TestApp, token: &str, external_id: &str, roles: &[&str]) {
+    let id = user_id(app, external_id).await;
     let roles: Vec<Value> = roles.iter().map(|r| json!({"value": r})).collect();
     let resp = app
         .client
@@ -190,12 +217,17 @@ async fn hand_patch(app: &TestApp, external_id: &str, roles: &[&str]) {
 
 /// The tool takes `role` from a user through the Authorization API (`users/remove`).
 async fn hand_remove(app: &TestApp, external_id: &str, role: &str) {
-    let (token, id) = (tool_token(app).await, user_id(app, external_id).await);
+    remove_with(app, &tool_token(app).await, external_id, role).await;
+}
+
+/// Takes `role` from a user through the Authorization API (`users/remove`) with `token`.
+async fn remove_with(app: &TestApp, token: &str, external_id: &str, role: &str) {
+    let id = user_id(app, external_id).await;
     let base = app.emulator_url();
     let roles: Value = app
         .client
         .get(format!("{base}/api/v2/authorization/roles?name={role}"))
-        .bearer_auth(&token)
+        .bearer_auth(token)
         .send()
         .await
         .unwrap()
@@ -208,7 +240,7 @@ async fn hand_remove(app: &TestApp, external_id: &str, role: &str) {
         .put(format!(
             "{base}/api/v2/authorization/roles/{role_id}/users/remove"
         ))
-        .bearer_auth(&token)
+        .bearer_auth(token)
         .json(&json!([id]))
         .send()
         .await
@@ -359,6 +391,86 @@ async fn drift_feed_reports_hand_changes_through_scim_and_the_authorization_api_
         2.0
     );
     // No more reports for the same changes in later polls.
+    let polls = metric(&app, "rolesync_drift_polls_total{result=\"ok\"}").await;
+    wait_metric(
+        &app,
+        "rolesync_drift_polls_total{result=\"ok\"}",
+        polls + 2.0,
+    )
+    .await;
+    assert_eq!(hooks.of_type("role_sync.drift_detected").len(), 2);
+}
+
+/// The emulator's audit messages of the last hour matching `filter` (`{property, value}`), as
+/// the admin tool reads them.
+async fn audit_messages(app: &TestApp, filter: Value) -> Vec<Value> {
+    let token = tool_token(app).await;
+    let interval = format!("{}/{}", iso(now_ms() - 3_600_000), iso(now_ms() + 60_000));
+    let v: Value = app
+        .client
+        .post(format!(
+            "{}/api/v2/audits/query/realtime",
+            app.emulator_url()
+        ))
+        .bearer_auth(token)
+        .json(&json!({"interval": interval, "filters": [filter], "pageSize": 500}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["entities"].as_array().cloned().unwrap_or_default()
+}
+
+/// A person signed in to the admin tool takes Agent from M1 through SCIM and from M2 through the
+/// Authorization API: each drift event names them (`kind` user, their id and name, as the audit
+/// message's `user` gives them) and the time of their change (the message's `eventDate`).
+#[tokio::test]
+async fn drift_made_by_a_person_names_them_and_the_time_of_their_change() {
+    let hooks = Hooks::start().await;
+    let app = start(&hooks, "").await;
+    let users = names(3, "M");
+    baseline(&app, &users).await;
+    let token = person_token(&app).await;
+    let before = now_ms();
+    patch_with(&app, &token, "M1", &["Employee"]).await;
+    remove_with(&app, &token, "M2", "Agent").await;
+    let after = now_ms();
+    let drift = hooks.wait_for("role_sync.drift_detected", 2).await;
+    // The audit messages of the person's changes (the realtime query's `UserId` filter names the
+    // person who made a change): one per user, each naming the person and the tool's client.
+    let messages = audit_messages(&app, json!({"property": "UserId", "value": PERSON.0})).await;
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    for m in &messages {
+        assert_eq!(m["user"]["id"], PERSON.0, "{m}");
+        assert_eq!(m["user"]["name"], PERSON.1, "{m}");
+        assert_eq!(m["client"]["id"], TOOL.0, "{m}");
+    }
+    let mut seen: Vec<String> = Vec::new();
+    for d in &drift {
+        let ext = d["external_id"].as_str().unwrap().to_owned();
+        let id = user_id(&app, &ext).await;
+        assert_eq!(d["user_id"], id.as_str());
+        assert_eq!(d["source"], "audit");
+        assert_eq!(
+            d["changed_by"],
+            json!({"kind": "user", "id": PERSON.0, "name": PERSON.1}),
+            "{d}"
+        );
+        let message = messages
+            .iter()
+            .find(|m| m["context"]["userId"] == id.as_str())
+            .unwrap_or_else(|| panic!("no audit message of {ext}: {messages:#?}"));
+        assert_eq!(d["changed_at"], message["eventDate"], "{d}");
+        let at = rolesync_date(d["changed_at"].as_str().unwrap());
+        assert!((before..=after).contains(&at), "{d}: not within the change");
+        assert_eq!(strs(&d["roles_added"]), vec!["Agent"]);
+        seen.push(ext);
+    }
+    seen.sort();
+    assert_eq!(seen, ["M1", "M2"]);
+    // Reported once: later polls add nothing.
     let polls = metric(&app, "rolesync_drift_polls_total{result=\"ok\"}").await;
     wait_metric(
         &app,

@@ -1,6 +1,7 @@
 //! `rolesync sandbox-check` (the real binary) against a real emulator over HTTP: every
 //! assumption confirmed on the emulator as it ships; one behaviour changed refutes exactly its
-//! assumption; a run killed with SIGTERM after it changed the test user leaves it as it was; no
+//! assumption (the audit trail's included: another entity type or action name, a delay, the
+//! permission withheld); a run killed with SIGTERM after it changed the test user leaves it as it was; no
 //! other user is touched (`/emulator/users` before and after, `/emulator/writes`); the calls
 //! are counted on `/emulator/stats`.
 
@@ -69,14 +70,15 @@ impl Org {
         list.clone()
     }
 
-    fn config(&self) -> std::path::PathBuf {
+    /// The configuration file, with `toml` after the target.
+    fn config(&self, toml: &str) -> std::path::PathBuf {
         let base = self.url();
         let path = self.dir.path().join("rolesync.toml");
         std::fs::write(
             &path,
             format!(
                 "[target]\nscim_base = \"{base}/api/v2/scim/v2\"\ntoken_url = \"{base}/oauth/token\"\n\
-                 client_id = \"rolesync-dev\"\nclient_secret = \"rolesync-dev-secret\"\n"
+                 client_id = \"rolesync-dev\"\nclient_secret = \"rolesync-dev-secret\"\n{toml}"
             ),
         )
         .expect("config");
@@ -84,9 +86,13 @@ impl Org {
     }
 
     fn command(&self, extra: &[&str]) -> tokio::process::Command {
+        self.command_with("", extra)
+    }
+
+    fn command_with(&self, toml: &str, extra: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rolesync"));
         cmd.args(["sandbox-check", "--output", "json", "--config"])
-            .arg(self.config())
+            .arg(self.config(toml))
             .arg("--trace")
             .arg(self.dir.path().join("trace.jsonl"))
             .args(extra)
@@ -97,8 +103,30 @@ impl Org {
     }
 
     async fn run(&self, extra: &[&str]) -> (i32, Value, String) {
-        let child = self.command(extra).spawn().expect("the binary starts");
+        self.run_with("", extra).await
+    }
+
+    async fn run_with(&self, toml: &str, extra: &[&str]) -> (i32, Value, String) {
+        let child = self
+            .command_with(toml, extra)
+            .spawn()
+            .expect("the binary starts");
         finish(child).await
+    }
+
+    async fn post(&self, path: &str, body: Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("admin call");
+        assert!(
+            resp.status().is_success(),
+            "{path}: {:?}",
+            resp.text().await
+        );
     }
 }
 
@@ -166,7 +194,10 @@ async fn every_assumption_is_confirmed_on_the_emulator_and_only_the_test_user_is
         };
         assert_eq!(verdict, expected, "{id}: {report:#}");
     }
-    assert_eq!(verdicts(&report).len(), 15);
+    assert_eq!(verdicts(&report).len(), 22);
+    // The audit trail's assumptions come last (a stable schema: new ones are appended).
+    let ids: Vec<String> = verdicts(&report).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(&ids[15..], AUDIT);
     assert_eq!(report["restore"]["status"], "restored");
     untouched(&org, &before).await;
     // The calls the report counts are the ones the emulator saw (the token included).
@@ -205,15 +236,145 @@ async fn every_assumption_is_confirmed_on_the_emulator_and_only_the_test_user_is
 async fn refutes_exactly(args: EmulatorArgs, expected: &str) {
     let org = Org::start(args).await;
     let before = org.users().await;
-    let (code, report, stderr) = org.run(WRITES).await;
+    run_refuting(&org, "", expected).await;
+    untouched(&org, &before).await;
+}
+
+/// One run that refutes exactly `expected` and restores the test user; the report.
+async fn run_refuting(org: &Org, toml: &str, expected: &str) -> Value {
+    let (code, report, stderr) = org.run_with(toml, WRITES).await;
     assert_eq!(code, 1, "{report:#}\n{stderr}");
-    let refuted: Vec<String> = verdicts(&report)
+    assert_eq!(refuted(&report), [expected], "{report:#}");
+    assert_eq!(report["restore"]["status"], "restored");
+    report
+}
+
+fn refuted(report: &Value) -> Vec<String> {
+    verdicts(report)
         .into_iter()
         .filter(|(_, v)| v == "refuted")
         .map(|(id, _)| id)
-        .collect();
-    assert_eq!(refuted, [expected], "{report:#}");
-    assert_eq!(report["restore"]["status"], "restored");
+        .collect()
+}
+
+/// The finding `id` of a report.
+fn finding<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["assumptions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["id"] == id))
+        .unwrap_or(&Value::Null)
+}
+
+const AUDIT: &[&str] = &[
+    "audit_view_permitted",
+    "audit_queryable_within_lag",
+    "audit_entity_type_role",
+    "audit_member_actions",
+    "audit_entity_is_role",
+    "audit_names_user",
+    "audit_names_own_client",
+];
+
+/// The audit trail written otherwise than rolesync reads it: each change refutes exactly its
+/// assumption (the same org for every run: each run leaves out the messages of those before).
+#[tokio::test]
+async fn another_entity_type_or_action_name_refutes_exactly_that_audit_assumption() {
+    let org = Org::start(EmulatorArgs::default()).await;
+    let before = org.users().await;
+    let as_shipped =
+        json!({"entity_type": "Role", "add_action": "MemberAdd", "remove_action": "MemberRemove"});
+    for (knobs, expected) in [
+        (json!({"entity_type": "User"}), "audit_entity_type_role"),
+        (
+            json!({"add_action": "RoleAssigned"}),
+            "audit_member_actions",
+        ),
+        // Swapped: a grant written as a removal and a removal as a grant.
+        (
+            json!({"add_action": "MemberRemove", "remove_action": "MemberAdd"}),
+            "audit_member_actions",
+        ),
+    ] {
+        org.post("/emulator/audits", as_shipped.clone()).await;
+        org.post("/emulator/audits", knobs.clone()).await;
+        let report = run_refuting(&org, "", expected).await;
+        let f = finding(&report, expected);
+        eprintln!("{knobs}: {}", f["evidence"]);
+        for id in AUDIT.iter().filter(|id| **id != expected) {
+            assert_eq!(
+                finding(&report, id)["verdict"],
+                "confirmed",
+                "{id}: {report:#}"
+            );
+        }
+    }
+    untouched(&org, &before).await;
+}
+
+/// Messages queryable 2.5 s after their date: measured, and refuted while `drift.lag_secs` is
+/// 0; confirmed with `drift.lag_secs = 5`.
+#[tokio::test]
+async fn a_late_audit_trail_refutes_the_delay_unless_drift_lag_secs_covers_it() {
+    let org = Org::start(EmulatorArgs::default()).await;
+    let before = org.users().await;
+    org.post("/emulator/audits", json!({"delay_ms": 2_500}))
+        .await;
+    let report = run_refuting(&org, "", "audit_queryable_within_lag").await;
+    let evidence = finding(&report, "audit_queryable_within_lag")["evidence"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let measured: i64 = evidence
+        .split_once("queryable ")
+        .and_then(|(_, rest)| rest.split_once(" ms"))
+        .and_then(|(ms, _)| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no delay in {evidence}"));
+    assert!(
+        (2_500..30_000).contains(&measured),
+        "measured {measured} ms: {evidence}"
+    );
+    assert!(
+        evidence.contains("set drift.lag_secs to at least"),
+        "{evidence}"
+    );
+    let (code, report, stderr) = org.run_with("[drift]\nlag_secs = 5\n", WRITES).await;
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(
+        finding(&report, "audit_queryable_within_lag")["verdict"],
+        "confirmed",
+        "{report:#}"
+    );
+    untouched(&org, &before).await;
+}
+
+/// Without `audits:audit:view` the permission is refuted and the feed's other assumptions are
+/// not testable; the rest of the check is unaffected.
+#[tokio::test]
+async fn without_audits_view_the_permission_is_refuted_and_the_feeds_shape_not_testable() {
+    let org = Org::start(EmulatorArgs::default()).await;
+    let before = org.users().await;
+    org.post(
+        "/emulator/faults",
+        json!({"missing_permissions": ["audits:audit:view"]}),
+    )
+    .await;
+    let report = run_refuting(&org, "", "audit_view_permitted").await;
+    for (id, verdict) in verdicts(&report) {
+        let expected = if id == "audit_view_permitted" {
+            "refuted"
+        } else if NOT_TESTABLE.contains(&id.as_str()) || AUDIT.contains(&id.as_str()) {
+            "not_testable"
+        } else {
+            "confirmed"
+        };
+        assert_eq!(verdict, expected, "{id}: {report:#}");
+    }
+    assert!(
+        finding(&report, "audit_view_permitted")["evidence"]
+            .as_str()
+            .is_some_and(|e| e.contains("403") && e.contains("audits:audit:view")),
+        "{report:#}"
+    );
     untouched(&org, &before).await;
 }
 
@@ -318,10 +479,15 @@ async fn a_restore_that_fails_says_what_to_set_by_hand() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // From now on every SCIM write of the test user fails: the restore cannot be made.
-    let staged = post(json!({"failing_users": [{"external_id": TEST_USER, "status": 503}]}))
-        .await
-        .expect("faults");
+    // From now on every SCIM write of the test user fails, and so does every removal through
+    // the Authorization API: the role the first PATCH granted stays, and the restore cannot
+    // take it away.
+    let staged = post(
+        json!({"failing_users": [{"external_id": TEST_USER, "status": 503}],
+                             "missing_permissions": ["authorization:grant:delete"]}),
+    )
+    .await
+    .expect("faults");
     assert!(staged.status().is_success());
     let (code, report, stderr) = finish(child).await;
     assert_eq!(code, 5, "{report:#}\n{stderr}");

@@ -10,6 +10,7 @@
 //! - `GET /emulator/stats`, `POST /emulator/stats/reset`.
 //! - `GET /emulator/writes?after&limit`: the log of accepted role writes (`writes.rs`).
 //! - `GET|POST /emulator/audits`: the audit trail's knobs (`audit_api.rs`).
+//! - `POST /emulator/tokens`: a token acting for a person (`oauth.rs`).
 //! - `POST /emulator/reset`: users, the write log, stats and tokens cleared; faults off,
 //!   nothing staged.
 
@@ -210,6 +211,7 @@ pub fn router() -> Router<Shared> {
         .route("/stats/reset", post(reset_stats))
         .route("/reset", post(reset))
         .route("/writes", get(crate::writes::get_writes))
+        .route("/tokens", post(crate::oauth::person_token))
         .route(
             "/audits",
             get(crate::audit_api::get_admin).post(crate::audit_api::set_admin),

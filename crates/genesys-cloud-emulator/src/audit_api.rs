@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::Shared;
-use crate::audit_trail::{self, Message, Property, Query, iso, now_ms, parse_iso};
+use crate::audit_trail::{self, Message, Property, Query, Shape, iso, now_ms, parse_iso};
 use crate::errors::{ApiError, JSON_CONTENT_TYPE, json_response};
 use crate::permissions::{AUDIT_VIEW, require};
 use crate::scim::read_json;
@@ -97,6 +97,9 @@ pub struct Audits {
     fail_queries: AtomicBool,
     /// Status reads an execution answers before it ends (0: ended at once).
     query_polls: AtomicU32,
+    /// What messages are written as, and their delay (`entity_type`, `add_action`,
+    /// `remove_action`, `delay_ms`).
+    shape: Mutex<Shape>,
 }
 
 impl Audits {
@@ -104,8 +107,18 @@ impl Audits {
         *lock(&self.executions) = (Vec::new(), HashMap::new());
         self.fail_queries.store(false, Ordering::Relaxed);
         self.query_polls.store(0, Ordering::Relaxed);
+        *lock(&self.shape) = Shape::default();
+    }
+
+    fn shape(&self) -> Shape {
+        lock(&self.shape).clone()
     }
 }
+
+/// Longest name `POST /emulator/audits` takes for an entity type or an action.
+const MAX_NAME: usize = 64;
+/// Longest `delay_ms`: ten minutes.
+const MAX_DELAY_MS: i64 = 600_000;
 
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::genesys(StatusCode::BAD_REQUEST, "bad.request", message)
@@ -233,10 +246,18 @@ fn selected(shared: &Shared, q: &Query) -> Vec<Arc<Message>> {
             .unwrap_or_default()
             .to_owned()
     };
-    audit_trail::select(&shared.writes.trail.snapshot(), q, &role_id)
+    let shape = shared.audits.shape();
+    audit_trail::select(
+        &shared.writes.trail.snapshot(),
+        q,
+        &role_id,
+        &shape,
+        now_ms(),
+    )
 }
 
 fn views(shared: &Shared, messages: &[Arc<Message>]) -> Vec<Value> {
+    let shape = shared.audits.shape();
     messages
         .iter()
         .map(|m| {
@@ -246,6 +267,7 @@ fn views(shared: &Shared, messages: &[Arc<Message>]) -> Vec<Value> {
                 role_id,
                 &shared.home_division.id,
                 &shared.home_division.id,
+                &shape,
             )
         })
         .collect()
@@ -426,21 +448,44 @@ pub(crate) async fn query_results(
 
 /// `GET /api/v2/audits/query[/realtime]/servicemapping`.
 pub(crate) async fn service_mapping(State(shared): State<Shared>) -> Response {
+    let shape = shared.audits.shape();
     match require(&shared, AUDIT_VIEW) {
         Ok(()) => ok(&json!({"services": [{
             "name": audit_trail::SERVICE,
-            "entities": [{"name": audit_trail::ENTITY_TYPE, "actions": ["MemberAdd", "MemberRemove"]}],
+            "entities": [{"name": shape.entity_type, "actions": [shape.add_action, shape.remove_action]}],
         }]})),
         Err(e) => e.into_response(),
     }
 }
 
 fn admin_view(shared: &Shared) -> Value {
+    let shape = shared.audits.shape();
     json!({
         "messages": shared.writes.trail.len(),
         "fail_queries": shared.audits.fail_queries.load(Ordering::Relaxed),
         "query_polls": shared.audits.query_polls.load(Ordering::Relaxed),
+        "entity_type": shape.entity_type,
+        "add_action": shape.add_action,
+        "remove_action": shape.remove_action,
+        "delay_ms": shape.delay_ms,
     })
+}
+
+/// A name for `entity_type` or an action: 1 to 64 of `[A-Za-z0-9_.-]`.
+fn shape_name(field: &str, v: &Value) -> Result<String, ApiError> {
+    v.as_str()
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= MAX_NAME
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        })
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            bad(format!(
+                "{field} must be 1 to {MAX_NAME} of A-Z a-z 0-9 _ . -"
+            ))
+        })
 }
 
 /// `GET /emulator/audits`.
@@ -448,9 +493,12 @@ pub(crate) async fn get_admin(State(shared): State<Shared>) -> Response {
     ok(&admin_view(&shared))
 }
 
-/// `POST /emulator/audits` `{"backdate_secs": N, "fail_queries": bool, "query_polls": N}`:
-/// moves every message kept N seconds (0..=400 days) into the past; makes new async queries
-/// end `Failed`; sets how many status reads a new async query answers before it ends.
+/// `POST /emulator/audits` `{"backdate_secs": N, "fail_queries": bool, "query_polls": N,
+/// "entity_type", "add_action", "remove_action", "delay_ms"}`: moves every message kept N
+/// seconds (0..=400 days) into the past; makes new async queries end `Failed`; sets how many
+/// status reads a new async query answers before it ends; changes what role changes are
+/// written as and how long after its date a message is queryable (every message, kept or
+/// new). Nothing changes unless every field is valid.
 pub(crate) async fn set_admin(
     State(shared): State<Shared>,
     headers: HeaderMap,
@@ -464,8 +512,18 @@ pub(crate) async fn set_admin(
         let mut backdate = None;
         let mut fail = None;
         let mut polls = None;
+        let mut shape = shared.audits.shape();
         for (k, v) in obj {
             match k.as_str() {
+                "entity_type" => shape.entity_type = shape_name(k, v)?,
+                "add_action" => shape.add_action = shape_name(k, v)?,
+                "remove_action" => shape.remove_action = shape_name(k, v)?,
+                "delay_ms" => {
+                    shape.delay_ms = v
+                        .as_i64()
+                        .filter(|n| (0..=MAX_DELAY_MS).contains(n))
+                        .ok_or_else(|| bad("delay_ms must be an integer from 0 to 600000"))?
+                }
                 "backdate_secs" => backdate = Some(
                     v.as_i64()
                         .filter(|n| (0..=400 * 86_400).contains(n))
@@ -499,6 +557,7 @@ pub(crate) async fn set_admin(
         if let Some(p) = polls {
             shared.audits.query_polls.store(p, Ordering::Relaxed);
         }
+        *lock(&shared.audits.shape) = shape;
         Ok::<_, ApiError>(admin_view(&shared))
     }
     .await;

@@ -28,6 +28,64 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A person a token acts for (an authorization-code token; README, Audit trail): their user id
+/// and name, as a message's `user` names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    pub id: String,
+    pub name: String,
+}
+
+/// Who made a request: the OAuth client of its token and, for a person's token, the person.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub client_id: Arc<str>,
+    pub person: Option<Arc<Person>>,
+}
+
+impl Actor {
+    /// A client-credentials token's actor: the client alone.
+    pub fn client(client_id: Arc<str>) -> Actor {
+        Actor {
+            client_id,
+            person: None,
+        }
+    }
+}
+
+/// What the emulator writes into a role change's message, and when it can be queried: the
+/// assumptions `POST /emulator/audits` can change, so that a client's check of them can be
+/// refuted in a test (README, Audit trail). Applied when messages are queried and shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    pub entity_type: String,
+    pub add_action: String,
+    pub remove_action: String,
+    /// Milliseconds after its `eventDate` before a message is queryable.
+    pub delay_ms: i64,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Shape {
+            entity_type: ENTITY_TYPE.to_owned(),
+            add_action: Action::MemberAdd.as_str().to_owned(),
+            remove_action: Action::MemberRemove.as_str().to_owned(),
+            delay_ms: 0,
+        }
+    }
+}
+
+impl Shape {
+    /// The action name written for `a`.
+    pub fn action(&self, a: Action) -> &str {
+        match a {
+            Action::MemberAdd => &self.add_action,
+            Action::MemberRemove => &self.remove_action,
+        }
+    }
+}
+
 /// What happened to the role's membership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -50,8 +108,8 @@ pub struct Message {
     pub id: String,
     /// When it happened (Unix milliseconds; `POST /emulator/audits/backdate` moves it).
     pub event_ms: i64,
-    /// The OAuth client of the request's token.
-    pub client_id: Arc<str>,
+    /// The OAuth client of the request's token, and the person it acts for, if any.
+    pub actor: Actor,
     /// Which call made it (`writes::Via`, snake case), kept in `context.via`.
     pub via: &'static str,
     pub action: Action,
@@ -78,7 +136,7 @@ impl AuditTrail {
     /// `before` but not `after` (`MemberRemove`).
     pub fn record(
         &self,
-        client_id: &Arc<str>,
+        actor: &Actor,
         via: &'static str,
         subject_id: &Arc<str>,
         before: &BTreeSet<String>,
@@ -89,7 +147,7 @@ impl AuditTrail {
             Arc::new(Message {
                 id: crate::errors::new_uuid(),
                 event_ms,
-                client_id: client_id.clone(),
+                actor: actor.clone(),
                 via,
                 action,
                 subject_id: subject_id.clone(),
@@ -180,25 +238,36 @@ pub struct Query {
     pub descending: bool,
 }
 
-/// What a filter compares: the message's value of `p` (role ids come from the catalog).
-fn matches(m: &Message, p: Property, value: &str, role_id: &dyn Fn(&str) -> String) -> bool {
+/// What a filter compares: the message's value of `p` as `shape` writes it (role ids come from
+/// the catalog).
+fn matches(
+    m: &Message,
+    p: Property,
+    value: &str,
+    role_id: &dyn Fn(&str) -> String,
+    shape: &Shape,
+) -> bool {
     match p {
-        // The user who made the change: client-credentials changes have none.
-        Property::UserId => false,
+        // The person who made the change: client-credentials changes have none.
+        Property::UserId => m.actor.person.as_ref().is_some_and(|u| u.id == value),
         // One org: the emulator has no trustee organisations.
         Property::TrusteeOrganizationId => false,
-        Property::ClientId => *m.client_id == *value,
-        Property::Action => m.action.as_str().eq_ignore_ascii_case(value),
-        Property::EntityType => ENTITY_TYPE.eq_ignore_ascii_case(value),
+        Property::ClientId => *m.actor.client_id == *value,
+        Property::Action => shape.action(m.action).eq_ignore_ascii_case(value),
+        Property::EntityType => shape.entity_type.eq_ignore_ascii_case(value),
         Property::EntityId => role_id(&m.role_name) == value,
     }
 }
 
-/// The messages `q` selects, in its order (ties keep the order of the trail).
+/// The messages `q` selects at `now_ms`, in its order (ties keep the order of the trail): those
+/// of its interval already queryable (`shape.delay_ms` after their date) that match every
+/// filter.
 pub fn select(
     messages: &[Arc<Message>],
     q: &Query,
     role_id: &dyn Fn(&str) -> String,
+    shape: &Shape,
+    now_ms: i64,
 ) -> Vec<Arc<Message>> {
     let service_ok = q
         .service
@@ -210,7 +279,12 @@ pub fn select(
     let mut out: Vec<Arc<Message>> = messages
         .iter()
         .filter(|m| m.event_ms >= q.start_ms && m.event_ms < q.end_ms)
-        .filter(|m| q.filters.iter().all(|(p, v)| matches(m, *p, v, role_id)))
+        .filter(|m| m.event_ms.saturating_add(shape.delay_ms) <= now_ms)
+        .filter(|m| {
+            q.filters
+                .iter()
+                .all(|(p, v)| matches(m, *p, v, role_id, shape))
+        })
         .cloned()
         .collect();
     out.sort_by_key(|m| m.event_ms);
@@ -236,8 +310,9 @@ pub fn parse_iso(s: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-/// A message as Genesys' `AuditLogMessage`.
-pub fn view(m: &Message, role_id: &str, org_id: &str, division_id: &str) -> Value {
+/// A message as Genesys' `AuditLogMessage`, written as `shape` says. A person's change names
+/// them in `user` beside the client (README, Audit trail).
+pub fn view(m: &Message, role_id: &str, org_id: &str, division_id: &str, shape: &Shape) -> Value {
     let (verb, change) = match m.action {
         Action::MemberAdd => (
             "granted to",
@@ -248,28 +323,35 @@ pub fn view(m: &Message, role_id: &str, org_id: &str, division_id: &str) -> Valu
             json!({"property": "userIds", "oldValues": [&*m.subject_id], "newValues": []}),
         ),
     };
-    json!({
+    let action = shape.action(m.action);
+    let client = &m.actor.client_id;
+    let mut v = json!({
         "id": m.id,
         "userHomeOrgId": org_id,
-        "client": {"id": &*m.client_id, "selfUri": format!("/api/v2/oauth/clients/{}", m.client_id)},
+        "client": {"id": &**client, "selfUri": format!("/api/v2/oauth/clients/{client}")},
         "remoteIp": ["127.0.0.1"],
         "serviceName": SERVICE,
         "level": "USER",
         "eventDate": iso(m.event_ms),
         "message": {
-            "localizableMessageCode": format!("role.{}", m.action.as_str()),
+            "localizableMessageCode": format!("role.{action}"),
             "message": format!("Role {} {verb} user {}", m.role_name, m.subject_id),
             "messageWithParams": format!("Role {{roleName}} {verb} user {{userId}}"),
             "messageParams": {"roleName": m.role_name, "userId": &*m.subject_id},
         },
-        "action": m.action.as_str(),
+        "action": action,
         "entity": {"id": role_id, "name": m.role_name, "selfUri": format!("/api/v2/authorization/roles/{role_id}")},
-        "entityType": ENTITY_TYPE,
+        "entityType": shape.entity_type,
         "status": "SUCCESS",
         "transactionInitiator": true,
         "propertyChanges": [change],
         "context": {"userId": &*m.subject_id, "divisionId": division_id, "via": m.via},
-    })
+    });
+    if let Some(p) = &m.actor.person {
+        v["user"] =
+            json!({"id": p.id, "name": p.name, "selfUri": format!("/api/v2/users/{}", p.id)});
+    }
+    v
 }
 
 #[cfg(test)]
@@ -285,7 +367,7 @@ mod tests {
     #[test]
     fn a_change_is_one_message_per_role_added_or_removed() {
         let trail = AuditTrail::default();
-        let (c, u): (Arc<str>, Arc<str>) = (Arc::from("cli"), Arc::from("u1"));
+        let (c, u) = (Actor::client(Arc::from("cli")), Arc::from("u1"));
         trail.record(
             &c,
             "scim_patch",
@@ -320,15 +402,22 @@ mod tests {
     fn select_filters_by_interval_property_and_orders() {
         let trail = AuditTrail::default();
         let u: Arc<str> = Arc::from("u1");
+        let person = Arc::new(Person {
+            id: "p1".into(),
+            name: "Ada Admin".into(),
+        });
         trail.record(
-            &Arc::from("a"),
+            &Actor {
+                client_id: Arc::from("a"),
+                person: Some(person),
+            },
             "scim_patch",
             &u,
             &roles(&[]),
             &roles(&["X"]),
         );
         trail.record(
-            &Arc::from("b"),
+            &Actor::client(Arc::from("b")),
             "bulk_remove",
             &u,
             &roles(&["X"]),
@@ -343,12 +432,11 @@ mod tests {
             filters,
             descending,
         };
-        assert_eq!(select(&all, &q(vec![], false), &rid).len(), 2);
-        let by_b = select(
-            &all,
-            &q(vec![(Property::ClientId, "b".into())], false),
-            &rid,
-        );
+        let shape = Shape::default();
+        let now = now_ms();
+        let sel = |q: &Query| select(&all, q, &rid, &shape, now);
+        assert_eq!(sel(&q(vec![], false)).len(), 2);
+        let by_b = sel(&q(vec![(Property::ClientId, "b".into())], false));
         assert_eq!(by_b.len(), 1);
         assert_eq!(by_b[0].action, Action::MemberRemove);
         let by_role = q(
@@ -358,19 +446,68 @@ mod tests {
             ],
             false,
         );
-        assert_eq!(select(&all, &by_role, &rid).len(), 1);
+        assert_eq!(sel(&by_role).len(), 1);
+        let by_person = sel(&q(vec![(Property::UserId, "p1".into())], false));
+        assert_eq!(by_person.len(), 1);
+        assert_eq!(by_person[0].action, Action::MemberAdd);
         let other = Query {
             service: Some("Directory".into()),
             ..q(vec![], false)
         };
-        assert!(select(&all, &other, &rid).is_empty());
+        assert!(sel(&other).is_empty());
         let none = Query {
             start_ms: i64::MAX - 1,
             ..q(vec![], false)
         };
-        assert!(select(&all, &none, &rid).is_empty());
+        assert!(sel(&none).is_empty());
         assert_eq!(trail.backdate(10), 2);
         assert!(trail.snapshot()[0].event_ms < all[0].event_ms);
+    }
+
+    #[test]
+    fn the_shape_renames_what_is_written_and_delays_what_is_queryable() {
+        let trail = AuditTrail::default();
+        let u: Arc<str> = Arc::from("u1");
+        let person = Some(Arc::new(Person {
+            id: "p1".into(),
+            name: "Ada Admin".into(),
+        }));
+        let actor = Actor {
+            client_id: Arc::from("tool"),
+            person,
+        };
+        trail.record(&actor, "scim_patch", &u, &roles(&[]), &roles(&["X"]));
+        let all = trail.snapshot();
+        let rid = |n: &str| format!("id-{n}");
+        let shape = Shape {
+            entity_type: "User".into(),
+            add_action: "RoleAssigned".into(),
+            delay_ms: 5_000,
+            ..Shape::default()
+        };
+        let q = |filters| Query {
+            start_ms: 0,
+            end_ms: i64::MAX,
+            service: None,
+            filters,
+            descending: false,
+        };
+        let at = all[0].event_ms;
+        assert!(select(&all, &q(vec![]), &rid, &shape, at + 4_999).is_empty());
+        assert_eq!(select(&all, &q(vec![]), &rid, &shape, at + 5_000).len(), 1);
+        let typed = vec![(Property::EntityType, "role".to_owned())];
+        assert!(select(&all, &q(typed), &rid, &shape, at + 5_000).is_empty());
+        let v = view(&all[0], "rid", "org", "home", &shape);
+        assert_eq!(
+            (v["entityType"].as_str(), v["action"].as_str()),
+            (Some("User"), Some("RoleAssigned"))
+        );
+        assert_eq!(v["user"]["id"], "p1");
+        assert_eq!(v["user"]["name"], "Ada Admin");
+        assert_eq!(v["client"]["id"], "tool");
+        let plain = view(&all[0], "rid", "org", "home", &Shape::default());
+        assert_eq!(plain["action"], "MemberAdd");
+        assert_eq!(plain["entityType"], "Role");
     }
 
     #[test]

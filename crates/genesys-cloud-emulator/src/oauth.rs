@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::Shared;
+use crate::audit_trail::{Actor, Person};
 use crate::errors::{ApiError, JSON_CONTENT_TYPE};
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
@@ -101,11 +102,66 @@ pub async fn token(
         .into_response();
     }
     let ttl = shared.args.token_ttl_secs;
-    let token = shared
-        .tokens
-        .issue(Duration::from_secs(ttl), Arc::from(client_id));
+    let token = shared.tokens.issue(
+        Duration::from_secs(ttl),
+        Actor::client(Arc::from(client_id)),
+    );
     let staged = shared.faults.staged().expires_in();
     let mut response = (StatusCode::OK, token_body(&token, ttl, staged.as_deref())).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(JSON_CONTENT_TYPE),
+    );
+    response
+}
+
+/// Longest person id and name a person's token takes.
+const MAX_PERSON_ID: usize = 128;
+const MAX_PERSON_NAME: usize = 256;
+
+/// `POST /emulator/tokens` `{"user": {"id", "name"}, "client_id"?}`: a token that acts for a
+/// person through a client, as Genesys' authorization-code grant gives one after the person signs
+/// in (the emulator has no sign-in page; README, Audit trail). `client_id` defaults to
+/// `--client-id` and must be a valid client. Changes made with it are audited naming the person
+/// (`user`) and the client. The answer is `/oauth/token`'s. Admin: not counted, never faulted.
+pub async fn person_token(State(shared): State<Shared>, body: axum::body::Bytes) -> Response {
+    let bad = |m: &str| {
+        ApiError::genesys(StatusCode::BAD_REQUEST, "bad.request", m.to_owned()).into_response()
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return bad("The body must be JSON: {\"user\": {\"id\", \"name\"}, \"client_id\"}");
+    };
+    let text = |p: &str, max: usize| {
+        v.pointer(p)
+            .and_then(serde_json::Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.chars().count() <= max)
+            .map(str::to_owned)
+    };
+    let Some(id) = text("/user/id", MAX_PERSON_ID) else {
+        return bad("user.id must be a string of 1 to 128 characters");
+    };
+    let Some(name) = text("/user/name", MAX_PERSON_NAME) else {
+        return bad("user.name must be a string of 1 to 256 characters");
+    };
+    let args = &shared.args;
+    let client_id = match v.get("client_id") {
+        None | Some(serde_json::Value::Null) => args.client_id.clone(),
+        Some(serde_json::Value::String(c)) => c.clone(),
+        Some(_) => return bad("client_id must be a string"),
+    };
+    let known =
+        client_id == args.client_id || args.extra_clients.iter().any(|(i, _)| *i == client_id);
+    if !known {
+        return bad("client_id names no client of this emulator (--client-id or --client)");
+    }
+    let ttl = args.token_ttl_secs;
+    let actor = Actor {
+        client_id: Arc::from(client_id.as_str()),
+        person: Some(Arc::new(Person { id, name })),
+    };
+    let token = shared.tokens.issue(Duration::from_secs(ttl), actor);
+    let mut response = (StatusCode::OK, token_body(&token, ttl, None)).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(JSON_CONTENT_TYPE),

@@ -5,7 +5,8 @@
 //! the window resets); over the limit the answer is 429 with `Retry-After` and the Genesys body
 //! (`too.many.requests.retry.after`). With the limit off (0) the headers are left out.
 //!
-//! Each token remembers the OAuth client it was issued to; the guard hands it to the handlers
+//! Each token remembers the OAuth client it was issued to (and, for a person's token, the
+//! person); the guard hands them to the handlers
 //! (`writes::Caller`) for the write log. The guard is also where a staged header override
 //! (`staged.rs`) is used up: one use per authenticated API call, its headers set last so they
 //! replace the emulator's own.
@@ -20,6 +21,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::Emulator;
+use crate::audit_trail::Actor;
 use crate::errors::ApiError;
 use crate::state::{lock, read, write};
 use crate::writes::Caller;
@@ -31,8 +33,8 @@ const WINDOW: Duration = Duration::from_secs(60);
 
 pub struct Token {
     expires_at: Instant,
-    /// The OAuth client it was issued to.
-    client_id: Arc<str>,
+    /// The OAuth client it was issued to, and the person it acts for (a person's token).
+    actor: Actor,
     window: Mutex<Window>,
 }
 
@@ -48,8 +50,8 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// A new token for `client_id`, living `ttl`.
-    pub fn issue(&self, ttl: Duration, client_id: Arc<str>) -> String {
+    /// A new token for `actor` (a client, or a person through a client), living `ttl`.
+    pub fn issue(&self, ttl: Duration, actor: Actor) -> String {
         use base64::Engine;
         let bytes: [u8; 32] = rand::random();
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
@@ -62,7 +64,7 @@ impl Tokens {
             token.clone(),
             Arc::new(Token {
                 expires_at: now + ttl,
-                client_id,
+                actor,
                 window: Mutex::new(Window {
                     start: now,
                     count: 0,
@@ -132,7 +134,7 @@ pub async fn guard(shared: &Emulator, mut req: Request, next: Next) -> Response 
         },
     };
     // The handlers that write roles log the token's client (`writes.rs`).
-    req.extensions_mut().insert(Caller(token.client_id.clone()));
+    req.extensions_mut().insert(Caller(token.actor.clone()));
     let staged = shared.faults.staged().take_override();
     let limit = shared.faults.rate_limit_per_minute();
     // Every authenticated request counts, whatever answers it.

@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::Shared;
+use crate::audit_trail::Actor;
 use crate::errors::{ApiError, JSON_CONTENT_TYPE};
 /// A user's id, as the directory keeps it (`state::Id`; named here, not imported, so that the
 /// directory can depend on this log without a cycle).
@@ -66,16 +67,16 @@ impl Via {
     }
 }
 
-/// The OAuth client of the request's token; the API guard (`ratelimit.rs`) puts it in the
-/// request's extensions.
+/// The OAuth client of the request's token (and the person a person's token acts for); the
+/// API guard (`ratelimit.rs`) puts it in the request's extensions.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Arc<str>);
+pub struct Caller(pub Actor);
 
-/// Who made a request: its token's client and its `x-correlation-id` (when at most 200 bytes of
-/// visible ASCII). Never fails: outside the guard the client is empty.
+/// Who made a request: its token's client (and person) and its `x-correlation-id` (when at most
+/// 200 bytes of visible ASCII). Never fails: outside the guard the client is empty.
 #[derive(Debug, Clone)]
 pub struct WriteCtx {
-    client_id: Arc<str>,
+    actor: Actor,
     correlation_id: Option<Arc<str>>,
 }
 
@@ -83,16 +84,16 @@ impl<S: Send + Sync> FromRequestParts<S> for WriteCtx {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let client_id = parts
+        let actor = parts
             .extensions
             .get::<Caller>()
-            .map_or_else(|| Arc::from(""), |c| c.0.clone());
+            .map_or_else(|| Actor::client(Arc::from("")), |c| c.0.clone());
         let correlation_id = parts
             .headers
             .get("x-correlation-id")
             .and_then(correlation_id);
         Ok(WriteCtx {
-            client_id,
+            actor,
             correlation_id,
         })
     }
@@ -127,20 +128,16 @@ impl Audit<'_> {
             return;
         }
         // The org's audit trail too (README, Audit trail): one message per role changed.
-        self.log.trail.record(
-            &self.ctx.client_id,
-            self.via.as_str(),
-            user_id,
-            before,
-            after,
-        );
+        self.log
+            .trail
+            .record(&self.ctx.actor, self.via.as_str(), user_id, before, after);
         let at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         // BTreeSet iterates in name order: the lists come out sorted.
         let entry = Arc::new(Write {
             at_ms,
-            client_id: self.ctx.client_id.clone(),
+            client_id: self.ctx.actor.client_id.clone(),
             via: self.via,
             user_id: user_id.clone(),
             external_id: external_id.map(str::to_owned),
@@ -349,7 +346,7 @@ mod tests {
 
     fn ctx() -> WriteCtx {
         WriteCtx {
-            client_id: Arc::from("c"),
+            actor: Actor::client(Arc::from("c")),
             correlation_id: None,
         }
     }

@@ -521,3 +521,183 @@ async fn the_audit_api_needs_its_permission_and_is_rate_limited_and_counted() {
     );
     emu.handle.shutdown().await;
 }
+
+async fn person_token(emu: &Emu, body: Value) -> (StatusCode, Value) {
+    emu.admin(Method::POST, "/emulator/tokens", Some(body))
+        .await
+}
+
+#[tokio::test]
+async fn a_persons_token_is_audited_naming_the_person_and_the_client() {
+    let emu = start(2, 0).await;
+    let users = emu.users().await;
+    let (u1, u2) = (
+        users[0]["id"].as_str().unwrap().to_owned(),
+        users[1]["id"].as_str().unwrap().to_owned(),
+    );
+    let (s, v) = person_token(
+        &emu,
+        json!({"user": {"id": "person-1", "name": "Ada Admin"}, "client_id": ADMIN_TOOL.0}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["token_type"], "bearer");
+    let ada = v["access_token"].as_str().unwrap().to_owned();
+    // Through SCIM and through the Authorization API.
+    patch_roles(&emu, &ada, &u1, &["Agent"]).await;
+    let agent = emu.role_id(&ada, "Agent").await;
+    let (s, v) = emu
+        .call(
+            &ada,
+            Method::PUT,
+            &format!("/api/v2/authorization/roles/{agent}/users/add"),
+            Some(json!([u2])),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // A client-credentials change beside them: no user.
+    let tool = emu.token(ADMIN_TOOL).await;
+    patch_roles(&emu, &tool, &u1, &["Agent", "Reporting"]).await;
+    let (s, v) = realtime(
+        &emu,
+        &tool,
+        json!({"interval": last_hour(), "filters": [{"property": "UserId", "value": "person-1"}],
+               "sort": [{"name": "Timestamp", "sortOrder": "ascending"}]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let by_person = v["entities"].as_array().unwrap();
+    assert_eq!(by_person.len(), 2, "{v:#}");
+    for (m, (subject, via)) in by_person
+        .iter()
+        .zip([(&u1, "scim_patch"), (&u2, "bulk_grant")])
+    {
+        assert_eq!(
+            m["user"],
+            json!({"id": "person-1", "name": "Ada Admin", "selfUri": "/api/v2/users/person-1"})
+        );
+        assert_eq!(m["client"]["id"], ADMIN_TOOL.0);
+        assert_eq!(m["context"]["userId"], subject.as_str());
+        assert_eq!(m["context"]["via"], via);
+    }
+    let (_, all) = realtime(&emu, &tool, json!({"interval": last_hour()})).await;
+    let without_user: Vec<&Value> = all["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m.get("user").is_none())
+        .collect();
+    assert_eq!(without_user.len(), 1, "{all:#}");
+    assert_eq!(without_user[0]["client"]["id"], ADMIN_TOOL.0);
+    // The default client when none is named; bad requests change nothing.
+    let (s, _) = person_token(&emu, json!({"user": {"id": "p2", "name": "Bo"}})).await;
+    assert_eq!(s, 200);
+    for bad in [
+        json!({"user": {"id": "", "name": "x"}}),
+        json!({"user": {"id": "p", "name": ""}}),
+        json!({"user": {"id": "x".repeat(129), "name": "x"}}),
+        json!({"user": {"id": "p", "name": "x"}, "client_id": "nobody"}),
+        json!({"user": {"id": "p", "name": "x"}, "client_id": 3}),
+        json!({"user": "p"}),
+        json!("not an object"),
+    ] {
+        let (s, v) = person_token(&emu, bad.clone()).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
+    let resp = emu
+        .http
+        .post(emu.url("/emulator/tokens"))
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    emu.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_audit_knobs_rename_what_is_written_and_delay_what_is_queryable() {
+    let emu = start(1, 0).await;
+    let id = emu.users().await[0]["id"].as_str().unwrap().to_owned();
+    let tool = emu.token(ADMIN_TOOL).await;
+    patch_roles(&emu, &tool, &id, &["Agent"]).await;
+    let (s, v) = emu
+        .admin(
+            Method::POST,
+            "/emulator/audits",
+            Some(json!({"entity_type": "User", "add_action": "RoleAssigned", "remove_action": "RoleUnassigned"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["entity_type"], "User");
+    let (_, v) = realtime(&emu, &tool, json!({"interval": last_hour()})).await;
+    assert_eq!(v["entities"][0]["entityType"], "User", "{v}");
+    assert_eq!(v["entities"][0]["action"], "RoleAssigned");
+    let filtered = |property: &str, value: &str| json!({"interval": last_hour(), "filters": [{"property": property, "value": value}]});
+    let (_, v) = realtime(&emu, &tool, filtered("EntityType", "Role")).await;
+    assert_eq!(v["total"], 0);
+    let (_, v) = realtime(&emu, &tool, filtered("Action", "roleassigned")).await;
+    assert_eq!(v["total"], 1);
+    let (_, v) = emu
+        .call(
+            &tool,
+            Method::GET,
+            "/api/v2/audits/query/realtime/servicemapping",
+            None,
+        )
+        .await;
+    assert_eq!(
+        v["services"][0]["entities"][0],
+        json!({"name": "User", "actions": ["RoleAssigned", "RoleUnassigned"]})
+    );
+    // A delay: the change is queryable only that long after it was made.
+    let (s, _) = emu
+        .admin(
+            Method::POST,
+            "/emulator/audits",
+            Some(json!({"delay_ms": 1_500})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let made = std::time::Instant::now();
+    patch_roles(&emu, &tool, &id, &["Agent", "Reporting"]).await;
+    let (_, v) = realtime(&emu, &tool, json!({"interval": last_hour()})).await;
+    assert_eq!(v["total"], 0, "{v}");
+    let deadline = made + std::time::Duration::from_secs(30);
+    loop {
+        let (_, v) = realtime(&emu, &tool, json!({"interval": last_hour()})).await;
+        if v["total"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(made.elapsed() >= std::time::Duration::from_millis(1_500));
+    // Bad values change nothing; the reset puts the knobs back.
+    for bad in [
+        json!({"entity_type": ""}),
+        json!({"add_action": "has space"}),
+        json!({"remove_action": "x".repeat(65)}),
+        json!({"delay_ms": -1}),
+        json!({"delay_ms": 600_001}),
+        json!({"entity_type": "Role", "delay_ms": "soon"}),
+    ] {
+        let (s, _) = emu
+            .admin(Method::POST, "/emulator/audits", Some(bad.clone()))
+            .await;
+        assert_eq!(s, 400, "{bad}");
+    }
+    let (_, v) = emu.admin(Method::GET, "/emulator/audits", None).await;
+    assert_eq!(
+        (v["entity_type"].as_str(), v["delay_ms"].as_i64()),
+        (Some("User"), Some(1_500))
+    );
+    emu.admin(Method::POST, "/emulator/reset", None).await;
+    let (_, v) = emu.admin(Method::GET, "/emulator/audits", None).await;
+    assert_eq!(
+        v,
+        json!({"messages": 0, "fail_queries": false, "query_polls": 0, "entity_type": "Role",
+               "add_action": "MemberAdd", "remove_action": "MemberRemove", "delay_ms": 0})
+    );
+    emu.handle.shutdown().await;
+}

@@ -156,6 +156,20 @@ impl Bindings {
     }
 }
 
+/// `"start/end"`: the last hour up to a minute from now, in ISO 8601.
+fn last_hour() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let iso = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    format!(
+        "{}/{}",
+        iso(now - time::Duration::hours(1)),
+        iso(now + time::Duration::minutes(1))
+    )
+}
+
 fn traces() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/traces");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -302,9 +316,14 @@ async fn replay(file: &Path) -> Vec<String> {
             } else {
                 "application/json"
             };
+            let mut body = b.json(&e["request_body"]);
+            // An audit query's interval was the recording's; replayed, it is the last hour.
+            if body.get("interval").is_some_and(Value::is_string) {
+                body["interval"] = json!(last_hour());
+            }
             req = req
                 .header("content-type", content_type)
-                .body(b.json(&e["request_body"]).to_string());
+                .body(body.to_string());
         }
         let resp = req
             .send()

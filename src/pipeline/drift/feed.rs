@@ -76,8 +76,43 @@ fn bounded(s: &str) -> String {
     s.chars().take(256).collect()
 }
 
-/// The users a message names.
-fn subjects(m: &Value) -> Vec<String> {
+/// Which way a member action changes a role's members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    Add,
+    Remove,
+}
+
+/// What rolesync reads `action` as: a member added (`MemberAdd`, `Add`), removed
+/// (`MemberRemove`, `Remove`), or not a change of a role's members (README, Drift).
+pub fn member_change(action: &str) -> Option<MemberChange> {
+    ACTIONS
+        .iter()
+        .position(|a| a.eq_ignore_ascii_case(action))
+        .map(|i| {
+            if i % 2 == 0 {
+                MemberChange::Add
+            } else {
+                MemberChange::Remove
+            }
+        })
+}
+
+/// Whether a message's `entityType` is a role's (absent counts as one).
+pub fn is_role_entity(m: &Value) -> bool {
+    text(m, "/entityType").is_none_or(|t| t.eq_ignore_ascii_case("Role"))
+}
+
+/// Whether the message names `own_client` as the client and no person: a change rolesync made
+/// (it acts through client credentials only).
+pub fn made_by_own_client(m: &Value, own_client: &str) -> bool {
+    let client = text(m, "/client/id").filter(|s| !s.is_empty());
+    let user = text(m, "/user/id").filter(|s| id_like(s));
+    client == Some(own_client) && user.is_none()
+}
+
+/// The users a message names, as the feed reads them.
+pub fn subjects(m: &Value) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for key in ["/context/userId", "/context/subjectId"] {
         if let Some(id) = text(m, key).filter(|s| id_like(s)) {
@@ -131,20 +166,16 @@ fn parse_date(s: &str) -> Option<i64> {
 
 /// What message `m` is to the feed of the client `own_client`.
 pub fn parse(m: &Value, own_client: &str) -> Parsed {
-    let entity_type = text(m, "/entityType").unwrap_or("Role");
     let action = text(m, "/action").unwrap_or("");
     let failed = text(m, "/status").is_some_and(|s| s.eq_ignore_ascii_case("FAILURE"));
-    if !entity_type.eq_ignore_ascii_case("Role")
-        || !ACTIONS.iter().any(|a| a.eq_ignore_ascii_case(action))
-        || failed
-    {
+    if !is_role_entity(m) || member_change(action).is_none() || failed {
         return Parsed::Other;
     }
     let client = text(m, "/client/id").filter(|s| !s.is_empty());
     let user = text(m, "/user/id").filter(|s| id_like(s));
     // rolesync acts through client credentials only: a change of its client with no person
     // behind it is its own.
-    if client == Some(own_client) && user.is_none() {
+    if made_by_own_client(m, own_client) {
         return Parsed::Own;
     }
     let by = match (user, client) {
@@ -306,6 +337,17 @@ mod tests {
         d.add(&message("rs", None, "u2", "2026-01-01T00:00:03Z"), "rs");
         assert_eq!((d.foreign, d.own, d.latest.len()), (2, 1, 1));
         assert_eq!(d.latest["u1"].by.id, "a");
+    }
+
+    #[test]
+    fn member_actions_are_read_both_ways() {
+        assert_eq!(member_change("MemberAdd"), Some(MemberChange::Add));
+        assert_eq!(member_change("add"), Some(MemberChange::Add));
+        assert_eq!(member_change("MemberRemove"), Some(MemberChange::Remove));
+        assert_eq!(member_change("Remove"), Some(MemberChange::Remove));
+        assert_eq!(member_change("RoleAssigned"), None);
+        assert!(is_role_entity(&json!({})));
+        assert!(!is_role_entity(&json!({"entityType": "User"})));
     }
 
     #[test]

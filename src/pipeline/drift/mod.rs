@@ -12,13 +12,21 @@
 //! falls back to a full scan (a reconcile over every managed user, its `reason` saying why),
 //! with a metric and a `warn` line; a read-back that fails leaves the checkpoint where it was.
 //!
-//! Pure decisions (what a message says, which query, the latest change per user) are in
-//! `feed.rs`; this file does the calls and the store.
+//! A feed that keeps failing does not cost a scan every poll: fallback scans are spaced by a
+//! doubling backoff (`backoff.rs`; `drift.fallback_backoff_max_secs`), kept by the replica that
+//! polls and ended by a successful poll; a poll that may not scan yet leaves the checkpoint
+//! where it was.
+//!
+//! Pure decisions (what a message says, which query, the latest change per user, the backoff)
+//! are in `feed.rs` and `backoff.rs`; this file does the calls and the store.
 
+mod backoff;
 mod feed;
 
 pub use feed::ChangedBy;
 pub(crate) use feed::Digest;
+/// What the sandbox check judges audit messages with: the feed's own reading of them.
+pub(crate) use feed::{MemberChange, is_role_entity, made_by_own_client, member_change, subjects};
 
 use super::Deps;
 use crate::audit::events::RoleSyncDriftDetected;
@@ -29,6 +37,7 @@ use crate::scim::{CallTally, ScimError};
 use crate::store::{
     FeedClaim, FeedCommit, JobRecord, NewGenerated, OutboxEvent, PollCommit, PollJob, now_ms,
 };
+use backoff::{Backoff, Fallback};
 use feed::{Change, Route};
 use serde_json::Value;
 use std::time::Duration;
@@ -57,10 +66,11 @@ pub(crate) fn is_feed_fix(job: &JobRecord) -> bool {
 /// The poller: every `drift.poll_secs` until `stop`.
 pub(crate) async fn run(deps: Deps, stop: CancellationToken) {
     let every = Duration::from_secs(deps.settings.drift.poll_secs);
+    let mut backoff = Backoff::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = poll_once(&deps) => {}
+            _ = poll_once(&deps, &mut backoff) => {}
         }
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -78,8 +88,9 @@ enum FeedError {
     TooMany,
 }
 
-/// One poll, if this replica holds (or takes) the feed's lease.
-pub(crate) async fn poll_once(deps: &Deps) {
+/// One poll, if this replica holds (or takes) the feed's lease; `backoff` spaces its fallback
+/// scans.
+pub(crate) async fn poll_once(deps: &Deps, backoff: &mut Backoff) {
     let d = &deps.settings.drift;
     let poll_ms = i64::try_from(d.poll_secs).unwrap_or(60) * 1000;
     let lease_ms = deps.lease_ms().max(2 * poll_ms);
@@ -110,22 +121,28 @@ pub(crate) async fn poll_once(deps: &Deps) {
         }
     };
     let result = match messages {
-        Ok(messages) => handle(deps, &messages, end, &tally).await,
+        Ok(messages) => handle(deps, &messages, end, &tally, backoff).await,
         Err(FeedError::Failed(detail)) => {
-            fall_back(deps, DriftFallback::FeedFailed, &detail, end).await
+            fall_back(deps, DriftFallback::FeedFailed, &detail, end, backoff).await
         }
         Err(FeedError::TooMany) => {
             let detail = format!(
                 "more than {} audit messages since the checkpoint",
                 MAX_PAGES * 500
             );
-            fall_back(deps, DriftFallback::TooManyChanges, &detail, end).await
+            fall_back(deps, DriftFallback::TooManyChanges, &detail, end, backoff).await
         }
     };
+    if result == DriftPollResult::Ok {
+        backoff.reset();
+    }
     deps.metrics
         .drift_polls_total
         .with_label_values(&[result.as_str()])
         .inc();
+    deps.metrics
+        .drift_fallback_backoff_seconds
+        .set(backoff.wait_ms(poll_ms, backoff_cap_ms(deps)) / 1000);
     if let Ok(Some(cp)) = deps.store.drift_checkpoint(FEED).await {
         deps.metrics
             .drift_checkpoint_age_seconds
@@ -340,8 +357,21 @@ pub(crate) fn reconcile_job(deps: &Deps, dry_run: bool) -> NewGenerated {
     }
 }
 
+/// `drift.fallback_backoff_max_secs` in milliseconds.
+fn backoff_cap_ms(deps: &Deps) -> i64 {
+    i64::try_from(deps.settings.drift.fallback_backoff_max_secs)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000)
+}
+
 /// Handles the messages of `[checkpoint, end)`: the poll's commit.
-async fn handle(deps: &Deps, messages: &[Value], end: i64, tally: &CallTally) -> DriftPollResult {
+async fn handle(
+    deps: &Deps,
+    messages: &[Value],
+    end: i64,
+    tally: &CallTally,
+    backoff: &mut Backoff,
+) -> DriftPollResult {
     let mut digest = Digest::default();
     for m in messages {
         digest.add(m, own_client(deps));
@@ -355,7 +385,7 @@ async fn handle(deps: &Deps, messages: &[Value], end: i64, tally: &CallTally) ->
             digest.latest.len(),
             deps.settings.drift.max_users_per_poll
         );
-        return fall_back(deps, DriftFallback::TooManyChanges, &detail, end).await;
+        return fall_back(deps, DriftFallback::TooManyChanges, &detail, end, backoff).await;
     }
     // A change already pushed (`POST /v1/events/genesys`) was reported then.
     let mut pushed = Vec::new();
@@ -452,11 +482,36 @@ async fn commit(
 }
 
 /// The feed cannot cover `[checkpoint, end)`: a full scan instead (a reconcile over every
-/// managed user, a dry run unless `drift.fix`), its reason naming the cause.
-async fn fall_back(deps: &Deps, cause: DriftFallback, detail: &str, end: i64) -> DriftPollResult {
+/// managed user, a dry run unless `drift.fix`), its reason naming the cause; unless the backoff
+/// since the last scan of the streak has not passed: then nothing is started and the checkpoint
+/// stays.
+async fn fall_back(
+    deps: &Deps,
+    cause: DriftFallback,
+    detail: &str,
+    end: i64,
+    backoff: &mut Backoff,
+) -> DriftPollResult {
+    let poll_ms = i64::try_from(deps.settings.drift.poll_secs)
+        .unwrap_or(60)
+        .saturating_mul(1000);
+    let cap_ms = backoff_cap_ms(deps);
+    let now = now_ms();
+    if let Fallback::Wait { until_ms } = backoff.decide(now, poll_ms, cap_ms) {
+        tracing::warn!(
+            cause = cause.as_str(),
+            detail = %detail,
+            consecutive_scans = backoff.scans(),
+            backoff_secs = backoff.wait_ms(poll_ms, cap_ms) / 1000,
+            next_scan_in_secs = ((until_ms - now).max(0) + 999) / 1000,
+            "drift feed: the feed still cannot be read; no full scan before the backoff has passed, the checkpoint stays"
+        );
+        return DriftPollResult::FallbackDeferred;
+    }
     tracing::warn!(
         cause = cause.as_str(),
         detail = %detail,
+        consecutive_scans = backoff.scans() + 1,
         "drift feed: falling back to a full scan"
     );
     let job = reconcile_job(deps, !deps.settings.drift.fix);
@@ -473,10 +528,15 @@ async fn fall_back(deps: &Deps, cause: DriftFallback, detail: &str, end: i64) ->
     )
     .await;
     if result == DriftPollResult::Ok {
+        backoff.scanned(now);
         deps.metrics
             .drift_fallback_scans_total
             .with_label_values(&[cause.as_str()])
             .inc();
+        tracing::info!(
+            next_scan_after_secs = backoff.wait_ms(poll_ms, cap_ms) / 1000,
+            "drift feed: full scan started; while the feed keeps failing, the next waits for the backoff"
+        );
         DriftPollResult::Fallback
     } else {
         result
