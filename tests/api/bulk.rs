@@ -47,22 +47,6 @@ async fn scim_roles(app: &TestApp, token: &str, external_id: &str) -> Vec<String
     )
 }
 
-async fn emulator_token(app: &TestApp) -> String {
-    let v: Value = app
-        .client
-        .post(format!("{}/oauth/token", app.emulator_url()))
-        .basic_auth("rolesync-dev", Some("rolesync-dev-secret"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=client_credentials")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["access_token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn a_rollout_goes_out_as_one_grant_per_role_per_chunk_and_shows_in_scim() {
     let app = spawn_app_with(TestOptions {
@@ -113,7 +97,7 @@ async fn a_rollout_goes_out_as_one_grant_per_role_per_chunk_and_shows_in_scim() 
     );
 
     // Seen through SCIM, user by user, with the change recorded per row.
-    let token = emulator_token(&app).await;
+    let token = app.emulator_token().await;
     for u in [&users[0], &users[99], &users[100], &users[249]] {
         assert_eq!(scim_roles(&app, &token, u).await, vec!["Agent", "Employee"]);
     }
@@ -247,7 +231,7 @@ async fn a_replace_job_swaps_one_role_for_another_with_one_remove_and_one_grant(
     assert_eq!(count(&stats, "POST", GRANT_ROUTE, 204), 1, "{stats}");
     assert_eq!(patches(&stats), 0);
 
-    let token = emulator_token(&app).await;
+    let token = app.emulator_token().await;
     for u in &users {
         assert_eq!(
             scim_roles(&app, &token, u).await,
@@ -332,7 +316,7 @@ async fn a_later_job_reads_grants_with_the_ids_an_earlier_one_saw_and_checks_the
     );
     assert_eq!(patches(&stats), 0, "{stats}");
     assert_eq!(done["scim"]["requests"], 4, "{done}");
-    let token = emulator_token(&app).await;
+    let token = app.emulator_token().await;
     for u in [&users[0], &users[150], &users[249]] {
         assert_eq!(
             scim_roles(&app, &token, u).await,

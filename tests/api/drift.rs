@@ -142,18 +142,7 @@ async fn start(hooks: &Hooks, extra: &str) -> TestApp {
 }
 
 async fn tool_token(app: &TestApp) -> String {
-    let v: Value = app
-        .client
-        .post(format!("{}/oauth/token", app.emulator_url()))
-        .basic_auth(TOOL.0, Some(TOOL.1))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["access_token"].as_str().unwrap().to_owned()
+    crate::process::client_token(&app.emulator_url(), TOOL.0, TOOL.1).await
 }
 
 /// The emulator id of the one user with `external_id`.

@@ -533,6 +533,13 @@ impl TestApp {
         out
     }
 
+    /// A token of rolesync's own client at the emulator, for changing users behind the
+    /// service's back.
+    pub async fn emulator_token(&self) -> String {
+        crate::process::client_token(&self.emulator_url(), "rolesync-dev", "rolesync-dev-secret")
+            .await
+    }
+
     pub async fn emulator_stats(&self) -> Value {
         self.client
             .get(format!("{}/emulator/stats", self.emulator_url()))

@@ -5,7 +5,7 @@ use crate::helpers::*;
 use genesys_cloud_emulator::{self as emulator, EmulatorArgs, EmulatorHandle};
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct Service {
     pub child: Child,
@@ -274,4 +274,36 @@ async fn policy_check_prints_the_roles_or_every_problem() {
     );
     assert!(text.contains("A -> B -> A"), "{text}");
     assert!(text.contains("Ghost"), "{text}");
+}
+
+/// A client-credentials token from the emulator at `emulator`, for changes made behind the
+/// service's back (as rolesync's own client, or as another tool).
+pub async fn client_token(emulator: &str, id: &str, secret: &str) -> String {
+    let v: Value = reqwest::Client::new()
+        .post(format!("{emulator}/oauth/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Polls a service's job until `finished_at` is set (at most 120 s).
+pub async fn wait_job_finished(url: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = api(url, reqwest::Method::GET, &format!("/v1/jobs/{id}"), None).await;
+        if !j["finished_at"].is_null() {
+            return j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish in 120 s: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -276,22 +276,6 @@ async fn an_external_id_that_looks_like_a_filter_changes_only_that_user() {
     assert_eq!(count(&calls, "PATCH", "/users/{id}"), 1, "{calls:?}");
 }
 
-/// A token of our own, for changing users behind the service's back.
-async fn emulator_token(app: &TestApp) -> String {
-    let v: Value = app
-        .client
-        .post(format!("{}/oauth/token", app.emulator_url()))
-        .basic_auth("rolesync-dev", Some("rolesync-dev-secret"))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["access_token"].as_str().unwrap().to_owned()
-}
-
 async fn user_id(app: &TestApp, external_id: &str) -> String {
     let users: Value = app
         .client
@@ -331,7 +315,7 @@ async fn a_change_between_read_and_write(profile: Profile) -> (TestApp, Value) {
     .await;
     app.seed(&[("C1", &[])]).await;
     let id = user_id(&app, "C1").await;
-    let token = emulator_token(&app).await;
+    let token = app.emulator_token().await;
     // Every call now waits 1.5 s before the emulator reads its state.
     app.set_faults(json!({"latency_ms": 1500})).await;
     let job = app

@@ -432,10 +432,7 @@ fn absorb(
             drifted,
             audit,
         } => {
-            record(done, results, events, changed);
-            done.audit.extend(audit.map(|a| *a));
-            done.desired.extend(desired.map(|d| *d));
-            done.drifted += u64::from(drifted);
+            record(done, results, events, changed, desired, drifted, audit);
             judge.record(target_error);
             if let Some((failed, sample)) = judge.tripped() {
                 let why = Stop::ErrorRatio { failed, sample };
@@ -481,13 +478,20 @@ fn absorb(
     }
 }
 
-/// Adds a user's rows, events and change to a chunk's outcomes.
+/// Adds a user's final result (the fields of `UserResult::Rows`) to a chunk's outcomes: rows,
+/// events, whether it changed, its desired state, drift, and its audit line.
 fn record(
     done: &mut ChunkDone,
     results: Vec<RowResult>,
     events: Vec<OutboxEvent>,
     changed: Option<bool>,
+    desired: Option<Box<DesiredUpdate>>,
+    drifted: bool,
+    audit: Option<Box<RoleChangeLine>>,
 ) {
+    done.audit.extend(audit.map(|a| *a));
+    done.desired.extend(desired.map(|d| *d));
+    done.drifted += u64::from(drifted);
     match changed {
         Some(true) => done.deltas.users_changed += 1,
         Some(false) => done.deltas.users_unchanged += 1,

@@ -40,12 +40,7 @@ pub(super) async fn settle(
                     drifted,
                     audit,
                     ..
-                } => {
-                    record(done, results, events, changed);
-                    done.audit.extend(audit.map(|a| *a));
-                    done.desired.extend(desired.map(|d| *d));
-                    done.drifted += u64::from(drifted);
-                }
+                } => record(done, results, events, changed, desired, drifted, audit),
                 UserResult::Retry { lines } => done.retry_lines.extend(lines),
                 // `settle_user` gives nothing else.
                 _ => {}

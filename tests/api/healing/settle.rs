@@ -235,24 +235,7 @@ async fn a_cancelled_jobs_users_whose_read_back_fails_wait_for_a_later_read_not_
         "the job cannot be finished while users' fates are unknown: {j}"
     );
     faults(json!({"fault_5xx": 0.0})).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let done = loop {
-        let j = api(
-            &b.url,
-            reqwest::Method::GET,
-            &format!("/v1/jobs/{id}"),
-            None,
-        )
-        .await;
-        if !j["finished_at"].is_null() {
-            break j;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the job is not settled 120 s after the target came back: {j}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = wait_job_finished(&b.url, id).await;
     let items = items_at(&b.url, id).await;
     assert_eq!(items.len(), 600);
     let roles = roles_by_user(&base).await;
@@ -260,22 +243,23 @@ async fn a_cancelled_jobs_users_whose_read_back_fails_wait_for_a_later_read_not_
     assert!(done["counts"]["applied"].as_u64().unwrap() >= written as u64);
 }
 
-/// Rows of the job's stored read of grants (`directory_grants`), read straight from the store.
-async fn grants_saved(store: &str, job_id: &str) -> i64 {
+/// The job's stored read of grants (`directory_grants`): (user id, role), read straight from
+/// the store.
+async fn grants_saved(store: &str, job_id: &str) -> Vec<(String, String)> {
     use sqlx::Connection;
-    let sql = "SELECT COUNT(*) FROM directory_grants WHERE job_id = $1";
+    let sql = "SELECT user_id, role FROM directory_grants WHERE job_id = $1";
     if store.starts_with("sqlite:") {
         let mut c = sqlx::SqliteConnection::connect(store).await.unwrap();
-        sqlx::query_scalar(sql)
+        sqlx::query_as(sql)
             .bind(job_id)
-            .fetch_one(&mut c)
+            .fetch_all(&mut c)
             .await
             .unwrap()
     } else {
         let mut c = sqlx::PgConnection::connect(store).await.unwrap();
-        sqlx::query_scalar(sql)
+        sqlx::query_as(sql)
             .bind(job_id)
-            .fetch_one(&mut c)
+            .fetch_all(&mut c)
             .await
             .unwrap()
     }
@@ -335,7 +319,7 @@ async fn a_replanned_jobs_read_of_grants_starts_from_scratch_not_from_a_dead_pla
     .await;
     let id = job["job_id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while grants_saved(&db.url, &id).await == 0 {
+    while grants_saved(&db.url, &id).await.is_empty() {
         assert!(Instant::now() < deadline, "no page of grants saved in 60 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -344,30 +328,17 @@ async fn a_replanned_jobs_read_of_grants_starts_from_scratch_not_from_a_dead_pla
     faults(json!({"latency_ms": 0})).await;
 
     // A user the saved page says holds Agent loses it by hand.
-    let saved: Vec<String> = {
-        use sqlx::Connection;
-        let sql = "SELECT user_id FROM directory_grants WHERE job_id = $1 AND role = 'Agent'";
-        if db.url.starts_with("sqlite:") {
-            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-            sqlx::query_scalar(sql)
-                .bind(&id)
-                .fetch_all(&mut c)
-                .await
-                .unwrap()
-        } else {
-            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            sqlx::query_scalar(sql)
-                .bind(&id)
-                .fetch_all(&mut c)
-                .await
-                .unwrap()
-        }
-    };
+    let saved: Vec<String> = grants_saved(&db.url, &id)
+        .await
+        .into_iter()
+        .filter(|(_, role)| role == "Agent")
+        .map(|(user, _)| user)
+        .collect();
     let victim_id = saved
         .first()
         .expect("the saved page lists Agent grants")
         .clone();
-    let token = emulator_client_token(&base).await;
+    let token = client_token(&base, "rolesync-dev", "rolesync-dev-secret").await;
     let roles: Value = client
         .get(format!("{base}/api/v2/authorization/roles"))
         .query(&[("pageSize", "100")])
@@ -422,36 +393,4 @@ async fn a_replanned_jobs_read_of_grants_starts_from_scratch_not_from_a_dead_pla
         vec!["Agent", "Queue Member"],
         "{victim}"
     );
-}
-
-/// Polls the job until `finished_at` is set (at most 120 s).
-async fn wait_job_finished(url: &str, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let j = api(url, reqwest::Method::GET, &format!("/v1/jobs/{id}"), None).await;
-        if !j["finished_at"].is_null() {
-            return j;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the job did not finish in 120 s: {j}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A token of rolesync's own OAuth client at the emulator, for changes made by hand.
-async fn emulator_client_token(base: &str) -> String {
-    let v: Value = reqwest::Client::new()
-        .post(format!("{base}/oauth/token"))
-        .basic_auth("rolesync-dev", Some("rolesync-dev-secret"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=client_credentials")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["access_token"].as_str().unwrap().to_owned()
 }
