@@ -230,23 +230,7 @@ pub(crate) async fn remove_role_users(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let result = async {
-        require(&shared, GRANT_DELETE)?;
-        let role = role_name(&shared, &role_id)?;
-        if role == EMPLOYEE {
-            return Err(invalid("The Employee role cannot be removed"));
-        }
-        let body = read_json(&headers, body, MAX_BODY).await?;
-        delete_staged(&shared);
-        let ids = subject_ids(&shared, Some(&body), "the body")?;
-        apply(&shared, &writer, &ids, &role, false);
-        Ok(ids)
-    }
-    .await;
-    match result {
-        Ok(ids) => json_response(StatusCode::OK, JSON_CONTENT_TYPE, &json!(ids)),
-        Err(e) => e.into_response(),
-    }
+    role_users(&shared, &writer, &role_id, &headers, body, false).await
 }
 
 /// `PUT /api/v2/authorization/roles/{roleId}/users/add`: a JSON array of user ids → 200 with
@@ -259,14 +243,30 @@ pub(crate) async fn add_role_users(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    role_users(&shared, &writer, &role_id, &headers, body, true).await
+}
+
+/// `users/add` (`grant`) and `users/remove`: a JSON array of user ids → 200 with the ids.
+/// Removing needs `authorization:grant:delete` and never takes `Employee` away.
+async fn role_users(
+    shared: &Shared,
+    writer: &WriteCtx,
+    role_id: &str,
+    headers: &HeaderMap,
+    body: Body,
+    grant: bool,
+) -> Response {
     let result = async {
-        require(&shared, GRANT_ADD)?;
-        let role = role_name(&shared, &role_id)?;
-        let body = read_json(&headers, body, MAX_BODY).await?;
-        delete_staged(&shared);
-        let ids = subject_ids(&shared, Some(&body), "the body")?;
-        apply(&shared, &writer, &ids, &role, true);
-        Ok::<_, ApiError>(ids)
+        require(shared, if grant { GRANT_ADD } else { GRANT_DELETE })?;
+        let role = role_name(shared, role_id)?;
+        if !grant && role == EMPLOYEE {
+            return Err(invalid("The Employee role cannot be removed"));
+        }
+        let body = read_json(headers, body, MAX_BODY).await?;
+        delete_staged(shared);
+        let ids = subject_ids(shared, Some(&body), "the body")?;
+        apply(shared, writer, &ids, &role, grant);
+        Ok(ids)
     }
     .await;
     match result {
