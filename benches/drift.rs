@@ -10,18 +10,18 @@
 //! (`rolesync_drift_detected_total`), and the time from the last hand change; then a dry-run
 //! reconcile (the scan) finding the same 10.
 
+mod support;
+
 use anyhow::{Context, ensure};
 use genesys_cloud_emulator::{self as emulator, EmulatorArgs};
-use rolesync::configuration::Settings;
-use rolesync::policy::Policy;
-use rolesync::startup::Application;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
+use support::in_process::{Client, Service, client_token};
 
 const CHANGED: u64 = 10;
 const POLL_SECS: u64 = 10;
-const API_KEY: &str = "bench-key";
 const TOOL: (&str, &str) = ("admin-tool", "admin-tool-secret");
+const WITHIN: Duration = Duration::from_secs(3600);
 
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -31,134 +31,57 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run())
 }
 
-struct Bench {
-    http: reqwest::Client,
-    base: String,
-    addr: String,
-    token: String,
+async fn metric(b: &Client, series: &str) -> anyhow::Result<f64> {
+    let text = b
+        .http
+        .get(format!("{}/metrics", b.addr))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0))
 }
 
-impl Bench {
-    async fn api(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.addr))
-            .bearer_auth(API_KEY);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        ensure!(status.is_success(), "{path}: {status} {v}");
-        Ok(v)
+async fn wait_metric(b: &Client, series: &str, at_least: f64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while metric(b, series).await? < at_least {
+        ensure!(
+            Instant::now() < deadline,
+            "{series} never reached {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
+}
 
-    async fn wait(&self, job: &Value) -> anyhow::Result<Value> {
-        let id = job["job_id"].as_str().context("job_id")?.to_owned();
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        loop {
-            let j = self
-                .api(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)
-                .await?;
-            if !j["finished_at"].is_null() {
-                return Ok(j);
-            }
-            ensure!(Instant::now() < deadline, "job {id} never finished: {j}");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    async fn metric(&self, series: &str) -> anyhow::Result<f64> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.addr))
+/// The tool takes Agent from `EMP-{n}`: through SCIM, or through `users/remove`.
+async fn hand_change(b: &Client, n: u64, role_id: &str, scim: bool) -> anyhow::Result<()> {
+    let user = b.scim_user(n).await?;
+    let id = user["id"].as_str().context("user id")?;
+    let resp = if scim {
+        b.http
+            .patch(format!("{}/api/v2/scim/v2/users/{id}", b.base))
+            .bearer_auth(&b.token)
+            .json(&json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "replace", "path": "roles", "value": [{"value": "Employee"}]}]}))
             .send()
             .await?
-            .text()
-            .await?;
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0))
-    }
-
-    async fn wait_metric(&self, series: &str, at_least: f64) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while self.metric(series).await? < at_least {
-            ensure!(
-                Instant::now() < deadline,
-                "{series} never reached {at_least}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
-    }
-
-    async fn stats(&self) -> anyhow::Result<Value> {
-        Ok(self
-            .http
-            .get(format!("{}/emulator/stats", self.base))
+    } else {
+        b.http
+            .put(format!(
+                "{}/api/v2/authorization/roles/{role_id}/users/remove",
+                b.base
+            ))
+            .bearer_auth(&b.token)
+            .json(&json!([id]))
             .send()
             .await?
-            .json()
-            .await?)
-    }
-
-    async fn reset_stats(&self) -> anyhow::Result<()> {
-        self.http
-            .post(format!("{}/emulator/stats/reset", self.base))
-            .send()
-            .await?;
-        Ok(())
-    }
-
-    async fn user_id(&self, n: u64) -> anyhow::Result<String> {
-        let found: Value = self
-            .http
-            .get(format!("{}/api/v2/scim/v2/users", self.base))
-            .bearer_auth(&self.token)
-            .query(&[("filter", format!("externalId eq \"EMP-{n:06}\""))])
-            .send()
-            .await?
-            .json()
-            .await?;
-        Ok(found["Resources"][0]["id"]
-            .as_str()
-            .context("user id")?
-            .to_owned())
-    }
-
-    /// The tool takes Agent from `EMP-{n}`: through SCIM, or through `users/remove`.
-    async fn hand_change(&self, n: u64, role_id: &str, scim: bool) -> anyhow::Result<()> {
-        let id = self.user_id(n).await?;
-        let resp = if scim {
-            self.http
-                .patch(format!("{}/api/v2/scim/v2/users/{id}", self.base))
-                .bearer_auth(&self.token)
-                .json(&json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-                    "Operations": [{"op": "replace", "path": "roles", "value": [{"value": "Employee"}]}]}))
-                .send()
-                .await?
-        } else {
-            self.http
-                .put(format!(
-                    "{}/api/v2/authorization/roles/{role_id}/users/remove",
-                    self.base
-                ))
-                .bearer_auth(&self.token)
-                .json(&json!([id]))
-                .send()
-                .await?
-        };
-        ensure!(resp.status().is_success(), "hand change: {}", resp.status());
-        Ok(())
-    }
+    };
+    ensure!(resp.status().is_success(), "hand change: {}", resp.status());
+    Ok(())
 }
 
 /// Calls counted on the routes rolesync uses (the tool's own calls are on other routes).
@@ -205,50 +128,18 @@ async fn run() -> anyhow::Result<()> {
         .send()
         .await?;
     ensure!(resp.status().is_success(), "seed: {}", resp.status());
-    let token: Value = http
-        .post(format!("{base}/oauth/token"))
-        .basic_auth(TOOL.0, Some(TOOL.1))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = token["access_token"].as_str().context("token")?.to_owned();
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("rolesync.db");
-    let settings = Settings::from_toml_overrides(&format!(
-        r#"
-        [server]
-        bind = "127.0.0.1:0"
-        [store]
-        url = "sqlite://{db}"
-        [target]
-        scim_base = "{base}/api/v2/scim/v2"
-        token_url = "{base}/oauth/token"
-        requests_per_minute = 1000000
-        max_concurrency = 32
-        [drift]
-        source = "audit"
-        poll_secs = {POLL_SECS}
-        [[auth.keys]]
-        name = "bench"
-        key_sha256 = "{digest}"
-        scopes = ["admin"]
-        "#,
-        db = db.display(),
-        digest = rolesync::http::auth::key_digest_hex(API_KEY),
-    ))?;
-    let policy = include_str!("../config/policy.toml");
-    let app =
-        Application::build_with_policy(settings, Policy::from_toml_str(policy)?, None).await?;
-    let addr = format!("http://{}", app.local_addr()?);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let stop_app = stop.clone();
-    let server = tokio::spawn(app.run_until_stopped(async move { stop_app.cancelled().await }));
-    let b = Bench {
+    let token = client_token(&http, &base, TOOL).await?;
+    let service = Service::start(
+        &base,
+        1_000_000,
+        &format!("[drift]\nsource = \"audit\"\npoll_secs = {POLL_SECS}"),
+        include_str!("../config/policy.toml"),
+    )
+    .await?;
+    let b = Client {
         http,
         base,
-        addr,
+        addr: service.addr.clone(),
         token,
     };
 
@@ -256,16 +147,7 @@ async fn run() -> anyhow::Result<()> {
         .chain((1..=org).map(|n| format!("EMP-{n:06},Agent,Standard Agent")))
         .collect::<Vec<_>>()
         .join("\n");
-    let resp = b
-        .http
-        .post(format!("{}/v1/jobs", b.addr))
-        .bearer_auth(API_KEY)
-        .header("content-type", "text/csv")
-        .body(csv)
-        .send()
-        .await?;
-    ensure!(resp.status().is_success(), "submit: {}", resp.status());
-    let job = b.wait(&resp.json().await?).await?;
+    let job = b.wait(&b.submit_csv(csv).await?, WITHIN).await?;
     ensure!(job["counts"]["unchanged"] == org, "the first job: {job}");
     let roles: Value = b
         .http
@@ -282,15 +164,16 @@ async fn run() -> anyhow::Result<()> {
 
     // Right after a poll: the 10 hand changes, then the counters from zero.
     let ok = "rolesync_drift_polls_total{result=\"ok\"}";
-    let polls = b.metric(ok).await?;
-    b.wait_metric(ok, polls + 1.0).await?;
+    let polls = metric(&b, ok).await?;
+    wait_metric(&b, ok, polls + 1.0).await?;
     b.reset_stats().await?;
     let step = org / CHANGED;
     for k in 0..CHANGED {
-        b.hand_change(1 + k * step, &agent, k % 2 == 0).await?;
+        hand_change(&b, 1 + k * step, &agent, k % 2 == 0).await?;
     }
     let last_change = Instant::now();
-    b.wait_metric(
+    wait_metric(
+        &b,
         "rolesync_drift_detected_total{source=\"audit\"}",
         CHANGED as f64,
     )
@@ -322,7 +205,7 @@ async fn run() -> anyhow::Result<()> {
             Some(json!({"dry_run": true, "mode": "merge"})),
         )
         .await?;
-    let j = b.wait(&j).await?;
+    let j = b.wait(&j, WITHIN).await?;
     let wall = started.elapsed();
     ensure!(j["users"]["changed"] == CHANGED, "scan: {j}");
     let (_, _, all) = rolesync_calls(&b.stats().await?);
@@ -333,7 +216,6 @@ async fn run() -> anyhow::Result<()> {
         all - audit_during,
         wall.as_secs_f64()
     );
-    stop.cancel();
-    let _ = server.await;
+    service.stop().await;
     Ok(())
 }

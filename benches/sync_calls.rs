@@ -27,16 +27,16 @@
 //! sync_calls`. A run is kept when it matches a named scenario (if any is named) and a named
 //! target (if any is named).
 
+mod support;
+
 use anyhow::{Context, bail, ensure};
 use genesys_cloud_emulator::{self as emulator, EmulatorArgs};
-use rolesync::configuration::Settings;
-use rolesync::policy::Policy;
-use rolesync::startup::Application;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
+use support::KEY as API_KEY;
+use support::in_process::Service;
 
 const POLICY: &str = include_str!("../config/policy.toml");
-const API_KEY: &str = "bench-key";
 /// The emulator's `filter.maxResults`: the largest page of a directory scan.
 const PAGE: u64 = 100;
 
@@ -222,39 +222,14 @@ async fn run(s: Scenario, t: Target) -> anyhow::Result<Measured> {
         seed_with_roles(&http, &base, &s).await?;
     }
 
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("rolesync.db");
     // With the emulator's limit off, pace far above anything reachable (the limiter is always on).
     let rpm = if t.limit_per_minute == 0 {
         1_000_000
     } else {
         t.limit_per_minute
     };
-    let settings = Settings::from_toml_overrides(&format!(
-        r#"
-        [server]
-        bind = "127.0.0.1:0"
-        [store]
-        url = "sqlite://{db}"
-        [target]
-        scim_base = "{base}/api/v2/scim/v2"
-        token_url = "{base}/oauth/token"
-        requests_per_minute = {rpm}
-        max_concurrency = 32
-        [[auth.keys]]
-        name = "bench"
-        key_sha256 = "{digest}"
-        scopes = ["admin"]
-        "#,
-        db = db.display(),
-        digest = rolesync::http::auth::key_digest_hex(API_KEY),
-    ))?;
-    let app =
-        Application::build_with_policy(settings, Policy::from_toml_str(POLICY)?, None).await?;
-    let addr = format!("http://{}", app.local_addr()?);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let stop_app = stop.clone();
-    let server = tokio::spawn(app.run_until_stopped(async move { stop_app.cancelled().await }));
+    let service = Service::start(&base, rpm, "", POLICY).await?;
+    let addr = service.addr.clone();
 
     let csv: String = std::iter::once("external_id,role_template,license_tier".to_owned())
         .chain(
@@ -298,8 +273,7 @@ async fn run(s: Scenario, t: Target) -> anyhow::Result<Measured> {
     };
     let wall = started.elapsed();
     let after = scim_calls(&http, &base).await?;
-    stop.cancel();
-    let _ = server.await;
+    service.stop().await;
     emulator.shutdown().await;
 
     let changed = job["users"]["changed"].as_u64().unwrap_or(0);

@@ -16,18 +16,18 @@
 //! directory read once (`ceil(org / 100)` pages, the emulator's largest page) plus one write
 //! per user to change.
 
+mod support;
+
 use anyhow::{Context, ensure};
 use genesys_cloud_emulator::{self as emulator, EmulatorArgs};
-use rolesync::configuration::Settings;
-use rolesync::policy::Policy;
-use rolesync::startup::Application;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::{Duration, Instant};
+use support::in_process::{Client, Service, client_token};
 
 const ORG: u64 = 10_000;
 const DRIFT: u64 = 100;
 const PAGE: u64 = 100;
-const API_KEY: &str = "bench-key";
+const WITHIN: Duration = Duration::from_secs(1800);
 
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -37,123 +37,43 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run())
 }
 
-struct Bench {
-    http: reqwest::Client,
-    base: String,
-    addr: String,
-    token: String,
+/// SCIM calls (every route but `/oauth/token`) and PATCHes since the last reset.
+async fn calls(b: &Client) -> anyhow::Result<(u64, u64)> {
+    let stats = b.stats().await?;
+    let mut calls = 0;
+    let mut patches = 0;
+    for r in stats["requests"].as_array().into_iter().flatten() {
+        if r["route"].as_str().unwrap_or("").contains("oauth") {
+            continue;
+        }
+        let n = r["count"].as_u64().unwrap_or(0);
+        calls += n;
+        if r["method"] == "PATCH" {
+            patches += n;
+        }
+    }
+    Ok((calls, patches))
 }
 
-impl Bench {
-    async fn api(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.addr))
-            .bearer_auth(API_KEY);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        ensure!(status.is_success(), "{path}: {status} {v}");
-        Ok(v)
-    }
-
-    async fn submit_csv(&self, csv: String) -> anyhow::Result<Value> {
-        let resp = self
-            .http
-            .post(format!("{}/v1/jobs", self.addr))
-            .bearer_auth(API_KEY)
-            .header("content-type", "text/csv")
-            .body(csv)
-            .send()
-            .await?;
-        ensure!(resp.status().is_success(), "submit: {}", resp.status());
-        Ok(resp.json().await?)
-    }
-
-    async fn wait(&self, job: &Value) -> anyhow::Result<Value> {
-        let id = job["job_id"].as_str().context("job_id")?.to_owned();
-        let deadline = Instant::now() + Duration::from_secs(1800);
-        loop {
-            let j = self
-                .api(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)
-                .await?;
-            if !j["finished_at"].is_null() {
-                return Ok(j);
-            }
-            ensure!(Instant::now() < deadline, "job {id} never finished: {j}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn reset_stats(&self) -> anyhow::Result<()> {
-        self.http
-            .post(format!("{}/emulator/stats/reset", self.base))
-            .send()
-            .await?;
-        Ok(())
-    }
-
-    /// SCIM calls (every route but `/oauth/token`) and PATCHes since the last reset.
-    async fn calls(&self) -> anyhow::Result<(u64, u64)> {
-        let stats: Value = self
-            .http
-            .get(format!("{}/emulator/stats", self.base))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let mut calls = 0;
-        let mut patches = 0;
-        for r in stats["requests"].as_array().into_iter().flatten() {
-            if r["route"].as_str().unwrap_or("").contains("oauth") {
-                continue;
-            }
-            let n = r["count"].as_u64().unwrap_or(0);
-            calls += n;
-            if r["method"] == "PATCH" {
-                patches += n;
-            }
-        }
-        Ok((calls, patches))
-    }
-
-    /// Sets the roles of user `EMP-{n}` by hand.
-    async fn drift(&self, n: u64, roles: &[&str]) -> anyhow::Result<()> {
-        let found: Value = self
-            .http
-            .get(format!("{}/api/v2/scim/v2/users", self.base))
-            .bearer_auth(&self.token)
-            .query(&[("filter", format!("externalId eq \"EMP-{n:06}\""))])
-            .send()
-            .await?
-            .json()
-            .await?;
-        let user = &found["Resources"][0];
-        let id = user["id"].as_str().context("user id")?;
-        let version = user["meta"]["version"].as_str().context("version")?;
-        let resp = self
-            .http
-            .patch(format!("{}/api/v2/scim/v2/users/{id}", self.base))
-            .bearer_auth(&self.token)
-            .header("if-match", format!("\"{}\"", version.trim_matches('"')))
-            .json(&json!({
-                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-                "Operations": [{"op": "replace", "path": "roles",
-                    "value": roles.iter().map(|r| json!({"value": r})).collect::<Vec<_>>()}],
-            }))
-            .send()
-            .await?;
-        ensure!(resp.status().is_success(), "hand change: {}", resp.status());
-        Ok(())
-    }
+/// Sets the roles of user `EMP-{n}` by hand.
+async fn drift(b: &Client, n: u64, roles: &[&str]) -> anyhow::Result<()> {
+    let user = b.scim_user(n).await?;
+    let id = user["id"].as_str().context("user id")?;
+    let version = user["meta"]["version"].as_str().context("version")?;
+    let resp = b
+        .http
+        .patch(format!("{}/api/v2/scim/v2/users/{id}", b.base))
+        .bearer_auth(&b.token)
+        .header("if-match", format!("\"{}\"", version.trim_matches('"')))
+        .json(&json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "path": "roles",
+                "value": roles.iter().map(|r| json!({"value": r})).collect::<Vec<_>>()}],
+        }))
+        .send()
+        .await?;
+    ensure!(resp.status().is_success(), "hand change: {}", resp.status());
+    Ok(())
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -167,50 +87,16 @@ async fn run() -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
-    let token: Value = http
-        .post(format!("{base}/oauth/token"))
-        .basic_auth("rolesync-dev", Some("rolesync-dev-secret"))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = token["access_token"].as_str().context("token")?.to_owned();
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("rolesync.db");
-    let settings = Settings::from_toml_overrides(&format!(
-        r#"
-        [server]
-        bind = "127.0.0.1:0"
-        [store]
-        url = "sqlite://{db}"
-        [target]
-        scim_base = "{base}/api/v2/scim/v2"
-        token_url = "{base}/oauth/token"
-        requests_per_minute = 1000000
-        max_concurrency = 32
-        [[auth.keys]]
-        name = "bench"
-        key_sha256 = "{digest}"
-        scopes = ["admin"]
-        "#,
-        db = db.display(),
-        digest = rolesync::http::auth::key_digest_hex(API_KEY),
-    ))?;
+    let token = client_token(&http, &base, ("rolesync-dev", "rolesync-dev-secret")).await?;
     // Removal bounds off: the revert takes Agent from the whole org, and is measured, not held.
     let policy = include_str!("../config/policy.toml")
         .replace("max_removal_fraction = 0.2", "max_removal_fraction = 1.0")
         .replace("max_removed_users = 500", "max_removed_users = 1000000");
-    let app =
-        Application::build_with_policy(settings, Policy::from_toml_str(&policy)?, None).await?;
-    let addr = format!("http://{}", app.local_addr()?);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let stop_app = stop.clone();
-    let server = tokio::spawn(app.run_until_stopped(async move { stop_app.cancelled().await }));
-    let b = Bench {
+    let service = Service::start(&base, 1_000_000, "", &policy).await?;
+    let b = Client {
         http,
         base,
-        addr,
+        addr: service.addr.clone(),
         token,
     };
 
@@ -218,12 +104,12 @@ async fn run() -> anyhow::Result<()> {
         .chain((1..=ORG).map(|n| format!("EMP-{n:06},Agent,Standard Agent")))
         .collect::<Vec<_>>()
         .join("\n");
-    let job = b.wait(&b.submit_csv(csv).await?).await?;
+    let job = b.wait(&b.submit_csv(csv).await?, WITHIN).await?;
     ensure!(job["counts"]["applied"] == ORG, "the first job: {job}");
     let step = ORG / DRIFT;
     // Agent taken away by hand: drift a reconcile finds.
     for k in 0..DRIFT {
-        b.drift(1 + k * step, &["Employee"]).await?;
+        drift(&b, 1 + k * step, &["Employee"]).await?;
     }
 
     println!(
@@ -244,9 +130,9 @@ async fn run() -> anyhow::Result<()> {
                 Some(json!({"dry_run": dry_run, "mode": "merge"})),
             )
             .await?;
-        let j = b.wait(&j).await?;
+        let j = b.wait(&j, WITHIN).await?;
         let wall = started.elapsed();
-        let (calls, patches) = b.calls().await?;
+        let (calls, patches) = calls(&b).await?;
         ensure!(j["users"]["changed"] == DRIFT, "{what}: {j}");
         println!(
             "| {what} | {} | {} | {calls} | {patches} | {} | {:.1} |",
@@ -261,8 +147,7 @@ async fn run() -> anyhow::Result<()> {
     // alone. (A user whose Agent was taken by hand already holds what the revert puts back:
     // it is `unchanged`, not changed since.)
     for k in 0..DRIFT {
-        b.drift(2 + k * step, &["Employee", "Agent", "Reporting"])
-            .await?;
+        drift(&b, 2 + k * step, &["Employee", "Agent", "Reporting"]).await?;
     }
     b.reset_stats().await?;
     let started = Instant::now();
@@ -274,9 +159,9 @@ async fn run() -> anyhow::Result<()> {
             None,
         )
         .await?;
-    let r = b.wait(&r).await?;
+    let r = b.wait(&r, WITHIN).await?;
     let wall = started.elapsed();
-    let (calls, patches) = b.calls().await?;
+    let (calls, patches) = calls(&b).await?;
     ensure!(r["counts"]["applied"] == ORG - DRIFT, "revert: {r}");
     ensure!(r["counts"]["rejected"] == DRIFT, "revert: {r}");
     println!(
@@ -287,7 +172,6 @@ async fn run() -> anyhow::Result<()> {
         floor(ORG - DRIFT),
         wall.as_secs_f64()
     );
-    stop.cancel();
-    let _ = server.await;
+    service.stop().await;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! What the benches share: free ports, the real `rolesync` and emulator processes (a fresh one
-//! per run, so a peak RSS is the run's own), fresh stores, polling a job.
-#![allow(dead_code)]
+//! per run, so a peak RSS is the run's own), fresh stores, polling a job; `in_process`: a rolesync served inside the bench itself.
+// A bench that cannot start its processes stops with a panic naming what failed.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
 use std::path::Path;
@@ -210,3 +211,4 @@ pub async fn wait_finished(http: &reqwest::Client, server: &str, job_id: &str) -
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+pub mod in_process;
