@@ -95,8 +95,15 @@ impl ChunkRun {
 
     /// Why the run stopped, if it did. A run whose send window passed without a renewal of
     /// its lease is stopped by that (`Stop::LeaseLost`), whether or not a call noticed.
+    ///
+    /// So is a run whose tally refused a call for that reason (`CallTally::may_send` stops
+    /// the tally when the window has passed), even if a renewal moved the window on since:
+    /// the users whose calls were refused have no outcome, so this run must not commit the
+    /// chunk. (Found by the hour-long chaos run: a bulk call refused at the window's end, the
+    /// heartbeat's renewal a moment later, and the chunk committed `done` without those
+    /// users, their rows left pending and the job never finished.)
     pub(crate) fn stopped(&self) -> Option<&Stop> {
-        if self.why.get().is_none() && self.tally.lease_expired() {
+        if self.why.get().is_none() && (self.tally.is_stopped() || self.tally.lease_expired()) {
             self.stop(Stop::LeaseLost);
         }
         self.why.get()
@@ -520,6 +527,28 @@ mod tests {
         tokio::time::advance(Duration::from_millis(2_600)).await;
         assert!(matches!(run.stopped(), Some(Stop::LeaseLost)));
         assert!(run.tally.is_stopped());
+    }
+
+    /// A call refused because the send window had passed stops the run for good: a renewal
+    /// that comes a moment later (the heartbeat was held up by the same store cut) moves the
+    /// window, but the users whose calls were refused have no outcome, so the run must not
+    /// commit. Before the fix the run saw no stop once renewed and committed its chunk `done`
+    /// with those users' rows still pending (the hour-long chaos run, seed 3364114197569145431).
+    #[tokio::test(start_paused = true)]
+    async fn a_call_refused_at_the_end_of_the_send_window_stops_the_run_even_if_renewed_after() {
+        let runs = ChunkRuns::default();
+        let run = Arc::new(ChunkRun::for_claim(&claim(1, 1), 6_000));
+        runs.register("a", &run);
+        assert!(run.tally.may_send().is_ok(), "inside the window: sent");
+        tokio::time::advance(Duration::from_millis(4_100)).await;
+        assert!(run.tally.may_send().is_err(), "past the window: refused");
+        // The heartbeat's renewal gets through now, inside the lease: the window moves on.
+        runs.lease_renewed(&("a".into(), 1, 1), fence::window(Instant::now(), 6_000));
+        assert!(!run.tally.lease_expired(), "renewed");
+        assert!(
+            matches!(run.stopped(), Some(Stop::LeaseLost)),
+            "a run that had a call refused is stopped, renewal or not"
+        );
     }
 
     /// A lease found taken over stops the run of that claim at once, and only it.

@@ -70,7 +70,7 @@ impl CallTally {
     /// May a call leave now? Not once stopped; not past the lease's send window, which also
     /// stops the tally (the run learns why from `lease_expired`). With a lease, also how long
     /// the call may take: no answer is waited for past the lease's expiry in the store.
-    pub(super) fn may_send(&self) -> Result<Option<Duration>, ()> {
+    pub(crate) fn may_send(&self) -> Result<Option<Duration>, ()> {
         if self.is_stopped() {
             return Err(());
         }

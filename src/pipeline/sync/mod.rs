@@ -367,6 +367,19 @@ async fn run_chunk(
             ChunkOutcome::Release(claim, done.deltas, why.clone(), written)
         }
         None => {
+            // Every user of a committed run has an outcome, a retry or a wait; a user left
+            // without one (a call refused by a stop this run did not see) is run again by the
+            // chunk's next claim, never dropped with the chunk. Unreachable while every
+            // refusal stops the run (`ChunkRun::stopped`); kept so that no later path can
+            // leave rows pending under a chunk marked `done`.
+            if !unsettled.is_empty() {
+                tracing::warn!(
+                    users = unsettled.len(),
+                    "users left without an outcome by a run not stopped; retried"
+                );
+                done.retry_lines
+                    .extend(unsettled.iter().flat_map(|(u, _)| u.lines()));
+            }
             deps.error_ratios.commit(
                 &job.id,
                 judge.outcomes(),
