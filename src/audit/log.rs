@@ -6,14 +6,160 @@
 //! of its own, `role write not recorded by this run`, at `warn`: the chunk's next owner records
 //! it.
 //!
-//! Both lines go to the tracing target `audit`. Role lists are JSON arrays as text
+//! The other findings a chunk's run makes about a user are logged the same way, from what is
+//! committed: `drift detected` (a reconcile found the user's roles not what their desired state
+//! implies) and `a write this job made earlier is now in conflict` (`AuditLine`). Neither is
+//! logged for a run that could not commit: its next owner finds the same and logs it then.
+//!
+//! All these lines go to the tracing target `audit`. Role lists are JSON arrays as text
 //! (`["Agent","Employee"]`), since a log field holds one value. `request.id` is the
 //! `x-request-id` of the POST that submitted the job, `actor` who submitted it
 //! (`api_key:<name>`, `token:<name> (<issuer>#<subject>)`, `system:reconcile.schedule`). Nothing else is logged: no tokens,
 //! secrets or bodies.
 
-use crate::domain::{Mode, Principal};
-use crate::policy::RoleChange;
+use crate::domain::{Mode, Principal, ReasonCode};
+use crate::policy::{RoleChange, RoleSet};
+
+/// An audit line of a chunk's run, held until the chunk is committed (`pipeline::results`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AuditLine {
+    /// A role change recorded `applied`.
+    RolesChanged(RoleChangeLine),
+    /// A reconcile found the user drifted.
+    Drift(DriftLine),
+    /// A write an earlier attempt made is in conflict with what the user holds now.
+    Conflict(ConflictLine),
+}
+
+impl AuditLine {
+    /// The chunk is committed: the line, once.
+    pub(crate) fn committed(&self) {
+        match self {
+            AuditLine::RolesChanged(l) => l.committed(),
+            AuditLine::Drift(l) => l.committed(),
+            AuditLine::Conflict(l) => l.committed(),
+        }
+    }
+
+    /// The chunk could not be committed: a write sent says so; a finding is left to the
+    /// chunk's next owner, which makes it again.
+    pub(crate) fn not_recorded(&self, why: &str) {
+        if let AuditLine::RolesChanged(l) = self {
+            l.not_recorded(why);
+        }
+    }
+
+    /// The role change of a write this line records, if it is one.
+    pub(crate) fn into_role_change(self) -> Option<RoleChangeLine> {
+        match self {
+            AuditLine::RolesChanged(l) => Some(l),
+            AuditLine::Drift(_) | AuditLine::Conflict(_) => None,
+        }
+    }
+}
+
+/// `drift detected`, of a reconcile's user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DriftLine {
+    pub(crate) job_id: String,
+    pub(crate) external_id: String,
+    pub(crate) user_id: String,
+    pub(crate) current: String,
+    pub(crate) desired: String,
+    pub(crate) missing: String,
+    pub(crate) extra: String,
+    pub(crate) mode: Mode,
+    /// The reconcile writes the fix (not a dry run).
+    pub(crate) fixed: bool,
+}
+
+impl DriftLine {
+    pub(crate) fn new(
+        job_id: &str,
+        mode: Mode,
+        external_id: &str,
+        user_id: &str,
+        desired: &RoleSet,
+        fix: &RoleChange,
+        fixed: bool,
+    ) -> DriftLine {
+        DriftLine {
+            job_id: job_id.to_owned(),
+            external_id: external_id.to_owned(),
+            user_id: user_id.to_owned(),
+            current: json_text(&fix.before),
+            desired: json_text(desired),
+            missing: json_text(&fix.added),
+            extra: json_text(&fix.removed),
+            mode,
+            fixed,
+        }
+    }
+
+    fn committed(&self) {
+        tracing::info!(
+            target: "audit",
+            {
+                job.id = %self.job_id,
+                user.external_id = %self.external_id,
+                user.id = %self.user_id,
+                roles.current = %self.current,
+                roles.desired = %self.desired,
+                roles.missing = %self.missing,
+                roles.extra = %self.extra,
+                job.mode = self.mode.as_str(),
+                fixed = self.fixed,
+            },
+            "drift detected"
+        );
+    }
+}
+
+/// `a write this job made earlier is now in conflict`, at `warn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConflictLine {
+    pub(crate) job_id: String,
+    pub(crate) external_id: String,
+    pub(crate) user_id: String,
+    pub(crate) current: String,
+    pub(crate) reason: ReasonCode,
+    pub(crate) message: String,
+}
+
+impl ConflictLine {
+    pub(crate) fn new(
+        job_id: &str,
+        external_id: &str,
+        user_id: &str,
+        current: &RoleSet,
+        reason: ReasonCode,
+        message: &str,
+    ) -> ConflictLine {
+        ConflictLine {
+            job_id: job_id.to_owned(),
+            external_id: external_id.to_owned(),
+            user_id: user_id.to_owned(),
+            current: json_text(current),
+            reason,
+            message: message.to_owned(),
+        }
+    }
+
+    fn committed(&self) {
+        tracing::warn!(
+            target: "audit",
+            {
+                job.id = %self.job_id,
+                user.external_id = %self.external_id,
+                user.id = %self.user_id,
+                roles.current = %self.current,
+                reason = self.reason.as_str(),
+            },
+            "a write this job made earlier is now in conflict: {}",
+            self.message
+        );
+    }
+}
 
 /// A role change written to the target for a job, as its audit line tells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +208,7 @@ impl RoleChangeLine {
     }
 
     /// The change is committed: `roles changed`, at `info`.
-    pub(crate) fn committed(&self) {
+    fn committed(&self) {
         tracing::info!(
             target: "audit",
             {

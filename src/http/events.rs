@@ -160,7 +160,7 @@ pub async fn push(
     };
     let fix = (state.settings.drift.fix && !drifted.is_empty())
         .then(|| drift::reconcile_job(deps, false));
-    let events = drift::report(deps, &drifted, fix.as_ref().map(|j| j.id.as_str()), "push");
+    let events = drift::report(deps, &drifted, fix.as_ref().map(|j| j.id.as_str()));
     let ids: Vec<String> = drifted.iter().map(|d| d.external_id.clone()).collect();
     let reason = format!(
         "{}: {} user(s) changed by hand, pushed by EventBridge",
@@ -185,6 +185,7 @@ pub async fn push(
             retry_after_secs: 60,
         }),
         PollCommit::LeaseLost | PollCommit::Committed { .. } => {
+            drift::log_found(&drifted, fix.as_ref().map(|j| j.id.as_str()), "push");
             if fix.is_some() {
                 state.pipeline.job_submitted();
             }

@@ -452,9 +452,10 @@ pub(crate) struct ChunkDone {
     pub desired: Vec<DesiredUpdate>,
     /// Users a reconcile found drifted (`rolesync_reconcile_drifted_users_total`).
     pub drifted: u64,
-    /// The `roles changed` audit lines of the users recorded `applied`: logged once the chunk
-    /// is committed, never before (`audit::log`).
-    pub audit: Vec<crate::audit::log::RoleChangeLine>,
+    /// The audit lines of the chunk's users (`roles changed` of those recorded `applied`,
+    /// `drift detected`, conflicts after a write): logged once the chunk is committed, never
+    /// before (`audit::log`).
+    pub audit: Vec<crate::audit::log::AuditLine>,
 }
 
 /// How a user's desired state moves with an outcome (`desired_state`): only ever in the

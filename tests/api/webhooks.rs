@@ -1366,17 +1366,46 @@ async fn the_audit_log_has_a_json_line_per_role_change_with_the_request_id_and_n
         .unwrap()
         .to_owned();
     assert_eq!(wait(job2.clone()).await["status"], "succeeded");
+    // A hand change takes Supervisor from AU1; a reconcile finds the drift and puts it back.
+    hand_set_roles(
+        &emulator.base_url(),
+        ("audit-test", &client_secret),
+        "AU1",
+        &["Employee", "Agent", "Reporting"],
+    )
+    .await;
+    let resp = http
+        .post(format!("{address}/v1/reconcile"))
+        .bearer_auth(&api_key)
+        .json(&json!({"mode": "merge"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let job3 = resp.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(wait(job3.clone()).await["status"], "succeeded");
     wait_until("webhooks", Duration::from_secs(20), || {
-        receiver.count_of("job.finished") == 2
+        receiver.count_of("job.finished") == 3
     })
     .await;
-    // The audit line is written before the chunk commits, so it is there by now.
+    // Audit lines are logged when their chunk commits, before its job can finish: all there.
     let _ = child.start_kill();
     let _ = child.wait().await;
 
     let all = json_lines();
-    let audit: Vec<&Value> = all.iter().filter(|l| l["target"] == "audit").collect();
-    assert_eq!(audit.len(), 2, "one line per role change: {audit:?}");
+    let audit: Vec<&Value> = all
+        .iter()
+        .filter(|l| l["target"] == "audit" && l["message"] == "roles changed")
+        .collect();
+    assert_eq!(audit.len(), 3, "one line per role change: {audit:?}");
+    let drift: Vec<&Value> = all
+        .iter()
+        .filter(|l| l["target"] == "audit" && l["message"] == "drift detected")
+        .collect();
+    assert_eq!(drift.len(), 1, "one line per drifted user: {drift:?}");
     let roles = |v: &Value| -> Vec<String> {
         let mut r: Vec<String> = serde_json::from_str(v.as_str().unwrap()).unwrap();
         r.sort();
@@ -1403,6 +1432,14 @@ async fn the_audit_log_has_a_json_line_per_role_change_with_the_request_id_and_n
     assert_eq!(roles(&a2["roles.after"]), vec!["Agent", "Employee"]);
     assert_eq!(roles(&a2["roles.removed"]), vec!["Wrap Up"]);
     assert_eq!(a2["job.mode"], "replace");
+    let d = drift[0];
+    assert_eq!(d["job.id"], job3.as_str(), "{d}");
+    assert_eq!(d["user.external_id"], "AU1");
+    assert_eq!(roles(&d["roles.missing"]), vec!["Supervisor"]);
+    assert_eq!(d["fixed"], true);
+    let a3 = audit.iter().find(|l| l["job.id"] == job3.as_str()).unwrap();
+    assert_eq!(a3["user.external_id"], "AU1");
+    assert_eq!(roles(&a3["roles.added"]), vec!["Supervisor"]);
 
     // Nothing secret in the whole log, at debug level.
     let text = lines.lock().unwrap().join("\n");
@@ -1424,6 +1461,51 @@ async fn the_audit_log_has_a_json_line_per_role_change_with_the_request_id_and_n
     assert!(!text.to_ascii_lowercase().contains("authorization: bearer"));
     println!("checked {} log lines", all.len());
     emulator.shutdown().await;
+}
+
+/// Sets a user's roles by hand through the emulator's SCIM API (token, lookup, PATCH with
+/// If-Match), as an admin changing roles in Genesys would.
+async fn hand_set_roles(base: &str, (id, secret): (&str, &str), external_id: &str, roles: &[&str]) {
+    let http = reqwest::Client::new();
+    let token: Value = http
+        .post(format!("{base}/oauth/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap().to_owned();
+    let found: Value = http
+        .get(format!("{base}/api/v2/scim/v2/users"))
+        .bearer_auth(&token)
+        .query(&[("filter", format!("externalId eq \"{external_id}\""))])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user = &found["Resources"][0];
+    let version = user["meta"]["version"].as_str().unwrap();
+    let roles: Vec<Value> = roles.iter().map(|r| json!({"value": r})).collect();
+    let resp = http
+        .patch(format!(
+            "{base}/api/v2/scim/v2/users/{}",
+            user["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .header("if-match", format!("\"{}\"", version.trim_matches('"')))
+        .json(&json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "path": "roles", "value": roles}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "hand change of {external_id}");
 }
 
 /// A body with thousands of unreadable rows among good ones: more rows than one parsed batch

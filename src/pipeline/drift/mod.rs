@@ -287,15 +287,10 @@ pub(crate) async fn examine(
     Ok(out)
 }
 
-/// The `role_sync.drift_detected` event and the audit line of each drifted user.
-pub(crate) fn report(
-    deps: &Deps,
-    drifted: &[Drifted],
-    job_id: Option<&str>,
-    source: &'static str,
-) -> Vec<OutboxEvent> {
-    let mode = deps.settings.reconcile.mode;
-    let mut events = Vec::new();
+/// The `drift detected` audit line of each drifted user: logged once the poll that found them
+/// is committed, never before (a poll whose commit fails or loses the feed's lease is made
+/// again, by this replica or another).
+pub(crate) fn log_found(drifted: &[Drifted], job_id: Option<&str>, source: &'static str) {
     for d in drifted {
         tracing::info!(
             target: "audit",
@@ -315,6 +310,14 @@ pub(crate) fn report(
             },
             "drift detected"
         );
+    }
+}
+
+/// The `role_sync.drift_detected` event of each drifted user, committed with the poll.
+pub(crate) fn report(deps: &Deps, drifted: &[Drifted], job_id: Option<&str>) -> Vec<OutboxEvent> {
+    let mode = deps.settings.reconcile.mode;
+    let mut events = Vec::new();
+    for d in drifted {
         if let Some(e) = deps.events.event(
             EventType::DriftDetected,
             RoleSyncDriftDetected {
@@ -410,7 +413,8 @@ async fn handle(
         }
     };
     let fix = (deps.settings.drift.fix && !drifted.is_empty()).then(|| reconcile_job(deps, false));
-    let events = report(deps, &drifted, fix.as_ref().map(|j| j.id.as_str()), "audit");
+    let fix_id = fix.as_ref().map(|j| j.id.clone());
+    let events = report(deps, &drifted, fix_id.as_deref());
     let ids: Vec<String> = drifted.iter().map(|d| d.external_id.clone()).collect();
     let reason = format!(
         "{FIX_REASON}: {} user(s) changed by hand, found in the audit trail",
@@ -421,6 +425,7 @@ async fn handle(
         .map(|j| (j, PollJob::Users(&ids), reason.as_str()));
     let result = commit(deps, end, &events, job).await;
     if result == DriftPollResult::Ok {
+        log_found(&drifted, fix_id.as_deref(), "audit");
         deps.metrics
             .drift_detected_total
             .with_label_values(&["audit"])

@@ -41,7 +41,7 @@ use crate::audit::events::{
     RoleSyncCompleted, RoleSyncConflictDetected, RoleSyncDriftDetected, RoleSyncFailed,
     RoleSyncRejected,
 };
-use crate::audit::log::RoleChangeLine;
+use crate::audit::log::{AuditLine, RoleChangeLine};
 use crate::domain::{
     EventType, JobKind, JobStatus, Mode, Outcome, PausedReason, ReadMethod, ReasonCode, WriteApi,
 };
@@ -158,8 +158,9 @@ enum UserResult {
         desired: Option<Box<DesiredUpdate>>,
         /// A reconcile found the user drifted.
         drifted: bool,
-        /// The `roles changed` line of a user recorded `applied`, logged after the commit.
-        audit: Option<Box<RoleChangeLine>>,
+        /// The audit lines of the user (`roles changed` of a user recorded `applied`, `drift
+        /// detected`, a conflict after a write), logged after the commit.
+        audit: Vec<AuditLine>,
     },
     TargetWide(ScimError),
     /// A call failed for a reason that may pass: the rows stay pending, tried again in a later
@@ -349,7 +350,11 @@ async fn run_chunk(
         // Outcomes reached before the stop are discarded with the chunk: the re-run reads
         // them back as already right, at the cost of one read each.
         Some(why) => {
-            let mut written = done.audit;
+            let mut written: Vec<RoleChangeLine> = done
+                .audit
+                .into_iter()
+                .filter_map(AuditLine::into_role_change)
+                .collect();
             written.extend(unsettled.iter().filter_map(|(u, sent)| {
                 let change = sent.as_ref()?;
                 Some(
@@ -500,9 +505,9 @@ fn record(
     changed: Option<bool>,
     desired: Option<Box<DesiredUpdate>>,
     drifted: bool,
-    audit: Option<Box<RoleChangeLine>>,
+    audit: Vec<AuditLine>,
 ) {
-    done.audit.extend(audit.map(|a| *a));
+    done.audit.extend(audit);
     done.desired.extend(desired.map(|d| *d));
     done.drifted += u64::from(drifted);
     match changed {

@@ -2,12 +2,15 @@
 
 use super::awaiting::{AwaitPolicy, Missing};
 use super::*;
+use crate::audit::log::{ConflictLine, DriftLine};
 
-/// What a reconcile found of one user: drifted or not, and the event saying so.
+/// What a reconcile found of one user: drifted or not, and the event and the audit line saying
+/// so (the line is logged once the chunk is committed).
 #[derive(Default)]
 pub(super) struct Drift {
     found: bool,
     event: Option<OutboxEvent>,
+    line: Option<AuditLine>,
 }
 
 /// Turns what happened to one user into its rows' results and audit events.
@@ -140,7 +143,11 @@ impl Report<'_> {
             target_error: false,
             desired: self.desired_update().map(Box::new),
             drifted: drifted.found,
-            audit: Some(Box::new(audit)),
+            audit: drifted
+                .line
+                .into_iter()
+                .chain([AuditLine::RolesChanged(audit)])
+                .collect(),
         }
     }
 
@@ -156,16 +163,13 @@ impl Report<'_> {
         message: &str,
     ) -> UserResult {
         let (job, u) = (self.job, self.user);
-        tracing::warn!(
-            target: "audit",
-            {
-                job.id = %job.id,
-                user.external_id = %u.external_id,
-                user.id = %user_id,
-                roles.current = %json_text(&change.after),
-                reason = reason.as_str(),
-            },
-            "a write this job made earlier is now in conflict: {message}"
+        let line = ConflictLine::new(
+            &job.id,
+            &u.external_id,
+            user_id,
+            &change.after,
+            reason,
+            message,
         );
         let conflict = self.deps.events.event_as(
             EventType::ConflictDetected,
@@ -182,8 +186,9 @@ impl Report<'_> {
             job.submitted_by.as_ref(),
         );
         let mut result = self.applied(user_id, change);
-        if let UserResult::Rows { events, .. } = &mut result {
+        if let UserResult::Rows { events, audit, .. } = &mut result {
             events.extend(conflict);
+            audit.push(AuditLine::Conflict(line));
         }
         result
     }
@@ -225,24 +230,19 @@ impl Report<'_> {
             return Drift {
                 found: true,
                 event: None,
+                line: None,
             };
         }
         let desired = u.desired(self.policy);
         let fixed = !job.dry_run;
-        tracing::info!(
-            target: "audit",
-            {
-                job.id = %job.id,
-                user.external_id = %u.external_id,
-                user.id = %user_id,
-                roles.current = %json_text(&change.before),
-                roles.desired = %json_text(&desired),
-                roles.missing = %json_text(&change.added),
-                roles.extra = %json_text(&change.removed),
-                job.mode = job.mode.as_str(),
-                fixed,
-            },
-            "drift detected"
+        let line = DriftLine::new(
+            &job.id,
+            job.mode,
+            &u.external_id,
+            user_id,
+            &desired,
+            change,
+            fixed,
         );
         let event = self.deps.events.event_as(
             EventType::DriftDetected,
@@ -263,7 +263,11 @@ impl Report<'_> {
             },
             job.submitted_by.as_ref(),
         );
-        Drift { found: true, event }
+        Drift {
+            found: true,
+            event,
+            line: Some(AuditLine::Drift(line)),
+        }
     }
 
     /// The rows of a user nothing was written for: `unchanged` (no change) or `planned` (the
@@ -326,7 +330,7 @@ impl Report<'_> {
                 .flatten()
                 .map(Box::new),
             drifted: drifted.found,
-            audit: None,
+            audit: drifted.line.into_iter().collect(),
         }
     }
 
@@ -360,7 +364,7 @@ impl Report<'_> {
             target_error: false,
             desired: None,
             drifted: false,
-            audit: None,
+            audit: Vec::new(),
         }
     }
 
@@ -408,7 +412,7 @@ impl Report<'_> {
             target_error,
             desired: None,
             drifted: false,
-            audit: None,
+            audit: Vec::new(),
         }
     }
 
@@ -430,7 +434,7 @@ impl Report<'_> {
             target_error: false,
             desired: None,
             drifted: false,
-            audit: None,
+            audit: Vec::new(),
         }
     }
 
@@ -486,8 +490,4 @@ impl Report<'_> {
             ),
         }
     }
-}
-
-pub(super) fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
 }
