@@ -27,10 +27,14 @@ pub(super) async fn settle(
         let mut settled = futures::stream::iter(users)
             .map(|(u, sent)| {
                 let tally = &tally;
-                async move { settle_user(deps, policy, job, &u, sent.as_ref(), run, tally).await }
+                async move {
+                    let result =
+                        settle_user(deps, policy, job, &u, sent.as_ref(), run, tally).await;
+                    (u, result)
+                }
             })
             .buffer_unordered(deps.settings.target.max_concurrency);
-        while let Some(r) = settled.next().await {
+        while let Some((u, r)) = settled.next().await {
             match r {
                 UserResult::Rows {
                     results,
@@ -42,8 +46,13 @@ pub(super) async fn settle(
                     ..
                 } => record(done, results, events, changed, desired, drifted, audit),
                 UserResult::Retry { lines } => done.retry_lines.extend(lines),
-                // `settle_user` gives nothing else.
-                _ => {}
+                // `settle_user` gives nothing else today; were it to, the user would stay
+                // pending and be settled again by a later claim, never dropped from the
+                // chunk (a chunk committed with a row left out never finishes its job).
+                _ => {
+                    tracing::error!(user.external_id = %u.external_id, "a cancelled job's user came out of settling without an outcome; kept pending");
+                    done.retry_lines.extend(u.lines());
+                }
             }
         }
     }
