@@ -61,16 +61,16 @@ impl AuditLine {
 /// `drift detected`, of a reconcile's user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DriftLine {
-    pub(crate) job_id: String,
-    pub(crate) external_id: String,
-    pub(crate) user_id: String,
-    pub(crate) current: String,
-    pub(crate) desired: String,
-    pub(crate) missing: String,
-    pub(crate) extra: String,
-    pub(crate) mode: Mode,
+    job_id: String,
+    external_id: String,
+    user_id: String,
+    current: String,
+    desired: String,
+    missing: String,
+    extra: String,
+    mode: Mode,
     /// The reconcile writes the fix (not a dry run).
-    pub(crate) fixed: bool,
+    fixed: bool,
 }
 
 impl DriftLine {
@@ -118,12 +118,12 @@ impl DriftLine {
 /// `a write this job made earlier is now in conflict`, at `warn`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ConflictLine {
-    pub(crate) job_id: String,
-    pub(crate) external_id: String,
-    pub(crate) user_id: String,
-    pub(crate) current: String,
-    pub(crate) reason: ReasonCode,
-    pub(crate) message: String,
+    job_id: String,
+    external_id: String,
+    user_id: String,
+    current: String,
+    reason: ReasonCode,
+    message: String,
 }
 
 impl ConflictLine {

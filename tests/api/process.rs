@@ -3,7 +3,7 @@
 
 use crate::helpers::*;
 use genesys_cloud_emulator::{self as emulator, EmulatorArgs, EmulatorHandle};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -290,6 +290,42 @@ pub async fn client_token(emulator: &str, id: &str, secret: &str) -> String {
         .await
         .unwrap();
     v["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Sets a user's roles by hand through the emulator's SCIM API with `token` (lookup, PATCH
+/// with If-Match), as an admin changing roles in Genesys behind the service's back would.
+pub async fn set_roles_by_hand(emulator: &str, token: &str, external_id: &str, roles: &[&str]) {
+    let http = reqwest::Client::new();
+    let found: Value = http
+        .get(format!("{emulator}/api/v2/scim/v2/users"))
+        .bearer_auth(token)
+        .query(&[("filter", format!("externalId eq \"{external_id}\""))])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user = &found["Resources"][0];
+    let id = user["id"].as_str().unwrap();
+    let version = user["meta"]["version"].as_str().unwrap();
+    let roles: Vec<Value> = roles.iter().map(|r| json!({"value": r})).collect();
+    let resp = http
+        .patch(format!("{emulator}/api/v2/scim/v2/users/{id}"))
+        .bearer_auth(token)
+        .header("if-match", format!("\"{}\"", version.trim_matches('"')))
+        .json(&json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "path": "roles", "value": roles}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.status().is_success(),
+        "hand change of {external_id}: {}",
+        resp.text().await.unwrap_or_default()
+    );
 }
 
 /// Polls a service's job until `finished_at` is set (at most 120 s).

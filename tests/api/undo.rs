@@ -46,54 +46,11 @@ fn id_of(job: &Value) -> String {
     job["job_id"].as_str().unwrap().to_owned()
 }
 
-/// Sets a user's roles by hand through the emulator's SCIM API (token, lookup, PATCH with
-/// If-Match), as an admin changing roles in Genesys between two jobs would.
+/// Sets a user's roles by hand through the emulator's SCIM API, as rolesync's own client, as
+/// an admin changing roles in Genesys between two jobs would.
 async fn hand_set_roles(app: &TestApp, external_id: &str, roles: &[&str]) {
-    let base = app.emulator_url();
-    let token: Value = app
-        .client
-        .post(format!("{base}/oauth/token"))
-        .basic_auth("rolesync-dev", Some("rolesync-dev-secret"))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["access_token"].as_str().unwrap().to_owned();
-    let found: Value = app
-        .client
-        .get(format!("{base}/api/v2/scim/v2/users"))
-        .bearer_auth(&token)
-        .query(&[("filter", format!("externalId eq \"{external_id}\""))])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let user = &found["Resources"][0];
-    let id = user["id"].as_str().unwrap();
-    let version = user["meta"]["version"].as_str().unwrap();
-    let roles: Vec<Value> = roles.iter().map(|r| json!({"value": r})).collect();
-    let resp = app
-        .client
-        .patch(format!("{base}/api/v2/scim/v2/users/{id}"))
-        .bearer_auth(&token)
-        .header("if-match", format!("\"{}\"", version.trim_matches('"')))
-        .json(&json!({
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-            "Operations": [{"op": "replace", "path": "roles", "value": roles}],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        resp.status().is_success(),
-        "hand change of {external_id}: {}",
-        resp.text().await.unwrap_or_default()
-    );
+    let token = app.emulator_token().await;
+    crate::process::set_roles_by_hand(&app.emulator_url(), &token, external_id, roles).await;
 }
 
 /// SCIM calls the emulator received since the last reset (every route of the SCIM API).

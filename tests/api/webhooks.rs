@@ -1367,13 +1367,10 @@ async fn the_audit_log_has_a_json_line_per_role_change_with_the_request_id_and_n
         .to_owned();
     assert_eq!(wait(job2.clone()).await["status"], "succeeded");
     // A hand change takes Supervisor from AU1; a reconcile finds the drift and puts it back.
-    hand_set_roles(
-        &emulator.base_url(),
-        ("audit-test", &client_secret),
-        "AU1",
-        &["Employee", "Agent", "Reporting"],
-    )
-    .await;
+    let base = emulator.base_url();
+    let token = crate::process::client_token(&base, "audit-test", &client_secret).await;
+    crate::process::set_roles_by_hand(&base, &token, "AU1", &["Employee", "Agent", "Reporting"])
+        .await;
     let resp = http
         .post(format!("{address}/v1/reconcile"))
         .bearer_auth(&api_key)
@@ -1461,51 +1458,6 @@ async fn the_audit_log_has_a_json_line_per_role_change_with_the_request_id_and_n
     assert!(!text.to_ascii_lowercase().contains("authorization: bearer"));
     println!("checked {} log lines", all.len());
     emulator.shutdown().await;
-}
-
-/// Sets a user's roles by hand through the emulator's SCIM API (token, lookup, PATCH with
-/// If-Match), as an admin changing roles in Genesys would.
-async fn hand_set_roles(base: &str, (id, secret): (&str, &str), external_id: &str, roles: &[&str]) {
-    let http = reqwest::Client::new();
-    let token: Value = http
-        .post(format!("{base}/oauth/token"))
-        .basic_auth(id, Some(secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["access_token"].as_str().unwrap().to_owned();
-    let found: Value = http
-        .get(format!("{base}/api/v2/scim/v2/users"))
-        .bearer_auth(&token)
-        .query(&[("filter", format!("externalId eq \"{external_id}\""))])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let user = &found["Resources"][0];
-    let version = user["meta"]["version"].as_str().unwrap();
-    let roles: Vec<Value> = roles.iter().map(|r| json!({"value": r})).collect();
-    let resp = http
-        .patch(format!(
-            "{base}/api/v2/scim/v2/users/{}",
-            user["id"].as_str().unwrap()
-        ))
-        .bearer_auth(&token)
-        .header("if-match", format!("\"{}\"", version.trim_matches('"')))
-        .json(&json!({
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-            "Operations": [{"op": "replace", "path": "roles", "value": roles}],
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "hand change of {external_id}");
 }
 
 /// A body with thousands of unreadable rows among good ones: more rows than one parsed batch
